@@ -1,0 +1,40 @@
+# Two commands matter on a fresh machine (see README):
+#   make demo   the container's entrypoint on the shipped model and the sample job, in the image's runtime
+#   make test   the whole test suite, in the development environment
+PYTHON ?= python3
+VENV := .venv
+RUNTIME := .venv-runtime
+
+.PHONY: demo test dev runtime lint bench sample clean
+
+$(VENV)/.stamp: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(RUNTIME)/.stamp: requirements.txt
+	$(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/pip install -q -r requirements.txt
+	touch $@
+
+dev: $(VENV)/.stamp
+runtime: $(RUNTIME)/.stamp
+
+demo: $(RUNTIME)/.stamp
+	$(RUNTIME)/bin/python inference.py --input test/input --output out/demo
+	@cat out/demo/multiple-mitotic-figure-classification.json
+
+test: $(VENV)/.stamp
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/hadolint Dockerfile
+
+bench: $(VENV)/.stamp
+	$(VENV)/bin/python -m bench.container
+
+sample: $(VENV)/.stamp
+	$(VENV)/bin/python test/make_sample_input.py test/input
+
+clean:
+	rm -rf out .pytest_cache

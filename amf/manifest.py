@@ -1,0 +1,177 @@
+"""The ensemble manifest, model/ensemble.json: the only reader and writer.
+
+Schema (version 1), documented in the README:
+{
+  "schema": "amf-ensemble", "version": 1,
+  "threshold": 0.5,                  # on the ensemble's mean P(atypical); >= threshold -> "atypical"
+  "tta": "none" | "flips" | "d4",    # test-time augmentation views, averaged per member
+  "trained": true,                   # false marks a placeholder model
+  "members": [{
+      "file": "fold0.onnx",          # relative to the manifest; fp32, input float32 NCHW
+      "input_size": 128,             # already normalised; output: one logit for "atypical"
+      "mean": [r, g, b], "std": [r, g, b],   # on the 0..1 scale
+      "resize": "bilinear",          # amf.preprocess.RESAMPLE
+      "backbone": "convnext_small", "fold": 0}],
+  "variants": [{                     # optional, derived from the members, never replacing them
+      "file": "merged.onnx", "kind": "merged" | "merged-fp16",
+      "use_on": ["cpu", "cuda"]}],   # where the benchmark found it faster
+  "provenance": {...}                # backbone, run, folds, out-of-fold metrics, ...
+}
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from amf import AmfError
+from amf.fileio import write_text_atomic
+from amf.preprocess import RESAMPLE
+
+MANIFEST_NAME = "ensemble.json"
+SCHEMA = "amf-ensemble"
+VERSION = 1
+TTA_MODES = ("none", "flips", "d4")
+VARIANT_KINDS = ("merged", "merged-fp16")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class Member:
+    file: str
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    resize: str = "bilinear"
+    backbone: str = ""
+    fold: int | None = None
+
+
+@dataclass
+class Variant:
+    file: str
+    kind: str
+    use_on: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    members: list[Member]
+    threshold: float = 0.5
+    tta: str = "none"
+    trained: bool = True
+    variants: list[Variant] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    root: Path | None = None  # the folder the manifest was read from; not serialised
+
+    def path(self, file: str) -> Path:
+        return Path(self.root or ".") / file
+
+    def to_dict(self) -> dict:
+        d = {"schema": SCHEMA, "version": VERSION}
+        body = asdict(self)
+        body.pop("root")
+        d.update(body)
+        return d
+
+
+def _fail(where: str, problem: str):
+    raise AmfError(f"manifest {where}: {problem}")
+
+
+def _rgb_triplet(value, where, name, positive=False):
+    if not (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        _fail(where, f"'{name}' must be a list of 3 numbers")
+    if positive and min(value) <= 0:
+        _fail(where, f"'{name}' must be positive")
+    return [float(v) for v in value]
+
+
+def from_dict(d: dict, where: str = "") -> Manifest:
+    """Validate a parsed manifest; every problem is one AmfError line naming the field."""
+    if not isinstance(d, dict):
+        _fail(where, "top level must be a JSON object")
+    if d.get("schema") != SCHEMA:
+        _fail(where, f"'schema' must be {SCHEMA!r}")
+    if d.get("version") != VERSION:
+        _fail(where, f"unsupported version {d.get('version')!r} (this reader knows {VERSION})")
+    threshold = d.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        _fail(where, "'threshold' must be a number in [0, 1]")
+    tta = d.get("tta", "none")
+    if tta not in TTA_MODES:
+        _fail(where, f"'tta' must be one of {TTA_MODES}")
+    members_raw = d.get("members")
+    if not isinstance(members_raw, list) or not members_raw:
+        _fail(where, "'members' must be a non-empty list")
+    members = []
+    for i, m in enumerate(members_raw):
+        at = f"{where} member {i}".strip()
+        if not isinstance(m, dict):
+            _fail(at, "must be an object")
+        if not isinstance(m.get("file"), str) or not m["file"]:
+            _fail(at, "'file' must be a path")
+        size = m.get("input_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            _fail(at, "'input_size' must be an integer >= 8")
+        resize = m.get("resize", "bilinear")
+        if resize not in RESAMPLE:
+            _fail(at, f"'resize' must be one of {sorted(RESAMPLE)}")
+        fold = m.get("fold")
+        if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int)):
+            _fail(at, "'fold' must be an integer or null")
+        members.append(Member(file=m["file"], input_size=size,
+                              mean=_rgb_triplet(m.get("mean"), at, "mean"),
+                              std=_rgb_triplet(m.get("std"), at, "std", positive=True),
+                              resize=resize, backbone=str(m.get("backbone", "")), fold=fold))
+    variants = []
+    for i, v in enumerate(d.get("variants") or []):
+        at = f"{where} variant {i}".strip()
+        if not isinstance(v, dict) or not isinstance(v.get("file"), str):
+            _fail(at, "must be an object with a 'file'")
+        if v.get("kind") not in VARIANT_KINDS:
+            _fail(at, f"'kind' must be one of {VARIANT_KINDS}")
+        use_on = v.get("use_on", [])
+        if not isinstance(use_on, list) or any(u not in DEVICES for u in use_on):
+            _fail(at, f"'use_on' must list devices from {DEVICES}")
+        if v["kind"] == "merged-fp16" and "cpu" in use_on:
+            _fail(at, "an fp16 variant is for CUDA only")
+        variants.append(Variant(file=v["file"], kind=v["kind"], use_on=list(use_on)))
+    provenance = d.get("provenance", {})
+    if not isinstance(provenance, dict):
+        _fail(where, "'provenance' must be an object")
+    trained = d.get("trained", True)
+    if not isinstance(trained, bool):
+        _fail(where, "'trained' must be true or false")
+    return Manifest(members=members, threshold=float(threshold), tta=tta, trained=trained,
+                    variants=variants, provenance=provenance)
+
+
+def load(model_dir) -> Manifest:
+    """Read and validate MODEL_DIR/ensemble.json; check that every file it names exists."""
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise AmfError(f"no manifest: {path} does not exist")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AmfError(f"manifest {path} is not valid JSON ({e})") from None
+    m = from_dict(d, where=str(path))
+    m.root = path.parent
+    for f in [mb.file for mb in m.members] + [v.file for v in m.variants]:
+        if not m.path(f).is_file():
+            raise AmfError(f"manifest {path}: model file {f} is missing")
+    return m
+
+
+def save(manifest: Manifest, model_dir) -> Path:
+    """Validate, then write MODEL_DIR/ensemble.json atomically."""
+    d = manifest.to_dict()
+    from_dict(json.loads(json.dumps(d)), where="(to write)")  # same rules both ways
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / MANIFEST_NAME
+    write_text_atomic(path, json.dumps(d, indent=2) + "\n")
+    return path

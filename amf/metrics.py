@@ -1,0 +1,79 @@
+"""The organisers' Track 2 metrics, shared by training (out-of-fold) and offline evaluation.
+
+Exactly as the MIDOG 2025 Track 2 evaluation container computes them: sensitivity, specificity,
+balanced accuracy and accuracy from pooled counts (atypical is the positive class), ROC AUC on the
+confidences (P(atypical)), and the same per tumour domain under "domain_<N>".
+One documented departure: a domain (or set) with one class only reports roc_auc as None (the
+organisers' code would raise), and a rate with an empty denominator is None.
+Needs numpy and scikit-learn (not part of the container's runtime).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rates(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    tp = int(np.sum((y_pred == 1) & (y_true == 1)))
+    fp = int(np.sum((y_pred == 1) & (y_true == 0)))
+    fn = int(np.sum((y_pred == 0) & (y_true == 1)))
+    tn = int(np.sum((y_pred == 0) & (y_true == 0)))
+    sens = tp / (tp + fn) if tp + fn else None
+    spec = tn / (tn + fp) if tn + fp else None
+    bal = (sens + spec) / 2 if sens is not None and spec is not None else None
+    acc = (tp + tn) / (tp + tn + fp + fn) if tp + tn + fp + fn else None
+    return {"sensitivity": sens, "specificity": spec, "balanced_accuracy": bal, "accuracy": acc,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def roc_auc(y_true, score) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        return None
+    return float(roc_auc_score(y_true, np.asarray(score, dtype=np.float64)))
+
+
+def summary(y_true, score, y_pred=None, threshold: float = 0.5) -> dict:
+    """Metrics of one set: y_true in {0,1}; score = P(atypical); y_pred defaults to score >= threshold."""
+    y_true = np.asarray(y_true).astype(int)
+    score = np.asarray(score, dtype=np.float64)
+    y_pred = (score >= threshold).astype(int) if y_pred is None else np.asarray(y_pred).astype(int)
+    out = _rates(y_true, y_pred)
+    out["roc_auc"] = roc_auc(y_true, score)
+    out["n"] = int(len(y_true))
+    out["n_atypical"] = int(y_true.sum())
+    return out
+
+
+def aggregates(y_true, score, domains=None, y_pred=None, threshold: float = 0.5) -> dict:
+    """The organisers' metrics.json 'aggregates': overall_* keys and domain_<N> blocks."""
+    y_true = np.asarray(y_true).astype(int)
+    score = np.asarray(score, dtype=np.float64)
+    y_pred = (score >= threshold).astype(int) if y_pred is None else np.asarray(y_pred).astype(int)
+    s = summary(y_true, score, y_pred)
+    agg = {"overall_sensitivity": s["sensitivity"], "overall_specificity": s["specificity"],
+           "overall_balanced_accuracy": s["balanced_accuracy"], "overall_roc_auc": s["roc_auc"],
+           "overall_accuracy": s["accuracy"]}
+    if domains is not None:
+        domains = np.asarray(domains)
+        for d in np.sort(np.unique(domains)):
+            m = domains == d
+            sd = summary(y_true[m], score[m], y_pred[m])
+            agg[f"domain_{d}"] = {k: sd[k] for k in
+                                  ("sensitivity", "specificity", "balanced_accuracy", "accuracy", "roc_auc")}
+    return agg
+
+
+def best_threshold(y_true, score) -> float:
+    """The threshold on score that maximises balanced accuracy (ties: the one nearest 0.5)."""
+    from sklearn.metrics import roc_curve
+
+    y_true = np.asarray(y_true).astype(int)
+    if len(np.unique(y_true)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(y_true, np.asarray(score, dtype=np.float64))
+    bal = (tpr + 1 - fpr) / 2
+    thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
+    best = np.flatnonzero(np.isclose(bal, bal.max()))
+    return float(thr[best[np.argmin(np.abs(thr[best] - 0.5))]])

@@ -1,0 +1,77 @@
+"""MIDOG 2025 Track 2 container entrypoint: /input -> ONNX ensemble -> /output.
+
+With no arguments it does what Grand Challenge expects. --input/--output/--model override the
+platform paths for local use. Any problem: one line on stderr, exit 2, and no output file.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from amf import AmfError, jobs
+from amf.manifest import MANIFEST_NAME
+
+HERE = Path(__file__).resolve().parent
+PLATFORM_MODEL_DIR = Path("/opt/ml/model")  # where the platform unpacks a model tarball
+
+
+def resolve_model_dir(cli: str | None) -> Path:
+    """--model, then $AMF_MODEL_DIR, then /opt/ml/model if it holds a manifest, then ./model."""
+    if cli:
+        return Path(cli)
+    if os.environ.get("AMF_MODEL_DIR"):
+        return Path(os.environ["AMF_MODEL_DIR"])
+    if (PLATFORM_MODEL_DIR / MANIFEST_NAME).is_file():
+        return PLATFORM_MODEL_DIR
+    return HERE / "model"
+
+
+def classify_stack(input_dir: Path, output_dir: Path, model_dir: Path) -> list[dict]:
+    """The handler of the one Track 2 interface."""
+    from amf.ensemble import Ensemble
+    from amf.results import to_results
+
+    patches = jobs.read_stack(jobs.find_stack(input_dir))
+    ensemble = Ensemble(model_dir)
+    results = to_results(ensemble.predict_proba(patches), ensemble.manifest.threshold)
+    jobs.write_results(output_dir, results)
+    return results
+
+
+# Grand Challenge convention: handlers keyed by the sorted tuple of input socket slugs.
+HANDLERS = {(jobs.INPUT_SLUG,): classify_stack}
+
+
+def run(input_dir, output_dir, model_dir) -> list[dict]:
+    inputs = jobs.read_inputs(input_dir)
+    key = jobs.interface_key(inputs)
+    if key not in HANDLERS:
+        raise AmfError(f"unknown interface {list(key)}; this algorithm takes {[list(k) for k in HANDLERS]}")
+    return HANDLERS[key](Path(input_dir), Path(output_dir), Path(model_dir))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", default="/input", help="job input folder (default /input)")
+    ap.add_argument("--output", default="/output", help="job output folder (default /output)")
+    ap.add_argument("--model", default=None, help="model folder with ensemble.json")
+    ap.add_argument("--quiet", action="store_true", help="do not print the result")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        results = run(args.input, args.output, resolve_model_dir(args.model))
+    except AmfError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        n_atyp = sum(r["class"] == "atypical" for r in results)
+        print(f"{len(results)} patches: {n_atyp} atypical, {len(results) - n_atyp} normal "
+              f"-> {Path(args.output) / jobs.OUTPUT_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Shared fixtures: paths to the project and to ../shared/data (tests that need it skip cleanly)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+BREAST = SHARED / "midog25-breast"
+LABELS_FULL = SHARED / "midog25-labels-full.csv"
+GC_SAMPLE = SHARED / "gc-sample" / "input"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not here")
+    return path
+
+
+@pytest.fixture
+def breast_dir() -> Path:
+    return need(BREAST)
+
+
+@pytest.fixture
+def labels_full() -> Path:
+    return need(LABELS_FULL)
+
+
+@pytest.fixture
+def gc_sample() -> Path:
+    return need(GC_SAMPLE)
+
+
+@pytest.fixture
+def toy_model(tmp_path) -> Path:
+    from training.toy_onnx import make_toy_ensemble
+    return make_toy_ensemble(tmp_path / "toy_model", members=2).parent
