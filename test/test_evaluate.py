@@ -1,0 +1,310 @@
+"""Offline evaluation: pack (stacks, ground truth, every figure once), run (a process per job and
+in-process give the same files; a failed job is named and the rest run), score (the organisers'
+checks name the bad stack; the two confidence readings; metrics.json and the report), no torch on
+the way, and pack -> run -> score on the MIDOG 2025 breast slice (.mha and .tiff give the same numbers)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from make_sample_input import draw_patch
+from PIL import Image
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
+
+from amf import AmfError, jobs
+from training import evaluate
+from training.eval_pack import pack, write_job
+from training.eval_run import run_jobs
+from training.eval_score import score
+
+ROOT = Path(__file__).resolve().parents[1]
+ORGANISERS_OVERALL = {"overall_sensitivity", "overall_specificity", "overall_balanced_accuracy",
+                      "overall_roc_auc", "overall_accuracy"}
+SPELLINGS = {1: ("AMF", "atypical", "1"), 0: ("NMF", "normal", "0")}
+
+
+def make_labelled_set(folder: Path, n: int = 40, seed: int = 0) -> tuple[Path, dict]:
+    """n drawn patches as PNGs and a plain CSV (every label spelling; a tumour name and an integer)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows, truth = [], {}
+    for i in range(n):
+        atypical = int(i % 4 == 3)
+        name = f"fig{i:03d}.png"
+        Image.fromarray(draw_patch(rng, bool(atypical))).save(folder / name)
+        domain = "human breast carcinoma" if i < 24 else "3"  # an alias of tumour 1, and tumour 3 by number
+        rows.append(f"{name},{SPELLINGS[atypical][i % 3]},{domain}")
+        truth[name] = ("atypical" if atypical else "normal", 1 if i < 24 else 3)
+    csv = folder / "labels.csv"
+    csv.write_text("image,label,domain\n" + "\n".join(rows) + "\n")
+    return csv, truth
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("labelled")
+    csv, truth = make_labelled_set(folder)
+    return csv, folder, truth
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    from training.toy_onnx import make_toy_ensemble
+    return make_toy_ensemble(tmp_path_factory.mktemp("toy") / "model", members=2).parent
+
+
+# ---------------------------------------------------------------- pack
+
+def test_pack_every_figure_once_in_platform_jobs(labelled, tmp_path):
+    csv, images, truth = labelled
+    summary = pack(csv, images, tmp_path / "a", fmt="mixed", seed=1, progress=False)
+    assert summary["figures"] == 40 and summary["domains"] == [1, 3]
+    gt = json.loads((tmp_path / "a" / "ground_truth.json").read_text())
+    placed = pd.read_csv(tmp_path / "a" / "figures.csv")
+    assert sorted(placed.figure) == sorted(truth)  # every figure exactly once
+    assert sorted(len(s["labels"]) for s in gt) == [8, 16, 16]  # 24 of tumour 1, 16 of tumour 3
+    suffixes = set()
+    for stack in gt:
+        assert len(set(stack["tumordomains"])) == 1 and len(stack["tumordomains"]) == len(stack["labels"])
+        job = tmp_path / "a" / "jobs" / Path(stack["image"]).stem / "input"
+        assert jobs.image_name(jobs.read_inputs(job)) == stack["image"]
+        path = jobs.find_stack(job)
+        assert path.name == stack["image"]
+        suffixes.add(path.suffix)
+        rows = placed[placed.image == stack["image"]].sort_values("index")
+        assert [truth[f] for f in rows.figure] == list(zip(stack["labels"], stack["tumordomains"]))
+        for page, figure in zip(jobs.read_stack(path), rows.figure, strict=True):  # lossless, in order
+            assert np.array_equal(page, np.asarray(Image.open(images / figure)))
+    assert suffixes == {".tiff", ".mha"}
+
+    pack(csv, images, tmp_path / "b", fmt="mixed", seed=1, progress=False)
+    pack(csv, images, tmp_path / "c", fmt="mixed", seed=2, progress=False)
+    assert (tmp_path / "b" / "ground_truth.json").read_text() == (tmp_path / "a" / "ground_truth.json").read_text()
+    order = lambda d: pd.read_csv(tmp_path / d / "figures.csv").figure.tolist()  # noqa: E731
+    assert order("b") == order("a") != order("c")
+    with pytest.raises(AmfError, match="exists"):
+        pack(csv, images, tmp_path / "a", progress=False)
+
+
+def test_pack_reads_the_official_columns(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        Image.fromarray(draw_patch(rng, False)).save(folder / f"{i}.png")
+    (tmp_path / "official.csv").write_text(
+        "image_id,filename,coordinateX,coordinateY,Tumor,Scanner,Origin,Species,expert1,expert2,expert3,majority\n"
+        "0.png,a.tiff,1,2,human melanoma,X,Y,Human,AMF,AMF,NMF,AMF\n"
+        "1.png,a.tiff,1,2,canine lymphoma,X,Y,Dog,NMF,NMF,NMF,NMF\n"
+        "2.png,a.tiff,1,2,human melanoma,X,Y,Human,NMF,NMF,NMF,NMF\n")
+    pack(tmp_path / "official.csv", folder, tmp_path / "out", progress=False)
+    gt = json.loads((tmp_path / "out" / "ground_truth.json").read_text())
+    by_domain = {s["tumordomains"][0]: sorted(s["labels"]) for s in gt}
+    assert by_domain == {3: ["normal"], 7: ["atypical", "normal"]}
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("image,label,domain\nfig000.png,maybe,1\n", "row 2"),
+    ("image,label,domain\nfig000.png,AMF,1\nnot_there.png,NMF,1\n", "not_there.png"),
+    ("image,label,domain\nfig000.png,AMF,1\nfig000.png,NMF,1\n", "listed twice"),
+    ("image,label\nfig000.png,AMF\n", "--tumor"),
+    ("image,label,domain\nfig000.png,AMF,feline fibrosarcoma\n", "unknown tumour type"),
+    ("name,class\nfig000.png,AMF\n", "columns"),
+])
+def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text, message):
+    _, images, _ = labelled
+    (tmp_path / "bad.csv").write_text(csv_text)
+    assert evaluate.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err
+    assert not (tmp_path / "out" / "jobs").exists() and not (tmp_path / "out" / "ground_truth.json").exists()
+
+
+# ---------------------------------------------------------------- run
+
+def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tmp_path, capsys):
+    csv, images, _ = labelled
+    pack(csv, images, tmp_path / "p", seed=0, progress=False)
+    shutil.copytree(tmp_path / "p" / "jobs", tmp_path / "i" / "jobs")
+    for side in ("p", "i"):  # the same broken job on both sides, with a result left from an earlier run
+        job = tmp_path / side / "jobs" / "stack_0002"
+        jobs.find_stack(job / "input").write_bytes(b"not an image")
+        jobs.write_results(job / "output", [{"class": "normal", "confidence": 0.1}])
+
+    per_process = run_jobs(tmp_path / "p" / "jobs", toy, in_process=False, python=sys.executable, progress=False)
+    in_process = run_jobs(tmp_path / "i" / "jobs", toy, in_process=True, progress=False)
+
+    for records, mode in ((per_process, "process"), (in_process, "in-process")):
+        assert [r["job"] for r in records] == ["stack_0001", "stack_0002", "stack_0003"]
+        assert [r["job"] for r in records if not r["ok"]] == ["stack_0002"]
+        assert "cannot read image stack_0002.tiff" in records[1]["error"]
+        assert {r["mode"] for r in records} == {mode}
+    for name in ("stack_0001", "stack_0003"):
+        a = (tmp_path / "p" / "jobs" / name / "output" / jobs.OUTPUT_FILE).read_bytes()
+        b = (tmp_path / "i" / "jobs" / name / "output" / jobs.OUTPUT_FILE).read_bytes()
+        assert a == b and len(json.loads(a)) == 16
+    for side in ("p", "i"):  # the failed job's stale result is gone, so score cannot use it
+        assert not (tmp_path / side / "jobs" / "stack_0002" / "output" / jobs.OUTPUT_FILE).exists()
+
+    assert evaluate.main(["run", str(tmp_path / "i" / "jobs"), "--model", str(toy), "--in-process"]) == 1
+    assert "failed: stack_0002" in capsys.readouterr().out
+
+
+def test_evaluation_path_never_imports_torch(labelled, toy, tmp_path):
+    csv, images, _ = labelled
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(ROOT)!r})
+from training import evaluate
+out = {str(tmp_path)!r}
+assert evaluate.main(["pack", {str(csv)!r}, {str(images)!r}, out]) == 0
+assert evaluate.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--python", sys.executable]) == 0
+assert evaluate.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--in-process"]) == 0
+assert evaluate.main(["score", out + "/jobs", "--ground-truth", out + "/ground_truth.json",
+                      "--out", out + "/report", "--n-boot", "50"]) == 0
+print("TORCH", json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "torch")))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("TORCH "))
+    assert json.loads(line[6:]) == []
+    assert (tmp_path / "report" / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------- score
+
+def hand_made_jobs(root: Path, stacks: list[tuple[str, list[str], int, object]]) -> Path:
+    """Jobs with given results (no real images needed to score) and their ground_truth.json."""
+    truth = []
+    for name, labels, domain, results in stacks:
+        job = root / "jobs" / Path(name).stem
+        write_job(job / "input", [np.zeros((8, 8, 3), np.uint8)], name)
+        (job / "output").mkdir()
+        (job / "output" / jobs.OUTPUT_FILE).write_text(json.dumps(results))
+        truth.append({"image": name, "labels": labels, "tumordomains": [domain] * len(labels)})
+    (root / "ground_truth.json").write_text(json.dumps(truth))
+    return root
+
+
+GOOD = ("stack_0001.tiff", ["normal", "atypical"], 1,
+        [{"class": "normal", "confidence": 0.2}, {"class": "atypical", "confidence": 0.7}])
+
+
+@pytest.mark.parametrize("results, message", [
+    ([{"class": "normal", "confidence": 0.2}, {"class": "atypical", "confidence": 1}], "not a float"),
+    ([{"class": "normal", "confidence": 0.2}, {"class": "Atypical", "confidence": 0.9}], "not 'normal' or 'atypical'"),
+    ([{"class": "normal", "confidence": 0.2}] * 3, "length 3"),
+    ({"class": "normal", "confidence": 0.2}, "must be a list"),
+    ([{"class": "normal", "confidence": 0.2}, {"class": "normal"}], "needs 'class' and 'confidence'"),
+    ([{"class": "normal", "confidence": 0.2}, [0.3]], "not a dictionary"),
+])
+def test_malformed_results_are_rejected_naming_the_stack(tmp_path, capsys, results, message):
+    root = hand_made_jobs(tmp_path, [GOOD, ("stack_0002.tiff", ["normal", "normal"], 1, results)])
+    with pytest.raises(AmfError, match=message) as err:
+        score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
+    assert "stack_0002.tiff" in str(err.value) and "stack_0001" not in str(err.value)
+    assert evaluate.main(["score", str(root / "jobs"), "--ground-truth", str(root / "ground_truth.json"),
+                          "--out", str(tmp_path / "r")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: ") and "\n" not in line and "stack_0002.tiff" in line
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_score_needs_a_result_and_ground_truth_for_every_stack(tmp_path):
+    root = hand_made_jobs(tmp_path / "a", [GOOD])
+    truth = json.loads((root / "ground_truth.json").read_text())
+    (root / "ground_truth.json").write_text(json.dumps(truth + [{"image": "stack_9.tiff", "labels": ["normal"],
+                                                                 "tumordomains": [1]}]))
+    with pytest.raises(AmfError, match="stack_9.tiff"):
+        score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
+    root = hand_made_jobs(tmp_path / "b", [GOOD])
+    (root / "ground_truth.json").write_text("[]")
+    with pytest.raises(AmfError, match="no ground truth for stack stack_0001.tiff"):
+        score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
+
+
+def test_confidence_readings_differ_and_match_sklearn(tmp_path):
+    root = hand_made_jobs(tmp_path, [
+        ("stack_0001.tiff", ["normal", "normal", "atypical", "atypical"], 1,
+         [{"class": "normal", "confidence": 0.9}, {"class": "normal", "confidence": 0.8},
+          {"class": "atypical", "confidence": 0.7}, {"class": "normal", "confidence": 0.6}]),
+        ("stack_0002.tiff", ["normal", "normal"], 3,  # one class only
+         [{"class": "normal", "confidence": 0.3}, {"class": "atypical", "confidence": 0.6}])])
+    y, pred = [0, 0, 1, 1, 0, 0], [0, 0, 1, 0, 0, 1]
+    conf = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.6])
+    as_given = score(root / "jobs", root / "ground_truth.json", tmp_path / "p", n_boot=100)
+    as_class = score(root / "jobs", root / "ground_truth.json", tmp_path / "c", n_boot=100,
+                     confidence="predicted-class", report=False)
+    a, c = as_given["aggregates"], as_class["aggregates"]
+    assert a["overall_roc_auc"] == pytest.approx(roc_auc_score(y, conf))
+    assert c["overall_roc_auc"] == pytest.approx(roc_auc_score(y, np.where(pred, conf, 1 - conf)))
+    assert a["overall_roc_auc"] != pytest.approx(c["overall_roc_auc"])
+    assert (a["domain_1"]["roc_auc"], c["domain_1"]["roc_auc"]) == (0.0, 1.0)  # read one way, perfectly wrong
+    for k in ("overall_sensitivity", "overall_specificity", "overall_balanced_accuracy", "overall_accuracy"):
+        assert a[k] == c[k]  # the classes do not depend on the reading
+    assert a["overall_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert a["domain_3"]["roc_auc"] is None and a["domain_3"]["specificity"] == 0.5  # departure: null, no crash
+
+    saved = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert set(saved["aggregates"]) == ORGANISERS_OVERALL | {"domain_1", "domain_3"}
+    assert saved["confidence_semantics"]["mode"] == "p-atypical"
+    other = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert other["confidence_semantics"]["mode"] == "predicted-class"
+    assert set(saved["confidence_intervals"]["overall"]) == {"balanced_accuracy", "sensitivity", "specificity",
+                                                             "roc_auc"}
+    report = (tmp_path / "p" / "report.md").read_text()
+    assert "hindsight" in report.lower() and "predicted-class" in report
+    for png in ("roc.png", "confusion.png", "domains.png", "calibration.png"):
+        assert f"({png})" in report
+        with Image.open(tmp_path / "p" / png) as im:
+            assert im.format == "PNG" and im.size[0] > 200
+
+
+# ---------------------------------------------------------------- the breast slice, end to end
+
+def test_breast_pack_run_score_mha_and_tiff_agree(breast_dir, tmp_path):
+    csv = breast_dir / "MIDOG25_Atypical_Classification_Train_Set.csv"
+    images = breast_dir / "MIDOG25_Binary_Classification_Train_Set"
+    labels = pd.read_csv(csv, dtype=str)
+    metrics = {}
+    for fmt in ("tiff", "mha"):
+        out = tmp_path / fmt
+        pack(csv, images, out, fmt=fmt, seed=0, progress=False)
+        records = run_jobs(out / "jobs", ROOT / "model", in_process=True, progress=False)
+        assert all(r["ok"] for r in records) and len(records) == 108
+        metrics[fmt] = score(out / "jobs", out / "ground_truth.json", out / "report", n_boot=200,
+                             report=fmt == "tiff")
+        assert {p.suffix for p in (out / "jobs").glob("*/input/images/*/*")} == {f".{fmt}"}
+    assert metrics["tiff"]["aggregates"] == metrics["mha"]["aggregates"]
+    assert metrics["tiff"]["confidence_intervals"] == metrics["mha"]["confidence_intervals"]
+
+    table = pd.read_csv(tmp_path / "tiff" / "report" / "predictions.csv", dtype={"figure": str})
+    assert len(table) == len(labels) == 1721 and sorted(table.figure) == sorted(labels.image_id)  # each once
+    merged = table.merge(labels, left_on="figure", right_on="image_id")
+    y = (merged.majority == "AMF").astype(int)
+    pred = (merged["class"] == "atypical").astype(int)
+    agg = metrics["tiff"]["aggregates"]
+    assert set(agg) == ORGANISERS_OVERALL | {"domain_1"}
+    assert agg["overall_sensitivity"] == pytest.approx(recall_score(y, pred))
+    assert agg["overall_specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
+    assert agg["overall_accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert agg["overall_roc_auc"] == pytest.approx(roc_auc_score(y, merged.confidence))
+    assert metrics["tiff"]["counts"]["figures"] == 1721 and metrics["tiff"]["counts"]["atypical"] == 404
+    assert (tmp_path / "tiff" / "report" / "report.md").is_file()
+
+
+def test_one_class_set_scores_and_reports_with_null_auroc(tmp_path):
+    root = hand_made_jobs(tmp_path, [("stack_0001.tiff", ["normal"] * 3, 2,
+                                      [{"class": "normal", "confidence": 0.1}, {"class": "atypical", "confidence": 0.9},
+                                       {"class": "normal", "confidence": 0.3}])])
+    m = score(root / "jobs", root / "ground_truth.json", tmp_path / "r", n_boot=50)
+    assert m["aggregates"]["overall_roc_auc"] is None and m["aggregates"]["domain_2"]["roc_auc"] is None
+    assert m["aggregates"]["overall_specificity"] == pytest.approx(2 / 3) and m["roc_band"] is None
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["aggregates"]["overall_roc_auc"] is None
+    assert (tmp_path / "r" / "roc.png").is_file()

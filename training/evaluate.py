@@ -1,0 +1,77 @@
+"""Offline evaluation: pack a labelled set as platform jobs, run the container on them, score them.
+
+  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--tumor TYPE]
+      -> OUT/jobs/<job>/input/ (inputs.json + one stack of up to 16), OUT/ground_truth.json, OUT/figures.csv
+  python -m training.evaluate run JOBS [--model DIR] [--in-process] [--python PATH] [--timeout S]
+      -> JOBS/<job>/output/multiple-mitotic-figure-classification.json, JOBS/<job>/run.json
+  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--confidence p-atypical|predicted-class]
+      -> DIR/metrics.json (organisers' "aggregates" + intervals), DIR/report.md + PNGs, DIR/predictions.csv
+
+Each step is its own file: training/eval_pack.py, eval_run.py, eval_score.py, eval_report.py.
+Any problem: one line on stderr and exit 2; `run` exits 1 when some jobs failed (named) after running all.
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from amf import AmfError
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pack", help="labelled CSV + images -> platform jobs and ground_truth.json")
+    p.add_argument("csv", help="official MIDOG 2025 CSV, or image,label[,domain]")
+    p.add_argument("image_dir", help="folder holding the images the CSV names")
+    p.add_argument("out", help="output folder (gets jobs/, ground_truth.json, figures.csv)")
+    p.add_argument("--format", default="tiff", choices=["tiff", "mha", "mixed"],
+                   help="stack file format; mixed alternates .tiff and .mha (default tiff)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the figures' order in stacks (default 0)")
+    p.add_argument("--tumor", default=None, help="tumour type of every figure, for a CSV with no domain column")
+
+    r = sub.add_parser("run", help="run the container entrypoint on every job")
+    r.add_argument("jobs", help="the jobs folder (OUT/jobs of pack)")
+    r.add_argument("--model", default=None, help="model folder (default: as inference.py resolves it)")
+    r.add_argument("--in-process", action="store_true", help="call inference.run here instead of a process per job")
+    r.add_argument("--python", default=None, help="interpreter for the per-job processes "
+                                                  "(default .venv-runtime/bin/python, else this one)")
+    r.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per job process (default 600)")
+
+    s = sub.add_parser("score", help="organisers' metrics, intervals and a report")
+    s.add_argument("jobs", help="the jobs folder, after run")
+    s.add_argument("--ground-truth", required=True, help="ground_truth.json in the organisers' form")
+    s.add_argument("--out", required=True, help="report folder (metrics.json, report.md, PNGs)")
+    s.add_argument("--confidence", default="p-atypical", choices=["p-atypical", "predicted-class"],
+                   help="how to read confidence for ROC AUC (default p-atypical; see eval_score.py)")
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    s.add_argument("--no-report", action="store_true", help="metrics.json and predictions.csv only")
+
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "pack":
+            from training.eval_pack import pack
+            print(json.dumps(pack(args.csv, args.image_dir, args.out, args.format, args.seed, args.tumor), indent=2))
+        elif args.command == "run":
+            from training.eval_run import run_jobs, summarise
+            records = run_jobs(args.jobs, args.model, args.in_process, args.python, args.timeout)
+            print(summarise(records))
+            return 1 if any(not rec["ok"] for rec in records) else 0
+        else:
+            from training.eval_score import score
+            m = score(args.jobs, args.ground_truth, args.out, args.confidence, args.n_boot, args.seed,
+                      report=not args.no_report)
+            print(json.dumps(m["aggregates"], indent=2))
+            print(f"-> {args.out}/metrics.json" + ("" if args.no_report else f", {args.out}/report.md"))
+    except AmfError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
