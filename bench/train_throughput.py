@@ -1,0 +1,150 @@
+"""Training throughput (images/s) of a backbone with the project's own training step (training.train.train_step).
+
+Synthetic data of the real size: 128-px uint8 patches -> the input size; by default the batch is made once
+and kept on the device (the model's step alone: forward, backward, AdamW, EMA update); --loader also runs
+the real data path (augmentation, amf.preprocess resize + normalise, DataLoader workers) on synthetic PNGs
+decoded once. On CUDA: bf16 autocast and channels_last, as training uses them; --compile adds torch.compile.
+Recipes: plain (no MixStyle, no alignment, no EMA teacher) and full (all of them on; the teacher's forward
+and update cost extra).
+Run:  python -m bench.train_throughput [--model convnext_small] [--size 224] [--batch 64] [--steps 20]
+                                        [--recipe plain full] [--loader] [--compile] [--json OUT.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from training import config as config_io  # noqa: E402
+from training.models import create_classifier  # noqa: E402
+from training.recipe import attach_mixstyle, make_teacher  # noqa: E402
+from training.train import train_step  # noqa: E402
+
+
+def recipe_config(model: str, size: int, recipe: str) -> dict:
+    on = recipe == "full"
+    return config_io.load("smoke", [f"model.backbone={model}", f"data.input_size={size}",
+                                    f"mixstyle.enabled={on}", f"align.enabled={on}", f"ema.enabled={on}"])
+
+
+def synthetic_loader(cfg: dict, batch: int, workers: int, n: int = 512):
+    """The training data path on synthetic 128-px patches (decoded once, as data.preload does)."""
+    from training.augment import Augment
+    from training.data import PatchDataset
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    patches = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(n)]
+    df = pd.DataFrame({"path": ["-"] * n, "label": rng.integers(0, 2, n), "soft": 0.0})
+    ds = PatchDataset(df, np.arange(n), cfg["data"]["input_size"], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225],
+                      "bilinear", Augment(cfg["augment"]), patches)
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+
+def measure(model_name: str, size: int, batch: int, steps: int, warmup: int, recipe: str, device: torch.device,
+            loader: bool, workers: int, compile_: bool) -> dict:
+    cuda = device.type == "cuda"
+    cfg = recipe_config(model_name, size, recipe)
+    torch.manual_seed(0)
+    model = create_classifier(cfg, pretrained=False)
+    if cfg["mixstyle"]["enabled"]:
+        attach_mixstyle(model.timm_model, cfg["mixstyle"])
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    teacher = make_teacher(model, cfg["ema"]) if cfg["ema"]["enabled"] else None
+    train_model = torch.compile(model) if compile_ else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+    gen = torch.Generator().manual_seed(0)
+    align = (torch.randint(0, 2, (batch,), generator=gen).to(device),
+             torch.randint(0, 3, (batch, 4), generator=gen).to(device)) if cfg["align"]["enabled"] else None
+
+    def batches():
+        if loader:
+            while True:
+                for x, y, _ in synthetic_loader(cfg, batch, workers):
+                    yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+        y = torch.randint(0, 2, (batch,), generator=gen).float().to(device)
+        while True:
+            yield x, y
+
+    it = batches()
+
+    def step():
+        x, y = next(it)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        losses = train_step(model, train_model, teacher, optimizer, x, y, cfg, amp=cuda, align_batch=align)
+        if teacher is not None:
+            teacher.update(model, step=100)
+        return losses
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        losses = step()
+    float(losses["loss"])  # waits for the device
+    seconds = time.perf_counter() - t0
+    return {"model": model_name, "size": size, "batch": batch, "recipe": recipe, "device": device_name(device),
+            "bf16": cuda, "channels_last": cuda, "compile": compile_, "data": "loader" if loader else "on-device",
+            "steps": steps, "images_per_s": round(batch * steps / seconds, 2),
+            "threads": torch.get_num_threads()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="convnext_small")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=None, help="default: 128 on CUDA, 16 on the CPU")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 30 on CUDA, 3 on the CPU)")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--recipe", nargs="+", default=["plain", "full"], choices=["plain", "full"])
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    ap.add_argument("--loader", action="store_true", help="include the real data path (augment, resize, workers)")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    a = ap.parse_args(argv)
+    cuda = torch.cuda.is_available() and a.device != "cpu"
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    batch = a.batch or (128 if cuda else 16)
+    steps = a.steps or (30 if cuda else 3)
+    warmup = a.warmup if a.warmup is not None else (10 if cuda else 1)
+    rows = []
+    print("| model | px | batch | recipe | device | bf16+channels_last | data | img/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for recipe in a.recipe:
+        r = measure(a.model, a.size, batch, steps, warmup, recipe, device, a.loader, a.workers, a.compile)
+        rows.append(r)
+        print(f"| {r['model']} | {r['size']} | {r['batch']} | {r['recipe']} | {r['device']} | "
+              f"{'yes' if r['bf16'] else 'no'}{' +compile' if r['compile'] else ''} | {r['data']} | "
+              f"{r['images_per_s']:.1f} |", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

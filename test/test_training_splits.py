@@ -1,0 +1,121 @@
+"""Splits on the full label table (11,937 figures) and on generated data; data reading rules."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amf import AmfError
+from amf.domains import DOMAIN_COLUMNS, canonical
+from training import config as config_io
+from training import splits as splits_io
+from training.data import deduplicate, load_dataset, read_table, slide_key
+from training_layout import make_extra, make_layout, make_synthetic
+
+
+def full_table(path) -> pd.DataFrame:
+    t = pd.read_csv(path, dtype={"image_id": str, "filename": str})
+    t["slide"] = [slide_key(f) for f in t["filename"]]
+    t["label"] = (t["majority"].str.upper() == "AMF").astype(int)
+    for c in DOMAIN_COLUMNS:
+        t[f"raw_{c}"] = t[c]
+        t[c] = [canonical(c, v) for v in t[c]]
+    t["synthetic"], t["source"], t["path"] = False, "official", ""
+    return t
+
+
+@pytest.fixture(scope="module")
+def full():
+    from conftest import LABELS_FULL, need
+    t = full_table(need(LABELS_FULL))
+    assert len(t) == 11937
+    return t, splits_io.make_splits(t, "kfold", 5, seed=0)
+
+
+def test_no_slide_in_two_folds(full):
+    _, s = full
+    assert (s.groupby("slide")["fold"].nunique() == 1).all()
+    assert sorted(s["fold"].unique()) == [0, 1, 2, 3, 4]
+
+
+def test_every_fold_near_the_whole_atypical_share(full):
+    t, s = full
+    whole = t["label"].mean()
+    for k in range(5):
+        share = s.loc[s["fold"] == k, "label"].mean()
+        assert abs(share - whole) <= 0.02, (k, share, whole)
+
+
+def test_same_seed_same_splits_other_seed_other_splits(full):
+    t, s = full
+    again = splits_io.make_splits(t, "kfold", 5, seed=0)
+    assert s["fold"].tolist() == again["fold"].tolist()
+    other = splits_io.make_splits(t, "kfold", 5, seed=1)
+    assert s["fold"].tolist() != other["fold"].tolist()
+
+
+def test_leave_one_domain_out(full):
+    t, _ = full
+    loso = splits_io.make_splits(t, "leave_scanner_out", seed=0)
+    assert loso["fold"].nunique() == 4  # Hamammatsu XR and Hamamatsu XR are one scanner
+    assert (loso.groupby("fold")["Scanner"].nunique() == 1).all()
+    assert (loso.groupby("Scanner")["fold"].nunique() == 1).all()
+    loto = splits_io.make_splits(t, "leave_tumor_out")
+    assert loto["fold"].nunique() == 7 and (loto.groupby("fold")["Tumor"].nunique() == 1).all()
+
+
+def test_synthetic_rows_never_validate_and_written_splits_are_checked(tmp_path):
+    data = make_layout(tmp_path / "d", n_slides=6, per_slide=5)
+    cfg = config_io.load("smoke", [f"data.synthetic={make_synthetic(tmp_path / 's', 3)}"])
+    df, cache = load_dataset(data, cfg, log=lambda *a: None)
+    assert len(cache) == len(df) == 33
+    s = splits_io.make_splits(df, "kfold", 2, seed=0)
+    assert (s.loc[s["synthetic"], "fold"] == -1).all()
+    for k in (0, 1):
+        train_rows, val_rows = splits_io.fold_rows(s, k)
+        assert not s.iloc[val_rows]["synthetic"].any() and s.iloc[train_rows]["synthetic"].sum() == 3
+    splits_io.write(s, tmp_path / "splits.csv")
+    back = splits_io.read(tmp_path / "splits.csv")
+    assert splits_io.matching(back, df)["fold"].tolist() == s["fold"].tolist()
+    assert back["slide"].iloc[0] == "000"  # slide keys stay strings
+    with pytest.raises(AmfError, match="does not match"):
+        splits_io.matching(back, df.iloc[1:])
+
+
+def test_aliases_raw_values_and_dedup(tmp_path):
+    data = make_layout(tmp_path / "d", n_slides=4, per_slide=4)
+    off = read_table(data / "MIDOG25_Atypical_Classification_Train_Set.csv",
+                     data / "MIDOG25_Binary_Classification_Train_Set", "official")
+    assert set(off["Scanner"]) == {"Aperio CS2", "Hamamatsu XR"}
+    assert "Hamammatsu XR" in set(off["raw_Scanner"])
+    extra_dir = make_extra(tmp_path / "x", data / "MIDOG25_Atypical_Classification_Train_Set.csv", 3, 4)
+    extra = read_table(extra_dir / "extra.csv", extra_dir / "images", "amibr", id_prefix="amibr/")
+    both, dropped = deduplicate([off, extra], radius=5)
+    assert dropped == 3 and len(both) == len(off) + 4
+    assert both["image_id"].str.startswith("amibr/").sum() == 4
+    _, none_dropped = deduplicate([off, extra], radius=1)  # the copies sit 2 px away
+    assert none_dropped == 0
+    prefixed = read_table(extra_dir / "extra.csv", extra_dir / "images", "octo", id_prefix="octo/",
+                          slide_prefix="octo:")
+    assert deduplicate([off, prefixed], radius=5)[1] == 0  # other slides, though the file names match
+
+
+def test_bad_labels_and_layout_are_one_clear_error(tmp_path):
+    data = make_layout(tmp_path / "d", n_slides=2, per_slide=3)
+    csv = data / "MIDOG25_Atypical_Classification_Train_Set.csv"
+    t = pd.read_csv(csv)
+    t.loc[1, "majority"] = "maybe"
+    t.to_csv(csv, index=False)
+    with pytest.raises(AmfError, match="other than AMF/NMF"):
+        load_dataset(data, config_io.load("smoke"))
+    with pytest.raises(AmfError, match="not the official layout"):
+        load_dataset(tmp_path, config_io.load("smoke"))
+
+
+def test_fold_count_needs_enough_slides():
+    t = pd.DataFrame({"image_id": [f"{i}" for i in range(6)], "slide": ["a", "a", "b", "b", "a", "b"],
+                      "label": [0, 1, 0, 1, 0, 1], "Tumor": "t", "synthetic": False})
+    with pytest.raises(AmfError, match="at least 3 slides"):
+        splits_io.make_splits(t, "kfold", 3)
+    two = splits_io.make_splits(t, "kfold", 2)
+    assert np.unique(two["fold"]).tolist() == [0, 1]

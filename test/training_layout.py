@@ -1,0 +1,84 @@
+"""Generated data in the official MIDOG 2025 Track 2 layout, for the training tests (no real data needed).
+
+make_layout(dir) writes MIDOG25_Atypical_Classification_Train_Set.csv and the PNG folder: slides on two
+scanners (one spelled 'Hamammatsu XR', the alias), two tumour types, atypical figures drawn as a dark
+irregular blob and normal ones as a compact round one, so that a tiny model can learn something.
+make_extra(dir, official_csv) writes an extra set that repeats some official figures (same slide and
+coordinates, other image names) and adds new ones; make_synthetic(dir) a folder of synthetic atypicals.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES
+
+
+def patch(rng: np.random.Generator, atypical: bool, size: int = 128) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    img = np.stack([np.full((size, size), v, np.float64) for v in (225, 170, 205)], -1)
+    img += rng.normal(0, 6, img.shape)
+    if atypical:
+        for _ in range(4):
+            cy, cx = rng.normal(0, 10, 2)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(20, 60)] = (70, 40, 110)
+    else:
+        img[yy ** 2 / 90 + xx ** 2 / 250 < 1] = (80, 50, 120)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_layout(root, n_slides: int = 8, per_slide: int = 8, seed: int = 0, start_id: int = 1) -> Path:
+    root = Path(root)
+    (root / OFFICIAL_IMAGES).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows, i = [], start_id
+    for s in range(n_slides):
+        scanner = "Hamammatsu XR" if s % 2 else "Aperio CS2"
+        tumor = "human breast cancer" if s % 4 < 2 else "canine lymphoma"
+        for j in range(per_slide):
+            atyp = j % 3 == 0
+            name = f"{i}.png"
+            Image.fromarray(patch(rng, atyp)).save(root / OFFICIAL_IMAGES / name)
+            vote = "AMF" if atyp else "NMF"
+            rows.append({"image_id": name, "filename": f"{s:03d}.tiff", "coordinateX": 100 + 50 * j,
+                         "coordinateY": 200 + 30 * j, "Tumor": tumor, "Scanner": scanner,
+                         "Origin": "UMC Utrecht" if s % 4 < 2 else "VMU Vienna",
+                         "Species": "Human" if s % 4 < 2 else "Canine",
+                         "expert1": vote, "expert2": vote, "expert3": "NMF", "majority": vote})
+            i += 1
+    pd.DataFrame(rows).to_csv(root / OFFICIAL_CSV, index=False)
+    return root
+
+
+def make_extra(root, official_csv, n_repeat: int = 5, n_new: int = 6, seed: int = 1) -> Path:
+    """An extra set: n_repeat figures of the official table (coordinates moved by 2 px) + n_new new ones."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    off = pd.read_csv(official_csv).head(n_repeat).copy()
+    off["coordinateX"] += 2
+    new = off.head(0).copy()
+    for j in range(n_new):
+        atyp = j % 2 == 0
+        vote = "AMF" if atyp else "NMF"
+        new.loc[j] = {"image_id": "", "filename": f"tupac_{j % 3}.svs", "coordinateX": 10 * j, "coordinateY": 5,
+                      "Tumor": "human breast cancer", "Scanner": "Aperio CS2", "Origin": "TUPAC",
+                      "Species": "Human", "expert1": vote, "expert2": vote, "expert3": vote, "majority": vote}
+    table = pd.concat([off, new], ignore_index=True)
+    table["image_id"] = [f"x{k}.png" for k in range(len(table))]
+    for name, vote in zip(table["image_id"], table["majority"]):
+        Image.fromarray(patch(rng, vote == "AMF")).save(root / "images" / name)
+    table.to_csv(root / "extra.csv", index=False)
+    return root
+
+
+def make_synthetic(root, n: int = 4, seed: int = 2) -> Path:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        Image.fromarray(patch(rng, True)).save(root / f"syn{k}.png")
+    return root

@@ -1,0 +1,114 @@
+"""H&E augmentation of one square HxWx3 uint8 patch (numpy + Pillow), before resizing.
+
+Each part is switched and sized in the config's `augment` section:
+  flip, rot90    dihedral symmetry (a mitotic figure has no orientation)
+  hed_scale, hed_shift   stain jitter in HED space (Ruifrok & Johnston colour deconvolution, as scikit-image's
+                 rgb2hed; Tellez et al. 2018): each of haematoxylin, eosin, DAB optical density is scaled
+                 by 1+U(-scale,scale) and shifted by U(-shift,shift) (densities are on skimage's 0..~0.2 scale)
+  brightness, contrast, saturation   Pillow ImageEnhance factors 1+U(-v,v)
+  affine         with probability affine_p: rotation +-degrees, scale, translation (fraction of the side),
+                 on a reflect-padded copy so that no empty corners appear; the figure stays near the centre
+  blur           with probability blur_p: Gaussian blur, sigma in blur_sigma (px at the patch's own size)
+Randomness comes only from the numpy Generator passed in: the same generator state gives the same patch.
+Run:  python -m training.augment IMAGE.png OUT.png [--seed 0]
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in scikit-image's rgb2hed
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
+                         [0.07, 0.99, 0.11],
+                         [0.27, 0.57, 0.78]])
+RGB_FROM_HED[2] = np.cross(RGB_FROM_HED[0], RGB_FROM_HED[1])
+RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+LOG_ADJUST = np.log(1e-6)
+
+
+def hed_jitter(img: np.ndarray, rng: np.random.Generator, scale: float, shift: float) -> np.ndarray:
+    """Scale and shift the stain concentrations (optical density space), then back to RGB uint8."""
+    rgb = np.maximum(img.astype(np.float64) / 255.0, 1e-6)
+    hed = (np.log(rgb) / LOG_ADJUST) @ HED_FROM_RGB
+    alpha = 1.0 + rng.uniform(-scale, scale, 3)
+    beta = rng.uniform(-shift, shift, 3)
+    hed = hed * alpha + beta
+    log_rgb = -(hed * -LOG_ADJUST) @ RGB_FROM_HED
+    out = np.exp(log_rgb)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def affine(img: np.ndarray, rng: np.random.Generator, degrees: float, scale, translate: float) -> np.ndarray:
+    """Rotate/scale/translate about the centre on a reflect-padded copy; same size out."""
+    h = img.shape[0]
+    pad = h // 4
+    big = Image.fromarray(np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect"))
+    angle = math.radians(rng.uniform(-degrees, degrees))
+    s = rng.uniform(scale[0], scale[1])
+    tx, ty = rng.uniform(-translate, translate, 2) * h
+    c = big.size[0] / 2.0
+    # Pillow's AFFINE maps output (x, y) to input; build the inverse of rotate(angle)*scale(s)+shift
+    cos, sin = math.cos(angle) / s, math.sin(angle) / s
+    a, b, d, e = cos, sin, -sin, cos
+    cx, cy = c + tx, c + ty
+    coeffs = (a, b, c - a * cx - b * cy, d, e, c - d * cx - e * cy)
+    out = big.transform(big.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
+    return np.asarray(out)[pad:pad + h, pad:pad + h]
+
+
+def enhance(img: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float,
+            saturation: float) -> np.ndarray:
+    pil = Image.fromarray(img)
+    for op, v in ((ImageEnhance.Brightness, brightness), (ImageEnhance.Contrast, contrast),
+                  (ImageEnhance.Color, saturation)):
+        if v > 0:
+            pil = op(pil).enhance(1.0 + rng.uniform(-v, v))
+    return np.asarray(pil)
+
+
+def blur(img: np.ndarray, rng: np.random.Generator, sigma) -> np.ndarray:
+    return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(rng.uniform(sigma[0], sigma[1]))))
+
+
+class Augment:
+    """The configured chain; call with (HxWx3 uint8, Generator) -> HxWx3 uint8."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = dict(cfg)
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.cfg
+        if not c.get("enabled", True):
+            return img
+        if c["rot90"]:
+            img = np.rot90(img, int(rng.integers(4)))
+        if c["flip"] and rng.random() < 0.5:
+            img = img[:, ::-1]
+        img = np.ascontiguousarray(img)
+        if c["affine_p"] > 0 and rng.random() < c["affine_p"]:
+            img = affine(img, rng, c["degrees"], c["scale"], c["translate"])
+        if c["hed_scale"] > 0 or c["hed_shift"] > 0:
+            img = hed_jitter(img, rng, c["hed_scale"], c["hed_shift"])
+        if max(c["brightness"], c["contrast"], c["saturation"]) > 0:
+            img = enhance(img, rng, c["brightness"], c["contrast"], c["saturation"])
+        if c["blur_p"] > 0 and rng.random() < c["blur_p"]:
+            img = blur(img, rng, c["blur_sigma"])
+        return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from training.config import DEFAULTS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("image")
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    from amf.preprocess import canonical_patch
+    src = canonical_patch(np.asarray(Image.open(a.image).convert("RGB")))
+    Image.fromarray(Augment(DEFAULTS["augment"])(src, np.random.default_rng(a.seed))).save(a.out)

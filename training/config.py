@@ -1,0 +1,183 @@
+"""Training configuration: the defaults, YAML loading, dotted overrides, validation.
+
+A config file (training/configs/*.yaml) names only what differs from DEFAULTS; an unknown key is
+an error (a typo must not silently train the default). Each recipe part has its own switch:
+
+  model      timm backbone, pretrained (hub) or a local weights file, finetune full|lora|frozen
+  data       input size, resize method, mean/std ("auto": the backbone's pretrained_cfg), extra sets,
+             synthetic folder, soft labels
+  splits     kfold (StratifiedGroupKFold, by slide, label x tumour) | leave-one-scanner-out | -tumour-out
+  imbalance  sampler (class-balanced sampling) | loss (BCE pos_weight) | none
+  augment    flips, 90-degree rotations, HED jitter, colour jitter, small affine, blur
+  mixstyle   style mixing of feature statistics at early and mid stages
+  align      SE attention on the embedding + class-conditional domain-mean alignment loss
+  ema        EMA teacher, temperature-scaled KL distillation
+  train      epochs, batch, AdamW, cosine with warm-up, bf16/channels_last on GPU, model selection
+
+Run:  python -m training.config training/configs/smoke.yaml [train.epochs=3 ...]   (prints the resolved config)
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import yaml
+
+from amf import AmfError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+DEFAULTS = {
+    "name": "",
+    "model": {
+        "backbone": "convnext_small",       # any timm name, including hf-hub:ORG/NAME
+        "pretrained": False,                # fetch the hub weights (needs the network, maybe a token)
+        "weights": None,                    # or a local file (.safetensors/.pth) of the backbone's weights
+        "kwargs": {},                       # extra timm.create_model arguments (e.g. init_values for UNI2-h)
+        "finetune": "full",                 # full | lora | frozen (train the head on a frozen backbone)
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["qkv"]},
+        "drop_path": 0.0,
+        "head_dropout": 0.0,
+    },
+    "data": {
+        "input_size": 128,
+        "resize": "bilinear",               # amf.preprocess.RESAMPLE
+        "mean": "auto",                     # "auto": the backbone's pretrained_cfg, else ImageNet
+        "std": "auto",
+        "label": "majority",                # AMF -> 1 (atypical), NMF -> 0
+        "soft_labels": False,               # target = share of experts voting AMF
+        "extra": [],                        # [{name, csv, images}] in the official columns
+        "dedup_radius": 10.0,               # px: same slide, centres this close -> one figure
+        "synthetic": None,                  # folder of synthetic atypical PNGs (train only)
+        "skip_missing": False,              # skip missing/unreadable images (with a count) instead of failing
+        "preload": True,                    # decode every PNG once into memory
+        "num_workers": 2,
+    },
+    "splits": {"kind": "kfold", "folds": 5, "seed": 0, "tries": 16},  # kfold | leave_scanner_out | leave_tumor_out
+    "imbalance": {"mode": "sampler"},                      # sampler | loss | none
+    "augment": {
+        "enabled": True,
+        "flip": True, "rot90": True,
+        "hed_scale": 0.05, "hed_shift": 0.01,    # HED jitter (see training/augment.py)
+        "brightness": 0.1, "contrast": 0.1, "saturation": 0.1,
+        "affine_p": 0.5, "degrees": 15.0, "scale": [0.9, 1.1], "translate": 0.05,
+        "blur_p": 0.2, "blur_sigma": [0.1, 1.0],
+    },
+    "mixstyle": {"enabled": True, "p": 0.5, "alpha": 0.1, "where": "auto"},  # auto: early+mid stages
+    "align": {"enabled": True, "weight": 0.1, "columns": ["Scanner", "Origin", "Species", "Tumor"]},
+    "ema": {"enabled": True, "decay": 0.999, "warmup": True,      # warmup: timm's decay ramp from 0
+            "kd_weight": 0.5, "temperature": 2.0, "evaluate": True},  # evaluate/export the teacher
+    "train": {
+        "epochs": 20,
+        "batch_size": 64,
+        "lr": 3e-4,
+        "head_lr_scale": 1.0,               # lr multiplier for the new head and attention
+        "weight_decay": 0.05,
+        "warmup_epochs": 1.0,
+        "grad_clip": 1.0,
+        "label_smoothing": 0.0,
+        "amp": "auto",                      # auto (bf16 on CUDA) | bf16 | off
+        "channels_last": "auto",            # auto (on CUDA) | true | false
+        "select": "balanced_accuracy",      # balanced_accuracy | roc_auc (on the validation fold)
+        "max_steps_per_epoch": None,        # cap for quick checks
+        "eval_batch_size": 256,
+        "seed": 0,
+    },
+    "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3},
+}
+
+CHOICES = {
+    "model.finetune": ("full", "lora", "frozen"),
+    "splits.kind": ("kfold", "leave_scanner_out", "leave_tumor_out"),
+    "imbalance.mode": ("sampler", "loss", "none"),
+    "train.amp": ("auto", "bf16", "off"),
+    "train.select": ("balanced_accuracy", "roc_auc"),
+    "export.tta": ("none", "flips", "d4"),
+}
+
+# keys whose value is free-form (no nested key check)
+FREE = {"model.kwargs", "model.lora", "data.extra"}
+
+
+def merge(base: dict, update: dict, where: str = "") -> dict:
+    """Deep-merge UPDATE into a copy of BASE; a key BASE lacks is an error."""
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        path = f"{where}.{key}" if where else key
+        if key not in out:
+            raise AmfError(f"config: unknown key {path!r}")
+        if isinstance(out[key], dict) and path not in FREE:
+            if not isinstance(value, dict):
+                raise AmfError(f"config: {path!r} must be a mapping")
+            out[key] = merge(out[key], value, path)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_dotted(cfg: dict, assignment: str) -> None:
+    """'train.epochs=3' -> cfg['train']['epochs'] = 3 (value parsed as YAML)."""
+    if "=" not in assignment:
+        raise AmfError(f"override {assignment!r} must look like section.key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = cfg
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            raise AmfError(f"config: unknown key {key!r}")
+        node = node[p]
+    if parts[-1] not in node:
+        raise AmfError(f"config: unknown key {key!r}")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def validate(cfg: dict) -> dict:
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        if cfg[section][key] not in allowed:
+            raise AmfError(f"config: {dotted} must be one of {allowed}, got {cfg[section][key]!r}")
+    if int(cfg["data"]["input_size"]) < 8:
+        raise AmfError("config: data.input_size must be >= 8")
+    if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:
+        raise AmfError("config: splits.folds must be >= 2")
+    for extra in cfg["data"]["extra"]:
+        if not isinstance(extra, dict) or not {"name", "csv", "images"} <= set(extra):
+            raise AmfError("config: each data.extra entry needs name, csv and images")
+    return cfg
+
+
+def resolve_path(name) -> Path:
+    """A config file path, or a bare name looked up in training/configs/ ('smoke' -> smoke.yaml)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise AmfError(f"config {name} not found (nor in {CONFIG_DIR})")
+
+
+def load(path, overrides=()) -> dict:
+    """Read a YAML config over DEFAULTS, apply 'a.b=value' overrides, validate."""
+    path = resolve_path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise AmfError(f"config {path}: not valid YAML ({' '.join(str(e).split())})") from None
+    cfg = merge(DEFAULTS, raw)
+    cfg["name"] = cfg["name"] or path.stem
+    for o in overrides:
+        set_dotted(cfg, o)
+    return validate(cfg)
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+if __name__ == "__main__":
+    try:
+        print(dump(load(sys.argv[1], sys.argv[2:])), end="")
+    except AmfError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,270 @@
+"""Training data: the official MIDOG 2025 Track 2 layout, extra labelled sets, synthetic atypicals.
+
+DATA_DIR holds the organisers' files:
+  MIDOG25_Atypical_Classification_Train_Set.csv   image_id, filename, coordinateX, coordinateY, Tumor, Scanner,
+                                                  Origin, Species, expert1, expert2, expert3, majority (AMF|NMF)
+  MIDOG25_Binary_Classification_Train_Set/        one PNG per figure, named by image_id
+Extra sets (config data.extra: [{name, csv, images, slide_prefix?}]) use the same columns. Their
+image_ids are prefixed "<name>/" so that they never collide with the official ones.
+- Slide key: the slide file's stem, lower case ("002.tiff" -> "002"), shared across sets, so AMi-Br's
+  MIDOG21 part falls on the same slides as the official breast slice; an extra set whose file names
+  mean other slides sets slide_prefix (key "<prefix><stem>").
+- De-duplication: a figure of a later set within data.dedup_radius px of a kept figure on the same
+  slide is the same figure and is dropped (the official set comes first and always stays).
+- Synthetic atypical images (config data.synthetic: a folder of PNGs): label 1, synthetic=True, slide
+  "synthetic", domains "synthetic"; splits keep them out of every validation fold.
+- Domains: canonical values through amf.domains.canonical (one alias table); raw values kept as raw_<col>.
+- Missing or unreadable images: one error listing them, or (data.skip_missing / --skip-missing) dropped
+  with a count.
+The torch Dataset decodes PNG -> amf.preprocess.canonical_patch -> augment (training only) ->
+amf.preprocess.resize -> amf.preprocess.normalize: at validation time exactly the container's prepare().
+Run:  python -m training.data DATA_DIR [--config CONFIG]   (prints the class and domain counts)
+"""
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from amf import AmfError
+from amf.domains import DOMAIN_COLUMNS, canonical
+from amf.preprocess import canonical_patch, normalize, resize
+
+OFFICIAL_CSV = "MIDOG25_Atypical_Classification_Train_Set.csv"
+OFFICIAL_IMAGES = "MIDOG25_Binary_Classification_Train_Set"
+COLUMNS = ("image_id", "filename", "coordinateX", "coordinateY", "Tumor", "Scanner", "Origin", "Species",
+           "expert1", "expert2", "expert3", "majority")
+EXPERTS = ("expert1", "expert2", "expert3")
+LABELS = {"AMF": 1, "NMF": 0}
+SYNTHETIC = "synthetic"
+
+
+def slide_key(filename, prefix: str = "") -> str:
+    return prefix + Path(str(filename).strip()).stem.lower()
+
+
+def read_table(csv, images, source: str, label_col: str = "majority", id_prefix: str = "",
+               slide_prefix: str = "") -> pd.DataFrame:
+    """One labelled set in the official columns -> the normalised table (one row per figure)."""
+    csv, images = Path(csv), Path(images)
+    if not csv.is_file():
+        raise AmfError(f"no label table {csv}")
+    if not images.is_dir():
+        raise AmfError(f"no image folder {images}")
+    raw = pd.read_csv(csv, dtype={"image_id": str, "filename": str})
+    missing_cols = [c for c in ("image_id", "filename", label_col) if c not in raw.columns]
+    if missing_cols:
+        raise AmfError(f"{csv.name}: missing column(s) {', '.join(missing_cols)}")
+    labels = raw[label_col].astype(str).str.strip().str.upper()
+    bad = raw.loc[~labels.isin(list(LABELS)), "image_id"].tolist()
+    if bad:
+        raise AmfError(f"{csv.name}: {len(bad)} row(s) with a {label_col} other than AMF/NMF, "
+                       f"e.g. {', '.join(map(str, bad[:5]))}")
+    df = pd.DataFrame({
+        "image_id": id_prefix + raw["image_id"].astype(str).str.strip(),
+        "path": [str(images / str(i).strip()) for i in raw["image_id"]],
+        "filename": raw["filename"].astype(str),
+        "slide": [slide_key(f, slide_prefix) for f in raw["filename"]],
+        "coordinateX": pd.to_numeric(raw.get("coordinateX", np.nan), errors="coerce"),
+        "coordinateY": pd.to_numeric(raw.get("coordinateY", np.nan), errors="coerce"),
+        "label": labels.map(LABELS).astype(int),
+    })
+    votes = [raw[e].astype(str).str.strip().str.upper() for e in EXPERTS if e in raw.columns]
+    if votes:  # share of the experts who voted AMF (soft label); NaN votes do not count
+        amf_votes = sum((v == "AMF").astype(float) for v in votes)
+        cast = sum(v.isin(list(LABELS)).astype(float) for v in votes)
+        df["soft"] = np.where(cast > 0, amf_votes / cast.replace(0, 1), df["label"])
+    else:
+        df["soft"] = df["label"].astype(float)
+    for col in DOMAIN_COLUMNS:
+        values = raw[col] if col in raw.columns else pd.Series([None] * len(raw))
+        df[f"raw_{col}"] = values.astype(object).where(values.notna(), "unknown").astype(str).values
+        df[col] = [canonical(col, v) for v in values]
+    df["source"] = source
+    df["synthetic"] = False
+    if df["image_id"].duplicated().any():
+        dup = df.loc[df["image_id"].duplicated(), "image_id"].tolist()
+        raise AmfError(f"{csv.name}: duplicate image_id(s) {', '.join(dup[:5])}")
+    return df
+
+
+def read_synthetic(folder) -> pd.DataFrame:
+    """A folder of synthetic atypical PNGs -> rows with label 1, marked synthetic."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AmfError(f"no synthetic image folder {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+    if not files:
+        raise AmfError(f"no PNG images in the synthetic folder {folder}")
+    df = pd.DataFrame({"image_id": [f"{SYNTHETIC}/{p.name}" for p in files], "path": [str(p) for p in files],
+                       "filename": SYNTHETIC, "slide": SYNTHETIC, "coordinateX": np.nan, "coordinateY": np.nan,
+                       "label": 1, "soft": 1.0})
+    for col in DOMAIN_COLUMNS:
+        df[f"raw_{col}"] = SYNTHETIC
+        df[col] = SYNTHETIC
+    df["source"] = SYNTHETIC
+    df["synthetic"] = True
+    return df
+
+
+def deduplicate(tables: list[pd.DataFrame], radius: float) -> tuple[pd.DataFrame, int]:
+    """Concatenate sets in order, dropping a later figure within RADIUS px of a kept one on the same slide."""
+    kept: list[pd.DataFrame] = [tables[0]]
+    dropped = 0
+    for table in tables[1:]:
+        seen = pd.concat(kept, ignore_index=True)
+        seen = seen[seen["coordinateX"].notna()]
+        by_slide = {s: g[["coordinateX", "coordinateY"]].to_numpy(float) for s, g in seen.groupby("slide")}
+        keep = np.ones(len(table), bool)
+        for i, (s, x, y) in enumerate(zip(table["slide"], table["coordinateX"], table["coordinateY"])):
+            pts = by_slide.get(s)
+            if pts is not None and np.isfinite(x) and np.isfinite(y):
+                if (np.hypot(pts[:, 0] - x, pts[:, 1] - y) <= radius).any():
+                    keep[i] = False
+        dropped += int((~keep).sum())
+        kept.append(table[keep])
+    df = pd.concat(kept, ignore_index=True)
+    clash = df["image_id"].duplicated()
+    if clash.any():
+        raise AmfError(f"image_id(s) appear in two sets: {', '.join(df.loc[clash, 'image_id'][:5])}")
+    return df, dropped
+
+
+def decode(path) -> np.ndarray:
+    """A PNG (any mode) -> square HxWx3 uint8 by the container's rule."""
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
+            im = im.convert("RGB")  # palette and other modes: let Pillow expand them
+        return canonical_patch(np.asarray(im))
+
+
+def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
+    """Missing (and, with preload, unreadable) images: one error listing them, or dropped with a count.
+
+    Returns (table, cache, message): cache is the decoded patches in table order (None without preload).
+    """
+    exists = np.array([Path(p).is_file() for p in df["path"]])
+    bad = [f"{i} (missing)" for i in df.loc[~exists, "image_id"]]
+    cache = None
+    if preload:
+        def load(p):
+            if p is None:  # missing: already listed
+                return None
+            try:
+                return decode(p)
+            except (OSError, ValueError, AmfError) as e:
+                return e
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            decoded = list(pool.map(load, [p if ok else None for p, ok in zip(df["path"], exists)]))
+        for i, (img, ok) in enumerate(zip(decoded, exists)):
+            if ok and not isinstance(img, np.ndarray):
+                bad.append(f"{df['image_id'].iloc[i]} (unreadable: {' '.join(str(img).split())[:80]})")
+                exists[i] = False
+        cache = [img for img, ok in zip(decoded, exists) if ok]
+    if bad and not skip:
+        raise AmfError(f"{len(bad)} image(s) missing or unreadable: {'; '.join(bad[:10])}"
+                       f"{' ...' if len(bad) > 10 else ''} (use --skip-missing to train without them)")
+    msg = f"skipped {len(bad)} missing or unreadable image(s)" if bad else ""
+    return df[exists].reset_index(drop=True), cache, msg
+
+
+def load_dataset(data_dir, cfg: dict, skip_missing: bool | None = None, log=print):
+    """The whole training table (official + extras + synthetic) and its decoded patches.
+
+    Returns (table, cache). Columns: image_id, path, filename, slide, coordinateX/Y, label, soft, the
+    canonical domain columns, raw_<domain>, source, synthetic.
+    """
+    data_dir = Path(data_dir)
+    d = cfg["data"]
+    if not (data_dir / OFFICIAL_CSV).is_file():
+        raise AmfError(f"{data_dir} is not the official layout: no {OFFICIAL_CSV}")
+    tables = [read_table(data_dir / OFFICIAL_CSV, data_dir / OFFICIAL_IMAGES, "official", d["label"])]
+    for extra in d["extra"]:
+        tables.append(read_table(extra["csv"], extra["images"], extra["name"], d["label"],
+                                 id_prefix=f"{extra['name']}/", slide_prefix=extra.get("slide_prefix", "")))
+    df, dropped = deduplicate(tables, float(d["dedup_radius"]))
+    if dropped:
+        log(f"de-duplicated {dropped} figure(s) that extra sets share with earlier sets (same slide, "
+            f"<= {d['dedup_radius']} px)")
+    if d["synthetic"]:
+        df = pd.concat([df, read_synthetic(d["synthetic"])], ignore_index=True)
+    skip = d["skip_missing"] if skip_missing is None else skip_missing
+    df, cache, msg = check_images(df, skip, d["preload"], max(2, d["num_workers"]))
+    if msg:
+        log(msg)
+    if df.empty or df.loc[~df["synthetic"], "label"].nunique() < 2:
+        raise AmfError("the training data needs real figures of both classes")
+    return df, cache
+
+
+def counts_report(df: pd.DataFrame) -> str:
+    """Class counts overall and per (canonical) domain value, one screen."""
+    real = df[~df["synthetic"]]
+    lines = [f"{len(df)} figures: {int(real['label'].sum())} atypical, {int((real['label'] == 0).sum())} normal, "
+             f"{int(df['synthetic'].sum())} synthetic atypical; {real['slide'].nunique()} slides; "
+             f"sources {', '.join(f'{k} {v}' for k, v in df['source'].value_counts().items())}"]
+    for col in DOMAIN_COLUMNS:
+        g = real.groupby(col)["label"].agg(["size", "sum"])
+        parts = [f"{k} {int(r['size'])} ({int(r['sum'])} AMF)" for k, r in g.iterrows()]
+        lines.append(f"  {col:8s} " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+class PatchDataset:
+    """Rows of the table -> (float32 CHW tensor, target, row index). Training rows are augmented."""
+
+    def __init__(self, df: pd.DataFrame, indices, size: int, mean, std, resize_method: str = "bilinear",
+                 augment=None, cache=None, soft: bool = False, seed: int = 0):
+        self.paths = df["path"].to_numpy()
+        self.targets = (df["soft"] if soft else df["label"]).to_numpy(np.float32)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.size, self.mean, self.std, self.method = int(size), mean, std, resize_method
+        self.augment, self.cache, self.seed, self.epoch = augment, cache, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def patch(self, row: int) -> np.ndarray:
+        return self.cache[row] if self.cache is not None else decode(self.paths[row])
+
+    def __getitem__(self, i):
+        import torch
+
+        row = int(self.indices[i])
+        img = self.patch(row)
+        if self.augment is not None:
+            # seeded by (run seed, epoch, row): the same augmentation whatever the worker layout
+            img = self.augment(img, np.random.default_rng((self.seed, self.epoch, row)))
+        x = normalize(resize(img, self.size, self.method)[None], self.mean, self.std)[0]
+        return torch.from_numpy(x), torch.tensor(self.targets[row]), row
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from training import config as config_io
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--config", default="smoke")
+    ap.add_argument("--skip-missing", action="store_true", default=None)
+    a = ap.parse_args(argv)
+    try:
+        cfg = config_io.load(a.config)
+        df, _ = load_dataset(a.data, cfg, a.skip_missing)
+    except AmfError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(counts_report(df))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

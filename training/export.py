@@ -1,0 +1,220 @@
+"""Export a finished training run to the container's ONNX ensemble.
+
+  python -m training.export RUN_DIR --out MODEL_DIR [--data DATA_DIR] [--tta none|flips|d4] [--n-real 16]
+
+1. Pools the folds' out-of-fold predictions (RUN_DIR/oof.csv, oof_metrics.json; refuses, naming them,
+   if folds are missing) and takes the threshold that maximises out-of-fold balanced accuracy; the
+   container applies it to the ensemble's mean probability (the members' out-of-fold probabilities
+   were each judged alone, so the threshold is an estimate for the mean; the model card says so).
+2. Each fold's best.pt (LoRA already merged) -> MODEL_DIR/fold{k}.onnx: fp32, opset >= 17, input "input"
+   float32 N x 3 x S x S (dynamic N), output "logit" (N, 1) for atypical; TorchScript exporter
+   (dynamo=False), weights inside the one file (over 2 GB: in one fold{k}.onnx.data beside it).
+3. Parity: onnxruntime against torch on random inputs and on real validation patches of that fold
+   (prepared by amf.preprocess.prepare, as the container does); the largest |logit difference| must be
+   <= export.parity_tol (1e-3); it is printed and recorded in the manifest.
+4. MODEL_DIR/ensemble.json through amf.manifest.save, trained: true, with provenance: backbone, config,
+   folds, out-of-fold metrics with bootstrap intervals, threshold, parity, versions.
+Everything is written to a temporary folder first; MODEL_DIR changes only when all of it succeeded
+(model files that an older manifest there named, and the new one does not, are removed).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amf import AmfError
+from amf import manifest as manifest_io
+from amf.preprocess import prepare
+from training import config as config_io
+from training import oof as oof_io
+from training import splits as splits_io
+from training.data import OFFICIAL_IMAGES, decode
+from training.models import load_for_export
+
+
+def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) -> None:
+    import warnings
+
+    dummy = torch.randn(2, 3, size, size)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice is not for users
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (dummy,), str(path), input_names=["input"], output_names=["logit"],
+                              dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
+                              opset_version=max(17, int(opset)), do_constant_folding=True, dynamo=False)
+        except Exception as e:  # the exporter's messages carry whole graphs: keep the first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AmfError(f"ONNX export of {path.name} failed: {first[:300]}") from None
+
+
+def export_member(model: torch.nn.Module, out_dir: Path, file: str, size: int, opset: int = 17) -> Path:
+    """Export to OUT_DIR/FILE. A model over protobuf's 2 GB (ViT-H) comes out of the exporter with one
+    external file per tensor; it is re-saved with all weights in one FILE.data beside it."""
+    work = Path(tempfile.mkdtemp(prefix=".export.", dir=out_dir))
+    try:
+        export_onnx(model, work / file, size, opset)
+        extra = [p for p in work.iterdir() if p.name != file]
+        if extra:
+            import onnx
+            proto = onnx.load(str(work / file))  # reads the external tensors
+            onnx.save(proto, str(out_dir / file), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=f"{file}.data")
+        else:
+            os.replace(work / file, out_dir / file)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir / file
+
+
+def parity(model: torch.nn.Module, path: Path, batches: dict[str, np.ndarray]) -> dict[str, float]:
+    """max |torch logit - onnxruntime logit| for each named input batch."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = {}
+    for name, x in batches.items():
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = sess.run(["logit"], {"input": x})[0]
+        if got.shape != (len(x), 1):
+            raise AmfError(f"{path.name}: output shape {got.shape}, expected ({len(x)}, 1)")
+        out[name] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    return out
+
+
+def real_patches(splits, k: int, n: int, data_dir=None) -> list[np.ndarray]:
+    """Up to N of fold K's validation patches (both classes where possible), decoded as in training."""
+    val = splits[splits["fold"] == k]
+    val = val.sort_values("label", kind="stable")
+    picks = list(val.groupby("label").head(max(1, n // 2)).index)[:n]
+    patches, missing = [], []
+    for i in picks:
+        row = splits.loc[i]
+        path = Path(row["path"])
+        if data_dir is not None and row["source"] == "official":
+            path = Path(data_dir) / OFFICIAL_IMAGES / row["image_id"]
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        patches.append(decode(path))
+    if missing:
+        raise AmfError(f"real patches for the parity check are missing ({missing[0]}, {len(missing)} in all); "
+                       f"give the data folder with --data")
+    return patches
+
+
+def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: int = 16, log=print) -> Path:
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise AmfError(f"{run_dir} is not a training run folder (no config.yaml)")
+    cfg = config_io.validate(config_io.merge(config_io.DEFAULTS, config_io.yaml.safe_load(
+        (run_dir / "config.yaml").read_text())))
+    oof, result = oof_io.pool(run_dir, seed=int(cfg["train"]["seed"]))
+    splits = splits_io.read(run_dir / "splits.csv")
+    folds = splits_io.folds_of(splits)
+    d = cfg["data"]
+    size, mean, std, method = int(d["input_size"]), d["mean"], d["std"], d["resize"]
+    tta = tta or cfg["export"]["tta"]
+    tol = float(cfg["export"]["parity_tol"])
+    log(oof_io.summary_text(result))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        members, checks = [], {}
+        rng = np.random.default_rng(0)
+        for k in folds:
+            best = run_dir / f"fold{k}" / "best.pt"
+            if not best.is_file():
+                raise AmfError(f"fold {k}: no {best}")
+            state = torch.load(best, map_location="cpu", weights_only=False)
+            model = load_for_export(cfg, state["state_dict"])
+            file = f"fold{k}.onnx"
+            export_member(model, tmp, file, size, cfg["export"]["opset"])
+            batches = {"random": rng.standard_normal((4, 3, size, size)).astype(np.float32),
+                       "real": prepare(real_patches(splits, k, n_real, data_dir), size, mean, std, method)}
+            diff = parity(model, tmp / file, batches)
+            checks[str(k)] = {**{f"max_abs_logit_diff_{n}": v for n, v in diff.items()},
+                              "n_real": int(len(batches["real"])), "best_epoch": int(state.get("epoch", 0))}
+            log(f"fold {k}: {file} {(tmp / file).stat().st_size / 1e6:.2f} MB; max |logit torch - onnxruntime| "
+                f"random {diff['random']:.2e}, real {diff['real']:.2e} (tolerance {tol:g})")
+            if max(diff.values()) > tol:
+                raise AmfError(f"fold {k}: ONNX and torch logits differ by {max(diff.values()):.2e} > {tol:g}")
+            members.append(manifest_io.Member(file=file, input_size=size, mean=[float(v) for v in mean],
+                                              std=[float(v) for v in std], resize=method,
+                                              backbone=cfg["model"]["backbone"], fold=int(k)))
+        import onnx
+        import onnxruntime
+        import timm
+        provenance = {
+            "backbone": cfg["model"]["backbone"], "finetune": cfg["model"]["finetune"],
+            "config": cfg, "folds": folds, "split_kind": cfg["splits"]["kind"],
+            "fold_names": {str(k): splits.loc[splits["fold"] == k, "fold_name"].iloc[0] for k in folds},
+            "threshold": result["threshold"],
+            "threshold_note": "chosen on the pooled out-of-fold predictions to maximise balanced accuracy; "
+                              "applied to the ensemble's mean P(atypical)",
+            "oof_metrics": result, "parity": checks, "run": str(run_dir.resolve()),
+            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__},
+        }
+        manifest = manifest_io.Manifest(members=members, threshold=float(result["threshold"]), tta=tta,
+                                        trained=True, provenance=json.loads(json.dumps(provenance, default=str)))
+        manifest_io.save(manifest, tmp)
+        manifest_io.load(tmp)  # the container's reader accepts it
+        install(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {result['threshold']:.3f}, "
+        f"tta {tta}")
+    return out_dir / manifest_io.MANIFEST_NAME
+
+
+def install(tmp: Path, out_dir: Path) -> None:
+    """Move the new files into OUT_DIR, the manifest last; drop files only the old manifest named."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old_files = set()
+    if (out_dir / manifest_io.MANIFEST_NAME).is_file():
+        try:
+            old = json.loads((out_dir / manifest_io.MANIFEST_NAME).read_text())
+            old_files = {m.get("file") for m in old.get("members", [])} | {v.get("file") for v in old.get("variants") or []}
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    new_files = [p.name for p in tmp.iterdir() if p.name != manifest_io.MANIFEST_NAME]
+    for name in new_files:
+        os.replace(tmp / name, out_dir / name)
+    os.replace(tmp / manifest_io.MANIFEST_NAME, out_dir / manifest_io.MANIFEST_NAME)
+    for name in old_files - set(new_files):
+        for stale in (name, f"{name}.data") if name and "/" not in name else ():
+            if stale not in new_files and (out_dir / stale).is_file():
+                (out_dir / stale).unlink()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("run", help="training run folder")
+    ap.add_argument("--out", required=True, help="model folder to write (ensemble.json + fold*.onnx)")
+    ap.add_argument("--data", default=None, help="data folder, if the images moved since training")
+    ap.add_argument("--tta", default=None, choices=list(manifest_io.TTA_MODES), help="overrides export.tta")
+    ap.add_argument("--n-real", type=int, default=16, help="real patches per fold for the parity check")
+    a = ap.parse_args(argv)
+    try:
+        export_run(a.run, a.out, a.data, a.tta, a.n_real)
+    except AmfError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The classifier: a timm backbone (pooled embedding) -> optional attention -> one logit for atypical.
+
+create_classifier(cfg) is the one call that builds it, for training, export and the benchmark:
+  model.backbone     any timm name: convnext_small, vit_small_patch8_224, hf-hub:1aurent/vit_small_patch8_224.lunit_dino,
+                     hf-hub:MahmoodLab/UNI2-h, hf-hub:paige-ai/Virchow2, hf-hub:bioptimus/H-optimus-0, DINOv3 ...
+  model.pretrained   fetch the hub weights (timm / Hugging Face; gated models need HF_TOKEN)
+  model.weights      or load a local weights file into the backbone (offline); give the timm architecture
+                     name then (an hf-hub: name needs the hub for its config even without weights)
+  model.kwargs       extra timm.create_model arguments; "py:timm.layers.SwiGLUPacked" names a Python object
+  model.finetune     full | lora (peft LoRA on model.lora.target_modules; merged into the weights before
+                     export) | frozen (backbone frozen and kept in eval mode; the attention and head train)
+The attention module, EmbeddingSE (squeeze-and-excitation, Hu et al. 2018, applied to the pooled
+embedding: z * sigmoid(W2 relu(W1 z))), refines the features that the head classifies and that the
+alignment loss (training/recipe.py) aligns across domains; present when align.enabled. It is a part of
+the exported model (a few thousand multiply-adds per patch).
+Run:  python -m training.models CONFIG   (builds the model, prints its size and a forward pass's shape)
+"""
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+from torch import nn
+
+from amf import AmfError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class EmbeddingSE(nn.Module):
+    """Squeeze-and-excitation gate on a pooled embedding (the alignment's attention module)."""
+
+    def __init__(self, dim: int, reduction: int = 4):
+        super().__init__()
+        hidden = max(8, dim // reduction)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)  # gate 2*sigmoid(0) = 1: the identity at initialisation,
+        nn.init.zeros_(self.fc2.bias)    # so a pretrained backbone's features reach the head unchanged
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * (2.0 * torch.sigmoid(self.fc2(torch.relu(self.fc1(z)))))
+
+
+class Classifier(nn.Module):
+    """backbone (timm, num_classes=0: pooled embedding) -> attention -> dropout -> Linear -> (N, 1) logit."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, attention: bool, head_dropout: float = 0.0,
+                 frozen_backbone: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.attention = EmbeddingSE(num_features) if attention else nn.Identity()
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(num_features, 1)
+        self.frozen_backbone = frozen_backbone
+        self.__dict__["timm_model"] = backbone  # the raw timm model, unregistered (hooks, feature_info)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()  # frozen: no BN statistics updates, no dropout or drop-path
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.backbone(x))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        z = self.features(x)
+        logit = self.head(self.dropout(z))
+        return (logit, z) if return_features else logit
+
+
+def _hub_error(name: str, e: Exception) -> AmfError:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    low = text.lower()
+    repo = name[len("hf-hub:"):] if name.startswith("hf-hub:") else name
+    if "gated" in low or "401" in low or "403" in low or "restricted" in low:
+        return AmfError(f"model {name} is gated: accept its licence on https://huggingface.co/{repo.split('@')[0]} "
+                        f"and set HF_TOKEN (or give a local file as model.weights)")
+    return AmfError(f"cannot fetch the weights or config of {name} ({text[:200]}); offline? set model.weights "
+                    f"to a local weights file with the timm architecture name, or model.pretrained: false")
+
+
+def python_object(value):
+    """A model.kwargs value; "py:package.module.Name" names a Python object (UNI2-h's mlp_layer, act_layer)."""
+    if isinstance(value, str) and value.startswith("py:"):
+        import importlib
+        module, _, attr = value[3:].rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise AmfError(f"model.kwargs: cannot import {value[3:]}") from None
+    return value
+
+
+def create_backbone(mcfg: dict, pretrained: bool | None = None, img_size: int | None = None) -> nn.Module:
+    """The timm model without its classifier (num_classes=0): forward gives the pooled embedding.
+
+    Models that take img_size (ViTs) are built for the training input size (timm resamples pretrained
+    position embeddings once, at load time), so the graph has no resize in it; CNNs ignore it.
+    """
+    import timm
+
+    name = mcfg["backbone"]
+    pretrained = mcfg["pretrained"] if pretrained is None else pretrained
+    kwargs = {k: python_object(v) for k, v in (mcfg.get("kwargs") or {}).items()}
+    if mcfg.get("drop_path"):
+        kwargs["drop_path_rate"] = float(mcfg["drop_path"])
+    weights = mcfg.get("weights")
+    if weights:
+        from pathlib import Path
+        if not Path(weights).is_file():
+            raise AmfError(f"model.weights: no file {weights}")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+        pretrained = True
+    if not name.startswith("hf-hub:") and not timm.is_model(name):
+        raise AmfError(f"unknown timm model {name!r} (timm {timm.__version__}); see timm.list_models()")
+    try:
+        if img_size and "img_size" not in kwargs:
+            try:
+                return timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **kwargs)
+            except TypeError:  # a model without an img_size argument (CNNs)
+                pass
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except TypeError as e:  # an argument this architecture does not take (drop_path_rate, a kwargs key)
+        raise AmfError(f"model {name}: {' '.join(str(e).split())[:200]} (check model.drop_path and model.kwargs)") \
+            from None
+    except (RuntimeError, OSError, ValueError, KeyError, ImportError) as e:
+        if weights and not isinstance(e, OSError):
+            raise AmfError(f"cannot load {weights} into {name}: {' '.join(str(e).split())[:300]}") from None
+        raise _hub_error(name, e) from None
+    except Exception as e:  # huggingface_hub / requests errors have their own types
+        raise _hub_error(name, e) from None
+
+
+def normalisation(cfg: dict, backbone: nn.Module) -> tuple[list[float], list[float]]:
+    """data.mean/std, or ("auto") the backbone's pretrained_cfg, else ImageNet's."""
+    pcfg = getattr(backbone, "pretrained_cfg", {}) or {}
+    out = []
+    for key, fallback in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        value = cfg["data"][key]
+        if value == "auto":
+            value = pcfg.get(key) or fallback
+        if len(value) != 3:
+            raise AmfError(f"config: data.{key} must have 3 values")
+        out.append([float(v) for v in value])
+    return out[0], out[1]
+
+
+def apply_lora(backbone: nn.Module, lcfg: dict) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    conf = LoraConfig(r=int(lcfg.get("r", 8)), lora_alpha=int(lcfg.get("alpha", 16)),
+                      lora_dropout=float(lcfg.get("dropout", 0.0)),
+                      target_modules=list(lcfg.get("target_modules", ["qkv"])))
+    try:
+        return get_peft_model(backbone, conf)
+    except ValueError as e:
+        raise AmfError(f"LoRA: {' '.join(str(e).split())[:300]} (set model.lora.target_modules to Linear "
+                       f"layer names of this backbone)") from None
+
+
+def create_classifier(cfg: dict, pretrained: bool | None = None) -> Classifier:
+    """The configured classifier (LoRA-wrapped or frozen backbone as asked). pretrained=False for export."""
+    m = cfg["model"]
+    backbone = create_backbone(m, pretrained, int(cfg["data"]["input_size"]))
+    raw = backbone
+    if m["finetune"] == "lora":
+        backbone = apply_lora(backbone, m.get("lora") or {})
+    elif m["finetune"] == "frozen":
+        backbone.requires_grad_(False)
+    # the pooled embedding's width: after a conv head (MobileNetV3, GhostNet, LCNet) it is head_hidden_size
+    width = getattr(raw, "head_hidden_size", None) or raw.num_features
+    model = Classifier(backbone, width, attention=bool(cfg["align"]["enabled"]),
+                       head_dropout=float(m.get("head_dropout", 0.0)), frozen_backbone=m["finetune"] == "frozen")
+    model.__dict__["timm_model"] = raw
+    return model
+
+
+def head_parameters(model: Classifier) -> set[int]:
+    """ids of the new (non-backbone) parameters: the attention and the head."""
+    return {id(p) for mod in (model.attention, model.head) for p in mod.parameters()}
+
+
+def merged_state_dict(model: nn.Module) -> dict:
+    """A plain state dict: LoRA adapters merged into the weights (what export and evaluation load)."""
+    model = getattr(model, "module", model)  # DDP
+    if not hasattr(model.backbone, "merge_and_unload"):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    twin = copy.deepcopy(model)
+    twin.backbone = twin.backbone.merge_and_unload()
+    return {k: v.detach().clone() for k, v in twin.state_dict().items()}
+
+
+def load_for_export(cfg: dict, state: dict) -> Classifier:
+    """A plain classifier (no LoRA wrapper, no hooks) with a merged state dict, in eval mode, on the CPU."""
+    plain = copy.deepcopy(cfg)
+    plain["model"] = dict(cfg["model"], finetune="full", pretrained=False, weights=None)
+    model = create_classifier(plain, pretrained=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise AmfError(f"checkpoint does not fit {cfg['model']['backbone']}: missing {missing[:3]}, "
+                       f"unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+if __name__ == "__main__":
+    from training import config as config_io
+
+    try:
+        cfg = config_io.load(sys.argv[1] if len(sys.argv) > 1 else "smoke", sys.argv[2:])
+        model = create_classifier(cfg)
+    except AmfError as e:
+        sys.exit(f"error: {e}")
+    n = cfg["data"]["input_size"]
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    out = model.eval()(torch.zeros(2, 3, n, n))
+    print(f"{cfg['model']['backbone']}: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable; "
+          f"(2, 3, {n}, {n}) -> {tuple(out.shape)}; mean/std {normalisation(cfg, model.timm_model)}")

@@ -1,0 +1,163 @@
+"""The domain-robust recipe ("Mix, Align, Distil", Atey et al., MIDOG 2025): each part switchable.
+
+MixStyle (Zhou et al., ICLR 2021): in training, with probability p per batch, the feature statistics
+  (per-sample, per-channel mean and std) of a stage's output are mixed with those of a shuffled batch
+  partner, lambda ~ Beta(alpha, alpha). Shapes, the batch order and the labels are unchanged; in eval mode
+  it is the identity, so nothing of it is exported. Where ("auto"):
+    CNNs  timm's feature_info stages at stride 4 and 8 (the early and mid stages: ResNet layer1/layer2,
+          ConvNeXt stages.0/stages.1)
+    ViTs  the transformer blocks at about 1/3 and 2/3 of the depth (blocks[round(d/3)-1], blocks[round(2d/3)-1]);
+          statistics over the patch tokens (class/register tokens pass through)
+  or a list of module names of the timm model.
+Alignment (align): the features refined by the attention module (models.EmbeddingSE) are L2-normalised;
+  for each weak domain label (Scanner, Origin, Species, Tumor) and each class present in the batch, the
+  mean feature of every domain value is pulled to the class's batch mean: the loss is the mean squared
+  distance, averaged over classes and labels (class-conditional domain-mean alignment, a linear-kernel
+  MMD). A label with one value in the batch adds nothing.
+EMA teacher (timm.utils.ModelEmaV3): after every optimiser step teacher = d*teacher + (1-d)*student
+  (d = ema.decay; with ema.warmup, d ramps up from 0 as timm's warm-up does). The student also fits the
+  teacher's prediction: T^2 * KL(teacher || student) on the two-class distributions at temperature T.
+Run:  python -m training.recipe CONFIG   (prints where MixStyle goes for the configured backbone)
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ---- MixStyle -----------------------------------------------------------------------------------
+
+class MixStyle:
+    """Mixes per-sample feature statistics; called from forward hooks on the chosen modules."""
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6, prefix_tokens: int = 0,
+                 generator: torch.Generator | None = None):
+        self.p, self.alpha, self.eps, self.prefix = float(p), float(alpha), eps, int(prefix_tokens)
+        self.beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
+        self.generator = generator
+        self.active = True
+
+    def _rand(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def mix(self, x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+        """NCHW, NHWC (channels given) or N x tokens x C -> same shape with mixed statistics."""
+        b = x.shape[0]
+        if b < 2 or self._rand() >= self.p:
+            return x
+        if x.dim() == 4:
+            dims = (1, 2) if channels is not None and x.shape[-1] == channels and x.shape[1] != channels else (2, 3)
+            body, head = x, None
+        elif x.dim() == 3:
+            dims = (1,)
+            head, body = x[:, :self.prefix], x[:, self.prefix:]
+        else:
+            return x
+        dtype = body.dtype
+        body = body.float()
+        mu = body.mean(dim=dims, keepdim=True).detach()  # as the original: statistics carry no gradient
+        sig = (body.var(dim=dims, keepdim=True) + self.eps).sqrt().detach()
+        normed = (body - mu) / sig
+        lam = self.beta.sample((b,)).to(x.device)
+        lam = lam.view(b, *([1] * (body.dim() - 1)))
+        perm = torch.randperm(b, generator=self.generator).to(x.device)
+        mu_mix = mu * lam + mu[perm] * (1 - lam)
+        sig_mix = sig * lam + sig[perm] * (1 - lam)
+        out = (normed * sig_mix + mu_mix).to(dtype)
+        return out if head is None else torch.cat([head, out], dim=1)
+
+
+def mixstyle_targets(timm_model: nn.Module, where="auto") -> list[tuple[str, int | None]]:
+    """(module name, channels) of the early and mid stages (see the docstring), or WHERE's names."""
+    names = dict(timm_model.named_modules())
+    info = list(getattr(timm_model, "feature_info", []) or [])
+    chans = {f["module"]: f.get("num_chs") for f in info}
+    if where != "auto":
+        missing = [w for w in where if w not in names]
+        if missing:
+            raise ValueError(f"mixstyle.where: no module {missing} in the backbone")
+        return [(w, chans.get(w)) for w in where]
+    blocks = getattr(timm_model, "blocks", None)
+    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) >= 3 and \
+            len({f.get("reduction") for f in info}) <= 1:  # ViT-like: one resolution throughout
+        d = len(blocks)
+        return [(f"blocks.{max(0, round(d / 3) - 1)}", None), (f"blocks.{max(0, round(2 * d / 3) - 1)}", None)]
+    stages = [f for f in info if f.get("reduction", 0) >= 4]
+    if len(stages) < 2:
+        raise ValueError("mixstyle.where=auto: this backbone has no feature_info stages; name the modules")
+    return [(stages[0]["module"], stages[0].get("num_chs")), (stages[1]["module"], stages[1].get("num_chs"))]
+
+
+def attach_mixstyle(timm_model: nn.Module, mcfg: dict, generator: torch.Generator | None = None):
+    """Forward hooks that apply MixStyle while the hooked module is in training mode. Returns (mixer, names)."""
+    mixer = MixStyle(mcfg["p"], mcfg["alpha"], prefix_tokens=getattr(timm_model, "num_prefix_tokens", 0),
+                     generator=generator)
+    modules = dict(timm_model.named_modules())
+    targets = mixstyle_targets(timm_model, mcfg.get("where", "auto"))
+    for name, ch in targets:
+        def hook(module, inputs, output, ch=ch):
+            if not module.training or not mixer.active or not torch.is_tensor(output):
+                return None
+            return mixer.mix(output, ch)
+        modules[name].register_forward_hook(hook)
+    return mixer, [n for n, _ in targets]
+
+
+# ---- alignment ----------------------------------------------------------------------------------
+
+def alignment_loss(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+    """features (B, D); labels (B,) in {0,1}; domains (B, L) integer codes of L weak domain labels.
+
+    Mean over labels and classes of the mean squared distance between each domain value's mean
+    (L2-normalised) feature and the class's batch mean. 0 when no label has two values in a class.
+    """
+    z = F.normalize(features.float(), dim=1)
+    labels = labels.round().long()
+    terms = []
+    for j in range(domains.shape[1]):
+        d = domains[:, j]
+        for c in (0, 1):
+            in_c = labels == c
+            values = torch.unique(d[in_c])
+            if len(values) < 2:
+                continue
+            centre = z[in_c].mean(0)
+            means = torch.stack([z[in_c & (d == v)].mean(0) for v in values])
+            terms.append(((means - centre) ** 2).sum(1).mean())
+    if not terms:
+        return features.sum() * 0.0  # keeps the graph (DDP) with a zero loss
+    return torch.stack(terms).mean()
+
+
+# ---- EMA teacher --------------------------------------------------------------------------------
+
+def make_teacher(model: nn.Module, ecfg: dict):
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=float(ecfg["decay"]), use_warmup=bool(ecfg.get("warmup", False)))
+
+
+def kd_loss(student_logit: torch.Tensor, teacher_logit: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student) for one-logit (two-class) outputs, mean over the batch."""
+    t = float(temperature)
+    s, te = student_logit.float().view(-1) / t, teacher_logit.float().view(-1) / t
+    p_t = torch.sigmoid(te)
+    kl = p_t * (F.logsigmoid(te) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-te) - F.logsigmoid(-s))
+    return kl.mean() * t * t
+
+
+if __name__ == "__main__":
+    from training import config as config_io
+    from training.models import create_backbone
+
+    from amf import AmfError
+
+    try:
+        cfg = config_io.load(sys.argv[1] if len(sys.argv) > 1 else "smoke", sys.argv[2:])
+        bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
+    except AmfError as e:
+        sys.exit(f"error: {e}")
+    print(cfg["model"]["backbone"], "MixStyle at", [n for n, _ in mixstyle_targets(bb, cfg["mixstyle"]["where"])])

@@ -1,0 +1,152 @@
+"""Cross-validation splits, written once per run (RUN_DIR/splits.csv) and reused by every --fold job.
+
+kinds (config splits.kind):
+  kfold              k folds (splits.folds, default 5), grouped by slide (no slide in two folds),
+                     stratified by label x tumour type: scikit-learn's StratifiedGroupKFold on the
+                     combined key, shuffled. With a few large slides one shuffle can leave a fold's
+                     atypical share 2-3 points off, so it draws splits.tries shuffles (random states
+                     seed*1000 + t) and keeps the one whose worst fold is closest to the whole's atypical
+                     share (fold sizes break near-ties): deterministic for a seed
+  leave_scanner_out  one fold per scanner (canonical name): train on the others, validate on it
+  leave_tumor_out    one fold per tumour type
+Synthetic images get fold -1: they train in every fold and never enter a validation fold.
+splits.csv columns: image_id, slide, fold, fold_name, label, source, synthetic, the canonical domain
+columns, raw_<domain>, and the image path (export checks its ONNX files on real patches with it).
+Run:  python -m training.splits LABELS.csv [--folds 5] [--seed 0] [--kind kfold]   (prints per-fold counts)
+"""
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from amf import AmfError
+from amf.domains import DOMAIN_COLUMNS
+from amf.fileio import write_text_atomic
+
+KINDS = {"kfold": None, "leave_scanner_out": "Scanner", "leave_tumor_out": "Tumor"}
+COLUMNS = ["image_id", "slide", "fold", "fold_name", "label", "source", "synthetic", *DOMAIN_COLUMNS,
+           *[f"raw_{c}" for c in DOMAIN_COLUMNS], "path"]
+
+
+def kfold_assign(key, groups, labels, folds: int, seed: int, tries: int = 16) -> np.ndarray:
+    """Fold index per row: the best of TRIES seeded StratifiedGroupKFold shuffles (see the docstring)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels, float)
+    best, best_score = None, np.inf
+    for t in range(max(1, tries)):
+        sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + t)
+        fold = np.empty(len(labels), int)
+        with warnings.catch_warnings():  # rare label x tumour keys: sklearn warns, the split is still valid
+            warnings.simplefilter("ignore", UserWarning)
+            for k, (_, val) in enumerate(sgkf.split(np.zeros(len(labels)), key, groups=groups)):
+                fold[val] = k
+        shares = np.array([labels[fold == k].mean() for k in range(folds)])
+        sizes = np.bincount(fold, minlength=folds) / len(fold) * folds
+        score = np.abs(shares - labels.mean()).max() + 0.01 * np.abs(sizes - 1).max()
+        if score < best_score:
+            best, best_score = fold, score
+    return best
+
+
+def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int = 0,
+                tries: int = 16) -> pd.DataFrame:
+    """The table -> its splits table (COLUMNS), one row per figure, in table order."""
+    if kind not in KINDS:
+        raise AmfError(f"unknown split kind {kind!r}; use one of {list(KINDS)}")
+    out = df.reindex(columns=COLUMNS).copy()
+    out["synthetic"] = df["synthetic"].astype(bool).values if "synthetic" in df else False
+    out["source"] = df["source"].values if "source" in df else "official"
+    out["fold"], out["fold_name"] = -1, "train-only"
+    real = np.flatnonzero(~out["synthetic"].to_numpy())
+    sub = out.iloc[real]
+    if KINDS[kind] is None:
+        n_slides = sub["slide"].nunique()
+        if n_slides < folds:
+            raise AmfError(f"{folds} folds need at least {folds} slides; the data has {n_slides}")
+        key = sub["label"].astype(str) + "|" + sub["Tumor"].astype(str)
+        fold = kfold_assign(key.to_numpy(), sub["slide"].to_numpy(), sub["label"].to_numpy(), folds, seed, tries)
+        out.iloc[real, out.columns.get_loc("fold")] = fold
+        out.iloc[real, out.columns.get_loc("fold_name")] = [f"fold{k}" for k in fold]
+    else:
+        col = KINDS[kind]
+        names = sorted(sub[col].unique())
+        if len(names) < 2:
+            raise AmfError(f"leave-one-{col.lower()}-out needs two or more {col} values; the data has {names}")
+        codes = {n: k for k, n in enumerate(names)}
+        out.iloc[real, out.columns.get_loc("fold")] = [codes[v] for v in sub[col]]
+        out.iloc[real, out.columns.get_loc("fold_name")] = [f"{col}={v}" for v in sub[col]]
+    out["fold"] = out["fold"].astype(int)
+    return out.reset_index(drop=True)
+
+
+def write(splits: pd.DataFrame, path) -> Path:
+    buf = io.StringIO()
+    splits.to_csv(buf, index=False)
+    write_text_atomic(path, buf.getvalue())
+    return Path(path)
+
+
+def read(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"image_id": str, "slide": str, "fold_name": str, "path": str},
+                       keep_default_na=False)
+
+
+def matching(splits: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """A written splits table aligned to the data table's row order; refuses if the figures differ."""
+    a, b = set(splits["image_id"]), set(df["image_id"])
+    if a != b:
+        only_s, only_d = sorted(a - b), sorted(b - a)
+        raise AmfError(f"the run's splits.csv does not match the data: {len(only_s)} figure(s) only in the "
+                       f"splits (e.g. {only_s[:3]}), {len(only_d)} only in the data (e.g. {only_d[:3]}); "
+                       f"use a new --out folder")
+    return splits.set_index("image_id").loc[df["image_id"]].reset_index()
+
+
+def folds_of(splits: pd.DataFrame) -> list[int]:
+    return sorted(int(f) for f in splits["fold"].unique() if f >= 0)
+
+
+def fold_rows(splits: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) of fold K; synthetic rows (-1) always train."""
+    fold = splits["fold"].to_numpy()
+    return np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+
+
+def describe(splits: pd.DataFrame) -> str:
+    lines = []
+    for k in folds_of(splits):
+        v = splits[splits["fold"] == k]
+        lines.append(f"  fold {k} ({v['fold_name'].iloc[0]}): {len(v)} figures, {int(v['label'].sum())} atypical "
+                     f"({100 * v['label'].mean():.1f}%), {v['slide'].nunique()} slides")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from training.data import slide_key
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("labels")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kind", default="kfold", choices=list(KINDS))
+    a = ap.parse_args()
+    from amf.domains import canonical
+    t = pd.read_csv(a.labels, dtype={"image_id": str})
+    t["slide"] = [slide_key(f) for f in t["filename"]]
+    t["label"] = (t["majority"].str.upper() == "AMF").astype(int)
+    for c in DOMAIN_COLUMNS:
+        t[f"raw_{c}"] = t[c]
+        t[c] = [canonical(c, v) for v in t[c]]
+    t["synthetic"] = False
+    try:
+        print(describe(make_splits(t, a.kind, a.folds, a.seed)))
+    except AmfError as e:
+        sys.exit(f"error: {e}")

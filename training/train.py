@@ -1,0 +1,490 @@
+"""Train k-fold timm classifiers for atypical vs normal mitotic figures.
+
+  python -m training.train --config CONFIG --data DATA_DIR --out RUN_DIR [--fold N] [--seed S] [--set a.b=v ...]
+  torchrun --nproc_per_node G -m training.train ... --fold N     (one fold on G GPUs, DDP; gloo on CPU)
+
+CONFIG is a YAML file or a name in training/configs/ (smoke, convnext_small, lunit_vit_small, ...).
+The run folder (kept names; the export and evaluation rely on them):
+  config.yaml            the resolved config (written once; a later job with another config is refused)
+  splits.csv             the folds (written once, reused by every --fold job)
+  fold{k}/last.pt        the training state after the last epoch (resumes automatically; --restart ignores it)
+  fold{k}/best.pt        the selected epoch's weights (LoRA merged): {"state_dict", "epoch", "metric", ...}
+  fold{k}/epochs.csv     per-epoch losses and validation metrics
+  fold{k}/oof.csv        the best epoch's validation predictions (image_id, fold, probability, logit, label, domains)
+  fold{k}/done.json      marks the fold finished
+  oof.csv, oof_metrics.json   pooled when every fold is done (training/oof.py)
+Without --fold every fold runs in turn. Folds are independent jobs: run them side by side (a SLURM
+array of --fold N), then export pools them. The model selected per fold is the one with the best
+validation train.select (balanced accuracy at 0.5, or ROC AUC); with ema.evaluate the EMA teacher is
+the model that is evaluated, selected and exported.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from amf import AmfError, metrics
+from amf.fileio import write_text_atomic
+from training import config as config_io
+from training import oof as oof_io
+from training import splits as splits_io
+from training.augment import Augment
+from training.data import PatchDataset, counts_report, load_dataset
+from training.models import create_backbone, create_classifier, head_parameters, merged_state_dict, normalisation
+from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
+
+
+# ---- distributed ------------------------------------------------------------------------------
+
+class Dist:
+    """torchrun's environment, or a single process."""
+
+    def __init__(self, device_arg: str = "auto"):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available() and device_arg in ("auto", "cuda")
+        self.device = torch.device(f"cuda:{self.local}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1:
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A seeded permutation (or class-weighted draw with replacement) per epoch, sharded across ranks."""
+
+    def __init__(self, n: int, weights=None, seed: int = 0, rank: int = 0, world: int = 1, limit: int | None = None):
+        self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.per_rank = n // world
+        if limit is not None:
+            self.per_rank = min(self.per_rank, limit)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(self.n, generator=g)
+        mine = order[self.rank::self.world][:self.per_rank]
+        return iter(mine.tolist())
+
+    def __len__(self):
+        return self.per_rank
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def seed_everything(seed: int):
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def resolve(cfg: dict) -> dict:
+    """Fill in what "auto" means for this backbone (mean/std), so that config.yaml says it."""
+    if cfg["data"]["mean"] == "auto" or cfg["data"]["std"] == "auto":
+        try:
+            with torch.device("meta"):  # no memory, no weights: only the pretrained_cfg is needed
+                bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
+        except (NotImplementedError, RuntimeError):
+            bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
+        cfg["data"]["mean"], cfg["data"]["std"] = normalisation(cfg, bb)
+    return cfg
+
+
+def write_csv_atomic(df: pd.DataFrame, path):
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    write_text_atomic(path, buf.getvalue())
+
+
+def save_atomic(obj, path):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prepare_run(cfg: dict, df: pd.DataFrame, run_dir: Path, dist: Dist) -> pd.DataFrame:
+    """Write (or check) config.yaml and splits.csv; returns the splits aligned to the table's rows."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path, split_path = run_dir / "config.yaml", run_dir / "splits.csv"
+    text = config_io.dump(cfg)
+    if cfg_path.is_file():
+        old = config_io.yaml.safe_load(cfg_path.read_text())
+        if old != config_io.yaml.safe_load(text):
+            diff = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
+                    if (old.get(s) or {}).get(k) != cfg[s][k]]
+            raise AmfError(f"{run_dir} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
+                           f"use a new --out folder or the same config")
+    elif dist.main:
+        write_text_atomic(cfg_path, text)
+    if split_path.is_file():
+        splits = splits_io.matching(splits_io.read(split_path), df)
+    else:
+        s = cfg["splits"]
+        splits = splits_io.make_splits(df, s["kind"], int(s["folds"]), int(s["seed"]), int(s.get("tries", 16)))
+        if dist.main:
+            splits_io.write(splits, split_path)
+    dist.barrier()
+    return splits
+
+
+def cosine_with_warmup(total: int, warmup: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def param_groups(model, cfg):
+    """AdamW groups: no weight decay on biases and norms; the new head/attention at lr * head_lr_scale."""
+    t = cfg["train"]
+    head_ids = head_parameters(model)
+    groups = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        is_head = id(p) in head_ids
+        decay = p.ndim > 1
+        key = (is_head, decay)
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "lr": t["lr"] * (t["head_lr_scale"] if h else 1.0),
+             "weight_decay": t["weight_decay"] if d else 0.0} for (h, d), ps in groups.items()]
+
+
+@torch.no_grad()
+def predict(model, loader, device, amp: bool, channels_last: bool, progress: bool = False) -> tuple:
+    """(rows, logits) of a loader, in eval mode, fp32 outputs."""
+    model.eval()
+    rows, logits = [], []
+    from tqdm import tqdm
+    for x, _, r in tqdm(loader, desc="  validate", leave=False, disable=not progress, mininterval=2):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        logits.append(out.float().view(-1).cpu())
+        rows.append(r)
+    return torch.cat(rows).numpy(), torch.cat(logits).numpy().astype(np.float64)
+
+
+def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) -> pd.DataFrame:
+    from amf.domains import DOMAIN_COLUMNS
+
+    sub = df.iloc[rows]
+    out = pd.DataFrame({"image_id": sub["image_id"].values, "fold": k,
+                        "probability": 1.0 / (1.0 + np.exp(-logits)), "logit": logits,
+                        "label": sub["label"].values, "slide": sub["slide"].values, "source": sub["source"].values})
+    for col in DOMAIN_COLUMNS:
+        out[col] = sub[col].values
+        out[f"raw_{col}"] = sub[f"raw_{col}"].values
+    return out
+
+
+def train_step(model, train_model, teacher, optimizer, x, target, cfg: dict, amp: bool, pos_weight=None,
+               align_batch=None) -> dict:
+    """One optimiser step of the configured recipe; returns the detached losses (device tensors).
+
+    loss = BCE(logit, target) [+ kd_weight * T^2 KL(teacher || student)] [+ align.weight * alignment].
+    MixStyle acts inside the forward pass (hooks); the EMA update and the schedule step are the caller's.
+    """
+    smoothing = float(cfg["train"]["label_smoothing"])
+    if smoothing:
+        target = target * (1 - smoothing) + 0.5 * smoothing
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logit, feats = train_model(x, return_features=True)
+        teacher_logit = None
+        if teacher is not None and cfg["ema"]["kd_weight"] > 0:
+            with torch.no_grad():
+                teacher_logit = teacher.module(x)
+    logit = logit.float().view(-1)
+    loss_cls = F.binary_cross_entropy_with_logits(logit, target.float(), pos_weight=pos_weight)
+    loss = loss_cls
+    zero = torch.zeros((), device=x.device)
+    loss_kd = loss_align = zero
+    if teacher_logit is not None:
+        loss_kd = kd_loss(logit, teacher_logit, cfg["ema"]["temperature"])
+        loss = loss + cfg["ema"]["kd_weight"] * loss_kd
+    if align_batch is not None:
+        loss_align = alignment_loss(feats, *align_batch)
+        loss = loss + cfg["align"]["weight"] * loss_align
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg["train"]["grad_clip"]:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["train"]["grad_clip"]))
+    optimizer.step()
+    return {"loss": loss.detach(), "cls": loss_cls.detach(), "kd": loss_kd.detach(), "align": loss_align.detach()}
+
+
+# ---- one fold ---------------------------------------------------------------------------------
+
+def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int, run_dir: Path, dist: Dist,
+               restart: bool = False, progress: bool = True, log=print) -> dict | None:
+    from tqdm import tqdm
+
+    t_cfg, d_cfg = cfg["train"], cfg["data"]
+    fold_dir = run_dir / f"fold{k}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    if oof_io.fold_done(run_dir, k):
+        if not restart:
+            log(f"fold {k}: already done ({fold_dir / oof_io.DONE}); skipped")
+            return json.loads((fold_dir / oof_io.DONE).read_text())
+        dist.barrier()
+        if dist.main:
+            (fold_dir / oof_io.DONE).unlink()  # a restarted fold is not done until it ends again
+    device = dist.device
+    cuda = device.type == "cuda"
+    amp = t_cfg["amp"] == "bf16" or (t_cfg["amp"] == "auto" and cuda)
+    channels_last = t_cfg["channels_last"] is True or (t_cfg["channels_last"] == "auto" and cuda)
+    seed = int(t_cfg["seed"]) * 1000 + k
+    seed_everything(seed)
+
+    train_rows, val_rows = splits_io.fold_rows(splits, k)
+    model = create_classifier(cfg)
+    mixer = None
+    if cfg["mixstyle"]["enabled"]:
+        mixer, where = attach_mixstyle(model.timm_model, cfg["mixstyle"], torch.Generator().manual_seed(seed))
+        log(f"fold {k}: MixStyle after {', '.join(where)}")
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    teacher = make_teacher(model, cfg["ema"]) if cfg["ema"]["enabled"] else None
+
+    mean, std = d_cfg["mean"], d_cfg["std"]
+    labels = df["label"].to_numpy()
+    train_ds = PatchDataset(df, train_rows, d_cfg["input_size"], mean, std, d_cfg["resize"],
+                            Augment(cfg["augment"]), cache, d_cfg["soft_labels"], seed)
+    val_ds = PatchDataset(df, val_rows, d_cfg["input_size"], mean, std, d_cfg["resize"], None, cache)
+    batch = int(t_cfg["batch_size"])
+    steps = len(train_rows) // (batch * dist.world)
+    if t_cfg["max_steps_per_epoch"]:
+        steps = min(steps, int(t_cfg["max_steps_per_epoch"]))
+    if steps < 1:
+        raise AmfError(f"fold {k}: {len(train_rows)} training figures are fewer than one batch of {batch}")
+    weights = None
+    y_train = labels[train_rows]
+    if cfg["imbalance"]["mode"] == "sampler":
+        counts = np.bincount(y_train, minlength=2).astype(float)
+        weights = 1.0 / counts[y_train]
+    sampler = EpochSampler(len(train_rows), weights, seed, dist.rank, dist.world, limit=steps * batch)
+    workers = int(d_cfg["num_workers"])
+    loader_kw = dict(num_workers=workers, pin_memory=cuda, persistent_workers=False)
+    if workers > 0:
+        loader_kw["prefetch_factor"] = 4
+    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=True, **loader_kw)
+    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
+    pos_weight = None
+    if cfg["imbalance"]["mode"] == "loss":
+        pos_weight = torch.tensor(float((y_train == 0).sum()) / max(1, (y_train == 1).sum()), device=device)
+    hard_labels = torch.from_numpy(labels.astype(np.int64))
+    align_cols = list(cfg["align"]["columns"])
+    domain_codes = torch.tensor(np.stack([pd.factorize(df[c])[0] for c in align_cols], 1)
+                                if align_cols else np.zeros((len(df), 0)), dtype=torch.long)
+
+    epochs = int(t_cfg["epochs"])
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t_cfg["lr"])
+    total_steps = epochs * steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps, int(round(float(t_cfg["warmup_epochs"]) * steps))))
+
+    start_epoch, best, history, global_step = 0, -np.inf, [], 0
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    if last_path.is_file() and not restart:
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if teacher is not None and state.get("teacher") is not None:
+            teacher.module.load_state_dict(state["teacher"])
+        start_epoch, best, history, global_step = state["epoch"] + 1, state["best"], state["history"], state["step"]
+        torch.set_rng_state(state["rng"]["torch"])  # dropout, drop-path, MixStyle's lambda: as if never stopped
+        if mixer is not None and state["rng"].get("mixstyle") is not None:
+            mixer.generator.set_state(state["rng"]["mixstyle"])
+        if cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        log(f"fold {k}: resumed from {last_path} after epoch {state['epoch']}")
+
+    train_model = model
+    if dist.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if cuda else None,
+            find_unused_parameters=cfg["model"]["finetune"] == "frozen")
+    ema_cfg = cfg["ema"]
+    use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
+    log(f"fold {k}: {len(train_rows)} train ({int(y_train.sum())} atypical), {len(val_rows)} validation; "
+        f"{steps} steps/epoch x {epochs} epochs, batch {batch} x {dist.world} process(es) on {device}"
+        f"{', bf16' if amp else ''}{', channels_last' if channels_last else ''}")
+
+    for epoch in range(start_epoch, epochs):
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        train_model.train()
+        sums = {"loss": 0.0, "cls": 0.0, "kd": 0.0, "align": 0.0}
+        lr_start = optimizer.param_groups[0]["lr"]
+        seen, t0 = 0, time.perf_counter()
+        bar = tqdm(train_dl, total=steps, desc=f"fold {k} epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not (progress and dist.main), mininterval=1 if sys.stderr.isatty() else 30)
+        for i, (x, target, rows) in enumerate(bar):
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = target.to(device, non_blocking=True)
+            align_batch = (hard_labels[rows].to(device), domain_codes[rows].to(device)) if use_align else None
+            losses = train_step(model, train_model, teacher, optimizer, x, target, cfg, amp, pos_weight, align_batch)
+            scheduler.step()
+            global_step += 1
+            if teacher is not None:
+                teacher.update(model, step=global_step)
+            n = len(x)
+            seen += n
+            for key, v in losses.items():
+                sums[key] = sums[key] + v * n  # on the device: no synchronisation per step
+            if progress and dist.main and i % 10 == 9:
+                bar.set_postfix(loss=f"{float(sums['loss']) / seen:.4f}", refresh=False)
+        train_s = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "lr": lr_start, "images_per_s": seen * dist.world / train_s,
+               **{f"train_{key}": float(v) / max(1, seen) for key, v in sums.items()}}
+        if dist.main:
+            evaluated = teacher.module if teacher is not None and ema_cfg["evaluate"] else model
+            # fp32: the out-of-fold probabilities are those of the exported fp32 model
+            rows_v, logits_v = predict(evaluated, val_dl, device, False, channels_last, progress)
+            y_val = labels[rows_v]
+            s = metrics.summary(y_val, 1.0 / (1.0 + np.exp(-logits_v)), threshold=0.5)
+            row.update({f"val_{key}": s[key] for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")})
+            row["val_loss"] = float(F.binary_cross_entropy_with_logits(
+                torch.from_numpy(logits_v), torch.from_numpy(y_val.astype(np.float64))))
+            score = row[f"val_{t_cfg['select']}"]
+            score = -np.inf if score is None else score
+            row["best"] = bool(score > best)
+            if row["best"]:
+                best = score
+                save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": epoch + 1, "metric": t_cfg["select"],
+                             "value": float(score), "evaluated": "ema" if evaluated is not model else "student",
+                             "backbone": cfg["model"]["backbone"], "fold": k}, best_path)
+                write_csv_atomic(oof_table(df, rows_v, logits_v, k), fold_dir / "oof.csv")
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            write_csv_atomic(pd.DataFrame(history), fold_dir / "epochs.csv")
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(),
+                         "teacher": teacher.module.state_dict() if teacher is not None else None,
+                         "epoch": epoch, "best": best, "history": history, "step": global_step,
+                         "rng": {"torch": torch.get_rng_state(),
+                                 "cuda": torch.cuda.get_rng_state() if cuda else None,
+                                 "mixstyle": mixer.generator.get_state() if mixer is not None else None}},
+                        last_path)
+            val_txt = " ".join(f"{key[4:]} {row[key]:.3f}" for key in ("val_balanced_accuracy", "val_roc_auc")
+                               if row[key] is not None)
+            log(f"fold {k} epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
+                f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}), {row['images_per_s']:.0f} img/s; "
+                f"val {val_txt}{' *' if row['best'] else ''}")
+        dist.barrier()
+    done = None
+    if dist.main:
+        hist = pd.DataFrame(history)
+        best_row = hist.loc[hist["best"]].iloc[-1].to_dict() if len(hist) else {}
+        done = {"fold": k, "epochs": epochs, "best_epoch": int(best_row.get("epoch", 0)), "select": t_cfg["select"],
+                "best_value": float(best), "val_balanced_accuracy": best_row.get("val_balanced_accuracy"),
+                "val_roc_auc": best_row.get("val_roc_auc")}
+        write_text_atomic(fold_dir / oof_io.DONE, json.dumps(done, indent=2) + "\n")
+    if mixer is not None:
+        mixer.active = False
+    dist.barrier()
+    return done
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--config", required=True, help="YAML file or name in training/configs/")
+    ap.add_argument("--data", required=True, help="folder with the official CSV and PNG folder")
+    ap.add_argument("--out", required=True, help="run folder")
+    ap.add_argument("--fold", type=int, default=None, help="train this fold only")
+    ap.add_argument("--seed", type=int, default=None, help="overrides train.seed and splits.seed")
+    ap.add_argument("--epochs", type=int, default=None, help="overrides train.epochs")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4")
+    ap.add_argument("--skip-missing", action="store_true", default=None,
+                    help="train without missing/unreadable images (reported with a count)")
+    ap.add_argument("--restart", action="store_true", help="ignore last.pt/done.json and train from scratch")
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    ap.add_argument("--workers", type=int, default=None, help="overrides data.num_workers")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    dist = None
+    try:
+        overrides = list(args.set)
+        if args.seed is not None:
+            overrides += [f"train.seed={args.seed}", f"splits.seed={args.seed}"]
+        if args.epochs is not None:
+            overrides.append(f"train.epochs={args.epochs}")
+        if args.workers is not None:
+            overrides.append(f"data.num_workers={args.workers}")
+        cfg = resolve(config_io.load(args.config, overrides))
+        dist = Dist(args.device)
+        log = print if dist.main else (lambda *a, **k: None)
+        t0 = time.perf_counter()
+        df, cache = load_dataset(args.data, cfg, args.skip_missing, log=log)
+        log(counts_report(df))
+        run_dir = Path(args.out)
+        splits = prepare_run(cfg, df, run_dir, dist)
+        folds = splits_io.folds_of(splits)
+        log(f"{cfg['splits']['kind']} splits ({run_dir / 'splits.csv'}):\n{splits_io.describe(splits)}")
+        if args.fold is not None and args.fold not in folds:
+            raise AmfError(f"--fold {args.fold}: the splits have folds {folds}")
+        for k in ([args.fold] if args.fold is not None else folds):
+            train_fold(cfg, df, cache, splits, k, run_dir, dist, args.restart, not args.no_progress, log)
+        if dist.main:
+            missing = oof_io.missing_folds(run_dir, splits)
+            if missing:
+                log(f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} still to train, "
+                    f"then: python -m training.export {run_dir} --out MODEL_DIR")
+            else:
+                _, result = oof_io.pool(run_dir, seed=int(cfg["train"]["seed"]))
+                log(f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, "
+                    f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s ==")
+                log(oof_io.summary_text(result))
+                log(f"run folder {run_dir}; next: python -m training.export {run_dir} --out MODEL_DIR")
+    except AmfError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    finally:
+        if dist is not None:
+            dist.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
