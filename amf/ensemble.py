@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from amf import AmfError
+from amf import AmfError, native_stderr
 from amf import manifest as manifest_io
 from amf.preprocess import prepare
 
@@ -50,6 +51,18 @@ def pick_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def cuda_failure(printed: str) -> str:
+    """The reason in onnxruntime's provider-loading log (e.g. 'libcublasLt.so.12: cannot open
+    shared object file'), or a generic one."""
+    import re
+
+    text = native_stderr.one_line(printed, 10_000)
+    m = re.search(r"Failed to load library (\S+) with error: (.*?)(?= \[|$)", text)
+    if m:
+        return native_stderr.one_line(f"{m.group(1)}: {m.group(2)}", 200)
+    return native_stderr.one_line(text, 200) if text else "driver or CUDA/cuDNN libraries"
+
+
 class Ensemble:
     def __init__(self, model_dir, device: str = "auto", chunk: int = CHUNK):
         import onnxruntime as ort
@@ -72,40 +85,62 @@ class Ensemble:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise AmfError(f"cannot load model {path.name}: {msg}") from None
 
-        first = session(self.manifest.members[0].file)
+        def variant_for(dev: str):
+            """The first variant declared for DEV (manifest validation keeps fp16 ones off the CPU)."""
+            return next((v for v in self.manifest.variants if dev in v.use_on), None)
+
+        def plan(dev: str) -> list[str]:
+            """The files to run on DEV: its variant, else every member."""
+            v = variant_for(dev)
+            return [v.file] if v else [m.file for m in self.manifest.members]
+
+        tried = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        first_file = plan(tried)[0]
+        # onnxruntime prints why CUDA did not load straight to fd 2, over several lines: catch it
+        # and fold it into our one warning line
+        with native_stderr.captured() as printed:
+            try:
+                first = session(first_file)
+            except AmfError:
+                if first_file == self.manifest.members[0].file:
+                    raise
+                # a CUDA-only variant may not load where CUDA does not: find the device with a member
+                first_file = self.manifest.members[0].file
+                first = session(first_file)
         self.device = "cuda" if first.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        if providers[0] == "CUDAExecutionProvider" and self.device == "cpu":
-            log.warning("amf: the CUDA provider failed to load (driver or CUDA/cuDNN libraries); "
-                        "running on the CPU")
+        if tried == "cuda" and self.device == "cpu":
+            why = cuda_failure(printed[0])
+            log.warning("amf: the CUDA provider failed to load (%s); running on the CPU", why)
             providers = ["CPUExecutionProvider"]  # the other sessions need not try again
-        # manifest validation keeps fp16 variants off the CPU
-        variant = next((v for v in self.manifest.variants if self.device in v.use_on), None)
-        if variant is not None:
+        elif printed[0].strip():
+            sys.stderr.write(printed[0])  # nothing to fold in: pass it on as it came
+        self.variant = variant_for(self.device)
+        files = plan(self.device)
+        if self.variant is not None:
             m0 = self.manifest.members[0]
             if any((m.input_size, m.mean, m.std, m.resize) != (m0.input_size, m0.mean, m0.std, m0.resize)
                    for m in self.manifest.members):
-                raise AmfError(f"manifest variant {variant.file}: members differ in preprocessing")
-            self.variant = variant
-            self.sessions = [session(variant.file)]
-        else:
-            self.variant = None
-            self.sessions = [first] + [session(m.file) for m in self.manifest.members[1:]]
-        for s, m in zip(self.sessions, self.manifest.members):
-            self._check_io(s, m.input_size)
+                raise AmfError(f"manifest variant {self.variant.file}: members differ in preprocessing")
+        # the session made to find the device is kept when it is one of the files to run
+        self.sessions = [first if f == first_file and i == 0 else session(f) for i, f in enumerate(files)]
+        sizes = [m.input_size for m in self.manifest.members]
+        for sess, f, size in zip(self.sessions, files, sizes):
+            self._check_io(sess, size, f)
         log.info("amf: onnxruntime %s on %s, %d member(s)%s, tta=%s", ort.__version__,
                  self.device.upper(), len(self.manifest.members),
                  f" as one {self.variant.kind} graph" if self.variant else "", self.manifest.tta)
 
     @staticmethod
-    def _check_io(sess, size: int) -> None:
+    def _check_io(sess, size: int, name: str = "") -> None:
         inp, out = sess.get_inputs(), sess.get_outputs()
+        where = f"model {name}: " if name else "model "
         if len(inp) != 1 or len(inp[0].shape) != 4 or inp[0].shape[1] not in (3, "3"):
-            raise AmfError(f"model input must be one Nx3xHxW tensor, got {[i.shape for i in inp]}")
+            raise AmfError(f"{where}input must be one Nx3xHxW tensor, got {[i.shape for i in inp]}")
         for dim in inp[0].shape[2:]:
             if isinstance(dim, int) and dim != size:
-                raise AmfError(f"model input is {inp[0].shape[2:]} but the manifest says {size}")
+                raise AmfError(f"{where}input is {inp[0].shape[2:]} but the manifest says {size}")
         if len(out) < 1 or (isinstance(out[0].shape[-1], int) and out[0].shape[-1] != 1):
-            raise AmfError(f"model output must be one value per patch, got {out[0].shape}")
+            raise AmfError(f"{where}output must be one value per patch, got {out[0].shape}")
 
     def _run(self, sess, x: np.ndarray) -> np.ndarray:
         name = sess.get_inputs()[0].name

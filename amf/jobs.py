@@ -6,11 +6,12 @@ convention). The one Track 2 interface takes a stack of ROI cut-outs and returns
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
-from amf import AmfError
+from amf import AmfError, native_stderr
 from amf.fileio import write_text_atomic
 from amf.preprocess import canonical_patch
 
@@ -74,10 +75,10 @@ def read_stack(path) -> list[np.ndarray]:
 
     path = Path(path)
     try:
-        img = sitk.ReadImage(str(path))
+        with native_stderr.captured() as printed:  # ITK's MetaIO prints its reasons to fd 2
+            img = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
-        raise AmfError(f"cannot read image {path.name}: {first}") from None
+        raise AmfError(f"cannot read image {path.name}: {_itk_reason(str(e), printed[0])}") from None
     arr = sitk.GetArrayViewFromImage(img)
     dim, comps = img.GetDimension(), img.GetNumberOfComponentsPerPixel()
     if dim == 2:
@@ -92,6 +93,18 @@ def read_stack(path) -> list[np.ndarray]:
         return [canonical_patch(np.array(page)) for page in arr]
     except AmfError as e:
         raise AmfError(f"image {path.name}: {e}") from None
+
+
+def _itk_reason(message: str, printed: str) -> str:
+    """The informative part of an ITK exception (its 'ERROR' line, less the object address) plus
+    whatever the reader printed on its own, as one line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line]
+    reason = errors[-1] if errors else (lines[-1] if lines else "unreadable")
+    reason = re.sub(r"^(ITK ERROR: \w+\(0x[0-9a-f]+\): |sitk::ERROR: )", "", reason)
+    if printed.strip():
+        reason += f" ({native_stderr.one_line(printed, 160)})"
+    return reason
 
 
 def write_results(output_dir, results: list[dict]) -> Path:

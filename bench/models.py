@@ -1,0 +1,124 @@
+"""Benchmark models, made once into a cache folder outside git (bench/.cache, or $AMF_BENCH_CACHE).
+
+- the baseline's weights: timm efficientnetv2_m (EfficientNetV2-M), random init, saved as a state dict
+- 5 x timm convnext_small, random init (seeds 0-4), each exported to fp32 ONNX (dynamic batch,
+  one logit), and ensemble folders for 128 and 224 px: members only, and the same members with a
+  merged single graph (training/merge.py) declared for the CPU.
+Pretrained weights cannot be downloaded here; speed does not depend on the weights' values.
+Run:  python -m bench.models      (prints the folders it made or found)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("AMF_BENCH_CACHE", ROOT / "bench" / ".cache"))
+BASELINE_ARCH = "efficientnetv2_m"  # timm's EfficientNetV2-M
+CONVNEXT_ARCH = "convnext_small"
+CONVNEXT_MEMBERS = 5
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def cache_dir() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ignore = CACHE / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")  # the cache ignores itself: nothing here reaches git
+    return CACHE
+
+
+def baseline_weights() -> Path:
+    """Random EfficientNetV2-M weights (2 classes, like the reference), saved once."""
+    path = cache_dir() / f"{BASELINE_ARCH}.pth"
+    if not path.exists():
+        import timm
+        import torch
+
+        torch.manual_seed(0)
+        model = timm.create_model(BASELINE_ARCH, pretrained=False, num_classes=2)
+        torch.save(model.state_dict(), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return path
+
+
+def export_convnext(path: Path, seed: int, size: int) -> Path:
+    """timm convnext_small, random init, one logit -> fp32 ONNX with a dynamic batch axis."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(CONVNEXT_ARCH, pretrained=False, num_classes=1).eval()
+    x = torch.zeros(2, 3, size, size)
+    tmp = path.with_suffix(".tmp.onnx")
+    torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logit"],
+                      dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
+                      opset_version=17, dynamo=False, external_data=False)
+    tmp.replace(path)
+    return path
+
+
+def convnext_ensemble(size: int, merged: bool = False) -> Path:
+    """The 5 x ConvNeXt-Small folder at SIZE px; with MERGED, a folder whose manifest uses the merged graph."""
+    from amf.manifest import Manifest, Member, save
+
+    folder = cache_dir() / f"convnext5_{size}"
+    if not (folder / "ensemble.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        members = []
+        for seed in range(CONVNEXT_MEMBERS):
+            name = f"{CONVNEXT_ARCH}_s{seed}.onnx"
+            if not (folder / name).exists():
+                export_convnext(folder / name, seed, size)
+            members.append(Member(file=name, input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                  resize="bilinear", backbone=CONVNEXT_ARCH, fold=seed))
+        save(Manifest(members=members, trained=False,
+                      provenance={"note": f"benchmark: {CONVNEXT_MEMBERS} x random-init {CONVNEXT_ARCH}"}), folder)
+    return derived(folder, f"{folder.name}_merged", "merged") if merged else folder
+
+
+def derived(src: Path, name: str, path: str) -> Path:
+    """A model folder CACHE/NAME whose manifest names SRC's members by relative path and runs them as
+    PATH: "members" (one session per member), "merged" (one merged graph, on CPU and CUDA) or
+    "fp16" (the merged graph's fp16 copy, on CUDA). Derived graphs are made once and kept."""
+    import onnx
+
+    from amf.manifest import Variant, load, save
+    from training.merge import FP16_FILE, MERGED_FILE, merge_models, save_model, to_fp16
+
+    dst = cache_dir() / name
+    if (dst / "ensemble.json").exists():
+        return dst
+    mf = load(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    if path in ("merged", "fp16") and not (dst / MERGED_FILE).exists():
+        save_model(merge_models([onnx.load(str(mf.path(m.file))) for m in mf.members]), dst / MERGED_FILE)
+    if path == "fp16" and not (dst / FP16_FILE).exists():
+        save_model(to_fp16(onnx.load(str(dst / MERGED_FILE))), dst / FP16_FILE)
+    rel = os.path.relpath(mf.root, dst)
+    for m in mf.members:
+        m.file = f"{rel}/{m.file}"
+    mf.variants = {"members": [],
+                   "merged": [Variant(file=MERGED_FILE, kind="merged", use_on=["cpu", "cuda"])],
+                   "fp16": [Variant(file=FP16_FILE, kind="merged-fp16", use_on=["cuda"]),
+                            Variant(file=MERGED_FILE, kind="merged", use_on=[])]}[path]
+    save(mf, dst)
+    return dst
+
+
+def shipped(path: str) -> Path:
+    """The shipped model/ run as PATH (see derived); keyed by the manifest's content, so a new model
+    gets new folders."""
+    import hashlib
+
+    src = ROOT / "model"
+    key = hashlib.sha1((src / "ensemble.json").read_bytes()).hexdigest()[:10]
+    return derived(src, f"shipped_{key}_{path}", path)
+
+
+if __name__ == "__main__":
+    print(baseline_weights())
+    for s in (128, 224):
+        print(convnext_ensemble(s), convnext_ensemble(s, merged=True))
+    print(shipped("members"), shipped("merged"))

@@ -1,0 +1,50 @@
+"""One platform-style run of the ONNX container path in a fresh process, timed stage by stage.
+
+Does what inference.py's handler does, with the same functions (amf.jobs, amf.ensemble,
+amf.results), and prints one JSON line of seconds: imports, load (the ensemble's sessions),
+infer (read the stack, preprocess, run, build the results), write (the atomic result file).
+Interpreter start-up is what the caller's wall clock has on top of these.
+Run:  python -m bench.stages --input test/input --output /tmp/out [--model model]
+"""
+import time
+
+T0 = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy  # noqa: E402,F401  the heavy imports land in "imports", as in inference.py's run
+import onnxruntime  # noqa: E402,F401
+import SimpleITK  # noqa: E402,F401
+
+import inference  # noqa: E402
+from amf import jobs  # noqa: E402
+from amf.ensemble import Ensemble  # noqa: E402
+from amf.results import to_results  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--model", default=None)
+    a = ap.parse_args()
+    t1 = time.perf_counter()
+    ensemble = Ensemble(inference.resolve_model_dir(a.model))
+    t2 = time.perf_counter()
+    patches = jobs.read_stack(jobs.find_stack(a.input))
+    results = to_results(ensemble.predict_proba(patches), ensemble.manifest.threshold)
+    t3 = time.perf_counter()
+    jobs.write_results(a.output, results)
+    t4 = time.perf_counter()
+    print(json.dumps({"imports": t1 - T0, "load": t2 - t1, "infer": t3 - t2, "write": t4 - t3,
+                      "n": len(results), "device": ensemble.device,
+                      "variant": ensemble.variant.kind if ensemble.variant else None}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build the image and save it for upload to Grand Challenge, with the model tarball beside it:
+#   out/<TAG>_<date>.tar.gz    the image (docker save, gzipped)
+#   out/model_<date>.tar.gz    the contents of model/ (ensemble.json at its root), which the
+#                              platform unpacks at /opt/ml/model, where inference.py looks first
+# Usage: ./do_save.sh [TAG]
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DOCKER_IMAGE_TAG="${1:-midog25-track2-amf}"
+STAMP="$(date +"%Y%m%d_%H%M%S")"
+OUT_DIR="${SCRIPT_DIR}/out"
+IMAGE_TARBALL="${OUT_DIR}/${DOCKER_IMAGE_TAG}_${STAMP}.tar.gz"
+MODEL_TARBALL="${OUT_DIR}/model_${STAMP}.tar.gz"
+
+"${SCRIPT_DIR}/do_build.sh" "$DOCKER_IMAGE_TAG"
+mkdir -p "$OUT_DIR"
+
+echo "=+= Exporting the image to ${IMAGE_TARBALL}"
+docker save "$DOCKER_IMAGE_TAG" | gzip -c > "$IMAGE_TARBALL"
+
+echo "=+= Creating the model tarball ${MODEL_TARBALL}"
+(cd "${SCRIPT_DIR}/model" && tar -czf "$MODEL_TARBALL" -- ./*)
+
+echo "=+= Saved ${IMAGE_TARBALL} and ${MODEL_TARBALL}"

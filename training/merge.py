@@ -1,0 +1,169 @@
+"""Derive one merged ONNX graph (and an fp16 copy) from the members of a model folder.
+
+The merged graph takes the members' shared input (float32 NCHW, already normalised) once, runs
+every member on it, and returns the mean of the members' sigmoids: P(atypical), shape (N, 1).
+The fp16 copy keeps float32 input and output (onnxruntime's own float16 converter), for CUDA only.
+Both are declared in the manifest as variants beside the fp32 members, never replacing them; a
+variant's `use_on` lists only the devices where bench/container.py found it faster (empty: derived,
+not used). All members must share input size, mean, std and resize method. Before the manifest is
+written, the merged graph is checked against the member loop on random patches (within 1e-5).
+Run:  python -m training.merge MODEL_DIR [--use-on cpu] [--fp16] [--fp16-use-on cuda]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from amf import AmfError
+from amf import manifest as manifest_io
+from amf.manifest import Manifest, Variant
+
+MERGED_FILE = "merged.onnx"
+FP16_FILE = "merged-fp16.onnx"
+INPUT_NAME = "input"
+OUTPUT_NAME = "prob"
+PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which the graph's weights go to a .data file
+
+
+def shared_preprocessing(manifest: Manifest):
+    """The one (input_size, mean, std, resize) of all members, or an AmfError."""
+    specs = {(m.input_size, tuple(m.mean), tuple(m.std), m.resize) for m in manifest.members}
+    if len(specs) != 1:
+        raise AmfError(f"cannot merge: members differ in preprocessing {sorted(specs)}")
+    return specs.pop()
+
+
+def merge_models(models: list, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
+    """ONNX member models (one input, first output = one logit) -> one ModelProto: mean of sigmoids."""
+    import onnx
+    from onnx import compose, helper, inliner, version_converter
+
+    opset = max(next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) for m in models)
+    nodes, inits, sparse, value_info, functions, opsets = [], [], [], [], [], {}
+    first_input = None
+    probs = []
+    for i, model in enumerate(models):
+        model = inliner.inline_local_functions(model)  # exported graphs may carry local functions
+        own = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        if own != opset:
+            model = version_converter.convert_version(model, opset)
+        model = compose.add_prefix(model, f"m{i}_")
+        g = model.graph
+        feeds = [x for x in g.input if x.name not in {t.name for t in g.initializer}]
+        if len(feeds) != 1:
+            raise AmfError(f"cannot merge: member {i} has {len(feeds)} inputs, expected 1")
+        if first_input is None:  # the first member's input type, static sizes and all (they help the optimiser)
+            first_input = onnx.ValueInfoProto()
+            first_input.CopyFrom(feeds[0])
+            first_input.name = input_name
+        nodes.append(helper.make_node("Identity", [input_name], [feeds[0].name], name=f"m{i}_feed"))
+        nodes.extend(g.node)
+        nodes.append(helper.make_node("Sigmoid", [g.output[0].name], [f"m{i}_sigmoid"], name=f"m{i}_sigmoid"))
+        # (N,) or (N, 1) logits -> (N, 1) probabilities
+        nodes.append(helper.make_node("Flatten", [f"m{i}_sigmoid"], [f"m{i}_prob"], axis=1, name=f"m{i}_flat"))
+        probs.append(f"m{i}_prob")
+        inits.extend(g.initializer)
+        sparse.extend(g.sparse_initializer)
+        value_info.extend(g.value_info)
+        functions.extend(model.functions)
+        for o in model.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    nodes.append(helper.make_node("Mean", probs, [output_name], name="ensemble_mean"))
+    graph = helper.make_graph(
+        nodes, "amf_merged_ensemble", [first_input],
+        [helper.make_tensor_value_info(output_name, onnx.TensorProto.FLOAT, ["batch", 1])],
+        initializer=inits, value_info=value_info, sparse_initializer=sparse)
+    merged = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                               functions=functions)
+    merged.ir_version = max(m.ir_version for m in models)  # what onnxruntime already reads
+    merged.producer_name = "amf training.merge"
+    return merged
+
+
+def to_fp16(model):
+    """Float16 weights and compute, float32 input and output (for the CUDA provider)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True)
+
+
+def save_model(model, path: Path) -> Path:
+    """Save one graph; weights over the protobuf limit go to PATH.data beside it."""
+    import onnx
+
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weights > PROTOBUF_LIMIT:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data")
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
+def member_loop(manifest: Manifest, x: np.ndarray) -> np.ndarray:
+    """Mean of the members' sigmoids on one prepared batch, one session per member (the reference)."""
+    import onnxruntime as ort
+
+    from amf.ensemble import sigmoid
+
+    total = np.zeros(len(x))
+    for m in manifest.members:
+        s = ort.InferenceSession(str(manifest.path(m.file)), providers=["CPUExecutionProvider"])
+        total += sigmoid(np.asarray(s.run(None, {s.get_inputs()[0].name: x})[0]).reshape(len(x)))
+    return total / len(manifest.members)
+
+
+def merged_run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(s.run(None, {s.get_inputs()[0].name: x})[0], dtype=np.float64).reshape(len(x))
+
+
+def check_batch(manifest: Manifest, n: int = 4, seed: int = 0) -> np.ndarray:
+    """Random patches through the members' own preprocessing: a prepared float32 batch."""
+    from amf.preprocess import prepare
+
+    size, mean, std, resize = shared_preprocessing(manifest)
+    rng = np.random.default_rng(seed)
+    return prepare(list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)), size, mean, std, resize)
+
+
+def merge_folder(model_dir, use_on=(), fp16: bool = False, fp16_use_on=(), atol: float = 1e-5) -> Manifest:
+    """Write MODEL_DIR/merged.onnx (and merged-fp16.onnx) and declare them in the manifest."""
+    import onnx
+
+    model_dir = Path(model_dir)
+    mf = manifest_io.load(model_dir)
+    shared_preprocessing(mf)
+    merged = merge_models([onnx.load(str(mf.path(m.file))) for m in mf.members])
+    path = save_model(merged, model_dir / MERGED_FILE)
+    onnx.checker.check_model(str(path))  # by path: works for graphs with external weights too
+    x = check_batch(mf)
+    gap = float(np.max(np.abs(merged_run(path, x) - member_loop(mf, x))))
+    if gap > atol:
+        raise AmfError(f"merged graph differs from the member loop by {gap:.2e} (> {atol})")
+    variants = [Variant(file=MERGED_FILE, kind="merged", use_on=list(use_on))]
+    if fp16:
+        save_model(to_fp16(merged), model_dir / FP16_FILE)
+        # first in the list: the runtime takes the first variant declared for its device
+        variants.insert(0, Variant(file=FP16_FILE, kind="merged-fp16", use_on=list(fp16_use_on)))
+    mf.variants = variants
+    mf.provenance = {**mf.provenance, "merged_max_abs_diff": gap}
+    manifest_io.save(mf, model_dir)
+    return mf
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model_dir")
+    ap.add_argument("--use-on", nargs="*", default=[], choices=list(manifest_io.DEVICES),
+                    help="devices where the merged graph replaces the member loop (from the benchmark)")
+    ap.add_argument("--fp16", action="store_true", help="also write the fp16 copy (CUDA only)")
+    ap.add_argument("--fp16-use-on", nargs="*", default=[], choices=["cuda"],
+                    help="use the fp16 copy on CUDA (only where the benchmark found it faster)")
+    a = ap.parse_args()
+    m = merge_folder(a.model_dir, a.use_on, a.fp16, a.fp16_use_on)
+    print(f"{a.model_dir}: " + ", ".join(f"{v.kind} {v.file} use_on={v.use_on}" for v in m.variants))
