@@ -9,13 +9,12 @@ Run:  python test/make_sample_input.py [OUT_DIR] [--n 16] [--seed 2025] [--forma
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-SLUG = "stacked-histopathology-roi-cropouts"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 
 def draw_patch(rng: np.random.Generator, atypical_look: bool, size: int = 128) -> np.ndarray:
@@ -46,25 +45,12 @@ def make_job(out_dir, n: int = 16, seed: int = 2025, fmt: str = "tiff", name: st
 
 
 def write_job(out_dir, patches, fmt: str = "tiff", name: str | None = None) -> Path:
-    """Write a platform-style job folder: inputs.json + images/<slug>/<name>.<fmt>."""
-    out_dir = Path(out_dir)
-    name = name or f"stack_0.{fmt}"
-    folder = out_dir / "images" / SLUG
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    if fmt in ("tif", "tiff"):
-        pages = [Image.fromarray(p) for p in patches]
-        pages[0].save(path, save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate")
-    elif fmt == "mha":
-        import SimpleITK as sitk
-        sitk.WriteImage(sitk.GetImageFromArray(np.stack(patches), isVector=True), str(path), True)
-    else:
+    """Write a platform-style job folder: inputs.json + images/<slug>/<name> (the packer's writer)."""
+    from training.eval_pack import write_job as write_input
+
+    if fmt not in ("tif", "tiff", "mha"):
         raise ValueError(f"unknown format {fmt}")
-    inputs = [{"file": None, "image": {"name": name}, "value": None,
-               "interface": {"slug": SLUG, "kind": "Image", "super_kind": "Image",
-                             "relative_path": f"images/{SLUG}", "example_value": None}}]
-    (out_dir / "inputs.json").write_text(json.dumps(inputs, indent=4) + "\n")
-    return path
+    return write_input(Path(out_dir), list(patches), name or f"stack_0.{fmt}")
 
 
 if __name__ == "__main__":
