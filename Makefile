@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNTIME := .venv-runtime
 
-.PHONY: demo test dev runtime lint bench sample clean
+.PHONY: demo test dev runtime lint bench sample expected clean
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(VENV)/.stamp
 
 sample: $(VENV)/.stamp
 	$(VENV)/bin/python test/make_sample_input.py test/input
+
+expected: $(VENV)/.stamp
+	$(VENV)/bin/python test/compare_output.py --write
 
 clean:
 	rm -rf out .pytest_cache
