@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     try:
         res = compare(args.run_a, args.run_b, args.n_boot, args.seed)
     except AmfError as e:
-        print(f"error: {e}")
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"B = {args.run_b}  vs  A = {args.run_a}  ({res['n_figures']} figures, {res['n_slides']} slides, "
           f"paired slide bootstrap x{res['n_boot']})")
