@@ -1,9 +1,12 @@
-"""Atomic file writes: a reader (or the platform) never sees half a file."""
+"""File I/O: atomic writes (a reader, or the platform, never sees half a file) and checked JSON reads."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+
+from amf import AmfError
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -21,3 +24,14 @@ def write_text_atomic(path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_json(path, what: str):
+    """Parse PATH; one AmfError line, naming WHAT and PATH, if it is missing, unreadable or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise AmfError(f"no {what}: {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AmfError(f"{what} {path} is not valid JSON ({' '.join(str(e).split())})") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError, native_stderr
-from amf.fileio import write_text_atomic
+from amf.fileio import read_json, write_text_atomic
 from amf.preprocess import canonical_patch
 
 INPUT_SLUG = "stacked-histopathology-roi-cropouts"
@@ -24,12 +24,7 @@ IMAGE_SUFFIXES = (".mha", ".tif", ".tiff")
 def read_inputs(input_dir) -> list[dict]:
     """Parse INPUT/inputs.json: a list of socket values, each with interface.slug."""
     path = Path(input_dir) / "inputs.json"
-    if not path.is_file():
-        raise AmfError(f"no {path}")
-    try:
-        inputs = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AmfError(f"{path} is not valid JSON ({e})") from None
+    inputs = read_json(path, "inputs.json")
     if not isinstance(inputs, list) or not all(
             isinstance(v, dict) and isinstance(v.get("interface"), dict)
             and isinstance(v["interface"].get("slug"), str) for v in inputs):

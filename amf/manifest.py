@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from amf import AmfError
-from amf.fileio import write_text_atomic
+from amf.fileio import read_json, write_text_atomic
 from amf.preprocess import RESAMPLE
 
 MANIFEST_NAME = "ensemble.json"
@@ -152,13 +152,7 @@ def from_dict(d: dict, where: str = "") -> Manifest:
 def load(model_dir) -> Manifest:
     """Read and validate MODEL_DIR/ensemble.json; check that every file it names exists."""
     path = Path(model_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise AmfError(f"no manifest: {path} does not exist")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AmfError(f"manifest {path} is not valid JSON ({e})") from None
-    m = from_dict(d, where=str(path))
+    m = from_dict(read_json(path, "manifest"), where=str(path))
     m.root = path.parent
     for f in [mb.file for mb in m.members] + [v.file for v in m.variants]:
         if not m.path(f).is_file():

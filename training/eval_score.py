@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError, jobs
-from amf.fileio import write_text_atomic
+from amf.fileio import read_json, write_text_atomic
 from amf.metrics import aggregates, best_threshold, bootstrap_ci, roc_band, summary
 from amf.results import validate
 
@@ -47,11 +47,7 @@ MAX_LISTED = 5  # problems named in the one error line
 
 def load_ground_truth(path) -> dict[str, dict]:
     """ground_truth.json -> {stack name: {"labels": [0/1...], "tumordomains": [int...]}}."""
-    path = Path(path)
-    try:
-        truth = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AmfError(f"cannot read ground truth {path}: {' '.join(str(e).split())}") from None
+    truth = read_json(path, "ground truth")
     out = {}
     for i, entry in enumerate(truth if isinstance(truth, list) else [None]):
         ok = (isinstance(entry, dict) and isinstance(entry.get("image"), str)
@@ -88,10 +84,7 @@ def read_job(job: Path, truth: dict, confidence: str) -> list[dict]:
     path = job / "output" / jobs.OUTPUT_FILE
     if not path.is_file():
         raise AmfError(f"result for {name}: no {path} (did job {job.name} fail?)")
-    try:
-        results = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AmfError(f"result for {name}: not valid JSON ({e})") from None
+    results = read_json(path, f"result for {name}:")
     gt = truth[name]
     validate(results, len(gt["labels"]), stack=name)
     score = p_atypical(results, confidence)
