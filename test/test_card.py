@@ -1,0 +1,100 @@
+"""training.card on made-up runs: it ships the better run, refuses a model folder that holds the other,
+and renders every figure from card.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amf import AmfError
+from amf.manifest import load as load_manifest, save as save_manifest
+from training import card as card_io, oof as oof_io
+from training import config as config_io
+from training.toy_onnx import make_toy_ensemble
+
+RNG = np.random.default_rng(1)
+SCANNERS = ("Aperio ScanScope CS2", "Hamamatsu S360", "Hamamatsu XR")
+
+
+def table(n_slides: int = 30, per_slide: int = 10) -> pd.DataFrame:
+    slide = np.repeat([f"{i:03d}" for i in range(n_slides)], per_slide)
+    scanner = np.repeat([SCANNERS[i % 3] for i in range(n_slides)], per_slide)
+    return pd.DataFrame({
+        "image_id": [f"{i}.png" for i in range(len(slide))], "slide": slide,
+        "fold": np.repeat(np.arange(n_slides) % 5, per_slide), "label": (RNG.random(len(slide)) < 0.3).astype(int),
+        "Scanner": scanner, "raw_Scanner": [s.replace("Hamamatsu XR", "Hamammatsu XR") for s in scanner],
+        "Origin": "somewhere", "Species": "Human", "Tumor": "human breast cancer"})
+
+
+def make_run(folder, df: pd.DataFrame, signal: float, kind: str = "kfold", overrides=()):
+    folder.mkdir(parents=True)
+    y = df["label"].to_numpy()
+    p = np.clip(0.5 + signal * (y - 0.5) + RNG.normal(0, 0.2, len(y)), 0.001, 0.999)
+    names = (df["fold"].map(lambda k: f"Scanner={SCANNERS[k % 3]}") if kind == "leave_scanner_out"
+             else "fold" + df["fold"].astype(str))
+    df.assign(fold_name=names).to_csv(folder / "splits.csv", index=False)
+    cfg = config_io.load("default_model", list(overrides))
+    (folder / "config.yaml").write_text(config_io.dump(cfg))
+    for k, g in df.assign(probability=p).groupby("fold"):
+        (folder / f"fold{k}").mkdir()
+        g.to_csv(folder / f"fold{k}" / "oof.csv", index=False)
+        (folder / f"fold{k}" / "done.json").write_text("{}")
+        pd.DataFrame({"epoch": [1, 2], "seconds": [30.0, 30.0]}).to_csv(folder / f"fold{k}" / "epochs.csv", index=False)
+    oof_io.pool(folder, n_boot=50)
+    return folder
+
+
+def export_of(run, model_dir):
+    """A toy ensemble standing in for `training.export RUN`: trained, threshold and provenance from RUN."""
+    make_toy_ensemble(model_dir, members=2)
+    result = json.loads((run / "oof_metrics.json").read_text())
+    m = load_manifest(model_dir)
+    save_manifest(dataclasses.replace(m, trained=True, threshold=result["threshold"], provenance={
+        "run": str(run.resolve()), "threshold": result["threshold"], "oof_metrics": result}), model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base, df = tmp_path_factory.mktemp("runs"), table()
+    plain_off = ["mixstyle.enabled=false", "align.enabled=false", "ema.enabled=false"]
+    return {"recipe": make_run(base / "recipe", df, 0.6), "plain": make_run(base / "plain", df, 0.1, overrides=plain_off),
+            "loso": make_run(base / "loso", df.assign(fold=df["fold"] % 3), 0.5, kind="leave_scanner_out",
+                             overrides=["splits.kind=leave_scanner_out"])}
+
+
+def test_the_better_run_is_shipped_and_every_figure_lands_in_the_card(runs, tmp_path):
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card, oof = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=50)
+    assert card["shipped"] == "recipe"
+    card_io.write(model, card, oof)
+    text = (model / card_io.README).read_text()
+    assert text == card_io.render(json.loads((model / card_io.CARD_JSON).read_text()))
+    recipe = card["runs"]["recipe"]["oof"]
+    assert f"{recipe['at_threshold']['balanced_accuracy']:.3f}" in text and "The recipe beats" in text
+    assert set(card["runs"]["recipe"]["per_scanner"]) == set(SCANNERS)
+    assert set(card["loso"]["held_out"]) == {f"Scanner={s}" for s in SCANNERS}
+    assert card["data"]["raw_scanner_values"] == sorted({"Aperio ScanScope CS2", "Hamamatsu S360", "Hamammatsu XR"})
+    assert card["data"]["figures"] == len(oof) == 300
+    assert list(oof.columns) == ["image_id", "slide", "fold", "probability"]  # no labels leave the data
+    assert card["runs"]["recipe"]["train_minutes"] == 5.0  # 5 folds x 2 epochs x 30 s
+
+
+def test_a_folder_holding_the_worse_run_is_refused(runs, tmp_path):
+    model = export_of(runs["plain"], tmp_path / "model")
+    with pytest.raises(AmfError, match=r"not hold the export of the better run \(recipe"):
+        card_io.build(model, runs["recipe"], runs["plain"], n_boot=20)
+    assert card_io.main(["--model", str(model), "--recipe", str(runs["recipe"]), "--plain", str(runs["plain"]),
+                         "--n-boot", "20"]) == 2
+    assert not (model / card_io.README).exists()
+
+
+def test_when_the_baseline_wins_the_card_says_so_and_ships_it(runs, tmp_path):
+    model = export_of(runs["recipe"], tmp_path / "model")
+    # swap the roles: the strong run is now called the plain baseline
+    card, _ = card_io.build(model, runs["plain"], runs["recipe"], n_boot=50)
+    assert card["shipped"] == "plain"
+    assert "**The recipe does not beat the plain baseline**" in card_io.render(card)

@@ -1,0 +1,401 @@
+"""The model card of an exported ensemble: every figure measured from the runs, none typed by hand.
+
+  python -m training.card --model model --recipe RUN --plain RUN [--loso RUN] [--n-boot 2000]
+  python -m training.card --model model --render        (re-render README.md from card.json only)
+
+Reads the recipe run and the plain-baseline run (same splits, same epochs; both pooled by
+training.oof), compares them with a paired slide-level bootstrap (training.compare), adds the
+leave-one-scanner-out run when given, and checks that MODEL_DIR holds the export of the better run
+by out-of-fold balanced accuracy (export it first: python -m training.export RUN --out MODEL_DIR).
+Writes, atomically, into MODEL_DIR:
+  card.json   the figures (data counts, configs, out-of-fold metrics, per-scanner bootstrap intervals,
+              the paired comparison, leave-one-scanner-out, the ensemble's files and sizes)
+  oof.csv     image_id, slide, fold, probability of the shipped run: which member held out which
+              figure and what it said there (labels stay in the official CSV)
+  README.md   the card, rendered from card.json by render()
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from amf import AmfError, manifest as manifest_io, metrics
+from amf.domains import DOMAIN_COLUMNS
+from amf.fileio import write_text_atomic
+from training import compare as compare_runs, oof as oof_io, splits as splits_io
+
+CARD_JSON, OOF_CSV, README = "card.json", "oof.csv", "README.md"
+SHOWN = ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+LABELS = {"balanced_accuracy": "balanced accuracy", "roc_auc": "ROC AUC", "sensitivity": "sensitivity",
+          "specificity": "specificity"}
+
+
+def load_run(run) -> tuple[pd.DataFrame, dict, dict]:
+    """A finished run's pooled out-of-fold table and metrics (pooled now if not yet) and its config."""
+    import yaml
+
+    run = Path(run)
+    if (run / "oof_metrics.json").is_file():
+        oof = pd.read_csv(run / "oof.csv", dtype={"image_id": str, "slide": str}, keep_default_na=False)
+        result = json.loads((run / "oof_metrics.json").read_text())
+    else:
+        oof, result = oof_io.pool(run)
+    return oof, result, yaml.safe_load((run / "config.yaml").read_text())
+
+
+def per_scanner(oof: pd.DataFrame, threshold: float, n_boot: int) -> dict:
+    out = {}
+    for scanner, g in oof.groupby("Scanner"):
+        y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
+        out[str(scanner)] = {"metrics": metrics.summary(y, p, threshold=threshold),
+                             "ci95": metrics.bootstrap_ci(y, p, threshold=threshold, n_boot=n_boot, seed=0),
+                             "slides": int(g["slide"].nunique())}
+    return out
+
+
+def data_counts(splits: pd.DataFrame) -> dict:
+    rows = splits[splits["fold"] >= 0]
+    by = lambda col: {str(v): {"figures": int(len(g)), "atypical": int(g["label"].sum()),  # noqa: E731
+                               "slides": int(g["slide"].nunique())} for v, g in rows.groupby(col)}
+    return {"figures": int(len(rows)), "atypical": int(rows["label"].sum()), "slides": int(rows["slide"].nunique()),
+            "scanner": by("Scanner"), "fold": by("fold"),
+            "raw_scanner_values": sorted(map(str, rows["raw_Scanner"].unique())),
+            "tumor": sorted(map(str, rows["Tumor"].unique())), "species": sorted(map(str, rows["Species"].unique())),
+            "values": {col: int(rows[col].nunique()) for col in DOMAIN_COLUMNS if col in rows}}
+
+
+def recipe_summary(cfg: dict) -> dict:
+    keep = {"model": ("backbone", "pretrained", "kwargs"), "data": ("input_size", "resize"),
+            "train": ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs"),
+            "imbalance": ("mode",), "mixstyle": ("enabled", "p", "alpha", "where"),
+            "align": ("enabled", "weight", "columns"),
+            "ema": ("enabled", "decay", "kd_weight", "temperature", "evaluate")}
+    return {sec: {k: cfg.get(sec, {}).get(k) for k in keys} for sec, keys in keep.items()} | {"name": cfg.get("name")}
+
+
+def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: str = "") -> tuple[dict, pd.DataFrame]:
+    model_dir = Path(model_dir)
+    manifest = manifest_io.load(model_dir)
+    runs = {"recipe": Path(recipe), "plain": Path(plain)}
+    loaded = {name: load_run(path) for name, path in runs.items()}
+    cmp = compare_runs.compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0)
+    bal = {name: r[1]["at_threshold"]["balanced_accuracy"] for name, r in loaded.items()}
+    shipped = "recipe" if bal["recipe"] > bal["plain"] else "plain"
+    exported_from = Path(str(manifest.provenance.get("run", ""))).resolve()
+    if not manifest.trained or exported_from != runs[shipped].resolve():
+        raise AmfError(f"{model_dir} does not hold the export of the better run ({shipped}, out-of-fold balanced "
+                       f"accuracy {bal[shipped]:.3f}): python -m training.export {runs[shipped]} --out {model_dir}")
+    card = {"shipped": shipped, "trained_on": trained_on, "data": data_counts(splits_io.read(runs[shipped] / "splits.csv")),
+            "compare": cmp, "runs": {}}
+    for name, (oof, result, cfg) in loaded.items():
+        card["runs"][name] = {"config": recipe_summary(cfg), "oof": result,
+                              "per_scanner": per_scanner(oof, result["threshold"], n_boot),
+                              "train_minutes": train_minutes(runs[name])}
+    if loso is not None:
+        oof, result, cfg = load_run(loso)
+        names = splits_io.read(Path(loso) / "splits.csv").groupby("fold")["fold_name"].first()
+        held_out = {}
+        for k, g in oof.groupby("fold"):
+            y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
+            # each held-out scanner at the threshold the pooled out-of-fold predictions chose, and at 0.5
+            held_out[str(names[k])] = {"at_threshold": metrics.summary(y, p, threshold=result["threshold"]),
+                                       "at_0.5": metrics.summary(y, p, threshold=0.5),
+                                       "ci95": metrics.bootstrap_ci(y, p, threshold=result["threshold"],
+                                                                    n_boot=n_boot, seed=0)}
+        card["loso"] = {"config": recipe_summary(cfg), "threshold": result["threshold"], "pooled": result,
+                        "held_out": held_out, "train_minutes": train_minutes(Path(loso))}
+    files = [m.file for m in manifest.members]
+    card["ensemble"] = {"members": [{"file": m.file, "fold": m.fold, "backbone": m.backbone,
+                                     "input_size": m.input_size, "bytes": (model_dir / m.file).stat().st_size}
+                                    for m in manifest.members],
+                        "total_bytes": sum((model_dir / f).stat().st_size for f in files),
+                        "threshold": manifest.threshold, "tta": manifest.tta,
+                        "parity": manifest.provenance.get("parity"),
+                        "versions": manifest.provenance.get("versions")}
+    oof = loaded[shipped][0][["image_id", "slide", "fold", "probability"]]
+    return card, oof
+
+
+def train_minutes(run: Path) -> float:
+    """Wall-clock minutes the run's epochs took (epochs.csv 'seconds'; resumed epochs count once)."""
+    total = 0.0
+    for f in sorted(run.glob("fold*/epochs.csv")):
+        total += pd.read_csv(f)["seconds"].fillna(0).sum()
+    return round(total / 60, 1)
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+def f3(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def with_ci(m: dict, ci: dict, key: str) -> str:
+    lo, hi = (ci.get(key) or [None, None])
+    return f"{f3(m[key])} [{f3(lo)}, {f3(hi)}]"
+
+
+def oof_table(card: dict) -> list[str]:
+    lines = ["| run | threshold | " + " | ".join(LABELS[k] for k in SHOWN) + " | balanced accuracy at 0.5 |",
+             "|---|---|" + "---|" * (len(SHOWN) + 1)]
+    for name in ("recipe", "plain"):
+        r = card["runs"][name]["oof"]
+        ship = " (shipped)" if name == card["shipped"] else ""
+        lines.append(f"| {name}{ship} | {r['threshold']:.3f} | "
+                     + " | ".join(with_ci(r["at_threshold"], r["ci95"], k) for k in SHOWN)
+                     + f" | {f3(r['at_0.5']['balanced_accuracy'])} |")
+    return lines
+
+
+def scanner_table(card: dict) -> list[str]:
+    lines = ["| run | scanner | figures (atypical) | slides | balanced accuracy | ROC AUC | sensitivity | specificity |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in ("recipe", "plain"):
+        for scanner, s in card["runs"][name]["per_scanner"].items():
+            m = s["metrics"]
+            lines.append(f"| {name} | {scanner} | {m['n']} ({m['n_atypical']}) | {s['slides']} | "
+                         + " | ".join(with_ci(m, s["ci95"], k) for k in SHOWN) + " |")
+    return lines
+
+
+def fold_table(card: dict) -> list[str]:
+    lines = ["| fold | figures (atypical) | slides | recipe balanced accuracy | recipe ROC AUC | "
+             "plain balanced accuracy | plain ROC AUC |", "|---|---|---|---|---|---|---|"]
+    for k, c in card["data"]["fold"].items():
+        r, p = card["runs"]["recipe"]["oof"]["per_fold"][k], card["runs"]["plain"]["oof"]["per_fold"][k]
+        lines.append(f"| {k} | {c['figures']} ({c['atypical']}) | {c['slides']} | {f3(r['balanced_accuracy'])} | "
+                     f"{f3(r['roc_auc'])} | {f3(p['balanced_accuracy'])} | {f3(p['roc_auc'])} |")
+    return lines
+
+
+def compare_table(card: dict) -> list[str]:
+    c = card["compare"]
+    lines = ["| metric | plain | recipe | recipe − plain [95% interval] | P(recipe ≤ plain) |", "|---|---|---|---|---|"]
+    for k, v in c["metrics"].items():
+        lines.append(f"| {k} | {f3(v['a'])} | {f3(v['b'])} | {v['b_minus_a']:+.3f} "
+                     f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] | {v['p_b_not_better']:.3f} |")
+    return lines
+
+
+def verdict(card: dict) -> str:
+    v = card["compare"]["metrics"]["balanced_accuracy@oof_threshold"]
+    lo, hi = v["ci95"]
+    noise = lo <= 0 <= hi
+    if card["shipped"] == "recipe":
+        return (f"The recipe beats the plain baseline on out-of-fold balanced accuracy by {v['b_minus_a']:+.3f} "
+                + ("(95% interval spans 0, so on these 1.7k figures the gain is not told from noise); "
+                   if noise else "(95% interval excludes 0); ") + "the recipe run is shipped.")
+    return (f"**The recipe does not beat the plain baseline** on out-of-fold balanced accuracy "
+            f"({v['b_minus_a']:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]"
+            + (", not told from noise" if noise else "") + "), so the plain run is shipped, as the better one.")
+
+
+def loso_table(card: dict) -> list[str]:
+    lo = card["loso"]
+    lines = [f"| held-out scanner | figures (atypical) | balanced accuracy at {lo['threshold']:.3f} | ROC AUC | "
+             "sensitivity | specificity | balanced accuracy at 0.5 |", "|---|---|---|---|---|---|---|"]
+    for name, h in lo["held_out"].items():
+        m = h["at_threshold"]
+        lines.append(f"| {name.split('=', 1)[-1]} | {m['n']} ({m['n_atypical']}) | "
+                     + " | ".join(with_ci(m, h["ci95"], k) for k in SHOWN)
+                     + f" | {f3(h['at_0.5']['balanced_accuracy'])} |")
+    p = lo["pooled"]
+    lines.append(f"| pooled | {p['n']} ({p['n_atypical']}) | "
+                 + " | ".join(with_ci(p["at_threshold"], p["ci95"], k) for k in SHOWN)
+                 + f" | {f3(p['at_0.5']['balanced_accuracy'])} |")
+    return lines
+
+
+def aligned_note(d: dict, columns) -> str:
+    """Which alignment columns can act on this data (a column with one value aligns nothing)."""
+    one = [c for c in columns if d.get("values", {}).get(c, 2) < 2]
+    acting = [c for c in columns if c not in one]
+    if not one:
+        return ""
+    return (f"On this data {', '.join(one)} take{'s' if len(one) == 1 else ''} one value, so only "
+            f"{', '.join(acting) or 'nothing'} align{'s' if len(acting) == 1 else ''}.")
+
+
+def render(card: dict) -> str:
+    d, e = card["data"], card["ensemble"]
+    shipped = card["runs"][card["shipped"]]
+    cfg = shipped["config"]
+    mb = e["total_bytes"] / 1e6
+    scanners = ", ".join(f"{s} {c['figures']} ({c['atypical']} atypical, {c['slides']} slides)"
+                         for s, c in d["scanner"].items())
+    rs = card["runs"]["recipe"]["config"]
+    parity = e.get("parity") or {}
+    worst = max((x for v in parity.values() for key, x in v.items() if key.startswith("max_abs_logit_diff")),
+                default=None)
+    out = [
+        "# Model card: the shipped default ensemble",
+        "",
+        "<!-- rendered by `python -m training.card` from card.json; edit the code, not this file -->",
+        "",
+        f"{len(e['members'])} × `{cfg['model']['backbone']}` at {cfg['data']['input_size']} px, one member per "
+        f"fold, {mb:.1f} MB in all, trained from random initialisation on the human-breast-cancer slice of the "
+        "MIDOG 2025 atypical training set. The container averages the members' P(atypical) "
+        f"(TTA: {e['tta']}) and calls a figure atypical at P ≥ {e['threshold']:.3f}.",
+        "",
+        f"**It is a working demonstration, not a submission.** It has learned something real from {d['figures']} figures "
+        "(the figures below), far from the ≈0.95 ROC AUC that pretrained backbones reach on the full set. "
+        "For a submission, retrain on the full official set with a pretrained backbone: "
+        "`python -m training.train --config convnext_small --data DATA --out runs/cnx` (or `lunit_vit_small`), "
+        "then `python -m training.export runs/cnx --out model`.",
+        "",
+        "## Data and provenance",
+        f"- `../shared/data/midog25-breast`: the real rows and 128×128 PNGs of the official "
+        f"`MIDOG25_Atypical_Classification_Train_Set.csv` for human breast cancer: {d['figures']} figures, "
+        f"{d['atypical']} atypical (`majority` = AMF), {d['slides']} slides.",
+        f"- Scanners: {scanners}. Raw scanner spellings kept as given: {', '.join(d['raw_scanner_values'])} "
+        "(aliases are resolved only for grouping, in `amf/domains.py`).",
+        f"- Tumour: {', '.join(d['tumor'])}; species: {', '.join(d['species'])}.",
+        "- Label: the `majority` vote of three experts. No image or label of the data is in this folder; "
+        "`oof.csv` holds only image ids, slides, folds and our own out-of-fold probabilities.",
+        "",
+        "## Recipe and configuration",
+        f"- Config `training/configs/{cfg['name']}.yaml` (recipe run): backbone `{rs['model']['backbone']}`, "
+        f"pretrained {rs['model']['pretrained']}, {rs['data']['input_size']} px ({rs['data']['resize']} resize of the "
+        f"128 px patch, the container's rule in `amf/preprocess.py`), {rs['train']['epochs']} epochs, batch "
+        f"{rs['train']['batch_size']}, AdamW lr {rs['train']['lr']} (cosine, {rs['train']['warmup_epochs']} warm-up "
+        f"epoch), weight decay {rs['train']['weight_decay']}, class balance by {rs['imbalance']['mode']}.",
+        f"- Recipe: MixStyle (p {rs['mixstyle']['p']}, α {rs['mixstyle']['alpha']}) after the early and mid "
+        f"stages; alignment of pooled features across {', '.join(rs['align']['columns'])} (weight "
+        f"{rs['align']['weight']}); EMA teacher (decay {rs['ema']['decay']}) distilled with temperature-"
+        f"{rs['ema']['temperature']} KL (weight {rs['ema']['kd_weight']}); the teacher is the evaluated and "
+        "exported model. " + aligned_note(d, rs["align"]["columns"]),
+        "- Plain baseline: the same config, folds and epochs with "
+        "`--set mixstyle.enabled=false align.enabled=false ema.enabled=false`.",
+        "- The best epoch of each fold is chosen on that fold's validation balanced accuracy, so the "
+        "out-of-fold figures are slightly optimistic; the same holds for both runs.",
+        f"- Training time (wall clock, the sum of the epochs){' on ' + card['trained_on'] if card.get('trained_on') else ''}: "
+        f"recipe {card['runs']['recipe']['train_minutes']} min, plain {card['runs']['plain']['train_minutes']} min"
+        + (f", leave-one-scanner-out {card['loso']['train_minutes']} min" if "loso" in card else "") + ".",
+        "",
+        "## Folds",
+        f"{len(d['fold'])} folds by `StratifiedGroupKFold` (label × tumour strata, grouped by slide, best of 16 shuffles): "
+        "no slide is in two folds. Member k was trained on the other folds; `oof.csv` says which.",
+        "",
+        *fold_table(card),
+        "",
+        "## Out-of-fold figures",
+        f"Pooled out-of-fold predictions of the {len(e['members'])} members ({d['figures']} figures), each "
+        "figure scored by the one member that never saw it. Brackets: 95% bootstrap intervals over figures "
+        f"({card['runs']['recipe']['oof']['bootstrap']['n_boot']} resamples).",
+        "",
+        *oof_table(card),
+        "",
+        "Per scanner, at each run's threshold:",
+        "",
+        *scanner_table(card),
+        "",
+        "## Recipe against the plain baseline",
+        f"Paired bootstrap over slides ({card['compare']['n_slides']} slides, {card['compare']['n_boot']} "
+        "resamples, both runs on the same draw): a difference whose interval excludes 0 is told from noise.",
+        "",
+        *compare_table(card),
+        "",
+        verdict(card),
+        "",
+    ]
+    if "loso" in card:
+        out += ["## Leave one scanner out",
+                f"The recipe config trained {len(card['loso']['held_out'])} times, each time without one scanner "
+                "and tested on it "
+                "(the threshold chosen on the pooled predictions, so it favours the pooled figure):",
+                "", *loso_table(card), ""]
+    out += [
+        "## Threshold",
+        f"P(atypical) ≥ {e['threshold']:.3f}: the value that maximises balanced accuracy on the shipped run's "
+        "pooled out-of-fold predictions. The container applies it to the members' mean probability, which "
+        "is an estimate: each out-of-fold probability came from one member alone. Balanced accuracy at 0.5 "
+        "is given beside it.",
+        "",
+        "## Files",
+        *[f"- `{m['file']}`: fold {m['fold']}, {m['bytes'] / 1e6:.1f} MB" for m in e["members"]],
+        "- `ensemble.json`: the manifest (`amf/manifest.py`), with the full config and out-of-fold metrics "
+        "as provenance" + (f"; ONNX against torch, largest |logit difference| {worst:.1e}" if worst is not None else ""),
+        "- `card.json`: every figure on this card; `oof.csv`: the shipped run's out-of-fold probabilities.",
+        "",
+        "## Intended use",
+        "- The shipped default of the toolkit: `make demo`, the container's tests, the benchmark, and a "
+        "baseline to beat. It shows the whole path (training, export, container) working on real data.",
+        "- Not for diagnosis, and not a leaderboard submission.",
+        "",
+        "## Limits",
+        f"- {len(d['tumor'])} tumour type(s) ({', '.join(d['tumor'])}), {', '.join(d['species'])} only, and "
+        f"{len(d['scanner'])} scanners: nothing else was seen, and an unseen scanner only in the "
+        "leave-one-scanner-out figures above.",
+        "- No pretrained weights (none can be fetched on the machine that trained it): a small network from "
+        f"random initialisation on {d['figures']} figures, for a short schedule.",
+        "- Thresholds and best epochs were chosen on the same out-of-fold predictions that are reported.",
+        "- Retrain on the full official set (11,937 figures, 7 tumour types, 2 species) with `training/` "
+        "and a pretrained backbone for a submission.",
+        "",
+        "## Reproduce",
+        "```",
+        "D=../shared/data/midog25-breast",
+        "python -m training.train --config default_model --data $D --out runs/default_recipe",
+        "python -m training.train --config default_model --data $D --out runs/default_plain \\",
+        "    --set mixstyle.enabled=false align.enabled=false ema.enabled=false",
+        "python -m training.train --config default_model --data $D --out runs/default_loso --set splits.kind=leave_scanner_out",
+        "python -m training.oof runs/default_recipe   # and the other two",
+        f"python -m training.export runs/default_{card['shipped']} --out model",
+        "python -m training.card --model model --recipe runs/default_recipe --plain runs/default_plain "
+        "--loso runs/default_loso",
+        "```",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write(model_dir, card: dict, oof: pd.DataFrame) -> None:
+    model_dir = Path(model_dir)
+    buf = io.StringIO()
+    oof.to_csv(buf, index=False, float_format="%.7g")
+    write_text_atomic(model_dir / OOF_CSV, buf.getvalue())
+    write_text_atomic(model_dir / CARD_JSON, json.dumps(card, indent=1, default=_plain) + "\n")
+    write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
+
+
+def _plain(x):
+    return x.item() if isinstance(x, np.generic) else str(x)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="model")
+    ap.add_argument("--recipe")
+    ap.add_argument("--plain")
+    ap.add_argument("--loso", default=None)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--trained-on", default="", help="where the runs trained, for the card (e.g. 'a 2-core CPU')")
+    ap.add_argument("--render", action="store_true", help="re-render README.md from card.json")
+    args = ap.parse_args(argv)
+    model_dir = Path(args.model)
+    try:
+        if args.render:
+            if not (model_dir / CARD_JSON).is_file():
+                raise AmfError(f"{model_dir / CARD_JSON} is missing")
+            write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
+        else:
+            if not args.recipe or not args.plain:
+                raise AmfError("give --recipe RUN and --plain RUN (or --render)")
+            card, oof = build(model_dir, args.recipe, args.plain, args.loso, args.n_boot, args.trained_on)
+            write(model_dir, card, oof)
+            print(verdict(card))
+    except AmfError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {model_dir / README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
