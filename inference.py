@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from amf import AmfError, jobs
+from amf import AmfError, jobs, one_line
 from amf.manifest import MANIFEST_NAME
 
 HERE = Path(__file__).resolve().parent
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     try:
         results = run(args.input, args.output, resolve_model_dir(args.model))
     except AmfError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if not args.quiet:
         n_atyp = sum(r["class"] == "atypical" for r in results)

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from amf import AmfError
+from amf import AmfError, one_line
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -34,4 +34,4 @@ def read_json(path, what: str):
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AmfError(f"{what} {path} is not valid JSON ({' '.join(str(e).split())})") from None
+        raise AmfError(f"{what} {path} is not valid JSON ({one_line(e)})") from None

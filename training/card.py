@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, manifest as manifest_io, metrics
+from amf import AmfError, manifest as manifest_io, metrics, one_line
 from amf.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
 from training import compare as compare_runs, oof as oof_io, splits as splits_io
@@ -391,7 +391,7 @@ def main(argv=None) -> int:
             write(model_dir, card, oof)
             print(verdict(card))
     except AmfError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"wrote {model_dir / README}")
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, metrics
+from amf import AmfError, metrics, one_line
 
 
 def load_oof(run: Path) -> tuple[pd.DataFrame, float]:
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     try:
         res = compare(args.run_a, args.run_b, args.n_boot, args.seed)
     except AmfError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"B = {args.run_b}  vs  A = {args.run_a}  ({res['n_figures']} figures, {res['n_slides']} slides, "
           f"paired slide bootstrap x{res['n_boot']})")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from amf import AmfError
+from amf import AmfError, one_line
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -164,7 +164,7 @@ def load(path, overrides=()) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise AmfError(f"config {path}: not valid YAML ({' '.join(str(e).split())})") from None
+        raise AmfError(f"config {path}: not valid YAML ({one_line(e)})") from None
     cfg = merge(DEFAULTS, raw)
     cfg["name"] = cfg["name"] or path.stem
     for o in overrides:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amf import AmfError, jobs
+from amf import AmfError, jobs, one_line
 from amf.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
 from amf.fileio import write_text_atomic
 
@@ -51,7 +51,7 @@ def read_labels(csv_path, tumor: str | None = None):
     try:
         raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise AmfError(f"cannot read {csv_path}: {' '.join(str(e).split())}") from None
+        raise AmfError(f"cannot read {csv_path}: {one_line(e)}") from None
     if {"image_id", "majority"} <= set(raw.columns):
         figure, label, domain = "image_id", "majority", "Tumor"
     elif {"image", "label"} <= set(raw.columns):

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from amf import AmfError, jobs
+from amf import AmfError, jobs, one_line
 from amf import manifest as manifest_io
 from amf.fileio import write_text_atomic
 
@@ -70,9 +70,9 @@ def run_in_process(job: Path, model_dir: Path) -> str | None:
         try:
             inference.run(job / "input", job / "output", model_dir)
         except AmfError as e:
-            return " ".join(str(e).split())
+            return one_line(e)
         except Exception as e:  # a bug in the entrypoint must not stop the other jobs either
-            return f"{type(e).__name__}: {' '.join(str(e).split())}"
+            return f"{type(e).__name__}: {one_line(e)}"
     return None
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amf import AmfError, jobs
+from amf import AmfError, jobs, one_line
 from amf.fileio import read_json, write_text_atomic
 from amf.metrics import aggregates, best_threshold, bootstrap_ci, roc_band, summary
 from amf.results import validate
@@ -105,7 +105,7 @@ def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
         try:
             job_rows = read_job(job, truth, confidence)
         except AmfError as e:
-            problems.append(" ".join(str(e).split()))
+            problems.append(one_line(e))
             continue
         name = job_rows[0]["image"] if job_rows else None
         if name in seen:

@@ -23,7 +23,7 @@ import sys
 import torch
 from torch import nn
 
-from amf import AmfError
+from amf import AmfError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,11 +125,11 @@ def create_backbone(mcfg: dict, pretrained: bool | None = None, img_size: int | 
                 pass
         return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     except TypeError as e:  # an argument this architecture does not take (drop_path_rate, a kwargs key)
-        raise AmfError(f"model {name}: {' '.join(str(e).split())[:200]} (check model.drop_path and model.kwargs)") \
+        raise AmfError(f"model {name}: {one_line(e)[:200]} (check model.drop_path and model.kwargs)") \
             from None
     except (RuntimeError, OSError, ValueError, KeyError, ImportError) as e:
         if weights and not isinstance(e, OSError):
-            raise AmfError(f"cannot load {weights} into {name}: {' '.join(str(e).split())[:300]}") from None
+            raise AmfError(f"cannot load {weights} into {name}: {one_line(e)[:300]}") from None
         raise _hub_error(name, e) from None
     except Exception as e:  # huggingface_hub / requests errors have their own types
         raise _hub_error(name, e) from None
@@ -158,7 +158,7 @@ def apply_lora(backbone: nn.Module, lcfg: dict) -> nn.Module:
     try:
         return get_peft_model(backbone, conf)
     except ValueError as e:
-        raise AmfError(f"LoRA: {' '.join(str(e).split())[:300]} (set model.lora.target_modules to Linear "
+        raise AmfError(f"LoRA: {one_line(e)[:300]} (set model.lora.target_modules to Linear "
                        f"layer names of this backbone)") from None
 
 
