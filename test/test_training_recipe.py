@@ -114,6 +114,16 @@ def test_attention_is_identity_at_start_and_in_the_model():
     assert isinstance(create_classifier(cfg_with("align.enabled=false")).attention, torch.nn.Identity)
 
 
+def test_attention_width_follows_align_attention_reduction():
+    default, narrow = create_classifier(cfg_with()).attention, create_classifier(cfg_with("align.attention_reduction=16")).attention
+    width = default.fc1.in_features
+    assert default.fc1.out_features == max(8, width // 4)
+    assert narrow.fc1.out_features == max(8, width // 16) < default.fc1.out_features
+    from amf import AmfError
+    with pytest.raises(AmfError, match="attention_reduction"):
+        cfg_with("align.attention_reduction=0")
+
+
 # ---- imbalance, schedule ------------------------------------------------------------------------
 
 def test_weighted_sampler_balances_and_shards():

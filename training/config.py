@@ -65,7 +65,8 @@ DEFAULTS = {
         "blur_p": 0.2, "blur_sigma": [0.1, 1.0],
     },
     "mixstyle": {"enabled": True, "p": 0.5, "alpha": 0.1, "where": "auto"},  # auto: early+mid stages
-    "align": {"enabled": True, "weight": 0.1, "columns": ["Scanner", "Origin", "Species", "Tumor"]},
+    "align": {"enabled": True, "weight": 0.1, "columns": ["Scanner", "Origin", "Species", "Tumor"],
+              "attention_reduction": 4},  # the attention module's (EmbeddingSE) hidden width: dim / this
     "ema": {"enabled": True, "decay": 0.999, "warmup": True,      # warmup: timm's decay ramp from 0
             "kd_weight": 0.5, "temperature": 2.0, "evaluate": True},  # evaluate/export the teacher
     "train": {
@@ -139,6 +140,8 @@ def validate(cfg: dict) -> dict:
             raise AmfError(f"config: {dotted} must be one of {allowed}, got {cfg[section][key]!r}")
     if int(cfg["data"]["input_size"]) < 8:
         raise AmfError("config: data.input_size must be >= 8")
+    if int(cfg["align"]["attention_reduction"]) < 1:
+        raise AmfError("config: align.attention_reduction must be >= 1")
     if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:
         raise AmfError("config: splits.folds must be >= 2")
     for extra in cfg["data"]["extra"]:

@@ -48,10 +48,10 @@ class Classifier(nn.Module):
     """backbone (timm, num_classes=0: pooled embedding) -> attention -> dropout -> Linear -> (N, 1) logit."""
 
     def __init__(self, backbone: nn.Module, num_features: int, attention: bool, head_dropout: float = 0.0,
-                 frozen_backbone: bool = False):
+                 frozen_backbone: bool = False, attention_reduction: int = 4):
         super().__init__()
         self.backbone = backbone
-        self.attention = EmbeddingSE(num_features) if attention else nn.Identity()
+        self.attention = EmbeddingSE(num_features, attention_reduction) if attention else nn.Identity()
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(num_features, 1)
         self.frozen_backbone = frozen_backbone
@@ -174,7 +174,8 @@ def create_classifier(cfg: dict, pretrained: bool | None = None) -> Classifier:
     # the pooled embedding's width: after a conv head (MobileNetV3, GhostNet, LCNet) it is head_hidden_size
     width = getattr(raw, "head_hidden_size", None) or raw.num_features
     model = Classifier(backbone, width, attention=bool(cfg["align"]["enabled"]),
-                       head_dropout=float(m.get("head_dropout", 0.0)), frozen_backbone=m["finetune"] == "frozen")
+                       head_dropout=float(m.get("head_dropout", 0.0)), frozen_backbone=m["finetune"] == "frozen",
+                       attention_reduction=int(cfg["align"].get("attention_reduction", 4)))
     model.__dict__["timm_model"] = raw
     return model
 
