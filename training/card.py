@@ -189,7 +189,7 @@ def verdict(card: dict) -> str:
     noise = lo <= 0 <= hi
     if card["shipped"] == "recipe":
         return (f"The recipe beats the plain baseline on out-of-fold balanced accuracy by {v['b_minus_a']:+.3f} "
-                + ("(95% interval spans 0, so on these 1.7k figures the gain is not told from noise); "
+                + (f"(95% interval spans 0, so on these {card['compare']['n_figures']} figures the gain is not told from noise); "
                    if noise else "(95% interval excludes 0); ") + "the recipe run is shipped.")
     return (f"**The recipe does not beat the plain baseline** on out-of-fold balanced accuracy "
             f"({v['b_minus_a']:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]"
@@ -210,6 +210,10 @@ def loso_table(card: dict) -> list[str]:
                  + " | ".join(with_ci(p["at_threshold"], p["ci95"], k) for k in SHOWN)
                  + f" | {f3(p['at_0.5']['balanced_accuracy'])} |")
     return lines
+
+
+def count(n: int, noun: str) -> str:
+    return f"{'One' if n == 1 else n} {noun}{'' if n == 1 else 's'}"
 
 
 def aligned_note(d: dict, columns) -> str:
@@ -329,7 +333,7 @@ def render(card: dict) -> str:
         "- Not for diagnosis, and not a leaderboard submission.",
         "",
         "## Limits",
-        f"- {len(d['tumor'])} tumour type(s) ({', '.join(d['tumor'])}), {', '.join(d['species'])} only, and "
+        f"- {count(len(d['tumor']), 'tumour type')} ({', '.join(d['tumor'])}), {', '.join(d['species'])} only, and "
         f"{len(d['scanner'])} scanners: nothing else was seen, and an unseen scanner only in the "
         "leave-one-scanner-out figures above.",
         "- No pretrained weights (none can be fetched on the machine that trained it): a small network from "
