@@ -1,0 +1,103 @@
+"""The shipped default model (model/): trained, small, its card true to its files and to the real data.
+
+The real-data checks (skipped where ../shared/data is absent) read the breast slice's labels and PNGs
+and hold the container's path (SimpleITK stack reading, amf.preprocess, onnxruntime) against what
+training measured (PIL decoding, the same preprocessing, torch).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+
+from amf import jobs
+from amf.ensemble import sigmoid
+from amf.manifest import load as load_manifest
+from amf.preprocess import prepare
+from conftest import ROOT
+from training import card as card_io
+from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
+from training.eval_pack import write_job
+from training.oof import compute
+
+MODEL = ROOT / "model"
+LIMIT_BYTES = 40 * 10**6
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((MODEL / card_io.CARD_JSON).read_text())
+
+
+@pytest.fixture(scope="module")
+def shipped_oof() -> pd.DataFrame:
+    return pd.read_csv(MODEL / card_io.OOF_CSV, dtype={"image_id": str, "slide": str})
+
+
+@pytest.fixture(scope="module")
+def breast_table():
+    from conftest import BREAST, need
+    need(BREAST)
+    return read_table(BREAST / OFFICIAL_CSV, BREAST / OFFICIAL_IMAGES, "official")
+
+
+def test_the_shipped_model_is_trained_and_within_40_mb():
+    m = load_manifest(MODEL)
+    assert m.trained
+    assert len(m.members) >= 3
+    total = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
+    assert total <= LIMIT_BYTES, f"model/ is {total / 1e6:.1f} MB"
+
+
+def test_the_card_is_rendered_from_card_json_and_matches_the_manifest(card):
+    assert (MODEL / card_io.README).read_text() == card_io.render(card)
+    m = load_manifest(MODEL)
+    shipped = card["runs"][card["shipped"]]["oof"]
+    assert m.threshold == pytest.approx(shipped["threshold"]) == pytest.approx(m.provenance["threshold"])
+    assert shipped["at_threshold"] == m.provenance["oof_metrics"]["at_threshold"]
+    assert [x["file"] for x in card["ensemble"]["members"]] == [x.file for x in m.members]
+    assert card["ensemble"]["total_bytes"] == sum((MODEL / x.file).stat().st_size for x in m.members)
+    # the shipped run is the better one by out-of-fold balanced accuracy, as the card says
+    bal = {name: r["oof"]["at_threshold"]["balanced_accuracy"] for name, r in card["runs"].items()}
+    assert bal[card["shipped"]] == max(bal.values())
+
+
+def test_the_card_says_plainly_which_run_won(card):
+    text = card_io.verdict(card)
+    flipped = json.loads(json.dumps(card))
+    flipped["shipped"] = "plain" if card["shipped"] == "recipe" else "recipe"
+    assert ("does not beat" in text) == (card["shipped"] == "plain")
+    assert card_io.verdict(flipped) != text
+
+
+def test_the_cards_figures_recompute_from_oof_csv_and_the_official_labels(card, shipped_oof, breast_table):
+    merged = shipped_oof.merge(breast_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")
+    assert merged["label"].notna().all() and len(merged) == card["data"]["figures"] == len(breast_table)
+    got = compute(merged, n_boot=10)
+    want = card["runs"][card["shipped"]]["oof"]
+    assert got["threshold"] == pytest.approx(want["threshold"])
+    for key in card_io.SHOWN:
+        assert got["at_threshold"][key] == pytest.approx(want["at_threshold"][key], abs=1e-6), key
+    assert sorted(merged["fold"].unique()) == [x.fold for x in load_manifest(MODEL).members]
+    # member k held out fold k, and no slide is in two folds
+    assert merged.groupby("slide")["fold"].nunique().max() == 1
+
+
+def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_path(shipped_oof, breast_table,
+                                                                                   tmp_path):
+    m = load_manifest(MODEL)
+    paths = dict(zip(breast_table["image_id"], breast_table["path"]))
+    rng = np.random.default_rng(0)
+    for member in m.members:
+        held_out = shipped_oof[shipped_oof["fold"] == member.fold]
+        pick = held_out.iloc[np.sort(rng.choice(len(held_out), 16, replace=False))]
+        stack = write_job(tmp_path / f"job{member.fold}", [decode(paths[i]) for i in pick["image_id"]], "s.mha")
+        pages = jobs.read_stack(stack)  # the container's reader
+        x = prepare(pages, member.input_size, member.mean, member.std, member.resize)
+        sess = ort.InferenceSession(str(m.path(member.file)), providers=["CPUExecutionProvider"])
+        p = sigmoid(sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1))
+        np.testing.assert_allclose(p, pick["probability"].to_numpy(), atol=1e-3, rtol=0,
+                                   err_msg=f"member {member.file} on its held-out fold {member.fold}")
