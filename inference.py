@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from amf import AmfError, jobs, one_line
+from amf import AmfError, jobs, report_error
 from amf.manifest import MANIFEST_NAME
 
 HERE = Path(__file__).resolve().parent
@@ -64,8 +64,7 @@ def main(argv=None) -> int:
     try:
         results = run(args.input, args.output, resolve_model_dir(args.model))
     except AmfError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report_error(e)
     if not args.quiet:
         n_atyp = sum(r["class"] == "atypical" for r in results)
         print(f"{len(results)} patches: {n_atyp} atypical, {len(results) - n_atyp} normal "

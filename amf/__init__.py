@@ -8,6 +8,8 @@
 - metrics:    the organisers' Track 2 metrics, shared by training and evaluation
 """
 
+import sys
+
 __version__ = "0.1.0"
 
 
@@ -18,3 +20,9 @@ class AmfError(Exception):
 def one_line(e: BaseException) -> str:
     """An exception's message on one line (the one-line error rule: no tracebacks, no wrapped text)."""
     return " ".join(str(e).split())
+
+
+def report_error(e: BaseException) -> int:
+    """The command-line end of an AmfError: its one line on stderr, and the exit status 2."""
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    return 2

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, manifest as manifest_io, metrics, one_line
+from amf import AmfError, manifest as manifest_io, metrics, report_error
 from amf.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
 from training import compare as compare_runs, oof as oof_io, splits as splits_io
@@ -395,8 +394,7 @@ def main(argv=None) -> int:
             write(model_dir, card, oof)
             print(verdict(card))
     except AmfError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(f"wrote {model_dir / README}")
     return 0
 

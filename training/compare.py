@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, metrics, one_line
+from amf import AmfError, metrics, report_error
 
 
 def load_oof(run: Path) -> tuple[pd.DataFrame, float]:
@@ -76,8 +75,7 @@ def main(argv=None) -> int:
     try:
         res = compare(args.run_a, args.run_b, args.n_boot, args.seed)
     except AmfError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(f"B = {args.run_b}  vs  A = {args.run_a}  ({res['n_figures']} figures, {res['n_slides']} slides, "
           f"paired slide bootstrap x{res['n_boot']})")
     for k, v in res["metrics"].items():

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from amf import AmfError, one_line
+from amf import AmfError, report_error
 from amf.domains import DOMAIN_COLUMNS, canonical
 from amf.preprocess import canonical_patch, normalize, resize
 
@@ -260,8 +260,7 @@ def main(argv=None) -> int:
         cfg = config_io.load(a.config)
         df, _ = load_dataset(a.data, cfg, a.skip_missing)
     except AmfError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(counts_report(df))
     return 0
 

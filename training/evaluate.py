@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from amf import AmfError, one_line
+from amf import AmfError, report_error
 
 
 def main(argv=None) -> int:
@@ -68,8 +68,7 @@ def main(argv=None) -> int:
             print(json.dumps(m["aggregates"], indent=2))
             print(f"-> {args.out}/metrics.json" + ("" if args.no_report else f", {args.out}/report.md"))
     except AmfError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amf import AmfError, one_line
+from amf import AmfError, report_error
 from amf import manifest as manifest_io
 from amf.preprocess import prepare
 from training import config as config_io
@@ -211,8 +211,7 @@ def main(argv=None) -> int:
     try:
         export_run(a.run, a.out, a.data, a.tta, a.n_real)
     except AmfError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

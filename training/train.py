@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from amf import AmfError, metrics, one_line
+from amf import AmfError, metrics, report_error
 from amf.fileio import write_text_atomic
 from training import config as config_io
 from training import oof as oof_io
@@ -478,8 +478,7 @@ def main(argv=None) -> int:
                 log(oof_io.summary_text(result))
                 log(f"run folder {run_dir}; next: python -m training.export {run_dir} --out MODEL_DIR")
     except AmfError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return report_error(e)
     finally:
         if dist is not None:
             dist.close()
