@@ -48,11 +48,12 @@ def load_run(run) -> tuple[pd.DataFrame, dict, dict]:
     return oof, result, yaml.safe_load((run / "config.yaml").read_text())
 
 
-def per_scanner(oof: pd.DataFrame, threshold: float, n_boot: int) -> dict:
-    out = {}
+def per_scanner(oof: pd.DataFrame, result: dict, n_boot: int) -> dict:
+    """training.oof's per-scanner metrics (at the run's threshold), with bootstrap intervals and slide counts."""
+    out, threshold = {}, result["threshold"]
     for scanner, g in oof.groupby("Scanner"):
         y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
-        out[str(scanner)] = {"metrics": metrics.summary(y, p, threshold=threshold),
+        out[str(scanner)] = {"metrics": result["per_domain"]["Scanner"][str(scanner)],
                              "ci95": metrics.bootstrap_ci(y, p, threshold=threshold, n_boot=n_boot, seed=0),
                              "slides": int(g["slide"].nunique())}
     return out
@@ -94,7 +95,7 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
             "compare": cmp, "runs": {}}
     for name, (oof, result, cfg) in loaded.items():
         card["runs"][name] = {"config": recipe_summary(cfg), "oof": result,
-                              "per_scanner": per_scanner(oof, result["threshold"], n_boot),
+                              "per_scanner": per_scanner(oof, result, n_boot),
                               "train_minutes": train_minutes(runs[name])}
     if loso is not None:
         oof, result, cfg = load_run(loso)
@@ -102,8 +103,9 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
         held_out = {}
         for k, g in oof.groupby("fold"):
             y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
-            # each held-out scanner at the threshold the pooled out-of-fold predictions chose, and at 0.5
-            held_out[str(names[k])] = {"at_threshold": metrics.summary(y, p, threshold=result["threshold"]),
+            # each held-out scanner at the threshold the pooled out-of-fold predictions chose (training.oof's
+            # per-fold figures), and at 0.5
+            held_out[str(names[k])] = {"at_threshold": result["per_fold"][str(k)],
                                        "at_0.5": metrics.summary(y, p, threshold=0.5),
                                        "ci95": metrics.bootstrap_ci(y, p, threshold=result["threshold"],
                                                                     n_boot=n_boot, seed=0)}
