@@ -175,7 +175,7 @@ def create_classifier(cfg: dict, pretrained: bool | None = None) -> Classifier:
     width = getattr(raw, "head_hidden_size", None) or raw.num_features
     model = Classifier(backbone, width, attention=bool(cfg["align"]["enabled"]),
                        head_dropout=float(m.get("head_dropout", 0.0)), frozen_backbone=m["finetune"] == "frozen",
-                       attention_reduction=int(cfg["align"].get("attention_reduction", 4)))
+                       attention_reduction=int(cfg["align"]["attention_reduction"]))
     model.__dict__["timm_model"] = raw
     return model
 
