@@ -1,7 +1,8 @@
 """MIDOG 2025 Track 2 container entrypoint: /input -> ONNX ensemble -> /output.
 
 With no arguments it does what Grand Challenge expects. --input/--output/--model override the
-platform paths for local use. Any problem: one line on stderr, exit 2, and no output file.
+platform paths for local use. Any problem: one line on stderr, exit 2, and no output file (a result
+left by an earlier run is removed before anything else).
 """
 from __future__ import annotations
 
@@ -19,11 +20,15 @@ PLATFORM_MODEL_DIR = Path("/opt/ml/model")  # where the platform unpacks a model
 
 
 def resolve_model_dir(cli: str | None) -> Path:
-    """--model, then $AMF_MODEL_DIR, then /opt/ml/model if it holds a manifest, then ./model."""
+    """--model, then $AMF_MODEL_DIR (unset or empty: not given), then /opt/ml/model if it holds a
+    manifest, then ./model."""
     if cli:
         return Path(cli)
-    if os.environ.get("AMF_MODEL_DIR"):
-        return Path(os.environ["AMF_MODEL_DIR"])
+    env = os.environ.get("AMF_MODEL_DIR", "")
+    if env:
+        if not (Path(env) / MANIFEST_NAME).is_file():
+            raise AmfError(f"AMF_MODEL_DIR={env!r} must be a folder holding {MANIFEST_NAME}")
+        return Path(env)
     if (PLATFORM_MODEL_DIR / MANIFEST_NAME).is_file():
         return PLATFORM_MODEL_DIR
     return HERE / "model"
@@ -45,7 +50,10 @@ def classify_stack(input_dir: Path, output_dir: Path, model_dir: Path) -> list[d
 HANDLERS = {(jobs.INPUT_SLUG,): classify_stack}
 
 
-def run(input_dir, output_dir, model_dir) -> list[dict]:
+def run(input_dir, output_dir, model_dir=None) -> list[dict]:
+    """One job: INPUT_DIR -> OUTPUT_DIR's result file; MODEL_DIR None: resolve_model_dir's order."""
+    jobs.remove_result(output_dir)  # first: a run that fails must not leave an earlier run's result
+    model_dir = resolve_model_dir(model_dir)
     inputs = jobs.read_inputs(input_dir)
     key = jobs.interface_key(inputs)
     if key not in HANDLERS:
@@ -62,7 +70,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        results = run(args.input, args.output, resolve_model_dir(args.model))
+        results = run(args.input, args.output, args.model)
     except AmfError as e:
         return report_error(e)
     if not args.quiet:

@@ -16,11 +16,25 @@ import numpy as np
 
 from amf import AmfError, native_stderr
 from amf import manifest as manifest_io
-from amf.preprocess import prepare
+from amf.preprocess import as_stack, prepare
 
 log = logging.getLogger("amf")
 
-CHUNK = int(os.environ.get("AMF_CHUNK", "16"))
+CHUNK = 16  # patches per run of a session; $AMF_CHUNK overrides it
+
+
+def chunk_size(value=None) -> int:
+    """VALUE, else $AMF_CHUNK, else CHUNK: a whole number of patches >= 1 (one AmfError line if not)."""
+    if value is None:
+        if "AMF_CHUNK" not in os.environ:
+            return CHUNK
+        text = os.environ["AMF_CHUNK"].strip()
+        if not text.isdigit() or int(text) < 1:
+            raise AmfError(f"AMF_CHUNK={os.environ['AMF_CHUNK']!r} must be a whole number >= 1 (patches per run)")
+        return int(text)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise AmfError(f"chunk={value!r} must be a whole number >= 1 (patches per run)")
+    return int(value)
 
 
 def tta_views(x: np.ndarray, mode: str) -> list[np.ndarray]:
@@ -63,12 +77,12 @@ def cuda_failure(printed: str) -> str:
 
 
 class Ensemble:
-    def __init__(self, model_dir, device: str = "auto", chunk: int = CHUNK):
+    def __init__(self, model_dir, device: str = "auto", chunk: int | None = None):
         import onnxruntime as ort
 
         ort.set_default_logger_severity(3)  # we say in one line of our own when CUDA does not load
+        self.chunk = chunk_size(chunk)
         self.manifest = manifest_io.load(model_dir)
-        self.chunk = max(1, int(chunk))
         providers = pick_providers(device)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -122,32 +136,51 @@ class Ensemble:
                 raise AmfError(f"manifest variant {self.variant.file}: members differ in preprocessing")
         # the session made to find the device is kept when it is one of the files to run
         self.sessions = [first if f == first_file and i == 0 else session(f) for i, f in enumerate(files)]
+        self.files = files
         sizes = [m.input_size for m in self.manifest.members]
         for sess, f, size in zip(self.sessions, files, sizes):
             self._check_io(sess, size, f)
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4  # a failing run is told in our one line, not ORT's log
         log.info("amf: onnxruntime %s on %s, %d member(s)%s, tta=%s", ort.__version__,
                  self.device.upper(), len(self.manifest.members),
                  f" as one {self.variant.kind} graph" if self.variant else "", self.manifest.tta)
 
     @staticmethod
     def _check_io(sess, size: int, name: str = "") -> None:
+        """What the graph declares, checked at load: one float32 Nx3xSxS input, one value per patch out."""
         inp, out = sess.get_inputs(), sess.get_outputs()
         where = f"model {name}: " if name else "model "
         if len(inp) != 1 or len(inp[0].shape) != 4 or inp[0].shape[1] not in (3, "3"):
             raise AmfError(f"{where}input must be one Nx3xHxW tensor, got {[i.shape for i in inp]}")
+        if inp[0].type != "tensor(float)":
+            raise AmfError(f"{where}input must be float32 (tensor(float)), got {inp[0].type}")
         for dim in inp[0].shape[2:]:
             if isinstance(dim, int) and dim != size:
                 raise AmfError(f"{where}input is {inp[0].shape[2:]} but the manifest says {size}")
-        if len(out) < 1 or (isinstance(out[0].shape[-1], int) and out[0].shape[-1] != 1):
-            raise AmfError(f"{where}output must be one value per patch, got {out[0].shape}")
+        shape = out[0].shape if out else []
+        if shape is not None and (not shape or any(isinstance(d, int) and d != 1 for d in shape[1:])):
+            raise AmfError(f"{where}output must be one value per patch (N or Nx1), got {shape}")
 
-    def _run(self, sess, x: np.ndarray) -> np.ndarray:
-        name = sess.get_inputs()[0].name
-        y = sess.run(None, {name: np.ascontiguousarray(x)})[0]
-        return np.asarray(y, dtype=np.float64).reshape(len(x))
+    def _run(self, i: int, x: np.ndarray) -> np.ndarray:
+        """Session I on the batch X -> one float64 logit (or probability) per patch; whatever goes
+        wrong inside the member (an onnxruntime error, a wrong output size) is one AmfError line."""
+        sess, file = self.sessions[i], self.files[i]
+        try:
+            y = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x)}, self.run_options)[0]
+        except Exception as e:  # onnxruntime raises its own exception types
+            why = native_stderr.one_line(str(e), 300) or type(e).__name__
+            raise AmfError(f"model {file}: failed on a batch of {len(x)} patches: {why}") from None
+        y = np.asarray(y)
+        if y.ndim < 1 or y.shape[0] != len(x) or y.size != len(x) or not np.issubdtype(y.dtype, np.number):
+            raise AmfError(f"model {file}: gave an output of shape {list(y.shape)} ({y.dtype}) for {len(x)} "
+                           f"patches; expected one number per patch")
+        return y.astype(np.float64).reshape(len(x))
 
     def predict_proba(self, patches) -> np.ndarray:
-        """List of HxWxC patches -> P(atypical) per patch, float64, in input order."""
+        """A stack (amf.preprocess.Stack, a list of HxWxC patches or an NxHxWxC array) -> P(atypical)
+        per patch, float64, in input order; patches are made canonical chunk by chunk."""
+        patches = as_stack(patches)
         n = len(patches)
         if n == 0:
             raise AmfError("the stack has no patches")
@@ -158,15 +191,15 @@ class Ensemble:
             for i in range(0, n, self.chunk):
                 x = prepare(patches[i:i + self.chunk], m.input_size, m.mean, m.std, m.resize)
                 # a merged graph outputs the members' mean probability directly
-                out[i:i + len(x)] = np.mean([self._run(self.sessions[0], v) for v in tta_views(x, mf.tta)], 0)
+                out[i:i + len(x)] = np.mean([self._run(0, v) for v in tta_views(x, mf.tta)], 0)
             return out
         total = np.zeros(n)
         for i in range(0, n, self.chunk):
             chunk, prepared = patches[i:i + self.chunk], {}
-            for sess, m in zip(self.sessions, mf.members):
+            for j, m in enumerate(mf.members):
                 key = (m.input_size, tuple(m.mean), tuple(m.std), m.resize)  # shared by same-spec members
                 if key not in prepared:
                     prepared[key] = prepare(chunk, m.input_size, m.mean, m.std, m.resize)
-                views = [sigmoid(self._run(sess, v)) for v in tta_views(prepared[key], mf.tta)]
+                views = [sigmoid(self._run(j, v)) for v in tta_views(prepared[key], mf.tta)]
                 total[i:i + len(chunk)] += np.mean(views, axis=0)
         return total / len(mf.members)

@@ -9,16 +9,20 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
-
 from amf import AmfError, native_stderr
-from amf.fileio import read_json, write_text_atomic
-from amf.preprocess import canonical_patch
+from amf.fileio import read_json, remove_stale, write_error, write_text_atomic
+from amf.preprocess import Stack
 
 INPUT_SLUG = "stacked-histopathology-roi-cropouts"
 OUTPUT_SLUG = "multiple-mitotic-figure-classification"
 OUTPUT_FILE = f"{OUTPUT_SLUG}.json"
-IMAGE_SUFFIXES = (".mha", ".tif", ".tiff")
+IMAGE_IO = {".mha": "MetaImageIO", ".tif": "TIFFImageIO", ".tiff": "TIFFImageIO"}  # suffix, any case
+IMAGE_SUFFIXES = tuple(IMAGE_IO)
+# Caps on one stack, checked on the header before anything is decoded (the platform sends up to 16
+# patches of 128x128 RGB, 0.8 MB): beyond them a hostile or broken file would exhaust memory.
+MAX_PATCHES = 10_000
+MAX_SIDE = 1024  # pixels, each side of a patch
+MAX_BYTES = 2**30  # decoded pixel data
 
 
 def read_inputs(input_dir) -> list[dict]:
@@ -60,34 +64,65 @@ def find_stack(input_dir, slug: str = INPUT_SLUG) -> Path:
     return images[0]
 
 
-def read_stack(path) -> list[np.ndarray]:
-    """A stack file (.mha or multi-page .tif/.tiff) -> list of HxWx3 uint8 patches, in stack order.
+def read_stack(path) -> Stack:
+    """A stack file (.mha or multi-page .tif/.tiff) -> its patches, in stack order, as a Stack (a
+    sequence of HxWx3 uint8 patches made one at a time from a view of the decoded pixels by
+    amf.preprocess's rule; nothing is copied whole).
 
     SimpleITK reads both: a 3-D image is a stack of 2-D pages (z is the patch index); a 2-D image is
-    a stack of one. Each patch goes through amf.preprocess.canonical_patch (the documented rule).
+    a stack of one. The header is read first and a stack beyond the caps (MAX_PATCHES, MAX_SIDE,
+    MAX_BYTES) is refused before a byte is decoded. Whatever ITK prints while it reads (e.g.
+    'Uncompress failed' for a corrupt payload, after which it returns zeros and raises nothing) is an
+    error too.
     """
     import SimpleITK as sitk  # imported here so that tools needing only the schema stay light
 
     path = Path(path)
-    try:
-        with native_stderr.captured() as printed:  # ITK's MetaIO prints its reasons to fd 2
-            img = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise AmfError(f"cannot read image {path.name}: {_itk_reason(str(e), printed[0])}") from None
-    arr = sitk.GetArrayViewFromImage(img)
-    dim, comps = img.GetDimension(), img.GetNumberOfComponentsPerPixel()
-    if dim == 2:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(IMAGE_IO[path.suffix.lower()])  # by suffix: ITK itself knows no "STACK.MHA"
+    failure = None
+    with native_stderr.captured() as printed:  # ITK's readers print their reasons to fd 2
+        try:
+            reader.ReadImageInformation()
+            check_header(path.name, reader)
+            img = reader.Execute()
+        except RuntimeError as e:
+            failure = str(e)
+    if failure is not None:
+        raise AmfError(f"cannot read image {path.name}: {_itk_reason(failure, printed[0])}")
+    if printed[0].strip():
+        raise AmfError(f"cannot read image {path.name}: {native_stderr.one_line(printed[0], 200)}")
+    arr = sitk.GetArrayViewFromImage(img)  # a view: no copy of the pixels
+    if img.GetDimension() == 2:
         arr = arr[None]
-    elif dim != 3:
-        raise AmfError(f"image {path.name} has {dim} dimensions; expected a 2-D patch or a 3-D stack")
-    if comps == 1 and arr.ndim == 3:  # z, y, x gray -> z, y, x, 1
+    if img.GetNumberOfComponentsPerPixel() == 1:  # z, y, x gray -> z, y, x, 1
         arr = arr[..., None]
-    if arr.shape[0] == 0 or arr.size == 0:
-        raise AmfError(f"image {path.name} is an empty stack")
     try:
-        return [canonical_patch(np.array(page)) for page in arr]
+        return Stack(arr, owner=img)
     except AmfError as e:
         raise AmfError(f"image {path.name}: {e}") from None
+
+
+def check_header(name: str, reader) -> None:
+    """Refuse, from the header alone, what is not a stack or is beyond the caps."""
+    import SimpleITK as sitk
+
+    dim, size, comps = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
+    if dim not in (2, 3):
+        raise AmfError(f"image {name} has {dim} dimensions; expected a 2-D patch or a 3-D stack")
+    width, height, n = size[0], size[1], size[2] if dim == 3 else 1
+    if 0 in (width, height, n):
+        raise AmfError(f"image {name} is an empty stack")
+    if n > MAX_PATCHES:
+        raise AmfError(f"image {name} holds {n} patches; at most {MAX_PATCHES} are read")
+    if max(width, height) > MAX_SIDE:
+        raise AmfError(f"image {name} has {width}x{height} pixel patches; a patch side is at most {MAX_SIDE}")
+    pixel = sitk.Image([1, 1], reader.GetPixelID(), comps)  # one pixel: its byte size
+    nbytes = width * height * n * sitk.GetArrayViewFromImage(pixel).nbytes
+    if nbytes > MAX_BYTES:
+        raise AmfError(f"image {name} decodes to {nbytes / 2**30:.1f} GiB of pixels; "
+                       f"at most {MAX_BYTES / 2**30:.0f} GiB are read")
 
 
 def _itk_reason(message: str, printed: str) -> str:
@@ -102,10 +137,24 @@ def _itk_reason(message: str, printed: str) -> str:
     return reason
 
 
+def result_path(output_dir) -> Path:
+    return Path(output_dir) / OUTPUT_FILE
+
+
+def remove_result(output_dir) -> None:
+    """Remove a result file left by an earlier run: a run that fails leaves no result at all."""
+    remove_stale(result_path(output_dir))
+
+
 def write_results(output_dir, results: list[dict]) -> Path:
-    """Write OUTPUT/multiple-mitotic-figure-classification.json atomically."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / OUTPUT_FILE
+    """Write OUTPUT/multiple-mitotic-figure-classification.json atomically (making OUTPUT if
+    needed); any failure is the one line 'cannot write PATH: reason'."""
+    path = result_path(output_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise AmfError(f"cannot write {path}: {path.parent} is a file, not a folder") from None
+    except OSError as e:
+        raise write_error(path, e) from None
     write_text_atomic(path, json.dumps(results, indent=2) + "\n")
     return path

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from amf import AmfError
 from amf.fileio import read_json, write_text_atomic
@@ -80,6 +80,16 @@ def _fail(where: str, problem: str):
     raise AmfError(f"manifest {where}: {problem}")
 
 
+def _model_file(value, where: str) -> str:
+    """A model file's name: a path inside the model folder (relative, no '..'), by its text alone."""
+    if not isinstance(value, str) or not value:
+        _fail(where, "'file' must be a path")
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if value.startswith(("/", "\\")) or PureWindowsPath(value).drive or ".." in parts:
+        _fail(where, f"'file' {value!r} must be a path inside the model folder (relative, no '..')")
+    return value
+
+
 def _rgb_triplet(value, where, name, positive=False):
     if not (isinstance(value, list) and len(value) == 3
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
@@ -111,8 +121,7 @@ def from_dict(d: dict, where: str = "") -> Manifest:
         at = f"{where} member {i}".strip()
         if not isinstance(m, dict):
             _fail(at, "must be an object")
-        if not isinstance(m.get("file"), str) or not m["file"]:
-            _fail(at, "'file' must be a path")
+        _model_file(m.get("file"), at)
         size = m.get("input_size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
             _fail(at, "'input_size' must be an integer >= 8")
@@ -131,6 +140,7 @@ def from_dict(d: dict, where: str = "") -> Manifest:
         at = f"{where} variant {i}".strip()
         if not isinstance(v, dict) or not isinstance(v.get("file"), str):
             _fail(at, "must be an object with a 'file'")
+        _model_file(v["file"], at)
         if v.get("kind") not in VARIANT_KINDS:
             _fail(at, f"'kind' must be one of {VARIANT_KINDS}")
         use_on = v.get("use_on", [])
@@ -150,13 +160,17 @@ def from_dict(d: dict, where: str = "") -> Manifest:
 
 
 def load(model_dir) -> Manifest:
-    """Read and validate MODEL_DIR/ensemble.json; check that every file it names exists."""
+    """Read and validate MODEL_DIR/ensemble.json; check that every file it names exists and, symbolic
+    links followed, lies inside MODEL_DIR."""
     path = Path(model_dir) / MANIFEST_NAME
     m = from_dict(read_json(path, "manifest"), where=str(path))
     m.root = path.parent
+    root = m.root.resolve()
     for f in [mb.file for mb in m.members] + [v.file for v in m.variants]:
         if not m.path(f).is_file():
             raise AmfError(f"manifest {path}: model file {f} is missing")
+        if not m.path(f).resolve().is_relative_to(root):
+            raise AmfError(f"manifest {path}: model file {f} leads outside the model folder")
     return m
 
 

@@ -1,8 +1,10 @@
 """Patch preprocessing, shared by training's data loader and the container.
 
 The one rule for odd inputs (documented in the README):
-  1. dtype -> uint8: uint8 as is; 16-bit integers scaled by 255/65535; bool x255;
-     floats taken as [0, 1] when their maximum is <= 1, else as [0, 255]; then clipped and rounded.
+  1. dtype -> uint8, decided once per stack (a 2-D image or a training PNG is a stack of one):
+     uint8 as is; 16-bit integers scaled by 255/65535; bool x255; other integers (int8, int32,
+     uint32, int64, ...) taken as 0..255 and refused when a value lies outside; floats taken as
+     [0, 1] when the stack's maximum is <= 1, else as [0, 255]; then clipped and rounded.
   2. channels -> RGB: gray (HxW or HxWx1) is repeated to 3 channels; gray+alpha and RGBA drop
      the alpha channel (no compositing); more than 4 channels is an error.
   3. geometry: a non-square patch is centre-cropped to a square of its shorter side (the figure sits
@@ -10,6 +12,8 @@ The one rule for odd inputs (documented in the README):
 Normalisation is (x / 255 - mean) / std per channel, float32, NCHW.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,25 +28,48 @@ RESAMPLE = {
 }
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Any numeric array -> uint8, by rule 1."""
+def pixel_scale(pages) -> float:
+    """Rule 1's factor from PAGES' pixel values to 0..255, decided once for the whole stack (an
+    N x ... array or a list of pages of one pixel type): in a [0, 255] float stack a dark page
+    stays dark. Refuses NaN/infinite floats and integers it cannot map without guessing."""
+    dtypes = {np.asarray(p).dtype for p in pages} if not isinstance(pages, np.ndarray) else {pages.dtype}
+    if len(dtypes) > 1:
+        raise AmfError(f"the pages of one stack must share one pixel type, got {sorted(map(str, dtypes))}")
+    dtype = dtypes.pop() if dtypes else np.dtype(np.uint8)
+    if dtype == np.uint8:
+        return 1.0
+    if dtype == np.bool_:
+        return 255.0
+    if dtype in (np.uint16, np.int16):
+        return 255.0 / 65535.0
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise AmfError(f"unsupported pixel type {dtype}")
+    lo, hi = np.inf, -np.inf
+    for page in pages:  # page by page: no stack-sized temporary
+        page = np.asarray(page)
+        if not page.size:
+            continue
+        if np.issubdtype(dtype, np.floating) and not np.isfinite(page).all():
+            raise AmfError("image has NaN or infinite pixel values")
+        lo, hi = min(lo, page.min().item()), max(hi, page.max().item())
+    if np.issubdtype(dtype, np.floating):
+        return 255.0 if hi <= 1.0 else 1.0
+    if lo < 0 or hi > 255:
+        raise AmfError(f"pixel type {dtype} holds values {lo}..{hi}; integers other than uint8, uint16 and int16 "
+                       f"must lie in 0..255")
+    return 1.0
+
+
+def to_uint8(img: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Any numeric array -> uint8 by rule 1, with the stack's SCALE (amf.preprocess.pixel_scale;
+    decided from IMG alone when not given: IMG is then a stack of one)."""
     if img.dtype == np.uint8:
         return img
+    if scale is None:
+        scale = pixel_scale([img])
     if img.dtype == np.bool_:
         return img.astype(np.uint8) * 255
-    if img.dtype in (np.uint16, np.int16):
-        scaled = img.astype(np.float64) * (255.0 / 65535.0)
-    elif np.issubdtype(img.dtype, np.integer):
-        scaled = img.astype(np.float64)
-    elif np.issubdtype(img.dtype, np.floating):
-        if not np.isfinite(img).all():
-            raise AmfError("image has NaN or infinite pixel values")
-        scaled = img.astype(np.float64)
-        if scaled.size and scaled.max() <= 1.0:
-            scaled = scaled * 255.0
-    else:
-        raise AmfError(f"unsupported pixel type {img.dtype}")
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(img.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:
@@ -69,9 +96,39 @@ def centre_square(img: np.ndarray) -> np.ndarray:
     return img[top:top + side, left:left + side]
 
 
-def canonical_patch(img: np.ndarray) -> np.ndarray:
-    """Any single patch -> square HxWx3 uint8 (rules 1-3, before resizing)."""
-    return np.ascontiguousarray(centre_square(to_rgb(to_uint8(np.asarray(img)))))
+def canonical_patch(img: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Any single patch -> square HxWx3 uint8 (rules 1-3, before resizing); SCALE as in to_uint8."""
+    return np.ascontiguousarray(centre_square(to_rgb(to_uint8(np.asarray(img), scale))))
+
+
+class Stack(Sequence):
+    """N pages of any pixel type and layout, seen as canonical patches one page at a time.
+
+    PAGES is an N x H x W [x C] array (usually a view into the image reader's buffer; OWNER keeps that
+    buffer alive) or a list of pages. Nothing is copied whole: a long stack costs its own buffer plus
+    the chunk being prepared. Rule 1's scale is decided here, once for the stack, and the first page is
+    made canonical at once so that a layout error (rules 2-3, the same for every page) shows up here.
+    """
+
+    def __init__(self, pages, owner=None):
+        self.pages = pages if isinstance(pages, np.ndarray) else [np.asarray(p) for p in pages]
+        self.owner = owner
+        self.scale = pixel_scale(self.pages)
+        if len(self.pages):
+            self[0]
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return canonical_patch(self.pages[i], self.scale)
+
+
+def as_stack(patches) -> Stack:
+    """PATCHES (a Stack, an N x H x W [x C] array or a list of pages) as a Stack."""
+    return patches if isinstance(patches, Stack) else Stack(patches)
 
 
 def resize(img: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:
@@ -92,6 +149,7 @@ def normalize(batch: np.ndarray, mean, std) -> np.ndarray:
 
 
 def prepare(patches, size: int, mean, std, method: str = "bilinear") -> np.ndarray:
-    """A list (or NxHxWxC array) of patches -> the model's Nx3xSxS float32 input."""
-    batch = np.stack([resize(canonical_patch(p), size, method) for p in patches])
+    """A list (or NxHxWxC array, or Stack) of patches, one stack for rule 1 -> the model's Nx3xSxS
+    float32 input."""
+    batch = np.stack([resize(p, size, method) for p in as_stack(patches)])
     return normalize(batch, mean, std)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from amf import AmfError
-from amf.preprocess import canonical_patch, centre_square, normalize, prepare, resize, to_rgb, to_uint8
+from amf.preprocess import Stack, canonical_patch, centre_square, normalize, prepare, resize, to_rgb, to_uint8
 
 RNG = np.random.default_rng(0)
 
@@ -34,7 +34,46 @@ def test_float_unit_range_and_255_range():
 
 def test_bool_and_wide_integers():
     assert to_uint8(np.array([[True, False]])).tolist() == [[255, 0]]
-    assert to_uint8(np.array([[-5, 7, 999]], np.int32)).tolist() == [[0, 7, 255]]
+    for dtype in (np.int8, np.int32, np.uint32, np.int64, np.uint64):  # taken as 0..255 ...
+        assert to_uint8(np.array([[0, 7, 127]], dtype)).tolist() == [[0, 7, 127]]
+    assert to_uint8(np.array([[0, 7, 255]], np.int32)).tolist() == [[0, 7, 255]]
+
+
+@pytest.mark.parametrize("values,dtype", [([-5, 7, 99], np.int8), ([0, 7, 255_000], np.int32),
+                                          ([-1, 7, 200], np.int64), ([0, 256, 7], np.uint32)])
+def test_wide_or_signed_integers_outside_0_255_are_refused_not_clipped(values, dtype):
+    # ... and refused outside it: int32 up to 255,000 used to become all white, negatives black
+    with pytest.raises(AmfError, match=f"pixel type {np.dtype(dtype)} holds values .* must lie in 0..255"):
+        to_uint8(np.array([values], dtype))
+    with pytest.raises(AmfError, match="must lie in 0..255"):
+        Stack(np.array([[[0, 1, 2]], [values]], dtype))  # one bad page refuses the stack
+
+
+def test_the_float_range_is_decided_once_per_stack():
+    dark = np.full((4, 4, 3), 0.8, np.float32)  # a dark page of a [0, 255] stack ...
+    bright = np.full((4, 4, 3), 200.0, np.float32)
+    stack = Stack(np.stack([bright, dark]))
+    assert stack[1].max() == 1 and stack[0].max() == 200  # ... stays dark (it was 204, white, per page)
+    np.testing.assert_array_equal(prepare(np.stack([bright, dark]), 4, [0] * 3, [1] * 3),
+                                  prepare([stack[0], stack[1]], 4, [0] * 3, [1] * 3))
+    assert canonical_patch(dark).max() == 204  # alone, the same page is a [0, 1] stack of one
+    unit = Stack([np.full((2, 2), 0.5), np.full((2, 2), 1.0)])
+    assert unit.scale == 255.0 and unit[0].max() == 128 and unit[1].max() == 255
+    with pytest.raises(AmfError, match="NaN"):
+        Stack(np.stack([dark, np.full((4, 4, 3), np.inf, np.float32)]))
+    with pytest.raises(AmfError, match="share one pixel type"):
+        Stack([dark, bright.astype(np.float64)])
+
+
+def test_a_stack_is_made_canonical_page_by_page_from_a_view():
+    pages = RNG.integers(0, 256, (5, 6, 8, 3), dtype=np.uint8)
+    stack = Stack(pages)
+    assert len(stack) == 5 and len(stack[1:4]) == 3
+    np.testing.assert_array_equal(np.stack(stack), pages[:, :, 1:7])  # rule 3, page by page
+    square = RNG.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    assert np.shares_memory(Stack(square)[2], square)  # square uint8 RGB pages are views, not copies
+    with pytest.raises(AmfError, match="1 to 4 channels"):  # a layout error shows up at once
+        Stack(np.zeros((3, 4, 4, 5), np.uint8))
 
 
 def test_nan_pixels_are_an_error():
