@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageSequence
 
 import inference
-from amf import jobs
+from amf import AmfError, jobs
 from amf.ensemble import Ensemble, sigmoid
 from amf.manifest import load as load_manifest
 from amf.manifest import save as save_manifest
@@ -208,6 +209,52 @@ def test_many_patches_chunked_equal_one_by_one(tmp_path):
     np.testing.assert_allclose(through_cli, one_by_one, atol=1e-7, rtol=0)
 
 
+@pytest.mark.parametrize("name,fmt", [("STACK.MHA", "mha"), ("Stack.Tif", "tif"), ("STACK.TIFF", "tiff")])
+def test_upper_case_suffixes_are_read(name, fmt, tmp_path):
+    stack = patches(3)
+    want = run_probs(write_job(tmp_path / "lower", stack, fmt, name=name.lower()).parents[2], ROOT / "model", tmp_path)
+    job = write_job(tmp_path / "upper", stack, fmt, name=name.lower()).parents[2]
+    path = jobs.find_stack(job)
+    path.rename(path.with_name(name))
+    np.testing.assert_array_equal(np.stack(jobs.read_stack(path.with_name(name))), np.stack(stack))
+    np.testing.assert_array_equal(run_probs(job, ROOT / "model", tmp_path), want)
+
+
+def test_a_float_stack_in_0_255_keeps_its_dark_patch_dark(tmp_path):
+    stack = patches(3)
+    stack[1] = np.minimum(stack[1], 1)  # a dark patch: every value <= 1
+    want = run_probs(write_job(tmp_path / "u8", stack, "mha").parents[2], ROOT / "model", tmp_path)
+    job = array_mha(tmp_path / "float", np.stack(stack).astype(np.float32))
+    pages = jobs.read_stack(jobs.find_stack(job))
+    np.testing.assert_array_equal(np.stack(pages), np.stack(stack))  # decided once: 0..255 for every page
+    np.testing.assert_array_equal(run_probs(job, ROOT / "model", tmp_path), want)
+
+
+def test_read_stack_gives_views_of_the_decoded_pixels_not_copies(tmp_path):
+    job = write_job(tmp_path / "job", patches(5), "mha").parents[2]
+    pages = jobs.read_stack(jobs.find_stack(job))
+    assert len(pages) == 5
+    assert all(np.shares_memory(pages[i], pages.pages) for i in range(5))  # no second copy of every page
+
+
+def test_caps_admit_the_platforms_stacks_with_room_to_spare():
+    assert jobs.MAX_PATCHES >= 100 * 16 and jobs.MAX_SIDE >= 4 * 128
+    assert jobs.MAX_BYTES >= jobs.MAX_PATCHES * 128 * 128 * 3 * 2  # 16-bit RGB at the patch cap
+
+
+def test_an_over_cap_header_is_refused_before_anything_is_decoded(tmp_path):
+    import resource
+
+    job = compressed_mha(tmp_path / "job", claims((128, 128, 100_000), compressed_size=4096))
+    path = jobs.find_stack(job)
+    assert path.stat().st_size < 5000  # a small file claiming 4.9 GB of pixels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(AmfError, match="holds 100000 patches; at most 10000 are read"):
+        jobs.read_stack(path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, grown_mb  # the 4.9 GB buffer was never made
+
+
 # -- the ensemble: mixed members, tta, threshold, confidences ----------------------------------------
 
 def member_probs(model_dir, stack, view=lambda p: p):
@@ -355,6 +402,38 @@ def array_mha(d, array, is_vector=True):
     return d
 
 
+def compressed_mha(d, mangle):
+    """A valid deflate-compressed .mha of 3 patches, its header and payload then passed through MANGLE."""
+    import SimpleITK as sitk
+
+    good_job(d)
+    folder = d / "images" / jobs.INPUT_SLUG
+    for p in folder.iterdir():
+        p.unlink()
+    path = folder / "stack.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack(patches(3)), isVector=True), str(path), True)
+    data = path.read_bytes()
+    end = data.index(b"ElementDataFile = LOCAL\n") + len(b"ElementDataFile = LOCAL\n")
+    header, payload = data[:end].decode(), data[end:]
+    assert "CompressedData = True" in header
+    header, payload = mangle(header, payload)
+    path.write_bytes(header.encode() + payload)
+    return d
+
+
+def random_payload(header, payload):
+    return header, np.random.default_rng(1).bytes(len(payload))
+
+
+def claims(dims, compressed_size=64):
+    """A header that claims DIMS (x y z) over a tiny random payload."""
+    def mangle(header, payload):
+        header = re.sub(r"DimSize = .*", f"DimSize = {' '.join(map(str, dims))}", header)
+        header = re.sub(r"CompressedDataSize = \d+", f"CompressedDataSize = {compressed_size}", header)
+        return header, payload[:compressed_size]
+    return mangle
+
+
 def broken_model(d, change):
     folder = make_toy_ensemble(d / "model", members=2).parent
     change(folder)
@@ -374,6 +453,82 @@ def two_logit_model(folder):
     fcb.CopyFrom(numpy_helper.from_array(np.zeros(2, np.float32), "fcb"))
     m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 2
     onnx.save(m, str(folder / "toy1.onnx"))
+
+
+def member(folder, nodes, inits=(), in_type=TensorProto.FLOAT, out_shape=("batch", 1), out_type=None):
+    """Replace toy1.onnx by a tiny graph of NODES from 'input' (IN_TYPE, batch x 3 x 128 x 128) to 'out'."""
+    graph = helper.make_graph(
+        nodes, "bad_member", [helper.make_tensor_value_info("input", in_type, ["batch", 3, 128, 128])],
+        [helper.make_tensor_value_info("out", out_type or in_type, out_shape)],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "toy1.onnx"))
+
+
+MEAN = helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0)  # one number per patch
+ONE = ("one", np.array([1], np.int64))
+BAD_MEMBERS = {  # a member whose input or output is wrong in the way named, and the words for it
+    "float64 input": ([MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["out"])], [ONE],
+                      dict(in_type=TensorProto.DOUBLE), "input must be float32"),
+    "float16 input": ([MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["out"])], [ONE],
+                      dict(in_type=TensorProto.FLOAT16), "input must be float32"),
+    "reshape to a fixed batch": ([MEAN, helper.make_node("Reshape", ["m", "shape"], ["out"])],
+                                 [("shape", np.array([16, 1], np.int64))], {}, "model toy1.onnx: failed on a batch"),
+    "dynamic last dimension of 2": ([MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["u"]),  # [N, 3 - 1]
+                                     helper.make_node("Shape", ["input"], ["s"], start=0, end=2),
+                                     helper.make_node("Sub", ["s", "minus"], ["s2"]),
+                                     helper.make_node("Expand", ["u", "s2"], ["out"])],
+                                    [ONE, ("minus", np.array([0, 1], np.int64))], dict(out_shape=("batch", "k")),
+                                    "model toy1.onnx: gave an output of shape [3, 2]"),
+    "fixed last dimension of 2": ([MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["u"]),
+                                   helper.make_node("Concat", ["u", "u"], ["out"], axis=1)], [ONE],
+                                  dict(out_shape=("batch", 2)), "one value per patch (N or Nx1), got ['batch', 2]"),
+    "one row for the stack": ([helper.make_node("ReduceMean", ["input"], ["m"], axes=[0, 1, 2, 3], keepdims=0),
+                               helper.make_node("Reshape", ["m", "shape"], ["out"])],
+                              [("shape", np.array([1, 1], np.int64))], dict(out_shape=("rows", 1)),
+                              "model toy1.onnx: gave an output of shape [1, 1] (float32) for 3 patches"),
+    "rank-0 output declared": ([helper.make_node("ReduceMean", ["input"], ["out"], axes=[0, 1, 2, 3], keepdims=0)],
+                               [], dict(out_shape=[]), "one value per patch"),
+    "string output": ([MEAN, helper.make_node("Cast", ["m"], ["out"], to=TensorProto.STRING)], [],
+                      dict(out_shape=["batch"], out_type=TensorProto.STRING), "model toy1.onnx: gave an output"),
+}
+
+
+def bad_member(d, case):
+    nodes, inits, kw, _ = BAD_MEMBERS[case]
+    return broken_model(d, lambda f: member(f, nodes, inits, **kw))
+
+
+class Returns:
+    """Stands for an onnxruntime session whose run returns VALUE (a shape no graph declares ahead)."""
+
+    def __init__(self, session, value):
+        self.session, self.value = session, value
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def run(self, *args):
+        return [self.value]
+
+
+@pytest.mark.parametrize("value,shape", [(np.float32(0.3), "[]"), (np.zeros((4, 2), np.float32), "[4, 2]"),
+                                         (np.zeros((1, 1), np.float32), "[1, 1]"), (np.zeros(2, np.float32), "[2]")])
+def test_a_member_output_of_the_wrong_size_at_run_time_is_one_line(value, shape, toy_model):
+    ens = Ensemble(toy_model, device="cpu")
+    ens.sessions[1] = Returns(ens.sessions[1], value)
+    with pytest.raises(AmfError, match=re.escape(f"model toy1.onnx: gave an output of shape {shape}")):
+        ens.predict_proba(patches(4))
+
+
+def manifest_file(d, file, make):
+    """The toy ensemble with member 1 named FILE in the manifest; MAKE(folder) puts a model there."""
+    def change(folder):
+        make(folder)
+        text = (folder / "ensemble.json").read_text()
+        set_manifest(folder, text.replace('"file": "toy1.onnx"', json.dumps({"file": file})[1:-1]))
+    return broken_model(d, change)
 
 
 BAD_INPUTS = {
@@ -414,6 +569,33 @@ BAD_INPUTS = {
                    "toy0.onnx: empty file"),
     "model with two outputs per patch": (good_job, lambda d: broken_model(d, two_logit_model), "one value per patch"),
     "model returning NaN": (good_job, lambda d: constant_ensemble(d / "nan", float("nan")), "NaN"),
+    # ITK prints these and (for the random payload) returns zeros with no exception
+    "compressed mha, random payload": (lambda d: compressed_mha(d, random_payload), None,
+                                       "cannot read image stack.mha: Uncompress failed"),
+    "compressed mha, truncated payload": (lambda d: compressed_mha(d, lambda h, p: (h, p[:len(p) // 2])), None,
+                                          "cannot read image stack.mha"),
+    # caps, from the header alone, before a byte is decoded
+    "header claims 100000 patches": (lambda d: compressed_mha(d, claims((128, 128, 100_000))), None,
+                                     "holds 100000 patches; at most 10000 are read"),
+    "header claims 4096-pixel patches": (lambda d: compressed_mha(d, claims((4096, 4096, 2))), None,
+                                         "a patch side is at most 1024"),
+    "header claims 2.3 GiB of pixels": (lambda d: compressed_mha(d, claims((1024, 1024, 800))), None,
+                                        "decodes to 2.3 GiB of pixels; at most 1 GiB"),
+    "int32 pixels beyond 255": (lambda d: array_mha(d, np.full((2, 16, 16, 3), 255_000, np.int32)), None,
+                                "pixel type int32 holds values 255000..255000"),
+    "deeply nested inputs.json": (lambda d: inputs_json(d, "[" * 100_000), None, "nested too deeply"),
+    "deeply nested manifest": (good_job, lambda d: broken_model(d, lambda f: set_manifest(f, "[" * 100_000)),
+                               "nested too deeply"),
+    **{f"member with {case}": (good_job, lambda d, case=case: bad_member(d, case), BAD_MEMBERS[case][3])
+       for case in BAD_MEMBERS},
+    "member outside the model folder": (good_job, lambda d: manifest_file(
+        d, "../x/toy1.onnx", lambda f: (f.parent / "x").mkdir() or toy_model(f.parent / "x" / "toy1.onnx")),
+        "must be a path inside the model folder"),
+    "member at an absolute path": (good_job, lambda d: manifest_file(d, "/etc/passwd", lambda f: None),
+                                   "must be a path inside the model folder"),
+    "member a symlink out of the folder": (good_job, lambda d: broken_model(d, lambda f: (
+        toy_model(f.parent / "outside.onnx"), (f / "toy1.onnx").unlink(),
+        (f / "toy1.onnx").symlink_to(f.parent / "outside.onnx"))), "toy1.onnx leads outside the model folder"),
 }
 
 
@@ -421,14 +603,111 @@ BAD_INPUTS = {
 def test_bad_input_exits_2_with_one_line_and_no_output(case, tmp_path):
     make_input, make_model, words = BAD_INPUTS[case]
     input_dir = make_input(tmp_path / "input")
+    stale_result(tmp_path / "output")
     args = ["--input", input_dir, "--output", tmp_path / "output"]
     if make_model is not None:
         args += ["--model", make_model(tmp_path)]
-    rc, out, err = cli(*args)
-    assert rc == 2, (case, out, err)
+    assert_failed(cli(*args), words, tmp_path / "output")
+
+
+def stale_result(output_dir):
+    """A result left by an earlier run: a failed run must not leave it behind."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RESULT).write_text('[{"class": "normal", "confidence": 0.5}]\n')
+
+
+def assert_failed(ran, words, output_dir):
+    """Exit 2, one line 'error: ...' holding WORDS, said last, no traceback or native noise, and no
+    result (nor temporary file) in OUTPUT_DIR."""
+    rc, out, err = ran
+    assert rc == 2, (out, err)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
     assert errors[0] == err.strip().splitlines()[-1]  # the last thing said, and said once
     assert all(line.startswith(("error: ", "amf: ")) for line in err.splitlines()), err  # no native noise
     assert words in errors[0], errors[0]
-    assert not (tmp_path / "output").exists() or not any((tmp_path / "output").iterdir())
+    assert not output_dir.is_dir() or not any(p.is_file() for p in output_dir.iterdir())
+
+
+@pytest.mark.parametrize("value", ["abc", "", "1.5", "0", "-1", " "])
+def test_a_bad_amf_chunk_is_one_line_naming_the_variable_and_rule(value, tmp_path):
+    stale_result(tmp_path / "o")
+    assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_CHUNK": value}),
+                  f"AMF_CHUNK={value!r} must be a whole number >= 1", tmp_path / "o")
+
+
+def test_a_good_amf_chunk_changes_nothing_but_the_chunk(tmp_path):
+    rc, _, err = cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_CHUNK": "3"})
+    assert rc == 0, err
+    got = [r["confidence"] for r in json.loads((tmp_path / "o" / RESULT).read_text())]
+    np.testing.assert_allclose(got, run_probs(SAMPLE, ROOT / "model", tmp_path), atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("where", ["a folder without a manifest", "a file", "nowhere"])
+def test_a_bad_amf_model_dir_is_one_line_naming_the_variable(where, tmp_path):
+    target = {"a folder without a manifest": tmp_path, "a file": SAMPLE / "inputs.json",
+              "nowhere": tmp_path / "nowhere"}[where]
+    stale_result(tmp_path / "o")
+    assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_MODEL_DIR": target}),
+                  f"AMF_MODEL_DIR={str(target)!r} must be a folder holding ensemble.json", tmp_path / "o")
+
+
+# -- where the result goes: every write failure is one line ------------------------------------------
+
+def test_output_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "out"),
+                  f"cannot write {tmp_path / 'out' / RESULT}: {tmp_path / 'out'} is a file, not a folder",
+                  tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "not a folder"
+
+
+def test_result_path_that_is_a_folder_is_one_line(tmp_path):
+    (tmp_path / "out" / RESULT).mkdir(parents=True)
+    assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "out"),
+                  f"cannot write {tmp_path / 'out' / RESULT}: Is a directory", tmp_path / "out")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_one_line(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out").chmod(0o555)
+    try:
+        assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "out"),
+                      f"cannot write {tmp_path / 'out' / RESULT}: Permission denied", tmp_path / "out")
+    finally:
+        (tmp_path / "out").chmod(0o755)
+
+
+@pytest.mark.parametrize("fault,reason", [("fsync", "No space left on device"), ("mkstemp", "Permission denied"),
+                                          ("/dev/full", "No space left on device")])
+def test_a_full_disk_or_read_only_folder_is_one_line(fault, reason, tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    code = errno.ENOSPC if reason.startswith("No space") else errno.EACCES
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    real_fdopen = os.fdopen
+
+    def to_dev_full(fd, *args, **kwargs):  # the writer's temporary file, on a device that is always full
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            return real_fdopen(fd, *args, **kwargs)
+        os.close(fd)
+        return open("/dev/full", *args, **kwargs)
+
+    if fault == "fsync":
+        monkeypatch.setattr(os, "fsync", fail)
+    elif fault == "mkstemp":
+        monkeypatch.setattr(tempfile, "mkstemp", fail)
+    elif os.path.exists("/dev/full"):
+        monkeypatch.setattr(os, "fdopen", to_dev_full)
+    else:
+        pytest.skip("no /dev/full here")
+    stale_result(tmp_path / "out")
+    assert inference.main(["--input", str(SAMPLE), "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"error: cannot write {tmp_path / 'out' / RESULT}: {reason}"
+    assert list((tmp_path / "out").iterdir()) == []  # no result, no temporary file

@@ -124,3 +124,30 @@ def test_save_refuses_an_invalid_manifest_and_writes_nothing(tmp_path):
     with pytest.raises(AmfError, match="'threshold'"):
         mf.save(bad, tmp_path)
     assert not (tmp_path / "ensemble.json").exists()
+
+
+@pytest.mark.parametrize("file", ["../x/m.onnx", "/etc/passwd", "sub/../../m.onnx", "..\\m.onnx", "C:\\m.onnx",
+                                  "\\\\host\\m.onnx", ".."])
+@pytest.mark.parametrize("where", [("members", 1, "file"), ("variants", 0, "file")])
+def test_model_files_outside_the_model_folder_are_refused_both_ways(file, where, tmp_path):
+    with pytest.raises(AmfError, match="must be a path inside the model folder"):
+        mf.from_dict(with_change(where, file))
+    m = mf.from_dict(copy.deepcopy(GOOD))
+    (m.members[1] if where[0] == "members" else m.variants[0]).file = file
+    with pytest.raises(AmfError, match="must be a path inside the model folder"):
+        mf.save(m, tmp_path)
+    assert not (tmp_path / "ensemble.json").exists()
+
+
+def test_a_symlink_out_of_the_model_folder_is_refused_and_one_inside_is_kept(tmp_path):
+    m = mf.from_dict(copy.deepcopy(GOOD))
+    write_files(tmp_path / "model", m)
+    mf.save(m, tmp_path / "model")
+    (tmp_path / "elsewhere.onnx").write_bytes(b"onnx")
+    (tmp_path / "model" / "a.onnx").unlink()
+    (tmp_path / "model" / "a.onnx").symlink_to(tmp_path / "model" / "sub" / "b.onnx")  # inside: fine
+    assert mf.load(tmp_path / "model").members[0].file == "a.onnx"
+    (tmp_path / "model" / "a.onnx").unlink()
+    (tmp_path / "model" / "a.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    with pytest.raises(AmfError, match="model file a.onnx leads outside the model folder"):
+        mf.load(tmp_path / "model")
