@@ -11,7 +11,8 @@ from amf import AmfError, fileio
 
 
 @pytest.mark.parametrize("text,why", [("[" * 100_000, "nested too deeply"), ('{"a": ' * 50_000, "nested too deeply"),
-                                      ("1" * 10_000, "not valid JSON"), ("\xff", "not valid JSON")])
+                                      ("1" * 10_000, "not valid JSON"), ("\xff", "not valid JSON")],
+                         ids=["nested lists", "nested objects", "10000-digit number", "not UTF-8"])
 def test_absurd_json_is_one_line(text, why, tmp_path):
     path = tmp_path / "x.json"
     path.write_bytes(text.encode("latin-1"))
