@@ -421,6 +421,18 @@ def compressed_mha(d, mangle):
     return d
 
 
+def corrupt_tiff() -> bytes:
+    """A deflated 3-page TIFF whose compressed strips are overwritten with random bytes in the middle."""
+    import io
+
+    buf = io.BytesIO()
+    pages = [Image.fromarray(p) for p in patches(3)]
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate")
+    data = bytearray(buf.getvalue())
+    data[2000:4000] = np.random.default_rng(2).bytes(2000)
+    return bytes(data)
+
+
 def random_payload(header, payload):
     return header, np.random.default_rng(1).bytes(len(payload))
 
@@ -574,6 +586,10 @@ BAD_INPUTS = {
                                        "cannot read image stack.mha: Uncompress failed"),
     "compressed mha, truncated payload": (lambda d: compressed_mha(d, lambda h, p: (h, p[:len(p) // 2])), None,
                                           "cannot read image stack.mha"),
+    "tiff, corrupt deflate payload": (lambda d: job_with(d, "stack.tiff", corrupt_tiff()), None,
+                                      "cannot read image stack.tiff"),
+    "tiff, truncated": (lambda d: job_with(d, "stack.tiff", corrupt_tiff()[:60_000]), None,
+                        "cannot read image stack.tiff"),
     # caps, from the header alone, before a byte is decoded
     "header claims 100000 patches": (lambda d: compressed_mha(d, claims((128, 128, 100_000))), None,
                                      "holds 100000 patches; at most 10000 are read"),
