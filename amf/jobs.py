@@ -78,6 +78,8 @@ def read_stack(path) -> Stack:
     import SimpleITK as sitk  # imported here so that tools needing only the schema stay light
 
     path = Path(path)
+    if path.suffix.lower() not in IMAGE_IO:
+        raise AmfError(f"cannot read image {path.name}: not a .mha/.tif/.tiff file")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO(IMAGE_IO[path.suffix.lower()])  # by suffix: ITK itself knows no "STACK.MHA"
