@@ -32,6 +32,7 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.evaluate", ["score", MISSING, "--ground-truth", MISSING, "--out", MISSING], "ground truth"),
     ("training.data", [MISSING], "official layout"),
     ("training.export", [MISSING, "--out", MISSING], "run folder"),
+    ("training.export", [MISSING, "--out", MISSING, "--n-real", "0"], "--n-real"),
     ("training.compare", [MISSING, MISSING], "out-of-fold"),
 ]
 
