@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from amf import AmfError, jobs, one_line
-from amf.cli import as_error
 from amf import manifest as manifest_io
+from amf.cli import as_error
 from amf.fileio import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
