@@ -2,7 +2,8 @@
 
 A list in stack order of {"class": "normal"|"atypical", "confidence": P(atypical)}.
 The organisers' evaluator rejects a confidence that is not a JSON float (an integer 1 fails),
-a class other than normal/atypical, and a list whose length differs from the stack.
+a class other than normal/atypical, and a list whose length differs from the stack. A confidence
+is a probability: validate also refuses one that is not finite or lies outside [0, 1].
 """
 from __future__ import annotations
 
@@ -42,3 +43,5 @@ def validate(results, expected_len: int, stack: str = "") -> None:
             raise AmfError(f"{where}: entry {i} confidence {r['confidence']!r} is not a float")
         if not math.isfinite(r["confidence"]):
             raise AmfError(f"{where}: entry {i} confidence is not finite")
+        if not 0.0 <= r["confidence"] <= 1.0:
+            raise AmfError(f"{where}: entry {i} confidence {r['confidence']!r} is outside [0, 1]")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from bench.container import STAGES, report
+from compare_output import compare
 from conftest import ROOT
 
 
@@ -16,7 +17,8 @@ def test_stage_wrapper_writes_what_inference_writes(tmp_path):
     stages = json.loads(p.stdout.strip().splitlines()[-1])
     assert stages["n"] == 16 and all(stages[s] >= 0 for s in STAGES[1:])
     written = json.loads((tmp_path / "multiple-mitotic-figure-classification.json").read_text())
-    assert written == json.loads((ROOT / "test" / "expected_output.json").read_text())
+    # same classes, confidences within the Docker test's 1e-3: another CPU differs at ~1e-9
+    assert compare(written, json.loads((ROOT / "test" / "expected_output.json").read_text())) == []
 
 
 def run(total, cpu=1.0, variant=None):

@@ -308,3 +308,115 @@ def test_one_class_set_scores_and_reports_with_null_auroc(tmp_path):
     assert m["aggregates"]["overall_specificity"] == pytest.approx(2 / 3) and m["roc_band"] is None
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["aggregates"]["overall_roc_auc"] is None
     assert (tmp_path / "r" / "roc.png").is_file()
+
+
+# ---------------------------------------------------------------- hostile input: one line, exit 2, nothing written
+
+def error_line(capsys) -> str:
+    """stderr must be exactly one line, `error: ...` (no usage block, no traceback)."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pack", "x.csv", "imgs", "out", "--seed", "-1"], "--seed"),
+    (["pack", "x.csv", "imgs", "out", "--seed", "one"], "--seed"),
+    (["run", "jobs", "--timeout", "0"], "--timeout"),
+    (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--n-boot", "0"], "--n-boot"),
+    (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--n-boot", "-5"], "--n-boot"),
+    (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--seed", "-1"], "--seed"),
+    (["score", "jobs", "--out", "r"], "--ground-truth"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        evaluate.main(argv)
+    assert done.value.code == 2
+    assert message in error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pack_refuses_a_file_as_out_and_images_outside_the_folder(labelled, tmp_path, capsys):
+    csv, images, _ = labelled
+    (tmp_path / "out").write_text("a file")
+    assert evaluate.main(["pack", str(csv), str(images), str(tmp_path / "out")]) == 2
+    assert "is a file" in error_line(capsys) and (tmp_path / "out").read_text() == "a file"
+
+    outside = tmp_path / "secret.png"
+    shutil.copy(images / "fig000.png", outside)
+    (images / "link.png").symlink_to(outside)
+    try:
+        for name in ("../secret.png", str(outside), "link.png", "sub/../../secret.png"):
+            (tmp_path / "bad.csv").write_text(f"image,label,domain\nfig001.png,AMF,1\n{name},NMF,1\n")
+            assert evaluate.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "p")]) == 2
+            assert "outside the image folder" in error_line(capsys)
+            assert not (tmp_path / "p" / "jobs").exists() and not (tmp_path / "p" / "ground_truth.json").exists()
+    finally:
+        (images / "link.png").unlink()
+
+
+def test_run_records_a_job_that_cannot_start_and_runs_the_rest(labelled, toy, tmp_path, capsys):
+    csv, images, _ = labelled
+    pack(csv, images, tmp_path, progress=False)
+    assert evaluate.main(["run", str(tmp_path / "jobs"), "--model", str(toy),
+                          "--python", str(tmp_path / "no-such-python")]) == 1
+    out = capsys.readouterr().out
+    assert "3 jobs" in out and "failed: stack_0001, stack_0002, stack_0003" in out
+    for job in ("stack_0001", "stack_0002", "stack_0003"):  # every job tried, each with its own record
+        record = json.loads((tmp_path / "jobs" / job / "run.json").read_text())
+        assert not record["ok"] and record["error"].startswith("cannot start") and "no-such-python" in record["error"]
+
+
+def score_argv(root: Path, out: Path) -> list[str]:
+    return ["score", str(root / "jobs"), "--ground-truth", str(root / "ground_truth.json"), "--out", str(out),
+            "--n-boot", "20"]
+
+
+def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path, capsys):
+    root = hand_made_jobs(tmp_path, [GOOD, ("stack_0002.tiff", ["normal", "atypical"], 1,
+                                            [{"class": "normal", "confidence": 0.2},
+                                             {"class": "atypical", "confidence": 5.0}])])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.json").write_text("{}")  # from an earlier run: must not survive a failed one
+    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    line = error_line(capsys)
+    assert "stack_0002.tiff" in line and "outside [0, 1]" in line
+    assert list((tmp_path / "r").iterdir()) == []
+    with pytest.raises(AmfError, match=r"outside \[0, 1\]"):
+        from amf.results import validate
+        validate([{"class": "normal", "confidence": -0.1}], 1)
+
+
+def test_score_refuses_a_file_as_out(tmp_path, capsys):
+    root = hand_made_jobs(tmp_path, [GOOD])
+    (tmp_path / "r").write_text("a file")
+    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert "is a file" in error_line(capsys) and (tmp_path / "r").read_text() == "a file"
+
+
+@pytest.mark.parametrize("file, text, message", [
+    ("jobs/stack_0001/run.json", "{not json", "run record"),
+    ("jobs/stack_0001/run.json", '{"ok": true}', "needs 'seconds'"),
+    ("jobs/stack_0001/run.json", '{"seconds": "fast", "mode": "process"}', "needs 'seconds'"),
+    ("figures.csv", 'image,index,figure\nstack_0001.tiff,0,a.png,extra,fields\n"unclosed', "figure table"),
+    ("figures.csv", "image,figure\nstack_0001.tiff,a.png\n", "lacks the columns index"),
+    ("figures.csv", "image,index,figure\nstack_0001.tiff,first,a.png\n", "integers"),
+    ("figures.csv", "image,index,figure\nstack_0001.tiff,0,a.png\nstack_0001.tiff,0,b.png\n", "listed twice"),
+    ("figures.csv", b"\xff\xfe\x00broken", "figure table"),
+])
+def test_broken_run_records_and_figure_tables_are_one_line(tmp_path, capsys, file, text, message):
+    root = hand_made_jobs(tmp_path, [GOOD])
+    write = (tmp_path / file).write_bytes if isinstance(text, bytes) else (tmp_path / file).write_text
+    write(text)
+    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    line = error_line(capsys)
+    assert message in line and str(tmp_path / file) in line
+    assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
+
+
+def test_a_ground_truth_stack_without_labels_is_named(tmp_path, capsys):
+    root = hand_made_jobs(tmp_path, [GOOD, ("stack_0002.tiff", [], 1, [])])
+    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert "entry 1 (stack stack_0002.tiff) has no labels" in error_line(capsys)

@@ -27,8 +27,8 @@ RUN_FILES = ["config.yaml", "splits.csv", "oof.csv", "oof_metrics.json"]
 FOLD_FILES = ["best.pt", "last.pt", "epochs.csv", "oof.csv", "done.json"]
 
 
-def run_train(*args) -> None:
-    assert train.main([*map(str, args), "--no-progress"]) == 0
+def run_train(*args) -> None:  # on the CPU, so a GPU host trains (and checks) the same thing
+    assert train.main([*map(str, args), "--device", "cpu", "--no-progress"]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_breast_fold_job_reuses_splits_and_skips_done(breast_run, capsys):
 def test_other_config_is_refused_in_the_same_run(breast_run, capsys):
     data, run, _ = breast_run
     assert train.main(["--config", "smoke", "--data", str(data), "--out", str(run), "--set", "train.lr=0.1",
-                       "--no-progress"]) == 2
+                       "--device", "cpu", "--no-progress"]) == 2
     assert "another config" in capsys.readouterr().err
 
 
@@ -203,7 +203,7 @@ def test_missing_images_one_error_or_skipped(generated, tmp_path, capsys):
     (copy / OFFICIAL_IMAGES / "3.png").unlink()
     (copy / OFFICIAL_IMAGES / "5.png").write_bytes(b"not a png")
     args = ["--config", "smoke", "--data", str(copy), "--out", str(tmp_path / "run"), "--set", "data.input_size=32",
-            "train.batch_size=8", "--no-progress"]
+            "train.batch_size=8", "--device", "cpu", "--no-progress"]
     assert train.main(args) == 2
     err = capsys.readouterr().err
     assert "2 image(s) missing or unreadable" in err and "3.png (missing)" in err and "5.png (unreadable" in err

@@ -99,16 +99,26 @@ class Augment:
         return np.ascontiguousarray(img, dtype=np.uint8)
 
 
-if __name__ == "__main__":
-    import argparse
-
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int
+    from amf.preprocess import canonical_patch
     from training.config import DEFAULTS
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.augment", description=__doc__.splitlines()[0])
     ap.add_argument("image")
     ap.add_argument("out")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    from amf.preprocess import canonical_patch
-    src = canonical_patch(np.asarray(Image.open(a.image).convert("RGB")))
-    Image.fromarray(Augment(DEFAULTS["augment"])(src, np.random.default_rng(a.seed))).save(a.out)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    a = ap.parse_args(argv)
+    try:  # PIL's errors for a file that is no image are OSErrors
+        src = canonical_patch(np.asarray(Image.open(a.image).convert("RGB")))
+        Image.fromarray(Augment(DEFAULTS["augment"])(src, np.random.default_rng(a.seed))).save(a.out)
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,7 +1,12 @@
 """Training configuration: the defaults, YAML loading, dotted overrides, validation.
 
 A config file (training/configs/*.yaml) names only what differs from DEFAULTS; an unknown key is
-an error (a typo must not silently train the default). Each recipe part has its own switch:
+an error (a typo must not silently train the default), and so is a value of the wrong type: every
+value (file or override) must have its default's type (an integer where the default is an integer,
+true/false where it is a bool, a number where it is a float: an integer or a text like 1e-4 is
+taken as one, text, a list whose items have the type of the default's items, a mapping). The few
+keys whose default is a word or None standing for another type say so in ALSO and NONE_TYPES; any
+other None default takes any value. Each recipe part has its own switch:
 
   model      timm backbone, pretrained (hub) or a local weights file, finetune full|lora|frozen
   data       input size, resize method, mean/std ("auto": the backbone's pretrained_cfg), extra sets,
@@ -19,6 +24,7 @@ Run:  python -m training.config training/configs/smoke.yaml [train.epochs=3 ...]
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -100,6 +106,14 @@ CHOICES = {
 # keys whose value is free-form (no nested key check)
 FREE = {"model.kwargs", "model.lora", "data.extra"}
 
+# defaults that are a word standing for a value of another type: an example of that type
+ALSO = {"data.mean": [0.0], "data.std": [0.0], "mixstyle.where": [""], "train.channels_last": False}
+# None defaults that stand for a value of one type: an example of it (other None defaults take anything)
+NONE_TYPES = {"model.weights": "", "data.synthetic": "", "train.max_steps_per_epoch": 0}
+TYPE_NAMES = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
+              float: ("a number", "numbers"), str: ("text", "texts"), list: ("a list", "lists"),
+              dict: ("a mapping", "mappings")}
+
 
 def merge(base: dict, update: dict, where: str = "") -> dict:
     """Deep-merge UPDATE into a copy of BASE; a key BASE lacks is an error."""
@@ -133,7 +147,64 @@ def set_dotted(cfg: dict, assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+def _kind(example) -> type:
+    return bool if isinstance(example, bool) else type(example)
+
+
+def _fits(value, example) -> bool:
+    """VALUE has EXAMPLE's type (bools are not integers; a float takes an integer; list items checked)."""
+    kind = _kind(example)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is list and isinstance(value, list) and example:
+        return all(_fits(v, example[0]) for v in value)
+    return isinstance(value, kind)
+
+
+def _describe(example) -> str:
+    """'an integer', 'a list of numbers' ...: what EXAMPLE's type is called in an error."""
+    name = lambda kind, n: TYPE_NAMES[kind][n] if kind in TYPE_NAMES else kind.__name__  # noqa: E731
+    if isinstance(example, list) and example:
+        return f"a list of {name(_kind(example[0]), 1)}"
+    return name(_kind(example), 0)
+
+
+def check_types(cfg: dict, defaults: dict = DEFAULTS, where: str = "") -> None:
+    """Every value against its default's type (module docstring); one line naming key, value and type."""
+    for key, default in defaults.items():
+        path = f"{where}.{key}" if where else key
+        value = cfg[key]
+        if isinstance(default, float) and isinstance(value, str):
+            try:  # YAML reads 1e-4 (no dot) as text
+                value = cfg[key] = float(value)
+            except ValueError:
+                pass
+        examples = [default] + ([ALSO[path]] if path in ALSO else [])
+        if default is None:
+            if value is None or path not in NONE_TYPES:
+                continue
+            examples = [NONE_TYPES[path]]
+        if isinstance(default, dict) and path not in FREE and isinstance(value, dict):
+            check_types(value, default, path)
+        elif not any(_fits(value, e) for e in examples):
+            expected = " or ".join(_describe(e) for e in examples)
+            raise AmfError(f"config: {path} = {value!r} is not {expected}" + (" or null" if default is None else ""))
+
+
 def validate(cfg: dict) -> dict:
+    check_types(cfg)
+    t = cfg["train"]
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if t[key] < 1:
+            raise AmfError(f"config: train.{key} must be >= 1, got {t[key]}")
+    if t["max_steps_per_epoch"] is not None and t["max_steps_per_epoch"] < 1:
+        raise AmfError(f"config: train.max_steps_per_epoch must be >= 1 or null, got {t['max_steps_per_epoch']}")
+    if not t["lr"] > 0:
+        raise AmfError(f"config: train.lr must be > 0, got {t['lr']}")
     for dotted, allowed in CHOICES.items():
         section, key = dotted.split(".")
         if cfg[section][key] not in allowed:
@@ -179,8 +250,20 @@ def dump(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error
+
+    ap = ArgumentParser(prog="python -m training.config", description=__doc__.splitlines()[0])
+    ap.add_argument("config", help="YAML file or name in training/configs/")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=3")
+    a = ap.parse_args(argv)
     try:
-        print(dump(load(sys.argv[1], sys.argv[2:])), end="")
-    except AmfError as e:
-        sys.exit(f"error: {e}")
+        print(dump(load(a.config, a.overrides)), end="")
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,9 @@ Out: OUT/jobs/<stack>/input/        inputs.json + images/stacked-histopathology-
 Stacks hold up to 16 figures of one tumour type (as in the organisers' sample), drawn in a seeded
 random order; every figure goes into exactly one stack. Tumour types are numbered by
 amf.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
+Image names are paths inside IMAGE_DIR: an absolute name, a `..` part, or a name that resolves
+(through a link) outside IMAGE_DIR is refused. Everything is built in a scratch folder inside OUT
+and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
 Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N]
 """
 from __future__ import annotations
@@ -79,6 +82,16 @@ def read_labels(csv_path, tumor: str | None = None):
     return table
 
 
+def inside(image_dir: Path, name: str) -> Path:
+    """IMAGE_DIR/NAME, refused (naming it) if NAME is absolute, has a '..' part or resolves outside IMAGE_DIR."""
+    path = image_dir / name
+    if Path(name).is_absolute() or ".." in Path(name).parts \
+            or not path.resolve().is_relative_to(image_dir.resolve()):
+        raise AmfError(f"image {name!r} is outside the image folder {image_dir}: "
+                       "name images by their path inside it")
+    return path
+
+
 def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
     """Seeded: per tumour domain, shuffle the figures and cut them into stacks of up to stack_size."""
     rng = np.random.default_rng(seed)
@@ -133,8 +146,10 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
     if fmt not in FORMATS:
         raise AmfError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     image_dir, out_dir = Path(image_dir), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AmfError(f"{out_dir} is a file; pack needs a folder (new or existing) for OUT")
     table = read_labels(csv_path, tumor)
-    missing = [f for f in table.figure if not (image_dir / f).is_file()]
+    missing = [f for f in table.figure if not inside(image_dir, f).is_file()]
     if missing:
         raise AmfError(f"{len(missing)} of {len(table)} images are not in {image_dir}, e.g. {missing[0]}")
     if (out_dir / "jobs").exists():
@@ -144,7 +159,7 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
     width = max(4, len(str(len(stacks))))
     truth, placed = [], []
     # build everything in a scratch folder beside OUT/jobs and rename it at the end: a failed pack
-    # leaves no half-written jobs behind
+    # leaves no half-written jobs, ground truth or figure table behind
     scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix=".pack-"))
     try:
         from tqdm import tqdm
@@ -163,12 +178,13 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
             placed += [{"image": name, "index": i, "figure": f, "label": lab, "tumordomain": int(d),
                         "tumor": tumor_name(d)}
                        for i, (f, lab, d) in enumerate(zip(stack.figure, stack.label, stack.tumordomain))]
-        os.replace(scratch / "jobs", out_dir / "jobs")
+        import pandas as pd
+        write_text_atomic(scratch / "ground_truth.json", json.dumps(truth, indent=1) + "\n")
+        write_text_atomic(scratch / "figures.csv", pd.DataFrame(placed).to_csv(index=False))
+        for name in ("ground_truth.json", "figures.csv", "jobs"):  # jobs last: its presence means done
+            os.replace(scratch / name, out_dir / name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    write_text_atomic(out_dir / "ground_truth.json", json.dumps(truth, indent=1) + "\n")
-    import pandas as pd
-    write_text_atomic(out_dir / "figures.csv", pd.DataFrame(placed).to_csv(index=False))
     n_atyp = int((table.label == "atypical").sum())
     return {"stacks": len(stacks), "figures": len(table), "atypical": n_atyp,
             "domains": sorted(int(d) for d in table.tumordomain.unique()), "format": fmt, "seed": seed,

@@ -7,7 +7,9 @@ fresh process (`python inference.py --input ... --output ... --model ...`), as o
 run by the interpreter of the runtime environment built from requirements.txt (.venv-runtime, made
 by `make runtime`) when it exists, else by this interpreter. --in-process calls inference.run in
 this process instead: the same code on the same inputs, without a process start per job.
-A failed job is reported by name and the rest still run. Nothing here imports torch.
+A failed job is reported by name and the rest still run; so is a job that cannot start (an
+interpreter that does not exist or cannot run, a log that cannot be written): its run.json holds
+that error. Nothing here imports torch.
 Run:  python -m training.evaluate run JOBS [--model DIR] [--in-process] [--python PATH]
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from amf import AmfError, jobs, one_line
 from amf import manifest as manifest_io
+from amf.cli import as_error
 from amf.fileio import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +112,10 @@ def run_jobs(jobs_dir, model_dir=None, in_process: bool = False, python: str | N
         if stale.exists():
             stale.unlink()  # a job that fails now must not leave an earlier run's result behind
         start = time.perf_counter()
-        error = run_in_process(job, model_dir) if in_process else run_process(job, model_dir, python, timeout)
+        try:
+            error = run_in_process(job, model_dir) if in_process else run_process(job, model_dir, python, timeout)
+        except OSError as e:  # the job could not start (no such interpreter, no log file): this job's error
+            error = f"cannot start: {one_line(as_error(e))}"
         seconds = time.perf_counter() - start
         record = {"job": job.name, "ok": error is None, "seconds": round(seconds, 4), "error": error,
                   "mode": "in-process" if in_process else "process",

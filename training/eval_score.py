@@ -18,6 +18,9 @@ as the confidence of the predicted class (P(atypical) = c if class is atypical e
 --confidence predicted-class reproduces that variant. Only ROC AUC (and the curves) depend on it.
 Departures from the organisers' code: a set or domain with one class only gets roc_auc null (theirs
 raises), and a rate with an empty denominator is null (theirs gives 0 with a warning).
+Everything is read and checked before anything is written (a result's confidence must lie in
+[0, 1]; run.json and figures.csv must parse and hold their fields), and OUT/metrics.json from an
+earlier run is removed first: after a failed score no metrics.json claims a result.
 Run:  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--confidence p-atypical|predicted-class]
 """
 from __future__ import annotations
@@ -58,6 +61,8 @@ def load_ground_truth(path) -> dict[str, dict]:
         if not ok:
             raise AmfError(f"ground truth {path}: entry {i} must be {{image, labels (normal/atypical), "
                            "tumordomains (integers, one per label)}")
+        if not entry["labels"]:
+            raise AmfError(f"ground truth {path}: entry {i} (stack {entry['image']}) has no labels")
         if entry["image"] in out:
             raise AmfError(f"ground truth {path}: stack {entry['image']} listed twice")
         out[entry["image"]] = {"labels": [CLASS_IDS[lab] for lab in entry["labels"]],
@@ -126,13 +131,39 @@ def run_times(jobs_dir) -> dict | None:
     """What `run` recorded in JOBS/<job>/run.json, summarised; None if it recorded nothing."""
     from training.eval_run import RUN_RECORD, list_jobs
 
-    records = [json.loads(p.read_text()) for p in (j / RUN_RECORD for j in list_jobs(jobs_dir)) if p.is_file()]
+    records = []
+    for path in (j / RUN_RECORD for j in list_jobs(jobs_dir)):
+        if path.is_file():
+            r = read_json(path, "run record")
+            if not (isinstance(r, dict) and isinstance(r.get("seconds"), (int, float))
+                    and not isinstance(r["seconds"], bool) and isinstance(r.get("mode"), str)):
+                raise AmfError(f"run record {path}: needs 'seconds' (a number) and 'mode' (text); "
+                               "run the jobs again")
+            records.append(r)
     if not records:
         return None
     secs = np.array([r["seconds"] for r in records])
     return {"jobs": len(records), "mode": sorted({r["mode"] for r in records}),
             "seconds_mean": float(secs.mean()), "seconds_median": float(np.median(secs)),
             "seconds_max": float(secs.max()), "seconds_total": float(secs.sum())}
+
+
+def read_figures(path):
+    """pack's figures.csv (which figure sits where): columns image, index (an integer), figure."""
+    import pandas as pd
+
+    try:
+        placed = pd.read_csv(path, dtype={"image": str, "figure": str})
+    except (OSError, ValueError) as e:  # pandas' parser errors are ValueErrors
+        raise AmfError(f"figure table {path} cannot be read ({one_line(e)})") from None
+    missing = {"image", "index", "figure"} - set(placed.columns)
+    if missing:
+        raise AmfError(f"figure table {path} lacks the columns {', '.join(sorted(missing))}")
+    if not pd.api.types.is_integer_dtype(placed["index"]):
+        raise AmfError(f"figure table {path}: column index must hold integers")
+    if placed.duplicated(["image", "index"]).any():  # a merge would count such a figure twice
+        raise AmfError(f"figure table {path}: a stack position is listed twice")
+    return placed[["image", "index", "figure"]]
 
 
 def evaluate(table, n_boot: int = 1000, seed: int = 0, confidence: str = "p-atypical") -> dict:
@@ -170,17 +201,21 @@ def score(jobs_dir, ground_truth, out_dir, confidence: str = "p-atypical", n_boo
     """Check and score every job; write OUT/metrics.json, OUT/predictions.csv and the report."""
     if confidence not in CONFIDENCE_MODES:
         raise AmfError(f"unknown confidence semantics {confidence!r}; choose one of {', '.join(CONFIDENCE_MODES)}")
+    if n_boot < 1:
+        raise AmfError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AmfError(f"{out_dir} is a file; score needs a folder (new or existing) for its report")
+    (out_dir / "metrics.json").unlink(missing_ok=True)  # a failed score leaves no earlier result behind
     truth = load_ground_truth(ground_truth)
     table = collect(jobs_dir, truth, confidence)
     figures = Path(ground_truth).parent / "figures.csv"  # written by pack: which figure is where
     if figures.is_file():
-        import pandas as pd
-        table = table.merge(pd.read_csv(figures, dtype={"figure": str})[["image", "index", "figure"]],
-                            on=["image", "index"], how="left")
+        table = table.merge(read_figures(figures), on=["image", "index"], how="left")
+    run = run_times(jobs_dir)
     metrics = evaluate(table, n_boot=n_boot, seed=seed, confidence=confidence)
-    metrics["run"] = run_times(jobs_dir)
+    metrics["run"] = run
     metrics["sources"] = {"jobs": str(Path(jobs_dir).resolve()), "ground_truth": str(Path(ground_truth).resolve())}
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "predictions.csv", table.drop(columns="predicted").to_csv(index=False))
     if report:

@@ -8,20 +8,22 @@
       -> DIR/metrics.json (organisers' "aggregates" + intervals), DIR/report.md + PNGs, DIR/predictions.csv
 
 Each step is its own file: training/eval_pack.py, eval_run.py, eval_score.py, eval_report.py.
-Any problem: one line on stderr and exit 2; `run` exits 1 when some jobs failed (named) after running all.
-Nothing here imports torch.
+Any problem (a bad argument, input file, ground truth, result or run record, or an output that
+cannot be written): one line `error: ...` on stderr, exit 2, and no partial output. `run` records a
+job that fails, or cannot even start (say --python names no interpreter), as that job's error, runs
+the rest, and exits 1 naming the failed jobs. Nothing here imports torch.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from amf import AmfError, report_error
+from amf import report_error
+from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int, positive_float, positive_int
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pack", help="labelled CSV + images -> platform jobs and ground_truth.json")
@@ -30,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("out", help="output folder (gets jobs/, ground_truth.json, figures.csv)")
     p.add_argument("--format", default="tiff", choices=["tiff", "mha", "mixed"],
                    help="stack file format; mixed alternates .tiff and .mha (default tiff)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the figures' order in stacks (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the figures' order in stacks (default 0)")
     p.add_argument("--tumor", default=None, help="tumour type of every figure, for a CSV with no domain column")
 
     r = sub.add_parser("run", help="run the container entrypoint on every job")
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     r.add_argument("--in-process", action="store_true", help="call inference.run here instead of a process per job")
     r.add_argument("--python", default=None, help="interpreter for the per-job processes "
                                                   "(default .venv-runtime/bin/python, else this one)")
-    r.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per job process (default 600)")
+    r.add_argument("--timeout", type=positive_float, default=600.0, help="seconds allowed per job process (default 600)")
 
     s = sub.add_parser("score", help="organisers' metrics, intervals and a report")
     s.add_argument("jobs", help="the jobs folder, after run")
@@ -47,8 +49,8 @@ def main(argv=None) -> int:
     s.add_argument("--out", required=True, help="report folder (metrics.json, report.md, PNGs)")
     s.add_argument("--confidence", default="p-atypical", choices=["p-atypical", "predicted-class"],
                    help="how to read confidence for ROC AUC (default p-atypical; see eval_score.py)")
-    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    s.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--no-report", action="store_true", help="metrics.json and predictions.csv only")
 
     args = ap.parse_args(argv)
@@ -67,8 +69,8 @@ def main(argv=None) -> int:
                       report=not args.no_report)
             print(json.dumps(m["aggregates"], indent=2))
             print(f"-> {args.out}/metrics.json" + ("" if args.no_report else f", {args.out}/report.md"))
-    except AmfError as e:
-        return report_error(e)
+    except EXPECTED as e:  # the one error boundary: whatever the steps raise for bad input or files
+        return report_error(as_error(e))
     return 0
 
 

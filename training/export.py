@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from amf import AmfError, report_error
+from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf import manifest as manifest_io
 from amf.preprocess import prepare
 from training import config as config_io
@@ -200,18 +201,18 @@ def install(tmp: Path, out_dir: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("run", help="training run folder")
     ap.add_argument("--out", required=True, help="model folder to write (ensemble.json + fold*.onnx)")
     ap.add_argument("--data", default=None, help="data folder, if the images moved since training")
     ap.add_argument("--tta", default=None, choices=list(manifest_io.TTA_MODES), help="overrides export.tta")
-    ap.add_argument("--n-real", type=int, default=16, help="real patches per fold for the parity check")
+    ap.add_argument("--n-real", type=positive_int, default=16, help="real patches per fold for the parity check")
     a = ap.parse_args(argv)
     try:
         export_run(a.run, a.out, a.data, a.tta, a.n_real)
-    except AmfError as e:
-        return report_error(e)
+    except EXPECTED as e:
+        return report_error(as_error(e))
     return 0
 
 

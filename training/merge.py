@@ -11,12 +11,12 @@ Run:  python -m training.merge MODEL_DIR [--use-on cpu] [--fp16] [--fp16-use-on 
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from amf import AmfError
+from amf import AmfError, one_line
 from amf import manifest as manifest_io
 from amf.manifest import Manifest, Variant
 
@@ -131,6 +131,17 @@ def check_batch(manifest: Manifest, n: int = 4, seed: int = 0) -> np.ndarray:
     return prepare(list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)), size, mean, std, resize)
 
 
+def load_member(path):
+    """One member's ONNX graph; a file that is not one is an AmfError naming it."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path))
+    except (OSError, ValueError, DecodeError) as e:
+        raise AmfError(f"member {path} is not a readable ONNX model ({one_line(e)[:200]})") from None
+
+
 def merge_folder(model_dir, use_on=(), fp16: bool = False, fp16_use_on=(), atol: float = 1e-5) -> Manifest:
     """Write MODEL_DIR/merged.onnx (and merged-fp16.onnx) and declare them in the manifest."""
     import onnx
@@ -138,7 +149,7 @@ def merge_folder(model_dir, use_on=(), fp16: bool = False, fp16_use_on=(), atol:
     model_dir = Path(model_dir)
     mf = manifest_io.load(model_dir)
     shared_preprocessing(mf)
-    merged = merge_models([onnx.load(str(mf.path(m.file))) for m in mf.members])
+    merged = merge_models([load_member(mf.path(m.file)) for m in mf.members])
     path = save_model(merged, model_dir / MERGED_FILE)
     onnx.checker.check_model(str(path))  # by path: works for graphs with external weights too
     x = check_batch(mf)
@@ -156,14 +167,25 @@ def merge_folder(model_dir, use_on=(), fp16: bool = False, fp16_use_on=(), atol:
     return mf
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error
+
+    ap = ArgumentParser(prog="python -m training.merge", description=__doc__.splitlines()[0])
     ap.add_argument("model_dir")
     ap.add_argument("--use-on", nargs="*", default=[], choices=list(manifest_io.DEVICES),
                     help="devices where the merged graph replaces the member loop (from the benchmark)")
     ap.add_argument("--fp16", action="store_true", help="also write the fp16 copy (CUDA only)")
     ap.add_argument("--fp16-use-on", nargs="*", default=[], choices=["cuda"],
                     help="use the fp16 copy on CUDA (only where the benchmark found it faster)")
-    a = ap.parse_args()
-    m = merge_folder(a.model_dir, a.use_on, a.fp16, a.fp16_use_on)
+    a = ap.parse_args(argv)
+    try:
+        m = merge_folder(a.model_dir, a.use_on, a.fp16, a.fp16_use_on)
+    except EXPECTED as e:
+        return report_error(as_error(e))
     print(f"{a.model_dir}: " + ", ".join(f"{v.kind} {v.file} use_on={v.use_on}" for v in m.variants))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -207,17 +207,29 @@ def load_for_export(cfg: dict, state: dict) -> Classifier:
     return model.eval()
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error
     from training import config as config_io
 
+    ap = ArgumentParser(prog="python -m training.models", description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", default="smoke", help="YAML file or name in training/configs/")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.backbone=resnet18")
+    a = ap.parse_args(argv)
     try:
-        cfg = config_io.load(sys.argv[1] if len(sys.argv) > 1 else "smoke", sys.argv[2:])
+        cfg = config_io.load(a.config, a.overrides)
         model = create_classifier(cfg)
-    except AmfError as e:
-        sys.exit(f"error: {e}")
-    n = cfg["data"]["input_size"]
+        n = cfg["data"]["input_size"]
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, 3, n, n))
+    except (*EXPECTED, RuntimeError) as e:  # RuntimeError: torch's, for an input size the backbone cannot take
+        return report_error(as_error(e))
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    out = model.eval()(torch.zeros(2, 3, n, n))
     print(f"{cfg['model']['backbone']}: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable; "
           f"(2, 3, {n}, {n}) -> {tuple(out.shape)}; mean/std {normalisation(cfg, model.timm_model)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

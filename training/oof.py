@@ -99,9 +99,22 @@ def summary_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error
+
+    ap = ArgumentParser(prog="python -m training.oof", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", help="run folder of training.train (splits.csv, fold<k>/oof.csv)")
+    a = ap.parse_args(argv)
     try:
-        _, res = pool(sys.argv[1])
-    except AmfError as e:
-        sys.exit(f"error: {e}")
+        if not Path(a.run_dir).is_dir():
+            raise AmfError(f"no run folder {a.run_dir}")
+        _, res = pool(a.run_dir)
+    except EXPECTED as e:
+        return report_error(as_error(e))
     print(summary_text(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

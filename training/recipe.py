@@ -149,15 +149,25 @@ def kd_loss(student_logit: torch.Tensor, teacher_logit: torch.Tensor, temperatur
     return kl.mean() * t * t
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error
     from training import config as config_io
     from training.models import create_backbone
 
-    from amf import AmfError
-
+    ap = ArgumentParser(prog="python -m training.recipe", description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", default="smoke", help="YAML file or name in training/configs/")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. mixstyle.where=[stem]")
+    a = ap.parse_args(argv)
     try:
-        cfg = config_io.load(sys.argv[1] if len(sys.argv) > 1 else "smoke", sys.argv[2:])
+        cfg = config_io.load(a.config, a.overrides)
         bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
-    except AmfError as e:
-        sys.exit(f"error: {e}")
-    print(cfg["model"]["backbone"], "MixStyle at", [n for n, _ in mixstyle_targets(bb, cfg["mixstyle"]["where"])])
+        where = [n for n, _ in mixstyle_targets(bb, cfg["mixstyle"]["where"])]
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    print(cfg["model"]["backbone"], "MixStyle at", where)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

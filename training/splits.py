@@ -127,26 +127,24 @@ def describe(splits: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    import argparse
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int, positive_int
+    from training.data import read_table
 
-    from training.data import slide_key
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("labels")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = ArgumentParser(prog="python -m training.splits", description=__doc__.splitlines()[0])
+    ap.add_argument("labels", help="label table in the official columns")
+    ap.add_argument("--folds", type=positive_int, default=5)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
     ap.add_argument("--kind", default="kfold", choices=list(KINDS))
-    a = ap.parse_args()
-    from amf.domains import canonical
-    t = pd.read_csv(a.labels, dtype={"image_id": str})
-    t["slide"] = [slide_key(f) for f in t["filename"]]
-    t["label"] = (t["majority"].str.upper() == "AMF").astype(int)
-    for c in DOMAIN_COLUMNS:
-        t[f"raw_{c}"] = t[c]
-        t[c] = [canonical(c, v) for v in t[c]]
-    t["synthetic"] = False
-    try:
-        print(describe(make_splits(t, a.kind, a.folds, a.seed)))
-    except AmfError as e:
-        sys.exit(f"error: {e}")
+    a = ap.parse_args(argv)
+    try:  # the training's own reader checks the table (columns, labels, duplicates); no images are read
+        table = read_table(a.labels, Path(a.labels).parent, source="labels")
+        print(describe(make_splits(table, a.kind, a.folds, a.seed)))
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,7 @@ Run:  python -m training.toy_onnx OUT_DIR [--members 2] [--size 128]
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +60,22 @@ def make_toy_ensemble(out_dir, members: int = 2, sizes=(128,), seed: int = 0, th
                                      "seed": seed}), out_dir)
 
 
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int, positive_int
+
+    ap = ArgumentParser(prog="python -m training.toy_onnx", description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="model folder to write (ensemble.json and toy<i>.onnx)")
+    ap.add_argument("--members", type=positive_int, default=2)
+    ap.add_argument("--size", type=positive_int, nargs="+", default=[128])
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    a = ap.parse_args(argv)
+    try:
+        print(make_toy_ensemble(a.out, a.members, a.size, a.seed))
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    return 0
+
+
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out")
-    ap.add_argument("--members", type=int, default=2)
-    ap.add_argument("--size", type=int, nargs="+", default=[128])
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    print(make_toy_ensemble(a.out, a.members, a.size, a.seed))
+    sys.exit(main())
