@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from amf import AmfError, metrics, report_error
 from amf.fileio import write_text_atomic
 from training import config as config_io
+from training import gpu_augment
 from training import oof as oof_io
 from training import splits as splits_io
 from training.augment import Augment
@@ -304,6 +305,10 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         loader_kw["prefetch_factor"] = 4
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=True, **loader_kw)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
+    if gpu_augment.wanted(d_cfg["device_augment"], device, cache, d_cfg["resize"]):  # same sampler, batches made there
+        train_dl = gpu_augment.DeviceBatches(train_ds, sampler, batch, cfg["augment"], device, d_cfg["device_memory_gb"])
+        log(f"fold {k}: training batches augmented on {device} (data.device_augment; "
+            f"patches {'on the device' if train_dl.resident else 'in pinned host memory'})")
     pos_weight = None
     if cfg["imbalance"]["mode"] == "loss":
         pos_weight = torch.tensor(float((y_train == 0).sum()) / max(1, (y_train == 1).sum()), device=device)
@@ -311,6 +316,7 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
     align_cols = list(cfg["align"]["columns"])
     domain_codes = torch.tensor(np.stack([pd.factorize(df[c])[0] for c in align_cols], 1)
                                 if align_cols else np.zeros((len(df), 0)), dtype=torch.long)
+    n_domain_values = int(domain_codes.max()) + 1 if domain_codes.numel() else 1  # no host sync per step
 
     epochs = int(t_cfg["epochs"])
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t_cfg["lr"])
@@ -340,6 +346,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if cuda else None,
             find_unused_parameters=cfg["model"]["finetune"] == "frozen")
+    if t_cfg["compile"]:
+        train_model = torch.compile(train_model)  # the student's training forward; eval and export stay eager
     ema_cfg = cfg["ema"]
     use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
     log(f"fold {k}: {len(train_rows)} train ({int(y_train.sum())} atypical), {len(val_rows)} validation; "
@@ -360,7 +368,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             target = target.to(device, non_blocking=True)
-            align_batch = (hard_labels[rows].to(device), domain_codes[rows].to(device)) if use_align else None
+            align_batch = (hard_labels[rows].to(device), domain_codes[rows].to(device),
+                           n_domain_values) if use_align else None
             losses = train_step(model, train_model, teacher, optimizer, x, target, cfg, amp, pos_weight, align_batch)
             scheduler.step()
             global_step += 1
