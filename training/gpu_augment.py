@@ -227,8 +227,9 @@ class DeviceBatches:
         self.rows = torch.from_numpy(ds.indices)
         self.targets = torch.from_numpy(ds.targets).to(device)  # per table row
         patches = torch.from_numpy(np.stack([ds.cache[int(r)] for r in ds.indices]))  # N x H x W x 3 uint8
-        self.resident = device.type == "cpu" or patches.numel() <= float(memory_gb) * 2 ** 30
-        self.patches = patches.to(device) if self.resident or device.type != "cuda" else patches.pin_memory()
+        self.pinned = device.type == "cuda"
+        self.resident = patches.numel() <= float(memory_gb) * 2 ** 30
+        self.patches = patches.to(device) if self.resident else patches.pin_memory() if self.pinned else patches
         self._buffers, self._events = [], [None, None]
 
     def __len__(self) -> int:
@@ -238,15 +239,18 @@ class DeviceBatches:
         if self.resident:
             return self.patches[pos.to(self.patches.device, non_blocking=True)]
         if not self._buffers:
-            self._buffers = [torch.empty((self.batch, *self.patches.shape[1:]), dtype=torch.uint8).pin_memory()
-                             for _ in range(2)]
+            self._buffers = [torch.empty((self.batch, *self.patches.shape[1:]), dtype=torch.uint8,
+                                         pin_memory=self.pinned) for _ in range(2)]
         j = i % 2
         if self._events[j] is not None:
             self._events[j].synchronize()  # the buffer's previous copy has left
         torch.index_select(self.patches, 0, pos, out=self._buffers[j])
         out = self._buffers[j].to(self.device, non_blocking=True)
-        self._events[j] = torch.cuda.Event()
-        self._events[j].record()
+        if self.pinned:
+            self._events[j] = torch.cuda.Event()
+            self._events[j].record()
+        else:
+            out = out.clone()  # on the CPU .to() returns the buffer itself
         return out
 
     def __iter__(self):

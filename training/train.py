@@ -2,6 +2,7 @@
 
   python -m training.train --config CONFIG --data DATA_DIR --out RUN_DIR [--fold N] [--seed S] [--set a.b=v ...]
   torchrun --nproc_per_node G -m training.train ... --fold N     (one fold on G GPUs, DDP; gloo on CPU)
+  python -m training.train ... --parallel N   (N folds at once on one device, a process each: training/folds.py)
 
 CONFIG is a YAML file or a name in training/configs/ (smoke, convnext_small, lunit_vit_small, ...).
 The run folder (kept names; the export and evaluation rely on them):
@@ -41,6 +42,7 @@ from training import gpu_augment
 from training import oof as oof_io
 from training import splits as splits_io
 from training.augment import Augment
+from training.folds import run_parallel
 from training.data import PatchDataset, counts_report, load_dataset
 from training.models import create_backbone, create_classifier, head_parameters, merged_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
@@ -451,6 +453,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--workers", type=int, default=None, help="overrides data.num_workers")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="without --fold: train up to N folds at once, one process each on the same device "
+                         "(training/folds.py), then pool them")
     args = ap.parse_args(argv)
     dist = None
     try:
@@ -473,8 +478,13 @@ def main(argv=None) -> int:
         log(f"{cfg['splits']['kind']} splits ({run_dir / 'splits.csv'}):\n{splits_io.describe(splits)}")
         if args.fold is not None and args.fold not in folds:
             raise AmfError(f"--fold {args.fold}: the splits have folds {folds}")
-        for k in ([args.fold] if args.fold is not None else folds):
-            train_fold(cfg, df, cache, splits, k, run_dir, dist, args.restart, not args.no_progress, log)
+        todo = [args.fold] if args.fold is not None else folds
+        if args.parallel > 1 and len(todo) > 1 and dist.world == 1:
+            cache = None  # the children decode their own
+            run_parallel(list(sys.argv[1:] if argv is None else argv), todo, args.parallel, log)
+        else:
+            for k in todo:
+                train_fold(cfg, df, cache, splits, k, run_dir, dist, args.restart, not args.no_progress, log)
         if dist.main:
             missing = oof_io.missing_folds(run_dir, splits)
             if missing:
