@@ -61,9 +61,12 @@ class MixStyle:
         mu = body.mean(dim=dims, keepdim=True).detach()  # as the original: statistics carry no gradient
         sig = (body.var(dim=dims, keepdim=True) + self.eps).sqrt().detach()
         normed = (body - mu) / sig
-        lam = self.beta.sample((b,)).to(x.device)
-        lam = lam.view(b, *([1] * (body.dim() - 1)))
-        perm = torch.randperm(b, generator=self.generator).to(x.device)
+        lam = self.beta.sample((b,))
+        perm = torch.randperm(b, generator=self.generator)
+        if x.is_cuda:  # a copy from pageable memory would wait for the GPU's queue to drain; pinned ones do not
+            lam, perm = lam.pin_memory(), perm.pin_memory()
+        lam = lam.to(x.device, non_blocking=True).view(b, *([1] * (body.dim() - 1)))
+        perm = perm.to(x.device, non_blocking=True)
         mu_mix = mu * lam + mu[perm] * (1 - lam)
         sig_mix = sig * lam + sig[perm] * (1 - lam)
         out = (normed * sig_mix + mu_mix).to(dtype)

@@ -314,10 +314,10 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
     pos_weight = None
     if cfg["imbalance"]["mode"] == "loss":
         pos_weight = torch.tensor(float((y_train == 0).sum()) / max(1, (y_train == 1).sum()), device=device)
-    hard_labels = torch.from_numpy(labels.astype(np.int64))
+    hard_labels = torch.from_numpy(labels.astype(np.int64)).to(device)  # indexed on the device: no copy per step
     align_cols = list(cfg["align"]["columns"])
     domain_codes = torch.tensor(np.stack([pd.factorize(df[c])[0] for c in align_cols], 1)
-                                if align_cols else np.zeros((len(df), 0)), dtype=torch.long)
+                                if align_cols else np.zeros((len(df), 0)), dtype=torch.long).to(device)
     n_domain_values = int(domain_codes.max()) + 1 if domain_codes.numel() else 1  # no host sync per step
 
     epochs = int(t_cfg["epochs"])
@@ -370,8 +370,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             target = target.to(device, non_blocking=True)
-            align_batch = (hard_labels[rows].to(device), domain_codes[rows].to(device),
-                           n_domain_values) if use_align else None
+            on_device = rows.to(device, non_blocking=True)
+            align_batch = (hard_labels[on_device], domain_codes[on_device], n_domain_values) if use_align else None
             losses = train_step(model, train_model, teacher, optimizer, x, target, cfg, amp, pos_weight, align_batch)
             scheduler.step()
             global_step += 1
