@@ -263,6 +263,7 @@ class DeviceBatches:
         pin = self.device.type == "cuda"
         for i in range(len(order) // self.batch):
             pos = order[i * self.batch:(i + 1) * self.batch]
+            pos = pos.pin_memory() if pin else pos  # pinned: its copy to the GPU does not wait for the queue
             params = draw(self.cfg, len(pos), generator)
             params = (params.pin_memory() if pin else params).to(self.device, non_blocking=True)
             x = self._gather(pos, i).permute(0, 3, 1, 2).float()
