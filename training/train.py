@@ -308,7 +308,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=True, **loader_kw)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
     if gpu_augment.wanted(d_cfg["device_augment"], device, cache, d_cfg["resize"]):  # same sampler, batches made there
-        train_dl = gpu_augment.DeviceBatches(train_ds, sampler, batch, cfg["augment"], device, d_cfg["device_memory_gb"])
+        train_dl = gpu_augment.DeviceBatches(train_ds, sampler, batch, cfg["augment"], device,
+                                             d_cfg["device_memory_gb"])
         log(f"fold {k}: training batches augmented on {device} (data.device_augment; "
             f"patches {'on the device' if train_dl.resident else 'in pinned host memory'})")
     pos_weight = None
