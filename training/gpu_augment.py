@@ -16,17 +16,19 @@ normalised there, in the same order and with the same meaning as augment.Augment
   resize         F.interpolate bilinear with antialias=True (a port of Pillow's resampling), rounded to uint8
                  levels: within 1 level of amf.preprocess.resize (identical at the patch's own size), then
                  amf.preprocess's normalisation (x/255 - mean)/std
-Every stage rounds to uint8 levels as the CPU path does between its steps. Each figure of a batch gets its own
-parameters, drawn from a torch.Generator seeded by (run seed, epoch) on the CPU and sent to the device in one
-copy: a run is reproducible, and the parameters do not depend on the device. The CPU and device paths draw
-from different streams, so they give the same distribution of augmentations, not the same images
-(test/test_gpu_augment.py compares their statistics and bounds the resize against amf.preprocess.resize).
+Every stage rounds (or truncates, where Pillow does) to uint8 levels as the CPU path does between its steps.
+Each figure of a batch gets its own parameters, drawn from a torch.Generator seeded by (run seed, epoch) on the
+CPU and sent to the device in one copy: a run is reproducible, and the parameters do not depend on the device.
+The CPU and device paths draw from different streams, so they give the same distribution of augmentations,
+not the same images (test/test_gpu_augment.py compares their statistics and bounds the resize against
+amf.preprocess.resize).
 
-Why a short torch module and not kornia: kornia would be a new dependency for ~150 lines of standard ops;
-its ColorJitter is torchvision's (HSV saturation, its own contrast) rather than Pillow's ImageEnhance, it has
-no HED jitter, and its affine pads by reflection about the edge pixel rather than numpy's reflect, so it would
-not do the same thing as the CPU path; the ops here are the ones kornia itself is built from (grid_sample,
-conv2d, interpolate), so it would not be faster either.
+Why a short torch module and not kornia: kornia would be a new dependency (not installed here, so not
+benchmarked) for ~150 lines of standard ops, and it would not do the same thing as the CPU path: its colour
+jitter follows torchvision's definitions rather than Pillow's ImageEnhance, it has no HED jitter, and its warps
+pad with grid_sample's modes (whose "reflection" mirrors about the border, numpy's "symmetric", not the
+"reflect" of augment.affine). The ops used here are those kornia is built from (grid_sample, conv2d,
+interpolate), so it would not be faster either; this module stays one readable page.
 Validation stays on the CPU path (amf.preprocess: exactly what the container runs).
 Run:  python -m training.gpu_augment IMAGE.png OUT.png [--seed 0]   (a grid of 16 draws, for a look)
 """
@@ -285,7 +287,7 @@ if __name__ == "__main__":
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    src = torch.from_numpy(canonical_patch(np.asarray(Image.open(a.image).convert("RGB"))))
+    src = torch.from_numpy(canonical_patch(np.array(Image.open(a.image).convert("RGB"))))
     x = src.permute(2, 0, 1)[None].float().repeat(16, 1, 1, 1)
     x = augment_batch(x, draw(DEFAULTS["augment"], 16, epoch_generator(a.seed, 0)), DEFAULTS["augment"])
     grid = x.view(4, 4, 3, *x.shape[2:]).permute(0, 3, 1, 4, 2).reshape(4 * x.shape[2], 4 * x.shape[3], 3)
