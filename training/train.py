@@ -350,7 +350,7 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
             model, device_ids=[device.index] if cuda else None,
             find_unused_parameters=cfg["model"]["finetune"] == "frozen")
     if t_cfg["compile"]:
-        train_model = torch.compile(train_model)  # the student's training forward; eval and export stay eager
+        train_model = torch.compile(train_model, dynamic=False)  # the training forward; eval/export stay eager
     ema_cfg = cfg["ema"]
     use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
     log(f"fold {k}: {len(train_rows)} train ({int(y_train.sum())} atypical), {len(val_rows)} validation; "
