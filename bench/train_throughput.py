@@ -2,12 +2,15 @@
 
 Synthetic data of the real size: 128-px uint8 patches -> the input size; by default the batch is made once
 and kept on the device (the model's step alone: forward, backward, AdamW, EMA update); --loader also runs
-the real data path (augmentation, amf.preprocess resize + normalise, DataLoader workers) on synthetic PNGs
-decoded once. On CUDA: bf16 autocast and channels_last, as training uses them; --compile adds torch.compile.
+the real data path on synthetic patches decoded once: `--loader cpu` (or bare --loader) the CPU path
+(augment.Augment, amf.preprocess resize + normalise, DataLoader workers), `--loader device` the device path
+(training/gpu_augment.py: patches on the device, batched augmentation, as data.device_augment=true).
+On CUDA: bf16 autocast and channels_last, as training uses them; --compile adds torch.compile.
 Recipes: plain (no MixStyle, no alignment, no EMA teacher) and full (all of them on; the teacher's forward
-and update cost extra).
+and update cost extra). --parts also times the full recipe's parts one by one (ms per step).
 Run:  python -m bench.train_throughput [--model convnext_small] [--size 224] [--batch 64] [--steps 20]
-                                        [--recipe plain full] [--loader] [--compile] [--json OUT.json]
+                                        [--recipe plain full] [--loader [cpu|device]] [--compile] [--parts]
+                                        [--device auto|cuda|cpu] [--json OUT.json]
 """
 from __future__ import annotations
 
@@ -34,10 +37,13 @@ def recipe_config(model: str, size: int, recipe: str) -> dict:
                                     f"mixstyle.enabled={on}", f"align.enabled={on}", f"ema.enabled={on}"])
 
 
-def synthetic_loader(cfg: dict, batch: int, workers: int, n: int = 512):
+def synthetic_loader(cfg: dict, batch: int, workers: int, n: int = 512, kind: str = "cpu",
+                     device: torch.device = torch.device("cpu")):
     """The training data path on synthetic 128-px patches (decoded once, as data.preload does)."""
     from training.augment import Augment
     from training.data import PatchDataset
+    from training.gpu_augment import DeviceBatches
+    from training.train import EpochSampler
     import pandas as pd
 
     rng = np.random.default_rng(0)
@@ -45,12 +51,14 @@ def synthetic_loader(cfg: dict, batch: int, workers: int, n: int = 512):
     df = pd.DataFrame({"path": ["-"] * n, "label": rng.integers(0, 2, n), "soft": 0.0})
     ds = PatchDataset(df, np.arange(n), cfg["data"]["input_size"], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225],
                       "bilinear", Augment(cfg["augment"]), patches)
+    if kind == "device":
+        return DeviceBatches(ds, EpochSampler(n), batch, cfg["augment"], device)
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+                                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 
 def measure(model_name: str, size: int, batch: int, steps: int, warmup: int, recipe: str, device: torch.device,
-            loader: bool, workers: int, compile_: bool) -> dict:
+            loader: str | None, workers: int, compile_: bool) -> dict:
     cuda = device.type == "cuda"
     cfg = recipe_config(model_name, size, recipe)
     torch.manual_seed(0)
@@ -65,13 +73,18 @@ def measure(model_name: str, size: int, batch: int, steps: int, warmup: int, rec
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     gen = torch.Generator().manual_seed(0)
     align = (torch.randint(0, 2, (batch,), generator=gen).to(device),
-             torch.randint(0, 3, (batch, 4), generator=gen).to(device)) if cfg["align"]["enabled"] else None
+             torch.randint(0, 3, (batch, 4), generator=gen).to(device), 3) if cfg["align"]["enabled"] else None
 
     def batches():
         if loader:
+            data = synthetic_loader(cfg, batch, workers, kind=loader, device=device)
+            epoch = 0
             while True:
-                for x, y, _ in synthetic_loader(cfg, batch, workers):
+                if hasattr(data, "sampler") and hasattr(data.sampler, "set_epoch"):
+                    data.sampler.set_epoch(epoch)
+                for x, y, _ in data:
                     yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                epoch += 1
         x = torch.randn(batch, 3, size, size, generator=gen).to(device)
         y = torch.randint(0, 2, (batch,), generator=gen).float().to(device)
         while True:
@@ -99,9 +112,71 @@ def measure(model_name: str, size: int, batch: int, steps: int, warmup: int, rec
     float(losses["loss"])  # waits for the device
     seconds = time.perf_counter() - t0
     return {"model": model_name, "size": size, "batch": batch, "recipe": recipe, "device": device_name(device),
-            "bf16": cuda, "channels_last": cuda, "compile": compile_, "data": "loader" if loader else "on-device",
+            "bf16": cuda, "channels_last": cuda, "compile": compile_,
+            "data": f"{loader} loader" if loader else "on-device (made once)",
             "steps": steps, "images_per_s": round(batch * steps / seconds, 2),
             "threads": torch.get_num_threads()}
+
+
+def time_parts(model_name: str, size: int, batch: int, steps: int, device: torch.device) -> list[tuple[str, float]]:
+    """ms per step of the full recipe's parts, one at a time, on a batch kept on the device."""
+    from training.recipe import alignment_loss, alignment_loss_loops
+
+    cuda = device.type == "cuda"
+    cfg = recipe_config(model_name, size, "full")
+    torch.manual_seed(0)
+    model = create_classifier(cfg, pretrained=False)
+    mixer, _ = attach_mixstyle(model.timm_model, {**cfg["mixstyle"], "p": 1.0})  # always mixes: its whole cost
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    teacher = make_teacher(model, cfg["ema"])
+    x = torch.randn(batch, 3, size, size).to(device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    labels, domains = torch.randint(0, 2, (batch,)).to(device), torch.randint(0, 3, (batch, 4)).to(device)
+
+    def timed(fn) -> float:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps * 1e3
+
+    def student(mix: bool):
+        def fn():
+            mixer.active = mix
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                logit, feats = model(x, return_features=True)
+            (logit.float().sum() + feats.float().sum() * 0).backward()
+        return fn
+
+    def teacher_forward():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            teacher.module(x)
+
+    with torch.no_grad():
+        feats = model(x, return_features=True)[1].float()
+
+    def align(fn, *extra):
+        def run():
+            f = feats.detach().requires_grad_(True)
+            fn(f, labels, domains, *extra).backward()
+        return run
+
+    rows = [("student forward+backward (no MixStyle)", timed(student(False))),
+            ("student forward+backward (MixStyle at p=1)", timed(student(True))),
+            ("teacher forward (no grad)", timed(teacher_forward)),
+            ("EMA teacher update (timm ModelEmaV3, foreach lerp)", timed(lambda: teacher.update(model, step=100))),
+            ("alignment loss + backward, vectorised (recipe.alignment_loss)", timed(align(alignment_loss, 3))),
+            ("alignment loss + backward, loops (recipe.alignment_loss_loops)", timed(align(alignment_loss_loops)))]
+    mixer.active = False
+    return rows
 
 
 def device_name(device: torch.device) -> str:
@@ -120,9 +195,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--recipe", nargs="+", default=["plain", "full"], choices=["plain", "full"])
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    ap.add_argument("--loader", action="store_true", help="include the real data path (augment, resize, workers)")
+    ap.add_argument("--loader", nargs="?", const="cpu", default=None, choices=["cpu", "device"],
+                    help="include the real data path: cpu (DataLoader workers, the default) or device "
+                         "(training/gpu_augment.py)")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--parts", action="store_true", help="also time the full recipe's parts (ms per step)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and a.device != "cpu"
@@ -141,6 +219,11 @@ def main(argv=None) -> int:
         print(f"| {r['model']} | {r['size']} | {r['batch']} | {r['recipe']} | {r['device']} | "
               f"{'yes' if r['bf16'] else 'no'}{' +compile' if r['compile'] else ''} | {r['data']} | "
               f"{r['images_per_s']:.1f} |", flush=True)
+    if a.parts:
+        print(f"\n{a.model} at {a.size} px, batch {batch}, {device_name(device)}:\n| part | ms/step |\n|---|---|")
+        for name, ms in time_parts(a.model, a.size, batch, steps, device):
+            print(f"| {name} | {ms:.1f} |", flush=True)
+            rows.append({"part": name, "ms_per_step": round(ms, 2)})
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -59,6 +59,10 @@ DEFAULTS = {
         "skip_missing": False,              # skip missing/unreadable images (with a count) instead of failing
         "preload": True,                    # decode every PNG once into memory
         "num_workers": 2,
+        "device_augment": "auto",           # auto (on CUDA) | true | false: training batches gathered from the
+                                            # preloaded patches, augmented, resized, normalised on the training
+                                            # device (training/gpu_augment.py); false: DataLoader workers (CPU)
+        "device_memory_gb": 4.0,            # patches above this stay in pinned host memory, copied per batch
     },
     "splits": {"kind": "kfold", "folds": 5, "seed": 0, "tries": 16},  # kfold | leave_scanner_out | leave_tumor_out
     "imbalance": {"mode": "sampler"},                      # sampler | loss | none
@@ -89,6 +93,7 @@ DEFAULTS = {
         "select": "balanced_accuracy",      # balanced_accuracy | roc_auc (on the validation fold)
         "max_steps_per_epoch": None,        # cap for quick checks
         "eval_batch_size": 256,
+        "compile": False,                   # torch.compile the training forward (see BENCHMARKS.md)
         "seed": 0,
     },
     "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3},
@@ -99,6 +104,7 @@ CHOICES = {
     "splits.kind": ("kfold", "leave_scanner_out", "leave_tumor_out"),
     "imbalance.mode": ("sampler", "loss", "none"),
     "train.amp": ("auto", "bf16", "off"),
+    "data.device_augment": ("auto", True, False),
     "train.select": ("balanced_accuracy", "roc_auc"),
     "export.tta": ("none", "flips", "d4"),
 }

@@ -61,9 +61,12 @@ class MixStyle:
         mu = body.mean(dim=dims, keepdim=True).detach()  # as the original: statistics carry no gradient
         sig = (body.var(dim=dims, keepdim=True) + self.eps).sqrt().detach()
         normed = (body - mu) / sig
-        lam = self.beta.sample((b,)).to(x.device)
-        lam = lam.view(b, *([1] * (body.dim() - 1)))
-        perm = torch.randperm(b, generator=self.generator).to(x.device)
+        lam = self.beta.sample((b,))
+        perm = torch.randperm(b, generator=self.generator)
+        if x.is_cuda:  # a copy from pageable memory would wait for the GPU's queue to drain; pinned ones do not
+            lam, perm = lam.pin_memory(), perm.pin_memory()
+        lam = lam.to(x.device, non_blocking=True).view(b, *([1] * (body.dim() - 1)))
+        perm = perm.to(x.device, non_blocking=True)
         mu_mix = mu * lam + mu[perm] * (1 - lam)
         sig_mix = sig * lam + sig[perm] * (1 - lam)
         out = (normed * sig_mix + mu_mix).to(dtype)
@@ -108,12 +111,48 @@ def attach_mixstyle(timm_model: nn.Module, mcfg: dict, generator: torch.Generato
 
 # ---- alignment ----------------------------------------------------------------------------------
 
-def alignment_loss(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
-    """features (B, D); labels (B,) in {0,1}; domains (B, L) integer codes of L weak domain labels.
+def alignment_loss(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+                   num_values: int | None = None) -> torch.Tensor:
+    """features (B, D); labels (B,) in {0,1}; domains (B, L) integer codes >= 0 of L weak domain labels.
 
     Mean over labels and classes of the mean squared distance between each domain value's mean
     (L2-normalised) feature and the class's batch mean. 0 when no label has two values in a class.
+    Vectorised (one index_add over (label, class, value) groups, no loop over values, no host
+    synchronisation when NUM_VALUES, an upper bound of the codes, is given); the same value as
+    alignment_loss_loops, the readable reference.
     """
+    z = F.normalize(features.float(), dim=1)
+    b, dim = z.shape
+    n_labels = domains.shape[1]
+    labels = labels.round().long()
+    if num_values is None:
+        num_values = int(domains.max()) + 1 if domains.numel() else 1
+    in_class = (labels == 0) | (labels == 1)  # other labels take part in no class, as in the reference
+    cls = labels.clamp(0, 1)
+    # group of (sample, label j): (j, class, value); sums and counts of z per group
+    groups = (torch.arange(n_labels, device=z.device) * 2 + cls.view(b, 1)) * num_values + domains
+    groups = groups.view(-1)
+    weight = in_class.to(z.dtype).repeat_interleave(n_labels)
+    n_groups = n_labels * 2 * num_values
+    sums = z.new_zeros(n_groups, dim).index_add_(0, groups, z.repeat_interleave(n_labels, 0) * weight.view(-1, 1))
+    counts = z.new_zeros(n_groups).index_add_(0, groups, weight)
+    means = sums / counts.clamp_min(1).view(-1, 1)
+    # the class's batch mean is the same for every label j: the sum over the values of (j, class)
+    sums = sums.view(n_labels, 2, num_values, dim)
+    counts = counts.view(n_labels, 2, num_values)
+    centre = sums.sum(2) / counts.sum(2).clamp_min(1).unsqueeze(-1)  # (L, 2, D)
+    present = counts > 0
+    dist = ((means.view(n_labels, 2, num_values, dim) - centre.unsqueeze(2)) ** 2).sum(-1) * present
+    n_present = present.sum(2)
+    valid = n_present >= 2
+    terms = dist.sum(2) / n_present.clamp_min(1)
+    n_terms = valid.sum()
+    # no valid term: 0, through the features so that the graph is kept (DDP)
+    return (terms * valid).sum() / n_terms.clamp_min(1) + features.sum() * 0.0
+
+
+def alignment_loss_loops(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+    """The reference implementation of alignment_loss (loops over labels, classes and values)."""
     z = F.normalize(features.float(), dim=1)
     labels = labels.round().long()
     terms = []

@@ -2,6 +2,7 @@
 
   python -m training.train --config CONFIG --data DATA_DIR --out RUN_DIR [--fold N] [--seed S] [--set a.b=v ...]
   torchrun --nproc_per_node G -m training.train ... --fold N     (one fold on G GPUs, DDP; gloo on CPU)
+  python -m training.train ... --parallel N   (N folds at once on one device, a process each: training/folds.py)
 
 CONFIG is a YAML file or a name in training/configs/ (smoke, convnext_small, lunit_vit_small, ...).
 The run folder (kept names; the export and evaluation rely on them):
@@ -37,9 +38,11 @@ import torch.nn.functional as F
 from amf import AmfError, metrics, report_error
 from amf.fileio import write_text_atomic
 from training import config as config_io
+from training import gpu_augment
 from training import oof as oof_io
 from training import splits as splits_io
 from training.augment import Augment
+from training.folds import run_parallel
 from training.data import PatchDataset, counts_report, load_dataset
 from training.models import create_backbone, create_classifier, head_parameters, merged_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
@@ -304,13 +307,19 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         loader_kw["prefetch_factor"] = 4
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=True, **loader_kw)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
+    if gpu_augment.wanted(d_cfg["device_augment"], device, cache, d_cfg["resize"]):  # same sampler, batches made there
+        train_dl = gpu_augment.DeviceBatches(train_ds, sampler, batch, cfg["augment"], device,
+                                             d_cfg["device_memory_gb"])
+        log(f"fold {k}: training batches augmented on {device} (data.device_augment; "
+            f"patches {'on the device' if train_dl.resident else 'in pinned host memory'})")
     pos_weight = None
     if cfg["imbalance"]["mode"] == "loss":
         pos_weight = torch.tensor(float((y_train == 0).sum()) / max(1, (y_train == 1).sum()), device=device)
-    hard_labels = torch.from_numpy(labels.astype(np.int64))
+    hard_labels = torch.from_numpy(labels.astype(np.int64)).to(device)  # indexed on the device: no copy per step
     align_cols = list(cfg["align"]["columns"])
     domain_codes = torch.tensor(np.stack([pd.factorize(df[c])[0] for c in align_cols], 1)
-                                if align_cols else np.zeros((len(df), 0)), dtype=torch.long)
+                                if align_cols else np.zeros((len(df), 0)), dtype=torch.long).to(device)
+    n_domain_values = int(domain_codes.max()) + 1 if domain_codes.numel() else 1  # no host sync per step
 
     epochs = int(t_cfg["epochs"])
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t_cfg["lr"])
@@ -340,6 +349,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if cuda else None,
             find_unused_parameters=cfg["model"]["finetune"] == "frozen")
+    if t_cfg["compile"]:
+        train_model = torch.compile(train_model, dynamic=False)  # the training forward; eval/export stay eager
     ema_cfg = cfg["ema"]
     use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
     log(f"fold {k}: {len(train_rows)} train ({int(y_train.sum())} atypical), {len(val_rows)} validation; "
@@ -360,7 +371,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             target = target.to(device, non_blocking=True)
-            align_batch = (hard_labels[rows].to(device), domain_codes[rows].to(device)) if use_align else None
+            on_device = rows.to(device, non_blocking=True)
+            align_batch = (hard_labels[on_device], domain_codes[on_device], n_domain_values) if use_align else None
             losses = train_step(model, train_model, teacher, optimizer, x, target, cfg, amp, pos_weight, align_batch)
             scheduler.step()
             global_step += 1
@@ -442,6 +454,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--workers", type=int, default=None, help="overrides data.num_workers")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="without --fold: train up to N folds at once, one process each on the same device "
+                         "(training/folds.py), then pool them")
     args = ap.parse_args(argv)
     dist = None
     try:
@@ -464,8 +479,13 @@ def main(argv=None) -> int:
         log(f"{cfg['splits']['kind']} splits ({run_dir / 'splits.csv'}):\n{splits_io.describe(splits)}")
         if args.fold is not None and args.fold not in folds:
             raise AmfError(f"--fold {args.fold}: the splits have folds {folds}")
-        for k in ([args.fold] if args.fold is not None else folds):
-            train_fold(cfg, df, cache, splits, k, run_dir, dist, args.restart, not args.no_progress, log)
+        todo = [args.fold] if args.fold is not None else folds
+        if args.parallel > 1 and len(todo) > 1 and dist.world == 1:
+            cache = None  # the children decode their own
+            run_parallel(list(sys.argv[1:] if argv is None else argv), todo, args.parallel, log)
+        else:
+            for k in todo:
+                train_fold(cfg, df, cache, splits, k, run_dir, dist, args.restart, not args.no_progress, log)
         if dist.main:
             missing = oof_io.missing_folds(run_dir, splits)
             if missing:

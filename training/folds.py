@@ -1,0 +1,52 @@
+"""Several folds at once on one device: one training process per fold, sharing the GPU (or the CPU).
+
+A 128-px mobilenet cannot keep an H100 busy with one fold; N processes side by side can (each has its own
+CUDA context, about 0.5 GB; with CUDA MPS, `nvidia-cuda-mps-control -d` before the run, their kernels also
+overlap instead of time-slicing). training.train --parallel N uses this after it has written config.yaml and
+splits.csv: it starts `python -m training.train <the same arguments> --fold k` for up to N folds at a time,
+waits for them, then pools the out-of-fold results as a sequential run does. The run folder is the same as
+a sequential run's. `--fold k` stays the way to spread folds over GPUs or nodes.
+Run:  python -m training.train --config C --data D --out RUN --parallel 3
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from amf import AmfError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env(parallel: int) -> dict:
+    """The children's environment: the project importable; CPU threads shared out unless the user set them."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    return env
+
+
+def run_parallel(argv: list[str], folds: list[int], parallel: int, log=print, poll_s: float = 0.5) -> None:
+    """Train FOLDS with `training.train ARGV --fold k`, at most PARALLEL at a time; raises if any fails."""
+    env = child_env(parallel)
+    waiting, running, failed = list(folds), {}, {}
+    log(f"training folds {folds}, {min(parallel, len(folds))} at a time (one process each)")
+    while waiting or running:
+        while waiting and len(running) < parallel:
+            k = waiting.pop(0)
+            cmd = [sys.executable, "-m", "training.train", *argv, "--fold", str(k), "--no-progress"]
+            running[k] = subprocess.Popen(cmd, env=env)
+        for k, proc in list(running.items()):
+            status = proc.poll()
+            if status is not None:
+                del running[k]
+                if status != 0:
+                    failed[k] = status
+        time.sleep(poll_s if running else 0)
+    if failed:
+        raise AmfError("fold(s) failed: " + ", ".join(f"{k} (exit status {s})" for k, s in sorted(failed.items()))
+                       + "; their messages are above; rerun the same command to train what is missing")
