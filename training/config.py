@@ -113,7 +113,8 @@ CHOICES = {
 FREE = {"model.kwargs", "model.lora", "data.extra"}
 
 # defaults that are a word standing for a value of another type: an example of that type
-ALSO = {"data.mean": [0.0], "data.std": [0.0], "mixstyle.where": [""], "train.channels_last": False}
+ALSO = {"data.mean": [0.0], "data.std": [0.0], "mixstyle.where": [""], "train.channels_last": False,
+        "data.device_augment": False}
 # None defaults that stand for a value of one type: an example of it (other None defaults take anything)
 NONE_TYPES = {"model.weights": "", "data.synthetic": "", "train.max_steps_per_epoch": 0}
 TYPE_NAMES = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
