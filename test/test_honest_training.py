@@ -54,3 +54,47 @@ def test_hed_jitter_round_trips_and_moves_all_three_densities():
     inside = (img > 20).all(-1) & (img < 235).all(-1)  # away from the 0/255 clipping
     beta = np.random.default_rng(1).uniform(-0.02, 0.02, 6)[3:]  # alpha draws first, then beta
     assert np.allclose(np.median(shift[inside], 0), beta, atol=2e-3)
+
+
+# ---- a fresh view per draw (item 2) ------------------------------------------------------------------
+
+def _draw_loader(workers: int, epoch: int = 0):
+    import pandas as pd
+    import torch
+
+    from training import config as config_io
+    from training.augment import Augment
+    from training.data import PatchDataset
+    from training.train import EpochSampler
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1] + [0] * 11)
+    patches = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in labels]
+    df = pd.DataFrame({"path": [""] * len(labels), "label": labels, "soft": labels.astype(float)})
+    cfg = config_io.load("smoke")
+    ds = PatchDataset(df, np.arange(len(labels)), 32, [0.5] * 3, [0.25] * 3, "bilinear", Augment(cfg["augment"]),
+                      patches, seed=7)
+    weights = 1.0 / np.bincount(labels)[labels]  # class-balanced with replacement: row 0 drawn ~6 times of 12
+    sampler = EpochSampler(len(labels), weights, seed=7)
+    sampler.set_epoch(epoch)
+    ds.set_epoch(epoch)
+    dl = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers)
+    return [(x.clone(), r.clone()) for x, _, r in dl]
+
+
+def test_two_draws_of_one_figure_in_an_epoch_differ_and_runs_repeat():
+    import torch
+
+    batches = _draw_loader(0)
+    x = torch.cat([b[0] for b in batches])
+    rows = torch.cat([b[1] for b in batches]).numpy()
+    assert len(rows) == 12 and (rows == 0).sum() >= 3  # the atypical figure drawn several times
+    for r in set(rows.tolist()):
+        views = x[rows == r]
+        for a in range(len(views)):
+            for b in range(a + 1, len(views)):
+                assert not torch.equal(views[a], views[b]), f"row {r}: two draws gave the same view"
+    again = _draw_loader(2)  # a re-run, with another worker layout: the same batches bit for bit
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+    other = _draw_loader(0, epoch=1)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, other))

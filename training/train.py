@@ -75,7 +75,12 @@ class Dist:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A seeded permutation (or class-weighted draw with replacement) per epoch, sharded across ranks."""
+    """A seeded permutation (or class-weighted draw with replacement) per epoch, sharded across ranks.
+
+    Yields (index, draw): draw is the position in the epoch's whole draw order (before sharding), which
+    seeds the augmentation (PatchDataset), so two draws of one figure get two views, and the same seed
+    gives the same batches whatever the rank or worker layout.
+    """
 
     def __init__(self, n: int, weights=None, seed: int = 0, rank: int = 0, world: int = 1, limit: int | None = None):
         self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
@@ -94,7 +99,8 @@ class EpochSampler(torch.utils.data.Sampler):
         else:
             order = torch.randperm(self.n, generator=g)
         mine = order[self.rank::self.world][:self.per_rank]
-        return iter(mine.tolist())
+        draws = torch.arange(self.n)[self.rank::self.world][:self.per_rank]
+        return iter(zip(mine.tolist(), draws.tolist()))
 
     def __len__(self):
         return self.per_rank
