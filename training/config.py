@@ -67,7 +67,8 @@ DEFAULTS = {
     "mixstyle": {"enabled": True, "p": 0.5, "alpha": 0.1, "where": "auto"},  # auto: early+mid stages
     "align": {"enabled": True, "weight": 0.1, "columns": ["Scanner", "Origin", "Species", "Tumor"],
               "attention_reduction": 4},  # the attention module's (EmbeddingSE) hidden width: dim / this
-    "ema": {"enabled": True, "decay": 0.999, "warmup": True,      # warmup: timm's decay ramp from 0
+    "ema": {"enabled": True, "decay": 0.999, "warmup": True,      # warmup: decay ramps linearly from 0 ...
+            "warmup_epochs": 1.0,                                  # ... to ema.decay over this many epochs
             "kd_weight": 0.5, "temperature": 2.0, "evaluate": True},  # evaluate/export the teacher
     "train": {
         "epochs": 20,
@@ -80,7 +81,10 @@ DEFAULTS = {
         "label_smoothing": 0.0,
         "amp": "auto",                      # auto (bf16 on CUDA) | bf16 | off
         "channels_last": "auto",            # auto (on CUDA) | true | false
-        "select": "balanced_accuracy",      # balanced_accuracy | roc_auc (on the validation fold)
+        "selection": "last",                # last (fixed length) | inner (epoch chosen on an inner split of the
+                                            # training folds) | validation (on the held-out fold: optimistic)
+        "inner_folds": 5,                   # inner: 1 of this many slide-grouped parts of the training folds
+        "select": "balanced_accuracy",      # balanced_accuracy | roc_auc (the metric inner/validation selects on)
         "max_steps_per_epoch": None,        # cap for quick checks
         "eval_batch_size": 256,
         "seed": 0,
@@ -94,6 +98,7 @@ CHOICES = {
     "imbalance.mode": ("sampler", "loss", "none"),
     "train.amp": ("auto", "bf16", "off"),
     "train.select": ("balanced_accuracy", "roc_auc"),
+    "train.selection": ("last", "inner", "validation"),
     "export.tta": ("none", "flips", "d4"),
 }
 

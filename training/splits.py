@@ -118,6 +118,24 @@ def fold_rows(splits: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(fold != k), np.flatnonzero(fold == k)
 
 
+def inner_split(splits: pd.DataFrame, train_rows, parts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, inner selection rows): one of PARTS slide-grouped, label x tumour stratified parts of a
+    fold's real training rows (kfold_assign); synthetic rows stay in training. The held-out fold is not among
+    TRAIN_ROWS, so nothing chosen on the inner rows has seen it (for leave-one-domain-out: the training domains
+    only)."""
+    train_rows = np.asarray(train_rows)
+    sub = splits.iloc[train_rows]
+    real = ~sub["synthetic"].astype(bool).to_numpy()
+    n_slides = sub.loc[real, "slide"].nunique()
+    if n_slides < parts:
+        raise AmfError(f"train.inner_folds={parts} needs {parts} training slides; the fold has {n_slides}")
+    key = (sub["label"].astype(str) + "|" + sub["Tumor"].astype(str)).to_numpy()[real]
+    part = kfold_assign(key, sub["slide"].to_numpy()[real], sub["label"].to_numpy()[real], parts, seed)
+    inner = train_rows[real][part == 0]
+    assert not set(splits["slide"].iloc[inner]) & set(splits["slide"].iloc[np.setdiff1d(train_rows, inner)])
+    return np.setdiff1d(train_rows, inner), inner
+
+
 def describe(splits: pd.DataFrame) -> str:
     lines = []
     for k in folds_of(splits):
