@@ -98,3 +98,148 @@ def test_two_draws_of_one_figure_in_an_epoch_differ_and_runs_repeat():
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
     other = _draw_loader(0, epoch=1)
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, other))
+
+
+# ---- EMA decay (item 4) -----------------------------------------------------------------------------
+
+def test_effective_ema_decay_is_the_configured_one_after_the_warmup():
+    import torch
+    from timm.utils import ModelEmaV3
+
+    from training.recipe import make_teacher
+
+    model = torch.nn.Linear(3, 1, bias=False)
+    teacher = make_teacher(model, {"decay": 0.99, "warmup": True, "warmup_epochs": 1.0}, steps_per_epoch=20)
+    assert teacher.warmup_steps == 20
+    decays = []
+    for step in range(1, 41):
+        before = teacher.module.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        teacher.update(model, step=step)
+        # the update that was applied: teacher = d * teacher + (1 - d) * student
+        d = float(((model.weight - teacher.module.weight) / (model.weight - before))[0, 0].detach())
+        assert d == pytest.approx(teacher.last_decay, abs=1e-5)
+        decays.append(teacher.last_decay)
+    assert decays[0] < 0.1 and all(a <= b for a, b in zip(decays, decays[1:]))  # a ramp during the first epoch
+    assert decays[19:] == [0.99] * 21  # from the end of the warm-up on: the configured decay itself
+    # timm's own warm-up (the old behaviour) stays below the configured decay for the whole of such a run
+    timm_ema = ModelEmaV3(model, decay=0.99, use_warmup=True)
+    assert timm_ema.get_decay(24 * 21) < 0.985
+    off = make_teacher(model, {"decay": 0.99, "warmup": False}, steps_per_epoch=20)
+    off.update(model, step=1)
+    assert off.last_decay == 0.99 and off.warmup_steps == 0
+
+
+# ---- selection that never sees the held-out fold (item 1) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    from training_layout import make_layout
+
+    return make_layout(tmp_path_factory.mktemp("sel") / "data", n_slides=10, per_slide=8)
+
+
+def _train_fold0(data, out, selection, splits_from=None):
+    import shutil
+
+    from training import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    if splits_from is not None:  # the same folds (they are stratified by label, so permuted labels would move them)
+        shutil.copy(splits_from / "splits.csv", out / "splits.csv")
+    args = ["--config", "smoke", "--data", str(data), "--out", str(out), "--fold", "0", "--epochs", "4",
+            "--set", "data.input_size=32", "train.batch_size=8", f"train.selection={selection}",
+            "train.inner_folds=4", "train.select=roc_auc", "--device", "cpu", "--no-progress"]
+    assert train.main(args) == 0
+    import json
+
+    import pandas as pd
+    done = json.loads((out / "fold0" / "done.json").read_text())
+    oof = pd.read_csv(out / "fold0" / "oof.csv", dtype={"image_id": str}).sort_values("image_id")
+    return done, oof
+
+
+def _relabel_held_out(data, run, dest, flip: bool):
+    """A copy of the data whose held-out (fold 0) labels are random (seeded), or those random labels flipped."""
+    import shutil
+
+    import pandas as pd
+
+    from training.data import OFFICIAL_CSV
+    shutil.copytree(data, dest)
+    held = set(pd.read_csv(run / "splits.csv", dtype={"image_id": str}).query("fold == 0")["image_id"])
+    table = pd.read_csv(dest / OFFICIAL_CSV, dtype={"image_id": str})
+    at = table["image_id"].isin(held).to_numpy()
+    random = np.random.default_rng(0).random(int(at.sum())) < 0.5
+    table.loc[at, "majority"] = np.where(random != flip, "AMF", "NMF")
+    table.to_csv(dest / OFFICIAL_CSV, index=False)
+    return dest
+
+
+def _planted_pair(layout, tmp_path, selection):
+    """Fold 0 trained twice on the same folds, once with random held-out labels, once with them flipped: the
+    held-out ROC AUC of every epoch becomes 1 - AUC, so a choice made on it moves from argmax to argmin."""
+    first = _relabel_held_out(layout, _split_only(layout, tmp_path), tmp_path / "data_a", flip=False)
+    second = _relabel_held_out(layout, tmp_path / "split", tmp_path / "data_b", flip=True)
+    a = _train_fold0(first, tmp_path / "a", selection, splits_from=tmp_path / "split")
+    b = _train_fold0(second, tmp_path / "b", selection, splits_from=tmp_path / "split")
+    return a, b
+
+
+def _split_only(data, tmp_path):
+    from training import config as config_io
+    from training import splits as splits_io
+    from training.data import load_dataset
+
+    cfg = config_io.load("smoke")
+    df, _ = load_dataset(data, cfg, log=lambda *a: None)
+    (tmp_path / "split").mkdir()
+    splits_io.write(splits_io.make_splits(df, "kfold", 2, 0), tmp_path / "split" / "splits.csv")
+    return tmp_path / "split"
+
+
+@pytest.mark.parametrize("selection", ["last", "inner"])
+def test_selection_never_sees_the_held_out_labels(layout, tmp_path, selection):
+    """With held-out labels flipped, a selection that looked at them would pick another epoch (shown with
+    train.selection=validation below). The honest ones keep the same epoch and the same held-out probabilities."""
+    (done, oof), (done_f, oof_f) = _planted_pair(layout, tmp_path, selection)
+    assert (oof["label"].to_numpy() != oof_f["label"].to_numpy()).all()  # the planted held-out signal
+    assert done["best_epoch"] == done_f["best_epoch"]
+    assert np.array_equal(oof["probability"].to_numpy(), oof_f["probability"].to_numpy())
+    if selection == "last":
+        assert done["best_epoch"] == 4
+    else:
+        assert done["n_inner"] > 0 and done["selection"] == "inner"
+
+
+def test_validation_selection_does_see_them(layout, tmp_path):
+    """The check above can fail: with the old selection on the held-out fold, flipped labels move the epoch."""
+    import pandas as pd
+
+    (done, _), (done_f, _) = _planted_pair(layout, tmp_path, "validation")
+    auc = pd.read_csv(tmp_path / "a" / "fold0" / "epochs.csv")["val_roc_auc"]
+    assert auc.nunique() > 1  # the epochs differ on the held-out fold, so the choice depends on its labels
+    assert done["best_epoch"] == int(auc.idxmax()) + 1 and done_f["best_epoch"] == int(auc.idxmin()) + 1
+    assert done["best_epoch"] != done_f["best_epoch"]
+
+
+def test_inner_split_keeps_slides_and_the_held_out_fold_apart():
+    import pandas as pd
+
+    from training import splits as splits_io
+
+    rng = np.random.default_rng(0)
+    n = 200
+    df = pd.DataFrame({"image_id": [f"{i}" for i in range(n)], "slide": [f"s{i % 20}" for i in range(n)],
+                       "label": rng.integers(0, 2, n), "synthetic": False, "Tumor": "breast",
+                       "Scanner": [f"sc{(i % 20) // 7}" for i in range(n)]})
+    for c in ("Origin", "Species"):
+        df[c] = "x"
+    splits = splits_io.make_splits(df, "leave_scanner_out")
+    train_rows, held = splits_io.fold_rows(splits, 0)
+    rest, inner = splits_io.inner_split(splits, train_rows, 4, seed=3)
+    assert not set(inner) & set(held) and not set(rest) & set(held) and not set(rest) & set(inner)
+    assert sorted(np.concatenate([rest, inner])) == sorted(train_rows)
+    assert not set(splits["slide"].iloc[inner]) & set(splits["slide"].iloc[rest])
+    assert set(splits["Scanner"].iloc[inner]) <= set(splits["Scanner"].iloc[train_rows])  # training domains only
