@@ -243,3 +243,80 @@ def test_inner_split_keeps_slides_and_the_held_out_fold_apart():
     assert sorted(np.concatenate([rest, inner])) == sorted(train_rows)
     assert not set(splits["slide"].iloc[inner]) & set(splits["slide"].iloc[rest])
     assert set(splits["Scanner"].iloc[inner]) <= set(splits["Scanner"].iloc[train_rows])  # training domains only
+
+
+# ---- out-of-fold figures: nested threshold, slide bootstrap, vote agreement, sources (items 1, 5, 6) ----
+
+def _oof_table(seed=0, n_slides=30, per_slide=10):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = n_slides * per_slide
+    y = (rng.random(n) < 0.3).astype(int)
+    return pd.DataFrame({"image_id": [f"{i}" for i in range(n)], "slide": np.repeat(np.arange(n_slides), per_slide)
+                         .astype(str), "fold": np.repeat(np.arange(n_slides) % 5, per_slide), "label": y,
+                         "probability": np.round(np.clip(0.35 + 0.3 * y + rng.normal(0, 0.2, n), 0, 1), 2),
+                         "soft": np.where(rng.random(n) < 0.25, np.where(y == 1, 2 / 3, 1 / 3), y.astype(float)),
+                         "source": "official", "Scanner": "a", "Tumor": "human breast cancer"})
+
+
+def test_slide_bootstrap_equals_recomputing_amf_metrics_on_each_slide_resample():
+    from amf import metrics
+    from training import compare
+    from training.oof import slide_bootstrap_ci
+
+    t = _oof_table()
+    y, p, s = t["label"].to_numpy(), t["probability"].to_numpy(), t["slide"].to_numpy()
+    pred = (p >= 0.5).astype(int)
+    fast = slide_bootstrap_ci(y, p, s, pred, n_boot=150, seed=3)
+    draws = {k: [] for k in fast}
+    for idx in compare.slide_draws(s, 150, 3):
+        m = metrics.summary(y[idx], p[idx], y_pred=pred[idx])
+        for k in draws:
+            draws[k].append(m[k])
+    for k, v in draws.items():
+        assert fast[k] == pytest.approx([np.percentile(v, 2.5), np.percentile(v, 97.5)], abs=1e-12), k
+    # figures of one slide move together: with a strong slide effect (all of a slide's figures called alike) the
+    # slide-level interval is much wider than the figure-level one
+    called = np.repeat(np.arange(30) % 2, 10)
+    slide_ci = slide_bootstrap_ci(y, p, s, called, 300, 0)["sensitivity"]
+    figure_ci = metrics.bootstrap_ci(y, p, y_pred=called, n_boot=300, seed=0)["sensitivity"]
+    assert slide_ci[1] - slide_ci[0] > 1.3 * (figure_ci[1] - figure_ci[0])
+
+
+def test_nested_threshold_never_uses_the_folds_own_figures():
+    from amf import metrics
+    from training.oof import compute
+
+    t = _oof_table()
+    res = compute(t, n_boot=20)
+    for k, thr in res["nested"]["thresholds"].items():
+        other = t[t["fold"] != int(k)]
+        assert thr == metrics.best_threshold(other["label"], other["probability"])
+    # planting: changing fold 0's labels moves the pooled threshold's figures on fold 0 but not fold 0's threshold
+    planted = t.copy()
+    planted.loc[planted["fold"] == 0, "label"] = 1 - planted.loc[planted["fold"] == 0, "label"]
+    res2 = compute(planted, n_boot=20)
+    assert res2["nested"]["thresholds"]["0"] == res["nested"]["thresholds"]["0"]
+    pred = np.array([p >= res["nested"]["thresholds"][str(k)] for p, k in zip(t["probability"], t["fold"])])
+    assert res["nested"]["at_nested_threshold"]["tp"] == int((pred & (t["label"] == 1)).sum())
+
+
+def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_the_threshold():
+    from amf import metrics
+    from training.oof import compute
+
+    t = _oof_table()
+    extra = _oof_table(seed=5).assign(image_id=lambda d: "x/" + d["image_id"], source="amibr",
+                                      probability=lambda d: 1 - d["probability"])  # would pull the threshold
+    both = __import__("pandas").concat([t, extra], ignore_index=True)
+    res = compute(both, n_boot=20)
+    assert res["threshold"] == metrics.best_threshold(t["label"], t["probability"])  # official figures only
+    assert set(res["per_source"]) == {"official", "amibr"}
+    assert res["per_source"]["amibr"]["at_threshold"]["n"] == len(extra)
+    votes = compute(t, n_boot=20)["by_vote"]
+    split = ~np.isin(t["soft"], [0.0, 1.0])
+    assert votes["split"]["at_threshold"]["n"] == int(split.sum()) and votes["unanimous"]["at_threshold"]["n"] == int(
+        (~split).sum())
+    assert votes["split"]["at_threshold"]["roc_auc"] == pytest.approx(
+        metrics.roc_auc(t["label"][split], t["probability"][split]))

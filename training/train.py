@@ -218,7 +218,8 @@ def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) ->
     sub = df.iloc[rows]
     out = pd.DataFrame({"image_id": sub["image_id"].values, "fold": k,
                         "probability": 1.0 / (1.0 + np.exp(-logits)), "logit": logits,
-                        "label": sub["label"].values, "slide": sub["slide"].values, "source": sub["source"].values})
+                        "label": sub["label"].values, "soft": sub["soft"].values, "slide": sub["slide"].values,
+                        "source": sub["source"].values})
     for col in DOMAIN_COLUMNS:
         out[col] = sub[col].values
         out[f"raw_{col}"] = sub[f"raw_{col}"].values
