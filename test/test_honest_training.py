@@ -320,3 +320,45 @@ def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_th
         (~split).sum())
     assert votes["split"]["at_threshold"]["roc_auc"] == pytest.approx(
         metrics.roc_auc(t["label"][split], t["probability"][split]))
+
+
+# ---- leave-one-domain-out folds never split a slide (item 6) -----------------------------------------
+
+def _full_table(labels_full):
+    import pandas as pd
+
+    from amf.domains import DOMAIN_COLUMNS, canonical
+    from training.data import slide_key
+
+    t = pd.read_csv(labels_full, dtype={"image_id": str})
+    t["slide"] = [slide_key(f) for f in t["filename"]]
+    t["label"] = (t["majority"].str.upper() == "AMF").astype(int)
+    for c in DOMAIN_COLUMNS:
+        t[f"raw_{c}"] = t[c]
+        t[c] = [canonical(c, v) for v in t[c]]
+    t["synthetic"] = False
+    return t
+
+
+@pytest.mark.parametrize("kind", ["leave_scanner_out", "leave_tumor_out", "kfold"])
+def test_folds_of_the_full_official_set_never_split_a_slide(labels_full, kind):
+    from training import splits as splits_io
+
+    splits = splits_io.make_splits(_full_table(labels_full), kind, 5, 0, tries=2)
+    assert splits.groupby("slide")["fold"].nunique().max() == 1
+    assert len(splits_io.folds_of(splits)) >= 3
+
+
+def test_a_slide_with_two_scanners_is_refused():
+    import pandas as pd
+
+    from amf import AmfError
+    from training import splits as splits_io
+
+    df = pd.DataFrame({"image_id": list("abcd"), "slide": ["s1", "s1", "s2", "s3"], "label": [0, 1, 0, 1],
+                       "synthetic": False, "Scanner": ["A", "B", "A", "B"], "Tumor": "t", "Origin": "o",
+                       "Species": "h"})
+    with pytest.raises(AmfError, match="s1 fall in two folds"):
+        splits_io.make_splits(df, "leave_scanner_out")
+    assert splits_io.make_splits(df.assign(Scanner=["A", "A", "A", "B"]), "leave_scanner_out")["fold"].tolist() == [
+        0, 0, 0, 1]

@@ -9,6 +9,8 @@ kinds (config splits.kind):
                      share (fold sizes break near-ties): deterministic for a seed
   leave_scanner_out  one fold per scanner (canonical name): train on the others, validate on it
   leave_tumor_out    one fold per tumour type
+Every kind is checked: a slide whose figures would fall in two folds (e.g. two scanner values on one
+slide) is refused, naming it.
 Synthetic images get fold -1: they train in every fold and never enter a validation fold.
 splits.csv columns: image_id, slide, fold, fold_name, label, source, synthetic, the canonical domain
 columns, raw_<domain>, and the image path (export checks its ONNX files on real patches with it).
@@ -82,6 +84,10 @@ def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int
         out.iloc[real, out.columns.get_loc("fold")] = [codes[v] for v in sub[col]]
         out.iloc[real, out.columns.get_loc("fold_name")] = [f"{col}={v}" for v in sub[col]]
     out["fold"] = out["fold"].astype(int)
+    torn = out.iloc[real].groupby("slide")["fold"].nunique()
+    if (torn > 1).any():  # a slide on both sides would put its figures in training and validation at once
+        raise AmfError(f"{kind}: slide(s) {', '.join(map(str, torn.index[torn > 1][:5]))} fall in two folds "
+                       f"(their figures differ in {KINDS[kind] or 'fold'}); a slide must stay in one fold")
     return out.reset_index(drop=True)
 
 
