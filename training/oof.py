@@ -185,11 +185,23 @@ def summary_text(result: dict) -> str:
 
     def with_ci(key):
         return f"{fmt(s[key])} [{fmt((ci[key] or [None])[0])}, {fmt((ci[key] or [None, None])[1])}]"
-    lines = [f"out-of-fold: {result['n']} figures ({result['n_atypical']} atypical), threshold {result['threshold']:.3f}",
+    lines = [f"out-of-fold: {result['n']} figures ({result['n_atypical']} atypical), pooled threshold "
+             f"{result['threshold']:.3f} (optimistic: chosen on these figures); 95% intervals over slides",
              f"  balanced accuracy {with_ci('balanced_accuracy')}   ROC AUC {with_ci('roc_auc')}",
-             f"  sensitivity {with_ci('sensitivity')}   specificity {with_ci('specificity')}",
-             "  per fold: " + "; ".join(f"{k}: bal {fmt(v['balanced_accuracy'])} auc {fmt(v['roc_auc'])}"
-                                       for k, v in result["per_fold"].items())]
+             f"  sensitivity {with_ci('sensitivity')}   specificity {with_ci('specificity')}"]
+    if "nested" in result:
+        n, nci = result["nested"]["at_nested_threshold"], result["nested"]["ci95"]
+        lines.append(f"  nested thresholds (each fold's from the other folds): balanced accuracy "
+                     f"{fmt(n['balanced_accuracy'])} [{fmt((nci['balanced_accuracy'] or [None])[0])}, "
+                     f"{fmt((nci['balanced_accuracy'] or [None, None])[1])}], sensitivity {fmt(n['sensitivity'])}, "
+                     f"specificity {fmt(n['specificity'])}")
+    for name in ("by_vote", "per_source"):
+        if name in result:
+            lines.append(f"  {name.replace('_', ' ')}: " + "; ".join(
+                f"{v}: n {g['at_threshold']['n']} auc {fmt(g['at_threshold']['roc_auc'])}"
+                for v, g in result[name].items()))
+    lines.append("  per fold: " + "; ".join(f"{k}: bal {fmt(v['balanced_accuracy'])} auc {fmt(v['roc_auc'])}"
+                                          for k, v in result["per_fold"].items()))
     for col in ("Scanner", "Tumor"):
         per = result["per_domain"].get(col, {})
         if len(per) > 1:
