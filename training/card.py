@@ -557,6 +557,12 @@ def render(card: dict) -> str:
         f"python -m training.export runs/default_{card['shipped']} --out model",
         "python -m training.card --model model --recipe runs/default_recipe --plain runs/default_plain "
         "--loso runs/default_loso",
+        *(["# the selection-free figures (train.selection last, the default now; the runs above used validation):",
+           "python -m training.train --config default_model --data $D --out runs/honest_recipe   # and _plain, _loso, "
+           "_soft (--set data.soft_labels=true)",
+           "python -m training.card --model model --selection-free --data $D --honest-recipe runs/honest_recipe "
+           "--honest-plain runs/honest_plain --honest-loso runs/honest_loso --honest-soft runs/honest_soft"]
+          if "selection_free" in card else []),
         "```",
         "",
     ]

@@ -12,7 +12,8 @@ an error (a typo must not silently train the default). Each recipe part has its 
   mixstyle   style mixing of feature statistics at early and mid stages
   align      SE attention on the embedding + class-conditional domain-mean alignment loss
   ema        EMA teacher, temperature-scaled KL distillation
-  train      epochs, batch, AdamW, cosine with warm-up, bf16/channels_last on GPU, model selection
+  train      epochs, batch, AdamW, cosine with warm-up, bf16/channels_last on GPU, which epoch is kept
+             (train.selection: last | inner | validation, see training/train.py)
 
 Run:  python -m training.config training/configs/smoke.yaml [train.epochs=3 ...]   (prints the resolved config)
 """
