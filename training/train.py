@@ -421,7 +421,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
             row["best"] = bool(score > best)  # the epoch train.selection keeps so far
             if row["best"]:
                 best = score
-                save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": epoch + 1, "metric": t_cfg["select"],
+                save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": epoch + 1, "selection": selection,
+                             "metric": t_cfg["select"] if selection != "last" else "epoch",
                              "value": float(score), "evaluated": "ema" if evaluated is not model else "student",
                              "backbone": cfg["model"]["backbone"], "fold": k}, best_path)
                 write_csv_atomic(oof_table(df, rows_v, logits_v, k), fold_dir / "oof.csv")
