@@ -162,8 +162,9 @@ def pool(run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True,
     expected = set(splits.loc[splits["fold"] >= 0, "image_id"])
     if set(oof["image_id"]) != expected or oof["image_id"].duplicated().any():
         raise AmfError(f"{run_dir}: the folds' oof.csv do not cover the validation figures exactly once")
-    if votes is not None and "soft" not in oof:
-        oof = oof.merge(votes[["image_id", "soft"]], on="image_id", how="left")
+    if votes is not None and ("soft" not in oof or oof["soft"].isna().any()):  # folds written without it
+        known = oof["soft"] if "soft" in oof else pd.Series(np.nan, index=oof.index)
+        oof["soft"] = known.fillna(oof["image_id"].map(votes.set_index("image_id")["soft"]))
     selection = {json.loads((run_dir / f"fold{k}" / DONE).read_text() or "{}").get("selection", "validation")
                  for k in splits_io.folds_of(splits)}
     result = compute(oof, n_boot, seed)
