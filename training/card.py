@@ -380,7 +380,10 @@ def selection_free_section(card: dict) -> list[str]:
             continue
         out += [f"Run `{n}` ({r['selection']}, {r['splits']}): {len(r['folds_done'])} of {len(r['folds'])} folds "
                 "finished when this card was written; the finished folds at the fixed threshold 0.5 (chosen "
-                "by nobody), beside the shipped members on the same figures (their epoch chosen on them):", "",
+                "by nobody), beside the shipped members on the same figures (their epoch chosen on them). The "
+                "honest runs also carry this version's training fixes (stain matrix, a view per draw, the "
+                "configured EMA decay), so the difference is not the selection's alone; the table after it "
+                "measures the selection's share within the same runs:", "",
                 "| fold | honest balanced accuracy | honest ROC AUC | shipped balanced accuracy | shipped ROC AUC |",
                 "|---|---|---|---|---|"]
         for k, e in r["per_fold"].items():
@@ -407,7 +410,7 @@ def selection_free_section(card: dict) -> list[str]:
         out += [f"EMA decay in effect at the end of the honest runs: {', '.join(f'{d:g}' for d in decays)} (the "
                 "configured value; the shipped run's timm warm-up had reached about 0.984 of 0.99).", ""]
     if sf.get("not_run"):
-        out += [f"Not run (no figures): {', '.join(sf['not_run'])}.", ""]
+        out += [f"Not run when this card was written (no figures): {', '.join(sf['not_run'])}.", ""]
     return out
 
 
