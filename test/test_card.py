@@ -98,3 +98,58 @@ def test_when_the_baseline_wins_the_card_says_so_and_ships_it(runs, tmp_path):
     card, _ = card_io.build(model, runs["plain"], runs["recipe"], n_boot=50)
     assert card["shipped"] == "plain"
     assert "**The recipe does not beat the plain baseline**" in card_io.render(card)
+
+
+def honest_run(folder, df: pd.DataFrame, signal: float, folds_done, epochs=3):
+    """A made-up run trained with train.selection=last: fold oof.csv, done.json and epochs.csv per finished fold."""
+    folder.mkdir(parents=True)
+    df.assign(fold_name="fold" + df["fold"].astype(str)).to_csv(folder / "splits.csv", index=False)
+    (folder / "config.yaml").write_text(config_io.dump(config_io.load("default_model", ["train.selection=last"])))
+    y = df["label"].to_numpy()
+    p = np.clip(0.5 + signal * (y - 0.5) + RNG.normal(0, 0.2, len(y)), 0.001, 0.999)
+    for k, g in df.assign(probability=p).groupby("fold"):
+        if k not in folds_done:
+            continue
+        (folder / f"fold{k}").mkdir()
+        g.to_csv(folder / f"fold{k}" / "oof.csv", index=False)
+        (folder / f"fold{k}" / "done.json").write_text(json.dumps({"best_epoch": epochs, "selection": "last",
+                                                                   "ema_decay": 0.99}))
+        pd.DataFrame({"epoch": range(1, epochs + 1), "seconds": 30.0, "val_balanced_accuracy": [0.6, 0.7, 0.65],
+                      "val_roc_auc": [0.7, 0.75, 0.72]}).to_csv(folder / f"fold{k}" / "epochs.csv", index=False)
+    return folder
+
+
+def test_selection_free_figures_land_beside_the_old_ones(runs, tmp_path, monkeypatch):
+    df = table()
+    votes = df.drop(columns=["slide", "fold"]).assign(soft=np.where(RNG.random(len(df)) < 0.2, 2 / 3, df["label"]),
+                                                      source="official")
+    monkeypatch.setattr(card_io, "official_votes", lambda data_dir: votes)
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card, oof = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=50)
+    card_io.write(model, card, oof)
+    done = honest_run(tmp_path / "honest", df, 0.5, folds_done=range(5))
+    part = honest_run(tmp_path / "part", df, 0.5, folds_done=[1, 3])
+    before = json.loads((model / card_io.CARD_JSON).read_text())
+    assert card_io.main(["--model", str(model), "--selection-free", "--data", "unused", "--honest-recipe", str(done),
+                         "--honest-plain", str(part), "--n-boot", "30"]) == 0
+    after = json.loads((model / card_io.CARD_JSON).read_text())
+    sf = after.pop("selection_free")
+    assert after == before  # the old figures stay as they were
+    text = (model / card_io.README).read_text()
+    assert text == card_io.render({**after, "selection_free": sf})
+    nested = sf["shipped"]["oof"]["nested"]
+    assert f"{nested['at_nested_threshold']['balanced_accuracy']:.3f}" in text and "## Selection-free figures" in text
+    assert "## Out-of-fold figures (optimistic)" in text and "selection-free" in text
+    assert set(sf["shipped"]["oof"]["by_vote"]) == {"unanimous", "split"}
+    assert sf["runs"]["recipe"]["oof"]["selection"] == ["last"] and "nested" in sf["runs"]["recipe"]["oof"]
+    assert sf["runs"]["plain"]["folds_done"] == [1, 3] and set(sf["runs"]["plain"]["per_fold"]) == {"1", "3"}
+    assert "2 of 5 folds finished" in text and sf["not_run"] == ["loso", "soft"]
+    gap = sf["runs"]["recipe"]["epoch_choice"]["0"]
+    assert gap["kept_epoch"] == 3 and gap["best_epoch_on_held_out"] == 2
+    assert gap["best_balanced_accuracy@0.5"] - gap["kept_balanced_accuracy@0.5"] == pytest.approx(0.05)
+
+
+def test_a_run_that_chose_epochs_on_its_held_out_folds_is_not_called_selection_free(tmp_path):
+    old = make_run(tmp_path / "old", table(), 0.5, overrides=["train.selection=validation"])
+    with pytest.raises(AmfError, match="not selection-free"):
+        card_io.honest_run(old, pd.DataFrame(), pd.DataFrame(), 10)

@@ -101,3 +101,24 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
         p = sigmoid(sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1))
         np.testing.assert_allclose(p, pick["probability"].to_numpy(), atol=1e-3, rtol=0,
                                    err_msg=f"member {member.file} on its held-out fold {member.fold}")
+
+
+def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_votes(card, shipped_oof, breast_table):
+    """The shipped members' nested-threshold and by-vote figures: each fold's threshold from the other folds only."""
+    from amf.metrics import best_threshold, roc_auc, summary
+
+    sf = card["selection_free"]["shipped"]["oof"]
+    merged = shipped_oof.merge(breast_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")
+    y, p, fold = merged["label"].to_numpy(int), merged["probability"].to_numpy(), merged["fold"].to_numpy()
+    thr = {k: best_threshold(y[fold != k], p[fold != k]) for k in np.unique(fold)}
+    assert {str(k): v for k, v in thr.items()} == pytest.approx(sf["nested"]["thresholds"])
+    pred = (p >= np.array([thr[k] for k in fold])).astype(int)
+    assert summary(y, p, y_pred=pred)["balanced_accuracy"] == pytest.approx(
+        sf["nested"]["at_nested_threshold"]["balanced_accuracy"], abs=1e-9)
+    unanimous = merged["soft"].isin([0.0, 1.0]).to_numpy()
+    assert roc_auc(y[unanimous], p[unanimous]) == pytest.approx(sf["by_vote"]["unanimous"]["at_threshold"]["roc_auc"])
+    assert roc_auc(y[~unanimous], p[~unanimous]) == pytest.approx(sf["by_vote"]["split"]["at_threshold"]["roc_auc"])
+    # the old figures stay beside them, and the card says which are which
+    assert card["runs"][card["shipped"]]["oof"]["threshold"] == pytest.approx(sf["threshold"])
+    text = (MODEL / card_io.README).read_text()
+    assert "## Selection-free figures" in text and "## Out-of-fold figures (optimistic)" in text

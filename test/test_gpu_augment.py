@@ -311,7 +311,7 @@ def test_device_batches_follow_the_sampler_and_are_reproducible():
     sampler.set_epoch(2)
     got = list(batches)
     assert len(got) == len(batches) == len(ds) // 8
-    order = ds.indices[np.array(list(sampler))]
+    order = ds.indices[np.array([index for index, _ in sampler])]
     assert np.array_equal(torch.cat([r for _, _, r in got]).numpy(), order[:len(got) * 8])
     for x, t, r in got:
         assert x.shape == (8, 3, 96, 96) and x.dtype == torch.float32

@@ -131,16 +131,19 @@ def test_weighted_sampler_balances_and_shards():
     w = 1.0 / np.bincount(labels)[labels]
     s = EpochSampler(len(labels), w, seed=0)
     s.set_epoch(0)
-    draw = np.array(list(s))
+    draw = np.array([i for i, _ in s])
     assert len(draw) == 100 and 0.35 < labels[draw].mean() < 0.65  # ~half atypical instead of 10%
-    plain = np.array(list(EpochSampler(100, None, seed=0)))
+    plain = np.array([i for i, _ in EpochSampler(100, None, seed=0)])
     assert sorted(plain) == list(range(100))
     r0, r1 = EpochSampler(100, None, 0, 0, 2), EpochSampler(100, None, 0, 1, 2)
     a, b = list(r0), list(r1)
-    assert len(a) == len(b) == 50 and not set(a) & set(b)
+    assert len(a) == len(b) == 50 and not {i for i, _ in a} & {i for i, _ in b}
+    assert sorted(d for _, d in a + b) == list(range(100))  # draw positions of the whole epoch, split by rank
+    whole = dict((d, i) for i, d in EpochSampler(100, None, seed=0))
+    assert all(whole[d] == i for i, d in a + b)  # the same draw order whatever the number of ranks
     e1 = EpochSampler(100, None, seed=0)
     e1.set_epoch(1)
-    assert list(e1) != list(plain)
+    assert [i for i, _ in e1] != list(plain)
 
 
 def test_cosine_schedule_with_warmup():

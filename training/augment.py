@@ -2,9 +2,13 @@
 
 Each part is switched and sized in the config's `augment` section:
   flip, rot90    dihedral symmetry (a mitotic figure has no orientation)
-  hed_scale, hed_shift   stain jitter in HED space (Ruifrok & Johnston colour deconvolution, as scikit-image's
-                 rgb2hed; Tellez et al. 2018): each of haematoxylin, eosin, DAB optical density is scaled
-                 by 1+U(-scale,scale) and shifted by U(-shift,shift) (densities are on skimage's 0..~0.2 scale)
+  hed_scale, hed_shift   stain jitter in HED space (Tellez et al. 2018): scikit-image's rgb2hed/hed2rgb
+                 colour deconvolution (Ruifrok & Johnston's published vectors, the matrix exactly as
+                 skimage.color.rgb_from_hed, rows not normalised; hed_from_rgb its inverse; the same
+                 log/exp conversion as skimage's separate_stains/combine_stains, except that negative
+                 densities are not clipped to 0, so a zero jitter gives the patch back). Each of
+                 haematoxylin, eosin and the residual (DAB) density is scaled by 1+U(-scale,scale) and
+                 shifted by U(-shift,shift) (densities on skimage's 0..~0.2 scale)
   brightness, contrast, saturation   Pillow ImageEnhance factors 1+U(-v,v)
   affine         with probability affine_p: rotation +-degrees, scale, translation (fraction of the side),
                  on a reflect-padded copy so that no empty corners appear; the figure stays near the centre
@@ -19,25 +23,31 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in scikit-image's rgb2hed
+# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB): scikit-image's rgb_from_hed, as published
+# (not row-normalised; no cross product for the third row), and its inverse, skimage's hed_from_rgb
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
                          [0.07, 0.99, 0.11],
                          [0.27, 0.57, 0.78]])
-RGB_FROM_HED[2] = np.cross(RGB_FROM_HED[0], RGB_FROM_HED[1])
-RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 LOG_ADJUST = np.log(1e-6)
 
 
+def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
+    """RGB in 0..1 (..., 3) -> stain densities (..., 3): skimage's separate_stains(rgb, hed_from_rgb), unclipped."""
+    return (np.log(np.maximum(rgb, 1e-6)) / LOG_ADJUST) @ HED_FROM_RGB
+
+
+def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
+    """Stain densities (..., 3) -> RGB (..., 3), not clipped: skimage's combine_stains(hed, rgb_from_hed)."""
+    return np.exp(-(hed * -LOG_ADJUST) @ RGB_FROM_HED)
+
+
 def hed_jitter(img: np.ndarray, rng: np.random.Generator, scale: float, shift: float) -> np.ndarray:
-    """Scale and shift the stain concentrations (optical density space), then back to RGB uint8."""
-    rgb = np.maximum(img.astype(np.float64) / 255.0, 1e-6)
-    hed = (np.log(rgb) / LOG_ADJUST) @ HED_FROM_RGB
+    """Scale and shift the stain densities (skimage's separate_stains, jitter, combine_stains) -> RGB uint8."""
+    hed = rgb_to_hed(img.astype(np.float64) / 255.0)
     alpha = 1.0 + rng.uniform(-scale, scale, 3)
     beta = rng.uniform(-shift, shift, 3)
-    hed = hed * alpha + beta
-    log_rgb = -(hed * -LOG_ADJUST) @ RGB_FROM_HED
-    out = np.exp(log_rgb)
+    out = hed_to_rgb(hed * alpha + beta)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 

@@ -2,6 +2,8 @@
 
   python -m training.card --model model --recipe RUN --plain RUN [--loso RUN] [--n-boot 2000]
   python -m training.card --model model --render        (re-render README.md from card.json only)
+  python -m training.card --model model --selection-free --data DATA [--honest-recipe RUN] [--honest-plain RUN]
+                          [--honest-loso RUN] [--honest-soft RUN]   (add the selection-free figures to card.json)
 
 Reads the recipe run and the plain-baseline run (same splits, same epochs; both pooled by
 training.oof), compares them with a paired slide-level bootstrap (training.compare), adds the
@@ -13,6 +15,14 @@ Writes, atomically, into MODEL_DIR:
   oof.csv     image_id, slide, fold, probability of the shipped run: which member held out which
               figure and what it said there (labels stay in the official CSV)
   README.md   the card, rendered from card.json by render()
+--selection-free adds card.json["selection_free"] and re-renders README.md, leaving every other key, the
+ONNX files, ensemble.json and oof.csv as they are: the shipped members' out-of-fold predictions (oof.csv,
+labels and expert votes from DATA) with nested thresholds, slide-level intervals and figures by vote
+agreement, and the runs trained with an honest train.selection (last or inner): pooled (training.oof) when
+every fold is done, else the finished folds at the fixed threshold 0.5 beside the shipped members on the
+same folds. From every honest fold's epochs.csv it also reports what choosing the epoch on the held-out
+fold would have reported (the best epoch's held-out figures) against the kept epoch's: the optimism of
+that choice, measured.
 """
 from __future__ import annotations
 
@@ -123,6 +133,97 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
     return card, oof
 
 
+HONEST = ("recipe", "plain", "loso", "soft")
+
+
+def official_votes(data_dir) -> pd.DataFrame:
+    from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, read_table
+
+    data_dir = Path(data_dir)
+    if not (data_dir / OFFICIAL_CSV).is_file():
+        raise AmfError(f"{data_dir} is not the official layout: no {OFFICIAL_CSV}")
+    t = read_table(data_dir / OFFICIAL_CSV, data_dir / OFFICIAL_IMAGES, "official")
+    return t.drop(columns=["slide", "path"])
+
+
+def shipped_selection_free(model_dir, votes: pd.DataFrame, n_boot: int) -> dict:
+    """The shipped members' out-of-fold predictions with nested thresholds, slide intervals, by vote agreement."""
+    oof = pd.read_csv(Path(model_dir) / OOF_CSV, dtype={"image_id": str, "slide": str})
+    merged = oof.merge(votes, on="image_id", how="left", validate="1:1")
+    if merged["label"].isna().any():
+        raise AmfError(f"{int(merged['label'].isna().sum())} figure(s) of {model_dir / OOF_CSV} are not in the data")
+    merged["label"] = merged["label"].astype(int)
+    return oof_io.compute(merged, n_boot=n_boot, seed=0)
+
+
+def epoch_choice(run: Path, folds) -> dict:
+    """Per fold: the kept epoch's held-out figures against the best epoch's on the held-out fold (the choice the
+    old selection made), from epochs.csv; the gap is the optimism of choosing the epoch on the reported figures."""
+    out = {}
+    for k in folds:
+        f = run / f"fold{k}" / "epochs.csv"
+        done = run / f"fold{k}" / oof_io.DONE
+        if not f.is_file() or not done.is_file():
+            continue
+        e, kept = pd.read_csv(f), json.loads(done.read_text())["best_epoch"]
+        row = e.loc[e["epoch"] == kept].iloc[0]
+        best = e.loc[e["val_balanced_accuracy"].idxmax()]
+        out[str(k)] = {"kept_epoch": int(kept), "kept_balanced_accuracy@0.5": float(row["val_balanced_accuracy"]),
+                       "kept_roc_auc": float(row["val_roc_auc"]), "best_epoch_on_held_out": int(best["epoch"]),
+                       "best_balanced_accuracy@0.5": float(best["val_balanced_accuracy"]),
+                       "best_roc_auc": float(e["val_roc_auc"].max())}
+    return out
+
+
+def honest_run(run, shipped_oof: pd.DataFrame, votes: pd.DataFrame, n_boot: int) -> dict:
+    """A run with train.selection last/inner: pooled figures if finished, else its finished folds at 0.5."""
+    import yaml
+
+    run = Path(run)
+    if not (run / "splits.csv").is_file():
+        raise AmfError(f"{run} is not a training run folder (no splits.csv)")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    selection = cfg["train"].get("selection", "validation")
+    if selection == "validation":
+        raise AmfError(f"{run} chose its epochs on the held-out folds (train.selection validation): not selection-free")
+    splits = splits_io.read(run / "splits.csv")
+    folds = splits_io.folds_of(splits)
+    done = [k for k in folds if oof_io.fold_done(run, k)]
+    out = {"run": str(run), "selection": selection, "config": recipe_summary(cfg), "splits": cfg["splits"]["kind"],
+           "folds_done": done, "folds": folds, "epoch_choice": epoch_choice(run, done),
+           "ema_decay": sorted({json.loads((run / f"fold{k}" / oof_io.DONE).read_text()).get("ema_decay")
+                                for k in done} - {None}),
+           "train_minutes": train_minutes(run)}
+    if done and len(done) == len(folds):
+        _, out["oof"] = oof_io.pool(run, n_boot=n_boot, votes=votes)
+        return out
+    per_fold = {}
+    for k in done:
+        f = pd.read_csv(run / f"fold{k}" / "oof.csv", dtype={"image_id": str, "slide": str})
+        m = metrics.summary(f["label"], f["probability"], threshold=0.5)
+        entry = {"honest@0.5": m}
+        if cfg["splits"]["kind"] == "kfold":
+            same = shipped_oof[shipped_oof["image_id"].isin(f["image_id"])]
+            if len(same) == len(f):
+                entry["shipped@0.5"] = metrics.summary(same["label"], same["probability"], threshold=0.5)
+        per_fold[str(k)] = entry
+    out["per_fold"] = per_fold
+    return out
+
+
+def selection_free(model_dir, data_dir, runs: dict, n_boot: int = 2000) -> dict:
+    votes = official_votes(data_dir)
+    shipped = shipped_selection_free(model_dir, votes, n_boot)
+    shipped_oof = pd.read_csv(Path(model_dir) / OOF_CSV, dtype={"image_id": str}).merge(
+        votes[["image_id", "label"]], on="image_id")
+    return {"shipped": {"oof": shipped,
+                        "note": "the shipped members' out-of-fold predictions (oof.csv): each fold's epoch was chosen "
+                                "on that fold's own figures (optimistic); the nested threshold removes the "
+                                "threshold's share of the optimism only"},
+            "runs": {name: honest_run(path, shipped_oof, votes, n_boot) for name, path in runs.items() if path},
+            "not_run": [name for name in HONEST if not runs.get(name)]}
+
+
 def train_minutes(run: Path) -> float:
     """Wall-clock minutes the run's epochs took (epochs.csv 'seconds'; resumed epochs count once)."""
     total = 0.0
@@ -213,6 +314,106 @@ def loso_table(card: dict) -> list[str]:
     return lines
 
 
+def selection_free_section(card: dict) -> list[str]:
+    sf = card.get("selection_free")
+    if not sf:
+        return []
+    sh = sf["shipped"]["oof"]
+    nb = sh["bootstrap"]["n_boot"]
+    nested = sh["nested"]
+    thr = sorted(nested["thresholds"].values())
+    out = ["## Selection-free figures",
+           "Which figures chose nothing: a figure is **selection-free** when neither the epoch, nor the threshold, "
+           "nor the run was chosen on it. The out-of-fold figures further down are **optimistic**: each fold's "
+           "epoch was chosen on that fold's own figures, the threshold on the pooled figures, and the shipped run "
+           "on the same figures. Brackets here: 95% intervals by a slide-level bootstrap "
+           f"({nb} resamples of the {card['data']['slides']} slides; thresholds held fixed).",
+           "",
+           "The shipped members (same model, `oof.csv`), threshold chosen two ways:",
+           "",
+           "| threshold | value | " + " | ".join(LABELS[k] for k in SHOWN) + " | selection-free? |",
+           "|---|---|" + "---|" * len(SHOWN) + "---|",
+           "| pooled (optimistic: chosen on these figures) | " + f"{sh['threshold']:.3f} | "
+           + " | ".join(with_ci(sh["at_threshold"], sh["ci95"], k) for k in SHOWN) + " | no |",
+           "| nested (each fold's from the other folds) | " + f"{thr[0]:.3f}–{thr[-1]:.3f} | "
+           + " | ".join(with_ci(nested["at_nested_threshold"], nested["ci95"], k) for k in SHOWN)
+           + " | threshold yes; epoch no (chosen on the fold) |",
+           ""]
+    if "by_vote" in sh:
+        out += ["By expert agreement (unanimous: all three experts voted alike; split: one dissented), shipped "
+                "members, nested thresholds:", "",
+                "| vote | figures (atypical) | ROC AUC | balanced accuracy | sensitivity | specificity |",
+                "|---|---|---|---|---|---|"]
+        for v, g in sh["by_vote"].items():
+            m = g["at_nested_threshold"]
+            out.append(f"| {v} | {m['n']} ({m['n_atypical']}) | "
+                       + " | ".join(with_ci(m, g["ci95_nested"], k) for k in ("roc_auc", "balanced_accuracy",
+                                                                                 "sensitivity", "specificity")) + " |")
+        out.append("")
+    runs = sf.get("runs", {})
+    done = {n: r for n, r in runs.items() if "oof" in r}
+    if done:
+        out += ["Runs trained with an honest `train.selection` (the epoch never chosen on the held-out fold), "
+                "pooled out-of-fold, nested thresholds (selection-free) and, beside them, the pooled threshold "
+                "(optimistic):", "",
+                "| run | selection | " + " | ".join(LABELS[k] for k in SHOWN)
+                + " | balanced accuracy, pooled threshold | balanced accuracy at 0.5 |",
+                "|---|---|" + "---|" * (len(SHOWN) + 2)]
+        for n, r in done.items():
+            o = r["oof"]
+            if "nested" not in o:
+                continue
+            out.append(f"| {n} | {r['selection']} | "
+                       + " | ".join(with_ci(o["nested"]["at_nested_threshold"], o["nested"]["ci95"], k) for k in SHOWN)
+                       + f" | {f3(o['at_threshold']['balanced_accuracy'])} | {f3(o['at_0.5']['balanced_accuracy'])} |")
+        out.append("")
+        for n, r in done.items():
+            if "by_vote" in r["oof"]:
+                votes = "; ".join(f"{v} ROC AUC {f3(g['at_threshold']['roc_auc'])}"
+                                  for v, g in r["oof"]["by_vote"].items())
+                out.append(f"- {n}: {votes}")
+        out.append("")
+    partial = {n: r for n, r in runs.items() if "oof" not in r}
+    for n, r in partial.items():
+        if not r["per_fold"]:
+            out += [f"Run `{n}` ({r['selection']}, {r['splits']}): no fold finished when this card was written.", ""]
+            continue
+        out += [f"Run `{n}` ({r['selection']}, {r['splits']}): {len(r['folds_done'])} of {len(r['folds'])} folds "
+                "finished when this card was written; the finished folds at the fixed threshold 0.5 (chosen "
+                "by nobody), beside the shipped members on the same figures (their epoch chosen on them). The "
+                "honest runs also carry this version's training fixes (stain matrix, a view per draw, the "
+                "configured EMA decay), so the difference is not the selection's alone; the table after it "
+                "measures the selection's share within the same runs:", "",
+                "| fold | honest balanced accuracy | honest ROC AUC | shipped balanced accuracy | shipped ROC AUC |",
+                "|---|---|---|---|---|"]
+        for k, e in r["per_fold"].items():
+            h, s_ = e["honest@0.5"], e.get("shipped@0.5", {})
+            out.append(f"| {k} | {f3(h['balanced_accuracy'])} | {f3(h['roc_auc'])} | "
+                       f"{f3(s_.get('balanced_accuracy'))} | {f3(s_.get('roc_auc'))} |")
+        out.append("")
+    gaps = [(n, k, e) for n, r in runs.items() for k, e in r.get("epoch_choice", {}).items()]
+    if gaps:
+        bal = [e["best_balanced_accuracy@0.5"] - e["kept_balanced_accuracy@0.5"] for _, _, e in gaps]
+        auc = [e["best_roc_auc"] - e["kept_roc_auc"] for _, _, e in gaps]
+        out += ["What choosing the epoch on the held-out fold would have reported, in the same honest folds "
+                "(held-out figures of every epoch, threshold 0.5): the gap is the optimism of that choice.", "",
+                "| run | fold | kept epoch | balanced accuracy | ROC AUC | best epoch on the fold | its balanced "
+                "accuracy | best ROC AUC |", "|---|---|---|---|---|---|---|---|"]
+        for n, k, e in gaps:
+            out.append(f"| {n} | {k} | {e['kept_epoch']} | {f3(e['kept_balanced_accuracy@0.5'])} | "
+                       f"{f3(e['kept_roc_auc'])} | {e['best_epoch_on_held_out']} | "
+                       f"{f3(e['best_balanced_accuracy@0.5'])} | {f3(e['best_roc_auc'])} |")
+        out += ["", f"Mean optimism over {len(gaps)} fold(s): balanced accuracy {np.mean(bal):+.3f}, ROC AUC "
+                f"{np.mean(auc):+.3f}.", ""]
+    decays = sorted({d for r in runs.values() for d in r.get("ema_decay", [])})
+    if decays:
+        out += [f"EMA decay in effect at the end of the honest runs: {', '.join(f'{d:g}' for d in decays)} (the "
+                "configured value; the shipped run's timm warm-up had reached about 0.984 of 0.99).", ""]
+    if sf.get("not_run"):
+        out += [f"Not run when this card was written (no figures): {', '.join(sf['not_run'])}.", ""]
+    return out
+
+
 def count(n: int, noun: str) -> str:
     return f"{'One' if n == 1 else n} {noun}{'' if n == 1 else 's'}"
 
@@ -277,8 +478,9 @@ def render(card: dict) -> str:
         "exported model. " + aligned_note(d, rs["align"]["columns"]),
         "- Plain baseline: the same config, folds and epochs with "
         "`--set mixstyle.enabled=false align.enabled=false ema.enabled=false`.",
-        "- The best epoch of each fold is chosen on that fold's validation balanced accuracy, so the "
-        "out-of-fold figures are slightly optimistic; the same holds for both runs.",
+        "- The best epoch of each fold was chosen on that fold's validation balanced accuracy (the old "
+        "`train.selection: validation`), so the out-of-fold figures are optimistic; the same holds for both runs. "
+        "See the selection-free figures.",
         f"- Training time (wall clock, the sum of the epochs){' on ' + card['trained_on'] if card.get('trained_on') else ''}: "
         f"recipe {card['runs']['recipe']['train_minutes']} min, plain {card['runs']['plain']['train_minutes']} min"
         + (f", leave-one-scanner-out {card['loso']['train_minutes']} min" if "loso" in card else "") + ".",
@@ -289,10 +491,14 @@ def render(card: dict) -> str:
         "",
         *fold_table(card),
         "",
-        "## Out-of-fold figures",
+        *selection_free_section(card),
+        "## Out-of-fold figures" + (" (optimistic)" if "selection_free" in card else ""),
         f"Pooled out-of-fold predictions of the {len(e['members'])} members ({d['figures']} figures), each "
-        "figure scored by the one member that never saw it. Brackets: 95% bootstrap intervals over figures "
-        f"({card['runs']['recipe']['oof']['bootstrap']['n_boot']} resamples).",
+        "figure scored by the one member that never saw it"
+        + (", the epoch chosen on it and the threshold on the pooled figures" if "selection_free" in card else "")
+        + ". Brackets: 95% bootstrap intervals over "
+        + ("slides" if card["runs"]["recipe"]["oof"]["bootstrap"].get("unit") == "slide" else "figures")
+        + f" ({card['runs']['recipe']['oof']['bootstrap']['n_boot']} resamples).",
         "",
         *oof_table(card),
         "",
@@ -354,6 +560,12 @@ def render(card: dict) -> str:
         f"python -m training.export runs/default_{card['shipped']} --out model",
         "python -m training.card --model model --recipe runs/default_recipe --plain runs/default_plain "
         "--loso runs/default_loso",
+        *(["# the selection-free figures (train.selection last, the default now; the runs above used validation):",
+           "python -m training.train --config default_model --data $D --out runs/honest_recipe   # and _plain, _loso, "
+           "_soft (--set data.soft_labels=true)",
+           "python -m training.card --model model --selection-free --data $D --honest-recipe runs/honest_recipe "
+           "--honest-plain runs/honest_plain --honest-loso runs/honest_loso --honest-soft runs/honest_soft"]
+          if "selection_free" in card else []),
         "```",
         "",
     ]
@@ -382,10 +594,25 @@ def main(argv=None) -> int:
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--trained-on", default="", help="where the runs trained, for the card (e.g. 'a 2-core CPU')")
     ap.add_argument("--render", action="store_true", help="re-render README.md from card.json")
+    ap.add_argument("--selection-free", action="store_true",
+                    help="add the selection-free figures to card.json (needs --data) and re-render")
+    ap.add_argument("--data", default=None, help="the official layout (labels and expert votes)")
+    for name in HONEST:
+        ap.add_argument(f"--honest-{name}", default=None, help=f"the {name} run trained with train.selection last|inner")
     args = ap.parse_args(argv)
     model_dir = Path(args.model)
     try:
-        if args.render:
+        if args.selection_free:
+            if not args.data or not (model_dir / CARD_JSON).is_file():
+                raise AmfError("--selection-free needs --data DATA and an existing card.json")
+            card = json.loads((model_dir / CARD_JSON).read_text())
+            card["selection_free"] = selection_free(model_dir, args.data, {n: getattr(args, f"honest_{n}")
+                                                                           for n in HONEST}, args.n_boot)
+            text = json.dumps(card, indent=1, default=_plain) + "\n"
+            readme = render(json.loads(text))
+            write_text_atomic(model_dir / CARD_JSON, text)
+            write_text_atomic(model_dir / README, readme)
+        elif args.render:
             if not (model_dir / CARD_JSON).is_file():
                 raise AmfError(f"{model_dir / CARD_JSON} is missing")
             write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))

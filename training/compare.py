@@ -7,6 +7,10 @@ a drawn slide together), since figures of one slide are not independent, and rec
 same draw for both runs, balanced accuracy at 0.5, balanced accuracy at each run's own out-of-fold
 threshold (optimistic: chosen on these predictions) and ROC AUC. A difference whose 95% interval
 excludes 0 is told from noise; one whose interval spans 0 is not.
+The thresholds are held fixed: they are not chosen again in each resample, so the interval leaves out
+the threshold's own uncertainty. P(B<=A) is the share of resamples in which B did not beat A: a
+description of the bootstrap distribution, not a p-value (no null hypothesis was resampled).
+slide_draws() is the one slide-level resampling of the project (training.oof's intervals use it too).
 """
 from __future__ import annotations
 
@@ -34,6 +38,16 @@ def scores(y, p, thr) -> dict:
             sthr["balanced_accuracy"], "roc_auc": s05["roc_auc"]}
 
 
+def slide_draws(slides, n_boot: int, seed: int = 0):
+    """Cluster bootstrap: N_BOOT index arrays, each the figures of len(slides' unique values) slides drawn
+    with replacement (a slide drawn twice counts twice); seeded."""
+    slides = np.asarray(slides).astype(str)
+    groups = [np.flatnonzero(slides == s) for s in np.unique(slides)]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+
+
 def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
     a, thr_a = load_oof(run_a)
     b, thr_b = load_oof(run_b)
@@ -45,18 +59,17 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
     y, pa, pb = m["label_a"].to_numpy(), m["probability_a"].to_numpy(), m["probability_b"].to_numpy()
     slides = m["slide_a"].astype(str).to_numpy()
     point_a, point_b = scores(y, pa, thr_a), scores(y, pb, thr_b)
-    groups = [np.flatnonzero(slides == s) for s in np.unique(slides)]
-    rng = np.random.default_rng(seed)
     diffs = {k: [] for k in point_a}
-    for _ in range(n_boot):
-        idx = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+    for idx in slide_draws(slides, n_boot, seed):
         if len(np.unique(y[idx])) < 2:
             continue
         sa, sb = scores(y[idx], pa[idx], thr_a), scores(y[idx], pb[idx], thr_b)
         for k in diffs:
             diffs[k].append(sb[k] - sa[k])
-    out = {"run_a": str(run_a), "run_b": str(run_b), "n_figures": int(len(y)), "n_slides": len(groups),
-           "n_boot": n_boot, "seed": seed, "resampling": "slides (cluster bootstrap), paired", "metrics": {}}
+    out = {"run_a": str(run_a), "run_b": str(run_b), "n_figures": int(len(y)), "n_slides": int(len(np.unique(slides))),
+           "n_boot": n_boot, "seed": seed, "resampling": "slides (cluster bootstrap), paired",
+           "thresholds": {"a": thr_a, "b": thr_b, "note": "held fixed in every resample (not chosen again)"},
+           "p_b_not_better_note": "share of resamples with B <= A; not a p-value", "metrics": {}}
     for k, d in diffs.items():
         lo, hi = np.percentile(d, [2.5, 97.5])
         out["metrics"][k] = {"a": point_a[k], "b": point_b[k], "b_minus_a": point_b[k] - point_a[k],
@@ -81,6 +94,8 @@ def main(argv=None) -> int:
     for k, v in res["metrics"].items():
         print(f"  {k:34s} A {v['a']:.3f}  B {v['b']:.3f}  B-A {v['b_minus_a']:+.3f} "
               f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]  P(B<=A) {v['p_b_not_better']:.3f}")
+    print(f"thresholds held fixed (A {res['thresholds']['a']:.3f}, B {res['thresholds']['b']:.3f}), not chosen again "
+          f"per resample; P(B<=A) is the share of resamples in which B did not beat A, not a p-value")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

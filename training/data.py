@@ -234,14 +234,18 @@ class PatchDataset:
     def patch(self, row: int) -> np.ndarray:
         return self.cache[row] if self.cache is not None else decode(self.paths[row])
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        """item: an index, or (index, draw) from training.train.EpochSampler."""
         import torch
 
+        i, draw = item if isinstance(item, (tuple, list)) else (item, item)
         row = int(self.indices[i])
         img = self.patch(row)
         if self.augment is not None:
-            # seeded by (run seed, epoch, row): the same augmentation whatever the worker layout
-            img = self.augment(img, np.random.default_rng((self.seed, self.epoch, row)))
+            # seeded by (run seed, epoch, draw position): a figure drawn twice in an epoch (the class-balanced
+            # sampler draws with replacement) gets two views, and the same seed gives the same views whatever
+            # the worker layout
+            img = self.augment(img, np.random.default_rng((self.seed, self.epoch, int(draw))))
         x = normalize(resize(img, self.size, self.method)[None], self.mean, self.std)[0]
         return torch.from_numpy(x), torch.tensor(self.targets[row]), row
 

@@ -261,7 +261,9 @@ class DeviceBatches:
 
     def __iter__(self):
         generator = epoch_generator(self.seed, self.sampler.epoch)
-        order = torch.tensor(list(self.sampler), dtype=torch.long)
+        # the sampler yields (index, draw position); here every draw gets its own parameters from the
+        # generator in draw order, so the position itself is not needed
+        order = torch.tensor([index for index, _ in self.sampler], dtype=torch.long)
         pin = self.device.type == "cuda"
         for i in range(len(order) // self.batch):
             pos = order[i * self.batch:(i + 1) * self.batch]

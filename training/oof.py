@@ -1,9 +1,17 @@
 """Out-of-fold results: pool the folds' predictions, choose the threshold, compute the metrics.
 
-Every number comes from amf.metrics (the module offline evaluation uses): the threshold that maximises
-balanced accuracy on the pooled out-of-fold predictions (the ensemble applies it to its members' mean
-probability), balanced accuracy, ROC AUC, sensitivity and specificity overall, per fold and per domain
-value (canonical names), the organisers' aggregates (per tumour domain), and seeded bootstrap 95% intervals.
+Every number comes from amf.metrics (the module offline evaluation uses):
+  threshold      maximises balanced accuracy on the pooled out-of-fold predictions of the official figures
+                 (extra labelled sets never choose it; the ensemble applies it to its members' mean
+                 probability). Chosen on the figures it is then reported on: "pooled (optimistic)".
+  nested         each fold's threshold chosen on the other folds' pooled (official) predictions and applied
+                 to that fold: no reported figure chose its own threshold ("nested", selection-free when the
+                 run's train.selection is last or inner)
+  at_threshold, at_0.5, at_nested_threshold   balanced accuracy, ROC AUC, sensitivity, specificity
+  per fold, per domain value (canonical names), per source (extra labelled sets apart), by vote agreement
+  (unanimous vs split expert vote, where the table has the experts' AMF share `soft`), the organisers'
+  aggregates (per tumour domain), and seeded 95% intervals by a slide-level bootstrap (training.compare's
+  slide_draws: figures of one slide are not independent; thresholds held fixed).
 Writes RUN_DIR/oof.csv and RUN_DIR/oof_metrics.json (atomically); refuses, naming them, if folds are missing.
 Run:  python -m training.oof RUN_DIR
 """
@@ -14,12 +22,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from amf import AmfError, metrics
 from amf.domains import DOMAIN_COLUMNS, TUMOR_DOMAINS, tumor_domain
 from amf.fileio import write_text_atomic
-from training import splits as splits_io
+from training import compare as compare_runs, splits as splits_io
 
 DONE = "done.json"
 
@@ -32,28 +41,113 @@ def missing_folds(run_dir, splits: pd.DataFrame) -> list[int]:
     return [k for k in splits_io.folds_of(splits) if not fold_done(run_dir, k)]
 
 
+def slide_bootstrap_ci(y, p, slides, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile intervals of balanced accuracy, sensitivity, specificity, ROC AUC over slide resamples
+    (training.compare.slide_draws); the predicted classes Y_PRED are held fixed. A rate undefined in a resample
+    (one class only) is left out of that rate's interval; an interval with no defined resample is None.
+    Each resample is a weight per figure (how often it was drawn): the rates are weighted counts and ROC AUC the
+    weighted Mann-Whitney statistic (ties count 1/2), as amf.metrics computes them on the drawn figures."""
+    y, p, y_pred = np.asarray(y, int), np.asarray(p, float), np.asarray(y_pred, int)
+    if len(y) == 0:
+        return {k: None for k in ("balanced_accuracy", "sensitivity", "specificity", "roc_auc")}
+    w = np.stack([np.bincount(idx, minlength=len(y)) for idx in compare_runs.slide_draws(slides, n_boot, seed)])
+    w = w.astype(float)
+    pos, neg = w * (y == 1), w * (y == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = (pos * (y_pred == 1)).sum(1) / pos.sum(1)
+        spec = (neg * (y_pred == 0)).sum(1) / neg.sum(1)
+        values, inverse = np.unique(p, return_inverse=True)
+        onehot = np.zeros((len(p), len(values)))
+        onehot[np.arange(len(p)), inverse] = 1.0
+        pos_at, neg_at = pos @ onehot, neg @ onehot  # weight of each class at each distinct score, ascending
+        below = np.cumsum(neg_at, 1) - neg_at
+        auc = (pos_at * (below + 0.5 * neg_at)).sum(1) / (pos.sum(1) * neg.sum(1))
+    draws = {"balanced_accuracy": (sens + spec) / 2, "sensitivity": sens, "specificity": spec, "roc_auc": auc}
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for k, v in draws.items():
+        v = v[np.isfinite(v)]
+        out[k] = [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
+    return out
+
+
+def nested_thresholds(oof: pd.DataFrame, chooses: np.ndarray) -> dict:
+    """{fold: the threshold that maximises balanced accuracy on the other folds' pooled predictions} (only rows
+    where CHOOSES is true choose); {} with one fold."""
+    folds = sorted(oof["fold"].unique())
+    if len(folds) < 2:
+        return {}
+    y, p, fold = oof["label"].to_numpy(int), oof["probability"].to_numpy(float), oof["fold"].to_numpy()
+    return {int(k): metrics.best_threshold(y[chooses & (fold != k)], p[chooses & (fold != k)]) for k in folds}
+
+
+def vote_agreement(soft) -> np.ndarray:
+    """'unanimous' where every expert voted alike (AMF share 0 or 1), else 'split'."""
+    soft = np.asarray(soft, float)
+    return np.where(np.isclose(soft, 0) | np.isclose(soft, 1), "unanimous", "split")
+
+
 def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     y, p = oof["label"].to_numpy(int), oof["probability"].to_numpy(float)
-    thr = metrics.best_threshold(y, p)
+    slides = oof["slide"].astype(str).to_numpy() if "slide" in oof else np.arange(len(y)).astype(str)
+    official = (oof["source"] == "official").to_numpy() if "source" in oof else np.ones(len(y), bool)
+    chooses = official if official.any() else np.ones(len(y), bool)
+    thr = metrics.best_threshold(y[chooses], p[chooses])
+    pred = (p >= thr).astype(int)
     out = {"n": int(len(y)), "n_atypical": int(y.sum()), "threshold": thr,
-           "threshold_rule": "maximises balanced accuracy on the pooled out-of-fold predictions",
+           "threshold_rule": "maximises balanced accuracy on the pooled out-of-fold predictions"
+                             + (" of the official figures" if not chooses.all() else "")
+                             + " (pooled: chosen on the figures it is reported on, optimistic)",
            "at_threshold": metrics.summary(y, p, threshold=thr),
            "at_0.5": metrics.summary(y, p, threshold=0.5),
-           "ci95": metrics.bootstrap_ci(y, p, threshold=thr, n_boot=n_boot, seed=seed),
-           "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95}}
-    known = oof["Tumor"].isin(list(TUMOR_DOMAINS))
-    if known.all():
+           "ci95": slide_bootstrap_ci(y, p, slides, pred, n_boot, seed),
+           "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95, "unit": "slide",
+                         "note": "slides resampled with replacement (training.compare.slide_draws); thresholds fixed"}}
+    nested = nested_thresholds(oof, chooses)
+    nested_pred = None
+    if nested:
+        fold_thr = oof["fold"].map(nested).to_numpy(float)
+        nested_pred = (p >= fold_thr).astype(int)
+        out["nested"] = {"rule": "each fold's threshold maximises balanced accuracy on the other folds' pooled "
+                                 "out-of-fold predictions" + (" (official figures)" if not chooses.all() else "")
+                                 + " and is applied to that fold only",
+                         "thresholds": {str(k): v for k, v in nested.items()},
+                         "at_nested_threshold": metrics.summary(y, p, y_pred=nested_pred),
+                         "ci95": slide_bootstrap_ci(y, p, slides, nested_pred, n_boot, seed)}
+    known = oof["Tumor"].isin(list(TUMOR_DOMAINS)) if "Tumor" in oof else pd.Series(False, index=oof.index)
+    if len(oof) and known.all():
         out["aggregates"] = metrics.aggregates(y, p, domains=[tumor_domain(t) for t in oof["Tumor"]],
                                                threshold=thr)
     out["per_fold"] = {str(k): metrics.summary(g["label"], g["probability"], threshold=thr)
                        for k, g in oof.groupby("fold")}
     out["per_domain"] = {col: {str(v): metrics.summary(g["label"], g["probability"], threshold=thr)
                                for v, g in oof.groupby(col)} for col in DOMAIN_COLUMNS if col in oof}
+
+    def groups(keys) -> dict:
+        res = {}
+        for v in sorted(set(keys)):
+            at = np.asarray(keys) == v
+            res[str(v)] = {"at_threshold": metrics.summary(y[at], p[at], threshold=thr),
+                           "ci95": slide_bootstrap_ci(y[at], p[at], slides[at], pred[at], n_boot, seed)}
+            if nested_pred is not None:
+                res[str(v)]["at_nested_threshold"] = metrics.summary(y[at], p[at], y_pred=nested_pred[at])
+                res[str(v)]["ci95_nested"] = slide_bootstrap_ci(y[at], p[at], slides[at], nested_pred[at], n_boot,
+                                                                seed)
+        return res
+    if "source" in oof and oof["source"].nunique() > 1:
+        out["per_source"] = groups(oof["source"].astype(str).to_numpy())
+    if "soft" in oof and oof["soft"].notna().all():
+        out["by_vote"] = groups(vote_agreement(oof["soft"]))
+        out["by_vote_rule"] = "unanimous: all experts voted alike; split: the majority label had a dissenting vote"
     return out
 
 
-def pool(run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True) -> tuple[pd.DataFrame, dict]:
-    """All folds' oof.csv -> RUN_DIR/oof.csv and oof_metrics.json; AmfError naming missing folds."""
+def pool(run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True,
+         votes: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+    """All folds' oof.csv -> RUN_DIR/oof.csv and oof_metrics.json; AmfError naming missing folds.
+
+    VOTES (image_id, soft), e.g. from training.data.read_table, adds the experts' AMF share where the folds'
+    oof.csv lack it (runs from before it was written there), for the by-vote metrics."""
     run_dir = Path(run_dir)
     if not (run_dir / "splits.csv").is_file():
         raise AmfError(f"{run_dir} is not a training run folder (no splits.csv)")
@@ -68,7 +162,13 @@ def pool(run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True) -> tupl
     expected = set(splits.loc[splits["fold"] >= 0, "image_id"])
     if set(oof["image_id"]) != expected or oof["image_id"].duplicated().any():
         raise AmfError(f"{run_dir}: the folds' oof.csv do not cover the validation figures exactly once")
+    if votes is not None and ("soft" not in oof or oof["soft"].isna().any()):  # folds written without it
+        known = oof["soft"] if "soft" in oof else pd.Series(np.nan, index=oof.index)
+        oof["soft"] = known.fillna(oof["image_id"].map(votes.set_index("image_id")["soft"]))
+    selection = {json.loads((run_dir / f"fold{k}" / DONE).read_text() or "{}").get("selection", "validation")
+                 for k in splits_io.folds_of(splits)}
     result = compute(oof, n_boot, seed)
+    result["selection"] = sorted(selection)  # train.selection of the folds ("validation": epoch chosen on them)
     if write:
         buf = io.StringIO()
         oof.to_csv(buf, index=False)
@@ -86,11 +186,23 @@ def summary_text(result: dict) -> str:
 
     def with_ci(key):
         return f"{fmt(s[key])} [{fmt((ci[key] or [None])[0])}, {fmt((ci[key] or [None, None])[1])}]"
-    lines = [f"out-of-fold: {result['n']} figures ({result['n_atypical']} atypical), threshold {result['threshold']:.3f}",
+    lines = [f"out-of-fold: {result['n']} figures ({result['n_atypical']} atypical), pooled threshold "
+             f"{result['threshold']:.3f} (optimistic: chosen on these figures); 95% intervals over slides",
              f"  balanced accuracy {with_ci('balanced_accuracy')}   ROC AUC {with_ci('roc_auc')}",
-             f"  sensitivity {with_ci('sensitivity')}   specificity {with_ci('specificity')}",
-             "  per fold: " + "; ".join(f"{k}: bal {fmt(v['balanced_accuracy'])} auc {fmt(v['roc_auc'])}"
-                                       for k, v in result["per_fold"].items())]
+             f"  sensitivity {with_ci('sensitivity')}   specificity {with_ci('specificity')}"]
+    if "nested" in result:
+        n, nci = result["nested"]["at_nested_threshold"], result["nested"]["ci95"]
+        lines.append(f"  nested thresholds (each fold's from the other folds): balanced accuracy "
+                     f"{fmt(n['balanced_accuracy'])} [{fmt((nci['balanced_accuracy'] or [None])[0])}, "
+                     f"{fmt((nci['balanced_accuracy'] or [None, None])[1])}], sensitivity {fmt(n['sensitivity'])}, "
+                     f"specificity {fmt(n['specificity'])}")
+    for name in ("by_vote", "per_source"):
+        if name in result:
+            lines.append(f"  {name.replace('_', ' ')}: " + "; ".join(
+                f"{v}: n {g['at_threshold']['n']} auc {fmt(g['at_threshold']['roc_auc'])}"
+                for v, g in result[name].items()))
+    lines.append("  per fold: " + "; ".join(f"{k}: bal {fmt(v['balanced_accuracy'])} auc {fmt(v['roc_auc'])}"
+                                          for k, v in result["per_fold"].items()))
     for col in ("Scanner", "Tumor"):
         per = result["per_domain"].get(col, {})
         if len(per) > 1:

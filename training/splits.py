@@ -9,6 +9,8 @@ kinds (config splits.kind):
                      share (fold sizes break near-ties): deterministic for a seed
   leave_scanner_out  one fold per scanner (canonical name): train on the others, validate on it
   leave_tumor_out    one fold per tumour type
+Every kind is checked: a slide whose figures would fall in two folds (e.g. two scanner values on one
+slide) is refused, naming it.
 Synthetic images get fold -1: they train in every fold and never enter a validation fold.
 splits.csv columns: image_id, slide, fold, fold_name, label, source, synthetic, the canonical domain
 columns, raw_<domain>, and the image path (export checks its ONNX files on real patches with it).
@@ -82,6 +84,10 @@ def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int
         out.iloc[real, out.columns.get_loc("fold")] = [codes[v] for v in sub[col]]
         out.iloc[real, out.columns.get_loc("fold_name")] = [f"{col}={v}" for v in sub[col]]
     out["fold"] = out["fold"].astype(int)
+    torn = out.iloc[real].groupby("slide")["fold"].nunique()
+    if (torn > 1).any():  # a slide on both sides would put its figures in training and validation at once
+        raise AmfError(f"{kind}: slide(s) {', '.join(map(str, torn.index[torn > 1][:5]))} fall in two folds "
+                       f"(their figures differ in {KINDS[kind] or 'fold'}); a slide must stay in one fold")
     return out.reset_index(drop=True)
 
 
@@ -116,6 +122,24 @@ def fold_rows(splits: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, validation rows) of fold K; synthetic rows (-1) always train."""
     fold = splits["fold"].to_numpy()
     return np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+
+
+def inner_split(splits: pd.DataFrame, train_rows, parts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, inner selection rows): one of PARTS slide-grouped, label x tumour stratified parts of a
+    fold's real training rows (kfold_assign); synthetic rows stay in training. The held-out fold is not among
+    TRAIN_ROWS, so nothing chosen on the inner rows has seen it (for leave-one-domain-out: the training domains
+    only)."""
+    train_rows = np.asarray(train_rows)
+    sub = splits.iloc[train_rows]
+    real = ~sub["synthetic"].astype(bool).to_numpy()
+    n_slides = sub.loc[real, "slide"].nunique()
+    if n_slides < parts:
+        raise AmfError(f"train.inner_folds={parts} needs {parts} training slides; the fold has {n_slides}")
+    key = (sub["label"].astype(str) + "|" + sub["Tumor"].astype(str)).to_numpy()[real]
+    part = kfold_assign(key, sub["slide"].to_numpy()[real], sub["label"].to_numpy()[real], parts, seed)
+    inner = train_rows[real][part == 0]
+    assert not set(splits["slide"].iloc[inner]) & set(splits["slide"].iloc[np.setdiff1d(train_rows, inner)])
+    return np.setdiff1d(train_rows, inner), inner
 
 
 def describe(splits: pd.DataFrame) -> str:

@@ -10,14 +10,21 @@ The run folder (kept names; the export and evaluation rely on them):
   splits.csv             the folds (written once, reused by every --fold job)
   fold{k}/last.pt        the training state after the last epoch (resumes automatically; --restart ignores it)
   fold{k}/best.pt        the selected epoch's weights (LoRA merged): {"state_dict", "epoch", "metric", ...}
-  fold{k}/epochs.csv     per-epoch losses and validation metrics
-  fold{k}/oof.csv        the best epoch's validation predictions (image_id, fold, probability, logit, label, domains)
+  fold{k}/epochs.csv     per-epoch losses, held-out metrics (val_*), inner-split metrics (inner_*), EMA decay
+  fold{k}/oof.csv        the selected epoch's held-out predictions (image_id, fold, probability, logit, label, domains)
   fold{k}/done.json      marks the fold finished
   oof.csv, oof_metrics.json   pooled when every fold is done (training/oof.py)
 Without --fold every fold runs in turn. Folds are independent jobs: run them side by side (a SLURM
-array of --fold N), then export pools them. The model selected per fold is the one with the best
-validation train.select (balanced accuracy at 0.5, or ROC AUC); with ema.evaluate the EMA teacher is
-the model that is evaluated, selected and exported.
+array of --fold N), then export pools them. The epoch kept per fold (best.pt, oof.csv) follows train.selection:
+  last        the last of train.epochs (fixed length: nothing is selected, the held-out figures are honest)
+  inner       the best train.select (balanced accuracy at 0.5, or ROC AUC) on an inner slide-grouped split of
+              the training folds (1 of train.inner_folds; the inner figures do not train); the held-out fold
+              (for leave-one-scanner/tumour-out: the held-out domain) is never seen by the selection
+  validation  the best train.select on the held-out fold itself: optimistic (the reported figures chose the
+              epoch), kept only to compare with older runs
+The held-out metrics of every epoch (val_* in epochs.csv) are for monitoring and never select anything
+unless train.selection is validation. With ema.evaluate the EMA teacher is the model that is evaluated,
+selected and exported.
 """
 from __future__ import annotations
 
@@ -78,7 +85,12 @@ class Dist:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A seeded permutation (or class-weighted draw with replacement) per epoch, sharded across ranks."""
+    """A seeded permutation (or class-weighted draw with replacement) per epoch, sharded across ranks.
+
+    Yields (index, draw): draw is the position in the epoch's whole draw order (before sharding), which
+    seeds the augmentation (PatchDataset), so two draws of one figure get two views, and the same seed
+    gives the same batches whatever the rank or worker layout.
+    """
 
     def __init__(self, n: int, weights=None, seed: int = 0, rank: int = 0, world: int = 1, limit: int | None = None):
         self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
@@ -97,7 +109,8 @@ class EpochSampler(torch.utils.data.Sampler):
         else:
             order = torch.randperm(self.n, generator=g)
         mine = order[self.rank::self.world][:self.per_rank]
-        return iter(mine.tolist())
+        draws = torch.arange(self.n)[self.rank::self.world][:self.per_rank]
+        return iter(zip(mine.tolist(), draws.tolist()))
 
     def __len__(self):
         return self.per_rank
@@ -208,7 +221,8 @@ def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) ->
     sub = df.iloc[rows]
     out = pd.DataFrame({"image_id": sub["image_id"].values, "fold": k,
                         "probability": 1.0 / (1.0 + np.exp(-logits)), "logit": logits,
-                        "label": sub["label"].values, "slide": sub["slide"].values, "source": sub["source"].values})
+                        "label": sub["label"].values, "soft": sub["soft"].values, "slide": sub["slide"].values,
+                        "source": sub["source"].values})
     for col in DOMAIN_COLUMNS:
         out[col] = sub[col].values
         out[f"raw_{col}"] = sub[f"raw_{col}"].values
@@ -274,6 +288,10 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
     seed_everything(seed)
 
     train_rows, val_rows = splits_io.fold_rows(splits, k)
+    selection = t_cfg["selection"]
+    inner_rows = None
+    if selection == "inner":  # the selection set: slides of the training folds only, taken out of training
+        train_rows, inner_rows = splits_io.inner_split(splits, train_rows, int(t_cfg["inner_folds"]), seed)
     model = create_classifier(cfg)
     mixer = None
     if cfg["mixstyle"]["enabled"]:
@@ -282,19 +300,21 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    teacher = make_teacher(model, cfg["ema"]) if cfg["ema"]["enabled"] else None
 
     mean, std = d_cfg["mean"], d_cfg["std"]
     labels = df["label"].to_numpy()
     train_ds = PatchDataset(df, train_rows, d_cfg["input_size"], mean, std, d_cfg["resize"],
                             Augment(cfg["augment"]), cache, d_cfg["soft_labels"], seed)
     val_ds = PatchDataset(df, val_rows, d_cfg["input_size"], mean, std, d_cfg["resize"], None, cache)
+    inner_ds = None if inner_rows is None else PatchDataset(df, inner_rows, d_cfg["input_size"], mean, std,
+                                                            d_cfg["resize"], None, cache)
     batch = int(t_cfg["batch_size"])
     steps = len(train_rows) // (batch * dist.world)
     if t_cfg["max_steps_per_epoch"]:
         steps = min(steps, int(t_cfg["max_steps_per_epoch"]))
     if steps < 1:
         raise AmfError(f"fold {k}: {len(train_rows)} training figures are fewer than one batch of {batch}")
+    teacher = make_teacher(model, cfg["ema"], steps) if cfg["ema"]["enabled"] else None
     weights = None
     y_train = labels[train_rows]
     if cfg["imbalance"]["mode"] == "sampler":
@@ -307,6 +327,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         loader_kw["prefetch_factor"] = 4
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=True, **loader_kw)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
+    inner_dl = None if inner_ds is None else torch.utils.data.DataLoader(
+        inner_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
     if gpu_augment.wanted(d_cfg["device_augment"], device, cache, d_cfg["resize"]):  # same sampler, batches made there
         train_dl = gpu_augment.DeviceBatches(train_ds, sampler, batch, cfg["augment"], device,
                                              d_cfg["device_memory_gb"])
@@ -353,7 +375,9 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         train_model = torch.compile(train_model, dynamic=False)  # the training forward; eval/export stay eager
     ema_cfg = cfg["ema"]
     use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
-    log(f"fold {k}: {len(train_rows)} train ({int(y_train.sum())} atypical), {len(val_rows)} validation; "
+    log(f"fold {k}: {len(train_rows)} train ({int(y_train.sum())} atypical), {len(val_rows)} held out; "
+        f"selection {selection}{f' on {len(inner_rows)} inner figures' if inner_rows is not None else ''}"
+        f"{' (optimistic: on the held-out fold)' if selection == 'validation' else ''}; "
         f"{steps} steps/epoch x {epochs} epochs, batch {batch} x {dist.world} process(es) on {device}"
         f"{', bf16' if amp else ''}{', channels_last' if channels_last else ''}")
 
@@ -386,7 +410,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
                 bar.set_postfix(loss=f"{float(sums['loss']) / seen:.4f}", refresh=False)
         train_s = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "lr": lr_start, "images_per_s": seen * dist.world / train_s,
-               **{f"train_{key}": float(v) / max(1, seen) for key, v in sums.items()}}
+               **{f"train_{key}": float(v) / max(1, seen) for key, v in sums.items()},
+               "ema_decay": teacher.last_decay if teacher is not None else None}  # in effect at the epoch's end
         if dist.main:
             evaluated = teacher.module if teacher is not None and ema_cfg["evaluate"] else model
             # fp32: the out-of-fold probabilities are those of the exported fp32 model
@@ -396,12 +421,20 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
             row.update({f"val_{key}": s[key] for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")})
             row["val_loss"] = float(F.binary_cross_entropy_with_logits(
                 torch.from_numpy(logits_v), torch.from_numpy(y_val.astype(np.float64))))
-            score = row[f"val_{t_cfg['select']}"]
-            score = -np.inf if score is None else score
-            row["best"] = bool(score > best)
+            if inner_dl is not None:
+                rows_i, logits_i = predict(evaluated, inner_dl, device, False, channels_last, progress)
+                s = metrics.summary(labels[rows_i], 1.0 / (1.0 + np.exp(-logits_i)), threshold=0.5)
+                row.update({f"inner_{key}": s[key] for key in ("balanced_accuracy", "roc_auc")})
+            if selection == "last":  # nothing selected: the last epoch is kept
+                score = float(epoch + 1)
+            else:
+                score = row[f"{'inner' if selection == 'inner' else 'val'}_{t_cfg['select']}"]
+                score = -np.inf if score is None else score
+            row["best"] = bool(score > best)  # the epoch train.selection keeps so far
             if row["best"]:
                 best = score
-                save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": epoch + 1, "metric": t_cfg["select"],
+                save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": epoch + 1, "selection": selection,
+                             "metric": t_cfg["select"] if selection != "last" else "epoch",
                              "value": float(score), "evaluated": "ema" if evaluated is not model else "student",
                              "backbone": cfg["model"]["backbone"], "fold": k}, best_path)
                 write_csv_atomic(oof_table(df, rows_v, logits_v, k), fold_dir / "oof.csv")
@@ -426,9 +459,15 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
     if dist.main:
         hist = pd.DataFrame(history)
         best_row = hist.loc[hist["best"]].iloc[-1].to_dict() if len(hist) else {}
-        done = {"fold": k, "epochs": epochs, "best_epoch": int(best_row.get("epoch", 0)), "select": t_cfg["select"],
-                "best_value": float(best), "val_balanced_accuracy": best_row.get("val_balanced_accuracy"),
-                "val_roc_auc": best_row.get("val_roc_auc")}
+        done = {"fold": k, "epochs": epochs, "best_epoch": int(best_row.get("epoch", 0)), "selection": selection,
+                "select": t_cfg["select"] if selection != "last" else None,
+                "best_value": float(best) if selection != "last" else None,
+                "n_inner": len(inner_rows) if inner_rows is not None else 0,
+                "val_balanced_accuracy": best_row.get("val_balanced_accuracy"),
+                "val_roc_auc": best_row.get("val_roc_auc"),
+                "ema_decay": teacher.last_decay if teacher is not None else None,  # the decay of the last update
+                "ema_decay_configured": float(ema_cfg["decay"]) if teacher is not None else None,
+                "ema_warmup_steps": teacher.warmup_steps if teacher is not None else None}
         write_text_atomic(fold_dir / oof_io.DONE, json.dumps(done, indent=2) + "\n")
     if mixer is not None:
         mixer.active = False
