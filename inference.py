@@ -6,13 +6,13 @@ left by an earlier run is removed before anything else).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from pathlib import Path
 
 from amf import AmfError, jobs, report_error
+from amf.cli import ArgumentParser
 from amf.manifest import MANIFEST_NAME
 
 HERE = Path(__file__).resolve().parent
@@ -62,7 +62,7 @@ def run(input_dir, output_dir, model_dir=None) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="inference.py", description=__doc__.splitlines()[0])
     ap.add_argument("--input", default="/input", help="job input folder (default /input)")
     ap.add_argument("--output", default="/output", help="job output folder (default /output)")
     ap.add_argument("--model", default=None, help="model folder with ensemble.json")

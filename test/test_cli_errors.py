@@ -34,6 +34,13 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.export", [MISSING, "--out", MISSING], "run folder"),
     ("training.export", [MISSING, "--out", MISSING, "--n-real", "0"], "--n-real"),
     ("training.compare", [MISSING, MISSING], "out-of-fold"),
+    # usage errors (argparse's own) follow the rule too: amf.cli.ArgumentParser
+    ("training.train", ["--config", "smoke"], "required"),
+    ("training.train", ["--config", "smoke", "--data", MISSING, "--out", MISSING, "--bogus"], "--bogus"),
+    ("training.data", [], "required"),
+    ("training.card", ["--bogus"], "--bogus"),
+    ("training.compare", [MISSING], "required"),
+    ("training.gpu_augment", [], "required"),
 ]
 
 

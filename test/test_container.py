@@ -727,3 +727,10 @@ def test_a_full_disk_or_read_only_folder_is_one_line(fault, reason, tmp_path, mo
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == f"error: cannot write {tmp_path / 'out' / RESULT}: {reason}"
     assert list((tmp_path / "out").iterdir()) == []  # no result, no temporary file
+
+
+def test_a_bad_argument_is_one_line_with_status_2(tmp_path):
+    rc, out, err = cli("--input", tmp_path, "--bogus")
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [err.strip().splitlines()[-1]]  # one line, no usage block
+    assert err.startswith("error: inference.py: unrecognized arguments: --bogus"), err

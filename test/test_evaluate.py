@@ -420,3 +420,12 @@ def test_a_ground_truth_stack_without_labels_is_named(tmp_path, capsys):
     root = hand_made_jobs(tmp_path, [GOOD, ("stack_0002.tiff", [], 1, [])])
     assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
     assert "entry 1 (stack stack_0002.tiff) has no labels" in error_line(capsys)
+
+
+def test_a_ground_truth_domain_of_true_is_refused(tmp_path, capsys):
+    root = hand_made_jobs(tmp_path, [GOOD])
+    truth = json.loads((root / "ground_truth.json").read_text())
+    truth[0]["tumordomains"] = [True] * len(truth[0]["labels"])  # JSON true is no tumour domain number
+    (root / "ground_truth.json").write_text(json.dumps(truth))
+    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert "entry 0 must be" in error_line(capsys)

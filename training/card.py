@@ -26,7 +26,6 @@ that choice, measured.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError, manifest as manifest_io, metrics, report_error
+from amf.cli import ArgumentParser
 from amf.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
 from training import compare as compare_runs, oof as oof_io, splits as splits_io
@@ -586,7 +586,7 @@ def _plain(x):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.card", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="model")
     ap.add_argument("--recipe")
     ap.add_argument("--plain")

@@ -14,7 +14,6 @@ slide_draws() is the one slide-level resampling of the project (training.oof's i
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError, metrics, report_error
+from amf.cli import ArgumentParser
 
 
 def load_oof(run: Path) -> tuple[pd.DataFrame, float]:
@@ -78,7 +78,7 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.compare", description=__doc__.splitlines()[0])
     ap.add_argument("run_a")
     ap.add_argument("run_b")
     ap.add_argument("--n-boot", type=int, default=2000)

@@ -31,6 +31,7 @@ import pandas as pd
 from PIL import Image
 
 from amf import AmfError, report_error
+from amf.cli import ArgumentParser
 from amf.domains import DOMAIN_COLUMNS, canonical
 from amf.preprocess import canonical_patch, normalize, resize
 
@@ -251,11 +252,9 @@ class PatchDataset:
 
 
 def main(argv=None) -> int:
-    import argparse
-
     from training import config as config_io
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.data", description=__doc__.splitlines()[0])
     ap.add_argument("data")
     ap.add_argument("--config", default="smoke")
     ap.add_argument("--skip-missing", action="store_true", default=None)

@@ -57,7 +57,7 @@ def load_ground_truth(path) -> dict[str, dict]:
               and isinstance(entry.get("labels"), list) and isinstance(entry.get("tumordomains"), list)
               and len(entry["labels"]) == len(entry["tumordomains"])
               and all(lab in CLASS_IDS for lab in entry["labels"])
-              and all(isinstance(d, int) for d in entry["tumordomains"]))
+              and all(isinstance(d, int) and not isinstance(d, bool) for d in entry["tumordomains"]))
         if not ok:
             raise AmfError(f"ground truth {path}: entry {i} must be {{image, labels (normal/atypical), "
                            "tumordomains (integers, one per label)}")

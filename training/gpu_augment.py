@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from amf import AmfError
+from amf.cli import ArgumentParser
 from training.augment import HED_FROM_RGB, LOG_ADJUST, RGB_FROM_HED
 
 # torch's antialiased bilinear is a port of Pillow's: within 1 uint8 level of amf.preprocess.resize (measured on
@@ -277,14 +278,12 @@ class DeviceBatches:
 
 
 if __name__ == "__main__":
-    import argparse
-
     from PIL import Image
 
     from amf.preprocess import canonical_patch
     from training.config import DEFAULTS
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.gpu_augment", description=__doc__.splitlines()[0])
     ap.add_argument("image")
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
