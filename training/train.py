@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from amf import AmfError, metrics, report_error
+from amf.cli import ArgumentParser
 from amf.fileio import write_text_atomic
 from training import config as config_io
 from training import gpu_augment
@@ -478,8 +479,8 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
 # ---- command line -----------------------------------------------------------------------------
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--config", required=True, help="YAML file or name in training/configs/")
     ap.add_argument("--data", required=True, help="folder with the official CSV and PNG folder")
     ap.add_argument("--out", required=True, help="run folder")
