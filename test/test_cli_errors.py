@@ -36,6 +36,7 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.compare", [MISSING, MISSING], "out-of-fold"),
     # usage errors (argparse's own) follow the rule too: amf.cli.ArgumentParser
     ("training.train", ["--config", "smoke"], "required"),
+    ("training.train", ["--config", "smoke", "--data", MISSING, "--out", MISSING, "--parallel", "0"], "--parallel"),
     ("training.train", ["--config", "smoke", "--data", MISSING, "--out", MISSING, "--bogus"], "--bogus"),
     ("training.data", [], "required"),
     ("training.card", ["--bogus"], "--bogus"),

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from amf import AmfError, metrics, report_error
-from amf.cli import ArgumentParser
+from amf.cli import ArgumentParser, positive_int
 from amf.fileio import write_text_atomic
 from training import config as config_io
 from training import gpu_augment
@@ -494,7 +494,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--workers", type=int, default=None, help="overrides data.num_workers")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ap.add_argument("--parallel", type=int, default=1, metavar="N",
+    ap.add_argument("--parallel", type=positive_int, default=1, metavar="N",
                     help="without --fold: train up to N folds at once, one process each on the same device "
                          "(training/folds.py), then pool them")
     args = ap.parse_args(argv)
