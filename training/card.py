@@ -146,14 +146,14 @@ def official_votes(data_dir) -> pd.DataFrame:
     return t.drop(columns=["slide", "path"])
 
 
-def shipped_selection_free(model_dir, votes: pd.DataFrame, n_boot: int) -> dict:
-    """The shipped members' out-of-fold predictions with nested thresholds, slide intervals, by vote agreement."""
+def shipped_oof(model_dir, votes: pd.DataFrame) -> pd.DataFrame:
+    """The shipped members' out-of-fold predictions (oof.csv) with the data's labels, domains and expert votes."""
     oof = pd.read_csv(Path(model_dir) / OOF_CSV, dtype={"image_id": str, "slide": str})
     merged = oof.merge(votes, on="image_id", how="left", validate="1:1")
     if merged["label"].isna().any():
         raise AmfError(f"{int(merged['label'].isna().sum())} figure(s) of {model_dir / OOF_CSV} are not in the data")
     merged["label"] = merged["label"].astype(int)
-    return oof_io.compute(merged, n_boot=n_boot, seed=0)
+    return merged
 
 
 def epoch_choice(run: Path, folds) -> dict:
@@ -175,7 +175,7 @@ def epoch_choice(run: Path, folds) -> dict:
     return out
 
 
-def honest_run(run, shipped_oof: pd.DataFrame, votes: pd.DataFrame, n_boot: int) -> dict:
+def honest_run(run, shipped: pd.DataFrame, votes: pd.DataFrame, n_boot: int) -> dict:
     """A run with train.selection last/inner: pooled figures if finished, else its finished folds at 0.5."""
     import yaml
 
@@ -203,7 +203,7 @@ def honest_run(run, shipped_oof: pd.DataFrame, votes: pd.DataFrame, n_boot: int)
         m = metrics.summary(f["label"], f["probability"], threshold=0.5)
         entry = {"honest@0.5": m}
         if cfg["splits"]["kind"] == "kfold":
-            same = shipped_oof[shipped_oof["image_id"].isin(f["image_id"])]
+            same = shipped[shipped["image_id"].isin(f["image_id"])]
             if len(same) == len(f):
                 entry["shipped@0.5"] = metrics.summary(same["label"], same["probability"], threshold=0.5)
         per_fold[str(k)] = entry
@@ -213,14 +213,12 @@ def honest_run(run, shipped_oof: pd.DataFrame, votes: pd.DataFrame, n_boot: int)
 
 def selection_free(model_dir, data_dir, runs: dict, n_boot: int = 2000) -> dict:
     votes = official_votes(data_dir)
-    shipped = shipped_selection_free(model_dir, votes, n_boot)
-    shipped_oof = pd.read_csv(Path(model_dir) / OOF_CSV, dtype={"image_id": str}).merge(
-        votes[["image_id", "label"]], on="image_id")
-    return {"shipped": {"oof": shipped,
+    shipped = shipped_oof(model_dir, votes)  # read and labelled once: its metrics, and the honest runs' baseline
+    return {"shipped": {"oof": oof_io.compute(shipped, n_boot=n_boot, seed=0),
                         "note": "the shipped members' out-of-fold predictions (oof.csv): each fold's epoch was chosen "
                                 "on that fold's own figures (optimistic); the nested threshold removes the "
                                 "threshold's share of the optimism only"},
-            "runs": {name: honest_run(path, shipped_oof, votes, n_boot) for name, path in runs.items() if path},
+            "runs": {name: honest_run(path, shipped, votes, n_boot) for name, path in runs.items() if path},
             "not_run": [name for name in HONEST if not runs.get(name)]}
 
 
