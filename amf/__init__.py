@@ -1,11 +1,15 @@
-"""amf: the torch-free core shared by the container and by training.
+"""amf: the container's runtime, exactly: every module here is imported by inference.py and needs only
+requirements.txt (numpy, pillow, SimpleITK, onnxruntime). Training imports it too (the same preprocessing,
+manifest and result rules); what only training or evaluation needs lives in training/.
 
 - preprocess: one rule for turning any patch into the model's float input
 - manifest:   the ensemble description (model/ensemble.json), read and written here only
 - results:    the platform's result schema (write and validate)
 - jobs:       Grand Challenge I/O (inputs.json, stacks as .mha/.tif(f), atomic output)
 - ensemble:   onnxruntime sessions, CUDA with CPU fallback
-- metrics:    the organisers' Track 2 metrics, shared by training and evaluation
+- cli:        the one-line error rule for command lines
+- fileio:     atomic writes and the one checked JSON reader
+- native_stderr: what ITK and onnxruntime print on fd 2, folded into one line
 """
 
 import sys

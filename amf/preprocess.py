@@ -20,6 +20,11 @@ from PIL import Image
 
 from amf import AmfError
 
+# ImageNet's channel statistics: the normalisation of timm's ImageNet backbones, and the fallback for a
+# backbone whose pretrained_cfg names none.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,

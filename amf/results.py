@@ -13,7 +13,9 @@ import numpy as np
 
 from amf import AmfError
 
-CLASSES = ("normal", "atypical")
+CLASSES = ("normal", "atypical")        # the label vocabulary: a class's index is its label (atypical = 1, positive)
+NORMAL, ATYPICAL = CLASSES
+CLASS_ID = {name: i for i, name in enumerate(CLASSES)}
 
 
 def to_results(probabilities, threshold: float) -> list[dict]:
@@ -22,7 +24,7 @@ def to_results(probabilities, threshold: float) -> list[dict]:
     if not np.isfinite(p).all():
         raise AmfError("the model produced NaN or infinite probabilities")
     p = np.clip(p, 0.0, 1.0)
-    return [{"class": "atypical" if v >= threshold else "normal", "confidence": float(v)} for v in p]
+    return [{"class": ATYPICAL if v >= threshold else NORMAL, "confidence": float(v)} for v in p]
 
 
 def validate(results, expected_len: int, stack: str = "") -> None:

@@ -17,8 +17,6 @@ CACHE = Path(os.environ.get("AMF_BENCH_CACHE", ROOT / "bench" / ".cache"))
 BASELINE_ARCH = "efficientnetv2_m"  # timm's EfficientNetV2-M
 CONVNEXT_ARCH = "convnext_small"
 CONVNEXT_MEMBERS = 5
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def cache_dir() -> Path:
@@ -62,6 +60,7 @@ def export_convnext(path: Path, seed: int, size: int) -> Path:
 def convnext_ensemble(size: int, merged: bool = False) -> Path:
     """The 5 x ConvNeXt-Small folder at SIZE px; with MERGED, a folder whose manifest uses the merged graph."""
     from amf.manifest import Manifest, Member, save
+    from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     folder = cache_dir() / f"convnext5_{size}"
     if not (folder / "ensemble.json").exists():
@@ -71,7 +70,7 @@ def convnext_ensemble(size: int, merged: bool = False) -> Path:
             name = f"{CONVNEXT_ARCH}_s{seed}.onnx"
             if not (folder / name).exists():
                 export_convnext(folder / name, seed, size)
-            members.append(Member(file=name, input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            members.append(Member(file=name, input_size=size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                                   resize="bilinear", backbone=CONVNEXT_ARCH, fold=seed))
         save(Manifest(members=members, trained=False,
                       provenance={"note": f"benchmark: {CONVNEXT_MEMBERS} x random-init {CONVNEXT_ARCH}"}), folder)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from training import config as config_io  # noqa: E402
 from training.models import create_classifier  # noqa: E402
 from training.recipe import attach_mixstyle, make_teacher  # noqa: E402
@@ -49,7 +50,7 @@ def synthetic_loader(cfg: dict, batch: int, workers: int, n: int = 512, kind: st
     rng = np.random.default_rng(0)
     patches = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(n)]
     df = pd.DataFrame({"path": ["-"] * n, "label": rng.integers(0, 2, n), "soft": 0.0})
-    ds = PatchDataset(df, np.arange(n), cfg["data"]["input_size"], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225],
+    ds = PatchDataset(df, np.arange(n), cfg["data"]["input_size"], IMAGENET_MEAN, IMAGENET_STD,
                       "bilinear", Augment(cfg["augment"]), patches)
     if kind == "device":
         return DeviceBatches(ds, EpochSampler(n), batch, cfg["augment"], device)

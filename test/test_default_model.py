@@ -105,7 +105,7 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
 
 def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_votes(card, shipped_oof, breast_table):
     """The shipped members' nested-threshold and by-vote figures: each fold's threshold from the other folds only."""
-    from amf.metrics import best_threshold, roc_auc, summary
+    from training.metrics import best_threshold, roc_auc, summary
 
     sf = card["selection_free"]["shipped"]["oof"]
     merged = shipped_oof.merge(breast_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")

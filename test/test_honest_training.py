@@ -260,8 +260,8 @@ def _oof_table(seed=0, n_slides=30, per_slide=10):
                          "source": "official", "Scanner": "a", "Tumor": "human breast cancer"})
 
 
-def test_slide_bootstrap_equals_recomputing_amf_metrics_on_each_slide_resample():
-    from amf import metrics
+def test_slide_bootstrap_equals_recomputing_training_metrics_on_each_slide_resample():
+    from training import metrics
     from training import compare
     from training.oof import slide_bootstrap_ci
 
@@ -285,7 +285,7 @@ def test_slide_bootstrap_equals_recomputing_amf_metrics_on_each_slide_resample()
 
 
 def test_nested_threshold_never_uses_the_folds_own_figures():
-    from amf import metrics
+    from training import metrics
     from training.oof import compute
 
     t = _oof_table()
@@ -303,7 +303,7 @@ def test_nested_threshold_never_uses_the_folds_own_figures():
 
 
 def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_the_threshold():
-    from amf import metrics
+    from training import metrics
     from training.oof import compute
 
     t = _oof_table()
@@ -327,7 +327,7 @@ def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_th
 def _full_table(labels_full):
     import pandas as pd
 
-    from amf.domains import DOMAIN_COLUMNS, canonical
+    from training.domains import DOMAIN_COLUMNS, canonical
     from training.data import slide_key
 
     t = pd.read_csv(labels_full, dtype={"image_id": str})

@@ -1,4 +1,4 @@
-"""amf.metrics against scikit-learn on hand-made cases: the organisers' aggregates (overall and per
+"""training.metrics against scikit-learn on hand-made cases: the organisers' aggregates (overall and per
 tumour domain), the one-class departure, the bootstrap intervals and the grand-challenge-metrics ROC band."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
-from amf.metrics import aggregates, auc_rows, best_threshold, bootstrap_ci, roc_band, summary
+from training.metrics import aggregates, auc_rows, best_threshold, bootstrap_ci, roc_band, summary
 
 OVERALL_KEYS = {"overall_sensitivity", "overall_specificity", "overall_balanced_accuracy",
                 "overall_roc_auc", "overall_accuracy"}

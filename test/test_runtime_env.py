@@ -64,3 +64,18 @@ def test_organisers_sample_in_the_runtime(runtime_python, tmp_path):
     p = run_inference(runtime_python, GC_SAMPLE, tmp_path / "out")
     assert p.returncode == 0, p.stderr
     validate(json.loads((tmp_path / "out" / RESULT).read_text()), 16, "gc-sample")
+
+
+def test_amf_is_exactly_the_runtime(runtime_python, tmp_path):
+    """Every module in amf/ imports in the image's runtime, and inference.py reaches every one of them:
+    what only training or evaluation needs (metrics, domains) lives in training/."""
+    modules = sorted(p.stem for p in (ROOT / "amf").glob("*.py") if p.stem != "__init__")
+    probe = ("import sys, runpy\n"
+             f"sys.argv = ['inference.py', '--input', 'test/input', '--output', {str(tmp_path / 'out')!r}]\n"
+             "try:\n    runpy.run_path('inference.py', run_name='__main__')\nexcept SystemExit as e:\n"
+             "    assert not e.code, e.code\n"
+             "print(' '.join(sorted(m[4:] for m in sys.modules if m.startswith('amf.'))))")
+    p = subprocess.run([str(runtime_python), "-c", probe], capture_output=True, text=True, env=clean_env(),
+                       cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1].split() == modules, (p.stdout, modules)

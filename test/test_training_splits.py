@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from amf import AmfError
-from amf.domains import DOMAIN_COLUMNS, canonical
+from training.domains import DOMAIN_COLUMNS, canonical
 from training import config as config_io
 from training import splits as splits_io
 from training.data import deduplicate, load_dataset, read_table, slide_key

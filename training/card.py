@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, manifest as manifest_io, metrics, report_error
+from amf import AmfError, manifest as manifest_io, report_error
+from training import metrics
 from amf.cli import ArgumentParser
-from amf.domains import DOMAIN_COLUMNS
+from training.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
 from training import compare as compare_runs, oof as oof_io, splits as splits_io
 
@@ -458,7 +459,7 @@ def render(card: dict) -> str:
         f"`MIDOG25_Atypical_Classification_Train_Set.csv` for human breast cancer: {d['figures']} figures, "
         f"{d['atypical']} atypical (`majority` = AMF), {d['slides']} slides.",
         f"- Scanners: {scanners}. Raw scanner spellings kept as given: {', '.join(d['raw_scanner_values'])} "
-        "(aliases are resolved only for grouping, in `amf/domains.py`).",
+        "(aliases are resolved only for grouping, in `training/domains.py`).",
         f"- Tumour: {', '.join(d['tumor'])}; species: {', '.join(d['species'])}.",
         "- Label: the `majority` vote of three experts. No image or label of the data is in this folder; "
         "`oof.csv` holds only image ids, slides, folds and our own out-of-fold probabilities.",

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, metrics, report_error
+from amf import AmfError, report_error
+from training import metrics
 from amf.cli import ArgumentParser
 
 

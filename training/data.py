@@ -13,7 +13,7 @@ image_ids are prefixed "<name>/" so that they never collide with the official on
   slide is the same figure and is dropped (the official set comes first and always stays).
 - Synthetic atypical images (config data.synthetic: a folder of PNGs): label 1, synthetic=True, slide
   "synthetic", domains "synthetic"; splits keep them out of every validation fold.
-- Domains: canonical values through amf.domains.canonical (one alias table); raw values kept as raw_<col>.
+- Domains: canonical values through training.domains.canonical (one alias table); raw values kept as raw_<col>.
 - Missing or unreadable images: one error listing them, or (data.skip_missing / --skip-missing) dropped
   with a count.
 The torch Dataset decodes PNG -> amf.preprocess.canonical_patch -> augment (training only) ->
@@ -32,7 +32,7 @@ from PIL import Image
 
 from amf import AmfError, report_error
 from amf.cli import ArgumentParser
-from amf.domains import DOMAIN_COLUMNS, canonical
+from training.domains import DOMAIN_COLUMNS, canonical
 from amf.preprocess import canonical_patch, normalize, resize
 
 OFFICIAL_CSV = "MIDOG25_Atypical_Classification_Train_Set.csv"

@@ -2,14 +2,14 @@
 
 In:  a CSV in the official columns (image_id, ..., Tumor, ..., majority) or a plain one
      (image,label[,domain]); labels AMF/NMF, atypical/normal or 1/0; domain a tumour type (any
-     alias in amf.domains) or its integer; and the folder holding the images it names.
+     alias in training.domains) or its integer; and the folder holding the images it names.
 Out: OUT/jobs/<stack>/input/        inputs.json + images/stacked-histopathology-roi-cropouts/<stack>.<ext>
                                     (what the platform mounts as /input for one job)
      OUT/ground_truth.json          [{"image": NAME, "labels": [...], "tumordomains": [...]}]
      OUT/figures.csv                which figure sits where (stack, index, figure, label, tumour)
 Stacks hold up to 16 figures of one tumour type (as in the organisers' sample), drawn in a seeded
 random order; every figure goes into exactly one stack. Tumour types are numbered by
-amf.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
+training.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
 Image names are paths inside IMAGE_DIR: an absolute name, a `..` part, or a name that resolves
 (through a link) outside IMAGE_DIR is refused. Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError, jobs, one_line
-from amf.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
+from training.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
 from amf.fileio import write_text_atomic
 
 STACK_SIZE = 16  # the organisers' stacks hold up to 16 cut-outs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amf.domains import tumor_name
+from training.domains import tumor_name
 from amf.fileio import write_text_atomic
 
 

@@ -5,10 +5,10 @@ output/multiple-mitotic-figure-classification.json must pass the organisers' che
 (amf.results.validate: a list, one dict per label, class normal/atypical, confidence a float),
 else the error names the stack. Then, over all figures pooled: sensitivity, specificity, balanced
 accuracy and accuracy from the classes, ROC AUC on the confidences, and the same per tumour domain
-(amf.metrics.aggregates: the organisers' keys). metrics.json holds them under "aggregates" exactly
+(training.metrics.aggregates: the organisers' keys). metrics.json holds them under "aggregates" exactly
 as the organisers' metrics.json does; everything else sits under its own top-level key:
-  confidence_intervals  seeded bootstrap over figures (amf.metrics.bootstrap_ci), overall and per domain
-  roc_band              grand-challenge-metrics' bootstrapped ROC band (amf.metrics.roc_band)
+  confidence_intervals  seeded bootstrap over figures (training.metrics.bootstrap_ci), overall and per domain
+  roc_band              grand-challenge-metrics' bootstrapped ROC band (training.metrics.roc_band)
   confidence_semantics  how the confidence was read (below)
   hindsight             the threshold that would have maximised balanced accuracy on this very set
   counts, checks, run, departures
@@ -32,7 +32,7 @@ import numpy as np
 
 from amf import AmfError, jobs, one_line
 from amf.fileio import read_json, write_text_atomic
-from amf.metrics import aggregates, best_threshold, bootstrap_ci, roc_band, summary
+from training.metrics import aggregates, best_threshold, bootstrap_ci, roc_band, summary
 from amf.results import validate
 
 CLASS_IDS = {"normal": 0, "atypical": 1}

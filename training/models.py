@@ -24,9 +24,7 @@ import torch
 from torch import nn
 
 from amf import AmfError, one_line
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 class EmbeddingSE(nn.Module):

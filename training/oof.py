@@ -1,6 +1,6 @@
 """Out-of-fold results: pool the folds' predictions, choose the threshold, compute the metrics.
 
-Every number comes from amf.metrics (the module offline evaluation uses):
+Every number comes from training.metrics (the module offline evaluation uses):
   threshold      maximises balanced accuracy on the pooled out-of-fold predictions of the official figures
                  (extra labelled sets never choose it; the ensemble applies it to its members' mean
                  probability). Chosen on the figures it is then reported on: "pooled (optimistic)".
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, metrics
-from amf.domains import DOMAIN_COLUMNS, TUMOR_DOMAINS, tumor_domain
+from amf import AmfError
+from training import metrics
+from training.domains import DOMAIN_COLUMNS, TUMOR_DOMAINS, tumor_domain
 from amf.fileio import write_text_atomic
 from training import compare as compare_runs, splits as splits_io
 
@@ -46,7 +47,7 @@ def slide_bootstrap_ci(y, p, slides, y_pred, n_boot: int = 1000, seed: int = 0, 
     (training.compare.slide_draws); the predicted classes Y_PRED are held fixed. A rate undefined in a resample
     (one class only) is left out of that rate's interval; an interval with no defined resample is None.
     Each resample is a weight per figure (how often it was drawn): the rates are weighted counts and ROC AUC the
-    weighted Mann-Whitney statistic (ties count 1/2), as amf.metrics computes them on the drawn figures."""
+    weighted Mann-Whitney statistic (ties count 1/2), as training.metrics computes them on the drawn figures."""
     y, p, y_pred = np.asarray(y, int), np.asarray(p, float), np.asarray(y_pred, int)
     if len(y) == 0:
         return {k: None for k in ("balanced_accuracy", "sensitivity", "specificity", "roc_auc")}

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError
-from amf.domains import DOMAIN_COLUMNS
+from training.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
 
 KINDS = {"kfold": None, "leave_scanner_out": "Scanner", "leave_tumor_out": "Tumor"}

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from amf.manifest import Manifest, Member, save
+from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def toy_model(path, size: int | None = 128, seed: int = 0, channels: int = 8):
@@ -53,7 +52,7 @@ def make_toy_ensemble(out_dir, members: int = 2, sizes=(128,), seed: int = 0, th
     for i in range(members):
         size = sizes[i % len(sizes)]
         toy_model(out_dir / f"toy{i}.onnx", size=size, seed=seed + i)
-        mem.append(Member(file=f"toy{i}.onnx", input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        mem.append(Member(file=f"toy{i}.onnx", input_size=size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                           resize="bilinear", backbone="toy-conv", fold=i))
     return save(Manifest(members=mem, threshold=threshold, tta=tta, trained=False,
                          provenance={"note": "untrained placeholder made by training/toy_onnx.py",

@@ -42,7 +42,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from amf import AmfError, metrics, report_error
+from amf import AmfError, report_error
+from training import metrics
 from amf.cli import ArgumentParser, positive_int
 from amf.fileio import write_text_atomic
 from training import config as config_io
@@ -217,7 +218,7 @@ def predict(model, loader, device, amp: bool, channels_last: bool, progress: boo
 
 
 def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) -> pd.DataFrame:
-    from amf.domains import DOMAIN_COLUMNS
+    from training.domains import DOMAIN_COLUMNS
 
     sub = df.iloc[rows]
     out = pd.DataFrame({"image_id": sub["image_id"].values, "fold": k,

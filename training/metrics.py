@@ -138,3 +138,13 @@ def roc_band(y_true, score, n_boot: int = 100, level: float = 0.95) -> dict | No
     return {"fpr": band.fpr_vals.tolist(), "mean_tpr": band.mean_tpr_vals.tolist(),
             "low_tpr": band.low_tpr_vals.tolist(), "high_tpr": band.high_tpr_vals.tolist(),
             "roc_auc": [float(band.low_az_val), float(band.high_az_val)]}
+
+
+def fmt(x, missing: str = "–") -> str:
+    """A metric as the reports print it: three decimals, MISSING for None (a one-class set has no ROC AUC)."""
+    return missing if x is None else f"{x:.3f}"
+
+
+def fmt_ci(pair, missing: str = "n/a") -> str:
+    """A 95% interval as the reports print it: [low, high]."""
+    return missing if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
