@@ -1,0 +1,124 @@
+"""The decision threshold for scanner shift: chosen on out-of-fold or on leave-one-scanner-out predictions?
+
+Two pooled prediction sets of the same official figures (each a finished run's oof.csv):
+  oof    a k-fold run (slide-grouped): each figure predicted by a model that saw other slides of its scanner
+  loso   a leave-one-scanner-out run: each figure predicted by a model that never saw its scanner
+Two rules, each the threshold that maximises balanced accuracy on one set's pooled predictions:
+  oof rule (what training.export did alone), loso rule (tuned for figures from an unseen scanner).
+Both thresholds are reported on both sets (pooled, optimistic for the set that chose it). The choice between
+the rules is made selection-free, on nested figures: for each held-out scanner, each rule's threshold is chosen
+on the other scanners' figures only and applied to that scanner's leave-one-scanner-out predictions; the rule
+with the higher pooled nested balanced accuracy ships (a tie keeps the out-of-fold rule), with its threshold
+from all figures. training.export records the whole comparison in the manifest's provenance.
+Run:  python -m training.threshold OOF_RUN LOSO_RUN
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from amf import AmfError, report_error
+from amf.cli import EXPECTED, ArgumentParser, as_error
+from training import metrics
+from training.oof import slide_bootstrap_ci
+
+RULES = ("oof", "loso")
+
+
+def read_pooled(run_dir) -> pd.DataFrame:
+    path = Path(run_dir) / "oof.csv"
+    if not path.is_file():
+        raise AmfError(f"{path} is missing: pool the run first (python -m training.oof {run_dir})")
+    return pd.read_csv(path, dtype={"image_id": str, "slide": str}, keep_default_na=False)
+
+
+def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
+    """One row per official figure: label, slide, Scanner, p_oof, p_loso (both sets must hold the same figures)."""
+    oof = oof[oof["source"] == "official"] if "source" in oof else oof
+    loso = loso[loso["source"] == "official"] if "source" in loso else loso
+    if set(oof["image_id"]) != set(loso["image_id"]) or len(oof) != len(loso):
+        raise AmfError("the two runs' out-of-fold predictions do not cover the same official figures")
+    b = loso.set_index("image_id").loc[oof["image_id"]]
+    if (b["label"].to_numpy(int) != oof["label"].to_numpy(int)).any():
+        raise AmfError("the two runs label a figure differently")
+    return pd.DataFrame({"image_id": oof["image_id"].to_numpy(), "label": oof["label"].to_numpy(int),
+                         "slide": oof["slide"].astype(str).to_numpy(), "Scanner": oof["Scanner"].to_numpy(),
+                         "p_oof": oof["probability"].to_numpy(float), "p_loso": b["probability"].to_numpy(float)})
+
+
+def nested_predictions(t: pd.DataFrame, rule: str) -> tuple[np.ndarray, dict]:
+    """Classes of the leave-one-scanner-out predictions, each scanner at the RULE's threshold chosen on the
+    other scanners' figures; and those thresholds by scanner."""
+    y, p_rule, p_loso = t["label"].to_numpy(int), t[f"p_{rule}"].to_numpy(float), t["p_loso"].to_numpy(float)
+    scanner = t["Scanner"].to_numpy()
+    pred, thresholds = np.zeros(len(t), int), {}
+    for s in sorted(set(scanner)):
+        here = scanner == s
+        thresholds[str(s)] = metrics.best_threshold(y[~here], p_rule[~here])
+        pred[here] = (p_loso[here] >= thresholds[str(s)]).astype(int)
+    return pred, thresholds
+
+
+def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    t = paired(oof, loso)
+    if t["Scanner"].nunique() < 2:
+        raise AmfError("choosing a threshold for scanner shift needs figures from at least two scanners")
+    y, slides = t["label"].to_numpy(int), t["slide"].to_numpy()
+    out = {"n": int(len(t)), "scanners": sorted(map(str, t["Scanner"].unique())), "rules": {}}
+    for rule in RULES:
+        thr = metrics.best_threshold(y, t[f"p_{rule}"])
+        nested_pred, nested_thr = nested_predictions(t, rule)
+        on = {}
+        for s in RULES:
+            p = t[f"p_{s}"].to_numpy(float)
+            on[s] = {**metrics.summary(y, p, threshold=thr),
+                     "ci95": slide_bootstrap_ci(y, p, slides, (p >= thr).astype(int), n_boot, seed)}
+        out["rules"][rule] = {
+            "threshold": thr, "on": on, "nested_thresholds": nested_thr,
+            "nested_loso": {**metrics.summary(y, t["p_loso"], y_pred=nested_pred),
+                            "ci95": slide_bootstrap_ci(y, t["p_loso"], slides, nested_pred, n_boot, seed)}}
+    bal = {r: out["rules"][r]["nested_loso"]["balanced_accuracy"] for r in RULES}
+    out["chosen"] = "loso" if bal["loso"] > bal["oof"] else "oof"
+    out["threshold"] = out["rules"][out["chosen"]]["threshold"]
+    out["rule"] = ("the rule with the higher nested leave-one-scanner-out balanced accuracy (each held-out "
+                   "scanner at a threshold chosen on the other scanners' figures); a tie keeps the out-of-fold "
+                   "rule; the shipped threshold is that rule's on all figures")
+    return out
+
+
+def summary_text(res: dict) -> str:
+    f = metrics.fmt
+    lines = [f"threshold for scanner shift: {res['n']} figures, scanners {', '.join(res['scanners'])}"]
+    for rule, r in res["rules"].items():
+        on = r["on"]
+        lines.append(f"  {rule} rule {f(r['threshold'])}: balanced accuracy on oof {f(on['oof']['balanced_accuracy'])}"
+                     f", on loso {f(on['loso']['balanced_accuracy'])} (sensitivity {f(on['loso']['sensitivity'])})"
+                     f"; nested loso {f(r['nested_loso']['balanced_accuracy'])} "
+                     f"{metrics.fmt_ci(r['nested_loso']['ci95']['balanced_accuracy'])}")
+    lines.append(f"  chosen: {res['chosen']} rule, threshold {f(res['threshold'])}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = ArgumentParser(prog="python -m training.threshold", description=__doc__.split("\n")[0])
+    ap.add_argument("oof_run", type=Path, help="a pooled k-fold run folder (its oof.csv)")
+    ap.add_argument("loso_run", type=Path, help="a pooled leave-one-scanner-out run folder of the same figures")
+    ap.add_argument("--json", type=Path, default=None, help="also write the comparison here")
+    a = ap.parse_args(argv)
+    try:
+        res = choose(read_pooled(a.oof_run), read_pooled(a.loso_run))
+        print(summary_text(res))
+        if a.json:
+            from amf.fileio import write_text_atomic
+            write_text_atomic(a.json, json.dumps(res, indent=2) + "\n")
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
