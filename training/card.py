@@ -39,7 +39,7 @@ from amf.cli import ArgumentParser
 from training.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
 from training import compare as compare_runs, oof as oof_io, splits as splits_io
-from training.card_render import render, verdict
+from training.card_render import config_diff, render, verdict
 
 CARD_JSON, OOF_CSV, README = "card.json", "oof.csv", "README.md"
 
@@ -112,6 +112,18 @@ def recipe_summary(cfg: dict) -> dict:
     return {sec: {k: cfg.get(sec, {}).get(k) for k in keys} for sec, keys in keep.items()} | {"name": cfg.get("name")}
 
 
+def overrides(cfg: dict) -> dict | None:
+    """What the run set on top of its named config (training/configs/NAME.yaml), in the card's summary keys: the
+    --set of its command line, as far as the card states it (None when the named config is not there)."""
+    from training import config as config_io
+
+    try:
+        named = config_io.load(cfg.get("name"))
+    except AmfError:
+        return None
+    return config_diff(recipe_summary(named), recipe_summary(cfg))
+
+
 def mixstyle_at(cfg: dict) -> list | None:
     """The modules MixStyle hooks in this config's backbone, with their channels (training.recipe.mixstyle_targets;
     None when MixStyle is off or the backbone cannot be built here, e.g. a hub model offline)."""
@@ -150,6 +162,7 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
         card["runs"][name] = {"config": recipe_summary(cfg), "oof": result,
                               "per_scanner": per_scanner(oof, result, n_boot),
                               "train_minutes": train_minutes(runs[name]), "run": str(runs[name]),
+                              "overrides": overrides(cfg),
                               "mixstyle_at": mixstyle_at(cfg), "ema_decay": ema_decays(runs[name])}
     folds = [r[0].set_index("image_id")["fold"].sort_index() for r in loaded.values()]
     card["same_folds"] = bool(folds[0].equals(folds[1]))
@@ -166,7 +179,8 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
                                        "ci95": metrics.bootstrap_ci(y, p, threshold=result["threshold"],
                                                                     n_boot=n_boot, seed=0)}
         card["loso"] = {"config": recipe_summary(cfg), "threshold": result["threshold"], "pooled": result,
-                        "held_out": held_out, "train_minutes": train_minutes(Path(loso)), "run": str(loso)}
+                        "held_out": held_out, "train_minutes": train_minutes(Path(loso)), "run": str(loso),
+                        "overrides": overrides(cfg)}
     files = [m.file for m in manifest.members]
     card["ensemble"] = {"members": [{"file": m.file, "fold": m.fold, "backbone": m.backbone,
                                      "input_size": m.input_size, "bytes": (model_dir / m.file).stat().st_size}

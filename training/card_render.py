@@ -59,7 +59,11 @@ def config_diff(base: dict, other: dict, ignore=("name",)) -> dict:
 
 
 def as_set(diff: dict) -> str:
-    value = lambda v: v if isinstance(v, str) else json.dumps(v).replace(" ", "")  # noqa: E731
+    """DIFF as training.train's --set KEY=VALUE words (YAML values: true, 0.5, [a,b])."""
+    def value(v):
+        if isinstance(v, list):
+            return "[" + ",".join(value(x) for x in v) + "]"
+        return v if isinstance(v, str) else json.dumps(v)
     return " ".join(f"{k}={value(v)}" for k, v in diff.items())
 
 
@@ -127,7 +131,7 @@ def recipe_parts(card: dict) -> str:
     if not parts:
         return "- Recipe: none of MixStyle, alignment and the EMA teacher is enabled in the recipe run."
     note = aligned_note(d, rs["align"]["columns"]) if rs["align"].get("enabled") else ""
-    return "- Recipe: " + "; ".join(parts) + ". " + note
+    return ("- Recipe: " + "; ".join(parts) + ". " + note).rstrip()
 
 
 def plain_line(card: dict) -> str:
@@ -171,6 +175,20 @@ def fold_line(card: dict) -> str:
 def label_col(card: dict) -> str:
     label = card["runs"][card["shipped"]]["config"]["data"].get("label")
     return f"`{label}` " if label else ""
+
+
+def members_line(card: dict) -> str:
+    folds = sorted(str(m["fold"]) for m in card["ensemble"]["members"])
+    if folds == sorted(card["data"]["fold"]):
+        return "one member per fold"
+    return f"members of fold{'s' if len(folds) > 1 else ''} {', '.join(folds)} of {len(card['data']['fold'])}"
+
+
+def source_name(d: dict) -> str:
+    sources = d.get("sources") or {}
+    if set(sources) <= {"official"}:
+        return "the MIDOG 2025 atypical training set"
+    return ", ".join(f"{k} ({v})" for k, v in sources.items())
 
 
 def data_line(card: dict) -> str:
@@ -293,11 +311,13 @@ def selection_free_section(card: dict) -> list[str]:
     nb = sh["bootstrap"]["n_boot"]
     nested = sh["nested"]
     thr = sorted(nested["thresholds"].values())
+    on_fold = epochs_on_fold(card)
     out = ["## Selection-free figures",
            "Which figures chose nothing: a figure is **selection-free** when neither the epoch, nor the threshold, "
-           "nor the run was chosen on it. The out-of-fold figures further down are **optimistic**: each fold's "
-           "epoch was chosen on that fold's own figures, the threshold on the pooled figures, and the shipped run "
-           "on the same figures. Brackets here: 95% intervals by a slide-level bootstrap "
+           "nor the run was chosen on it. The out-of-fold figures further down are **optimistic**: "
+           + ("each fold's epoch was chosen on that fold's own figures, " if on_fold else "")
+           + "the threshold on the pooled figures, and the shipped run on the same figures. Brackets here: 95% "
+           "intervals by a slide-level bootstrap "
            f"({nb} resamples of the {card['data']['slides']} slides; thresholds held fixed).",
            "",
            "The shipped members (same model, `oof.csv`), threshold chosen two ways:",
@@ -308,7 +328,7 @@ def selection_free_section(card: dict) -> list[str]:
            + " | ".join(with_ci(sh["at_threshold"], sh["ci95"], k) for k in SHOWN) + " | no |",
            "| nested (each fold's from the other folds) | " + f"{thr[0]:.3f}–{thr[-1]:.3f} | "
            + " | ".join(with_ci(nested["at_nested_threshold"], nested["ci95"], k) for k in SHOWN)
-           + " | threshold yes; epoch no (chosen on the fold) |",
+           + (" | threshold yes; epoch no (chosen on the fold) |" if on_fold else " | yes |"),
            ""]
     if "by_vote" in sh:
         out += [f"By expert agreement (unanimous: all {EXPERT_COUNT} experts voted alike; split: one dissented), "
@@ -351,10 +371,9 @@ def selection_free_section(card: dict) -> list[str]:
             continue
         out += [f"Run `{n}` ({r['selection']}, {r['splits']}): {len(r['folds_done'])} of {len(r['folds'])} folds "
                 "finished when this card was written; the finished folds at the fixed threshold 0.5 (chosen "
-                "by nobody), beside the shipped members on the same figures (their epoch chosen on them). The "
-                "honest runs were trained by a later version of the code than the shipped run, so the difference "
-                "is not the selection's alone; the table after it measures the selection's share within the same "
-                "runs:", "",
+                "by nobody), beside the shipped members on the same figures"
+                + (" (their epoch chosen on them)" if on_fold else "") + config_note(card, r)
+                + ". The table after it measures the selection's share within the same runs:", "",
                 "| fold | honest balanced accuracy | honest ROC AUC | shipped balanced accuracy | shipped ROC AUC |",
                 "|---|---|---|---|---|"]
         for k, e in r["per_fold"].items():
@@ -382,26 +401,45 @@ def selection_free_section(card: dict) -> list[str]:
     return out
 
 
+def epochs_on_fold(card: dict) -> bool:
+    """The shipped run chose each fold's epoch on that fold's own figures."""
+    return selection_of(card["runs"][card["shipped"]]["config"]) == "validation"
+
+
+def config_note(card: dict, run: dict) -> str:
+    """What else than train.selection differs between the shipped run's config and an honest run's."""
+    diff = config_diff(card["runs"][card["shipped"]]["config"], run["config"], ignore=("name", "train.selection"))
+    return f"; their configs also differ in `{as_set(diff)}`" if diff else ""
+
+
 def learned(card: dict) -> bool:
     """The shipped run's out-of-fold ROC AUC interval lies above chance."""
     ci = card["runs"][card["shipped"]]["oof"]["ci95"].get("roc_auc")
     return bool(ci) and ci[0] > 0.5
 
 
+def with_set(run: dict) -> str:
+    """' --set ...' for what a run set on top of its named config (recorded by build), or ''."""
+    return f" --set {as_set(run['overrides'])}" if run.get("overrides") else ""
+
+
 def reproduce(card: dict) -> list[str]:
     rs = card["runs"]["recipe"]["config"]
     recipe, plain = run_path(card, "recipe"), run_path(card, "plain")
     train = f"python -m training.train --config {rs['name']} --data $D --out"
-    out = ["## Reproduce", "```", f"D={data_dir(card) or 'DATA'}", f"{train} {recipe}",
+    # the plain run: the recipe's command, with what differs from the recipe's config
+    plain_set = (card["runs"]["recipe"].get("overrides") or {}) | config_diff(rs, card["runs"]["plain"]["config"])
+    out = ["## Reproduce", "```", f"D={data_dir(card) or 'DATA'}", f"{train} {recipe}{with_set(card['runs']['recipe'])}",
            f"python -m training.train --config {card['runs']['plain']['config']['name']} --data $D --out {plain} \\",
-           f"    --set {as_set(config_diff(rs, card['runs']['plain']['config']))}"]
+           f"    --set {as_set(plain_set)}"]
     card_cmd = f"python -m training.card --model model --recipe {recipe} --plain {plain}"
     if "loso" in card:
         lo = card["loso"]
         kind = (lo["config"].get("splits") or {}).get("kind") or (
             f"leave_{loso_column(card).lower()}_out" if loso_column(card) else "KIND")
+        lo_set = {k: v for k, v in (lo.get("overrides") or {}).items() if k != "splits.kind"} | {"splits.kind": kind}
         out.append(f"python -m training.train --config {lo['config']['name']} --data $D --out {run_path(card, 'loso')} "
-                   f"--set splits.kind={kind}")
+                   f"--set {as_set(lo_set)}")
         card_cmd += f" --loso {run_path(card, 'loso')}"
     others = "the other two" if "loso" in card else "the other one"
     out += [f"python -m training.oof {recipe}   # and {others}",
@@ -438,9 +476,9 @@ def render(card: dict) -> str:
         "",
         "<!-- rendered by `python -m training.card` from card.json; edit the code, not this file -->",
         "",
-        f"{len(e['members'])} × `{cfg['model']['backbone']}` at {cfg['data']['input_size']} px, one member per "
-        f"fold, {mb:.1f} MB in all, {initialisation(cfg)} on the {', '.join(d['tumor'])} figures of the "
-        "MIDOG 2025 atypical training set. The container averages the members' P(atypical) "
+        f"{len(e['members'])} × `{cfg['model']['backbone']}` at {cfg['data']['input_size']} px, {members_line(card)}, "
+        f"{mb:.1f} MB in all, {initialisation(cfg)} on the {', '.join(d['tumor'])} figures of "
+        f"{source_name(d)}. The container averages the members' P(atypical) "
         f"(TTA: {e['tta']}) and calls a figure atypical at P ≥ {e['threshold']:.3f}.",
         "",
     ]
@@ -464,7 +502,10 @@ def render(card: dict) -> str:
         "folder; `oof.csv` holds only image ids, slides, folds and our own out-of-fold probabilities.",
         "",
         "## Recipe and configuration",
-        f"- Config `training/configs/{rs['name']}.yaml` (recipe run): backbone `{rs['model']['backbone']}`, "
+        f"- Config `training/configs/{rs['name']}.yaml`"
+        + (f" with `{with_set(card['runs']['recipe']).strip()}`" if with_set(card["runs"]["recipe"]) else "")
+        + " (recipe run): "
+        f"backbone `{rs['model']['backbone']}`, "
         f"pretrained {rs['model']['pretrained']}"
         + (f", weights `{rs['model']['weights']}`" if rs["model"].get("weights") else "")
         + f", {rs['data']['input_size']} px ({rs['data']['resize']} resize of the "
@@ -489,7 +530,8 @@ def render(card: dict) -> str:
         "## Out-of-fold figures" + (" (optimistic)" if "selection_free" in card else ""),
         f"Pooled out-of-fold predictions of the {len(e['members'])} members ({d['figures']} figures), each "
         "figure scored by the one member that never saw it"
-        + (", the epoch chosen on it and the threshold on the pooled figures" if "selection_free" in card else "")
+        + ((", the epoch chosen on it and the threshold on the pooled figures" if epochs_on_fold(card)
+            else ", the threshold chosen on the pooled figures") if "selection_free" in card else "")
         + ". Brackets: 95% bootstrap intervals over "
         + ("slides" if card["runs"]["recipe"]["oof"]["bootstrap"].get("unit") == "slide" else "figures")
         + f" ({card['runs']['recipe']['oof']['bootstrap']['n_boot']} resamples).",
