@@ -153,3 +153,79 @@ def test_a_run_that_chose_epochs_on_its_held_out_folds_is_not_called_selection_f
     old = make_run(tmp_path / "old", table(), 0.5, overrides=["train.selection=validation"])
     with pytest.raises(AmfError, match="not selection-free"):
         card_io.honest_run(old, pd.DataFrame(), pd.DataFrame(), 10)
+
+
+def _figures(df: pd.DataFrame, images, px: int) -> pd.DataFrame:
+    """DF with the columns splits.csv has for official figures: source, and a path whose first image exists."""
+    from PIL import Image
+
+    from training.data import OFFICIAL_IMAGES
+
+    folder = images / OFFICIAL_IMAGES
+    folder.mkdir(parents=True)
+    Image.new("RGB", (px, px), (200, 120, 180)).save(folder / df["image_id"].iloc[0])
+    return df.assign(source="official", path=[str(folder / i) for i in df["image_id"]])
+
+
+TYPED = ("≈0.95", "11,937", "about 0.984", "best of 16 shuffles", "runs/default_", "128×128", "128 px",
+         "early and mid stages",
+         "random initialisation", "No pretrained weights", "demonstration", "train.selection: validation",
+         "best epochs", "alignment of pooled features", "three experts")  # the last: EXPERTS has three columns
+
+
+def test_a_pretrained_convnext_run_renders_a_card_true_to_its_config_and_data(tmp_path):
+    """A made-up run whose config says a pretrained ConvNeXt-Small: every fact on the card comes from the run."""
+    df = _figures(table(n_slides=20, per_slide=6), tmp_path / "data", px=64)
+    convnext = ["model.backbone=convnext_small", "model.pretrained=true", "splits.tries=4", "train.selection=last",
+                "mixstyle.where=[stages.1]", "align.enabled=false"]
+    recipe = make_run(tmp_path / "cnx_recipe", df, 0.6, overrides=convnext)
+    plain = make_run(tmp_path / "cnx_plain", df, 0.1,
+                     overrides=convnext + ["mixstyle.enabled=false", "ema.enabled=false"])
+    model = export_of(recipe, tmp_path / "model")
+    card, oof = card_io.build(model, recipe, plain, n_boot=20)
+    card_io.write(model, card, oof)
+    text = (model / card_io.README).read_text()
+    assert text == card_io.render(json.loads((model / card_io.CARD_JSON).read_text()))
+    assert "fine-tuned from timm's pretrained `convnext_small` weights" in text
+    assert "backbone `convnext_small`, pretrained True" in text
+    assert card["data"]["figures"] == 120 and "120 figures" in text
+    assert card["data"]["patch_px"] == 64 and "64×64 PNGs" in text and "resize of the 64 px patch" in text
+    assert f"`{tmp_path / 'data'}`" in text  # the data folder, from splits.csv's paths
+    assert "best of 4 shuffles" in text and card["runs"]["recipe"]["mixstyle_at"] == [["stages.1", 192]]
+    assert "MixStyle (p 0.5, α 0.1) after `stages.1`" in text
+    assert "Each fold kept its last epoch (`train.selection: last`)" in text
+    assert "`--set mixstyle.enabled=false ema.enabled=false`" in text and card["same_folds"] is True
+    assert "Plain baseline: the same config, folds and epochs" in text
+    assert f"--plain {plain}" in text  # the run paths given to the card, and what they set on default_model
+    sets = "--set model.backbone=convnext_small model.pretrained=true splits.tries=4 mixstyle.where=[stages.1]"
+    assert f"--out {recipe} {sets} align.enabled=false\n" in text
+    assert f"{sets} align.enabled=false mixstyle.enabled=false ema.enabled=false\n" in text  # the plain run
+    assert "## Leave one" not in text and "leave-one-scanner-out" not in text  # no --loso run
+    for fact in TYPED[:-1]:
+        assert fact not in text, fact
+
+
+def test_each_conditional_fact_follows_card_json(runs, tmp_path):
+    """The default (random-init, validation-selected) card says what the pretrained one must not; and each
+    initialisation is rendered from the config's pretrained/weights, not typed."""
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card, _ = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20)
+    text = card_io.render(card)
+    for fact in ("random initialisation", "No pretrained weights", "demonstration", "alignment of pooled features",
+                 "three experts", "early and mid stages (`blocks.0`, `blocks.1`)", "best of 16 shuffles",
+                 "## Leave one scanner out", "Each fold kept its last epoch"):
+        assert fact in text, fact
+    assert "300 figures" in text and "11,937" not in text and "≈0.95" not in text and "best epochs" not in text
+    old = json.loads(json.dumps(card))  # runs from before train.selection existed chose on validation
+    for run in old["runs"].values():
+        run["config"]["train"]["selection"] = None
+    text = card_io.render(old)
+    assert "the old `train.selection: validation`" in text and "Thresholds and best epochs" in text
+    assert "the same holds for both runs" in text and "last epoch" not in text
+    weights = json.loads(json.dumps(card))
+    weights["runs"]["recipe"]["config"]["model"]["weights"] = "/w/cnx.safetensors"
+    text = card_io.render(weights)
+    assert "fine-tuned from the weights `/w/cnx.safetensors`" in text and "random initialisation" not in text
+    off = json.loads(json.dumps(card))
+    off["runs"]["recipe"]["config"]["ema"]["enabled"] = False
+    assert "EMA teacher" not in card_io.render(off) and "EMA teacher" in card_io.render(card)

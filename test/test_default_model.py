@@ -19,6 +19,7 @@ from amf.manifest import load as load_manifest
 from amf.preprocess import prepare
 from conftest import ROOT
 from training import card as card_io
+from training.card_render import SHOWN
 from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
 from training.eval_pack import write_job
 from training.oof import compute
@@ -79,7 +80,7 @@ def test_the_cards_figures_recompute_from_oof_csv_and_the_official_labels(card, 
     got = compute(merged, n_boot=10)
     want = card["runs"][card["shipped"]]["oof"]
     assert got["threshold"] == pytest.approx(want["threshold"])
-    for key in card_io.SHOWN:
+    for key in SHOWN:
         assert got["at_threshold"][key] == pytest.approx(want["at_threshold"][key], abs=1e-6), key
     assert sorted(merged["fold"].unique()) == [x.fold for x in load_manifest(MODEL).members]
     # member k held out fold k, and no slide is in two folds
