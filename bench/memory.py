@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amf import jobs  # noqa: E402
-from training.eval_pack import write_job  # noqa: E402
+from training.evaluate.pack import write_job  # noqa: E402
 
 
 def peak_of(cmd: list[str]) -> tuple[float, float]:

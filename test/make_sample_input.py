@@ -46,7 +46,7 @@ def make_job(out_dir, n: int = 16, seed: int = 2025, fmt: str = "tiff", name: st
 
 def write_job(out_dir, patches, fmt: str = "tiff", name: str | None = None) -> Path:
     """Write a platform-style job folder: inputs.json + images/<slug>/<name> (the packer's writer)."""
-    from training.eval_pack import write_job as write_input
+    from training.evaluate.pack import write_job as write_input
 
     if fmt not in ("tif", "tiff", "mha"):
         raise ValueError(f"unknown format {fmt}")

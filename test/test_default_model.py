@@ -20,7 +20,7 @@ from amf.preprocess import prepare
 from conftest import ROOT
 from training import card as card_io
 from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
-from training.eval_pack import write_job
+from training.evaluate.pack import write_job
 from training.oof import compute
 
 MODEL = ROOT / "model"

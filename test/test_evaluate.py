@@ -18,10 +18,10 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
 from amf import AmfError, jobs
-from training import evaluate
-from training.eval_pack import pack, write_job
-from training.eval_run import run_jobs
-from training.eval_score import score
+from training.evaluate import __main__ as cli
+from training.evaluate.pack import pack, write_job
+from training.evaluate.run import run_jobs
+from training.evaluate.score import score
 
 ROOT = Path(__file__).resolve().parents[1]
 ORGANISERS_OVERALL = {"overall_sensitivity", "overall_specificity", "overall_balanced_accuracy",
@@ -120,7 +120,7 @@ def test_pack_reads_the_official_columns(tmp_path):
 def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text, message):
     _, images, _ = labelled
     (tmp_path / "bad.csv").write_text(csv_text)
-    assert evaluate.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "out")]) == 2
+    assert cli.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
     assert not (tmp_path / "out" / "jobs").exists() and not (tmp_path / "out" / "ground_truth.json").exists()
@@ -152,7 +152,7 @@ def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tm
     for side in ("p", "i"):  # the failed job's stale result is gone, so score cannot use it
         assert not (tmp_path / side / "jobs" / "stack_0002" / "output" / jobs.OUTPUT_FILE).exists()
 
-    assert evaluate.main(["run", str(tmp_path / "i" / "jobs"), "--model", str(toy), "--in-process"]) == 1
+    assert cli.main(["run", str(tmp_path / "i" / "jobs"), "--model", str(toy), "--in-process"]) == 1
     assert "failed: stack_0002" in capsys.readouterr().out
 
 
@@ -161,12 +161,12 @@ def test_evaluation_path_never_imports_torch(labelled, toy, tmp_path):
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
-from training import evaluate
+from training.evaluate import __main__ as cli
 out = {str(tmp_path)!r}
-assert evaluate.main(["pack", {str(csv)!r}, {str(images)!r}, out]) == 0
-assert evaluate.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--python", sys.executable]) == 0
-assert evaluate.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--in-process"]) == 0
-assert evaluate.main(["score", out + "/jobs", "--ground-truth", out + "/ground_truth.json",
+assert cli.main(["pack", {str(csv)!r}, {str(images)!r}, out]) == 0
+assert cli.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--python", sys.executable]) == 0
+assert cli.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--in-process"]) == 0
+assert cli.main(["score", out + "/jobs", "--ground-truth", out + "/ground_truth.json",
                       "--out", out + "/report", "--n-boot", "50"]) == 0
 print("TORCH", json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "torch")))
 """
@@ -209,7 +209,7 @@ def test_malformed_results_are_rejected_naming_the_stack(tmp_path, capsys, resul
     with pytest.raises(AmfError, match=message) as err:
         score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
     assert "stack_0002.tiff" in str(err.value) and "stack_0001" not in str(err.value)
-    assert evaluate.main(["score", str(root / "jobs"), "--ground-truth", str(root / "ground_truth.json"),
+    assert cli.main(["score", str(root / "jobs"), "--ground-truth", str(root / "ground_truth.json"),
                           "--out", str(tmp_path / "r")]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("error: ") and "\n" not in line and "stack_0002.tiff" in line
@@ -332,7 +332,7 @@ def error_line(capsys) -> str:
 def test_bad_arguments_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as done:
-        evaluate.main(argv)
+        cli.main(argv)
     assert done.value.code == 2
     assert message in error_line(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -341,7 +341,7 @@ def test_bad_arguments_are_one_line(tmp_path, monkeypatch, capsys, argv, message
 def test_pack_refuses_a_file_as_out_and_images_outside_the_folder(labelled, tmp_path, capsys):
     csv, images, _ = labelled
     (tmp_path / "out").write_text("a file")
-    assert evaluate.main(["pack", str(csv), str(images), str(tmp_path / "out")]) == 2
+    assert cli.main(["pack", str(csv), str(images), str(tmp_path / "out")]) == 2
     assert "is a file" in error_line(capsys) and (tmp_path / "out").read_text() == "a file"
 
     outside = tmp_path / "secret.png"
@@ -350,7 +350,7 @@ def test_pack_refuses_a_file_as_out_and_images_outside_the_folder(labelled, tmp_
     try:
         for name in ("../secret.png", str(outside), "link.png", "sub/../../secret.png"):
             (tmp_path / "bad.csv").write_text(f"image,label,domain\nfig001.png,AMF,1\n{name},NMF,1\n")
-            assert evaluate.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "p")]) == 2
+            assert cli.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "p")]) == 2
             assert "outside the image folder" in error_line(capsys)
             assert not (tmp_path / "p" / "jobs").exists() and not (tmp_path / "p" / "ground_truth.json").exists()
     finally:
@@ -360,7 +360,7 @@ def test_pack_refuses_a_file_as_out_and_images_outside_the_folder(labelled, tmp_
 def test_run_records_a_job_that_cannot_start_and_runs_the_rest(labelled, toy, tmp_path, capsys):
     csv, images, _ = labelled
     pack(csv, images, tmp_path, progress=False)
-    assert evaluate.main(["run", str(tmp_path / "jobs"), "--model", str(toy),
+    assert cli.main(["run", str(tmp_path / "jobs"), "--model", str(toy),
                           "--python", str(tmp_path / "no-such-python")]) == 1
     out = capsys.readouterr().out
     assert "3 jobs" in out and "failed: stack_0001, stack_0002, stack_0003" in out
@@ -380,7 +380,7 @@ def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path
                                              {"class": "atypical", "confidence": 5.0}])])
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.json").write_text("{}")  # from an earlier run: must not survive a failed one
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     line = error_line(capsys)
     assert "stack_0002.tiff" in line and "outside [0, 1]" in line
     assert list((tmp_path / "r").iterdir()) == []
@@ -392,7 +392,7 @@ def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path
 def test_score_refuses_a_file_as_out(tmp_path, capsys):
     root = hand_made_jobs(tmp_path, [GOOD])
     (tmp_path / "r").write_text("a file")
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     assert "is a file" in error_line(capsys) and (tmp_path / "r").read_text() == "a file"
 
 
@@ -410,7 +410,7 @@ def test_broken_run_records_and_figure_tables_are_one_line(tmp_path, capsys, fil
     root = hand_made_jobs(tmp_path, [GOOD])
     write = (tmp_path / file).write_bytes if isinstance(text, bytes) else (tmp_path / file).write_text
     write(text)
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     line = error_line(capsys)
     assert message in line and str(tmp_path / file) in line
     assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
@@ -418,7 +418,7 @@ def test_broken_run_records_and_figure_tables_are_one_line(tmp_path, capsys, fil
 
 def test_a_ground_truth_stack_without_labels_is_named(tmp_path, capsys):
     root = hand_made_jobs(tmp_path, [GOOD, ("stack_0002.tiff", [], 1, [])])
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     assert "entry 1 (stack stack_0002.tiff) has no labels" in error_line(capsys)
 
 
@@ -427,5 +427,5 @@ def test_a_ground_truth_domain_of_true_is_refused(tmp_path, capsys):
     truth = json.loads((root / "ground_truth.json").read_text())
     truth[0]["tumordomains"] = [True] * len(truth[0]["labels"])  # JSON true is no tumour domain number
     (root / "ground_truth.json").write_text(json.dumps(truth))
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     assert "entry 0 must be" in error_line(capsys)

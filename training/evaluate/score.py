@@ -102,7 +102,7 @@ def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
     """Every job's figures in one table; all problems reported together, and nothing scored."""
     import pandas as pd
 
-    from training.eval_run import list_jobs
+    from training.evaluate.run import list_jobs
 
     rows, problems, seen = [], [], {}
     job_dirs = list_jobs(jobs_dir)
@@ -129,7 +129,7 @@ def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
 
 def run_times(jobs_dir) -> dict | None:
     """What `run` recorded in JOBS/<job>/run.json, summarised; None if it recorded nothing."""
-    from training.eval_run import RUN_RECORD, list_jobs
+    from training.evaluate.run import RUN_RECORD, list_jobs
 
     records = []
     for path in (j / RUN_RECORD for j in list_jobs(jobs_dir)):
@@ -219,7 +219,7 @@ def score(jobs_dir, ground_truth, out_dir, confidence: str = "p-atypical", n_boo
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "predictions.csv", table.drop(columns="predicted").to_csv(index=False))
     if report:
-        from training.eval_report import write_report
+        from training.evaluate.report import write_report
         write_report(out_dir, metrics, table)
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: the sign it all worked
     return metrics

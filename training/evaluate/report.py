@@ -3,7 +3,7 @@
 Plots: roc.png (ROC curve with grand-challenge-metrics' bootstrapped 95% band, the operating point
 of the submitted classes and the hindsight threshold), confusion.png, domains.png (balanced accuracy
 per tumour domain with bootstrap intervals), calibration.png (reliability curve and score histogram).
-Called by training.eval_score; every file is written to a temporary name and renamed.
+Called by training.evaluate.score; every file is written to a temporary name and renamed.
 """
 from __future__ import annotations
 
