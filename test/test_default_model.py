@@ -20,7 +20,6 @@ from amf.preprocess import prepare
 from conftest import ROOT
 from training import card as card_io
 from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
-from training.evaluate.pack import write_job
 from training.oof import compute
 
 MODEL = ROOT / "model"
@@ -94,7 +93,7 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
     for member in m.members:
         held_out = shipped_oof[shipped_oof["fold"] == member.fold]
         pick = held_out.iloc[np.sort(rng.choice(len(held_out), 16, replace=False))]
-        stack = write_job(tmp_path / f"job{member.fold}", [decode(paths[i]) for i in pick["image_id"]], "s.mha")
+        stack = jobs.write_job(tmp_path / f"job{member.fold}", [decode(paths[i]) for i in pick["image_id"]], "s.mha")
         pages = jobs.read_stack(stack)  # the container's reader
         x = prepare(pages, member.input_size, member.mean, member.std, member.resize)
         sess = ort.InferenceSession(str(m.path(member.file)), providers=["CPUExecutionProvider"])

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_scor
 
 from amf import AmfError, jobs
 from training.evaluate import __main__ as cli
-from training.evaluate.pack import pack, write_job
+from training.evaluate.pack import pack
 from training.evaluate.run import run_jobs
 from training.evaluate.score import score
 
@@ -109,6 +109,19 @@ def test_pack_reads_the_official_columns(tmp_path):
     assert by_domain == {3: ["normal"], 7: ["atypical", "normal"]}
 
 
+def test_the_sample_job_is_what_the_job_writer_makes(tmp_path):
+    """test/input comes out byte for byte from test/make_sample_input.py, through amf.jobs.write_job."""
+    from make_sample_input import make_job
+
+    stack = make_job(tmp_path)
+    committed = ROOT / "test" / "input"
+    assert stack == tmp_path / "images" / jobs.INPUT_SLUG / "stack_0.tiff"
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    for rel in made:
+        assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), rel
+
+
 @pytest.mark.parametrize("csv_text, message", [
     ("image,label,domain\nfig000.png,maybe,1\n", "row 2"),
     ("image,label,domain\nfig000.png,AMF,1\nnot_there.png,NMF,1\n", "not_there.png"),
@@ -184,7 +197,7 @@ def hand_made_jobs(root: Path, stacks: list[tuple[str, list[str], int, object]])
     truth = []
     for name, labels, domain, results in stacks:
         job = root / "jobs" / Path(name).stem
-        write_job(job / "input", [np.zeros((8, 8, 3), np.uint8)], name)
+        jobs.write_job(job / "input", [np.zeros((8, 8, 3), np.uint8)], name)
         (job / "output").mkdir()
         (job / "output" / jobs.OUTPUT_FILE).write_text(json.dumps(results))
         truth.append({"image": name, "labels": labels, "tumordomains": [domain] * len(labels)})

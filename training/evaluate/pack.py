@@ -4,7 +4,7 @@ In:  a CSV in the official columns (image_id, ..., Tumor, ..., majority) or a pl
      (image,label[,domain]); labels AMF/NMF, atypical/normal or 1/0; domain a tumour type (any
      alias in training.domains) or its integer; and the folder holding the images it names.
 Out: OUT/jobs/<stack>/input/        inputs.json + images/stacked-histopathology-roi-cropouts/<stack>.<ext>
-                                    (what the platform mounts as /input for one job)
+                                    (what the platform mounts as /input for one job; amf.jobs.write_job)
      OUT/ground_truth.json          [{"image": NAME, "labels": [...], "tumordomains": [...]}]
      OUT/figures.csv                which figure sits where (stack, index, figure, label, tumour)
 Stacks hold up to 16 figures of one tumour type (as in the organisers' sample), drawn in a seeded
@@ -112,34 +112,6 @@ def load_patch(path: Path) -> np.ndarray:
         raise AmfError(f"cannot read image {path}: {e}") from None
 
 
-def write_stack(path: Path, patches: list[np.ndarray]) -> None:
-    """One stack file as the platform hands it over: a deflated multi-page RGB TIFF (like the
-    organisers' sample) or a compressed 3-D vector .mha (z = patch index)."""
-    if path.suffix in (".tif", ".tiff"):
-        from PIL import Image
-
-        pages = [Image.fromarray(p) for p in patches]
-        pages[0].save(path, save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate")
-    elif path.suffix == ".mha":
-        import SimpleITK as sitk
-
-        sitk.WriteImage(sitk.GetImageFromArray(np.stack(patches), isVector=True), str(path), True)
-    else:
-        raise ValueError(f"unknown stack format {path.suffix}")
-
-
-def write_job(input_dir: Path, patches: list[np.ndarray], name: str) -> Path:
-    """A job's /input: inputs.json naming the stack, and the stack under images/<slug>/."""
-    folder = input_dir / "images" / jobs.INPUT_SLUG
-    folder.mkdir(parents=True, exist_ok=True)
-    write_stack(folder / name, patches)
-    inputs = [{"file": None, "image": {"name": name}, "value": None,
-               "interface": {"slug": jobs.INPUT_SLUG, "kind": "Image", "super_kind": "Image",
-                             "relative_path": f"images/{jobs.INPUT_SLUG}", "example_value": None}}]
-    (input_dir / "inputs.json").write_text(json.dumps(inputs, indent=4) + "\n")
-    return folder / name
-
-
 def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: str | None = None,
          progress: bool = True) -> dict:
     """Write OUT/jobs, OUT/ground_truth.json and OUT/figures.csv; returns a summary."""
@@ -172,7 +144,7 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
             if len({p.shape for p in patches}) > 1:
                 raise AmfError(f"{name}: the figures {', '.join(stack.figure)} differ in size; "
                                "a stack needs one patch size")
-            write_job(scratch / "jobs" / job / "input", patches, name)
+            jobs.write_job(scratch / "jobs" / job / "input", patches, name)
             truth.append({"image": name, "labels": stack.label.tolist(),
                           "tumordomains": [int(d) for d in stack.tumordomain]})
             placed += [{"image": name, "index": i, "figure": f, "label": lab, "tumordomain": int(d),
