@@ -122,6 +122,46 @@ def test_the_sample_job_is_what_the_job_writer_makes(tmp_path):
         assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), rel
 
 
+def odd_pngs(folder: Path) -> dict[str, np.ndarray]:
+    """PNGs in the modes Pillow opens other than 8-bit RGB, each with the patch the input rule makes of it."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (32, 32), dtype=np.uint16)
+    grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    images = {"grey16.png": Image.fromarray(grey16),  # opens as I;16
+              "palette.png": Image.fromarray(rgb).quantize(8),  # opens as P
+              "grey.png": Image.fromarray(grey),  # L
+              "rgba.png": Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (32, 32), dtype=np.uint8)]))}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, im in images.items():
+        im.save(folder / name)
+    scaled = np.rint(grey16 * (255 / 65535)).astype(np.uint8)  # rule 1: 16 bits scaled, not clipped
+    return {"grey16.png": np.dstack([scaled] * 3),
+            "palette.png": np.asarray(images["palette.png"].convert("RGB")),
+            "grey.png": np.dstack([grey] * 3), "rgba.png": rgb}
+
+
+def test_pack_reads_pngs_as_training_does(tmp_path):
+    """One PNG reader (training.data.decode, the README's input rule) for training and evaluation:
+    a 16-bit, palette, grey and RGBA PNG give the same patch in the packed stack as in training, and
+    the 16-bit one is scaled by 255/65535 (Pillow's convert("RGB") would saturate it at 255)."""
+    from training.data import decode
+
+    want = odd_pngs(tmp_path / "imgs")
+    (tmp_path / "labels.csv").write_text("image,label\n" + "".join(f"{n},NMF\n" for n in want))
+    pack(tmp_path / "labels.csv", tmp_path / "imgs", tmp_path / "out", fmt="mha", tumor="1", progress=False)
+    placed = pd.read_csv(tmp_path / "out" / "figures.csv").sort_values("index")
+    stack = jobs.read_stack(jobs.find_stack(tmp_path / "out" / "jobs" / "stack_0001" / "input"))
+    for figure, packed in zip(placed.figure, stack, strict=True):
+        trained = decode(tmp_path / "imgs" / figure)
+        assert np.array_equal(trained, want[figure]), figure
+        assert np.array_equal(packed, trained), figure
+    (tmp_path / "imgs" / "grey.png").write_bytes(b"not a png")
+    with pytest.raises(AmfError, match="cannot read image .*grey.png"):
+        pack(tmp_path / "labels.csv", tmp_path / "imgs", tmp_path / "again", tumor="1", progress=False)
+    assert not (tmp_path / "again" / "jobs").exists()
+
+
 @pytest.mark.parametrize("csv_text, message", [
     ("image,label,domain\nfig000.png,maybe,1\n", "row 2"),
     ("image,label,domain\nfig000.png,AMF,1\nnot_there.png,NMF,1\n", "not_there.png"),
@@ -167,6 +207,20 @@ def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tm
 
     assert cli.main(["run", str(tmp_path / "i" / "jobs"), "--model", str(toy), "--in-process"]) == 1
     assert "failed: stack_0002" in capsys.readouterr().out
+
+
+def test_the_evaluation_package_imports_without_torch():
+    """Every module of training/evaluate (and the training package above it) imports in a fresh process
+    without torch: the evaluation runs where only the container's packages and the metrics' are."""
+    modules = ["training.evaluate"] + sorted(f"training.evaluate.{p.stem}" for p in
+                                             (ROOT / "training" / "evaluate").glob("*.py") if p.stem != "__init__")
+    assert {"training.evaluate.pack", "training.evaluate.run", "training.evaluate.score",
+            "training.evaluate.report", "training.evaluate.__main__"} <= set(modules)
+    code = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n" \
+           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_evaluation_path_never_imports_torch(labelled, toy, tmp_path):

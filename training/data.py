@@ -136,7 +136,9 @@ def deduplicate(tables: list[pd.DataFrame], radius: float) -> tuple[pd.DataFrame
 
 
 def decode(path) -> np.ndarray:
-    """A PNG (any mode) -> square HxWx3 uint8 by the container's rule."""
+    """A PNG (any mode) -> square HxWx3 uint8 by the container's rule (amf.preprocess.canonical_patch:
+    a 16-bit PNG is scaled by 255/65535, grey repeated, alpha dropped). The one image reader of training
+    and of offline evaluation (training.evaluate.pack)."""
     with Image.open(path) as im:
         if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
             im = im.convert("RGB")  # palette and other modes: let Pillow expand them

@@ -10,8 +10,10 @@ Out: OUT/jobs/<stack>/input/        inputs.json + images/stacked-histopathology-
 Stacks hold up to 16 figures of one tumour type (as in the organisers' sample), drawn in a seeded
 random order; every figure goes into exactly one stack. Tumour types are numbered by
 training.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
-Image names are paths inside IMAGE_DIR: an absolute name, a `..` part, or a name that resolves
-(through a link) outside IMAGE_DIR is refused. Everything is built in a scratch folder inside OUT
+Each image is read by training's reader (training.data.decode: the README's input rule, centre crop
+included), so a stack holds exactly the patches training sees. Image names are paths inside
+IMAGE_DIR: an absolute name, a `..` part, or a name that resolves (through a link) outside IMAGE_DIR
+is refused. Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
 Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N]
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError, jobs, one_line
+from training.data import decode
 from training.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
 from amf.fileio import write_text_atomic
 
@@ -103,13 +106,12 @@ def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
 
 
 def load_patch(path: Path) -> np.ndarray:
-    from PIL import Image
-
+    """One figure as training reads it (training.data.decode: the README's input rule), so the stack
+    holds exactly the patch training sees: a 16-bit PNG scaled, not saturated."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise AmfError(f"cannot read image {path}: {e}") from None
+        return decode(path)
+    except (OSError, AmfError) as e:
+        raise AmfError(f"cannot read image {path}: {one_line(e)}") from None
 
 
 def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: str | None = None,
