@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     s.add_argument("--ground-truth", required=True, help="ground_truth.json in the organisers' form")
     s.add_argument("--out", required=True, help="report folder (metrics.json, report.md, PNGs)")
     s.add_argument("--confidence", default="p-atypical", choices=["p-atypical", "predicted-class"],
-                   help="how to read confidence for ROC AUC (default p-atypical; see training/evaluate/score.py)")
+                   help="how to read confidence for ROC AUC (default p-atypical; see evaluate/score.py)")
     s.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     s.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--no-report", action="store_true", help="metrics.json and predictions.csv only")

@@ -28,14 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError, jobs, one_line
-from training.data import decode
+from amf.results import ATYPICAL, CLASSES
+from training.data import LABEL_CODES, decode
 from training.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
 from amf.fileio import write_text_atomic
 
 STACK_SIZE = 16  # the organisers' stacks hold up to 16 cut-outs
 FORMATS = ("tiff", "mha", "mixed")
-LABELS = {"amf": "atypical", "atypical": "atypical", "1": "atypical",
-          "nmf": "normal", "normal": "normal", "0": "normal"}
+# every accepted spelling of a label (lower case) -> its class: the official codes (AMF/NMF), the class
+# names and the class ids
+LABEL_SPELLINGS = {**{code.lower(): CLASSES[i] for code, i in LABEL_CODES.items()},
+                   **{name: name for name in CLASSES}, **{str(i): name for i, name in enumerate(CLASSES)}}
 
 
 def _domain(value, row: int) -> int:
@@ -72,9 +75,9 @@ def read_labels(csv_path, tumor: str | None = None):
     rows = []
     for i, r in enumerate(raw.to_dict("records"), start=2):  # row 1 is the header
         name = r[figure].strip()
-        lab = LABELS.get(r[label].strip().lower())
+        lab = LABEL_SPELLINGS.get(r[label].strip().lower())
         if not name or lab is None:
-            raise AmfError(f"row {i}: need an image name and a label in {sorted(LABELS)}, "
+            raise AmfError(f"row {i}: need an image name and a label in {sorted(LABEL_SPELLINGS)}, "
                            f"got {r[figure]!r}, {r[label]!r}")
         rows.append({"figure": name, "label": lab,
                      "tumordomain": _domain(r[domain] if domain in raw.columns else tumor, i)})
@@ -159,7 +162,7 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
             os.replace(scratch / name, out_dir / name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    n_atyp = int((table.label == "atypical").sum())
+    n_atyp = int((table.label == ATYPICAL).sum())
     return {"stacks": len(stacks), "figures": len(table), "atypical": n_atyp,
             "domains": sorted(int(d) for d in table.tumordomain.unique()), "format": fmt, "seed": seed,
             "jobs": str(out_dir / "jobs"), "ground_truth": str(out_dir / "ground_truth.json")}
