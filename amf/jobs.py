@@ -2,12 +2,17 @@
 
 /input/inputs.json lists the job's sockets; the set of slugs picks the handler (Grand Challenge's
 convention). The one Track 2 interface takes a stack of ROI cut-outs and returns one result list.
+Readers (read_inputs, find_stack, read_stack) and the result writer serve the container; the job
+writer (write_job, write_stack) makes such an /input folder, for offline evaluation
+(training.evaluate.pack), the project's sample job (test/make_sample_input.py), tests and benchmarks.
 """
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+
+import numpy as np
 
 from amf import AmfError, native_stderr
 from amf.fileio import read_json, remove_stale, write_error, write_text_atomic
@@ -137,6 +142,37 @@ def _itk_reason(message: str, printed: str) -> str:
     if printed.strip():
         reason += f" ({native_stderr.one_line(printed, 160)})"
     return reason
+
+
+def write_stack(path, patches) -> None:
+    """One stack file as the platform hands it over: a deflated multi-page RGB TIFF (like the
+    organisers' sample) or a compressed 3-D vector .mha (z = patch index)."""
+    path = Path(path)
+    if path.suffix in (".tif", ".tiff"):
+        from PIL import Image
+
+        pages = [Image.fromarray(p) for p in patches]
+        pages[0].save(path, save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate")
+    elif path.suffix == ".mha":
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.GetImageFromArray(np.stack(patches), isVector=True), str(path), True)
+    else:
+        raise ValueError(f"unknown stack format {path.suffix}")
+
+
+def write_job(input_dir, patches, name: str) -> Path:
+    """A job's /input: inputs.json naming the stack NAME, and the stack (HxWx3 uint8 PATCHES) under
+    images/<slug>/NAME; returns the stack's path. The reverse of read_inputs + find_stack + read_stack."""
+    input_dir = Path(input_dir)
+    folder = input_dir / "images" / INPUT_SLUG
+    folder.mkdir(parents=True, exist_ok=True)
+    write_stack(folder / name, list(patches))
+    inputs = [{"file": None, "image": {"name": name}, "value": None,
+               "interface": {"slug": INPUT_SLUG, "kind": "Image", "super_kind": "Image",
+                             "relative_path": f"images/{INPUT_SLUG}", "example_value": None}}]
+    (input_dir / "inputs.json").write_text(json.dumps(inputs, indent=4) + "\n")
+    return folder / name
 
 
 def result_path(output_dir) -> Path:

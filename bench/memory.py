@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amf import jobs  # noqa: E402
-from training.eval_pack import write_job  # noqa: E402
 
 
 def peak_of(cmd: list[str]) -> tuple[float, float]:
@@ -56,8 +55,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     for n in a.n:
         with tempfile.TemporaryDirectory() as tmp:
-            stack = write_job(Path(tmp) / "input", [sample[i % len(sample)] for i in range(n)],
-                              f"stack.{a.format}")
+            stack = jobs.write_job(Path(tmp) / "input", [sample[i % len(sample)] for i in range(n)],
+                                   f"stack.{a.format}")
             peak, wall = peak_of([sys.executable, a.inference, "--input", str(Path(tmp) / "input"),
                                      "--output", str(Path(tmp) / "output"), "--model", a.model, "--quiet"])
             print(f"| {n:,} | {stack.stat().st_size / 1e6:.1f} | {n * 128 * 128 * 3 / 1e6:.1f} | {peak:.0f} "

@@ -45,12 +45,12 @@ def make_job(out_dir, n: int = 16, seed: int = 2025, fmt: str = "tiff", name: st
 
 
 def write_job(out_dir, patches, fmt: str = "tiff", name: str | None = None) -> Path:
-    """Write a platform-style job folder: inputs.json + images/<slug>/<name> (the packer's writer)."""
-    from training.eval_pack import write_job as write_input
+    """Write a platform-style job folder: inputs.json + images/<slug>/<name> (amf.jobs.write_job)."""
+    from amf import jobs
 
     if fmt not in ("tif", "tiff", "mha"):
         raise ValueError(f"unknown format {fmt}")
-    return write_input(Path(out_dir), list(patches), name or f"stack_0.{fmt}")
+    return jobs.write_job(Path(out_dir), list(patches), name or f"stack_0.{fmt}")
 
 
 if __name__ == "__main__":

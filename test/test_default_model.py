@@ -21,7 +21,6 @@ from conftest import ROOT
 from training import card as card_io
 from training.card_render import SHOWN
 from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
-from training.eval_pack import write_job
 from training.oof import compute
 
 MODEL = ROOT / "model"
@@ -95,7 +94,7 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
     for member in m.members:
         held_out = shipped_oof[shipped_oof["fold"] == member.fold]
         pick = held_out.iloc[np.sort(rng.choice(len(held_out), 16, replace=False))]
-        stack = write_job(tmp_path / f"job{member.fold}", [decode(paths[i]) for i in pick["image_id"]], "s.mha")
+        stack = jobs.write_job(tmp_path / f"job{member.fold}", [decode(paths[i]) for i in pick["image_id"]], "s.mha")
         pages = jobs.read_stack(stack)  # the container's reader
         x = prepare(pages, member.input_size, member.mean, member.std, member.resize)
         sess = ort.InferenceSession(str(m.path(member.file)), providers=["CPUExecutionProvider"])

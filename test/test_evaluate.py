@@ -18,10 +18,10 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
 from amf import AmfError, jobs
-from training import evaluate
-from training.eval_pack import pack, write_job
-from training.eval_run import run_jobs
-from training.eval_score import score
+from training.evaluate import __main__ as cli
+from training.evaluate.pack import pack
+from training.evaluate.run import run_jobs
+from training.evaluate.score import score
 
 ROOT = Path(__file__).resolve().parents[1]
 ORGANISERS_OVERALL = {"overall_sensitivity", "overall_specificity", "overall_balanced_accuracy",
@@ -109,6 +109,59 @@ def test_pack_reads_the_official_columns(tmp_path):
     assert by_domain == {3: ["normal"], 7: ["atypical", "normal"]}
 
 
+def test_the_sample_job_is_what_the_job_writer_makes(tmp_path):
+    """test/input comes out byte for byte from test/make_sample_input.py, through amf.jobs.write_job."""
+    from make_sample_input import make_job
+
+    stack = make_job(tmp_path)
+    committed = ROOT / "test" / "input"
+    assert stack == tmp_path / "images" / jobs.INPUT_SLUG / "stack_0.tiff"
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    for rel in made:
+        assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), rel
+
+
+def odd_pngs(folder: Path) -> dict[str, np.ndarray]:
+    """PNGs in the modes Pillow opens other than 8-bit RGB, each with the patch the input rule makes of it."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (32, 32), dtype=np.uint16)
+    grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    images = {"grey16.png": Image.fromarray(grey16),  # opens as I;16
+              "palette.png": Image.fromarray(rgb).quantize(8),  # opens as P
+              "grey.png": Image.fromarray(grey),  # L
+              "rgba.png": Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (32, 32), dtype=np.uint8)]))}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, im in images.items():
+        im.save(folder / name)
+    scaled = np.rint(grey16 * (255 / 65535)).astype(np.uint8)  # rule 1: 16 bits scaled, not clipped
+    return {"grey16.png": np.dstack([scaled] * 3),
+            "palette.png": np.asarray(images["palette.png"].convert("RGB")),
+            "grey.png": np.dstack([grey] * 3), "rgba.png": rgb}
+
+
+def test_pack_reads_pngs_as_training_does(tmp_path):
+    """One PNG reader (training.data.decode, the README's input rule) for training and evaluation:
+    a 16-bit, palette, grey and RGBA PNG give the same patch in the packed stack as in training, and
+    the 16-bit one is scaled by 255/65535 (Pillow's convert("RGB") would saturate it at 255)."""
+    from training.data import decode
+
+    want = odd_pngs(tmp_path / "imgs")
+    (tmp_path / "labels.csv").write_text("image,label\n" + "".join(f"{n},NMF\n" for n in want))
+    pack(tmp_path / "labels.csv", tmp_path / "imgs", tmp_path / "out", fmt="mha", tumor="1", progress=False)
+    placed = pd.read_csv(tmp_path / "out" / "figures.csv").sort_values("index")
+    stack = jobs.read_stack(jobs.find_stack(tmp_path / "out" / "jobs" / "stack_0001" / "input"))
+    for figure, packed in zip(placed.figure, stack, strict=True):
+        trained = decode(tmp_path / "imgs" / figure)
+        assert np.array_equal(trained, want[figure]), figure
+        assert np.array_equal(packed, trained), figure
+    (tmp_path / "imgs" / "grey.png").write_bytes(b"not a png")
+    with pytest.raises(AmfError, match="cannot read image .*grey.png"):
+        pack(tmp_path / "labels.csv", tmp_path / "imgs", tmp_path / "again", tumor="1", progress=False)
+    assert not (tmp_path / "again" / "jobs").exists()
+
+
 @pytest.mark.parametrize("csv_text, message", [
     ("image,label,domain\nfig000.png,maybe,1\n", "row 2"),
     ("image,label,domain\nfig000.png,AMF,1\nnot_there.png,NMF,1\n", "not_there.png"),
@@ -120,7 +173,7 @@ def test_pack_reads_the_official_columns(tmp_path):
 def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text, message):
     _, images, _ = labelled
     (tmp_path / "bad.csv").write_text(csv_text)
-    assert evaluate.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "out")]) == 2
+    assert cli.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
     assert not (tmp_path / "out" / "jobs").exists() and not (tmp_path / "out" / "ground_truth.json").exists()
@@ -152,8 +205,22 @@ def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tm
     for side in ("p", "i"):  # the failed job's stale result is gone, so score cannot use it
         assert not (tmp_path / side / "jobs" / "stack_0002" / "output" / jobs.OUTPUT_FILE).exists()
 
-    assert evaluate.main(["run", str(tmp_path / "i" / "jobs"), "--model", str(toy), "--in-process"]) == 1
+    assert cli.main(["run", str(tmp_path / "i" / "jobs"), "--model", str(toy), "--in-process"]) == 1
     assert "failed: stack_0002" in capsys.readouterr().out
+
+
+def test_the_evaluation_package_imports_without_torch():
+    """Every module of training/evaluate (and the training package above it) imports in a fresh process
+    without torch: the evaluation runs where only the container's packages and the metrics' are."""
+    modules = ["training.evaluate"] + sorted(f"training.evaluate.{p.stem}" for p in
+                                             (ROOT / "training" / "evaluate").glob("*.py") if p.stem != "__init__")
+    assert {"training.evaluate.pack", "training.evaluate.run", "training.evaluate.score",
+            "training.evaluate.report", "training.evaluate.__main__"} <= set(modules)
+    code = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n" \
+           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_evaluation_path_never_imports_torch(labelled, toy, tmp_path):
@@ -161,12 +228,12 @@ def test_evaluation_path_never_imports_torch(labelled, toy, tmp_path):
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
-from training import evaluate
+from training.evaluate import __main__ as cli
 out = {str(tmp_path)!r}
-assert evaluate.main(["pack", {str(csv)!r}, {str(images)!r}, out]) == 0
-assert evaluate.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--python", sys.executable]) == 0
-assert evaluate.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--in-process"]) == 0
-assert evaluate.main(["score", out + "/jobs", "--ground-truth", out + "/ground_truth.json",
+assert cli.main(["pack", {str(csv)!r}, {str(images)!r}, out]) == 0
+assert cli.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--python", sys.executable]) == 0
+assert cli.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--in-process"]) == 0
+assert cli.main(["score", out + "/jobs", "--ground-truth", out + "/ground_truth.json",
                       "--out", out + "/report", "--n-boot", "50"]) == 0
 print("TORCH", json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "torch")))
 """
@@ -184,7 +251,7 @@ def hand_made_jobs(root: Path, stacks: list[tuple[str, list[str], int, object]])
     truth = []
     for name, labels, domain, results in stacks:
         job = root / "jobs" / Path(name).stem
-        write_job(job / "input", [np.zeros((8, 8, 3), np.uint8)], name)
+        jobs.write_job(job / "input", [np.zeros((8, 8, 3), np.uint8)], name)
         (job / "output").mkdir()
         (job / "output" / jobs.OUTPUT_FILE).write_text(json.dumps(results))
         truth.append({"image": name, "labels": labels, "tumordomains": [domain] * len(labels)})
@@ -209,7 +276,7 @@ def test_malformed_results_are_rejected_naming_the_stack(tmp_path, capsys, resul
     with pytest.raises(AmfError, match=message) as err:
         score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
     assert "stack_0002.tiff" in str(err.value) and "stack_0001" not in str(err.value)
-    assert evaluate.main(["score", str(root / "jobs"), "--ground-truth", str(root / "ground_truth.json"),
+    assert cli.main(["score", str(root / "jobs"), "--ground-truth", str(root / "ground_truth.json"),
                           "--out", str(tmp_path / "r")]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("error: ") and "\n" not in line and "stack_0002.tiff" in line
@@ -332,7 +399,7 @@ def error_line(capsys) -> str:
 def test_bad_arguments_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as done:
-        evaluate.main(argv)
+        cli.main(argv)
     assert done.value.code == 2
     assert message in error_line(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -341,7 +408,7 @@ def test_bad_arguments_are_one_line(tmp_path, monkeypatch, capsys, argv, message
 def test_pack_refuses_a_file_as_out_and_images_outside_the_folder(labelled, tmp_path, capsys):
     csv, images, _ = labelled
     (tmp_path / "out").write_text("a file")
-    assert evaluate.main(["pack", str(csv), str(images), str(tmp_path / "out")]) == 2
+    assert cli.main(["pack", str(csv), str(images), str(tmp_path / "out")]) == 2
     assert "is a file" in error_line(capsys) and (tmp_path / "out").read_text() == "a file"
 
     outside = tmp_path / "secret.png"
@@ -350,7 +417,7 @@ def test_pack_refuses_a_file_as_out_and_images_outside_the_folder(labelled, tmp_
     try:
         for name in ("../secret.png", str(outside), "link.png", "sub/../../secret.png"):
             (tmp_path / "bad.csv").write_text(f"image,label,domain\nfig001.png,AMF,1\n{name},NMF,1\n")
-            assert evaluate.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "p")]) == 2
+            assert cli.main(["pack", str(tmp_path / "bad.csv"), str(images), str(tmp_path / "p")]) == 2
             assert "outside the image folder" in error_line(capsys)
             assert not (tmp_path / "p" / "jobs").exists() and not (tmp_path / "p" / "ground_truth.json").exists()
     finally:
@@ -360,7 +427,7 @@ def test_pack_refuses_a_file_as_out_and_images_outside_the_folder(labelled, tmp_
 def test_run_records_a_job_that_cannot_start_and_runs_the_rest(labelled, toy, tmp_path, capsys):
     csv, images, _ = labelled
     pack(csv, images, tmp_path, progress=False)
-    assert evaluate.main(["run", str(tmp_path / "jobs"), "--model", str(toy),
+    assert cli.main(["run", str(tmp_path / "jobs"), "--model", str(toy),
                           "--python", str(tmp_path / "no-such-python")]) == 1
     out = capsys.readouterr().out
     assert "3 jobs" in out and "failed: stack_0001, stack_0002, stack_0003" in out
@@ -380,7 +447,7 @@ def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path
                                              {"class": "atypical", "confidence": 5.0}])])
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.json").write_text("{}")  # from an earlier run: must not survive a failed one
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     line = error_line(capsys)
     assert "stack_0002.tiff" in line and "outside [0, 1]" in line
     assert list((tmp_path / "r").iterdir()) == []
@@ -392,7 +459,7 @@ def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path
 def test_score_refuses_a_file_as_out(tmp_path, capsys):
     root = hand_made_jobs(tmp_path, [GOOD])
     (tmp_path / "r").write_text("a file")
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     assert "is a file" in error_line(capsys) and (tmp_path / "r").read_text() == "a file"
 
 
@@ -410,7 +477,7 @@ def test_broken_run_records_and_figure_tables_are_one_line(tmp_path, capsys, fil
     root = hand_made_jobs(tmp_path, [GOOD])
     write = (tmp_path / file).write_bytes if isinstance(text, bytes) else (tmp_path / file).write_text
     write(text)
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     line = error_line(capsys)
     assert message in line and str(tmp_path / file) in line
     assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
@@ -418,7 +485,7 @@ def test_broken_run_records_and_figure_tables_are_one_line(tmp_path, capsys, fil
 
 def test_a_ground_truth_stack_without_labels_is_named(tmp_path, capsys):
     root = hand_made_jobs(tmp_path, [GOOD, ("stack_0002.tiff", [], 1, [])])
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     assert "entry 1 (stack stack_0002.tiff) has no labels" in error_line(capsys)
 
 
@@ -427,5 +494,5 @@ def test_a_ground_truth_domain_of_true_is_refused(tmp_path, capsys):
     truth = json.loads((root / "ground_truth.json").read_text())
     truth[0]["tumordomains"] = [True] * len(truth[0]["labels"])  # JSON true is no tumour domain number
     (root / "ground_truth.json").write_text(json.dumps(truth))
-    assert evaluate.main(score_argv(root, tmp_path / "r")) == 2
+    assert cli.main(score_argv(root, tmp_path / "r")) == 2
     assert "entry 0 must be" in error_line(capsys)

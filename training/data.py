@@ -34,13 +34,15 @@ from amf import AmfError, report_error
 from amf.cli import ArgumentParser
 from training.domains import DOMAIN_COLUMNS, canonical
 from amf.preprocess import canonical_patch, normalize, resize
+from amf.results import ATYPICAL, CLASS_ID, NORMAL
 
 OFFICIAL_CSV = "MIDOG25_Atypical_Classification_Train_Set.csv"
 OFFICIAL_IMAGES = "MIDOG25_Binary_Classification_Train_Set"
 COLUMNS = ("image_id", "filename", "coordinateX", "coordinateY", "Tumor", "Scanner", "Origin", "Species",
            "expert1", "expert2", "expert3", "majority")
 EXPERTS = ("expert1", "expert2", "expert3")
-LABELS = {"AMF": 1, "NMF": 0}
+# the official CSVs' label codes (majority, expert1-3) -> class id (amf.results: atypical = 1)
+LABEL_CODES = {"AMF": CLASS_ID[ATYPICAL], "NMF": CLASS_ID[NORMAL]}
 SYNTHETIC = "synthetic"
 
 
@@ -61,7 +63,7 @@ def read_table(csv, images, source: str, label_col: str = "majority", id_prefix:
     if missing_cols:
         raise AmfError(f"{csv.name}: missing column(s) {', '.join(missing_cols)}")
     labels = raw[label_col].astype(str).str.strip().str.upper()
-    bad = raw.loc[~labels.isin(list(LABELS)), "image_id"].tolist()
+    bad = raw.loc[~labels.isin(list(LABEL_CODES)), "image_id"].tolist()
     if bad:
         raise AmfError(f"{csv.name}: {len(bad)} row(s) with a {label_col} other than AMF/NMF, "
                        f"e.g. {', '.join(map(str, bad[:5]))}")
@@ -72,12 +74,12 @@ def read_table(csv, images, source: str, label_col: str = "majority", id_prefix:
         "slide": [slide_key(f, slide_prefix) for f in raw["filename"]],
         "coordinateX": pd.to_numeric(raw.get("coordinateX", np.nan), errors="coerce"),
         "coordinateY": pd.to_numeric(raw.get("coordinateY", np.nan), errors="coerce"),
-        "label": labels.map(LABELS).astype(int),
+        "label": labels.map(LABEL_CODES).astype(int),
     })
     votes = [raw[e].astype(str).str.strip().str.upper() for e in EXPERTS if e in raw.columns]
     if votes:  # share of the experts who voted AMF (soft label); NaN votes do not count
         amf_votes = sum((v == "AMF").astype(float) for v in votes)
-        cast = sum(v.isin(list(LABELS)).astype(float) for v in votes)
+        cast = sum(v.isin(list(LABEL_CODES)).astype(float) for v in votes)
         df["soft"] = np.where(cast > 0, amf_votes / cast.replace(0, 1), df["label"])
     else:
         df["soft"] = df["label"].astype(float)
@@ -136,7 +138,9 @@ def deduplicate(tables: list[pd.DataFrame], radius: float) -> tuple[pd.DataFrame
 
 
 def decode(path) -> np.ndarray:
-    """A PNG (any mode) -> square HxWx3 uint8 by the container's rule."""
+    """A PNG (any mode) -> square HxWx3 uint8 by the container's rule (amf.preprocess.canonical_patch:
+    a 16-bit PNG is scaled by 255/65535, grey repeated, alpha dropped). The one image reader of training
+    and of offline evaluation (training.evaluate.pack)."""
     with Image.open(path) as im:
         if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
             im = im.convert("RGB")  # palette and other modes: let Pillow expand them

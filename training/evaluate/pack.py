@@ -4,14 +4,16 @@ In:  a CSV in the official columns (image_id, ..., Tumor, ..., majority) or a pl
      (image,label[,domain]); labels AMF/NMF, atypical/normal or 1/0; domain a tumour type (any
      alias in training.domains) or its integer; and the folder holding the images it names.
 Out: OUT/jobs/<stack>/input/        inputs.json + images/stacked-histopathology-roi-cropouts/<stack>.<ext>
-                                    (what the platform mounts as /input for one job)
+                                    (what the platform mounts as /input for one job; amf.jobs.write_job)
      OUT/ground_truth.json          [{"image": NAME, "labels": [...], "tumordomains": [...]}]
      OUT/figures.csv                which figure sits where (stack, index, figure, label, tumour)
 Stacks hold up to 16 figures of one tumour type (as in the organisers' sample), drawn in a seeded
 random order; every figure goes into exactly one stack. Tumour types are numbered by
 training.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
-Image names are paths inside IMAGE_DIR: an absolute name, a `..` part, or a name that resolves
-(through a link) outside IMAGE_DIR is refused. Everything is built in a scratch folder inside OUT
+Each image is read by training's reader (training.data.decode: the README's input rule, centre crop
+included), so a stack holds exactly the patches training sees. Image names are paths inside
+IMAGE_DIR: an absolute name, a `..` part, or a name that resolves (through a link) outside IMAGE_DIR
+is refused. Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
 Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N]
 """
@@ -26,13 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError, jobs, one_line
+from amf.results import ATYPICAL, CLASSES
+from training.data import LABEL_CODES, decode
 from training.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
 from amf.fileio import write_text_atomic
 
 STACK_SIZE = 16  # the organisers' stacks hold up to 16 cut-outs
 FORMATS = ("tiff", "mha", "mixed")
-LABELS = {"amf": "atypical", "atypical": "atypical", "1": "atypical",
-          "nmf": "normal", "normal": "normal", "0": "normal"}
+# every accepted spelling of a label (lower case) -> its class: the official codes (AMF/NMF), the class
+# names and the class ids
+LABEL_SPELLINGS = {**{code.lower(): CLASSES[i] for code, i in LABEL_CODES.items()},
+                   **{name: name for name in CLASSES}, **{str(i): name for i, name in enumerate(CLASSES)}}
 
 
 def _domain(value, row: int) -> int:
@@ -69,9 +75,9 @@ def read_labels(csv_path, tumor: str | None = None):
     rows = []
     for i, r in enumerate(raw.to_dict("records"), start=2):  # row 1 is the header
         name = r[figure].strip()
-        lab = LABELS.get(r[label].strip().lower())
+        lab = LABEL_SPELLINGS.get(r[label].strip().lower())
         if not name or lab is None:
-            raise AmfError(f"row {i}: need an image name and a label in {sorted(LABELS)}, "
+            raise AmfError(f"row {i}: need an image name and a label in {sorted(LABEL_SPELLINGS)}, "
                            f"got {r[figure]!r}, {r[label]!r}")
         rows.append({"figure": name, "label": lab,
                      "tumordomain": _domain(r[domain] if domain in raw.columns else tumor, i)})
@@ -103,41 +109,12 @@ def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
 
 
 def load_patch(path: Path) -> np.ndarray:
-    from PIL import Image
-
+    """One figure as training reads it (training.data.decode: the README's input rule), so the stack
+    holds exactly the patch training sees: a 16-bit PNG scaled, not saturated."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise AmfError(f"cannot read image {path}: {e}") from None
-
-
-def write_stack(path: Path, patches: list[np.ndarray]) -> None:
-    """One stack file as the platform hands it over: a deflated multi-page RGB TIFF (like the
-    organisers' sample) or a compressed 3-D vector .mha (z = patch index)."""
-    if path.suffix in (".tif", ".tiff"):
-        from PIL import Image
-
-        pages = [Image.fromarray(p) for p in patches]
-        pages[0].save(path, save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate")
-    elif path.suffix == ".mha":
-        import SimpleITK as sitk
-
-        sitk.WriteImage(sitk.GetImageFromArray(np.stack(patches), isVector=True), str(path), True)
-    else:
-        raise ValueError(f"unknown stack format {path.suffix}")
-
-
-def write_job(input_dir: Path, patches: list[np.ndarray], name: str) -> Path:
-    """A job's /input: inputs.json naming the stack, and the stack under images/<slug>/."""
-    folder = input_dir / "images" / jobs.INPUT_SLUG
-    folder.mkdir(parents=True, exist_ok=True)
-    write_stack(folder / name, patches)
-    inputs = [{"file": None, "image": {"name": name}, "value": None,
-               "interface": {"slug": jobs.INPUT_SLUG, "kind": "Image", "super_kind": "Image",
-                             "relative_path": f"images/{jobs.INPUT_SLUG}", "example_value": None}}]
-    (input_dir / "inputs.json").write_text(json.dumps(inputs, indent=4) + "\n")
-    return folder / name
+        return decode(path)
+    except (OSError, AmfError) as e:
+        raise AmfError(f"cannot read image {path}: {one_line(e)}") from None
 
 
 def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: str | None = None,
@@ -172,7 +149,7 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
             if len({p.shape for p in patches}) > 1:
                 raise AmfError(f"{name}: the figures {', '.join(stack.figure)} differ in size; "
                                "a stack needs one patch size")
-            write_job(scratch / "jobs" / job / "input", patches, name)
+            jobs.write_job(scratch / "jobs" / job / "input", patches, name)
             truth.append({"image": name, "labels": stack.label.tolist(),
                           "tumordomains": [int(d) for d in stack.tumordomain]})
             placed += [{"image": name, "index": i, "figure": f, "label": lab, "tumordomain": int(d),
@@ -185,7 +162,7 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
             os.replace(scratch / name, out_dir / name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    n_atyp = int((table.label == "atypical").sum())
+    n_atyp = int((table.label == ATYPICAL).sum())
     return {"stacks": len(stacks), "figures": len(table), "atypical": n_atyp,
             "domains": sorted(int(d) for d in table.tumordomain.unique()), "format": fmt, "seed": seed,
             "jobs": str(out_dir / "jobs"), "ground_truth": str(out_dir / "ground_truth.json")}

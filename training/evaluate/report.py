@@ -3,7 +3,7 @@
 Plots: roc.png (ROC curve with grand-challenge-metrics' bootstrapped 95% band, the operating point
 of the submitted classes and the hindsight threshold), confusion.png, domains.png (balanced accuracy
 per tumour domain with bootstrap intervals), calibration.png (reliability curve and score histogram).
-Called by training.eval_score; every file is written to a temporary name and renamed.
+Called by training.evaluate.score; every file is written to a temporary name and renamed.
 """
 from __future__ import annotations
 
@@ -12,16 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.domains import tumor_name
 from amf.fileio import write_text_atomic
+from amf.results import CLASSES
+from training.domains import tumor_name
+from training.metrics import fmt, fmt_ci
 
-
-def _fmt(v, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def _ci(pair) -> str:
-    return "n/a" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+NA = "n/a"  # a metric that does not exist (ROC AUC of a one-class set)
 
 
 def _save(fig, path: Path) -> str:
@@ -43,7 +39,7 @@ def plot_roc(path: Path, metrics: dict, table) -> str:
     ax.plot([0, 1], [0, 1], color="0.75", lw=1, ls="--")
     if band is not None:
         ax.fill_between(band["fpr"], band["low_tpr"], band["high_tpr"], color="tab:blue", alpha=0.2,
-                        label=f"95% bootstrap band (AUC {_ci(band['roc_auc'])})")
+                        label=f"95% bootstrap band (AUC {fmt_ci(band['roc_auc'], NA)})")
     if agg["overall_roc_auc"] is not None:
         fpr, tpr, _ = roc_curve(y, score)
         ax.plot(fpr, tpr, color="tab:blue", lw=2, label=f"ROC, AUC {agg['overall_roc_auc']:.3f}")
@@ -56,7 +52,7 @@ def plot_roc(path: Path, metrics: dict, table) -> str:
     if y.any() and (~y.astype(bool)).any():
         ax.plot(np.mean(pred[y == 0]), np.mean(pred[y == 1]), "D", color="tab:orange", ms=7,
                 mfc="none", mew=2, label=f"hindsight threshold {hind['threshold']:.3f} "
-                                          f"(bal. acc. {_fmt(hind['balanced_accuracy'])})")
+                                          f"(bal. acc. {fmt(hind['balanced_accuracy'], NA)})")
     ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)",
            xlim=(0, 1), ylim=(0, 1.01), title=f"ROC, {len(y)} figures, {int(y.sum())} atypical")
     if ax.get_legend_handles_labels()[0]:  # a one-class set has no curve and no point
@@ -77,8 +73,8 @@ def plot_confusion(path: Path, metrics: dict) -> str:
         for j in range(2):
             ax.text(j, i, f"{cm[i, j]}\n{100 * rows[i, j]:.1f}%", ha="center", va="center",
                     color="white" if rows[i, j] > 0.5 else "black", fontsize=11)
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "atypical"],
-           yticklabels=["normal", "atypical"], xlabel="predicted class", ylabel="ground truth",
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASSES, yticklabels=CLASSES,
+           xlabel="predicted class", ylabel="ground truth",
            title="Confusion matrix (row %)")
     return _save(fig, path)
 
@@ -96,7 +92,7 @@ def plot_domains(path: Path, metrics: dict) -> str:
         if values[i] is not None and ci[k]["balanced_accuracy"] is not None:
             lo, hi = ci[k]["balanced_accuracy"]
             ax.errorbar(i, values[i], yerr=[[values[i] - lo], [hi - values[i]]], color="black", capsize=4)
-        ax.text(i, 0.02, _fmt(values[i]), ha="center", va="bottom", color="white", fontsize=9)
+        ax.text(i, 0.02, fmt(values[i], NA), ha="center", va="bottom", color="white", fontsize=9)
     if agg["overall_balanced_accuracy"] is not None:
         ax.axhline(agg["overall_balanced_accuracy"], color="tab:red", ls="--", lw=1, label="overall")
         ax.legend(loc="upper right", fontsize=8)
@@ -144,12 +140,12 @@ def write_report(out_dir, metrics: dict, table) -> Path:
         f"{c['figures']} figures ({c['atypical']} atypical, {c['normal']} normal) in {c['stacks']} stacks, "
         f"scored with the organisers' Track 2 metrics. Intervals: {ci['method']}, {int(100 * ci['level'])}%.", "",
         "| metric | value | 95% CI |", "|---|---|---|",
-        f"| balanced accuracy (leaderboard) | {_fmt(agg['overall_balanced_accuracy'])} "
-        f"| {_ci(o['balanced_accuracy'])} |",
-        f"| sensitivity (atypical) | {_fmt(agg['overall_sensitivity'])} | {_ci(o['sensitivity'])} |",
-        f"| specificity (normal) | {_fmt(agg['overall_specificity'])} | {_ci(o['specificity'])} |",
-        f"| ROC AUC | {_fmt(agg['overall_roc_auc'])} | {_ci(o['roc_auc'])} |",
-        f"| accuracy | {_fmt(agg['overall_accuracy'])} | |", "",
+        f"| balanced accuracy (leaderboard) | {fmt(agg['overall_balanced_accuracy'], NA)} "
+        f"| {fmt_ci(o['balanced_accuracy'], NA)} |",
+        f"| sensitivity (atypical) | {fmt(agg['overall_sensitivity'], NA)} | {fmt_ci(o['sensitivity'], NA)} |",
+        f"| specificity (normal) | {fmt(agg['overall_specificity'], NA)} | {fmt_ci(o['specificity'], NA)} |",
+        f"| ROC AUC | {fmt(agg['overall_roc_auc'], NA)} | {fmt_ci(o['roc_auc'], NA)} |",
+        f"| accuracy | {fmt(agg['overall_accuracy'], NA)} | |", "",
         f"Counts: TP {c['tp']}, FP {c['fp']}, FN {c['fn']}, TN {c['tn']}.", "",
         "## Per tumour domain", "",
         "| domain | figures | atypical | balanced accuracy | 95% CI | sensitivity | specificity | accuracy | ROC AUC |",
@@ -158,9 +154,10 @@ def write_report(out_dir, metrics: dict, table) -> Path:
         d = int(key.split("_")[1])
         sub = table[table.tumordomain == d]
         a = agg[key]
-        lines.append(f"| {d}: {tumor_name(d)} | {len(sub)} | {int(sub.label.sum())} | {_fmt(a['balanced_accuracy'])} "
-                     f"| {_ci(ci[key]['balanced_accuracy'])} | {_fmt(a['sensitivity'])} | {_fmt(a['specificity'])} "
-                     f"| {_fmt(a['accuracy'])} | {_fmt(a['roc_auc'])} |")
+        lines.append(f"| {d}: {tumor_name(d)} | {len(sub)} | {int(sub.label.sum())} "
+                     f"| {fmt(a['balanced_accuracy'], NA)} | {fmt_ci(ci[key]['balanced_accuracy'], NA)} "
+                     f"| {fmt(a['sensitivity'], NA)} | {fmt(a['specificity'], NA)} "
+                     f"| {fmt(a['accuracy'], NA)} | {fmt(a['roc_auc'], NA)} |")
     sem, hind = metrics["confidence_semantics"], metrics["hindsight"]
     consistent = "yes" if metrics["checks"]["classes_are_a_threshold_on_score"] else "no"
     lines += [
@@ -173,7 +170,7 @@ def write_report(out_dir, metrics: dict, table) -> Path:
         " (a 'no' suggests the confidence is meant the other way).", "",
         "## Threshold in hindsight", "",
         f"On this set a threshold of **{hind['threshold']:.4f}** on P(atypical) would have given balanced accuracy "
-        f"**{_fmt(hind['balanced_accuracy'])}** (submitted classes: {_fmt(agg['overall_balanced_accuracy'])}). "
+        f"**{fmt(hind['balanced_accuracy'], NA)}** (submitted classes: {fmt(agg['overall_balanced_accuracy'], NA)}). "
         f"Hindsight: {hind['note']}.", ""]
     run = metrics.get("run")
     if run:

@@ -33,9 +33,8 @@ import numpy as np
 from amf import AmfError, jobs, one_line
 from amf.fileio import read_json, write_text_atomic
 from training.metrics import aggregates, best_threshold, bootstrap_ci, roc_band, summary
-from amf.results import validate
+from amf.results import ATYPICAL, CLASS_ID, validate
 
-CLASS_IDS = {"normal": 0, "atypical": 1}
 CONFIDENCE_MODES = {
     "p-atypical": "confidence = P(atypical); ROC AUC on the confidence as given",
     "predicted-class": "confidence = confidence of the predicted class; ROC AUC on "
@@ -56,7 +55,7 @@ def load_ground_truth(path) -> dict[str, dict]:
         ok = (isinstance(entry, dict) and isinstance(entry.get("image"), str)
               and isinstance(entry.get("labels"), list) and isinstance(entry.get("tumordomains"), list)
               and len(entry["labels"]) == len(entry["tumordomains"])
-              and all(lab in CLASS_IDS for lab in entry["labels"])
+              and all(lab in CLASS_ID for lab in entry["labels"])
               and all(isinstance(d, int) and not isinstance(d, bool) for d in entry["tumordomains"]))
         if not ok:
             raise AmfError(f"ground truth {path}: entry {i} must be {{image, labels (normal/atypical), "
@@ -65,7 +64,7 @@ def load_ground_truth(path) -> dict[str, dict]:
             raise AmfError(f"ground truth {path}: entry {i} (stack {entry['image']}) has no labels")
         if entry["image"] in out:
             raise AmfError(f"ground truth {path}: stack {entry['image']} listed twice")
-        out[entry["image"]] = {"labels": [CLASS_IDS[lab] for lab in entry["labels"]],
+        out[entry["image"]] = {"labels": [CLASS_ID[lab] for lab in entry["labels"]],
                                "tumordomains": entry["tumordomains"]}
     return out
 
@@ -75,7 +74,7 @@ def p_atypical(results: list[dict], confidence: str) -> list[float]:
     if confidence == "p-atypical":
         return [r["confidence"] for r in results]
     if confidence == "predicted-class":
-        return [r["confidence"] if r["class"] == "atypical" else 1 - r["confidence"] for r in results]
+        return [r["confidence"] if r["class"] == ATYPICAL else 1 - r["confidence"] for r in results]
     raise AmfError(f"unknown confidence semantics {confidence!r}; choose one of {', '.join(CONFIDENCE_MODES)}")
 
 
@@ -95,14 +94,14 @@ def read_job(job: Path, truth: dict, confidence: str) -> list[dict]:
     score = p_atypical(results, confidence)
     return [{"job": job.name, "image": name, "index": i, "label": gt["labels"][i],
              "tumordomain": gt["tumordomains"][i], "class": r["class"], "confidence": r["confidence"],
-             "p_atypical": score[i], "predicted": CLASS_IDS[r["class"]]} for i, r in enumerate(results)]
+             "p_atypical": score[i], "predicted": CLASS_ID[r["class"]]} for i, r in enumerate(results)]
 
 
 def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
     """Every job's figures in one table; all problems reported together, and nothing scored."""
     import pandas as pd
 
-    from training.eval_run import list_jobs
+    from training.evaluate.run import list_jobs
 
     rows, problems, seen = [], [], {}
     job_dirs = list_jobs(jobs_dir)
@@ -129,7 +128,7 @@ def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
 
 def run_times(jobs_dir) -> dict | None:
     """What `run` recorded in JOBS/<job>/run.json, summarised; None if it recorded nothing."""
-    from training.eval_run import RUN_RECORD, list_jobs
+    from training.evaluate.run import RUN_RECORD, list_jobs
 
     records = []
     for path in (j / RUN_RECORD for j in list_jobs(jobs_dir)):
@@ -219,7 +218,7 @@ def score(jobs_dir, ground_truth, out_dir, confidence: str = "p-atypical", n_boo
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "predictions.csv", table.drop(columns="predicted").to_csv(index=False))
     if report:
-        from training.eval_report import write_report
+        from training.evaluate.report import write_report
         write_report(out_dir, metrics, table)
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: the sign it all worked
     return metrics

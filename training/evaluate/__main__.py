@@ -7,7 +7,7 @@
   python -m training.evaluate score JOBS --ground-truth GT --out DIR [--confidence p-atypical|predicted-class]
       -> DIR/metrics.json (organisers' "aggregates" + intervals), DIR/report.md + PNGs, DIR/predictions.csv
 
-Each step is its own file: training/eval_pack.py, eval_run.py, eval_score.py, eval_report.py.
+Each step is its own module of the package training/evaluate/: pack.py, run.py, score.py, report.py.
 Any problem (a bad argument, input file, ground truth, result or run record, or an output that
 cannot be written): one line `error: ...` on stderr, exit 2, and no partial output. `run` records a
 job that fails, or cannot even start (say --python names no interpreter), as that job's error, runs
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     s.add_argument("--ground-truth", required=True, help="ground_truth.json in the organisers' form")
     s.add_argument("--out", required=True, help="report folder (metrics.json, report.md, PNGs)")
     s.add_argument("--confidence", default="p-atypical", choices=["p-atypical", "predicted-class"],
-                   help="how to read confidence for ROC AUC (default p-atypical; see eval_score.py)")
+                   help="how to read confidence for ROC AUC (default p-atypical; see evaluate/score.py)")
     s.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     s.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--no-report", action="store_true", help="metrics.json and predictions.csv only")
@@ -56,15 +56,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.command == "pack":
-            from training.eval_pack import pack
+            from training.evaluate.pack import pack
             print(json.dumps(pack(args.csv, args.image_dir, args.out, args.format, args.seed, args.tumor), indent=2))
         elif args.command == "run":
-            from training.eval_run import run_jobs, summarise
+            from training.evaluate.run import run_jobs, summarise
             records = run_jobs(args.jobs, args.model, args.in_process, args.python, args.timeout)
             print(summarise(records))
             return 1 if any(not rec["ok"] for rec in records) else 0
         else:
-            from training.eval_score import score
+            from training.evaluate.score import score
             m = score(args.jobs, args.ground_truth, args.out, args.confidence, args.n_boot, args.seed,
                       report=not args.no_report)
             print(json.dumps(m["aggregates"], indent=2))

@@ -27,7 +27,7 @@ from amf import manifest as manifest_io
 from amf.cli import as_error
 from amf.fileio import write_text_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root (training/evaluate/run.py)
 RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
 RUN_RECORD = "run.json"
 RUN_LOG = "run.log"
