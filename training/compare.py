@@ -23,14 +23,13 @@ import pandas as pd
 from amf import AmfError, report_error
 from training import metrics
 from amf.cli import ArgumentParser
+from training.run import RunDir
 
 
-def load_oof(run: Path) -> tuple[pd.DataFrame, float]:
-    run = Path(run)
-    oof_csv, oof_json = run / "oof.csv", run / "oof_metrics.json"
-    if not oof_csv.is_file() or not oof_json.is_file():
-        raise AmfError(f"{run} has no pooled out-of-fold results (oof.csv, oof_metrics.json): are all folds done?")
-    return pd.read_csv(oof_csv, dtype={"slide": str}), float(json.loads(oof_json.read_text())["threshold"])
+def load_oof(run) -> tuple[pd.DataFrame, float]:
+    """A run's pooled out-of-fold predictions (image ids as written) and its out-of-fold threshold."""
+    run = RunDir(run)
+    return run.read_oof(), float(run.read_oof_metrics()["threshold"])
 
 
 def scores(y, p, thr) -> dict:

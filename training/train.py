@@ -5,7 +5,7 @@
   python -m training.train ... --parallel N   (N folds at once on one device, a process each: training/folds.py)
 
 CONFIG is a YAML file or a name in training/configs/ (smoke, convnext_small, lunit_vit_small, ...).
-The run folder (kept names; the export and evaluation rely on them):
+The run folder (its names and readers live in training/run.py; the export and evaluation rely on them):
   config.yaml            the resolved config (written once; a later job with another config is refused)
   splits.csv             the folds (written once, reused by every --fold job)
   fold{k}/last.pt        the training state after the last epoch (resumes automatically; --restart ignores it)
@@ -29,8 +29,6 @@ selected and exported.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import math
 import os
 import sys
@@ -45,7 +43,6 @@ import torch.nn.functional as F
 from amf import AmfError, report_error
 from training import metrics
 from amf.cli import ArgumentParser, positive_int
-from amf.fileio import write_text_atomic
 from training import config as config_io
 from training import gpu_augment
 from training import oof as oof_io
@@ -55,6 +52,7 @@ from training.folds import run_parallel
 from training.data import PatchDataset, counts_report, load_dataset
 from training.models import create_backbone, create_classifier, head_parameters, merged_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
+from training.run import RunDir, save_atomic, write_csv_atomic, write_json_atomic
 
 
 # ---- distributed ------------------------------------------------------------------------------
@@ -137,40 +135,25 @@ def resolve(cfg: dict) -> dict:
     return cfg
 
 
-def write_csv_atomic(df: pd.DataFrame, path):
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    write_text_atomic(path, buf.getvalue())
-
-
-def save_atomic(obj, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def prepare_run(cfg: dict, df: pd.DataFrame, run_dir: Path, dist: Dist) -> pd.DataFrame:
+def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.DataFrame:
     """Write (or check) config.yaml and splits.csv; returns the splits aligned to the table's rows."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path, split_path = run_dir / "config.yaml", run_dir / "splits.csv"
-    text = config_io.dump(cfg)
-    if cfg_path.is_file():
-        old = config_io.yaml.safe_load(cfg_path.read_text())
-        if old != config_io.yaml.safe_load(text):
+    run.path.mkdir(parents=True, exist_ok=True)
+    if run.config.is_file():
+        old = run.read_config()
+        if old != config_io.yaml.safe_load(config_io.dump(cfg)):
             diff = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
                     if (old.get(s) or {}).get(k) != cfg[s][k]]
-            raise AmfError(f"{run_dir} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
+            raise AmfError(f"{run} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
                            f"use a new --out folder or the same config")
     elif dist.main:
-        write_text_atomic(cfg_path, text)
-    if split_path.is_file():
-        splits = splits_io.matching(splits_io.read(split_path), df)
+        run.write_config(cfg)
+    if run.splits.is_file():
+        splits = splits_io.matching(run.read_splits(), df)
     else:
         s = cfg["splits"]
         splits = splits_io.make_splits(df, s["kind"], int(s["folds"]), int(s["seed"]), int(s.get("tries", 16)))
         if dist.main:
-            splits_io.write(splits, split_path)
+            run.write_splits(splits)
     dist.barrier()
     return splits
 
@@ -273,15 +256,15 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
     from tqdm import tqdm
 
     t_cfg, d_cfg = cfg["train"], cfg["data"]
-    fold_dir = run_dir / f"fold{k}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    if oof_io.fold_done(run_dir, k):
+    fold = RunDir(run_dir).fold(k)
+    fold.path.mkdir(parents=True, exist_ok=True)
+    if fold.is_done():
         if not restart:
-            log(f"fold {k}: already done ({fold_dir / oof_io.DONE}); skipped")
-            return json.loads((fold_dir / oof_io.DONE).read_text())
+            log(f"fold {k}: already done ({fold.done}); skipped")
+            return fold.read_done()
         dist.barrier()
         if dist.main:
-            (fold_dir / oof_io.DONE).unlink()  # a restarted fold is not done until it ends again
+            fold.done.unlink()  # a restarted fold is not done until it ends again
     device = dist.device
     cuda = device.type == "cuda"
     amp = t_cfg["amp"] == "bf16" or (t_cfg["amp"] == "auto" and cuda)
@@ -352,9 +335,9 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         optimizer, cosine_with_warmup(total_steps, int(round(float(t_cfg["warmup_epochs"]) * steps))))
 
     start_epoch, best, history, global_step = 0, -np.inf, [], 0
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    last_path, best_path = fold.last, fold.best
     if last_path.is_file() and not restart:
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = fold.load_last()
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -439,10 +422,10 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
                              "metric": t_cfg["select"] if selection != "last" else "epoch",
                              "value": float(score), "evaluated": "ema" if evaluated is not model else "student",
                              "backbone": cfg["model"]["backbone"], "fold": k}, best_path)
-                write_csv_atomic(oof_table(df, rows_v, logits_v, k), fold_dir / "oof.csv")
+                write_csv_atomic(oof_table(df, rows_v, logits_v, k), fold.oof)
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            write_csv_atomic(pd.DataFrame(history), fold_dir / "epochs.csv")
+            write_csv_atomic(pd.DataFrame(history), fold.epochs)
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(),
                          "teacher": teacher.module.state_dict() if teacher is not None else None,
@@ -470,7 +453,7 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
                 "ema_decay": teacher.last_decay if teacher is not None else None,  # the decay of the last update
                 "ema_decay_configured": float(ema_cfg["decay"]) if teacher is not None else None,
                 "ema_warmup_steps": teacher.warmup_steps if teacher is not None else None}
-        write_text_atomic(fold_dir / oof_io.DONE, json.dumps(done, indent=2) + "\n")
+        write_json_atomic(done, fold.done)
     if mixer is not None:
         mixer.active = False
     dist.barrier()
@@ -514,10 +497,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         df, cache = load_dataset(args.data, cfg, args.skip_missing, log=log)
         log(counts_report(df))
-        run_dir = Path(args.out)
-        splits = prepare_run(cfg, df, run_dir, dist)
+        run = RunDir(args.out)
+        splits = prepare_run(cfg, df, run, dist)
         folds = splits_io.folds_of(splits)
-        log(f"{cfg['splits']['kind']} splits ({run_dir / 'splits.csv'}):\n{splits_io.describe(splits)}")
+        log(f"{cfg['splits']['kind']} splits ({run.splits}):\n{splits_io.describe(splits)}")
         if args.fold is not None and args.fold not in folds:
             raise AmfError(f"--fold {args.fold}: the splits have folds {folds}")
         todo = [args.fold] if args.fold is not None else folds
@@ -526,18 +509,18 @@ def main(argv=None) -> int:
             run_parallel(list(sys.argv[1:] if argv is None else argv), todo, args.parallel, log)
         else:
             for k in todo:
-                train_fold(cfg, df, cache, splits, k, run_dir, dist, args.restart, not args.no_progress, log)
+                train_fold(cfg, df, cache, splits, k, run, dist, args.restart, not args.no_progress, log)
         if dist.main:
-            missing = oof_io.missing_folds(run_dir, splits)
+            missing = run.missing_folds(splits)
             if missing:
                 log(f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} still to train, "
-                    f"then: python -m training.export {run_dir} --out MODEL_DIR")
+                    f"then: python -m training.export {run} --out MODEL_DIR")
             else:
-                _, result = oof_io.pool(run_dir, seed=int(cfg["train"]["seed"]))
+                _, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
                 log(f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, "
                     f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s ==")
                 log(oof_io.summary_text(result))
-                log(f"run folder {run_dir}; next: python -m training.export {run_dir} --out MODEL_DIR")
+                log(f"run folder {run}; next: python -m training.export {run} --out MODEL_DIR")
     except AmfError as e:
         return report_error(e)
     finally:
