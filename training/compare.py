@@ -15,7 +15,6 @@ slide_draws() is the one slide-level resampling of the project (training.oof's i
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ import pandas as pd
 from amf import AmfError, report_error
 from training import metrics
 from amf.cli import ArgumentParser
+from amf.fileio import write_text_atomic
 from training.run import RunDir
 
 
@@ -97,7 +97,10 @@ def main(argv=None) -> int:
     print(f"thresholds held fixed (A {res['thresholds']['a']:.3f}, B {res['thresholds']['b']:.3f}), not chosen again "
           f"per resample; P(B<=A) is the share of resamples in which B did not beat A, not a p-value")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        try:
+            write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
+        except AmfError as e:
+            return report_error(e)
     return 0
 
 
