@@ -79,3 +79,14 @@ def test_runs_over_different_figures_are_refused(tmp_path):
     with pytest.raises(AmfError, match="no pooled out-of-fold results"):
         compare.compare(a, tmp_path / "missing", n_boot=10)
     assert compare.main([str(a), str(b), "--n-boot", "10"]) == 2
+
+
+def test_json_report_is_written_whole_or_is_one_error(tmp_path, capsys):
+    df = figures()
+    a = write_run(tmp_path / "a", df, RNG.random(len(df)))
+    b = write_run(tmp_path / "b", df, RNG.random(len(df)))
+    assert compare.main([str(a), str(b), "--n-boot", "10", "--json", str(tmp_path / "no" / "such" / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot write") and not (tmp_path / "no").exists()
+    assert compare.main([str(a), str(b), "--n-boot", "10", "--json", str(tmp_path / "x.json")]) == 0
+    assert json.loads((tmp_path / "x.json").read_text())["n_boot"] == 10

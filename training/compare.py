@@ -15,7 +15,6 @@ slide_draws() is the one slide-level resampling of the project (training.oof's i
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,14 +22,14 @@ import pandas as pd
 from amf import AmfError, report_error
 from training import metrics
 from amf.cli import ArgumentParser
+from amf.fileio import write_text_atomic
+from training.run import RunDir
 
 
-def load_oof(run: Path) -> tuple[pd.DataFrame, float]:
-    run = Path(run)
-    oof_csv, oof_json = run / "oof.csv", run / "oof_metrics.json"
-    if not oof_csv.is_file() or not oof_json.is_file():
-        raise AmfError(f"{run} has no pooled out-of-fold results (oof.csv, oof_metrics.json): are all folds done?")
-    return pd.read_csv(oof_csv, dtype={"slide": str}), float(json.loads(oof_json.read_text())["threshold"])
+def load_oof(run) -> tuple[pd.DataFrame, float]:
+    """A run's pooled out-of-fold predictions (image ids as written) and its out-of-fold threshold."""
+    run = RunDir(run)
+    return run.read_oof(), float(run.read_oof_metrics()["threshold"])
 
 
 def scores(y, p, thr) -> dict:
@@ -98,7 +97,10 @@ def main(argv=None) -> int:
     print(f"thresholds held fixed (A {res['thresholds']['a']:.3f}, B {res['thresholds']['b']:.3f}), not chosen again "
           f"per resample; P(B<=A) is the share of resamples in which B did not beat A, not a p-value")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        try:
+            write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
+        except AmfError as e:
+            return report_error(e)
     return 0
 
 

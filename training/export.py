@@ -35,11 +35,11 @@ from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf import manifest as manifest_io
 from amf.preprocess import prepare
-from training import config as config_io
 from training import oof as oof_io
 from training import splits as splits_io
 from training.data import OFFICIAL_IMAGES, decode
 from training.models import load_for_export
+from training.run import RunDir
 
 
 def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) -> None:
@@ -114,13 +114,10 @@ def real_patches(splits, k: int, n: int, data_dir=None) -> list[np.ndarray]:
 
 
 def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: int = 16, log=print) -> Path:
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise AmfError(f"{run_dir} is not a training run folder (no config.yaml)")
-    cfg = config_io.validate(config_io.merge(config_io.DEFAULTS, config_io.yaml.safe_load(
-        (run_dir / "config.yaml").read_text())))
-    oof, result = oof_io.pool(run_dir, seed=int(cfg["train"]["seed"]))
-    splits = splits_io.read(run_dir / "splits.csv")
+    run, out_dir = RunDir(run_dir), Path(out_dir)
+    cfg = run.read_config(complete=True)
+    oof, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
+    splits = run.read_splits()
     folds = splits_io.folds_of(splits)
     d = cfg["data"]
     size, mean, std, method = int(d["input_size"]), d["mean"], d["std"], d["resize"]
@@ -134,10 +131,7 @@ def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: 
         members, checks = [], {}
         rng = np.random.default_rng(0)
         for k in folds:
-            best = run_dir / f"fold{k}" / "best.pt"
-            if not best.is_file():
-                raise AmfError(f"fold {k}: no {best}")
-            state = torch.load(best, map_location="cpu", weights_only=False)
+            state = run.fold(k).load_best()
             model = load_for_export(cfg, state["state_dict"])
             file = f"fold{k}.onnx"
             export_member(model, tmp, file, size, cfg["export"]["opset"])
@@ -163,7 +157,7 @@ def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: 
             "threshold": result["threshold"],
             "threshold_note": "chosen on the pooled out-of-fold predictions to maximise balanced accuracy; "
                               "applied to the ensemble's mean P(atypical)",
-            "oof_metrics": result, "parity": checks, "run": str(run_dir.resolve()),
+            "oof_metrics": result, "parity": checks, "run": str(run.path.resolve()),
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__},

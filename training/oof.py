@@ -17,8 +17,6 @@ Run:  python -m training.oof RUN_DIR
 """
 from __future__ import annotations
 
-import io
-import json
 import sys
 from pathlib import Path
 
@@ -28,18 +26,12 @@ import pandas as pd
 from amf import AmfError
 from training import metrics
 from training.domains import DOMAIN_COLUMNS, TUMOR_DOMAINS, tumor_domain
-from amf.fileio import write_text_atomic
 from training import compare as compare_runs, splits as splits_io
-
-DONE = "done.json"
-
-
-def fold_done(run_dir, k: int) -> bool:
-    return (Path(run_dir) / f"fold{k}" / DONE).is_file()
+from training.run import DONE, RunDir
 
 
-def missing_folds(run_dir, splits: pd.DataFrame) -> list[int]:
-    return [k for k in splits_io.folds_of(splits) if not fold_done(run_dir, k)]
+def fold_done(run_dir, k: int) -> bool:  # kept for training/card.py until it reads the run folder through RunDir
+    return RunDir(run_dir).fold(k).is_done()
 
 
 def slide_bootstrap_ci(y, p, slides, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
@@ -149,32 +141,25 @@ def pool(run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True,
 
     VOTES (image_id, soft), e.g. from training.data.read_table, adds the experts' AMF share where the folds'
     oof.csv lack it (runs from before it was written there), for the by-vote metrics."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "splits.csv").is_file():
-        raise AmfError(f"{run_dir} is not a training run folder (no splits.csv)")
-    splits = splits_io.read(run_dir / "splits.csv")
-    missing = missing_folds(run_dir, splits)
+    run = RunDir(run_dir)
+    splits = run.read_splits()
+    missing = run.missing_folds(splits)
     if missing:
-        raise AmfError(f"fold(s) {', '.join(map(str, missing))} of {run_dir} are not finished "
+        raise AmfError(f"fold(s) {', '.join(map(str, missing))} of {run} are not finished "
                        f"(no fold<k>/{DONE}); train them with --fold")
-    oof = pd.concat([pd.read_csv(run_dir / f"fold{k}" / "oof.csv", dtype={"image_id": str, "slide": str},
-                                 keep_default_na=False)
-                     for k in splits_io.folds_of(splits)], ignore_index=True)
+    folds = splits_io.folds_of(splits)
+    oof = pd.concat([run.fold(k).read_oof() for k in folds], ignore_index=True)
     expected = set(splits.loc[splits["fold"] >= 0, "image_id"])
     if set(oof["image_id"]) != expected or oof["image_id"].duplicated().any():
-        raise AmfError(f"{run_dir}: the folds' oof.csv do not cover the validation figures exactly once")
+        raise AmfError(f"{run}: the folds' oof.csv do not cover the validation figures exactly once")
     if votes is not None and ("soft" not in oof or oof["soft"].isna().any()):  # folds written without it
         known = oof["soft"] if "soft" in oof else pd.Series(np.nan, index=oof.index)
         oof["soft"] = known.fillna(oof["image_id"].map(votes.set_index("image_id")["soft"]))
-    selection = {json.loads((run_dir / f"fold{k}" / DONE).read_text() or "{}").get("selection", "validation")
-                 for k in splits_io.folds_of(splits)}
+    selection = {run.fold(k).read_done().get("selection", "validation") for k in folds}
     result = compute(oof, n_boot, seed)
     result["selection"] = sorted(selection)  # train.selection of the folds ("validation": epoch chosen on them)
     if write:
-        buf = io.StringIO()
-        oof.to_csv(buf, index=False)
-        write_text_atomic(run_dir / "oof.csv", buf.getvalue())
-        write_text_atomic(run_dir / "oof_metrics.json", json.dumps(result, indent=2) + "\n")
+        run.write_pooled(oof, result)
     return oof, result
 
 

@@ -5,7 +5,7 @@
   python -m training.train ... --parallel N   (N folds at once on one device, a process each: training/folds.py)
 
 CONFIG is a YAML file or a name in training/configs/ (smoke, convnext_small, lunit_vit_small, ...).
-The run folder (kept names; the export and evaluation rely on them):
+The run folder (its names and readers live in training/run.py; the export and evaluation rely on them):
   config.yaml            the resolved config (written once; a later job with another config is refused)
   splits.csv             the folds (written once, reused by every --fold job)
   fold{k}/last.pt        the training state after the last epoch (resumes automatically; --restart ignores it)
@@ -29,13 +29,11 @@ selected and exported.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import math
 import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -45,7 +43,7 @@ import torch.nn.functional as F
 from amf import AmfError, report_error
 from training import metrics
 from amf.cli import ArgumentParser, positive_int
-from amf.fileio import write_text_atomic
+from amf.ensemble import sigmoid
 from training import config as config_io
 from training import gpu_augment
 from training import oof as oof_io
@@ -55,6 +53,7 @@ from training.folds import run_parallel
 from training.data import PatchDataset, counts_report, load_dataset
 from training.models import create_backbone, create_classifier, head_parameters, merged_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
+from training.run import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
 
 
 # ---- distributed ------------------------------------------------------------------------------
@@ -125,8 +124,10 @@ def seed_everything(seed: int):
     np.random.seed(seed % 2**32)
 
 
-def resolve(cfg: dict) -> dict:
-    """Fill in what "auto" means for this backbone (mean/std), so that config.yaml says it."""
+def resolve_normalisation(cfg: dict) -> dict:
+    """Fill in data.mean/data.std "auto" with this backbone's (its pretrained_cfg, else ImageNet's), so that
+    config.yaml says what the model was trained and is exported with. The other "auto" settings (train.amp,
+    train.channels_last, data.device_augment, mixstyle.where) stay "auto" there: they depend on the device."""
     if cfg["data"]["mean"] == "auto" or cfg["data"]["std"] == "auto":
         try:
             with torch.device("meta"):  # no memory, no weights: only the pretrained_cfg is needed
@@ -137,40 +138,25 @@ def resolve(cfg: dict) -> dict:
     return cfg
 
 
-def write_csv_atomic(df: pd.DataFrame, path):
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    write_text_atomic(path, buf.getvalue())
-
-
-def save_atomic(obj, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def prepare_run(cfg: dict, df: pd.DataFrame, run_dir: Path, dist: Dist) -> pd.DataFrame:
+def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.DataFrame:
     """Write (or check) config.yaml and splits.csv; returns the splits aligned to the table's rows."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path, split_path = run_dir / "config.yaml", run_dir / "splits.csv"
-    text = config_io.dump(cfg)
-    if cfg_path.is_file():
-        old = config_io.yaml.safe_load(cfg_path.read_text())
-        if old != config_io.yaml.safe_load(text):
+    run.path.mkdir(parents=True, exist_ok=True)
+    if run.config.is_file():
+        old = run.read_config()
+        if old != config_io.yaml.safe_load(config_io.dump(cfg)):
             diff = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
                     if (old.get(s) or {}).get(k) != cfg[s][k]]
-            raise AmfError(f"{run_dir} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
+            raise AmfError(f"{run} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
                            f"use a new --out folder or the same config")
     elif dist.main:
-        write_text_atomic(cfg_path, text)
-    if split_path.is_file():
-        splits = splits_io.matching(splits_io.read(split_path), df)
+        run.write_config(cfg)
+    if run.splits.is_file():
+        splits = splits_io.matching(run.read_splits(), df)
     else:
         s = cfg["splits"]
         splits = splits_io.make_splits(df, s["kind"], int(s["folds"]), int(s["seed"]), int(s.get("tries", 16)))
         if dist.main:
-            splits_io.write(splits, split_path)
+            run.write_splits(splits)
     dist.barrier()
     return splits
 
@@ -222,7 +208,7 @@ def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) ->
 
     sub = df.iloc[rows]
     out = pd.DataFrame({"image_id": sub["image_id"].values, "fold": k,
-                        "probability": 1.0 / (1.0 + np.exp(-logits)), "logit": logits,
+                        "probability": sigmoid(logits), "logit": logits,
                         "label": sub["label"].values, "soft": sub["soft"].values, "slide": sub["slide"].values,
                         "source": sub["source"].values})
     for col in DOMAIN_COLUMNS:
@@ -266,34 +252,84 @@ def train_step(model, train_model, teacher, optimizer, x, target, cfg: dict, amp
     return {"loss": loss.detach(), "cls": loss_cls.detach(), "kd": loss_kd.detach(), "align": loss_align.detach()}
 
 
-# ---- one fold ---------------------------------------------------------------------------------
+# ---- one fold, step by step -------------------------------------------------------------------
 
-def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int, run_dir: Path, dist: Dist,
-               restart: bool = False, progress: bool = True, log=print) -> dict | None:
-    from tqdm import tqdm
+@dataclass
+class FoldData:
+    """A fold's rows and loaders. train_rows train (an epoch is STEPS batches of them); val_rows are the held-out
+    fold (reported; they choose the epoch only with train.selection validation); inner_rows, with train.selection
+    inner, choose the epoch and do not train (else None)."""
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    inner_rows: np.ndarray | None
+    steps: int
+    train_ds: PatchDataset
+    sampler: EpochSampler
+    train: object  # a DataLoader of (x, target, rows), or gpu_augment.DeviceBatches (the same batches)
+    val: torch.utils.data.DataLoader
+    inner: torch.utils.data.DataLoader | None
 
-    t_cfg, d_cfg = cfg["train"], cfg["data"]
-    fold_dir = run_dir / f"fold{k}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    if oof_io.fold_done(run_dir, k):
-        if not restart:
-            log(f"fold {k}: already done ({fold_dir / oof_io.DONE}); skipped")
-            return json.loads((fold_dir / oof_io.DONE).read_text())
-        dist.barrier()
-        if dist.main:
-            (fold_dir / oof_io.DONE).unlink()  # a restarted fold is not done until it ends again
-    device = dist.device
-    cuda = device.type == "cuda"
-    amp = t_cfg["amp"] == "bf16" or (t_cfg["amp"] == "auto" and cuda)
-    channels_last = t_cfg["channels_last"] is True or (t_cfg["channels_last"] == "auto" and cuda)
-    seed = int(t_cfg["seed"]) * 1000 + k
-    seed_everything(seed)
 
+@dataclass
+class LossInputs:
+    """What train_step needs besides the batch, on the device once (no copy and no host sync per step): the
+    positive-class weight (imbalance.mode loss) and, for the domain alignment, every figure's label and domain
+    codes."""
+    pos_weight: torch.Tensor | None
+    labels: torch.Tensor
+    domains: torch.Tensor
+    n_domain_values: int
+    align: bool
+
+    def align_batch(self, rows: torch.Tensor):
+        if not self.align:
+            return None
+        on_device = rows.to(self.labels.device, non_blocking=True)
+        return self.labels[on_device], self.domains[on_device], self.n_domain_values
+
+
+@dataclass
+class FoldState:
+    """What one epoch hands to the next, and last.pt keeps of it. EPOCH: the next epoch to train (0-based);
+    BEST: the selection score of the epoch kept so far; STEP: optimiser steps so far (the EMA warm-up's clock)."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    teacher: object | None
+    mixer: object | None
+    epoch: int = 0
+    best: float = -np.inf
+    history: list = field(default_factory=list)
+    step: int = 0
+
+
+def already_done(fold: FoldDir, restart: bool, dist: Dist, log) -> dict | None:
+    """The fold's done.json if it is finished, so that rerunning a command trains only what is missing. With
+    --restart the marker goes first (None is returned): a restarted fold is not done until it ends again."""
+    if not fold.is_done():
+        return None
+    if not restart:
+        log(f"fold {fold.k}: already done ({fold.done}); skipped")
+        return fold.read_done()
+    dist.barrier()
+    if dist.main:
+        fold.done.unlink()
+    return None
+
+
+def fold_rows(cfg: dict, splits: pd.DataFrame, k: int, seed: int) -> tuple:
+    """(training, held-out, inner) rows of fold K. The inner rows (train.selection inner) are slides of the
+    training folds taken out of training: what chooses the epoch never includes the held-out fold."""
     train_rows, val_rows = splits_io.fold_rows(splits, k)
-    selection = t_cfg["selection"]
     inner_rows = None
-    if selection == "inner":  # the selection set: slides of the training folds only, taken out of training
-        train_rows, inner_rows = splits_io.inner_split(splits, train_rows, int(t_cfg["inner_folds"]), seed)
+    if cfg["train"]["selection"] == "inner":
+        train_rows, inner_rows = splits_io.inner_split(splits, train_rows, int(cfg["train"]["inner_folds"]), seed)
+    return train_rows, val_rows, inner_rows
+
+
+def build_model(cfg: dict, device, channels_last: bool, seed: int, k: int, log):
+    """(classifier on DEVICE, MixStyle mixer or None). The mixer draws from its own seeded generator, which
+    last.pt saves, so that a resumed fold mixes as an uninterrupted one."""
     model = create_classifier(cfg)
     mixer = None
     if cfg["mixstyle"]["enabled"]:
@@ -302,9 +338,18 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    return model, mixer
 
+
+def build_loaders(cfg: dict, df: pd.DataFrame, cache, rows: tuple, dist: Dist, seed: int, k: int, log) -> FoldData:
+    """The fold's datasets and loaders. The epoch length (steps) is fixed here, once, for the sampler, the
+    learning-rate schedule and the EMA warm-up alike. Training batches are EpochSampler's draws (seeded per epoch,
+    sharded across ranks, class-weighted with imbalance.mode sampler); with data.device_augment they are gathered
+    and augmented on the device from the same draws."""
+    t_cfg, d_cfg = cfg["train"], cfg["data"]
+    train_rows, val_rows, inner_rows = rows
+    device = dist.device
     mean, std = d_cfg["mean"], d_cfg["std"]
-    labels = df["label"].to_numpy()
     train_ds = PatchDataset(df, train_rows, d_cfg["input_size"], mean, std, d_cfg["resize"],
                             Augment(cfg["augment"]), cache, d_cfg["soft_labels"], seed)
     val_ds = PatchDataset(df, val_rows, d_cfg["input_size"], mean, std, d_cfg["resize"], None, cache)
@@ -316,15 +361,14 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         steps = min(steps, int(t_cfg["max_steps_per_epoch"]))
     if steps < 1:
         raise AmfError(f"fold {k}: {len(train_rows)} training figures are fewer than one batch of {batch}")
-    teacher = make_teacher(model, cfg["ema"], steps) if cfg["ema"]["enabled"] else None
     weights = None
-    y_train = labels[train_rows]
+    y_train = df["label"].to_numpy()[train_rows]
     if cfg["imbalance"]["mode"] == "sampler":
         counts = np.bincount(y_train, minlength=2).astype(float)
         weights = 1.0 / counts[y_train]
     sampler = EpochSampler(len(train_rows), weights, seed, dist.rank, dist.world, limit=steps * batch)
     workers = int(d_cfg["num_workers"])
-    loader_kw = dict(num_workers=workers, pin_memory=cuda, persistent_workers=False)
+    loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
     if workers > 0:
         loader_kw["prefetch_factor"] = 4
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=True, **loader_kw)
@@ -336,141 +380,244 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
                                              d_cfg["device_memory_gb"])
         log(f"fold {k}: training batches augmented on {device} (data.device_augment; "
             f"patches {'on the device' if train_dl.resident else 'in pinned host memory'})")
+    return FoldData(train_rows, val_rows, inner_rows, steps, train_ds, sampler, train_dl, val_dl, inner_dl)
+
+
+def loss_inputs(cfg: dict, df: pd.DataFrame, y_train: np.ndarray, device) -> LossInputs:
+    """LossInputs of the fold: the positive-class weight from its training labels, the domain codes of every
+    figure (align.columns, factorised over the whole table)."""
     pos_weight = None
     if cfg["imbalance"]["mode"] == "loss":
         pos_weight = torch.tensor(float((y_train == 0).sum()) / max(1, (y_train == 1).sum()), device=device)
-    hard_labels = torch.from_numpy(labels.astype(np.int64)).to(device)  # indexed on the device: no copy per step
+    hard_labels = torch.from_numpy(df["label"].to_numpy().astype(np.int64)).to(device)
     align_cols = list(cfg["align"]["columns"])
     domain_codes = torch.tensor(np.stack([pd.factorize(df[c])[0] for c in align_cols], 1)
                                 if align_cols else np.zeros((len(df), 0)), dtype=torch.long).to(device)
-    n_domain_values = int(domain_codes.max()) + 1 if domain_codes.numel() else 1  # no host sync per step
+    n_domain_values = int(domain_codes.max()) + 1 if domain_codes.numel() else 1
+    use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
+    return LossInputs(pos_weight, hard_labels, domain_codes, n_domain_values, use_align)
 
-    epochs = int(t_cfg["epochs"])
+
+def make_optimiser(cfg: dict, model, steps: int):
+    """(AdamW over param_groups, its schedule: linear warm-up over train.warmup_epochs, then cosine decay over
+    all of train.epochs; stepped once per optimiser step)."""
+    t_cfg = cfg["train"]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t_cfg["lr"])
-    total_steps = epochs * steps
+    total_steps = int(t_cfg["epochs"]) * steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, int(round(float(t_cfg["warmup_epochs"]) * steps))))
+    return optimizer, scheduler
 
-    start_epoch, best, history, global_step = 0, -np.inf, [], 0
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    if last_path.is_file() and not restart:
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if teacher is not None and state.get("teacher") is not None:
-            teacher.module.load_state_dict(state["teacher"])
-        start_epoch, best, history, global_step = state["epoch"] + 1, state["best"], state["history"], state["step"]
-        torch.set_rng_state(state["rng"]["torch"])  # dropout, drop-path, MixStyle's lambda: as if never stopped
-        if mixer is not None and state["rng"].get("mixstyle") is not None:
-            mixer.generator.set_state(state["rng"]["mixstyle"])
-        if cuda and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        log(f"fold {k}: resumed from {last_path} after epoch {state['epoch']}")
 
+def resume(state: FoldState, fold: FoldDir, cuda: bool, log) -> None:
+    """Continue after the last epoch in last.pt: weights, optimiser, schedule, EMA teacher, history, step count
+    and the random generators (dropout, drop-path, MixStyle's lambda), so that a resumed fold ends where an
+    uninterrupted one ends."""
+    saved = fold.load_last()
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    if state.teacher is not None and saved.get("teacher") is not None:
+        state.teacher.module.load_state_dict(saved["teacher"])
+    state.epoch, state.best, state.history = saved["epoch"] + 1, saved["best"], saved["history"]
+    state.step = saved["step"]
+    torch.set_rng_state(saved["rng"]["torch"])
+    if state.mixer is not None and saved["rng"].get("mixstyle") is not None:
+        state.mixer.generator.set_state(saved["rng"]["mixstyle"])
+    if cuda and saved["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(saved["rng"]["cuda"])
+    log(f"fold {fold.k}: resumed from {fold.last} after epoch {saved['epoch']}")
+
+
+def for_training(model, cfg: dict, dist: Dist):
+    """The module the training forward runs through: DDP across ranks, compiled with train.compile. Evaluation,
+    selection and export use MODEL itself (eager, one process)."""
     train_model = model
     if dist.world > 1:
+        cuda = dist.device.type == "cuda"
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if cuda else None,
+            model, device_ids=[dist.device.index] if cuda else None,
             find_unused_parameters=cfg["model"]["finetune"] == "frozen")
-    if t_cfg["compile"]:
-        train_model = torch.compile(train_model, dynamic=False)  # the training forward; eval/export stay eager
-    ema_cfg = cfg["ema"]
-    use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
-    log(f"fold {k}: {len(train_rows)} train ({int(y_train.sum())} atypical), {len(val_rows)} held out; "
-        f"selection {selection}{f' on {len(inner_rows)} inner figures' if inner_rows is not None else ''}"
-        f"{' (optimistic: on the held-out fold)' if selection == 'validation' else ''}; "
-        f"{steps} steps/epoch x {epochs} epochs, batch {batch} x {dist.world} process(es) on {device}"
-        f"{', bf16' if amp else ''}{', channels_last' if channels_last else ''}")
+    if cfg["train"]["compile"]:
+        train_model = torch.compile(train_model, dynamic=False)
+    return train_model
 
-    for epoch in range(start_epoch, epochs):
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        train_model.train()
-        sums = {"loss": 0.0, "cls": 0.0, "kd": 0.0, "align": 0.0}
-        lr_start = optimizer.param_groups[0]["lr"]
-        seen, t0 = 0, time.perf_counter()
-        bar = tqdm(train_dl, total=steps, desc=f"fold {k} epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not (progress and dist.main), mininterval=1 if sys.stderr.isatty() else 30)
-        for i, (x, target, rows) in enumerate(bar):
-            x = x.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = target.to(device, non_blocking=True)
-            on_device = rows.to(device, non_blocking=True)
-            align_batch = (hard_labels[on_device], domain_codes[on_device], n_domain_values) if use_align else None
-            losses = train_step(model, train_model, teacher, optimizer, x, target, cfg, amp, pos_weight, align_batch)
-            scheduler.step()
-            global_step += 1
-            if teacher is not None:
-                teacher.update(model, step=global_step)
-            n = len(x)
-            seen += n
-            for key, v in losses.items():
-                sums[key] = sums[key] + v * n  # on the device: no synchronisation per step
-            if progress and dist.main and i % 10 == 9:
-                bar.set_postfix(loss=f"{float(sums['loss']) / seen:.4f}", refresh=False)
-        train_s = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "lr": lr_start, "images_per_s": seen * dist.world / train_s,
-               **{f"train_{key}": float(v) / max(1, seen) for key, v in sums.items()},
-               "ema_decay": teacher.last_decay if teacher is not None else None}  # in effect at the epoch's end
+
+def train_epoch(state: FoldState, data: FoldData, loss_in: LossInputs, train_model, cfg: dict, dist: Dist, k: int,
+                epoch: int, amp: bool, channels_last: bool, progress: bool) -> dict:
+    """One epoch of optimiser steps (each followed by the schedule's and the EMA teacher's update); returns the
+    start of its epochs.csv row: learning rate at its start, throughput, mean losses, the EMA decay in effect at
+    its end. The losses are summed on the device: no host synchronisation per step."""
+    from tqdm import tqdm
+
+    device = dist.device
+    data.sampler.set_epoch(epoch)
+    data.train_ds.set_epoch(epoch)
+    train_model.train()
+    sums = {"loss": 0.0, "cls": 0.0, "kd": 0.0, "align": 0.0}
+    lr_start = state.optimizer.param_groups[0]["lr"]
+    seen, t0 = 0, time.perf_counter()
+    epochs = int(cfg["train"]["epochs"])
+    bar = tqdm(data.train, total=data.steps, desc=f"fold {k} epoch {epoch + 1}/{epochs}", leave=False,
+               disable=not (progress and dist.main), mininterval=1 if sys.stderr.isatty() else 30)
+    for i, (x, target, rows) in enumerate(bar):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = target.to(device, non_blocking=True)
+        losses = train_step(state.model, train_model, state.teacher, state.optimizer, x, target, cfg, amp,
+                            loss_in.pos_weight, loss_in.align_batch(rows))
+        state.scheduler.step()
+        state.step += 1
+        if state.teacher is not None:
+            state.teacher.update(state.model, step=state.step)
+        n = len(x)
+        seen += n
+        for key, v in losses.items():
+            sums[key] = sums[key] + v * n
+        if progress and dist.main and i % 10 == 9:
+            bar.set_postfix(loss=f"{float(sums['loss']) / seen:.4f}", refresh=False)
+    train_s = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "lr": lr_start, "images_per_s": seen * dist.world / train_s,
+            **{f"train_{key}": float(v) / max(1, seen) for key, v in sums.items()},
+            "ema_decay": state.teacher.last_decay if state.teacher is not None else None}
+
+
+def validate_and_select(row: dict, state: FoldState, data: FoldData, labels: np.ndarray, cfg: dict, device,
+                        channels_last: bool, progress: bool) -> tuple:
+    """Adds the epoch's held-out metrics (val_*: monitoring), the inner ones (inner_*) and row["best"]: whether
+    train.selection keeps this epoch so far (last: every epoch in turn, so the last one; inner / validation: the
+    best train.select on the inner or held-out figures). The evaluated model is the EMA teacher with
+    ema.evaluate, run in fp32: the out-of-fold probabilities are those of the exported fp32 model.
+    Returns (evaluated model, held-out rows, their logits)."""
+    t_cfg = cfg["train"]
+    evaluated = state.teacher.module if state.teacher is not None and cfg["ema"]["evaluate"] else state.model
+    rows_v, logits_v = predict(evaluated, data.val, device, False, channels_last, progress)
+    y_val = labels[rows_v]
+    s = metrics.summary(y_val, sigmoid(logits_v), threshold=0.5)
+    row.update({f"val_{key}": s[key] for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")})
+    row["val_loss"] = float(F.binary_cross_entropy_with_logits(
+        torch.from_numpy(logits_v), torch.from_numpy(y_val.astype(np.float64))))
+    if data.inner is not None:
+        rows_i, logits_i = predict(evaluated, data.inner, device, False, channels_last, progress)
+        s = metrics.summary(labels[rows_i], sigmoid(logits_i), threshold=0.5)
+        row.update({f"inner_{key}": s[key] for key in ("balanced_accuracy", "roc_auc")})
+    selection = t_cfg["selection"]
+    if selection == "last":  # nothing selected: the last epoch is kept
+        score = float(row["epoch"])
+    else:
+        score = row[f"{'inner' if selection == 'inner' else 'val'}_{t_cfg['select']}"]
+        score = -np.inf if score is None else score
+    row["best"] = bool(score > state.best)
+    if row["best"]:
+        state.best = score
+    return evaluated, rows_v, logits_v
+
+
+def save_epoch(fold: FoldDir, state: FoldState, row: dict, evaluated, rows_v, logits_v, df: pd.DataFrame,
+               cfg: dict, cuda: bool, t0: float) -> None:
+    """The epoch's files, each written atomically: the kept epoch's best.pt and oof.csv (when this epoch is
+    kept), epochs.csv, and last.pt last: a fold stopped before last.pt is written redoes the epoch."""
+    selection = cfg["train"]["selection"]
+    if row["best"]:
+        save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": row["epoch"], "selection": selection,
+                     "metric": cfg["train"]["select"] if selection != "last" else "epoch",
+                     "value": float(state.best), "evaluated": "ema" if evaluated is not state.model else "student",
+                     "backbone": cfg["model"]["backbone"], "fold": fold.k}, fold.best)
+        write_csv_atomic(oof_table(df, rows_v, logits_v, fold.k), fold.oof)
+    row["seconds"] = time.perf_counter() - t0
+    state.history.append(row)
+    write_csv_atomic(pd.DataFrame(state.history), fold.epochs)
+    teacher, mixer = state.teacher, state.mixer
+    save_atomic({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                 "scheduler": state.scheduler.state_dict(),
+                 "teacher": teacher.module.state_dict() if teacher is not None else None,
+                 "epoch": row["epoch"] - 1, "best": state.best, "history": state.history, "step": state.step,
+                 "rng": {"torch": torch.get_rng_state(),
+                         "cuda": torch.cuda.get_rng_state() if cuda else None,
+                         "mixstyle": mixer.generator.get_state() if mixer is not None else None}},
+                fold.last)
+
+
+def fold_line(cfg: dict, data: FoldData, labels: np.ndarray, dist: Dist, k: int, amp: bool, channels_last: bool) -> str:
+    t_cfg, inner = cfg["train"], data.inner_rows
+    selection, epochs, batch = t_cfg["selection"], int(t_cfg["epochs"]), int(t_cfg["batch_size"])
+    return (f"fold {k}: {len(data.train_rows)} train ({int(labels[data.train_rows].sum())} atypical), "
+            f"{len(data.val_rows)} held out; "
+            f"selection {selection}{f' on {len(inner)} inner figures' if inner is not None else ''}"
+            f"{' (optimistic: on the held-out fold)' if selection == 'validation' else ''}; "
+            f"{data.steps} steps/epoch x {epochs} epochs, batch {batch} x {dist.world} process(es) on {dist.device}"
+            f"{', bf16' if amp else ''}{', channels_last' if channels_last else ''}")
+
+
+def epoch_line(row: dict, k: int, epochs: int) -> str:
+    val_txt = " ".join(f"{key[4:]} {row[key]:.3f}" for key in ("val_balanced_accuracy", "val_roc_auc")
+                       if row[key] is not None)
+    return (f"fold {k} epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
+            f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}), {row['images_per_s']:.0f} img/s; "
+            f"val {val_txt}{' *' if row['best'] else ''}")
+
+
+def write_done(fold: FoldDir, state: FoldState, data: FoldData, cfg: dict) -> dict:
+    """done.json: the fold is finished (a rerun skips it, training.oof pools it), with the kept epoch, how it was
+    chosen, and the EMA decay that acted."""
+    t_cfg, teacher = cfg["train"], state.teacher
+    selection = t_cfg["selection"]
+    hist = pd.DataFrame(state.history)
+    best_row = hist.loc[hist["best"]].iloc[-1].to_dict() if len(hist) else {}
+    done = {"fold": fold.k, "epochs": int(t_cfg["epochs"]), "best_epoch": int(best_row.get("epoch", 0)),
+            "selection": selection, "select": t_cfg["select"] if selection != "last" else None,
+            "best_value": float(state.best) if selection != "last" else None,
+            "n_inner": len(data.inner_rows) if data.inner_rows is not None else 0,
+            "val_balanced_accuracy": best_row.get("val_balanced_accuracy"),
+            "val_roc_auc": best_row.get("val_roc_auc"),
+            "ema_decay": teacher.last_decay if teacher is not None else None,  # the decay of the last update
+            "ema_decay_configured": float(cfg["ema"]["decay"]) if teacher is not None else None,
+            "ema_warmup_steps": teacher.warmup_steps if teacher is not None else None}
+    write_json_atomic(done, fold.done)
+    return done
+
+
+def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int, run_dir, dist: Dist,
+               restart: bool = False, progress: bool = True, log=print) -> dict | None:
+    """Train fold K into RUN_DIR/fold{k} (resuming from its last.pt unless RESTART; a finished fold is skipped)
+    and return its done.json (None on ranks other than the main one)."""
+    t_cfg = cfg["train"]
+    fold = RunDir(run_dir).fold(k)
+    fold.path.mkdir(parents=True, exist_ok=True)
+    done = already_done(fold, restart, dist, log)
+    if done is not None:
+        return done
+    device = dist.device
+    cuda = device.type == "cuda"
+    amp = t_cfg["amp"] == "bf16" or (t_cfg["amp"] == "auto" and cuda)
+    channels_last = t_cfg["channels_last"] is True or (t_cfg["channels_last"] == "auto" and cuda)
+    seed = int(t_cfg["seed"]) * 1000 + k
+    seed_everything(seed)
+
+    rows = fold_rows(cfg, splits, k, seed)
+    model, mixer = build_model(cfg, device, channels_last, seed, k, log)
+    data = build_loaders(cfg, df, cache, rows, dist, seed, k, log)
+    teacher = make_teacher(model, cfg["ema"], data.steps) if cfg["ema"]["enabled"] else None
+    labels = df["label"].to_numpy()
+    loss_in = loss_inputs(cfg, df, labels[data.train_rows], device)
+    state = FoldState(model, *make_optimiser(cfg, model, data.steps), teacher, mixer)
+    if fold.last.is_file() and not restart:
+        resume(state, fold, cuda, log)
+    train_model = for_training(model, cfg, dist)
+    log(fold_line(cfg, data, labels, dist, k, amp, channels_last))
+
+    epochs = int(t_cfg["epochs"])
+    for epoch in range(state.epoch, epochs):
+        t0 = time.perf_counter()
+        row = train_epoch(state, data, loss_in, train_model, cfg, dist, k, epoch, amp, channels_last, progress)
         if dist.main:
-            evaluated = teacher.module if teacher is not None and ema_cfg["evaluate"] else model
-            # fp32: the out-of-fold probabilities are those of the exported fp32 model
-            rows_v, logits_v = predict(evaluated, val_dl, device, False, channels_last, progress)
-            y_val = labels[rows_v]
-            s = metrics.summary(y_val, 1.0 / (1.0 + np.exp(-logits_v)), threshold=0.5)
-            row.update({f"val_{key}": s[key] for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")})
-            row["val_loss"] = float(F.binary_cross_entropy_with_logits(
-                torch.from_numpy(logits_v), torch.from_numpy(y_val.astype(np.float64))))
-            if inner_dl is not None:
-                rows_i, logits_i = predict(evaluated, inner_dl, device, False, channels_last, progress)
-                s = metrics.summary(labels[rows_i], 1.0 / (1.0 + np.exp(-logits_i)), threshold=0.5)
-                row.update({f"inner_{key}": s[key] for key in ("balanced_accuracy", "roc_auc")})
-            if selection == "last":  # nothing selected: the last epoch is kept
-                score = float(epoch + 1)
-            else:
-                score = row[f"{'inner' if selection == 'inner' else 'val'}_{t_cfg['select']}"]
-                score = -np.inf if score is None else score
-            row["best"] = bool(score > best)  # the epoch train.selection keeps so far
-            if row["best"]:
-                best = score
-                save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": epoch + 1, "selection": selection,
-                             "metric": t_cfg["select"] if selection != "last" else "epoch",
-                             "value": float(score), "evaluated": "ema" if evaluated is not model else "student",
-                             "backbone": cfg["model"]["backbone"], "fold": k}, best_path)
-                write_csv_atomic(oof_table(df, rows_v, logits_v, k), fold_dir / "oof.csv")
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            write_csv_atomic(pd.DataFrame(history), fold_dir / "epochs.csv")
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(),
-                         "teacher": teacher.module.state_dict() if teacher is not None else None,
-                         "epoch": epoch, "best": best, "history": history, "step": global_step,
-                         "rng": {"torch": torch.get_rng_state(),
-                                 "cuda": torch.cuda.get_rng_state() if cuda else None,
-                                 "mixstyle": mixer.generator.get_state() if mixer is not None else None}},
-                        last_path)
-            val_txt = " ".join(f"{key[4:]} {row[key]:.3f}" for key in ("val_balanced_accuracy", "val_roc_auc")
-                               if row[key] is not None)
-            log(f"fold {k} epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
-                f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}), {row['images_per_s']:.0f} img/s; "
-                f"val {val_txt}{' *' if row['best'] else ''}")
+            evaluated, rows_v, logits_v = validate_and_select(row, state, data, labels, cfg, device, channels_last,
+                                                              progress)
+            save_epoch(fold, state, row, evaluated, rows_v, logits_v, df, cfg, cuda, t0)
+            log(epoch_line(row, k, epochs))
         dist.barrier()
-    done = None
-    if dist.main:
-        hist = pd.DataFrame(history)
-        best_row = hist.loc[hist["best"]].iloc[-1].to_dict() if len(hist) else {}
-        done = {"fold": k, "epochs": epochs, "best_epoch": int(best_row.get("epoch", 0)), "selection": selection,
-                "select": t_cfg["select"] if selection != "last" else None,
-                "best_value": float(best) if selection != "last" else None,
-                "n_inner": len(inner_rows) if inner_rows is not None else 0,
-                "val_balanced_accuracy": best_row.get("val_balanced_accuracy"),
-                "val_roc_auc": best_row.get("val_roc_auc"),
-                "ema_decay": teacher.last_decay if teacher is not None else None,  # the decay of the last update
-                "ema_decay_configured": float(ema_cfg["decay"]) if teacher is not None else None,
-                "ema_warmup_steps": teacher.warmup_steps if teacher is not None else None}
-        write_text_atomic(fold_dir / oof_io.DONE, json.dumps(done, indent=2) + "\n")
+    done = write_done(fold, state, data, cfg) if dist.main else None
     if mixer is not None:
         mixer.active = False
     dist.barrier()
@@ -508,16 +655,16 @@ def main(argv=None) -> int:
             overrides.append(f"train.epochs={args.epochs}")
         if args.workers is not None:
             overrides.append(f"data.num_workers={args.workers}")
-        cfg = resolve(config_io.load(args.config, overrides))
+        cfg = resolve_normalisation(config_io.load(args.config, overrides))
         dist = Dist(args.device)
         log = print if dist.main else (lambda *a, **k: None)
         t0 = time.perf_counter()
         df, cache = load_dataset(args.data, cfg, args.skip_missing, log=log)
         log(counts_report(df))
-        run_dir = Path(args.out)
-        splits = prepare_run(cfg, df, run_dir, dist)
+        run = RunDir(args.out)
+        splits = prepare_run(cfg, df, run, dist)
         folds = splits_io.folds_of(splits)
-        log(f"{cfg['splits']['kind']} splits ({run_dir / 'splits.csv'}):\n{splits_io.describe(splits)}")
+        log(f"{cfg['splits']['kind']} splits ({run.splits}):\n{splits_io.describe(splits)}")
         if args.fold is not None and args.fold not in folds:
             raise AmfError(f"--fold {args.fold}: the splits have folds {folds}")
         todo = [args.fold] if args.fold is not None else folds
@@ -526,18 +673,18 @@ def main(argv=None) -> int:
             run_parallel(list(sys.argv[1:] if argv is None else argv), todo, args.parallel, log)
         else:
             for k in todo:
-                train_fold(cfg, df, cache, splits, k, run_dir, dist, args.restart, not args.no_progress, log)
+                train_fold(cfg, df, cache, splits, k, run, dist, args.restart, not args.no_progress, log)
         if dist.main:
-            missing = oof_io.missing_folds(run_dir, splits)
+            missing = run.missing_folds(splits)
             if missing:
                 log(f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} still to train, "
-                    f"then: python -m training.export {run_dir} --out MODEL_DIR")
+                    f"then: python -m training.export {run} --out MODEL_DIR")
             else:
-                _, result = oof_io.pool(run_dir, seed=int(cfg["train"]["seed"]))
+                _, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
                 log(f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, "
                     f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s ==")
                 log(oof_io.summary_text(result))
-                log(f"run folder {run_dir}; next: python -m training.export {run_dir} --out MODEL_DIR")
+                log(f"run folder {run}; next: python -m training.export {run} --out MODEL_DIR")
     except AmfError as e:
         return report_error(e)
     finally:
