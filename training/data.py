@@ -137,6 +137,14 @@ def deduplicate(tables: list[pd.DataFrame], radius: float) -> tuple[pd.DataFrame
     return df, dropped
 
 
+def image_path(row, data_dir=None) -> Path:
+    """The image of a splits.csv row: its recorded path, or an official figure under DATA_DIR when the data
+    folder has moved since training."""
+    if data_dir is not None and row["source"] == "official":
+        return Path(data_dir) / OFFICIAL_IMAGES / row["image_id"]
+    return Path(row["path"])
+
+
 def decode(path) -> np.ndarray:
     """A PNG (any mode) -> square HxWx3 uint8 by the container's rule (amf.preprocess.canonical_patch:
     a 16-bit PNG is scaled by 255/65535, grey repeated, alpha dropped). The one image reader of training

@@ -37,7 +37,7 @@ from amf import manifest as manifest_io
 from amf.preprocess import prepare
 from training import oof as oof_io
 from training import splits as splits_io
-from training.data import OFFICIAL_IMAGES, decode
+from training.data import decode, image_path
 from training.models import load_for_export
 from training.run import RunDir
 
@@ -99,10 +99,7 @@ def real_patches(splits, k: int, n: int, data_dir=None) -> list[np.ndarray]:
     picks = list(val.groupby("label").head(max(1, n // 2)).index)[:n]
     patches, missing = [], []
     for i in picks:
-        row = splits.loc[i]
-        path = Path(row["path"])
-        if data_dir is not None and row["source"] == "official":
-            path = Path(data_dir) / OFFICIAL_IMAGES / row["image_id"]
+        path = image_path(splits.loc[i], data_dir)
         if not path.is_file():
             missing.append(str(path))
             continue

@@ -25,15 +25,9 @@ from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error
 from training import metrics
 from training.oof import slide_bootstrap_ci
+from training.run import RunDir
 
 RULES = ("oof", "loso")
-
-
-def read_pooled(run_dir) -> pd.DataFrame:
-    path = Path(run_dir) / "oof.csv"
-    if not path.is_file():
-        raise AmfError(f"{path} is missing: pool the run first (python -m training.oof {run_dir})")
-    return pd.read_csv(path, dtype={"image_id": str, "slide": str}, keep_default_na=False)
 
 
 def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
@@ -110,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     a = ap.parse_args(argv)
     try:
-        res = choose(read_pooled(a.oof_run), read_pooled(a.loso_run))
+        res = choose(RunDir(a.oof_run).read_oof(), RunDir(a.loso_run).read_oof())
         print(summary_text(res))
         if a.json:
             from amf.fileio import write_text_atomic
