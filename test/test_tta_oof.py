@@ -17,6 +17,8 @@ from training import tta_oof, train
 from training.data import OFFICIAL_IMAGES
 from training_layout import make_layout
 
+pytestmark = pytest.mark.slow  # trains a model
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
