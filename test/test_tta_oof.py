@@ -69,3 +69,27 @@ def test_an_unfinished_run_and_the_run_itself_as_output_are_refused(run, tmp_pat
     with pytest.raises(AmfError, match=r"fold\(s\) 1 .* not finished"):
         tta_oof.tta_run(partial, "d4", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_with_a_leave_one_scanner_out_run_ships_the_chosen_threshold(run, tmp_path):
+    """training.export --shift-run: the manifest's threshold is training.threshold's choice, and the whole
+    comparison is in the provenance (the layout has two scanners, so a leave-one-scanner-out run has 2 folds)."""
+    import json
+
+    from training import export, threshold
+    from training.run import RunDir
+
+    data, run_dir = run
+    loso = tmp_path / "loso"
+    args = ["--config", "smoke", "--data", data, "--out", loso, "--device", "cpu", "--no-progress",
+            "--set", "data.input_size=128", "splits.kind=leave_scanner_out"]
+    assert train.main([str(a) for a in args]) == 0
+    assert export.main([str(run_dir), "--out", str(tmp_path / "model"), "--shift-run", str(loso)]) == 0
+    manifest = json.loads((tmp_path / "model" / "ensemble.json").read_text())
+    expected = threshold.choose(RunDir(run_dir).read_oof(), RunDir(loso).read_oof())
+    shift = manifest["provenance"]["threshold_for_shift"]
+    assert manifest["threshold"] == expected["threshold"] == shift["threshold"]
+    assert shift["chosen"] == expected["chosen"] and set(shift["rules"]) == {"oof", "loso"}
+    assert manifest["provenance"]["threshold_note"].startswith(f"the {expected['chosen']} rule")
+    assert export.main([str(run_dir), "--out", str(tmp_path / "m2")]) == 0  # without it: no such key
+    assert "threshold_for_shift" not in json.loads((tmp_path / "m2" / "ensemble.json").read_text())["provenance"]

@@ -1,11 +1,15 @@
 """Export a finished training run to the container's ONNX ensemble.
 
   python -m training.export RUN_DIR --out MODEL_DIR [--data DATA_DIR] [--tta none|flips|d4] [--n-real 16]
+                           [--shift-run LOSO_RUN_DIR]
 
 1. Pools the folds' out-of-fold predictions (RUN_DIR/oof.csv, oof_metrics.json; refuses, naming them,
    if folds are missing) and takes the threshold that maximises out-of-fold balanced accuracy; the
    container applies it to the ensemble's mean probability (the members' out-of-fold probabilities
    were each judged alone, so the threshold is an estimate for the mean; the model card says so).
+   With --shift-run (a pooled leave-one-scanner-out run of the same figures) the threshold is the one
+   training.threshold chooses between the out-of-fold and the leave-one-scanner-out rule, and the whole
+   comparison goes into the provenance (threshold_for_shift).
 2. Each fold's best.pt (LoRA already merged) -> MODEL_DIR/fold{k}.onnx: fp32, opset >= 17, input "input"
    float32 N x 3 x S x S (dynamic N), output "logit" (N, 1) for atypical; TorchScript exporter
    (dynamo=False), weights inside the one file (over 2 GB: in one fold{k}.onnx.data beside it).
@@ -36,6 +40,7 @@ from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf import manifest as manifest_io
 from amf.preprocess import prepare
 from training import oof as oof_io
+from training import threshold as threshold_io
 from training import splits as splits_io
 from training.data import decode, image_path
 from training.models import load_for_export
@@ -110,10 +115,21 @@ def real_patches(splits, k: int, n: int, data_dir=None) -> list[np.ndarray]:
     return patches
 
 
-def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: int = 16, log=print) -> Path:
+def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: int = 16, log=print,
+               shift_run=None) -> Path:
     run, out_dir = RunDir(run_dir), Path(out_dir)
     cfg = run.read_config(complete=True)
     oof, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
+    threshold, note = result["threshold"], ("chosen on the pooled out-of-fold predictions to maximise balanced "
+                                            "accuracy; applied to the ensemble's mean P(atypical)")
+    shift = None
+    if shift_run is not None:  # the out-of-fold rule against the leave-one-scanner-out rule (training.threshold)
+        shift = {**threshold_io.choose(oof, RunDir(shift_run).read_oof(), seed=int(cfg["train"]["seed"])),
+                 "loso_run": str(Path(shift_run).resolve())}
+        threshold = shift["threshold"]
+        note = (f"the {shift['chosen']} rule (training.threshold: {shift['rule']}); applied to the ensemble's "
+                f"mean P(atypical)")
+        log(threshold_io.summary_text(shift))
     splits = run.read_splits()
     folds = splits_io.folds_of(splits)
     d = cfg["data"]
@@ -151,22 +167,20 @@ def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: 
             "backbone": cfg["model"]["backbone"], "finetune": cfg["model"]["finetune"],
             "config": cfg, "folds": folds, "split_kind": cfg["splits"]["kind"],
             "fold_names": {str(k): splits.loc[splits["fold"] == k, "fold_name"].iloc[0] for k in folds},
-            "threshold": result["threshold"],
-            "threshold_note": "chosen on the pooled out-of-fold predictions to maximise balanced accuracy; "
-                              "applied to the ensemble's mean P(atypical)",
+            "threshold": threshold, "threshold_note": note, **({"threshold_for_shift": shift} if shift else {}),
             "oof_metrics": result, "parity": checks, "run": str(run.path.resolve()),
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__},
         }
-        manifest = manifest_io.Manifest(members=members, threshold=float(result["threshold"]), tta=tta,
+        manifest = manifest_io.Manifest(members=members, threshold=float(threshold), tta=tta,
                                         trained=True, provenance=json.loads(json.dumps(provenance, default=str)))
         manifest_io.save(manifest, tmp)
         manifest_io.load(tmp)  # the container's reader accepts it
         install(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {result['threshold']:.3f}, "
+    log(f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {threshold:.3f}, "
         f"tta {tta}")
     return out_dir / manifest_io.MANIFEST_NAME
 
@@ -199,9 +213,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="data folder, if the images moved since training")
     ap.add_argument("--tta", default=None, choices=list(manifest_io.TTA_MODES), help="overrides export.tta")
     ap.add_argument("--n-real", type=positive_int, default=16, help="real patches per fold for the parity check")
+    ap.add_argument("--shift-run", default=None, help="a pooled leave-one-scanner-out run of the same figures: "
+                    "the threshold is chosen between the out-of-fold and the leave-one-scanner-out rule "
+                    "(training.threshold) and the comparison recorded in the provenance")
     a = ap.parse_args(argv)
     try:
-        export_run(a.run, a.out, a.data, a.tta, a.n_real)
+        export_run(a.run, a.out, a.data, a.tta, a.n_real, shift_run=a.shift_run)
     except EXPECTED as e:
         return report_error(as_error(e))
     return 0
