@@ -16,7 +16,7 @@ import numpy as np
 
 from amf import AmfError, native_stderr
 from amf import manifest as manifest_io
-from amf.preprocess import as_stack, prepare
+from amf.preprocess import as_stack
 
 log = logging.getLogger("amf")
 
@@ -130,10 +130,7 @@ class Ensemble:
         self.variant = variant_for(self.device)
         files = plan(self.device)
         if self.variant is not None:
-            m0 = self.manifest.members[0]
-            if any((m.input_size, m.mean, m.std, m.resize) != (m0.input_size, m0.mean, m0.std, m0.resize)
-                   for m in self.manifest.members):
-                raise AmfError(f"manifest variant {self.variant.file}: members differ in preprocessing")
+            self.manifest.shared_preprocessing(f"manifest variant {self.variant.file}")
         # the session made to find the device is kept when it is one of the files to run
         self.sessions = [first if f == first_file and i == 0 else session(f) for i, f in enumerate(files)]
         self.files = files
@@ -186,10 +183,9 @@ class Ensemble:
             raise AmfError("the stack has no patches")
         mf = self.manifest
         if self.variant is not None:
-            m = mf.members[0]
             out = np.empty(n)
             for i in range(0, n, self.chunk):
-                x = prepare(patches[i:i + self.chunk], m.input_size, m.mean, m.std, m.resize)
+                x = mf.members[0].prepare(patches[i:i + self.chunk])  # the members' shared preprocessing
                 # a merged graph outputs the members' mean probability directly
                 out[i:i + len(x)] = np.mean([self._run(0, v) for v in tta_views(x, mf.tta)], 0)
             return out
@@ -197,9 +193,8 @@ class Ensemble:
         for i in range(0, n, self.chunk):
             chunk, prepared = patches[i:i + self.chunk], {}
             for j, m in enumerate(mf.members):
-                key = (m.input_size, tuple(m.mean), tuple(m.std), m.resize)  # shared by same-spec members
-                if key not in prepared:
-                    prepared[key] = prepare(chunk, m.input_size, m.mean, m.std, m.resize)
-                views = [sigmoid(self._run(j, v)) for v in tta_views(prepared[key], mf.tta)]
+                if m.preprocessing not in prepared:  # shared by same-spec members
+                    prepared[m.preprocessing] = m.prepare(chunk)
+                views = [sigmoid(self._run(j, v)) for v in tta_views(prepared[m.preprocessing], mf.tta)]
                 total[i:i + len(chunk)] += np.mean(views, axis=0)
         return total / len(mf.members)

@@ -116,6 +116,18 @@ def test_members_with_different_preprocessing_are_refused(tmp_path):
     assert not (folder / MERGED_FILE).exists()
 
 
+def test_the_runtime_refuses_a_variant_over_members_that_differ_in_preprocessing(toy3):
+    merge_folder(toy3, use_on=["cpu"])
+    mf = manifest_io.load(toy3)
+    mf.members[2].std = [0.5, 0.5, 0.5]  # edited after the merge: the one graph no longer fits every member
+    manifest_io.save(mf, toy3)
+    with pytest.raises(AmfError, match="manifest variant merged.onnx: members differ in preprocessing"):
+        Ensemble(toy3, device="cpu")
+    mf.members[2].std = list(mf.members[0].std)  # only the spec matters, not whether it is a list or tuple
+    manifest_io.save(mf, toy3)
+    assert Ensemble(toy3, device="cpu").variant.kind == "merged"
+
+
 def test_a_cuda_only_fp16_variant_runs_only_where_cuda_loads(toy3):
     """Here (no GPU) the member loop runs; on a GPU machine the fp16 graph does, close to it."""
     patches = stack(6)

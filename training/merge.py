@@ -27,14 +27,6 @@ OUTPUT_NAME = "prob"
 PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which the graph's weights go to a .data file
 
 
-def shared_preprocessing(manifest: Manifest):
-    """The one (input_size, mean, std, resize) of all members, or an AmfError."""
-    specs = {(m.input_size, tuple(m.mean), tuple(m.std), m.resize) for m in manifest.members}
-    if len(specs) != 1:
-        raise AmfError(f"cannot merge: members differ in preprocessing {sorted(specs)}")
-    return specs.pop()
-
-
 def merge_models(models: list, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
     """ONNX member models (one input, first output = one logit) -> one ModelProto: mean of sigmoids."""
     import onnx
@@ -124,11 +116,9 @@ def merged_run(path: Path, x: np.ndarray) -> np.ndarray:
 
 def check_batch(manifest: Manifest, n: int = 4, seed: int = 0) -> np.ndarray:
     """Random patches through the members' own preprocessing: a prepared float32 batch."""
-    from amf.preprocess import prepare
-
-    size, mean, std, resize = shared_preprocessing(manifest)
+    size = manifest.shared_preprocessing("cannot merge")[0]
     rng = np.random.default_rng(seed)
-    return prepare(list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)), size, mean, std, resize)
+    return manifest.members[0].prepare(list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)))
 
 
 def load_member(path):
@@ -148,7 +138,7 @@ def merge_folder(model_dir, use_on=(), fp16: bool = False, fp16_use_on=(), atol:
 
     model_dir = Path(model_dir)
     mf = manifest_io.load(model_dir)
-    shared_preprocessing(mf)
+    mf.shared_preprocessing("cannot merge")
     merged = merge_models([load_member(mf.path(m.file)) for m in mf.members])
     path = save_model(merged, model_dir / MERGED_FILE)
     onnx.checker.check_model(str(path))  # by path: works for graphs with external weights too
