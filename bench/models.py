@@ -3,7 +3,7 @@
 - the baseline's weights: timm efficientnetv2_m (EfficientNetV2-M), random init, saved as a state dict
 - 5 x timm convnext_small, random init (seeds 0-4), each exported to fp32 ONNX (dynamic batch,
   one logit), and ensemble folders for 128 and 224 px: members only, and the same members with a
-  merged single graph (training/merge.py) declared for the CPU.
+  single graph of all members (training/single_graph.py) declared for the CPU.
 Pretrained weights cannot be downloaded here; speed does not depend on the weights' values.
 Run:  python -m bench.models      (prints the folders it made or found)
 """
@@ -84,7 +84,7 @@ def derived(src: Path, name: str, path: str) -> Path:
     import onnx
 
     from amf.manifest import Variant, load, save
-    from training.merge import FP16_FILE, MERGED_FILE, merge_models, save_model, to_fp16
+    from training.single_graph import FP16_FILE, MERGED_FILE, build_single_graph, save_model, to_fp16
 
     dst = cache_dir() / name
     if (dst / "ensemble.json").exists():
@@ -92,7 +92,7 @@ def derived(src: Path, name: str, path: str) -> Path:
     mf = load(src)
     dst.mkdir(parents=True, exist_ok=True)
     if path in ("merged", "fp16") and not (dst / MERGED_FILE).exists():
-        save_model(merge_models([onnx.load(str(mf.path(m.file))) for m in mf.members]), dst / MERGED_FILE)
+        save_model(build_single_graph([onnx.load(str(mf.path(m.file))) for m in mf.members]), dst / MERGED_FILE)
     if path == "fp16" and not (dst / FP16_FILE).exists():
         save_model(to_fp16(onnx.load(str(dst / MERGED_FILE))), dst / FP16_FILE)
     rel = os.path.relpath(mf.root, dst)
