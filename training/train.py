@@ -53,7 +53,7 @@ from training import splits as splits_io
 from training.augment import Augment
 from training.folds import run_parallel
 from training.data import PatchDataset, counts_report, load_dataset
-from training.models import create_backbone, create_classifier, head_parameters, merged_state_dict, normalisation
+from training.models import create_backbone, create_classifier, head_parameters, lora_folded_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
 
 
@@ -435,7 +435,7 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
             row["best"] = bool(score > best)  # the epoch train.selection keeps so far
             if row["best"]:
                 best = score
-                save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": epoch + 1, "selection": selection,
+                save_atomic({"state_dict": lora_folded_state_dict(evaluated), "epoch": epoch + 1, "selection": selection,
                              "metric": t_cfg["select"] if selection != "last" else "epoch",
                              "value": float(score), "evaluated": "ema" if evaluated is not model else "student",
                              "backbone": cfg["model"]["backbone"], "fold": k}, best_path)
