@@ -69,11 +69,11 @@ def cuda_failure(printed: str) -> str:
     shared object file'), or a generic one."""
     import re
 
-    text = native_stderr.one_line(printed, 10_000)
+    text = native_stderr.short_line(printed, 10_000)
     m = re.search(r"Failed to load library (\S+) with error: (.*?)(?= \[|$)", text)
     if m:
-        return native_stderr.one_line(f"{m.group(1)}: {m.group(2)}", 200)
-    return native_stderr.one_line(text, 200) if text else "driver or CUDA/cuDNN libraries"
+        return native_stderr.short_line(f"{m.group(1)}: {m.group(2)}", 200)
+    return native_stderr.short_line(text, 200) if text else "driver or CUDA/cuDNN libraries"
 
 
 class Ensemble:
@@ -166,7 +166,7 @@ class Ensemble:
         try:
             y = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x)}, self.run_options)[0]
         except Exception as e:  # onnxruntime raises its own exception types
-            why = native_stderr.one_line(str(e), 300) or type(e).__name__
+            why = native_stderr.short_line(str(e), 300) or type(e).__name__
             raise AmfError(f"model {file}: failed on a batch of {len(x)} patches: {why}") from None
         y = np.asarray(y)
         if y.ndim < 1 or y.shape[0] != len(x) or y.size != len(x) or not np.issubdtype(y.dtype, np.number):

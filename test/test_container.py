@@ -91,6 +91,14 @@ def test_a_cuda_provider_that_does_not_load_is_told_in_one_line():
     assert "\n" not in cuda_failure("some\nother\ntext")
 
 
+def test_native_log_text_becomes_one_short_line():
+    from amf.native_stderr import short_line
+
+    assert short_line("\x1b[1;31mFAIL :\n  no   such\tfile\x1b[m\n") == "FAIL : no such file"
+    assert short_line("x" * 50, 20) == "x" * 17 + "..."
+    assert short_line("x" * 20, 20) == "x" * 20
+
+
 def test_organisers_sample_gives_16_valid_entries(gc_sample, tmp_path):
     rc, _, err = cli("--input", gc_sample, "--output", tmp_path)
     assert rc == 0, err
