@@ -25,8 +25,6 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.recipe", [MISSING], "not found"),
     ("training.single_graph", [MISSING], "no manifest"),
     ("training.single_graph", [MISSING, "--use-on", "abacus"], "--use-on"),
-    ("training.toy_onnx", [A_FILE], "File exists"),
-    ("training.toy_onnx", [MISSING, "--members", "0"], "--members"),
     ("training.augment", [MISSING, MISSING], "No such file"),
     ("training.augment", [A_FILE, MISSING], "cannot identify image"),
     ("training.evaluate", ["score", MISSING, "--ground-truth", MISSING, "--out", MISSING], "ground truth"),

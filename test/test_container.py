@@ -22,7 +22,7 @@ from amf.preprocess import canonical_patch, prepare, resize
 from amf.results import validate
 from conftest import ROOT
 from make_sample_input import make_job, write_job
-from training.toy_onnx import make_toy_ensemble, toy_model
+from toy_models import make_toy_ensemble, toy_model
 
 SAMPLE = ROOT / "test" / "input"
 EXPECTED = ROOT / "test" / "expected_output.json"

@@ -55,7 +55,7 @@ def labelled(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
-    from training.toy_onnx import make_toy_ensemble
+    from toy_models import make_toy_ensemble
     return make_toy_ensemble(tmp_path_factory.mktemp("toy") / "model", members=2).parent
 
 

@@ -10,9 +10,9 @@ import pytest
 from amf import AmfError
 from amf import manifest as manifest_io
 from amf.ensemble import Ensemble
+from toy_models import make_toy_ensemble
 from training.single_graph import (FP16_FILE, MERGED_FILE, add_single_graph, build_single_graph, check_batch, member_loop,
                                    run_single_graph)
-from training.toy_onnx import make_toy_ensemble
 
 RNG = np.random.default_rng(3)
 
