@@ -64,7 +64,7 @@ def pick_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def cuda_failure(printed: str) -> str:
+def cuda_failure_reason(printed: str) -> str:
     """The reason in onnxruntime's provider-loading log (e.g. 'libcublasLt.so.12: cannot open
     shared object file'), or a generic one."""
     import re
@@ -122,7 +122,7 @@ class Ensemble:
                 first = session(first_file)
         self.device = "cuda" if first.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         if tried == "cuda" and self.device == "cpu":
-            why = cuda_failure(printed[0])
+            why = cuda_failure_reason(printed[0])
             log.warning("amf: the CUDA provider failed to load (%s); running on the CPU", why)
             providers = ["CPUExecutionProvider"]  # the other sessions need not try again
         elif printed[0].strip():
@@ -159,7 +159,7 @@ class Ensemble:
         if shape is not None and (not shape or any(isinstance(d, int) and d != 1 for d in shape[1:])):
             raise AmfError(f"{where}output must be one value per patch (N or Nx1), got {shape}")
 
-    def _run(self, i: int, x: np.ndarray) -> np.ndarray:
+    def _run_session(self, i: int, x: np.ndarray) -> np.ndarray:
         """Session I on the batch X -> one float64 logit (or probability) per patch; whatever goes
         wrong inside the member (an onnxruntime error, a wrong output size) is one AmfError line."""
         sess, file = self.sessions[i], self.files[i]
@@ -187,7 +187,7 @@ class Ensemble:
             for i in range(0, n, self.chunk):
                 x = mf.members[0].prepare(patches[i:i + self.chunk])  # the members' shared preprocessing
                 # a merged graph outputs the members' mean probability directly
-                out[i:i + len(x)] = np.mean([self._run(0, v) for v in tta_views(x, mf.tta)], 0)
+                out[i:i + len(x)] = np.mean([self._run_session(0, v) for v in tta_views(x, mf.tta)], 0)
             return out
         total = np.zeros(n)
         for i in range(0, n, self.chunk):
@@ -195,6 +195,6 @@ class Ensemble:
             for j, m in enumerate(mf.members):
                 if m.preprocessing not in prepared:  # shared by same-spec members
                     prepared[m.preprocessing] = m.prepare(chunk)
-                views = [sigmoid(self._run(j, v)) for v in tta_views(prepared[m.preprocessing], mf.tta)]
+                views = [sigmoid(self._run_session(j, v)) for v in tta_views(prepared[m.preprocessing], mf.tta)]
                 total[i:i + len(chunk)] += np.mean(views, axis=0)
         return total / len(mf.members)

@@ -78,17 +78,17 @@ def test_sample_job_gives_the_expected_output(tmp_path):
 
 
 def test_a_cuda_provider_that_does_not_load_is_told_in_one_line():
-    from amf.ensemble import cuda_failure
+    from amf.ensemble import cuda_failure_reason
 
     printed = ("\x1b[1;31m2026-11-22 07:58:18.025 [E:onnxruntime:Default, provider_bridge_ort.cc:2195 "
                "TryGetProviderInfo_CUDA] /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:1778 "
                "onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : "
                "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot "
                "open shared object file: No such file or directory\n\x1b[m\n")
-    assert cuda_failure(printed) == ("libonnxruntime_providers_cuda.so: libcublasLt.so.12: cannot open shared "
+    assert cuda_failure_reason(printed) == ("libonnxruntime_providers_cuda.so: libcublasLt.so.12: cannot open shared "
                                      "object file: No such file or directory")
-    assert cuda_failure("") == "driver or CUDA/cuDNN libraries"
-    assert "\n" not in cuda_failure("some\nother\ntext")
+    assert cuda_failure_reason("") == "driver or CUDA/cuDNN libraries"
+    assert "\n" not in cuda_failure_reason("some\nother\ntext")
 
 
 def test_native_log_text_becomes_one_short_line():
