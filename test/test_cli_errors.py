@@ -43,6 +43,7 @@ CASES = [  # module, arguments, a word the error line must hold
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, args, word", CASES, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(CASES)])
 def test_module_cli_fails_in_one_line_with_status_2(tmp_path, module, args, word):
     (tmp_path / "file").write_text("image_id,filename,majority\n")

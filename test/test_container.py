@@ -173,6 +173,7 @@ def test_faked_platform_model_dir_is_used(three_models, monkeypatch, tmp_path):
 
 # -- what the input may be -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gray_rgba_16bit_and_other_sizes_follow_the_documented_rule(tmp_path):
     model = ROOT / "model"
     rgb = patches(3, 150, 200)
@@ -205,6 +206,7 @@ def test_small_patches_and_a_single_2d_image_work(tmp_path):
     validate(results, 1)
 
 
+@pytest.mark.slow
 def test_many_patches_chunked_equal_one_by_one(tmp_path):
     stack = patches(40)
     job = write_job(tmp_path / "job", stack, "mha").parents[2]
@@ -623,6 +625,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_exits_2_with_one_line_and_no_output(case, tmp_path):
     make_input, make_model, words = BAD_INPUTS[case]
@@ -653,6 +656,7 @@ def assert_failed(ran, words, output_dir):
     assert not output_dir.is_dir() or not any(p.is_file() for p in output_dir.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["abc", "", "1.5", "0", "-1", " "])
 def test_a_bad_amf_chunk_is_one_line_naming_the_variable_and_rule(value, tmp_path):
     stale_result(tmp_path / "o")
@@ -660,6 +664,7 @@ def test_a_bad_amf_chunk_is_one_line_naming_the_variable_and_rule(value, tmp_pat
                   f"AMF_CHUNK={value!r} must be a whole number >= 1", tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_a_good_amf_chunk_changes_nothing_but_the_chunk(tmp_path):
     rc, _, err = cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_CHUNK": "3"})
     assert rc == 0, err

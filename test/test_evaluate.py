@@ -128,6 +128,7 @@ def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text
 
 # ---------------------------------------------------------------- run
 
+@pytest.mark.slow
 def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tmp_path, capsys):
     csv, images, _ = labelled
     pack(csv, images, tmp_path / "p", seed=0, progress=False)
@@ -156,6 +157,7 @@ def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tm
     assert "failed: stack_0002" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_evaluation_path_never_imports_torch(labelled, toy, tmp_path):
     csv, images, _ = labelled
     code = f"""
@@ -268,6 +270,7 @@ def test_confidence_readings_differ_and_match_sklearn(tmp_path):
 
 # ---------------------------------------------------------------- the breast slice, end to end
 
+@pytest.mark.slow
 def test_breast_pack_run_score_mha_and_tiff_agree(breast_dir, tmp_path):
     csv = breast_dir / "MIDOG25_Atypical_Classification_Train_Set.csv"
     images = breast_dir / "MIDOG25_Binary_Classification_Train_Set"

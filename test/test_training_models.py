@@ -11,6 +11,7 @@ from training.export import export_member, parity
 from training.models import create_backbone, create_classifier, load_for_export, lora_folded_state_dict
 
 
+@pytest.mark.slow
 def test_local_weights_file_is_loaded(tmp_path):
     torch.manual_seed(1)
     src = create_backbone({"backbone": "test_vit", "pretrained": False}, img_size=32)
@@ -53,6 +54,7 @@ def test_unknown_model_and_bad_kwargs_are_clear():
     assert isinstance(layer.blocks[0].mlp.act, torch.nn.SiLU)
 
 
+@pytest.mark.slow
 def test_onnx_member_contract(tmp_path):
     import onnx
     cfg = config_io.load("smoke", ["model.backbone=test_vit", "data.input_size=32"])

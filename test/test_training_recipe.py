@@ -70,6 +70,7 @@ def test_mixstyle_mixes_statistics_keeps_shapes_and_labels():
     assert mixed.shape == tokens.shape and torch.equal(mixed[:, :1], tokens[:, :1])  # class token untouched
 
 
+@pytest.mark.slow
 def test_mixstyle_places_and_acts_only_in_training():
     cfg = cfg_with()
     model = create_classifier(cfg)
@@ -197,6 +198,7 @@ def test_validation_input_is_the_containers_prepare():
 
 # ---- fine-tuning modes --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_lora_trains_adapters_only_and_merges_exactly():
     torch.manual_seed(0)
     cfg = cfg_with("model.backbone=test_vit", "model.finetune=lora", "data.input_size=32")
