@@ -118,6 +118,7 @@ def sources():
     yield pytest.param(gc, marks=pytest.mark.skipif(not gc.exists(), reason=f"{gc} is not here"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", sources(), ids=["project-sample", "gc-sample"])
 def test_the_same_stack_as_mha_and_tiff_gives_the_same_output(source, tmp_path):
     tiff = jobs.find_stack(source)

@@ -231,6 +231,7 @@ def test_score_needs_a_result_and_ground_truth_for_every_stack(tmp_path):
         score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
 
 
+@pytest.mark.slow
 def test_confidence_readings_differ_and_match_sklearn(tmp_path):
     root = hand_made_jobs(tmp_path, [
         ("stack_0001.tiff", ["normal", "normal", "atypical", "atypical"], 1,

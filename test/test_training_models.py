@@ -27,6 +27,7 @@ def test_local_weights_file_is_loaded(tmp_path):
         create_backbone({"backbone": "test_vit", "pretrained": False, "weights": str(tmp_path / "none.pth")})
 
 
+@pytest.mark.slow
 def test_unreachable_hub_and_gated_model_messages(monkeypatch):
     import huggingface_hub.constants as hf_constants
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)

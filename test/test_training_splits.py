@@ -68,6 +68,7 @@ def test_leave_one_domain_out(full):
     assert loto["fold"].nunique() == 7 and (loto.groupby("fold")["Tumor"].nunique() == 1).all()
 
 
+@pytest.mark.slow
 def test_synthetic_rows_never_validate_and_written_splits_are_checked(tmp_path):
     data = make_layout(tmp_path / "d", n_slides=6, per_slide=5)
     cfg = config_io.load("smoke", [f"data.synthetic={make_synthetic(tmp_path / 's', 3)}"])
