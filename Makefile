@@ -1,11 +1,12 @@
 # Two commands matter on a fresh machine (see README):
 #   make demo   the container's entrypoint on the shipped model and the sample job, in the image's runtime
 #   make test   the whole test suite, in the development environment
+#   make test-fast   while working: the tests not marked slow (pytest -m "not slow"): no training, no venv build, under a minute
 PYTHON ?= python3
 VENV := .venv
 RUNTIME := .venv-runtime
 
-.PHONY: demo test dev runtime lint bench sample expected clean
+.PHONY: demo test test-fast dev runtime lint bench sample expected clean
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: $(RUNTIME)/.stamp
 
 test: $(VENV)/.stamp
 	$(VENV)/bin/python -m pytest
+
+test-fast: $(VENV)/.stamp
+	$(VENV)/bin/python -m pytest -m "not slow"
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/hadolint Dockerfile

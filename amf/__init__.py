@@ -21,8 +21,9 @@ class AmfError(Exception):
     """A problem with the input, the model or the output: reported as one line, exit non-zero."""
 
 
-def one_line(e: BaseException) -> str:
-    """An exception's message on one line (the one-line error rule: no tracebacks, no wrapped text)."""
+def one_line(e: BaseException | str) -> str:
+    """An exception's message (or any text) on one line, whitespace squeezed (the one-line error rule: no
+    tracebacks, no wrapped text)."""
     return " ".join(str(e).split())
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from amf import AmfError, native_stderr
 from amf import manifest as manifest_io
-from amf.preprocess import as_stack, prepare
+from amf.preprocess import as_stack
 
 log = logging.getLogger("amf")
 
@@ -64,16 +64,16 @@ def pick_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def cuda_failure(printed: str) -> str:
+def cuda_failure_reason(printed: str) -> str:
     """The reason in onnxruntime's provider-loading log (e.g. 'libcublasLt.so.12: cannot open
     shared object file'), or a generic one."""
     import re
 
-    text = native_stderr.one_line(printed, 10_000)
+    text = native_stderr.short_line(printed, 10_000)
     m = re.search(r"Failed to load library (\S+) with error: (.*?)(?= \[|$)", text)
     if m:
-        return native_stderr.one_line(f"{m.group(1)}: {m.group(2)}", 200)
-    return native_stderr.one_line(text, 200) if text else "driver or CUDA/cuDNN libraries"
+        return native_stderr.short_line(f"{m.group(1)}: {m.group(2)}", 200)
+    return native_stderr.short_line(text, 200) if text else "driver or CUDA/cuDNN libraries"
 
 
 class Ensemble:
@@ -122,7 +122,7 @@ class Ensemble:
                 first = session(first_file)
         self.device = "cuda" if first.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         if tried == "cuda" and self.device == "cpu":
-            why = cuda_failure(printed[0])
+            why = cuda_failure_reason(printed[0])
             log.warning("amf: the CUDA provider failed to load (%s); running on the CPU", why)
             providers = ["CPUExecutionProvider"]  # the other sessions need not try again
         elif printed[0].strip():
@@ -130,10 +130,7 @@ class Ensemble:
         self.variant = variant_for(self.device)
         files = plan(self.device)
         if self.variant is not None:
-            m0 = self.manifest.members[0]
-            if any((m.input_size, m.mean, m.std, m.resize) != (m0.input_size, m0.mean, m0.std, m0.resize)
-                   for m in self.manifest.members):
-                raise AmfError(f"manifest variant {self.variant.file}: members differ in preprocessing")
+            self.manifest.shared_preprocessing(f"manifest variant {self.variant.file}")
         # the session made to find the device is kept when it is one of the files to run
         self.sessions = [first if f == first_file and i == 0 else session(f) for i, f in enumerate(files)]
         self.files = files
@@ -162,14 +159,14 @@ class Ensemble:
         if shape is not None and (not shape or any(isinstance(d, int) and d != 1 for d in shape[1:])):
             raise AmfError(f"{where}output must be one value per patch (N or Nx1), got {shape}")
 
-    def _run(self, i: int, x: np.ndarray) -> np.ndarray:
+    def _run_session(self, i: int, x: np.ndarray) -> np.ndarray:
         """Session I on the batch X -> one float64 logit (or probability) per patch; whatever goes
         wrong inside the member (an onnxruntime error, a wrong output size) is one AmfError line."""
         sess, file = self.sessions[i], self.files[i]
         try:
             y = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x)}, self.run_options)[0]
         except Exception as e:  # onnxruntime raises its own exception types
-            why = native_stderr.one_line(str(e), 300) or type(e).__name__
+            why = native_stderr.short_line(str(e), 300) or type(e).__name__
             raise AmfError(f"model {file}: failed on a batch of {len(x)} patches: {why}") from None
         y = np.asarray(y)
         if y.ndim < 1 or y.shape[0] != len(x) or y.size != len(x) or not np.issubdtype(y.dtype, np.number):
@@ -186,20 +183,18 @@ class Ensemble:
             raise AmfError("the stack has no patches")
         mf = self.manifest
         if self.variant is not None:
-            m = mf.members[0]
             out = np.empty(n)
             for i in range(0, n, self.chunk):
-                x = prepare(patches[i:i + self.chunk], m.input_size, m.mean, m.std, m.resize)
+                x = mf.members[0].prepare(patches[i:i + self.chunk])  # the members' shared preprocessing
                 # a merged graph outputs the members' mean probability directly
-                out[i:i + len(x)] = np.mean([self._run(0, v) for v in tta_views(x, mf.tta)], 0)
+                out[i:i + len(x)] = np.mean([self._run_session(0, v) for v in tta_views(x, mf.tta)], 0)
             return out
         total = np.zeros(n)
         for i in range(0, n, self.chunk):
             chunk, prepared = patches[i:i + self.chunk], {}
             for j, m in enumerate(mf.members):
-                key = (m.input_size, tuple(m.mean), tuple(m.std), m.resize)  # shared by same-spec members
-                if key not in prepared:
-                    prepared[key] = prepare(chunk, m.input_size, m.mean, m.std, m.resize)
-                views = [sigmoid(self._run(j, v)) for v in tta_views(prepared[key], mf.tta)]
+                if m.preprocessing not in prepared:  # shared by same-spec members
+                    prepared[m.preprocessing] = m.prepare(chunk)
+                views = [sigmoid(self._run_session(j, v)) for v in tta_views(prepared[m.preprocessing], mf.tta)]
                 total[i:i + len(chunk)] += np.mean(views, axis=0)
         return total / len(mf.members)

@@ -99,7 +99,7 @@ def read_stack(path) -> Stack:
     if failure is not None:
         raise AmfError(f"cannot read image {path.name}: {_itk_reason(failure, printed[0])}")
     if printed[0].strip():
-        raise AmfError(f"cannot read image {path.name}: {native_stderr.one_line(printed[0], 200)}")
+        raise AmfError(f"cannot read image {path.name}: {native_stderr.short_line(printed[0], 200)}")
     arr = sitk.GetArrayViewFromImage(img)  # a view: no copy of the pixels
     if img.GetDimension() == 2:
         arr = arr[None]
@@ -140,7 +140,7 @@ def _itk_reason(message: str, printed: str) -> str:
     reason = errors[-1] if errors else (lines[-1] if lines else "unreadable")
     reason = re.sub(r"^(ITK ERROR: \w+\(0x[0-9a-f]+\): |sitk::ERROR: )", "", reason)
     if printed.strip():
-        reason += f" ({native_stderr.one_line(printed, 160)})"
+        reason += f" ({native_stderr.short_line(printed, 160)})"
     return reason
 
 

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from amf import AmfError
 from amf.fileio import read_json, write_text_atomic
-from amf.preprocess import RESAMPLE
+from amf.preprocess import RESAMPLE, prepare
 
 MANIFEST_NAME = "ensemble.json"
 SCHEMA = "amf-ensemble"
@@ -46,6 +46,16 @@ class Member:
     resize: str = "bilinear"
     backbone: str = ""
     fold: int | None = None
+
+    @property
+    def preprocessing(self) -> tuple:
+        """(input_size, mean, std, resize), amf.preprocess.prepare's arguments: a hashable key, equal for
+        members that can share one prepared batch."""
+        return (self.input_size, tuple(self.mean), tuple(self.std), self.resize)
+
+    def prepare(self, patches):
+        """Patches (one stack for rule 1) -> this member's float32 Nx3xSxS input."""
+        return prepare(patches, *self.preprocessing)
 
 
 @dataclass
@@ -67,6 +77,14 @@ class Manifest:
 
     def path(self, file: str) -> Path:
         return Path(self.root or ".") / file
+
+    def shared_preprocessing(self, needed_by: str) -> tuple:
+        """The one Member.preprocessing of all members (a merged graph takes one input), or an AmfError
+        that starts with NEEDED_BY."""
+        specs = {m.preprocessing for m in self.members}
+        if len(specs) != 1:
+            raise AmfError(f"{needed_by}: members differ in preprocessing {sorted(specs)}")
+        return specs.pop()
 
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, "version": VERSION}

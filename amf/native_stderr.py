@@ -11,6 +11,8 @@ import os
 import sys
 import tempfile
 
+from amf import one_line
+
 
 @contextlib.contextmanager
 def captured():
@@ -38,10 +40,10 @@ def captured():
         tmp.close()
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    """Native log text -> one line: ANSI colour codes and line breaks gone, runs of spaces squeezed."""
+def short_line(text: str, limit: int = 300) -> str:
+    """Native log text -> one line of at most LIMIT characters: ANSI colour codes gone, then amf.one_line
+    (line breaks and runs of spaces squeezed), cut with "..." when longer."""
     import re
 
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    line = " ".join(text.split())
+    line = one_line(re.sub(r"\x1b\[[0-9;]*m", "", text))
     return line if len(line) <= limit else line[:limit - 3] + "..."

@@ -42,10 +42,10 @@ def model_for(case: str) -> Path:
     if case == "shipped":
         return ROOT / "model"
     if case.startswith("shipped-"):
-        return models.shipped(case.split("-", 1)[1])
-    _, size, *path = case.split("-")  # convnext5-224[-merged|-fp16]
+        return models.shipped_folder(case.split("-", 1)[1])
+    _, size, *runs_as = case.split("-")  # convnext5-224[-merged|-fp16]
     src = models.convnext_ensemble(int(size))
-    return models.derived(src, f"{src.name}_{path[0]}", path[0]) if path else src
+    return models.derived_folder(src, f"{src.name}_{runs_as[0]}", runs_as[0]) if runs_as else src
 
 
 def cuda_works() -> bool:

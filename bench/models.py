@@ -3,13 +3,14 @@
 - the baseline's weights: timm efficientnetv2_m (EfficientNetV2-M), random init, saved as a state dict
 - 5 x timm convnext_small, random init (seeds 0-4), each exported to fp32 ONNX (dynamic batch,
   one logit), and ensemble folders for 128 and 224 px: members only, and the same members with a
-  merged single graph (training/merge.py) declared for the CPU.
+  single graph of all members (training/single_graph.py) declared for the CPU.
 Pretrained weights cannot be downloaded here; speed does not depend on the weights' values.
 Run:  python -m bench.models      (prints the folders it made or found)
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,50 +75,55 @@ def convnext_ensemble(size: int, merged: bool = False) -> Path:
                                   resize="bilinear", backbone=CONVNEXT_ARCH, fold=seed))
         save(Manifest(members=members, trained=False,
                       provenance={"note": f"benchmark: {CONVNEXT_MEMBERS} x random-init {CONVNEXT_ARCH}"}), folder)
-    return derived(folder, f"{folder.name}_merged", "merged") if merged else folder
+    return derived_folder(folder, f"{folder.name}_merged", "merged") if merged else folder
 
 
-def derived(src: Path, name: str, path: str) -> Path:
-    """A model folder CACHE/NAME whose manifest names SRC's members by relative path and runs them as
-    PATH: "members" (one session per member), "merged" (one merged graph, on CPU and CUDA) or
+def derived_folder(src: Path, name: str, runs_as: str) -> Path:
+    """A model folder CACHE/NAME holding SRC's members (hard links where the file system allows, else
+    copies: a manifest names only files inside its own folder) and running them as RUNS_AS: "members" (one session per member), "merged" (one merged graph, on CPU and CUDA) or
     "fp16" (the merged graph's fp16 copy, on CUDA). Derived graphs are made once and kept."""
     import onnx
 
     from amf.manifest import Variant, load, save
-    from training.merge import FP16_FILE, MERGED_FILE, merge_models, save_model, to_fp16
+    from training.single_graph import FP16_FILE, MERGED_FILE, build_single_graph, save_model, to_fp16
 
     dst = cache_dir() / name
     if (dst / "ensemble.json").exists():
         return dst
     mf = load(src)
     dst.mkdir(parents=True, exist_ok=True)
-    if path in ("merged", "fp16") and not (dst / MERGED_FILE).exists():
-        save_model(merge_models([onnx.load(str(mf.path(m.file))) for m in mf.members]), dst / MERGED_FILE)
-    if path == "fp16" and not (dst / FP16_FILE).exists():
+    if runs_as in ("merged", "fp16") and not (dst / MERGED_FILE).exists():
+        save_model(build_single_graph([onnx.load(str(mf.path(m.file))) for m in mf.members]), dst / MERGED_FILE)
+    if runs_as == "fp16" and not (dst / FP16_FILE).exists():
         save_model(to_fp16(onnx.load(str(dst / MERGED_FILE))), dst / FP16_FILE)
-    rel = os.path.relpath(mf.root, dst)
     for m in mf.members:
-        m.file = f"{rel}/{m.file}"
+        link = dst / m.file
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(mf.path(m.file), link)
+            except OSError:  # another file system, or no hard links there
+                shutil.copyfile(mf.path(m.file), link)
     mf.variants = {"members": [],
                    "merged": [Variant(file=MERGED_FILE, kind="merged", use_on=["cpu", "cuda"])],
                    "fp16": [Variant(file=FP16_FILE, kind="merged-fp16", use_on=["cuda"]),
-                            Variant(file=MERGED_FILE, kind="merged", use_on=[])]}[path]
+                            Variant(file=MERGED_FILE, kind="merged", use_on=[])]}[runs_as]
     save(mf, dst)
     return dst
 
 
-def shipped(path: str) -> Path:
-    """The shipped model/ run as PATH (see derived); keyed by the manifest's content, so a new model
+def shipped_folder(runs_as: str) -> Path:
+    """The shipped model/ run as RUNS_AS (see derived_folder); keyed by the manifest's content, so a new model
     gets new folders."""
     import hashlib
 
     src = ROOT / "model"
     key = hashlib.sha1((src / "ensemble.json").read_bytes()).hexdigest()[:10]
-    return derived(src, f"shipped_{key}_{path}", path)
+    return derived_folder(src, f"shipped_{key}_{runs_as}", runs_as)
 
 
 if __name__ == "__main__":
     print(baseline_weights())
     for s in (128, 224):
         print(convnext_ensemble(s), convnext_ensemble(s, merged=True))
-    print(shipped("members"), shipped("merged"))
+    print(shipped_folder("members"), shipped_folder("merged"))

@@ -39,5 +39,5 @@ def gc_sample() -> Path:
 
 @pytest.fixture
 def toy_model(tmp_path) -> Path:
-    from training.toy_onnx import make_toy_ensemble
+    from toy_models import make_toy_ensemble
     return make_toy_ensemble(tmp_path / "toy_model", members=2).parent

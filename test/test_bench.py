@@ -35,3 +35,21 @@ def test_report_compares_medians_and_best_runs():
     assert rows["convnext5-128"][10:12] == ["0.50", "0.50"]    # 5 / 10 (medians), 4 / 8 (best)
     assert "convnext5-128-merged / convnext5-128 (same round) = 0.40 wall" in text
     assert "fp16 on GPU: not measured" in text
+
+
+def test_derived_folders_load_and_give_the_members_probabilities(tmp_path, monkeypatch):
+    """A derived folder holds its members' files itself: the manifest refuses paths that leave its folder."""
+    import numpy as np
+
+    from amf.ensemble import Ensemble
+    from bench import models
+    from toy_models import make_toy_ensemble
+
+    monkeypatch.setattr(models, "CACHE", tmp_path / "cache")
+    src = make_toy_ensemble(tmp_path / "toy", members=3).parent
+    patches = list(np.random.default_rng(0).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8))
+    want = Ensemble(src, device="cpu").predict_proba(patches)
+    for runs_as, variant in (("members", None), ("merged", "merged")):
+        ens = Ensemble(models.derived_folder(src, f"toy_{runs_as}", runs_as), device="cpu")
+        assert (ens.variant.kind if ens.variant else None) == variant
+        np.testing.assert_allclose(ens.predict_proba(patches), want, atol=1e-6, rtol=0)

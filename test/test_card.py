@@ -11,9 +11,9 @@ import pytest
 
 from amf import AmfError
 from amf.manifest import load as load_manifest, save as save_manifest
+from toy_models import make_toy_ensemble
 from training import card as card_io, oof as oof_io
 from training import config as config_io
-from training.toy_onnx import make_toy_ensemble
 
 RNG = np.random.default_rng(1)
 SCANNERS = ("Aperio ScanScope CS2", "Hamamatsu S360", "Hamamatsu XR")

@@ -23,10 +23,8 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.models", [MISSING], "not found"),
     ("training.models", ["smoke", "model.backbone=no_such_net"], "no_such_net"),
     ("training.recipe", [MISSING], "not found"),
-    ("training.merge", [MISSING], "no manifest"),
-    ("training.merge", [MISSING, "--use-on", "abacus"], "--use-on"),
-    ("training.toy_onnx", [A_FILE], "File exists"),
-    ("training.toy_onnx", [MISSING, "--members", "0"], "--members"),
+    ("training.single_graph", [MISSING], "no manifest"),
+    ("training.single_graph", [MISSING, "--use-on", "abacus"], "--use-on"),
     ("training.augment", [MISSING, MISSING], "No such file"),
     ("training.augment", [A_FILE, MISSING], "cannot identify image"),
     ("training.evaluate", ["score", MISSING, "--ground-truth", MISSING, "--out", MISSING], "ground truth"),
@@ -45,6 +43,7 @@ CASES = [  # module, arguments, a word the error line must hold
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, args, word", CASES, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(CASES)])
 def test_module_cli_fails_in_one_line_with_status_2(tmp_path, module, args, word):
     (tmp_path / "file").write_text("image_id,filename,majority\n")

@@ -27,6 +27,7 @@ def write_run(folder, df: pd.DataFrame, probability: np.ndarray, threshold: floa
     return folder
 
 
+@pytest.mark.slow
 def test_a_clearly_better_run_has_an_interval_above_zero(tmp_path):
     df = figures()
     y = df["label"].to_numpy()
@@ -39,6 +40,7 @@ def test_a_clearly_better_run_has_an_interval_above_zero(tmp_path):
         assert m["p_b_not_better"] < 0.025, key
 
 
+@pytest.mark.slow
 def test_two_runs_of_noise_are_not_told_apart(tmp_path):
     df = figures()
     a, b = RNG.random(len(df)), RNG.random(len(df))
@@ -55,6 +57,7 @@ def test_the_same_run_twice_differs_by_exactly_zero(tmp_path):
         assert m["b_minus_a"] == 0 and m["ci95"] == [0.0, 0.0] and m["p_b_not_better"] == 1.0
 
 
+@pytest.mark.slow
 def test_slides_not_figures_are_resampled(tmp_path):
     """Figures of one slide move together: with one informative slide per class the interval is wide."""
     df = figures()

@@ -22,7 +22,7 @@ from amf.preprocess import canonical_patch, prepare, resize
 from amf.results import validate
 from conftest import ROOT
 from make_sample_input import make_job, write_job
-from training.toy_onnx import make_toy_ensemble, toy_model
+from toy_models import make_toy_ensemble, toy_model
 
 SAMPLE = ROOT / "test" / "input"
 EXPECTED = ROOT / "test" / "expected_output.json"
@@ -78,17 +78,25 @@ def test_sample_job_gives_the_expected_output(tmp_path):
 
 
 def test_a_cuda_provider_that_does_not_load_is_told_in_one_line():
-    from amf.ensemble import cuda_failure
+    from amf.ensemble import cuda_failure_reason
 
     printed = ("\x1b[1;31m2026-11-22 07:58:18.025 [E:onnxruntime:Default, provider_bridge_ort.cc:2195 "
                "TryGetProviderInfo_CUDA] /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:1778 "
                "onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : "
                "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot "
                "open shared object file: No such file or directory\n\x1b[m\n")
-    assert cuda_failure(printed) == ("libonnxruntime_providers_cuda.so: libcublasLt.so.12: cannot open shared "
+    assert cuda_failure_reason(printed) == ("libonnxruntime_providers_cuda.so: libcublasLt.so.12: cannot open shared "
                                      "object file: No such file or directory")
-    assert cuda_failure("") == "driver or CUDA/cuDNN libraries"
-    assert "\n" not in cuda_failure("some\nother\ntext")
+    assert cuda_failure_reason("") == "driver or CUDA/cuDNN libraries"
+    assert "\n" not in cuda_failure_reason("some\nother\ntext")
+
+
+def test_native_log_text_becomes_one_short_line():
+    from amf.native_stderr import short_line
+
+    assert short_line("\x1b[1;31mFAIL :\n  no   such\tfile\x1b[m\n") == "FAIL : no such file"
+    assert short_line("x" * 50, 20) == "x" * 17 + "..."
+    assert short_line("x" * 20, 20) == "x" * 20
 
 
 def test_organisers_sample_gives_16_valid_entries(gc_sample, tmp_path):
@@ -110,6 +118,7 @@ def sources():
     yield pytest.param(gc, marks=pytest.mark.skipif(not gc.exists(), reason=f"{gc} is not here"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", sources(), ids=["project-sample", "gc-sample"])
 def test_the_same_stack_as_mha_and_tiff_gives_the_same_output(source, tmp_path):
     tiff = jobs.find_stack(source)
@@ -165,6 +174,7 @@ def test_faked_platform_model_dir_is_used(three_models, monkeypatch, tmp_path):
 
 # -- what the input may be -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gray_rgba_16bit_and_other_sizes_follow_the_documented_rule(tmp_path):
     model = ROOT / "model"
     rgb = patches(3, 150, 200)
@@ -197,6 +207,7 @@ def test_small_patches_and_a_single_2d_image_work(tmp_path):
     validate(results, 1)
 
 
+@pytest.mark.slow
 def test_many_patches_chunked_equal_one_by_one(tmp_path):
     stack = patches(40)
     job = write_job(tmp_path / "job", stack, "mha").parents[2]
@@ -615,6 +626,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_exits_2_with_one_line_and_no_output(case, tmp_path):
     make_input, make_model, words = BAD_INPUTS[case]
@@ -645,6 +657,7 @@ def assert_failed(ran, words, output_dir):
     assert not output_dir.is_dir() or not any(p.is_file() for p in output_dir.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["abc", "", "1.5", "0", "-1", " "])
 def test_a_bad_amf_chunk_is_one_line_naming_the_variable_and_rule(value, tmp_path):
     stale_result(tmp_path / "o")
@@ -652,6 +665,7 @@ def test_a_bad_amf_chunk_is_one_line_naming_the_variable_and_rule(value, tmp_pat
                   f"AMF_CHUNK={value!r} must be a whole number >= 1", tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_a_good_amf_chunk_changes_nothing_but_the_chunk(tmp_path):
     rc, _, err = cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_CHUNK": "3"})
     assert rc == 0, err

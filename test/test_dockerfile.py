@@ -163,6 +163,7 @@ def test_do_test_run_fails_when_the_output_differs(checkout, tmp_path):
     assert "[3] confidence" in p.stderr and "FAIL" in p.stderr
 
 
+@pytest.mark.slow
 def test_do_save_writes_the_image_and_a_model_tarball_with_the_manifest_at_its_root(checkout, tmp_path):
     work, env, log = checkout
     p = subprocess.run(["bash", str(work / "do_save.sh"), "my-tag"], capture_output=True, text=True, env=env, cwd=work)

@@ -55,7 +55,7 @@ def labelled(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
-    from training.toy_onnx import make_toy_ensemble
+    from toy_models import make_toy_ensemble
     return make_toy_ensemble(tmp_path_factory.mktemp("toy") / "model", members=2).parent
 
 
@@ -181,6 +181,7 @@ def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text
 
 # ---------------------------------------------------------------- run
 
+@pytest.mark.slow
 def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tmp_path, capsys):
     csv, images, _ = labelled
     pack(csv, images, tmp_path / "p", seed=0, progress=False)
@@ -223,6 +224,7 @@ def test_the_evaluation_package_imports_without_torch():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
 def test_evaluation_path_never_imports_torch(labelled, toy, tmp_path):
     csv, images, _ = labelled
     code = f"""
@@ -296,6 +298,7 @@ def test_score_needs_a_result_and_ground_truth_for_every_stack(tmp_path):
         score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
 
 
+@pytest.mark.slow
 def test_confidence_readings_differ_and_match_sklearn(tmp_path):
     root = hand_made_jobs(tmp_path, [
         ("stack_0001.tiff", ["normal", "normal", "atypical", "atypical"], 1,
@@ -335,6 +338,7 @@ def test_confidence_readings_differ_and_match_sklearn(tmp_path):
 
 # ---------------------------------------------------------------- the breast slice, end to end
 
+@pytest.mark.slow
 def test_breast_pack_run_score_mha_and_tiff_agree(breast_dir, tmp_path):
     csv = breast_dir / "MIDOG25_Atypical_Classification_Train_Set.csv"
     images = breast_dir / "MIDOG25_Binary_Classification_Train_Set"

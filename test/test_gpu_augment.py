@@ -97,6 +97,7 @@ def test_flip_and_rotation_shares():
 
 # ---- HED jitter, colour jitter ----------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", [{"hed_scale": 0.05}, {"hed_shift": 0.01}, {"hed_scale": 0.05, "hed_shift": 0.01}])
 def test_hed_jitter_channel_mean_and_spread(part):
     """Scale and shift apart (together, the shift's spread hides a 20 % error in the scale's)."""
@@ -193,6 +194,7 @@ def marker_geometry(draws: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_affine_ranges():
     img, v = marker_patch()
     cfg = only(affine_p=1.0)
@@ -233,6 +235,7 @@ def test_blur_share_and_strength():
     same_mean(a[a < 0.9 * base], b[b < 0.9 * base], "blur: sharpness of blurred draws")
 
 
+@pytest.mark.slow
 def test_default_chain_statistics():
     img = he_patch(4)
     cfg = copy.deepcopy(DEFAULTS["augment"])
@@ -281,6 +284,7 @@ def test_resize_bound_generated_patches():
     check_resize_bound(np.stack([layout_patch(rng, i % 2 == 0) for i in range(32)]))
 
 
+@pytest.mark.slow
 def test_resize_bound_real_patches(breast_dir):
     from training.data import OFFICIAL_IMAGES, decode
 
@@ -306,6 +310,7 @@ def device_batches(n: int = 29, memory_gb: float = 4.0, augment=None):
     return G.DeviceBatches(ds, sampler, 8, cfg, torch.device("cpu"), memory_gb), sampler, ds
 
 
+@pytest.mark.slow
 def test_device_batches_follow_the_sampler_and_are_reproducible():
     batches, sampler, ds = device_batches()
     sampler.set_epoch(2)
@@ -322,6 +327,7 @@ def test_device_batches_follow_the_sampler_and_are_reproducible():
     assert not torch.equal(next(iter(batches))[0], got[0][0])
 
 
+@pytest.mark.slow
 def test_device_batches_streamed_equal_resident():
     resident, sampler_a, _ = device_batches()
     streamed, sampler_b, _ = device_batches(memory_gb=0.0)
@@ -355,6 +361,7 @@ def test_wanted():
 
 # ---- the recipe's cost: the vectorised alignment loss -----------------------------------------------
 
+@pytest.mark.slow
 def test_alignment_loss_equals_the_loops():
     g = torch.Generator().manual_seed(0)
     worst = 0.0

@@ -82,6 +82,7 @@ def _draw_loader(workers: int, epoch: int = 0):
     return [(x.clone(), r.clone()) for x, _, r in dl]
 
 
+@pytest.mark.slow
 def test_two_draws_of_one_figure_in_an_epoch_differ_and_runs_repeat():
     import torch
 
@@ -102,6 +103,7 @@ def test_two_draws_of_one_figure_in_an_epoch_differ_and_runs_repeat():
 
 # ---- EMA decay (item 4) -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_effective_ema_decay_is_the_configured_one_after_the_warmup():
     import torch
     from timm.utils import ModelEmaV3
@@ -199,6 +201,7 @@ def _split_only(data, tmp_path):
     return tmp_path / "split"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selection", ["last", "inner"])
 def test_selection_never_sees_the_held_out_labels(layout, tmp_path, selection):
     """With held-out labels flipped, a selection that looked at them would pick another epoch (shown with
@@ -213,6 +216,7 @@ def test_selection_never_sees_the_held_out_labels(layout, tmp_path, selection):
         assert done["n_inner"] > 0 and done["selection"] == "inner"
 
 
+@pytest.mark.slow
 def test_validation_selection_does_see_them(layout, tmp_path):
     """The check above can fail: with the old selection on the held-out fold, flipped labels move the epoch."""
     import pandas as pd

@@ -68,6 +68,7 @@ def test_auc_rows_equals_roc_auc_score_with_ties():
     assert np.allclose(got[1:], [roc_auc_score(y[i], s[i]) for i in range(1, 40)], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_is_a_seeded_percentile_bootstrap_over_figures():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 120)

@@ -16,6 +16,8 @@ from amf.results import validate
 from compare_output import compare
 from conftest import GC_SAMPLE, ROOT
 
+pytestmark = pytest.mark.slow  # builds a virtual environment from PyPI (make test-fast leaves it out)
+
 RESULT = "multiple-mitotic-figure-classification.json"
 
 

@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 
 from training_layout import make_layout
+
+pytestmark = pytest.mark.slow  # trains with torchrun, two processes (make test-fast leaves it out)
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

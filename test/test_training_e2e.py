@@ -22,6 +22,8 @@ from training.data import OFFICIAL_IMAGES, decode
 from training.models import load_for_export
 from training_layout import make_extra, make_layout, make_synthetic
 
+pytestmark = pytest.mark.slow  # trains models (make test-fast leaves it out)
+
 ROOT_INPUT = __import__("pathlib").Path(__file__).resolve().parent / "input"
 RUN_FILES = ["config.yaml", "splits.csv", "oof.csv", "oof_metrics.json"]
 FOLD_FILES = ["best.pt", "last.pt", "epochs.csv", "oof.csv", "done.json"]

@@ -10,6 +10,8 @@ import pytest
 from training import train
 from training_layout import make_layout
 
+pytestmark = pytest.mark.slow  # trains whole runs, folds in parallel (make test-fast leaves it out)
+
 RUN_FILES = ["config.yaml", "splits.csv", "oof.csv", "oof_metrics.json"]
 FOLD_FILES = ["best.pt", "last.pt", "epochs.csv", "oof.csv", "done.json"]
 SMALL = ["--config", "smoke", "--device", "cpu", "--no-progress", "--set", "data.input_size=32"]

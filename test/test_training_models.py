@@ -8,9 +8,10 @@ import torch
 from amf import AmfError
 from training import config as config_io
 from training.export import export_member, parity
-from training.models import create_backbone, create_classifier, load_for_export, merged_state_dict
+from training.models import create_backbone, create_classifier, load_for_export, lora_folded_state_dict
 
 
+@pytest.mark.slow
 def test_local_weights_file_is_loaded(tmp_path):
     torch.manual_seed(1)
     src = create_backbone({"backbone": "test_vit", "pretrained": False}, img_size=32)
@@ -26,6 +27,7 @@ def test_local_weights_file_is_loaded(tmp_path):
         create_backbone({"backbone": "test_vit", "pretrained": False, "weights": str(tmp_path / "none.pth")})
 
 
+@pytest.mark.slow
 def test_unreachable_hub_and_gated_model_messages(monkeypatch):
     import huggingface_hub.constants as hf_constants
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
@@ -53,10 +55,11 @@ def test_unknown_model_and_bad_kwargs_are_clear():
     assert isinstance(layer.blocks[0].mlp.act, torch.nn.SiLU)
 
 
+@pytest.mark.slow
 def test_onnx_member_contract(tmp_path):
     import onnx
     cfg = config_io.load("smoke", ["model.backbone=test_vit", "data.input_size=32"])
-    model = load_for_export(cfg, merged_state_dict(create_classifier(cfg)))
+    model = load_for_export(cfg, lora_folded_state_dict(create_classifier(cfg)))
     path = export_member(model, tmp_path, "m.onnx", 32)
     proto = onnx.load(str(path))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17

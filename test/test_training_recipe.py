@@ -10,7 +10,7 @@ import torch
 from amf.preprocess import prepare
 from training import config as config_io
 from training.augment import Augment, hed_jitter
-from training.models import EmbeddingSE, create_classifier, load_for_export, merged_state_dict
+from training.models import EmbeddingSE, create_classifier, load_for_export, lora_folded_state_dict
 from training.recipe import MixStyle, alignment_loss, attach_mixstyle, kd_loss, make_teacher, mixstyle_targets
 from training.train import EpochSampler, cosine_with_warmup
 
@@ -70,6 +70,7 @@ def test_mixstyle_mixes_statistics_keeps_shapes_and_labels():
     assert mixed.shape == tokens.shape and torch.equal(mixed[:, :1], tokens[:, :1])  # class token untouched
 
 
+@pytest.mark.slow
 def test_mixstyle_places_and_acts_only_in_training():
     cfg = cfg_with()
     model = create_classifier(cfg)
@@ -197,6 +198,7 @@ def test_validation_input_is_the_containers_prepare():
 
 # ---- fine-tuning modes --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_lora_trains_adapters_only_and_merges_exactly():
     torch.manual_seed(0)
     cfg = cfg_with("model.backbone=test_vit", "model.finetune=lora", "data.input_size=32")
@@ -211,7 +213,7 @@ def test_lora_trains_adapters_only_and_merges_exactly():
     model.eval()
     with torch.no_grad():
         ref = model(x)
-    plain = load_for_export(cfg, merged_state_dict(model))
+    plain = load_for_export(cfg, lora_folded_state_dict(model))
     with torch.no_grad():
         assert torch.allclose(plain(x), ref, atol=1e-5)
 

@@ -32,12 +32,14 @@ def full():
     return t, splits_io.make_splits(t, "kfold", 5, seed=0)
 
 
+@pytest.mark.slow
 def test_no_slide_in_two_folds(full):
     _, s = full
     assert (s.groupby("slide")["fold"].nunique() == 1).all()
     assert sorted(s["fold"].unique()) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_every_fold_near_the_whole_atypical_share(full):
     t, s = full
     whole = t["label"].mean()
@@ -46,6 +48,7 @@ def test_every_fold_near_the_whole_atypical_share(full):
         assert abs(share - whole) <= 0.02, (k, share, whole)
 
 
+@pytest.mark.slow
 def test_same_seed_same_splits_other_seed_other_splits(full):
     t, s = full
     again = splits_io.make_splits(t, "kfold", 5, seed=0)
@@ -54,6 +57,7 @@ def test_same_seed_same_splits_other_seed_other_splits(full):
     assert s["fold"].tolist() != other["fold"].tolist()
 
 
+@pytest.mark.slow
 def test_leave_one_domain_out(full):
     t, _ = full
     loso = splits_io.make_splits(t, "leave_scanner_out", seed=0)
@@ -64,6 +68,7 @@ def test_leave_one_domain_out(full):
     assert loto["fold"].nunique() == 7 and (loto.groupby("fold")["Tumor"].nunique() == 1).all()
 
 
+@pytest.mark.slow
 def test_synthetic_rows_never_validate_and_written_splits_are_checked(tmp_path):
     data = make_layout(tmp_path / "d", n_slides=6, per_slide=5)
     cfg = config_io.load("smoke", [f"data.synthetic={make_synthetic(tmp_path / 's', 3)}"])

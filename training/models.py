@@ -7,7 +7,7 @@ create_classifier(cfg) is the one call that builds it, for training, export and 
   model.weights      or load a local weights file into the backbone (offline); give the timm architecture
                      name then (an hf-hub: name needs the hub for its config even without weights)
   model.kwargs       extra timm.create_model arguments; "py:timm.layers.SwiGLUPacked" names a Python object
-  model.finetune     full | lora (peft LoRA on model.lora.target_modules; merged into the weights before
+  model.finetune     full | lora (peft LoRA on model.lora.target_modules; folded into the weights before
                      export) | frozen (backbone frozen and kept in eval mode; the attention and head train)
 The attention module, EmbeddingSE (squeeze-and-excitation, Hu et al. 2018, applied to the pooled
 embedding: z * sigmoid(W2 relu(W1 z))), refines the features that the head classifies and that the
@@ -183,8 +183,9 @@ def head_parameters(model: Classifier) -> set[int]:
     return {id(p) for mod in (model.attention, model.head) for p in mod.parameters()}
 
 
-def merged_state_dict(model: nn.Module) -> dict:
-    """A plain state dict: LoRA adapters merged into the weights (what export and evaluation load)."""
+def lora_folded_state_dict(model: nn.Module) -> dict:
+    """A plain state dict: LoRA adapters folded into the weights (peft's merge_and_unload; what export and
+    evaluation load); a model without LoRA gives a copy of its own."""
     model = getattr(model, "module", model)  # DDP
     if not hasattr(model.backbone, "merge_and_unload"):
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -194,7 +195,7 @@ def merged_state_dict(model: nn.Module) -> dict:
 
 
 def load_for_export(cfg: dict, state: dict) -> Classifier:
-    """A plain classifier (no LoRA wrapper, no hooks) with a merged state dict, in eval mode, on the CPU."""
+    """A plain classifier (no LoRA wrapper, no hooks) with a lora_folded_state_dict, in eval mode, on the CPU."""
     plain = copy.deepcopy(cfg)
     plain["model"] = dict(cfg["model"], finetune="full", pretrained=False, weights=None)
     model = create_classifier(plain, pretrained=False)

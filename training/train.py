@@ -51,7 +51,7 @@ from training import splits as splits_io
 from training.augment import Augment
 from training.folds import run_parallel
 from training.data import PatchDataset, counts_report, load_dataset
-from training.models import create_backbone, create_classifier, head_parameters, merged_state_dict, normalisation
+from training.models import create_backbone, create_classifier, head_parameters, lora_folded_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
 from training.run import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
 
@@ -520,7 +520,7 @@ def save_epoch(fold: FoldDir, state: FoldState, row: dict, evaluated, rows_v, lo
     kept), epochs.csv, and last.pt last: a fold stopped before last.pt is written redoes the epoch."""
     selection = cfg["train"]["selection"]
     if row["best"]:
-        save_atomic({"state_dict": merged_state_dict(evaluated), "epoch": row["epoch"], "selection": selection,
+        save_atomic({"state_dict": lora_folded_state_dict(evaluated), "epoch": row["epoch"], "selection": selection,
                      "metric": cfg["train"]["select"] if selection != "last" else "epoch",
                      "value": float(state.best), "evaluated": "ema" if evaluated is not state.model else "student",
                      "backbone": cfg["model"]["backbone"], "fold": fold.k}, fold.best)

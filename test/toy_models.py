@@ -1,19 +1,17 @@
-"""A tiny random ONNX classifier built with onnx.helper, for tests and the placeholder model.
+"""Test fixture: tiny random ONNX classifiers built with onnx.helper, and model folders of them.
 
 Conv(3->8, 3x3, stride 2) -> ReLU -> global average pool -> Linear(8->1): takes float32 NCHW
 (any H, W), returns one logit per patch, as every ensemble member must. No torch needed.
-Run:  python -m training.toy_onnx OUT_DIR [--members 2] [--size 128]
+make_toy_ensemble(dir) writes such members and a manifest marked untrained (trained: false).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from amf.manifest import Manifest, Member, save
 from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
 
 
 def toy_model(path, size: int | None = 128, seed: int = 0, channels: int = 8):
@@ -55,26 +53,6 @@ def make_toy_ensemble(out_dir, members: int = 2, sizes=(128,), seed: int = 0, th
         mem.append(Member(file=f"toy{i}.onnx", input_size=size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                           resize="bilinear", backbone="toy-conv", fold=i))
     return save(Manifest(members=mem, threshold=threshold, tta=tta, trained=False,
-                         provenance={"note": "untrained placeholder made by training/toy_onnx.py",
+                         provenance={"note": "untrained placeholder made by test/toy_models.py",
                                      "seed": seed}), out_dir)
 
-
-def main(argv=None) -> int:
-    from amf import report_error
-    from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int, positive_int
-
-    ap = ArgumentParser(prog="python -m training.toy_onnx", description=__doc__.splitlines()[0])
-    ap.add_argument("out", help="model folder to write (ensemble.json and toy<i>.onnx)")
-    ap.add_argument("--members", type=positive_int, default=2)
-    ap.add_argument("--size", type=positive_int, nargs="+", default=[128])
-    ap.add_argument("--seed", type=non_negative_int, default=0)
-    a = ap.parse_args(argv)
-    try:
-        print(make_toy_ensemble(a.out, a.members, a.size, a.seed))
-    except EXPECTED as e:
-        return report_error(as_error(e))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

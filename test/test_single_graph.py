@@ -1,4 +1,4 @@
-"""training/merge.py: one merged graph (and its fp16 copy) gives the member loop's probabilities."""
+"""training/single_graph.py: one graph of all members (and its fp16 copy) gives the member loop's probabilities."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,9 @@ import pytest
 from amf import AmfError
 from amf import manifest as manifest_io
 from amf.ensemble import Ensemble
-from training.merge import FP16_FILE, MERGED_FILE, check_batch, member_loop, merge_folder, merge_models, merged_run
-from training.toy_onnx import make_toy_ensemble
+from toy_models import make_toy_ensemble
+from training.single_graph import (FP16_FILE, MERGED_FILE, add_single_graph, build_single_graph, check_batch, member_loop,
+                                   run_single_graph)
 
 RNG = np.random.default_rng(3)
 
@@ -27,14 +28,14 @@ def toy3(tmp_path):
 
 def test_merged_graph_equals_member_loop(toy3, tmp_path):
     mf = manifest_io.load(toy3)
-    merged = merge_models([onnx.load(str(mf.path(m.file))) for m in mf.members])
+    merged = build_single_graph([onnx.load(str(mf.path(m.file))) for m in mf.members])
     onnx.checker.check_model(merged)
     assert [i.name for i in merged.graph.input] == ["input"]
     path = tmp_path / "merged.onnx"
     onnx.save(merged, str(path))
     x = check_batch(mf, n=8, seed=5)
     want = member_loop(mf, x)
-    got = merged_run(path, x)
+    got = run_single_graph(path, x)
     assert want.std() > 0  # the members do tell the patches apart
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
@@ -44,7 +45,7 @@ def test_merged_output_is_n_by_1_probability(toy3, tmp_path):
 
     mf = manifest_io.load(toy3)
     path = tmp_path / "m.onnx"
-    onnx.save(merge_models([onnx.load(str(mf.path(m.file))) for m in mf.members]), str(path))
+    onnx.save(build_single_graph([onnx.load(str(mf.path(m.file))) for m in mf.members]), str(path))
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     y = s.run(None, {"input": check_batch(mf, n=5)})[0]
     assert y.shape == (5, 1) and y.dtype == np.float32 and ((y > 0) & (y < 1)).all()
@@ -68,15 +69,15 @@ def test_members_with_rank1_logits_and_older_opset_merge(tmp_path):
     onnx.checker.check_model(b)
     onnx.save(b, str(mf.path("toy1.onnx")))
     path = tmp_path / "merged.onnx"
-    onnx.save(merge_models([a, b]), str(path))
+    onnx.save(build_single_graph([a, b]), str(path))
     x = check_batch(mf, n=6)
-    np.testing.assert_allclose(merged_run(path, x), member_loop(mf, x), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(run_single_graph(path, x), member_loop(mf, x), atol=1e-5, rtol=0)
 
 
-def test_merge_folder_declares_variants_and_the_runtime_uses_them(toy3):
+def test_add_single_graph_declares_variants_and_the_runtime_uses_them(toy3):
     patches = stack(20)
     loop = Ensemble(toy3, device="cpu").predict_proba(patches)
-    mf = merge_folder(toy3, use_on=["cpu"], fp16=True, fp16_use_on=["cuda"])
+    mf = add_single_graph(toy3, use_on=["cpu"], fp16=True, fp16_use_on=["cuda"])
     assert [(v.kind, v.file, v.use_on) for v in mf.variants] == [
         ("merged-fp16", FP16_FILE, ["cuda"]), ("merged", MERGED_FILE, ["cpu"])]
     assert mf.provenance["merged_max_abs_diff"] <= 1e-5
@@ -88,7 +89,7 @@ def test_merge_folder_declares_variants_and_the_runtime_uses_them(toy3):
 
 
 def test_a_variant_not_declared_for_the_device_is_not_used(toy3):
-    merge_folder(toy3, use_on=[])
+    add_single_graph(toy3, use_on=[])
     ens = Ensemble(toy3, device="cpu")
     assert ens.variant is None and len(ens.sessions) == 3
 
@@ -96,14 +97,14 @@ def test_a_variant_not_declared_for_the_device_is_not_used(toy3):
 def test_fp16_copy_keeps_float32_io_and_close_probabilities(toy3):
     import onnxruntime as ort
 
-    merge_folder(toy3, fp16=True)
+    add_single_graph(toy3, fp16=True)
     mf = manifest_io.load(toy3)
     model = onnx.load(str(toy3 / FP16_FILE))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     x = check_batch(mf, n=8)
     try:
-        got = merged_run(toy3 / FP16_FILE, x)
+        got = run_single_graph(toy3 / FP16_FILE, x)
     except ort.capi.onnxruntime_pybind11_state.NotImplemented:
         pytest.skip("this onnxruntime has no CPU kernels for the fp16 graph")
     np.testing.assert_allclose(got, member_loop(mf, x), atol=1e-2, rtol=0)
@@ -112,15 +113,27 @@ def test_fp16_copy_keeps_float32_io_and_close_probabilities(toy3):
 def test_members_with_different_preprocessing_are_refused(tmp_path):
     folder = make_toy_ensemble(tmp_path / "m", members=2, sizes=(128, 96)).parent
     with pytest.raises(AmfError, match="differ in preprocessing"):
-        merge_folder(folder)
+        add_single_graph(folder)
     assert not (folder / MERGED_FILE).exists()
+
+
+def test_the_runtime_refuses_a_variant_over_members_that_differ_in_preprocessing(toy3):
+    add_single_graph(toy3, use_on=["cpu"])
+    mf = manifest_io.load(toy3)
+    mf.members[2].std = [0.5, 0.5, 0.5]  # edited after the merge: the one graph no longer fits every member
+    manifest_io.save(mf, toy3)
+    with pytest.raises(AmfError, match="manifest variant merged.onnx: members differ in preprocessing"):
+        Ensemble(toy3, device="cpu")
+    mf.members[2].std = list(mf.members[0].std)  # only the spec matters, not whether it is a list or tuple
+    manifest_io.save(mf, toy3)
+    assert Ensemble(toy3, device="cpu").variant.kind == "merged"
 
 
 def test_a_cuda_only_fp16_variant_runs_only_where_cuda_loads(toy3):
     """Here (no GPU) the member loop runs; on a GPU machine the fp16 graph does, close to it."""
     patches = stack(6)
     loop = Ensemble(toy3, device="cpu").predict_proba(patches)
-    merge_folder(toy3, fp16=True, fp16_use_on=["cuda"])
+    add_single_graph(toy3, fp16=True, fp16_use_on=["cuda"])
     ens = Ensemble(toy3, device="auto")
     if ens.device == "cpu":
         assert ens.variant is None and len(ens.sessions) == 3

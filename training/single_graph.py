@@ -1,13 +1,14 @@
-"""Derive one merged ONNX graph (and an fp16 copy) from the members of a model folder.
+"""Derive a single ONNX graph of all the members of a model folder (and an fp16 copy of it).
 
-The merged graph takes the members' shared input (float32 NCHW, already normalised) once, runs
+The single graph takes the members' shared input (float32 NCHW, already normalised) once, runs
 every member on it, and returns the mean of the members' sigmoids: P(atypical), shape (N, 1).
 The fp16 copy keeps float32 input and output (onnxruntime's own float16 converter), for CUDA only.
-Both are declared in the manifest as variants beside the fp32 members, never replacing them; a
+Both are declared in the manifest as variants beside the fp32 members, never replacing them (the
+manifest's words for them are kind "merged" / "merged-fp16", files merged.onnx / merged-fp16.onnx); a
 variant's `use_on` lists only the devices where bench/container.py found it faster (empty: derived,
 not used). All members must share input size, mean, std and resize method. Before the manifest is
-written, the merged graph is checked against the member loop on random patches (within 1e-5).
-Run:  python -m training.merge MODEL_DIR [--use-on cpu] [--fp16] [--fp16-use-on cuda]
+written, the single graph is checked against the member loop on random patches (within 1e-5).
+Run:  python -m training.single_graph MODEL_DIR [--use-on cpu] [--fp16] [--fp16-use-on cuda]
 """
 from __future__ import annotations
 
@@ -27,15 +28,7 @@ OUTPUT_NAME = "prob"
 PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which the graph's weights go to a .data file
 
 
-def shared_preprocessing(manifest: Manifest):
-    """The one (input_size, mean, std, resize) of all members, or an AmfError."""
-    specs = {(m.input_size, tuple(m.mean), tuple(m.std), m.resize) for m in manifest.members}
-    if len(specs) != 1:
-        raise AmfError(f"cannot merge: members differ in preprocessing {sorted(specs)}")
-    return specs.pop()
-
-
-def merge_models(models: list, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
+def build_single_graph(models: list, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
     """ONNX member models (one input, first output = one logit) -> one ModelProto: mean of sigmoids."""
     import onnx
     from onnx import compose, helper, inliner, version_converter
@@ -53,7 +46,7 @@ def merge_models(models: list, input_name: str = INPUT_NAME, output_name: str = 
         g = model.graph
         feeds = [x for x in g.input if x.name not in {t.name for t in g.initializer}]
         if len(feeds) != 1:
-            raise AmfError(f"cannot merge: member {i} has {len(feeds)} inputs, expected 1")
+            raise AmfError(f"cannot build the single graph: member {i} has {len(feeds)} inputs, expected 1")
         if first_input is None:  # the first member's input type, static sizes and all (they help the optimiser)
             first_input = onnx.ValueInfoProto()
             first_input.CopyFrom(feeds[0])
@@ -75,11 +68,11 @@ def merge_models(models: list, input_name: str = INPUT_NAME, output_name: str = 
         nodes, "amf_merged_ensemble", [first_input],
         [helper.make_tensor_value_info(output_name, onnx.TensorProto.FLOAT, ["batch", 1])],
         initializer=inits, value_info=value_info, sparse_initializer=sparse)
-    merged = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+    single = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                                functions=functions)
-    merged.ir_version = max(m.ir_version for m in models)  # what onnxruntime already reads
-    merged.producer_name = "amf training.merge"
-    return merged
+    single.ir_version = max(m.ir_version for m in models)  # what onnxruntime already reads
+    single.producer_name = "amf training.single_graph"
+    return single
 
 
 def to_fp16(model):
@@ -115,7 +108,7 @@ def member_loop(manifest: Manifest, x: np.ndarray) -> np.ndarray:
     return total / len(manifest.members)
 
 
-def merged_run(path: Path, x: np.ndarray) -> np.ndarray:
+def run_single_graph(path: Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -124,11 +117,9 @@ def merged_run(path: Path, x: np.ndarray) -> np.ndarray:
 
 def check_batch(manifest: Manifest, n: int = 4, seed: int = 0) -> np.ndarray:
     """Random patches through the members' own preprocessing: a prepared float32 batch."""
-    from amf.preprocess import prepare
-
-    size, mean, std, resize = shared_preprocessing(manifest)
+    size = manifest.shared_preprocessing("cannot build the single graph")[0]
     rng = np.random.default_rng(seed)
-    return prepare(list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)), size, mean, std, resize)
+    return manifest.members[0].prepare(list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)))
 
 
 def load_member(path):
@@ -142,23 +133,23 @@ def load_member(path):
         raise AmfError(f"member {path} is not a readable ONNX model ({one_line(e)[:200]})") from None
 
 
-def merge_folder(model_dir, use_on=(), fp16: bool = False, fp16_use_on=(), atol: float = 1e-5) -> Manifest:
+def add_single_graph(model_dir, use_on=(), fp16: bool = False, fp16_use_on=(), atol: float = 1e-5) -> Manifest:
     """Write MODEL_DIR/merged.onnx (and merged-fp16.onnx) and declare them in the manifest."""
     import onnx
 
     model_dir = Path(model_dir)
     mf = manifest_io.load(model_dir)
-    shared_preprocessing(mf)
-    merged = merge_models([load_member(mf.path(m.file)) for m in mf.members])
-    path = save_model(merged, model_dir / MERGED_FILE)
+    mf.shared_preprocessing("cannot build the single graph")
+    single = build_single_graph([load_member(mf.path(m.file)) for m in mf.members])
+    path = save_model(single, model_dir / MERGED_FILE)
     onnx.checker.check_model(str(path))  # by path: works for graphs with external weights too
     x = check_batch(mf)
-    gap = float(np.max(np.abs(merged_run(path, x) - member_loop(mf, x))))
+    gap = float(np.max(np.abs(run_single_graph(path, x) - member_loop(mf, x))))
     if gap > atol:
-        raise AmfError(f"merged graph differs from the member loop by {gap:.2e} (> {atol})")
+        raise AmfError(f"the single graph differs from the member loop by {gap:.2e} (> {atol})")
     variants = [Variant(file=MERGED_FILE, kind="merged", use_on=list(use_on))]
     if fp16:
-        save_model(to_fp16(merged), model_dir / FP16_FILE)
+        save_model(to_fp16(single), model_dir / FP16_FILE)
         # first in the list: the runtime takes the first variant declared for its device
         variants.insert(0, Variant(file=FP16_FILE, kind="merged-fp16", use_on=list(fp16_use_on)))
     mf.variants = variants
@@ -171,16 +162,16 @@ def main(argv=None) -> int:
     from amf import report_error
     from amf.cli import EXPECTED, ArgumentParser, as_error
 
-    ap = ArgumentParser(prog="python -m training.merge", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.single_graph", description=__doc__.splitlines()[0])
     ap.add_argument("model_dir")
     ap.add_argument("--use-on", nargs="*", default=[], choices=list(manifest_io.DEVICES),
-                    help="devices where the merged graph replaces the member loop (from the benchmark)")
+                    help="devices where the single graph replaces the member loop (from the benchmark)")
     ap.add_argument("--fp16", action="store_true", help="also write the fp16 copy (CUDA only)")
     ap.add_argument("--fp16-use-on", nargs="*", default=[], choices=["cuda"],
                     help="use the fp16 copy on CUDA (only where the benchmark found it faster)")
     a = ap.parse_args(argv)
     try:
-        m = merge_folder(a.model_dir, a.use_on, a.fp16, a.fp16_use_on)
+        m = add_single_graph(a.model_dir, a.use_on, a.fp16, a.fp16_use_on)
     except EXPECTED as e:
         return report_error(as_error(e))
     print(f"{a.model_dir}: " + ", ".join(f"{v.kind} {v.file} use_on={v.use_on}" for v in m.variants))
