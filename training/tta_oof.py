@@ -12,12 +12,10 @@ Run:  python -m training.tta_oof RUN_DIR --tta flips|d4|none [--data DATA_DIR] [
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from amf import AmfError, report_error
@@ -26,9 +24,9 @@ from amf.ensemble import sigmoid, tta_views
 from amf.fileio import write_text_atomic
 from amf.manifest import TTA_MODES
 from amf.preprocess import prepare
-from training import config as config_io
 from training import oof as oof_io
 from training import splits as splits_io
+from training.run import RunDir, write_csv_atomic, write_json_atomic
 from training.data import OFFICIAL_IMAGES, decode
 from training.models import load_for_export
 
@@ -62,38 +60,33 @@ def tta_run(run_dir, tta: str, out_dir=None, data_dir=None, log=print) -> Path:
     out_dir = Path(out_dir) if out_dir else run_dir.with_name(f"{run_dir.name}_tta_{tta}")
     if out_dir.resolve() == run_dir.resolve():
         raise AmfError("--out must not be the run folder itself")
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "splits.csv").is_file():
-        raise AmfError(f"{run_dir} is not a training run folder (no config.yaml or splits.csv)")
-    cfg = config_io.validate(config_io.merge(config_io.DEFAULTS, config_io.yaml.safe_load(
-        (run_dir / "config.yaml").read_text())))
-    splits = splits_io.read(run_dir / "splits.csv")
-    missing = oof_io.missing_folds(run_dir, splits)
+    run, out = RunDir(run_dir), RunDir(out_dir)
+    cfg = run.read_config(complete=True)
+    splits = run.read_splits()
+    missing = run.missing_folds(splits)
     if missing:
         raise AmfError(f"fold(s) {', '.join(map(str, missing))} of {run_dir} are not finished")
     torch.set_grad_enabled(False)
     for k in splits_io.folds_of(splits):
-        fold = run_dir / f"fold{k}"
-        held_out = pd.read_csv(fold / "oof.csv", dtype={"image_id": str, "slide": str}, keep_default_na=False)
+        fold, out_fold = run.fold(k), out.fold(k)
+        held_out = fold.read_oof()
         rows = splits.set_index("image_id").loc[held_out["image_id"]].reset_index()
         paths = [patch_path(row, data_dir) for _, row in rows.iterrows()]
         absent = [str(p) for p in paths if not p.is_file()]
         if absent:
             raise AmfError(f"fold {k}: {len(absent)} held-out image(s) are missing ({absent[0]}); "
                            f"give the data folder with --data")
-        state = torch.load(fold / "best.pt", map_location="cpu", weights_only=False)
-        model = load_for_export(cfg, state["state_dict"]).eval()
+        model = load_for_export(cfg, fold.load_best()["state_dict"]).eval()
         p = predict_views(model, [decode(path) for path in paths], cfg, tta)
         held_out["probability"] = p
         held_out["logit"] = np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(1 - p, 1e-12, None))
-        (out_dir / f"fold{k}").mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out_dir / f"fold{k}" / "oof.csv", held_out.to_csv(index=False))
-        done = json.loads((fold / oof_io.DONE).read_text() or "{}")
-        write_text_atomic(out_dir / f"fold{k}" / oof_io.DONE,
-                          json.dumps({**done, "tta": tta, "from_run": str(run_dir.resolve())}, indent=2) + "\n")
+        out_fold.path.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(held_out, out_fold.oof)
+        write_json_atomic({**fold.read_done(), "tta": tta, "from_run": str(run_dir.resolve())}, out_fold.done)
         log(f"fold {k}: {len(p)} held-out figures, tta {tta}")
     cfg["export"]["tta"] = tta
-    write_text_atomic(out_dir / "config.yaml", config_io.dump(cfg))
-    write_text_atomic(out_dir / "splits.csv", (run_dir / "splits.csv").read_text())
+    out.write_config(cfg)
+    write_text_atomic(out.splits, run.splits.read_text())  # RUN's splits.csv as it is
     _, result = oof_io.pool(out_dir, seed=int(cfg["train"]["seed"]))
     log(oof_io.summary_text(result))
     return out_dir
