@@ -25,15 +25,16 @@ from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error
 from training import metrics
 from training.oof import slide_bootstrap_ci
+from training.run import RunDir, read_predictions
 
 RULES = ("oof", "loso")
 
 
 def read_pooled(run_dir) -> pd.DataFrame:
-    path = Path(run_dir) / "oof.csv"
-    if not path.is_file():
-        raise AmfError(f"{path} is missing: pool the run first (python -m training.oof {run_dir})")
-    return pd.read_csv(path, dtype={"image_id": str, "slide": str}, keep_default_na=False)
+    run = RunDir(run_dir)
+    if not run.oof.is_file():
+        raise AmfError(f"{run.oof} is missing: pool the run first (python -m training.oof {run_dir})")
+    return read_predictions(run.oof)
 
 
 def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
