@@ -229,3 +229,14 @@ def test_each_conditional_fact_follows_card_json(runs, tmp_path):
     off = json.loads(json.dumps(card))
     off["runs"]["recipe"]["config"]["ema"]["enabled"] = False
     assert "EMA teacher" not in card_io.render(off) and "EMA teacher" in card_io.render(card)
+
+
+def test_the_shipped_predictions_keep_their_ids_and_slides_as_written(tmp_path):
+    # model/oof.csv is read by training.run.read_predictions: "NA" is an id, not a missing value
+    ids, slides = ["NA", "007.png", "1e3"], ["NA", "001", "002"]
+    pd.DataFrame({"image_id": ids, "slide": slides, "fold": [0, 1, 2], "probability": [0.1, 0.6, 0.9]}).to_csv(
+        tmp_path / card_io.OOF_CSV, index=False)
+    votes = pd.DataFrame({"image_id": ids, "label": [0, 1, 1], "soft": [0.0, 1.0, 2 / 3]})
+    merged = card_io.shipped_oof(tmp_path, votes)
+    assert merged["image_id"].tolist() == ids and merged["slide"].tolist() == slides
+    assert merged["label"].tolist() == [0, 1, 1]

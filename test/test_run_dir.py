@@ -92,7 +92,7 @@ def test_folds_done_and_missing(tmp_path):
     assert splits["image_id"].tolist() == AWKWARD_IDS  # splits.csv keeps its ids too
     assert run.missing_folds(splits) == [] and [f.k for f in run.fold_dirs()] == [0, 1]
     run.fold(1).done.write_text("")  # an empty marker still marks the fold done
-    assert run.fold(1).read_done() == {} and oof_io.fold_done(run.path, 1)
+    assert run.fold(1).read_done() == {} and run.fold(1).is_done()
     run.fold(1).done.unlink()
     assert run.missing_folds(splits) == [1]
     with pytest.raises(AmfError, match="fold\\(s\\) 1 .* not finished"):

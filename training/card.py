@@ -40,21 +40,19 @@ from training.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
 from training import compare as compare_runs, oof as oof_io, splits as splits_io
 from training.card_render import config_diff, render, verdict
+from training.run import RunDir, read_predictions
 
 CARD_JSON, OOF_CSV, README = "card.json", "oof.csv", "README.md"
 
 
 def load_run(run) -> tuple[pd.DataFrame, dict, dict]:
     """A finished run's pooled out-of-fold table and metrics (pooled now if not yet) and its config."""
-    import yaml
-
-    run = Path(run)
-    if (run / "oof_metrics.json").is_file():
-        oof = pd.read_csv(run / "oof.csv", dtype={"image_id": str, "slide": str}, keep_default_na=False)
-        result = json.loads((run / "oof_metrics.json").read_text())
+    run = RunDir(run)
+    if run.is_pooled():
+        oof, result = run.read_oof(), run.read_oof_metrics()
     else:
         oof, result = oof_io.pool(run)
-    return oof, result, yaml.safe_load((run / "config.yaml").read_text())
+    return oof, result, run.read_config()
 
 
 def per_scanner(oof: pd.DataFrame, result: dict, n_boot: int) -> dict:
@@ -139,9 +137,9 @@ def mixstyle_at(cfg: dict) -> list | None:
         return None
 
 
-def ema_decays(run: Path) -> list:
+def ema_decays(run) -> list:
     """The EMA decay in effect at the end of each finished fold (done.json; absent in runs from before it was kept)."""
-    return sorted({json.loads(f.read_text()).get("ema_decay") for f in run.glob(f"fold*/{oof_io.DONE}")} - {None})
+    return sorted({f.read_done().get("ema_decay") for f in RunDir(run).fold_dirs() if f.is_done()} - {None})
 
 
 def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: str = "") -> tuple[dict, pd.DataFrame]:
@@ -156,7 +154,7 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
     if not manifest.trained or exported_from != runs[shipped].resolve():
         raise AmfError(f"{model_dir} does not hold the export of the better run ({shipped}, out-of-fold balanced "
                        f"accuracy {bal[shipped]:.3f}): python -m training.export {runs[shipped]} --out {model_dir}")
-    card = {"shipped": shipped, "trained_on": trained_on, "data": data_counts(splits_io.read(runs[shipped] / "splits.csv")),
+    card = {"shipped": shipped, "trained_on": trained_on, "data": data_counts(RunDir(runs[shipped]).read_splits()),
             "compare": cmp, "runs": {}}
     for name, (oof, result, cfg) in loaded.items():
         card["runs"][name] = {"config": recipe_summary(cfg), "oof": result,
@@ -168,7 +166,7 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
     card["same_folds"] = bool(folds[0].equals(folds[1]))
     if loso is not None:
         oof, result, cfg = load_run(loso)
-        names = splits_io.read(Path(loso) / "splits.csv").groupby("fold")["fold_name"].first()
+        names = RunDir(loso).read_splits().groupby("fold")["fold_name"].first()
         held_out = {}
         for k, g in oof.groupby("fold"):
             y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
@@ -208,7 +206,7 @@ def official_votes(data_dir) -> pd.DataFrame:
 
 def shipped_oof(model_dir, votes: pd.DataFrame) -> pd.DataFrame:
     """The shipped members' out-of-fold predictions (oof.csv) with the data's labels, domains and expert votes."""
-    oof = pd.read_csv(Path(model_dir) / OOF_CSV, dtype={"image_id": str, "slide": str})
+    oof = read_predictions(Path(model_dir) / OOF_CSV)
     merged = oof.merge(votes, on="image_id", how="left", validate="1:1")
     if merged["label"].isna().any():
         raise AmfError(f"{int(merged['label'].isna().sum())} figure(s) of {model_dir / OOF_CSV} are not in the data")
@@ -216,16 +214,15 @@ def shipped_oof(model_dir, votes: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def epoch_choice(run: Path, folds) -> dict:
+def epoch_choice(run, folds) -> dict:
     """Per fold: the kept epoch's held-out figures against the best epoch's on the held-out fold (the choice the
     old selection made), from epochs.csv; the gap is the optimism of choosing the epoch on the reported figures."""
     out = {}
     for k in folds:
-        f = run / f"fold{k}" / "epochs.csv"
-        done = run / f"fold{k}" / oof_io.DONE
-        if not f.is_file() or not done.is_file():
+        f = RunDir(run).fold(k)
+        if not f.epochs.is_file() or not f.is_done():
             continue
-        e, kept = pd.read_csv(f), json.loads(done.read_text())["best_epoch"]
+        e, kept = f.read_epochs(), f.read_done()["best_epoch"]
         row = e.loc[e["epoch"] == kept].iloc[0]
         best = e.loc[e["val_balanced_accuracy"].idxmax()]
         out[str(k)] = {"kept_epoch": int(kept), "kept_balanced_accuracy@0.5": float(row["val_balanced_accuracy"]),
@@ -237,18 +234,14 @@ def epoch_choice(run: Path, folds) -> dict:
 
 def honest_run(run, shipped: pd.DataFrame, votes: pd.DataFrame, n_boot: int) -> dict:
     """A run with train.selection last/inner: pooled figures if finished, else its finished folds at 0.5."""
-    import yaml
-
-    run = Path(run)
-    if not (run / "splits.csv").is_file():
-        raise AmfError(f"{run} is not a training run folder (no splits.csv)")
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    run = RunDir(run)
+    splits = run.read_splits()  # first: a folder that is no run is "not a training run folder (no splits.csv)"
+    cfg = run.read_config()
     selection = cfg["train"].get("selection", "validation")
     if selection == "validation":
         raise AmfError(f"{run} chose its epochs on the held-out folds (train.selection validation): not selection-free")
-    splits = splits_io.read(run / "splits.csv")
     folds = splits_io.folds_of(splits)
-    done = [k for k in folds if oof_io.fold_done(run, k)]
+    done = [k for k in folds if run.fold(k).is_done()]
     out = {"run": str(run), "selection": selection, "config": recipe_summary(cfg), "splits": cfg["splits"]["kind"],
            "folds_done": done, "folds": folds, "epoch_choice": epoch_choice(run, done),
            "ema_decay": ema_decays(run),
@@ -258,7 +251,7 @@ def honest_run(run, shipped: pd.DataFrame, votes: pd.DataFrame, n_boot: int) -> 
         return out
     per_fold = {}
     for k in done:
-        f = pd.read_csv(run / f"fold{k}" / "oof.csv", dtype={"image_id": str, "slide": str})
+        f = run.fold(k).read_oof()
         m = metrics.summary(f["label"], f["probability"], threshold=0.5)
         entry = {"honest@0.5": m}
         if cfg["splits"]["kind"] == "kfold":
@@ -282,11 +275,12 @@ def selection_free(model_dir, data_dir, runs: dict, n_boot: int = 2000) -> dict:
             "not_run": [name for name in HONEST if not runs.get(name)]}
 
 
-def train_minutes(run: Path) -> float:
+def train_minutes(run) -> float:
     """Wall-clock minutes the run's epochs took (epochs.csv 'seconds'; resumed epochs count once)."""
     total = 0.0
-    for f in sorted(run.glob("fold*/epochs.csv")):
-        total += pd.read_csv(f)["seconds"].fillna(0).sum()
+    for f in RunDir(run).fold_dirs():
+        if f.epochs.is_file():
+            total += f.read_epochs()["seconds"].fillna(0).sum()
     return round(total / 60, 1)
 
 

@@ -30,10 +30,6 @@ from training import compare as compare_runs, splits as splits_io
 from training.run import DONE, RunDir
 
 
-def fold_done(run_dir, k: int) -> bool:  # kept for training/card.py until it reads the run folder through RunDir
-    return RunDir(run_dir).fold(k).is_done()
-
-
 def slide_bootstrap_ci(y, p, slides, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile intervals of balanced accuracy, sensitivity, specificity, ROC AUC over slide resamples
     (training.compare.slide_draws); the predicted classes Y_PRED are held fixed. A rate undefined in a resample
