@@ -1,6 +1,7 @@
 # Two commands matter on a fresh machine (see README):
 #   make demo   the container's entrypoint on the shipped model and the sample job, in the image's runtime
 #   make test   the whole test suite, in the development environment
+#   make lint   ruff, hadolint, shellcheck (CI runs it before make test)
 #   make test-fast   while working: the tests not marked slow (pytest -m "not slow"): no training, no venv build, under a minute
 PYTHON ?= python3
 VENV := .venv
@@ -31,8 +32,12 @@ test: $(VENV)/.stamp
 test-fast: $(VENV)/.stamp
 	$(VENV)/bin/python -m pytest -m "not slow"
 
+# ruff (configured in pyproject.toml), hadolint and shellcheck; .pre-commit-config.yaml runs the same on commit
 lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/shellcheck do_build.sh do_save.sh do_test_run.sh .ci/run
 
 bench: $(VENV)/.stamp
 	$(VENV)/bin/python -m bench.container

@@ -4,6 +4,7 @@ With no arguments it does what Grand Challenge expects. --input/--output/--model
 platform paths for local use. Any problem: one line on stderr, exit 2, and no output file (a result
 left by an earlier run is removed before anything else).
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,8 +76,10 @@ def main(argv=None) -> int:
         return report_error(e)
     if not args.quiet:
         n_atyp = sum(r["class"] == "atypical" for r in results)
-        print(f"{len(results)} patches: {n_atyp} atypical, {len(results) - n_atyp} normal "
-              f"-> {Path(args.output) / jobs.OUTPUT_FILE}")
+        print(
+            f"{len(results)} patches: {n_atyp} atypical, {len(results) - n_atyp} normal "
+            f"-> {Path(args.output) / jobs.OUTPUT_FILE}"
+        )
     return 0
 
 

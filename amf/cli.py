@@ -10,6 +10,7 @@ that bad input, bad files and failing writes raise (anything else is a bug and k
     except EXPECTED as e:
         return report_error(as_error(e))
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ def _number(kind, test, rule: str):
         if not test(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
         return value
+
     parse.__name__ = rule  # what argparse names in its message
     return parse
 

@@ -6,6 +6,7 @@ augmentation, when the manifest asks for it, averages each member over flipped/r
 A derived variant (one merged graph, or its fp16 copy on CUDA) replaces the member loop only on
 the devices where the manifest's benchmark says it wins.
 """
+
 from __future__ import annotations
 
 import logging
@@ -139,9 +140,14 @@ class Ensemble:
             self._check_io(sess, size, f)
         self.run_options = ort.RunOptions()
         self.run_options.log_severity_level = 4  # a failing run is told in our one line, not ORT's log
-        log.info("amf: onnxruntime %s on %s, %d member(s)%s, tta=%s", ort.__version__,
-                 self.device.upper(), len(self.manifest.members),
-                 f" as one {self.variant.kind} graph" if self.variant else "", self.manifest.tta)
+        log.info(
+            "amf: onnxruntime %s on %s, %d member(s)%s, tta=%s",
+            ort.__version__,
+            self.device.upper(),
+            len(self.manifest.members),
+            f" as one {self.variant.kind} graph" if self.variant else "",
+            self.manifest.tta,
+        )
 
     @staticmethod
     def _check_io(sess, size: int, name: str = "") -> None:
@@ -170,8 +176,10 @@ class Ensemble:
             raise AmfError(f"model {file}: failed on a batch of {len(x)} patches: {why}") from None
         y = np.asarray(y)
         if y.ndim < 1 or y.shape[0] != len(x) or y.size != len(x) or not np.issubdtype(y.dtype, np.number):
-            raise AmfError(f"model {file}: gave an output of shape {list(y.shape)} ({y.dtype}) for {len(x)} "
-                           f"patches; expected one number per patch")
+            raise AmfError(
+                f"model {file}: gave an output of shape {list(y.shape)} ({y.dtype}) for {len(x)} "
+                f"patches; expected one number per patch"
+            )
         return y.astype(np.float64).reshape(len(x))
 
     def predict_proba(self, patches) -> np.ndarray:
@@ -185,16 +193,16 @@ class Ensemble:
         if self.variant is not None:
             out = np.empty(n)
             for i in range(0, n, self.chunk):
-                x = mf.members[0].prepare(patches[i:i + self.chunk])  # the members' shared preprocessing
+                x = mf.members[0].prepare(patches[i : i + self.chunk])  # the members' shared preprocessing
                 # a merged graph outputs the members' mean probability directly
-                out[i:i + len(x)] = np.mean([self._run_session(0, v) for v in tta_views(x, mf.tta)], 0)
+                out[i : i + len(x)] = np.mean([self._run_session(0, v) for v in tta_views(x, mf.tta)], 0)
             return out
         total = np.zeros(n)
         for i in range(0, n, self.chunk):
-            chunk, prepared = patches[i:i + self.chunk], {}
+            chunk, prepared = patches[i : i + self.chunk], {}
             for j, m in enumerate(mf.members):
                 if m.preprocessing not in prepared:  # shared by same-spec members
                     prepared[m.preprocessing] = m.prepare(chunk)
                 views = [sigmoid(self._run_session(j, v)) for v in tta_views(prepared[m.preprocessing], mf.tta)]
-                total[i:i + len(chunk)] += np.mean(views, axis=0)
+                total[i : i + len(chunk)] += np.mean(views, axis=0)
         return total / len(mf.members)

@@ -1,4 +1,5 @@
 """File I/O: atomic writes (a reader, or the platform, never sees half a file) and checked JSON reads."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 from amf import AmfError, one_line
-
 
 MAX_JSON_BYTES = 64 * 2**20  # inputs, manifests, ground truth and results are kilobytes to a few MB
 

@@ -6,6 +6,7 @@ Readers (read_inputs, find_stack, read_stack) and the result writer serve the co
 writer (write_job, write_stack) makes such an /input folder, for offline evaluation
 (training.evaluate.pack), the project's sample job (test/make_sample_input.py), tests and benchmarks.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def read_inputs(input_dir) -> list[dict]:
     path = Path(input_dir) / "inputs.json"
     inputs = read_json(path, "inputs.json")
     if not isinstance(inputs, list) or not all(
-            isinstance(v, dict) and isinstance(v.get("interface"), dict)
-            and isinstance(v["interface"].get("slug"), str) for v in inputs):
+        isinstance(v, dict) and isinstance(v.get("interface"), dict) and isinstance(v["interface"].get("slug"), str)
+        for v in inputs
+    ):
         raise AmfError(f"{path} must be a list of socket values, each with interface.slug")
     return inputs
 
@@ -64,8 +66,7 @@ def find_stack(input_dir, slug: str = INPUT_SLUG) -> Path:
         others = f" (found {', '.join(p.name for p in files)})" if files else ""
         raise AmfError(f"no .mha/.tif/.tiff image in {folder}{others}")
     if len(images) > 1:
-        raise AmfError(f"expected one image in {folder}, found {len(images)}: "
-                       f"{', '.join(p.name for p in images)}")
+        raise AmfError(f"expected one image in {folder}, found {len(images)}: {', '.join(p.name for p in images)}")
     return images[0]
 
 
@@ -128,8 +129,9 @@ def check_header(name: str, reader) -> None:
     pixel = sitk.Image([1, 1], reader.GetPixelID(), comps)  # one pixel: its byte size
     nbytes = width * height * n * sitk.GetArrayViewFromImage(pixel).nbytes
     if nbytes > MAX_BYTES:
-        raise AmfError(f"image {name} decodes to {nbytes / 2**30:.1f} GiB of pixels; "
-                       f"at most {MAX_BYTES / 2**30:.0f} GiB are read")
+        raise AmfError(
+            f"image {name} decodes to {nbytes / 2**30:.1f} GiB of pixels; at most {MAX_BYTES / 2**30:.0f} GiB are read"
+        )
 
 
 def _itk_reason(message: str, printed: str) -> str:
@@ -168,9 +170,20 @@ def write_job(input_dir, patches, name: str) -> Path:
     folder = input_dir / "images" / INPUT_SLUG
     folder.mkdir(parents=True, exist_ok=True)
     write_stack(folder / name, list(patches))
-    inputs = [{"file": None, "image": {"name": name}, "value": None,
-               "interface": {"slug": INPUT_SLUG, "kind": "Image", "super_kind": "Image",
-                             "relative_path": f"images/{INPUT_SLUG}", "example_value": None}}]
+    inputs = [
+        {
+            "file": None,
+            "image": {"name": name},
+            "value": None,
+            "interface": {
+                "slug": INPUT_SLUG,
+                "kind": "Image",
+                "super_kind": "Image",
+                "relative_path": f"images/{INPUT_SLUG}",
+                "example_value": None,
+            },
+        }
+    ]
     (input_dir / "inputs.json").write_text(json.dumps(inputs, indent=4) + "\n")
     return folder / name
 

@@ -18,6 +18,7 @@ Schema (version 1), documented in the README:
   "provenance": {...}                # backbone, run, folds, out-of-fold metrics, ...
 }
 """
+
 from __future__ import annotations
 
 import json
@@ -109,8 +110,11 @@ def _model_file(value, where: str) -> str:
 
 
 def _rgb_triplet(value, where, name, positive=False):
-    if not (isinstance(value, list) and len(value) == 3
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+    if not (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
         _fail(where, f"'{name}' must be a list of 3 numbers")
     if positive and min(value) <= 0:
         _fail(where, f"'{name}' must be positive")
@@ -149,10 +153,17 @@ def from_dict(d: dict, where: str = "") -> Manifest:
         fold = m.get("fold")
         if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int)):
             _fail(at, "'fold' must be an integer or null")
-        members.append(Member(file=m["file"], input_size=size,
-                              mean=_rgb_triplet(m.get("mean"), at, "mean"),
-                              std=_rgb_triplet(m.get("std"), at, "std", positive=True),
-                              resize=resize, backbone=str(m.get("backbone", "")), fold=fold))
+        members.append(
+            Member(
+                file=m["file"],
+                input_size=size,
+                mean=_rgb_triplet(m.get("mean"), at, "mean"),
+                std=_rgb_triplet(m.get("std"), at, "std", positive=True),
+                resize=resize,
+                backbone=str(m.get("backbone", "")),
+                fold=fold,
+            )
+        )
     variants = []
     for i, v in enumerate(d.get("variants") or []):
         at = f"{where} variant {i}".strip()
@@ -173,8 +184,9 @@ def from_dict(d: dict, where: str = "") -> Manifest:
     trained = d.get("trained", True)
     if not isinstance(trained, bool):
         _fail(where, "'trained' must be true or false")
-    return Manifest(members=members, threshold=float(threshold), tta=tta, trained=trained,
-                    variants=variants, provenance=provenance)
+    return Manifest(
+        members=members, threshold=float(threshold), tta=tta, trained=trained, variants=variants, provenance=provenance
+    )
 
 
 def load(model_dir) -> Manifest:

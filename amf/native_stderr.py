@@ -4,6 +4,7 @@ ITK's MetaIO reader and onnxruntime's provider loader write their complaints to 
 stderr themselves, around Python's sys.stderr. The entrypoint promises one line per problem, so
 the code that calls them catches that text here and folds the useful part into its own line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,7 @@ def captured():
     (nothing is captured, and text[0] is empty, where no temporary file can be made)."""
     text: list[str] = []
     try:
-        tmp = tempfile.TemporaryFile()
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below; fd 2 points at it meanwhile)
     except OSError:
         text.append("")
         yield text
@@ -46,4 +47,4 @@ def short_line(text: str, limit: int = 300) -> str:
     import re
 
     line = one_line(re.sub(r"\x1b\[[0-9;]*m", "", text))
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."

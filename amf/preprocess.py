@@ -11,6 +11,7 @@ The one rule for odd inputs (documented in the README):
      at the centre); then each ensemble member resizes to its own input size with its own method.
 Normalisation is (x / 255 - mean) / std per channel, float32, NCHW.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,8 +61,10 @@ def pixel_scale(pages) -> float:
     if np.issubdtype(dtype, np.floating):
         return 255.0 if hi <= 1.0 else 1.0
     if lo < 0 or hi > 255:
-        raise AmfError(f"pixel type {dtype} holds values {lo}..{hi}; integers other than uint8, uint16 and int16 "
-                       f"must lie in 0..255")
+        raise AmfError(
+            f"pixel type {dtype} holds values {lo}..{hi}; integers other than uint8, uint16 and int16 "
+            f"must lie in 0..255"
+        )
     return 1.0
 
 
@@ -98,7 +101,7 @@ def centre_square(img: np.ndarray) -> np.ndarray:
     if side == 0:
         raise AmfError(f"empty patch of size {h}x{w}")
     top, left = (h - side) // 2, (w - side) // 2
-    return img[top:top + side, left:left + side]
+    return img[top : top + side, left : left + side]
 
 
 def canonical_patch(img: np.ndarray, scale: float | None = None) -> np.ndarray:

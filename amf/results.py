@@ -5,6 +5,7 @@ The organisers' evaluator rejects a confidence that is not a JSON float (an inte
 a class other than normal/atypical, and a list whose length differs from the stack. A confidence
 is a probability: validate also refuses one that is not finite or lies outside [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ import numpy as np
 
 from amf import AmfError
 
-CLASSES = ("normal", "atypical")        # the label vocabulary: a class's index is its label (atypical = 1, positive)
+CLASSES = ("normal", "atypical")  # the label vocabulary: a class's index is its label (atypical = 1, positive)
 NORMAL, ATYPICAL = CLASSES
 CLASS_ID = {name: i for i, name in enumerate(CLASSES)}
 

@@ -7,6 +7,7 @@ Prints one JSON line of seconds: imports, load (create the model, load its weigh
 Run (needs the dev environment; weights from bench/models.py):
   python -m bench.baseline --input test/input --output /tmp/out --weights bench/.cache/efficientnetv2_m.pth
 """
+
 import time
 
 T0 = time.perf_counter()
@@ -39,8 +40,14 @@ def main() -> None:
     t2 = time.perf_counter()
     path = next(p for p in (Path(a.input) / "images" / SLUG).iterdir() if p.suffix in (".mha", ".tif", ".tiff"))
     stack = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    tf = transforms.Compose([transforms.ToPILImage(), transforms.Resize((SIZE, SIZE)), transforms.ToTensor(),
-                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tf = transforms.Compose(
+        [
+            transforms.ToPILImage(),
+            transforms.Resize((SIZE, SIZE)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     results = []
     with torch.no_grad():
         for patch in stack:
@@ -51,8 +58,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "multiple-mitotic-figure-classification.json").write_text(json.dumps(results, indent=2))
     t4 = time.perf_counter()
-    print(json.dumps({"imports": t1 - T0, "load": t2 - t1, "infer": t3 - t2, "write": t4 - t3,
-                      "n": len(results), "device": "cpu", "variant": None}))
+    print(
+        json.dumps(
+            {
+                "imports": t1 - T0,
+                "load": t2 - t1,
+                "infer": t3 - t2,
+                "write": t4 - t3,
+                "n": len(results),
+                "device": "cpu",
+                "variant": None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Run:  python -m bench.container [--repeats 3] [--cases shipped convnext5-128 ...
       (make bench); prints a markdown table for BENCHMARKS.md. Models are made once in bench/.cache.
       python -m bench.container --from-json F   prints the table of a saved run again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,15 @@ from bench import models
 
 ROOT = models.ROOT
 STAGES = ("startup", "imports", "load", "infer", "write")
-CPU_CASES = ["shipped", "shipped-members", "shipped-merged", "convnext5-128", "convnext5-128-merged",
-             "convnext5-224", "convnext5-224-merged"]
+CPU_CASES = [
+    "shipped",
+    "shipped-members",
+    "shipped-merged",
+    "convnext5-128",
+    "convnext5-128-merged",
+    "convnext5-224",
+    "convnext5-224-merged",
+]
 GPU_CASES = ["convnext5-128-fp16", "convnext5-224-fp16"]
 
 
@@ -50,8 +58,10 @@ def model_for(case: str) -> Path:
 
 def cuda_works() -> bool:
     """Whether onnxruntime's CUDA provider really loads here (not only whether it is installed)."""
-    code = ("import onnxruntime as o, sys; from amf.ensemble import Ensemble; "
-            f"sys.exit(0 if Ensemble({str(ROOT / 'model')!r}).device == 'cuda' else 1)")
+    code = (
+        "import onnxruntime as o, sys; from amf.ensemble import Ensemble; "
+        f"sys.exit(0 if Ensemble({str(ROOT / 'model')!r}).device == 'cuda' else 1)"
+    )
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
 
 
@@ -75,8 +85,17 @@ def run_once(cmd: list[str]) -> dict:
 
 def command(case: str, input_dir: str, out: str, python: str) -> list[str]:
     if case == "baseline":
-        return [sys.executable, "-m", "bench.baseline", "--input", input_dir, "--output", out,
-                "--weights", str(models.baseline_weights())]
+        return [
+            sys.executable,
+            "-m",
+            "bench.baseline",
+            "--input",
+            input_dir,
+            "--output",
+            out,
+            "--weights",
+            str(models.baseline_weights()),
+        ]
     return [python, "-m", "bench.stages", "--input", input_dir, "--output", out, "--model", str(model_for(case))]
 
 
@@ -87,42 +106,57 @@ def machine() -> str:
     except (OSError, StopIteration):
         name = platform.processor() or "unknown CPU"
     import os
+
     return f"{name}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
 
 
 def table(runs: dict[str, list[dict]]) -> str:
     """Per case: medians, and the best (shortest) run. × baseline = the case's figure over the
     baseline's, both taken over the same interleaved run (paired ratios are in --json)."""
-    lines = ["| case | device / path | runs | wall s (median) | wall s (best) | start-up | imports | load | infer "
-             "| write | × baseline (median) | × baseline (best) | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    med = {case: {k: statistics.median(r[k] for r in rs) for k in ("total", "cpu") + STAGES}
-           for case, rs in runs.items()}
+    lines = [
+        "| case | device / path | runs | wall s (median) | wall s (best) | start-up | imports | load | infer "
+        "| write | × baseline (median) | × baseline (best) | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    med = {
+        case: {k: statistics.median(r[k] for r in rs) for k in ("total", "cpu") + STAGES} for case, rs in runs.items()
+    }
     best = {case: min(r["total"] for r in rs) for case, rs in runs.items()}
     for case, rs in runs.items():
         m = med[case]
         path = rs[0]["device"] + (f" / {rs[0]['variant']}" if rs[0]["variant"] else " / members")
         if case == "baseline":
             path = "cpu / torch, 1 image at a time"
-        lines.append(f"| {case} | {path} | {len(rs)} | {m['total']:.2f} | {best[case]:.2f} | "
-                     + " | ".join(f"{m[s]:.2f}" for s in STAGES)
-                     + f" | {m['total'] / med['baseline']['total']:.2f} | {best[case] / best['baseline']:.2f}"
-                     f" | {m['cpu']:.2f} |")
+        lines.append(
+            f"| {case} | {path} | {len(rs)} | {m['total']:.2f} | {best[case]:.2f} | "
+            + " | ".join(f"{m[s]:.2f}" for s in STAGES)
+            + f" | {m['total'] / med['baseline']['total']:.2f} | {best[case] / best['baseline']:.2f}"
+            f" | {m['cpu']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def report(runs: dict[str, list[dict]], input_dir: str, gpu: bool, name: str) -> str:
     rounds = len(runs[next(c for c in runs if c != "baseline")])
-    out = [f"Machine: {name}. Stack: {runs['baseline'][0]['n']} patches ({input_dir}). "
-           f"Median of {rounds} fresh-process runs per case (baseline: {len(runs['baseline'])}); seconds.", "",
-           table(runs)]
-    for sep, mer in (("shipped-members", "shipped-merged"), ("convnext5-128", "convnext5-128-merged"),
-                     ("convnext5-224", "convnext5-224-merged")):
+    out = [
+        f"Machine: {name}. Stack: {runs['baseline'][0]['n']} patches ({input_dir}). "
+        f"Median of {rounds} fresh-process runs per case (baseline: {len(runs['baseline'])}); seconds.",
+        "",
+        table(runs),
+    ]
+    for sep, mer in (
+        ("shipped-members", "shipped-merged"),
+        ("convnext5-128", "convnext5-128-merged"),
+        ("convnext5-224", "convnext5-224-merged"),
+    ):
         if sep in runs and mer in runs:
             wall = statistics.median(m["total"] / s["total"] for s, m in zip(runs[sep], runs[mer]))
             cpu = statistics.median(m["cpu"] / s["cpu"] for s, m in zip(runs[sep], runs[mer]))
-            out += ["", f"{mer} / {sep} (same round) = {wall:.2f} wall, {cpu:.2f} CPU "
-                        f"(median over rounds; < 1: the merged graph is faster)"]
+            out += [
+                "",
+                f"{mer} / {sep} (same round) = {wall:.2f} wall, {cpu:.2f} CPU "
+                f"(median over rounds; < 1: the merged graph is faster)",
+            ]
     if not gpu:
         out += ["", "fp16 on GPU: not measured (onnxruntime's CUDA provider does not load on this machine)."]
     return "\n".join(out)
@@ -157,12 +191,17 @@ def main(argv=None) -> int:
                 runs["baseline"].append(base)
                 runs.setdefault(case, []).append(r)
                 ratios.setdefault(case, []).append((r["total"] / base["total"], r["cpu"] / base["cpu"]))
-                print(f"round {rnd + 1}/{a.repeats} {case}: {r['total']:.2f} s "
-                      f"(baseline {base['total']:.2f} s)", file=sys.stderr)
+                print(
+                    f"round {rnd + 1}/{a.repeats} {case}: {r['total']:.2f} s (baseline {base['total']:.2f} s)",
+                    file=sys.stderr,
+                )
     print(report(runs, a.input, gpu, machine()))
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": machine(), "input": a.input, "gpu": gpu, "runs": runs,
-                                            "paired_ratios": ratios}, indent=1))
+        Path(a.json).write_text(
+            json.dumps(
+                {"machine": machine(), "input": a.input, "gpu": gpu, "runs": runs, "paired_ratios": ratios}, indent=1
+            )
+        )
     return 0
 
 

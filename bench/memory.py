@@ -9,6 +9,7 @@ Run:  python -m bench.memory [--n 16 1000 10000] [--model model] [--format mha|t
       [--inference PATH]   (another inference.py, e.g. an older checkout, for a before/after)
 Prints a markdown table for BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,18 +50,35 @@ def main(argv=None) -> int:
     ap.add_argument("--inference", default=str(ROOT / "inference.py"))
     a = ap.parse_args(argv)
     sample = [p.copy() for p in jobs.read_stack(jobs.find_stack(ROOT / "test" / "input"))]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"Python {platform.python_version()}; {a.inference}; model {a.model}; format {a.format}\n")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"Python {platform.python_version()}; {a.inference}; model {a.model}; format {a.format}\n"
+    )
     print("| patches | stack file MB | decoded pixels MB | peak RSS MB | wall s |")
     print("|---|---|---|---|---|")
     for n in a.n:
         with tempfile.TemporaryDirectory() as tmp:
-            stack = jobs.write_job(Path(tmp) / "input", [sample[i % len(sample)] for i in range(n)],
-                                   f"stack.{a.format}")
-            peak, wall = peak_of([sys.executable, a.inference, "--input", str(Path(tmp) / "input"),
-                                     "--output", str(Path(tmp) / "output"), "--model", a.model, "--quiet"])
-            print(f"| {n:,} | {stack.stat().st_size / 1e6:.1f} | {n * 128 * 128 * 3 / 1e6:.1f} | {peak:.0f} "
-                  f"| {wall:.1f} |", flush=True)
+            stack = jobs.write_job(
+                Path(tmp) / "input", [sample[i % len(sample)] for i in range(n)], f"stack.{a.format}"
+            )
+            peak, wall = peak_of(
+                [
+                    sys.executable,
+                    a.inference,
+                    "--input",
+                    str(Path(tmp) / "input"),
+                    "--output",
+                    str(Path(tmp) / "output"),
+                    "--model",
+                    a.model,
+                    "--quiet",
+                ]
+            )
+            print(
+                f"| {n:,} | {stack.stat().st_size / 1e6:.1f} | {n * 128 * 128 * 3 / 1e6:.1f} | {peak:.0f} "
+                f"| {wall:.1f} |",
+                flush=True,
+            )
     return 0
 
 

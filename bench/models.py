@@ -7,6 +7,7 @@
 Pretrained weights cannot be downloaded here; speed does not depend on the weights' values.
 Run:  python -m bench.models      (prints the folders it made or found)
 """
+
 from __future__ import annotations
 
 import os
@@ -51,9 +52,17 @@ def export_convnext(path: Path, seed: int, size: int) -> Path:
     model = timm.create_model(CONVNEXT_ARCH, pretrained=False, num_classes=1).eval()
     x = torch.zeros(2, 3, size, size)
     tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logit"],
-                      dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
-                      opset_version=17, dynamo=False, external_data=False)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(tmp),
+        input_names=["input"],
+        output_names=["logit"],
+        dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+        external_data=False,
+    )
     tmp.replace(path)
     return path
 
@@ -71,17 +80,33 @@ def convnext_ensemble(size: int, merged: bool = False) -> Path:
             name = f"{CONVNEXT_ARCH}_s{seed}.onnx"
             if not (folder / name).exists():
                 export_convnext(folder / name, seed, size)
-            members.append(Member(file=name, input_size=size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                                  resize="bilinear", backbone=CONVNEXT_ARCH, fold=seed))
-        save(Manifest(members=members, trained=False,
-                      provenance={"note": f"benchmark: {CONVNEXT_MEMBERS} x random-init {CONVNEXT_ARCH}"}), folder)
+            members.append(
+                Member(
+                    file=name,
+                    input_size=size,
+                    mean=list(IMAGENET_MEAN),
+                    std=list(IMAGENET_STD),
+                    resize="bilinear",
+                    backbone=CONVNEXT_ARCH,
+                    fold=seed,
+                )
+            )
+        save(
+            Manifest(
+                members=members,
+                trained=False,
+                provenance={"note": f"benchmark: {CONVNEXT_MEMBERS} x random-init {CONVNEXT_ARCH}"},
+            ),
+            folder,
+        )
     return derived_folder(folder, f"{folder.name}_merged", "merged") if merged else folder
 
 
 def derived_folder(src: Path, name: str, runs_as: str) -> Path:
     """A model folder CACHE/NAME holding SRC's members (hard links where the file system allows, else
-    copies: a manifest names only files inside its own folder) and running them as RUNS_AS: "members" (one session per member), "merged" (one merged graph, on CPU and CUDA) or
-    "fp16" (the merged graph's fp16 copy, on CUDA). Derived graphs are made once and kept."""
+    copies: a manifest names only files inside its own folder) and running them as RUNS_AS: "members" (one
+    session per member), "merged" (one merged graph, on CPU and CUDA) or "fp16" (the merged graph's fp16 copy,
+    on CUDA). Derived graphs are made once and kept."""
     import onnx
 
     from amf.manifest import Variant, load, save
@@ -104,10 +129,14 @@ def derived_folder(src: Path, name: str, runs_as: str) -> Path:
                 os.link(mf.path(m.file), link)
             except OSError:  # another file system, or no hard links there
                 shutil.copyfile(mf.path(m.file), link)
-    mf.variants = {"members": [],
-                   "merged": [Variant(file=MERGED_FILE, kind="merged", use_on=["cpu", "cuda"])],
-                   "fp16": [Variant(file=FP16_FILE, kind="merged-fp16", use_on=["cuda"]),
-                            Variant(file=MERGED_FILE, kind="merged", use_on=[])]}[runs_as]
+    mf.variants = {
+        "members": [],
+        "merged": [Variant(file=MERGED_FILE, kind="merged", use_on=["cpu", "cuda"])],
+        "fp16": [
+            Variant(file=FP16_FILE, kind="merged-fp16", use_on=["cuda"]),
+            Variant(file=MERGED_FILE, kind="merged", use_on=[]),
+        ],
+    }[runs_as]
     save(mf, dst)
     return dst
 

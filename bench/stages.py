@@ -6,6 +6,7 @@ infer (read the stack, preprocess, run, build the results), write (the atomic re
 Interpreter start-up is what the caller's wall clock has on top of these.
 Run:  python -m bench.stages --input test/input --output /tmp/out [--model model]
 """
+
 import time
 
 T0 = time.perf_counter()
@@ -41,9 +42,19 @@ def main() -> None:
     t3 = time.perf_counter()
     jobs.write_results(a.output, results)
     t4 = time.perf_counter()
-    print(json.dumps({"imports": t1 - T0, "load": t2 - t1, "infer": t3 - t2, "write": t4 - t3,
-                      "n": len(results), "device": ensemble.device,
-                      "variant": ensemble.variant.kind if ensemble.variant else None}))
+    print(
+        json.dumps(
+            {
+                "imports": t1 - T0,
+                "load": t2 - t1,
+                "infer": t3 - t2,
+                "write": t4 - t3,
+                "n": len(results),
+                "device": ensemble.device,
+                "variant": ensemble.variant.kind if ensemble.variant else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

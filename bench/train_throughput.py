@@ -12,6 +12,7 @@ Run:  python -m bench.train_throughput [--model convnext_small] [--size 224] [--
                                         [--recipe plain full] [--loader [cpu|device]] [--compile] [--parts]
                                         [--device auto|cuda|cpu] [--json OUT.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,44 +23,78 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from training import config as config_io  # noqa: E402
-from training.models import create_classifier  # noqa: E402
-from training.recipe import attach_mixstyle, make_teacher  # noqa: E402
-from training.train import train_step  # noqa: E402
+from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from training import config as config_io
+from training.models import create_classifier
+from training.recipe import attach_mixstyle, make_teacher
+from training.train import train_step
 
 
 def recipe_config(model: str, size: int, recipe: str) -> dict:
     on = recipe == "full"
-    return config_io.load("smoke", [f"model.backbone={model}", f"data.input_size={size}",
-                                    f"mixstyle.enabled={on}", f"align.enabled={on}", f"ema.enabled={on}"])
+    return config_io.load(
+        "smoke",
+        [
+            f"model.backbone={model}",
+            f"data.input_size={size}",
+            f"mixstyle.enabled={on}",
+            f"align.enabled={on}",
+            f"ema.enabled={on}",
+        ],
+    )
 
 
-def synthetic_loader(cfg: dict, batch: int, workers: int, n: int = 512, kind: str = "cpu",
-                     device: torch.device = torch.device("cpu")):
+def synthetic_loader(cfg: dict, batch: int, workers: int, n: int = 512, kind: str = "cpu", device=None):
     """The training data path on synthetic 128-px patches (decoded once, as data.preload does)."""
+    device = torch.device("cpu") if device is None else device
+    import pandas as pd
+
     from training.augment import Augment
     from training.data import PatchDataset
     from training.gpu_augment import DeviceBatches
     from training.train import EpochSampler
-    import pandas as pd
 
     rng = np.random.default_rng(0)
     patches = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(n)]
     df = pd.DataFrame({"path": ["-"] * n, "label": rng.integers(0, 2, n), "soft": 0.0})
-    ds = PatchDataset(df, np.arange(n), cfg["data"]["input_size"], IMAGENET_MEAN, IMAGENET_STD,
-                      "bilinear", Augment(cfg["augment"]), patches)
+    ds = PatchDataset(
+        df,
+        np.arange(n),
+        cfg["data"]["input_size"],
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "bilinear",
+        Augment(cfg["augment"]),
+        patches,
+    )
     if kind == "device":
         return DeviceBatches(ds, EpochSampler(n), batch, cfg["augment"], device)
-    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
 
 
-def measure(model_name: str, size: int, batch: int, steps: int, warmup: int, recipe: str, device: torch.device,
-            loader: str | None, workers: int, compile_: bool) -> dict:
+def measure(
+    model_name: str,
+    size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    recipe: str,
+    device: torch.device,
+    loader: str | None,
+    workers: int,
+    compile_: bool,
+) -> dict:
     cuda = device.type == "cuda"
     cfg = recipe_config(model_name, size, recipe)
     torch.manual_seed(0)
@@ -73,8 +108,15 @@ def measure(model_name: str, size: int, batch: int, steps: int, warmup: int, rec
     train_model = torch.compile(model) if compile_ else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     gen = torch.Generator().manual_seed(0)
-    align = (torch.randint(0, 2, (batch,), generator=gen).to(device),
-             torch.randint(0, 3, (batch, 4), generator=gen).to(device), 3) if cfg["align"]["enabled"] else None
+    align = (
+        (
+            torch.randint(0, 2, (batch,), generator=gen).to(device),
+            torch.randint(0, 3, (batch, 4), generator=gen).to(device),
+            3,
+        )
+        if cfg["align"]["enabled"]
+        else None
+    )
 
     def batches():
         if loader:
@@ -112,11 +154,20 @@ def measure(model_name: str, size: int, batch: int, steps: int, warmup: int, rec
         losses = step()
     float(losses["loss"])  # waits for the device
     seconds = time.perf_counter() - t0
-    return {"model": model_name, "size": size, "batch": batch, "recipe": recipe, "device": device_name(device),
-            "bf16": cuda, "channels_last": cuda, "compile": compile_,
-            "data": f"{loader} loader" if loader else "on-device (made once)",
-            "steps": steps, "images_per_s": round(batch * steps / seconds, 2),
-            "threads": torch.get_num_threads()}
+    return {
+        "model": model_name,
+        "size": size,
+        "batch": batch,
+        "recipe": recipe,
+        "device": device_name(device),
+        "bf16": cuda,
+        "channels_last": cuda,
+        "compile": compile_,
+        "data": f"{loader} loader" if loader else "on-device (made once)",
+        "steps": steps,
+        "images_per_s": round(batch * steps / seconds, 2),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def time_parts(model_name: str, size: int, batch: int, steps: int, device: torch.device) -> list[tuple[str, float]]:
@@ -155,6 +206,7 @@ def time_parts(model_name: str, size: int, batch: int, steps: int, device: torch
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logit, feats = model(x, return_features=True)
             (logit.float().sum() + feats.float().sum() * 0).backward()
+
         return fn
 
     def teacher_forward():
@@ -168,14 +220,17 @@ def time_parts(model_name: str, size: int, batch: int, steps: int, device: torch
         def run():
             f = feats.detach().requires_grad_(True)
             fn(f, labels, domains, *extra).backward()
+
         return run
 
-    rows = [("student forward+backward (no MixStyle)", timed(student(False))),
-            ("student forward+backward (MixStyle at p=1)", timed(student(True))),
-            ("teacher forward (no grad)", timed(teacher_forward)),
-            ("EMA teacher update (timm ModelEmaV3, foreach lerp)", timed(lambda: teacher.update(model, step=100))),
-            ("alignment loss + backward, vectorised (recipe.alignment_loss)", timed(align(alignment_loss, 3))),
-            ("alignment loss + backward, loops (recipe.alignment_loss_loops)", timed(align(alignment_loss_loops)))]
+    rows = [
+        ("student forward+backward (no MixStyle)", timed(student(False))),
+        ("student forward+backward (MixStyle at p=1)", timed(student(True))),
+        ("teacher forward (no grad)", timed(teacher_forward)),
+        ("EMA teacher update (timm ModelEmaV3, foreach lerp)", timed(lambda: teacher.update(model, step=100))),
+        ("alignment loss + backward, vectorised (recipe.alignment_loss)", timed(align(alignment_loss, 3))),
+        ("alignment loss + backward, loops (recipe.alignment_loss_loops)", timed(align(alignment_loss_loops))),
+    ]
     mixer.active = False
     return rows
 
@@ -184,6 +239,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
+
     return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
@@ -196,9 +252,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--recipe", nargs="+", default=["plain", "full"], choices=["plain", "full"])
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    ap.add_argument("--loader", nargs="?", const="cpu", default=None, choices=["cpu", "device"],
-                    help="include the real data path: cpu (DataLoader workers, the default) or device "
-                         "(training/gpu_augment.py)")
+    ap.add_argument(
+        "--loader",
+        nargs="?",
+        const="cpu",
+        default=None,
+        choices=["cpu", "device"],
+        help="include the real data path: cpu (DataLoader workers, the default) or device (training/gpu_augment.py)",
+    )
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--parts", action="store_true", help="also time the full recipe's parts (ms per step)")
@@ -217,9 +278,12 @@ def main(argv=None) -> int:
     for recipe in a.recipe:
         r = measure(a.model, a.size, batch, steps, warmup, recipe, device, a.loader, a.workers, a.compile)
         rows.append(r)
-        print(f"| {r['model']} | {r['size']} | {r['batch']} | {r['recipe']} | {r['device']} | "
-              f"{'yes' if r['bf16'] else 'no'}{' +compile' if r['compile'] else ''} | {r['data']} | "
-              f"{r['images_per_s']:.1f} |", flush=True)
+        print(
+            f"| {r['model']} | {r['size']} | {r['batch']} | {r['recipe']} | {r['device']} | "
+            f"{'yes' if r['bf16'] else 'no'}{' +compile' if r['compile'] else ''} | {r['data']} | "
+            f"{r['images_per_s']:.1f} |",
+            flush=True,
+        )
     if a.parts:
         print(f"\n{a.model} at {a.size} px, batch {batch}, {device_name(device)}:\n| part | ms/step |\n|---|---|")
         for name, ms in time_parts(a.model, a.size, batch, steps, device):

@@ -8,6 +8,7 @@ Regenerate (needs the runtime: amf, onnxruntime), after the model in model/ chan
     python test/compare_output.py --write     (or: make expected)
   runs inference.py's run() on test/input with model/ and writes test/expected_output.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,11 @@ def problems_in(results, label: str) -> list[str]:
     for i, r in enumerate(results):
         if not isinstance(r, dict) or r.get("class") not in CLASSES:
             out.append(f"{label}[{i}]: class must be 'normal' or 'atypical', got {r!r}")
-        elif not isinstance(r.get("confidence"), float) or not math.isfinite(r["confidence"]) \
-                or not 0.0 <= r["confidence"] <= 1.0:
+        elif (
+            not isinstance(r.get("confidence"), float)
+            or not math.isfinite(r["confidence"])
+            or not 0.0 <= r["confidence"] <= 1.0
+        ):
             out.append(f"{label}[{i}]: confidence must be a float in [0, 1], got {r.get('confidence')!r}")
     return out
 

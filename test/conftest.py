@@ -1,4 +1,5 @@
 """Shared fixtures: paths to the project and to ../shared/data (tests that need it skip cleanly)."""
+
 from __future__ import annotations
 
 import sys
@@ -40,4 +41,5 @@ def gc_sample() -> Path:
 @pytest.fixture
 def toy_model(tmp_path) -> Path:
     from toy_models import make_toy_ensemble
+
     return make_toy_ensemble(tmp_path / "toy_model", members=2).parent

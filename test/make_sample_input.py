@@ -6,6 +6,7 @@ looking figures, a scattered, multipolar one for 'atypical' looking ones). 128x1
 written like the organisers' sample: inputs.json and a deflate-compressed multi-page TIFF.
 Run:  python test/make_sample_input.py [OUT_DIR] [--n 16] [--seed 2025] [--format tiff|mha]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ def draw_patch(rng: np.random.Generator, atypical_look: bool, size: int = 128) -
     img += rng.normal(0, 5, (size, size, 1))
     for _ in range(rng.integers(6, 14)):  # background nuclei
         cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(5, 10)
-        d = ((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2
+        d = ((yy - cy) ** 2 + (xx - cx) ** 2) / r**2
         img = np.where((d < 1)[..., None], img * 0.55 + np.array([120, 90, 170]) * 0.45, img)
     c = size / 2
     blobs = rng.integers(3, 6) if atypical_look else 1

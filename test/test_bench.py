@@ -1,18 +1,24 @@
 """bench/: the timing wrapper does what inference.py does, and the table's arithmetic is right."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
-from bench.container import STAGES, report
 from compare_output import compare
 from conftest import ROOT
 
+from bench.container import STAGES, report
+
 
 def test_stage_wrapper_writes_what_inference_writes(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "bench.stages", "--input", "test/input", "--output", str(tmp_path),
-                        "--model", "model"], cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.stages", "--input", "test/input", "--output", str(tmp_path), "--model", "model"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     stages = json.loads(p.stdout.strip().splitlines()[-1])
     assert stages["n"] == 16 and all(stages[s] >= 0 for s in STAGES[1:])
@@ -22,17 +28,30 @@ def test_stage_wrapper_writes_what_inference_writes(tmp_path):
 
 
 def run(total, cpu=1.0, variant=None):
-    return {"total": total, "cpu": cpu, "startup": 0.1, "imports": 0.2, "load": 0.3, "infer": total - 0.7,
-            "write": 0.1, "n": 16, "device": "cpu", "variant": variant}
+    return {
+        "total": total,
+        "cpu": cpu,
+        "startup": 0.1,
+        "imports": 0.2,
+        "load": 0.3,
+        "infer": total - 0.7,
+        "write": 0.1,
+        "n": 16,
+        "device": "cpu",
+        "variant": variant,
+    }
 
 
 def test_report_compares_medians_and_best_runs():
-    runs = {"baseline": [run(10), run(8), run(30)],
-            "convnext5-128": [run(4), run(5), run(6)], "convnext5-128-merged": [run(2, variant="merged")] * 3}
+    runs = {
+        "baseline": [run(10), run(8), run(30)],
+        "convnext5-128": [run(4), run(5), run(6)],
+        "convnext5-128-merged": [run(2, variant="merged")] * 3,
+    }
     text = report(runs, "test/input", gpu=False, name="test machine")
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
-    assert rows["convnext5-128"][3:5] == ["5.00", "4.00"]      # median, best wall
-    assert rows["convnext5-128"][10:12] == ["0.50", "0.50"]    # 5 / 10 (medians), 4 / 8 (best)
+    assert rows["convnext5-128"][3:5] == ["5.00", "4.00"]  # median, best wall
+    assert rows["convnext5-128"][10:12] == ["0.50", "0.50"]  # 5 / 10 (medians), 4 / 8 (best)
     assert "convnext5-128-merged / convnext5-128 (same round) = 0.40 wall" in text
     assert "fp16 on GPU: not measured" in text
 
@@ -40,10 +59,10 @@ def test_report_compares_medians_and_best_runs():
 def test_derived_folders_load_and_give_the_members_probabilities(tmp_path, monkeypatch):
     """A derived folder holds its members' files itself: the manifest refuses paths that leave its folder."""
     import numpy as np
+    from toy_models import make_toy_ensemble
 
     from amf.ensemble import Ensemble
     from bench import models
-    from toy_models import make_toy_ensemble
 
     monkeypatch.setattr(models, "CACHE", tmp_path / "cache")
     src = make_toy_ensemble(tmp_path / "toy", members=3).parent

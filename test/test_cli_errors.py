@@ -1,15 +1,16 @@
 """Every `python -m training.*` command fails the project's way: exit status 2, the last stderr line
 `error: ...` naming the problem, no traceback; and config values (files and overrides) are checked
 against their defaults' types, so a wrong one is that line instead of a traceback later."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from amf import AmfError
-from conftest import ROOT
 from training import config as config_io
 
 MISSING, A_FILE = "{missing}", "{file}"  # a path that does not exist; an existing plain file
@@ -48,8 +49,7 @@ CASES = [  # module, arguments, a word the error line must hold
 def test_module_cli_fails_in_one_line_with_status_2(tmp_path, module, args, word):
     (tmp_path / "file").write_text("image_id,filename,majority\n")
     args = [a.format(missing=tmp_path / "missing", file=tmp_path / "file") for a in args]
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
@@ -57,26 +57,29 @@ def test_module_cli_fails_in_one_line_with_status_2(tmp_path, module, args, word
     assert not (tmp_path / "missing").exists()
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.epochs=ten", ["train.epochs", "'ten'", "an integer"]),
-    ("train.epochs=true", ["train.epochs", "True", "an integer"]),  # a bool is no integer
-    ("train.epochs=2.5", ["train.epochs", "2.5", "an integer"]),
-    ("train.lr=fast", ["train.lr", "'fast'", "a number"]),
-    ("model.pretrained=yes please", ["model.pretrained", "true or false"]),
-    ("model.backbone=3", ["model.backbone", "text"]),
-    ("augment.scale=[a, b]", ["augment.scale", "a list of numbers"]),
-    ("align.columns=Scanner", ["align.columns", "a list of texts"]),
-    ("train.channels_last=3", ["train.channels_last", "true or false"]),
-    ("data.mean=[0.5, x, 0.5]", ["data.mean", "a list of numbers"]),
-    ("model.weights=3", ["model.weights", "text or null"]),
-    ("train.max_steps_per_epoch=1.5", ["train.max_steps_per_epoch", "an integer or null"]),
-    ("model.kwargs=[1]", ["model.kwargs", "a mapping"]),
-    ("train=5", ["train", "a mapping"]),
-    ("train.epochs=0", ["train.epochs", ">= 1"]),
-    ("train.batch_size=-4", ["train.batch_size", ">= 1"]),
-    ("train.lr=0", ["train.lr", "> 0"]),
-    ("train.lr=-1e-4", ["train.lr", "> 0"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.epochs=ten", ["train.epochs", "'ten'", "an integer"]),
+        ("train.epochs=true", ["train.epochs", "True", "an integer"]),  # a bool is no integer
+        ("train.epochs=2.5", ["train.epochs", "2.5", "an integer"]),
+        ("train.lr=fast", ["train.lr", "'fast'", "a number"]),
+        ("model.pretrained=yes please", ["model.pretrained", "true or false"]),
+        ("model.backbone=3", ["model.backbone", "text"]),
+        ("augment.scale=[a, b]", ["augment.scale", "a list of numbers"]),
+        ("align.columns=Scanner", ["align.columns", "a list of texts"]),
+        ("train.channels_last=3", ["train.channels_last", "true or false"]),
+        ("data.mean=[0.5, x, 0.5]", ["data.mean", "a list of numbers"]),
+        ("model.weights=3", ["model.weights", "text or null"]),
+        ("train.max_steps_per_epoch=1.5", ["train.max_steps_per_epoch", "an integer or null"]),
+        ("model.kwargs=[1]", ["model.kwargs", "a mapping"]),
+        ("train=5", ["train", "a mapping"]),
+        ("train.epochs=0", ["train.epochs", ">= 1"]),
+        ("train.batch_size=-4", ["train.batch_size", ">= 1"]),
+        ("train.lr=0", ["train.lr", "> 0"]),
+        ("train.lr=-1e-4", ["train.lr", "> 0"]),
+    ],
+)
 def test_an_override_of_the_wrong_type_or_range_is_named(override, words):
     with pytest.raises(AmfError) as err:
         config_io.load("smoke", [override])
@@ -91,9 +94,18 @@ def test_a_config_file_value_is_checked_the_same_way(tmp_path):
 
 
 def test_valid_values_of_another_spelling_are_kept():
-    cfg = config_io.load("smoke", ["train.lr=1e-4", "train.warmup_epochs=1", "train.channels_last=true",
-                                   "data.mean=[0.5, 0.5, 0.5]", "model.weights=w.pth", "data.synthetic=null",
-                                   "train.max_steps_per_epoch=3"])
+    cfg = config_io.load(
+        "smoke",
+        [
+            "train.lr=1e-4",
+            "train.warmup_epochs=1",
+            "train.channels_last=true",
+            "data.mean=[0.5, 0.5, 0.5]",
+            "model.weights=w.pth",
+            "data.synthetic=null",
+            "train.max_steps_per_epoch=3",
+        ],
+    )
     t = cfg["train"]
     assert t["lr"] == 1e-4 and isinstance(t["lr"], float)  # YAML reads 1e-4 as text
     assert t["warmup_epochs"] == 1 and t["channels_last"] is True and t["max_steps_per_epoch"] == 3

@@ -1,4 +1,5 @@
 """training.compare: the paired slide-level bootstrap that tells a recipe's gain from noise."""
+
 from __future__ import annotations
 
 import json
@@ -62,11 +63,13 @@ def test_slides_not_figures_are_resampled(tmp_path):
     """Figures of one slide move together: with one informative slide per class the interval is wide."""
     df = figures()
     p = RNG.random(len(df))
-    by_figure = compare.compare(write_run(tmp_path / "a", df, p), write_run(tmp_path / "b", df, p[::-1].copy()),
-                                n_boot=300)
+    by_figure = compare.compare(
+        write_run(tmp_path / "a", df, p), write_run(tmp_path / "b", df, p[::-1].copy()), n_boot=300
+    )
     lumped = df.assign(slide="s00")  # one slide: every resample is the whole set, so no spread at all
-    one = compare.compare(write_run(tmp_path / "c", lumped, p), write_run(tmp_path / "d", lumped, p[::-1].copy()),
-                          n_boot=50)
+    one = compare.compare(
+        write_run(tmp_path / "c", lumped, p), write_run(tmp_path / "d", lumped, p[::-1].copy()), n_boot=50
+    )
     for key in one["metrics"]:
         lo, hi = one["metrics"][key]["ci95"]
         assert lo == pytest.approx(hi) == pytest.approx(one["metrics"][key]["b_minus_a"])

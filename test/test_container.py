@@ -1,4 +1,5 @@
 """The container's entrypoint, inference.py, as the platform runs it and on every kind of bad input."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,11 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import ROOT
+from make_sample_input import make_job, write_job
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageSequence
+from toy_models import make_toy_ensemble, toy_model
 
 import inference
 from amf import AmfError, jobs
@@ -20,9 +24,6 @@ from amf.manifest import load as load_manifest
 from amf.manifest import save as save_manifest
 from amf.preprocess import canonical_patch, prepare, resize
 from amf.results import validate
-from conftest import ROOT
-from make_sample_input import make_job, write_job
-from toy_models import make_toy_ensemble, toy_model
 
 SAMPLE = ROOT / "test" / "input"
 EXPECTED = ROOT / "test" / "expected_output.json"
@@ -34,8 +35,9 @@ def cli(*args, env_extra=None, cwd=None):
     """inference.py in a fresh process; returns (exit code, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if k not in ("AMF_MODEL_DIR", "PYTHONPATH")}
     env.update(env_extra or {})
-    p = subprocess.run([sys.executable, str(ROOT / "inference.py"), *map(str, args)],
-                       capture_output=True, text=True, env=env, cwd=cwd)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "inference.py"), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -59,6 +61,7 @@ def patches(n, h=128, w=128):
 
 # -- the platform interface ------------------------------------------------------------------------
 
+
 def test_sample_job_gives_the_expected_output(tmp_path):
     from compare_output import compare
 
@@ -80,13 +83,16 @@ def test_sample_job_gives_the_expected_output(tmp_path):
 def test_a_cuda_provider_that_does_not_load_is_told_in_one_line():
     from amf.ensemble import cuda_failure_reason
 
-    printed = ("\x1b[1;31m2026-11-22 07:58:18.025 [E:onnxruntime:Default, provider_bridge_ort.cc:2195 "
-               "TryGetProviderInfo_CUDA] /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:1778 "
-               "onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : "
-               "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot "
-               "open shared object file: No such file or directory\n\x1b[m\n")
-    assert cuda_failure_reason(printed) == ("libonnxruntime_providers_cuda.so: libcublasLt.so.12: cannot open shared "
-                                     "object file: No such file or directory")
+    printed = (
+        "\x1b[1;31m2026-11-22 07:58:18.025 [E:onnxruntime:Default, provider_bridge_ort.cc:2195 "
+        "TryGetProviderInfo_CUDA] /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:1778 "
+        "onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : "
+        "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot "
+        "open shared object file: No such file or directory\n\x1b[m\n"
+    )
+    assert cuda_failure_reason(printed) == (
+        "libonnxruntime_providers_cuda.so: libcublasLt.so.12: cannot open shared object file: No such file or directory"
+    )
     assert cuda_failure_reason("") == "driver or CUDA/cuDNN libraries"
     assert "\n" not in cuda_failure_reason("some\nother\ntext")
 
@@ -139,10 +145,13 @@ def test_with_no_arguments_it_uses_the_platform_paths():
 
 # -- model folder: --model, $AMF_MODEL_DIR, /opt/ml/model (with a manifest), model/ --------------------
 
+
 @pytest.fixture
 def three_models(tmp_path):
-    return {name: make_toy_ensemble(tmp_path / name, members=1, seed=seed).parent
-            for name, seed in (("cli", 101), ("env", 202), ("platform", 303))}
+    return {
+        name: make_toy_ensemble(tmp_path / name, members=1, seed=seed).parent
+        for name, seed in (("cli", 101), ("env", 202), ("platform", 303))
+    }
 
 
 def test_model_dir_resolution_order(three_models, monkeypatch):
@@ -174,6 +183,7 @@ def test_faked_platform_model_dir_is_used(three_models, monkeypatch, tmp_path):
 
 # -- what the input may be -------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_gray_rgba_16bit_and_other_sizes_follow_the_documented_rule(tmp_path):
     model = ROOT / "model"
@@ -190,11 +200,13 @@ def test_gray_rgba_16bit_and_other_sizes_follow_the_documented_rule(tmp_path):
         np.testing.assert_array_equal(got, want, err_msg=name)
     gray = [p[..., 1] for p in square]
     import SimpleITK as sitk
+
     job = write_job(tmp_path / "gray", square, "mha").parents[2]  # then overwrite with a scalar image
     sitk.WriteImage(sitk.GetImageFromArray(np.stack(gray)), str(jobs.find_stack(job)), True)
     got = run_probs(job, model, tmp_path)
-    rgb_of_gray = run_probs(write_job(tmp_path / "gray3", [np.dstack([g] * 3) for g in gray], "mha").parents[2],
-                            model, tmp_path)
+    rgb_of_gray = run_probs(
+        write_job(tmp_path / "gray3", [np.dstack([g] * 3) for g in gray], "mha").parents[2], model, tmp_path
+    )
     np.testing.assert_array_equal(got, rgb_of_gray)
 
 
@@ -215,8 +227,13 @@ def test_many_patches_chunked_equal_one_by_one(tmp_path):
     assert len(through_cli) == 40
     one_by_one = Ensemble(ROOT / "model", device="cpu", chunk=1).predict_proba(stack)
     for chunk in (7, 16, 64):
-        np.testing.assert_allclose(Ensemble(ROOT / "model", device="cpu", chunk=chunk).predict_proba(stack),
-                                   one_by_one, atol=1e-7, rtol=0, err_msg=f"chunk {chunk}")
+        np.testing.assert_allclose(
+            Ensemble(ROOT / "model", device="cpu", chunk=chunk).predict_proba(stack),
+            one_by_one,
+            atol=1e-7,
+            rtol=0,
+            err_msg=f"chunk {chunk}",
+        )
     np.testing.assert_allclose(through_cli, one_by_one, atol=1e-7, rtol=0)
 
 
@@ -267,6 +284,7 @@ def test_an_over_cap_header_is_refused_before_anything_is_decoded(tmp_path):
 
 
 # -- the ensemble: mixed members, tta, threshold, confidences ----------------------------------------
+
 
 def member_probs(model_dir, stack, view=lambda p: p):
     """Each member's sigmoid on the viewed patches (viewed at the member's input size, as the runtime's
@@ -338,15 +356,21 @@ def test_threshold_comes_from_the_manifest(tmp_path):
 def constant_model(path, logit: float):
     """An ONNX member that returns LOGIT for every patch (0 * mean(input) + logit)."""
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0),
-         helper.make_node("Mul", ["m", "zero"], ["z"]),
-         helper.make_node("Add", ["z", "logit"], ["s"]),
-         helper.make_node("Unsqueeze", ["s", "one"], ["out"])],
-        "constant", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 128, 128])],
+        [
+            helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Mul", ["m", "zero"], ["z"]),
+            helper.make_node("Add", ["z", "logit"], ["s"]),
+            helper.make_node("Unsqueeze", ["s", "one"], ["out"]),
+        ],
+        "constant",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 128, 128])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(np.array(0, np.float32), "zero"),
-         numpy_helper.from_array(np.array(logit, np.float32), "logit"),
-         numpy_helper.from_array(np.array([1], np.int64), "one")])
+        [
+            numpy_helper.from_array(np.array(0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(logit, np.float32), "logit"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -373,6 +397,7 @@ def test_saturated_confidences_are_json_floats_exactly_0_or_1(tmp_path, logit, v
 
 # -- bad input: exit 2, one line naming the problem, no output file ------------------------------------
 
+
 def good_job(d):
     make_job(d, n=3)
     return d
@@ -398,8 +423,10 @@ def socket(slug):
 
 
 def mha_header(dims, channels=3):
-    return (f"ObjectType = Image\nNDims = {len(dims)}\nDimSize = {' '.join(map(str, dims))}\n"
-            f"ElementType = MET_UCHAR\nElementNumberOfChannels = {channels}\nElementDataFile = LOCAL\n").encode()
+    return (
+        f"ObjectType = Image\nNDims = {len(dims)}\nDimSize = {' '.join(map(str, dims))}\n"
+        f"ElementType = MET_UCHAR\nElementNumberOfChannels = {channels}\nElementDataFile = LOCAL\n"
+    ).encode()
 
 
 def array_mha(d, array, is_vector=True):
@@ -450,10 +477,12 @@ def random_payload(header, payload):
 
 def claims(dims, compressed_size=64):
     """A header that claims DIMS (x y z) over a tiny random payload."""
+
     def mangle(header, payload):
         header = re.sub(r"DimSize = .*", f"DimSize = {' '.join(map(str, dims))}", header)
         header = re.sub(r"CompressedDataSize = \d+", f"CompressedDataSize = {compressed_size}", header)
         return header, payload[:compressed_size]
+
     return mangle
 
 
@@ -481,9 +510,12 @@ def two_logit_model(folder):
 def member(folder, nodes, inits=(), in_type=TensorProto.FLOAT, out_shape=("batch", 1), out_type=None):
     """Replace toy1.onnx by a tiny graph of NODES from 'input' (IN_TYPE, batch x 3 x 128 x 128) to 'out'."""
     graph = helper.make_graph(
-        nodes, "bad_member", [helper.make_tensor_value_info("input", in_type, ["batch", 3, 128, 128])],
+        nodes,
+        "bad_member",
+        [helper.make_tensor_value_info("input", in_type, ["batch", 3, 128, 128])],
         [helper.make_tensor_value_info("out", out_type or in_type, out_shape)],
-        [numpy_helper.from_array(np.asarray(a), n) for n, a in inits])
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in inits],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(folder / "toy1.onnx"))
@@ -492,29 +524,67 @@ def member(folder, nodes, inits=(), in_type=TensorProto.FLOAT, out_shape=("batch
 MEAN = helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0)  # one number per patch
 ONE = ("one", np.array([1], np.int64))
 BAD_MEMBERS = {  # a member whose input or output is wrong in the way named, and the words for it
-    "float64 input": ([MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["out"])], [ONE],
-                      dict(in_type=TensorProto.DOUBLE), "input must be float32"),
-    "float16 input": ([MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["out"])], [ONE],
-                      dict(in_type=TensorProto.FLOAT16), "input must be float32"),
-    "reshape to a fixed batch": ([MEAN, helper.make_node("Reshape", ["m", "shape"], ["out"])],
-                                 [("shape", np.array([16, 1], np.int64))], {}, "model toy1.onnx: failed on a batch"),
-    "dynamic last dimension of 2": ([MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["u"]),  # [N, 3 - 1]
-                                     helper.make_node("Shape", ["input"], ["s"], start=0, end=2),
-                                     helper.make_node("Sub", ["s", "minus"], ["s2"]),
-                                     helper.make_node("Expand", ["u", "s2"], ["out"])],
-                                    [ONE, ("minus", np.array([0, 1], np.int64))], dict(out_shape=("batch", "k")),
-                                    "model toy1.onnx: gave an output of shape [3, 2]"),
-    "fixed last dimension of 2": ([MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["u"]),
-                                   helper.make_node("Concat", ["u", "u"], ["out"], axis=1)], [ONE],
-                                  dict(out_shape=("batch", 2)), "one value per patch (N or Nx1), got ['batch', 2]"),
-    "one row for the stack": ([helper.make_node("ReduceMean", ["input"], ["m"], axes=[0, 1, 2, 3], keepdims=0),
-                               helper.make_node("Reshape", ["m", "shape"], ["out"])],
-                              [("shape", np.array([1, 1], np.int64))], dict(out_shape=("rows", 1)),
-                              "model toy1.onnx: gave an output of shape [1, 1] (float32) for 3 patches"),
-    "rank-0 output declared": ([helper.make_node("ReduceMean", ["input"], ["out"], axes=[0, 1, 2, 3], keepdims=0)],
-                               [], dict(out_shape=[]), "one value per patch"),
-    "string output": ([MEAN, helper.make_node("Cast", ["m"], ["out"], to=TensorProto.STRING)], [],
-                      dict(out_shape=["batch"], out_type=TensorProto.STRING), "model toy1.onnx: gave an output"),
+    "float64 input": (
+        [MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["out"])],
+        [ONE],
+        dict(in_type=TensorProto.DOUBLE),
+        "input must be float32",
+    ),
+    "float16 input": (
+        [MEAN, helper.make_node("Unsqueeze", ["m", "one"], ["out"])],
+        [ONE],
+        dict(in_type=TensorProto.FLOAT16),
+        "input must be float32",
+    ),
+    "reshape to a fixed batch": (
+        [MEAN, helper.make_node("Reshape", ["m", "shape"], ["out"])],
+        [("shape", np.array([16, 1], np.int64))],
+        {},
+        "model toy1.onnx: failed on a batch",
+    ),
+    "dynamic last dimension of 2": (
+        [
+            MEAN,
+            helper.make_node("Unsqueeze", ["m", "one"], ["u"]),  # [N, 3 - 1]
+            helper.make_node("Shape", ["input"], ["s"], start=0, end=2),
+            helper.make_node("Sub", ["s", "minus"], ["s2"]),
+            helper.make_node("Expand", ["u", "s2"], ["out"]),
+        ],
+        [ONE, ("minus", np.array([0, 1], np.int64))],
+        dict(out_shape=("batch", "k")),
+        "model toy1.onnx: gave an output of shape [3, 2]",
+    ),
+    "fixed last dimension of 2": (
+        [
+            MEAN,
+            helper.make_node("Unsqueeze", ["m", "one"], ["u"]),
+            helper.make_node("Concat", ["u", "u"], ["out"], axis=1),
+        ],
+        [ONE],
+        dict(out_shape=("batch", 2)),
+        "one value per patch (N or Nx1), got ['batch', 2]",
+    ),
+    "one row for the stack": (
+        [
+            helper.make_node("ReduceMean", ["input"], ["m"], axes=[0, 1, 2, 3], keepdims=0),
+            helper.make_node("Reshape", ["m", "shape"], ["out"]),
+        ],
+        [("shape", np.array([1, 1], np.int64))],
+        dict(out_shape=("rows", 1)),
+        "model toy1.onnx: gave an output of shape [1, 1] (float32) for 3 patches",
+    ),
+    "rank-0 output declared": (
+        [helper.make_node("ReduceMean", ["input"], ["out"], axes=[0, 1, 2, 3], keepdims=0)],
+        [],
+        dict(out_shape=[]),
+        "one value per patch",
+    ),
+    "string output": (
+        [MEAN, helper.make_node("Cast", ["m"], ["out"], to=TensorProto.STRING)],
+        [],
+        dict(out_shape=["batch"], out_type=TensorProto.STRING),
+        "model toy1.onnx: gave an output",
+    ),
 }
 
 
@@ -536,8 +606,15 @@ class Returns:
         return [self.value]
 
 
-@pytest.mark.parametrize("value,shape", [(np.float32(0.3), "[]"), (np.zeros((4, 2), np.float32), "[4, 2]"),
-                                         (np.zeros((1, 1), np.float32), "[1, 1]"), (np.zeros(2, np.float32), "[2]")])
+@pytest.mark.parametrize(
+    "value,shape",
+    [
+        (np.float32(0.3), "[]"),
+        (np.zeros((4, 2), np.float32), "[4, 2]"),
+        (np.zeros((1, 1), np.float32), "[1, 1]"),
+        (np.zeros(2, np.float32), "[2]"),
+    ],
+)
 def test_a_member_output_of_the_wrong_size_at_run_time_is_one_line(value, shape, toy_model):
     ens = Ensemble(toy_model, device="cpu")
     ens.sessions[1] = Returns(ens.sessions[1], value)
@@ -547,10 +624,12 @@ def test_a_member_output_of_the_wrong_size_at_run_time_is_one_line(value, shape,
 
 def manifest_file(d, file, make):
     """The toy ensemble with member 1 named FILE in the manifest; MAKE(folder) puts a model there."""
+
     def change(folder):
         make(folder)
         text = (folder / "ensemble.json").read_text()
         set_manifest(folder, text.replace('"file": "toy1.onnx"', json.dumps({"file": file})[1:-1]))
+
     return broken_model(d, change)
 
 
@@ -561,68 +640,145 @@ BAD_INPUTS = {
     "inputs.json not a list": (lambda d: inputs_json(d, {"slug": jobs.INPUT_SLUG}), None, "list of socket values"),
     "socket without slug": (lambda d: inputs_json(d, [{"interface": {}}]), None, "interface.slug"),
     "unknown interface": (lambda d: inputs_json(d, [socket("some-other-image")]), None, "unknown interface"),
-    "extra interface": (lambda d: inputs_json(d, [socket(jobs.INPUT_SLUG), socket("another")]), None,
-                        "unknown interface"),
-    "no image folder": (lambda d: inputs_json(d / "x", [socket(jobs.INPUT_SLUG)]) and
-                        (d / "x" / "images" / jobs.INPUT_SLUG / "stack_0.tiff").unlink() or
-                        (d / "x" / "images" / jobs.INPUT_SLUG).rmdir() or d / "x", None, "no image folder"),
-    "no image": (lambda d: job_with(d, ".hidden", b"") , None, "no .mha/.tif/.tiff image"),
+    "extra interface": (
+        lambda d: inputs_json(d, [socket(jobs.INPUT_SLUG), socket("another")]),
+        None,
+        "unknown interface",
+    ),
+    "no image folder": (
+        lambda d: (
+            inputs_json(d / "x", [socket(jobs.INPUT_SLUG)])
+            and (d / "x" / "images" / jobs.INPUT_SLUG / "stack_0.tiff").unlink()
+            or (d / "x" / "images" / jobs.INPUT_SLUG).rmdir()
+            or d / "x"
+        ),
+        None,
+        "no image folder",
+    ),
+    "no image": (lambda d: job_with(d, ".hidden", b""), None, "no .mha/.tif/.tiff image"),
     "unsupported file": (lambda d: job_with(d, "stack.png", b"\x89PNG"), None, "found stack.png"),
-    "two images": (lambda d: (write_job(good_job(d), patches(2), "mha", name="b.mha"), d)[1], None,
-                   "expected one image"),
-    "corrupt tiff": (lambda d: job_with(d, "stack.tiff", b"II*\x00" + b"garbage" * 50), None,
-                     "cannot read image stack.tiff"),
-    "truncated mha": (lambda d: job_with(d, "stack.mha", mha_header((128, 128, 4)) + b"abc"), None,
-                      "cannot read image stack.mha"),
+    "two images": (
+        lambda d: (write_job(good_job(d), patches(2), "mha", name="b.mha"), d)[1],
+        None,
+        "expected one image",
+    ),
+    "corrupt tiff": (
+        lambda d: job_with(d, "stack.tiff", b"II*\x00" + b"garbage" * 50),
+        None,
+        "cannot read image stack.tiff",
+    ),
+    "truncated mha": (
+        lambda d: job_with(d, "stack.mha", mha_header((128, 128, 4)) + b"abc"),
+        None,
+        "cannot read image stack.mha",
+    ),
     "empty stack": (lambda d: job_with(d, "stack.mha", mha_header((128, 128, 0))), None, "empty stack"),
     "five channels": (lambda d: array_mha(d, np.zeros((2, 16, 16, 5), np.uint8)), None, "1 to 4 channels"),
     "4-D image": (lambda d: array_mha(d, np.zeros((2, 2, 16, 16, 3), np.uint8)), None, "4 dimensions"),
     "no model folder": (good_job, lambda d: d / "nowhere", "no manifest"),
-    "missing manifest": (good_job, lambda d: broken_model(d, lambda f: (f / "ensemble.json").unlink()),
-                         "no manifest"),
+    "missing manifest": (good_job, lambda d: broken_model(d, lambda f: (f / "ensemble.json").unlink()), "no manifest"),
     "malformed manifest": (good_job, lambda d: broken_model(d, lambda f: set_manifest(f, "{")), "not valid JSON"),
-    "invalid manifest": (good_job, lambda d: broken_model(
-        d, lambda f: set_manifest(f, (f / "ensemble.json").read_text().replace('"threshold": 0.5', '"threshold": 7'))),
-        "'threshold'"),
-    "missing onnx": (good_job, lambda d: broken_model(d, lambda f: (f / "toy1.onnx").unlink()),
-                     "model file toy1.onnx is missing"),
-    "broken onnx": (good_job, lambda d: broken_model(d, lambda f: (f / "toy1.onnx").write_bytes(b"\x08garbage" * 9)),
-                    "cannot load model toy1.onnx"),
-    "empty onnx": (good_job, lambda d: broken_model(d, lambda f: (f / "toy0.onnx").write_bytes(b"")),
-                   "toy0.onnx: empty file"),
+    "invalid manifest": (
+        good_job,
+        lambda d: broken_model(
+            d,
+            lambda f: set_manifest(f, (f / "ensemble.json").read_text().replace('"threshold": 0.5', '"threshold": 7')),
+        ),
+        "'threshold'",
+    ),
+    "missing onnx": (
+        good_job,
+        lambda d: broken_model(d, lambda f: (f / "toy1.onnx").unlink()),
+        "model file toy1.onnx is missing",
+    ),
+    "broken onnx": (
+        good_job,
+        lambda d: broken_model(d, lambda f: (f / "toy1.onnx").write_bytes(b"\x08garbage" * 9)),
+        "cannot load model toy1.onnx",
+    ),
+    "empty onnx": (
+        good_job,
+        lambda d: broken_model(d, lambda f: (f / "toy0.onnx").write_bytes(b"")),
+        "toy0.onnx: empty file",
+    ),
     "model with two outputs per patch": (good_job, lambda d: broken_model(d, two_logit_model), "one value per patch"),
     "model returning NaN": (good_job, lambda d: constant_ensemble(d / "nan", float("nan")), "NaN"),
     # ITK prints these and (for the random payload) returns zeros with no exception
-    "compressed mha, random payload": (lambda d: compressed_mha(d, random_payload), None,
-                                       "cannot read image stack.mha: Uncompress failed"),
-    "compressed mha, truncated payload": (lambda d: compressed_mha(d, lambda h, p: (h, p[:len(p) // 2])), None,
-                                          "cannot read image stack.mha"),
-    "tiff, corrupt deflate payload": (lambda d: job_with(d, "stack.tiff", corrupt_tiff()), None,
-                                      "cannot read image stack.tiff"),
-    "tiff, truncated": (lambda d: job_with(d, "stack.tiff", corrupt_tiff()[:60_000]), None,
-                        "cannot read image stack.tiff"),
+    "compressed mha, random payload": (
+        lambda d: compressed_mha(d, random_payload),
+        None,
+        "cannot read image stack.mha: Uncompress failed",
+    ),
+    "compressed mha, truncated payload": (
+        lambda d: compressed_mha(d, lambda h, p: (h, p[: len(p) // 2])),
+        None,
+        "cannot read image stack.mha",
+    ),
+    "tiff, corrupt deflate payload": (
+        lambda d: job_with(d, "stack.tiff", corrupt_tiff()),
+        None,
+        "cannot read image stack.tiff",
+    ),
+    "tiff, truncated": (
+        lambda d: job_with(d, "stack.tiff", corrupt_tiff()[:60_000]),
+        None,
+        "cannot read image stack.tiff",
+    ),
     # caps, from the header alone, before a byte is decoded
-    "header claims 100000 patches": (lambda d: compressed_mha(d, claims((128, 128, 100_000))), None,
-                                     "holds 100000 patches; at most 10000 are read"),
-    "header claims 4096-pixel patches": (lambda d: compressed_mha(d, claims((4096, 4096, 2))), None,
-                                         "a patch side is at most 1024"),
-    "header claims 2.3 GiB of pixels": (lambda d: compressed_mha(d, claims((1024, 1024, 800))), None,
-                                        "decodes to 2.3 GiB of pixels; at most 1 GiB"),
-    "int32 pixels beyond 255": (lambda d: array_mha(d, np.full((2, 16, 16, 3), 255_000, np.int32)), None,
-                                "pixel type int32 holds values 255000..255000"),
+    "header claims 100000 patches": (
+        lambda d: compressed_mha(d, claims((128, 128, 100_000))),
+        None,
+        "holds 100000 patches; at most 10000 are read",
+    ),
+    "header claims 4096-pixel patches": (
+        lambda d: compressed_mha(d, claims((4096, 4096, 2))),
+        None,
+        "a patch side is at most 1024",
+    ),
+    "header claims 2.3 GiB of pixels": (
+        lambda d: compressed_mha(d, claims((1024, 1024, 800))),
+        None,
+        "decodes to 2.3 GiB of pixels; at most 1 GiB",
+    ),
+    "int32 pixels beyond 255": (
+        lambda d: array_mha(d, np.full((2, 16, 16, 3), 255_000, np.int32)),
+        None,
+        "pixel type int32 holds values 255000..255000",
+    ),
     "deeply nested inputs.json": (lambda d: inputs_json(d, "[" * 100_000), None, "nested too deeply"),
-    "deeply nested manifest": (good_job, lambda d: broken_model(d, lambda f: set_manifest(f, "[" * 100_000)),
-                               "nested too deeply"),
-    **{f"member with {case}": (good_job, lambda d, case=case: bad_member(d, case), BAD_MEMBERS[case][3])
-       for case in BAD_MEMBERS},
-    "member outside the model folder": (good_job, lambda d: manifest_file(
-        d, "../x/toy1.onnx", lambda f: (f.parent / "x").mkdir() or toy_model(f.parent / "x" / "toy1.onnx")),
-        "must be a path inside the model folder"),
-    "member at an absolute path": (good_job, lambda d: manifest_file(d, "/etc/passwd", lambda f: None),
-                                   "must be a path inside the model folder"),
-    "member a symlink out of the folder": (good_job, lambda d: broken_model(d, lambda f: (
-        toy_model(f.parent / "outside.onnx"), (f / "toy1.onnx").unlink(),
-        (f / "toy1.onnx").symlink_to(f.parent / "outside.onnx"))), "toy1.onnx leads outside the model folder"),
+    "deeply nested manifest": (
+        good_job,
+        lambda d: broken_model(d, lambda f: set_manifest(f, "[" * 100_000)),
+        "nested too deeply",
+    ),
+    **{
+        f"member with {case}": (good_job, lambda d, case=case: bad_member(d, case), BAD_MEMBERS[case][3])
+        for case in BAD_MEMBERS
+    },
+    "member outside the model folder": (
+        good_job,
+        lambda d: manifest_file(
+            d, "../x/toy1.onnx", lambda f: (f.parent / "x").mkdir() or toy_model(f.parent / "x" / "toy1.onnx")
+        ),
+        "must be a path inside the model folder",
+    ),
+    "member at an absolute path": (
+        good_job,
+        lambda d: manifest_file(d, "/etc/passwd", lambda f: None),
+        "must be a path inside the model folder",
+    ),
+    "member a symlink out of the folder": (
+        good_job,
+        lambda d: broken_model(
+            d,
+            lambda f: (
+                toy_model(f.parent / "outside.onnx"),
+                (f / "toy1.onnx").unlink(),
+                (f / "toy1.onnx").symlink_to(f.parent / "outside.onnx"),
+            ),
+        ),
+        "toy1.onnx leads outside the model folder",
+    ),
 }
 
 
@@ -661,8 +817,11 @@ def assert_failed(ran, words, output_dir):
 @pytest.mark.parametrize("value", ["abc", "", "1.5", "0", "-1", " "])
 def test_a_bad_amf_chunk_is_one_line_naming_the_variable_and_rule(value, tmp_path):
     stale_result(tmp_path / "o")
-    assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_CHUNK": value}),
-                  f"AMF_CHUNK={value!r} must be a whole number >= 1", tmp_path / "o")
+    assert_failed(
+        cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_CHUNK": value}),
+        f"AMF_CHUNK={value!r} must be a whole number >= 1",
+        tmp_path / "o",
+    )
 
 
 @pytest.mark.slow
@@ -675,27 +834,39 @@ def test_a_good_amf_chunk_changes_nothing_but_the_chunk(tmp_path):
 
 @pytest.mark.parametrize("where", ["a folder without a manifest", "a file", "nowhere"])
 def test_a_bad_amf_model_dir_is_one_line_naming_the_variable(where, tmp_path):
-    target = {"a folder without a manifest": tmp_path, "a file": SAMPLE / "inputs.json",
-              "nowhere": tmp_path / "nowhere"}[where]
+    target = {
+        "a folder without a manifest": tmp_path,
+        "a file": SAMPLE / "inputs.json",
+        "nowhere": tmp_path / "nowhere",
+    }[where]
     stale_result(tmp_path / "o")
-    assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_MODEL_DIR": target}),
-                  f"AMF_MODEL_DIR={str(target)!r} must be a folder holding ensemble.json", tmp_path / "o")
+    assert_failed(
+        cli("--input", SAMPLE, "--output", tmp_path / "o", env_extra={"AMF_MODEL_DIR": target}),
+        f"AMF_MODEL_DIR={str(target)!r} must be a folder holding ensemble.json",
+        tmp_path / "o",
+    )
 
 
 # -- where the result goes: every write failure is one line ------------------------------------------
 
+
 def test_output_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "out").write_text("not a folder")
-    assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "out"),
-                  f"cannot write {tmp_path / 'out' / RESULT}: {tmp_path / 'out'} is a file, not a folder",
-                  tmp_path / "out")
+    assert_failed(
+        cli("--input", SAMPLE, "--output", tmp_path / "out"),
+        f"cannot write {tmp_path / 'out' / RESULT}: {tmp_path / 'out'} is a file, not a folder",
+        tmp_path / "out",
+    )
     assert (tmp_path / "out").read_text() == "not a folder"
 
 
 def test_result_path_that_is_a_folder_is_one_line(tmp_path):
     (tmp_path / "out" / RESULT).mkdir(parents=True)
-    assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "out"),
-                  f"cannot write {tmp_path / 'out' / RESULT}: Is a directory", tmp_path / "out")
+    assert_failed(
+        cli("--input", SAMPLE, "--output", tmp_path / "out"),
+        f"cannot write {tmp_path / 'out' / RESULT}: Is a directory",
+        tmp_path / "out",
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -703,14 +874,19 @@ def test_a_read_only_output_folder_is_one_line(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out").chmod(0o555)
     try:
-        assert_failed(cli("--input", SAMPLE, "--output", tmp_path / "out"),
-                      f"cannot write {tmp_path / 'out' / RESULT}: Permission denied", tmp_path / "out")
+        assert_failed(
+            cli("--input", SAMPLE, "--output", tmp_path / "out"),
+            f"cannot write {tmp_path / 'out' / RESULT}: Permission denied",
+            tmp_path / "out",
+        )
     finally:
         (tmp_path / "out").chmod(0o755)
 
 
-@pytest.mark.parametrize("fault,reason", [("fsync", "No space left on device"), ("mkstemp", "Permission denied"),
-                                          ("/dev/full", "No space left on device")])
+@pytest.mark.parametrize(
+    "fault,reason",
+    [("fsync", "No space left on device"), ("mkstemp", "Permission denied"), ("/dev/full", "No space left on device")],
+)
 def test_a_full_disk_or_read_only_folder_is_one_line(fault, reason, tmp_path, monkeypatch, capsys):
     import errno
     import tempfile

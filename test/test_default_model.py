@@ -4,6 +4,7 @@ The real-data checks (skipped where ../shared/data is absent) read the breast sl
 and hold the container's path (SimpleITK stack reading, amf.preprocess, onnxruntime) against what
 training measured (PIL decoding, the same preprocessing, torch).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from amf import jobs
 from amf.ensemble import sigmoid
 from amf.manifest import load as load_manifest
 from amf.preprocess import prepare
-from conftest import ROOT
 from training import card as card_io
 from training.card_render import SHOWN
 from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
@@ -40,6 +41,7 @@ def shipped_oof() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def breast_table():
     from conftest import BREAST, need
+
     need(BREAST)
     return read_table(BREAST / OFFICIAL_CSV, BREAST / OFFICIAL_IMAGES, "official")
 
@@ -86,8 +88,9 @@ def test_the_cards_figures_recompute_from_oof_csv_and_the_official_labels(card, 
     assert merged.groupby("slide")["fold"].nunique().max() == 1
 
 
-def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_path(shipped_oof, breast_table,
-                                                                                   tmp_path):
+def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_path(
+    shipped_oof, breast_table, tmp_path
+):
     m = load_manifest(MODEL)
     paths = dict(zip(breast_table["image_id"], breast_table["path"]))
     rng = np.random.default_rng(0)
@@ -99,8 +102,13 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
         x = prepare(pages, member.input_size, member.mean, member.std, member.resize)
         sess = ort.InferenceSession(str(m.path(member.file)), providers=["CPUExecutionProvider"])
         p = sigmoid(sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1))
-        np.testing.assert_allclose(p, pick["probability"].to_numpy(), atol=1e-3, rtol=0,
-                                   err_msg=f"member {member.file} on its held-out fold {member.fold}")
+        np.testing.assert_allclose(
+            p,
+            pick["probability"].to_numpy(),
+            atol=1e-3,
+            rtol=0,
+            err_msg=f"member {member.file} on its held-out fold {member.fold}",
+        )
 
 
 def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_votes(card, shipped_oof, breast_table):
@@ -114,7 +122,8 @@ def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_vote
     assert {str(k): v for k, v in thr.items()} == pytest.approx(sf["nested"]["thresholds"])
     pred = (p >= np.array([thr[k] for k in fold])).astype(int)
     assert summary(y, p, y_pred=pred)["balanced_accuracy"] == pytest.approx(
-        sf["nested"]["at_nested_threshold"]["balanced_accuracy"], abs=1e-9)
+        sf["nested"]["at_nested_threshold"]["balanced_accuracy"], abs=1e-9
+    )
     unanimous = merged["soft"].isin([0.0, 1.0]).to_numpy()
     assert roc_auc(y[unanimous], p[unanimous]) == pytest.approx(sf["by_vote"]["unanimous"]["at_threshold"]["roc_auc"])
     assert roc_auc(y[~unanimous], p[~unanimous]) == pytest.approx(sf["by_vote"]["split"]["at_threshold"]["roc_auc"])

@@ -1,5 +1,6 @@
 """The Dockerfile and the Docker scripts, checked without Docker: hadolint, the image's rules, and the
 scripts run against a fake `docker` that records its arguments and plays the container."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from amf.manifest import load as load_manifest
-from conftest import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 SCRIPTS = ["do_build.sh", "do_test_run.sh", "do_save.sh"]
@@ -79,8 +80,11 @@ def test_only_runtime_files_are_copied():
             parts = [p for p in a.split() if not p.startswith("--")]
             sources.update(parts[:-1])
     assert sources == RUNTIME_FILES, sources
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*"  # everything else stays out of the build context
     assert {p[1:] for p in patterns if p.startswith("!")} == RUNTIME_FILES
 
@@ -125,8 +129,12 @@ def checkout(tmp_path):
     (bin_dir / "docker").chmod(0o755)
     python3 = shutil.which("python3") or sys.executable
     (bin_dir / "python3").symlink_to(python3)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"), "FAKE_RESULT": str(ROOT / "test" / "expected_output.json")}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
+        "FAKE_RESULT": str(ROOT / "test" / "expected_output.json"),
+    }
     return work, env, tmp_path / "docker.log"
 
 
@@ -142,7 +150,7 @@ def test_do_test_run_runs_like_the_platform_and_compares(checkout):
     runs = [c for c in calls(log) if c[0] == "run" and "--entrypoint" not in c]
     assert len(runs) == 1
     run = runs[0]
-    assert ["--network", "none"] == run[run.index("--network"):run.index("--network") + 2]
+    assert run[run.index("--network") : run.index("--network") + 2] == ["--network", "none"]
     volumes = [run[i + 1] for i, a in enumerate(run) if a == "--volume"]
     assert f"{work}/test/input:/input:ro" in volumes
     assert f"{work}/out/test-run:/output" in volumes

@@ -2,6 +2,7 @@
 in-process give the same files; a failed job is named and the rest run), score (the organisers'
 checks name the bad stack; the two confidence readings; metrics.json and the report), no torch on
 the way, and pack -> run -> score on the MIDOG 2025 breast slice (.mha and .tiff give the same numbers)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ from training.evaluate.run import run_jobs
 from training.evaluate.score import score
 
 ROOT = Path(__file__).resolve().parents[1]
-ORGANISERS_OVERALL = {"overall_sensitivity", "overall_specificity", "overall_balanced_accuracy",
-                      "overall_roc_auc", "overall_accuracy"}
+ORGANISERS_OVERALL = {
+    "overall_sensitivity",
+    "overall_specificity",
+    "overall_balanced_accuracy",
+    "overall_roc_auc",
+    "overall_accuracy",
+}
 SPELLINGS = {1: ("AMF", "atypical", "1"), 0: ("NMF", "normal", "0")}
 
 
@@ -56,10 +62,12 @@ def labelled(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
     from toy_models import make_toy_ensemble
+
     return make_toy_ensemble(tmp_path_factory.mktemp("toy") / "model", members=2).parent
 
 
 # ---------------------------------------------------------------- pack
+
 
 def test_pack_every_figure_once_in_platform_jobs(labelled, tmp_path):
     csv, images, truth = labelled
@@ -102,7 +110,8 @@ def test_pack_reads_the_official_columns(tmp_path):
         "image_id,filename,coordinateX,coordinateY,Tumor,Scanner,Origin,Species,expert1,expert2,expert3,majority\n"
         "0.png,a.tiff,1,2,human melanoma,X,Y,Human,AMF,AMF,NMF,AMF\n"
         "1.png,a.tiff,1,2,canine lymphoma,X,Y,Dog,NMF,NMF,NMF,NMF\n"
-        "2.png,a.tiff,1,2,human melanoma,X,Y,Human,NMF,NMF,NMF,NMF\n")
+        "2.png,a.tiff,1,2,human melanoma,X,Y,Human,NMF,NMF,NMF,NMF\n"
+    )
     pack(tmp_path / "official.csv", folder, tmp_path / "out", progress=False)
     gt = json.loads((tmp_path / "out" / "ground_truth.json").read_text())
     by_domain = {s["tumordomains"][0]: sorted(s["labels"]) for s in gt}
@@ -128,17 +137,22 @@ def odd_pngs(folder: Path) -> dict[str, np.ndarray]:
     rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     grey16 = rng.integers(0, 65536, (32, 32), dtype=np.uint16)
     grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
-    images = {"grey16.png": Image.fromarray(grey16),  # opens as I;16
-              "palette.png": Image.fromarray(rgb).quantize(8),  # opens as P
-              "grey.png": Image.fromarray(grey),  # L
-              "rgba.png": Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (32, 32), dtype=np.uint8)]))}
+    images = {
+        "grey16.png": Image.fromarray(grey16),  # opens as I;16
+        "palette.png": Image.fromarray(rgb).quantize(8),  # opens as P
+        "grey.png": Image.fromarray(grey),  # L
+        "rgba.png": Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (32, 32), dtype=np.uint8)])),
+    }
     folder.mkdir(parents=True, exist_ok=True)
     for name, im in images.items():
         im.save(folder / name)
     scaled = np.rint(grey16 * (255 / 65535)).astype(np.uint8)  # rule 1: 16 bits scaled, not clipped
-    return {"grey16.png": np.dstack([scaled] * 3),
-            "palette.png": np.asarray(images["palette.png"].convert("RGB")),
-            "grey.png": np.dstack([grey] * 3), "rgba.png": rgb}
+    return {
+        "grey16.png": np.dstack([scaled] * 3),
+        "palette.png": np.asarray(images["palette.png"].convert("RGB")),
+        "grey.png": np.dstack([grey] * 3),
+        "rgba.png": rgb,
+    }
 
 
 def test_pack_reads_pngs_as_training_does(tmp_path):
@@ -162,14 +176,17 @@ def test_pack_reads_pngs_as_training_does(tmp_path):
     assert not (tmp_path / "again" / "jobs").exists()
 
 
-@pytest.mark.parametrize("csv_text, message", [
-    ("image,label,domain\nfig000.png,maybe,1\n", "row 2"),
-    ("image,label,domain\nfig000.png,AMF,1\nnot_there.png,NMF,1\n", "not_there.png"),
-    ("image,label,domain\nfig000.png,AMF,1\nfig000.png,NMF,1\n", "listed twice"),
-    ("image,label\nfig000.png,AMF\n", "--tumor"),
-    ("image,label,domain\nfig000.png,AMF,feline fibrosarcoma\n", "unknown tumour type"),
-    ("name,class\nfig000.png,AMF\n", "columns"),
-])
+@pytest.mark.parametrize(
+    "csv_text, message",
+    [
+        ("image,label,domain\nfig000.png,maybe,1\n", "row 2"),
+        ("image,label,domain\nfig000.png,AMF,1\nnot_there.png,NMF,1\n", "not_there.png"),
+        ("image,label,domain\nfig000.png,AMF,1\nfig000.png,NMF,1\n", "listed twice"),
+        ("image,label\nfig000.png,AMF\n", "--tumor"),
+        ("image,label,domain\nfig000.png,AMF,feline fibrosarcoma\n", "unknown tumour type"),
+        ("name,class\nfig000.png,AMF\n", "columns"),
+    ],
+)
 def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text, message):
     _, images, _ = labelled
     (tmp_path / "bad.csv").write_text(csv_text)
@@ -180,6 +197,7 @@ def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text
 
 
 # ---------------------------------------------------------------- run
+
 
 @pytest.mark.slow
 def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tmp_path, capsys):
@@ -213,12 +231,20 @@ def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tm
 def test_the_evaluation_package_imports_without_torch():
     """Every module of training/evaluate (and the training package above it) imports in a fresh process
     without torch: the evaluation runs where only the container's packages and the metrics' are."""
-    modules = ["training.evaluate"] + sorted(f"training.evaluate.{p.stem}" for p in
-                                             (ROOT / "training" / "evaluate").glob("*.py") if p.stem != "__init__")
-    assert {"training.evaluate.pack", "training.evaluate.run", "training.evaluate.score",
-            "training.evaluate.report", "training.evaluate.__main__"} <= set(modules)
-    code = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n" \
-           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    modules = ["training.evaluate"] + sorted(
+        f"training.evaluate.{p.stem}" for p in (ROOT / "training" / "evaluate").glob("*.py") if p.stem != "__init__"
+    )
+    assert {
+        "training.evaluate.pack",
+        "training.evaluate.run",
+        "training.evaluate.score",
+        "training.evaluate.report",
+        "training.evaluate.__main__",
+    } <= set(modules)
+    code = (
+        f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -248,6 +274,7 @@ print("TORCH", json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "t
 
 # ---------------------------------------------------------------- score
 
+
 def hand_made_jobs(root: Path, stacks: list[tuple[str, list[str], int, object]]) -> Path:
     """Jobs with given results (no real images needed to score) and their ground_truth.json."""
     truth = []
@@ -261,25 +288,46 @@ def hand_made_jobs(root: Path, stacks: list[tuple[str, list[str], int, object]])
     return root
 
 
-GOOD = ("stack_0001.tiff", ["normal", "atypical"], 1,
-        [{"class": "normal", "confidence": 0.2}, {"class": "atypical", "confidence": 0.7}])
+GOOD = (
+    "stack_0001.tiff",
+    ["normal", "atypical"],
+    1,
+    [{"class": "normal", "confidence": 0.2}, {"class": "atypical", "confidence": 0.7}],
+)
 
 
-@pytest.mark.parametrize("results, message", [
-    ([{"class": "normal", "confidence": 0.2}, {"class": "atypical", "confidence": 1}], "not a float"),
-    ([{"class": "normal", "confidence": 0.2}, {"class": "Atypical", "confidence": 0.9}], "not 'normal' or 'atypical'"),
-    ([{"class": "normal", "confidence": 0.2}] * 3, "length 3"),
-    ({"class": "normal", "confidence": 0.2}, "must be a list"),
-    ([{"class": "normal", "confidence": 0.2}, {"class": "normal"}], "needs 'class' and 'confidence'"),
-    ([{"class": "normal", "confidence": 0.2}, [0.3]], "not a dictionary"),
-])
+@pytest.mark.parametrize(
+    "results, message",
+    [
+        ([{"class": "normal", "confidence": 0.2}, {"class": "atypical", "confidence": 1}], "not a float"),
+        (
+            [{"class": "normal", "confidence": 0.2}, {"class": "Atypical", "confidence": 0.9}],
+            "not 'normal' or 'atypical'",
+        ),
+        ([{"class": "normal", "confidence": 0.2}] * 3, "length 3"),
+        ({"class": "normal", "confidence": 0.2}, "must be a list"),
+        ([{"class": "normal", "confidence": 0.2}, {"class": "normal"}], "needs 'class' and 'confidence'"),
+        ([{"class": "normal", "confidence": 0.2}, [0.3]], "not a dictionary"),
+    ],
+)
 def test_malformed_results_are_rejected_naming_the_stack(tmp_path, capsys, results, message):
     root = hand_made_jobs(tmp_path, [GOOD, ("stack_0002.tiff", ["normal", "normal"], 1, results)])
     with pytest.raises(AmfError, match=message) as err:
         score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
     assert "stack_0002.tiff" in str(err.value) and "stack_0001" not in str(err.value)
-    assert cli.main(["score", str(root / "jobs"), "--ground-truth", str(root / "ground_truth.json"),
-                          "--out", str(tmp_path / "r")]) == 2
+    assert (
+        cli.main(
+            [
+                "score",
+                str(root / "jobs"),
+                "--ground-truth",
+                str(root / "ground_truth.json"),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     line = capsys.readouterr().err.strip()
     assert line.startswith("error: ") and "\n" not in line and "stack_0002.tiff" in line
     assert not (tmp_path / "r" / "metrics.json").exists()
@@ -288,8 +336,9 @@ def test_malformed_results_are_rejected_naming_the_stack(tmp_path, capsys, resul
 def test_score_needs_a_result_and_ground_truth_for_every_stack(tmp_path):
     root = hand_made_jobs(tmp_path / "a", [GOOD])
     truth = json.loads((root / "ground_truth.json").read_text())
-    (root / "ground_truth.json").write_text(json.dumps(truth + [{"image": "stack_9.tiff", "labels": ["normal"],
-                                                                 "tumordomains": [1]}]))
+    (root / "ground_truth.json").write_text(
+        json.dumps(truth + [{"image": "stack_9.tiff", "labels": ["normal"], "tumordomains": [1]}])
+    )
     with pytest.raises(AmfError, match="stack_9.tiff"):
         score(root / "jobs", root / "ground_truth.json", tmp_path / "r", report=False)
     root = hand_made_jobs(tmp_path / "b", [GOOD])
@@ -300,17 +349,39 @@ def test_score_needs_a_result_and_ground_truth_for_every_stack(tmp_path):
 
 @pytest.mark.slow
 def test_confidence_readings_differ_and_match_sklearn(tmp_path):
-    root = hand_made_jobs(tmp_path, [
-        ("stack_0001.tiff", ["normal", "normal", "atypical", "atypical"], 1,
-         [{"class": "normal", "confidence": 0.9}, {"class": "normal", "confidence": 0.8},
-          {"class": "atypical", "confidence": 0.7}, {"class": "normal", "confidence": 0.6}]),
-        ("stack_0002.tiff", ["normal", "normal"], 3,  # one class only
-         [{"class": "normal", "confidence": 0.3}, {"class": "atypical", "confidence": 0.6}])])
+    root = hand_made_jobs(
+        tmp_path,
+        [
+            (
+                "stack_0001.tiff",
+                ["normal", "normal", "atypical", "atypical"],
+                1,
+                [
+                    {"class": "normal", "confidence": 0.9},
+                    {"class": "normal", "confidence": 0.8},
+                    {"class": "atypical", "confidence": 0.7},
+                    {"class": "normal", "confidence": 0.6},
+                ],
+            ),
+            (
+                "stack_0002.tiff",
+                ["normal", "normal"],
+                3,  # one class only
+                [{"class": "normal", "confidence": 0.3}, {"class": "atypical", "confidence": 0.6}],
+            ),
+        ],
+    )
     y, pred = [0, 0, 1, 1, 0, 0], [0, 0, 1, 0, 0, 1]
     conf = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.6])
     as_given = score(root / "jobs", root / "ground_truth.json", tmp_path / "p", n_boot=100)
-    as_class = score(root / "jobs", root / "ground_truth.json", tmp_path / "c", n_boot=100,
-                     confidence="predicted-class", report=False)
+    as_class = score(
+        root / "jobs",
+        root / "ground_truth.json",
+        tmp_path / "c",
+        n_boot=100,
+        confidence="predicted-class",
+        report=False,
+    )
     a, c = as_given["aggregates"], as_class["aggregates"]
     assert a["overall_roc_auc"] == pytest.approx(roc_auc_score(y, conf))
     assert c["overall_roc_auc"] == pytest.approx(roc_auc_score(y, np.where(pred, conf, 1 - conf)))
@@ -326,8 +397,12 @@ def test_confidence_readings_differ_and_match_sklearn(tmp_path):
     assert saved["confidence_semantics"]["mode"] == "p-atypical"
     other = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert other["confidence_semantics"]["mode"] == "predicted-class"
-    assert set(saved["confidence_intervals"]["overall"]) == {"balanced_accuracy", "sensitivity", "specificity",
-                                                             "roc_auc"}
+    assert set(saved["confidence_intervals"]["overall"]) == {
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "roc_auc",
+    }
     report = (tmp_path / "p" / "report.md").read_text()
     assert "hindsight" in report.lower() and "predicted-class" in report
     for png in ("roc.png", "confusion.png", "domains.png", "calibration.png"):
@@ -337,6 +412,7 @@ def test_confidence_readings_differ_and_match_sklearn(tmp_path):
 
 
 # ---------------------------------------------------------------- the breast slice, end to end
+
 
 @pytest.mark.slow
 def test_breast_pack_run_score_mha_and_tiff_agree(breast_dir, tmp_path):
@@ -349,8 +425,7 @@ def test_breast_pack_run_score_mha_and_tiff_agree(breast_dir, tmp_path):
         pack(csv, images, out, fmt=fmt, seed=0, progress=False)
         records = run_jobs(out / "jobs", ROOT / "model", in_process=True, progress=False)
         assert all(r["ok"] for r in records) and len(records) == 108
-        metrics[fmt] = score(out / "jobs", out / "ground_truth.json", out / "report", n_boot=200,
-                             report=fmt == "tiff")
+        metrics[fmt] = score(out / "jobs", out / "ground_truth.json", out / "report", n_boot=200, report=fmt == "tiff")
         assert {p.suffix for p in (out / "jobs").glob("*/input/images/*/*")} == {f".{fmt}"}
     assert metrics["tiff"]["aggregates"] == metrics["mha"]["aggregates"]
     assert metrics["tiff"]["confidence_intervals"] == metrics["mha"]["confidence_intervals"]
@@ -371,9 +446,21 @@ def test_breast_pack_run_score_mha_and_tiff_agree(breast_dir, tmp_path):
 
 
 def test_one_class_set_scores_and_reports_with_null_auroc(tmp_path):
-    root = hand_made_jobs(tmp_path, [("stack_0001.tiff", ["normal"] * 3, 2,
-                                      [{"class": "normal", "confidence": 0.1}, {"class": "atypical", "confidence": 0.9},
-                                       {"class": "normal", "confidence": 0.3}])])
+    root = hand_made_jobs(
+        tmp_path,
+        [
+            (
+                "stack_0001.tiff",
+                ["normal"] * 3,
+                2,
+                [
+                    {"class": "normal", "confidence": 0.1},
+                    {"class": "atypical", "confidence": 0.9},
+                    {"class": "normal", "confidence": 0.3},
+                ],
+            )
+        ],
+    )
     m = score(root / "jobs", root / "ground_truth.json", tmp_path / "r", n_boot=50)
     assert m["aggregates"]["overall_roc_auc"] is None and m["aggregates"]["domain_2"]["roc_auc"] is None
     assert m["aggregates"]["overall_specificity"] == pytest.approx(2 / 3) and m["roc_band"] is None
@@ -383,6 +470,7 @@ def test_one_class_set_scores_and_reports_with_null_auroc(tmp_path):
 
 # ---------------------------------------------------------------- hostile input: one line, exit 2, nothing written
 
+
 def error_line(capsys) -> str:
     """stderr must be exactly one line, `error: ...` (no usage block, no traceback)."""
     err = capsys.readouterr().err.strip()
@@ -390,16 +478,19 @@ def error_line(capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["pack", "x.csv", "imgs", "out", "--seed", "-1"], "--seed"),
-    (["pack", "x.csv", "imgs", "out", "--seed", "one"], "--seed"),
-    (["run", "jobs", "--timeout", "0"], "--timeout"),
-    (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--n-boot", "0"], "--n-boot"),
-    (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--n-boot", "-5"], "--n-boot"),
-    (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--seed", "-1"], "--seed"),
-    (["score", "jobs", "--out", "r"], "--ground-truth"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pack", "x.csv", "imgs", "out", "--seed", "-1"], "--seed"),
+        (["pack", "x.csv", "imgs", "out", "--seed", "one"], "--seed"),
+        (["run", "jobs", "--timeout", "0"], "--timeout"),
+        (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--n-boot", "0"], "--n-boot"),
+        (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--n-boot", "-5"], "--n-boot"),
+        (["score", "jobs", "--ground-truth", "gt.json", "--out", "r", "--seed", "-1"], "--seed"),
+        (["score", "jobs", "--out", "r"], "--ground-truth"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_arguments_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as done:
@@ -431,8 +522,10 @@ def test_pack_refuses_a_file_as_out_and_images_outside_the_folder(labelled, tmp_
 def test_run_records_a_job_that_cannot_start_and_runs_the_rest(labelled, toy, tmp_path, capsys):
     csv, images, _ = labelled
     pack(csv, images, tmp_path, progress=False)
-    assert cli.main(["run", str(tmp_path / "jobs"), "--model", str(toy),
-                          "--python", str(tmp_path / "no-such-python")]) == 1
+    assert (
+        cli.main(["run", str(tmp_path / "jobs"), "--model", str(toy), "--python", str(tmp_path / "no-such-python")])
+        == 1
+    )
     out = capsys.readouterr().out
     assert "3 jobs" in out and "failed: stack_0001, stack_0002, stack_0003" in out
     for job in ("stack_0001", "stack_0002", "stack_0003"):  # every job tried, each with its own record
@@ -441,14 +534,31 @@ def test_run_records_a_job_that_cannot_start_and_runs_the_rest(labelled, toy, tm
 
 
 def score_argv(root: Path, out: Path) -> list[str]:
-    return ["score", str(root / "jobs"), "--ground-truth", str(root / "ground_truth.json"), "--out", str(out),
-            "--n-boot", "20"]
+    return [
+        "score",
+        str(root / "jobs"),
+        "--ground-truth",
+        str(root / "ground_truth.json"),
+        "--out",
+        str(out),
+        "--n-boot",
+        "20",
+    ]
 
 
 def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path, capsys):
-    root = hand_made_jobs(tmp_path, [GOOD, ("stack_0002.tiff", ["normal", "atypical"], 1,
-                                            [{"class": "normal", "confidence": 0.2},
-                                             {"class": "atypical", "confidence": 5.0}])])
+    root = hand_made_jobs(
+        tmp_path,
+        [
+            GOOD,
+            (
+                "stack_0002.tiff",
+                ["normal", "atypical"],
+                1,
+                [{"class": "normal", "confidence": 0.2}, {"class": "atypical", "confidence": 5.0}],
+            ),
+        ],
+    )
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.json").write_text("{}")  # from an earlier run: must not survive a failed one
     assert cli.main(score_argv(root, tmp_path / "r")) == 2
@@ -457,6 +567,7 @@ def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path
     assert list((tmp_path / "r").iterdir()) == []
     with pytest.raises(AmfError, match=r"outside \[0, 1\]"):
         from amf.results import validate
+
         validate([{"class": "normal", "confidence": -0.1}], 1)
 
 
@@ -467,16 +578,19 @@ def test_score_refuses_a_file_as_out(tmp_path, capsys):
     assert "is a file" in error_line(capsys) and (tmp_path / "r").read_text() == "a file"
 
 
-@pytest.mark.parametrize("file, text, message", [
-    ("jobs/stack_0001/run.json", "{not json", "run record"),
-    ("jobs/stack_0001/run.json", '{"ok": true}', "needs 'seconds'"),
-    ("jobs/stack_0001/run.json", '{"seconds": "fast", "mode": "process"}', "needs 'seconds'"),
-    ("figures.csv", 'image,index,figure\nstack_0001.tiff,0,a.png,extra,fields\n"unclosed', "figure table"),
-    ("figures.csv", "image,figure\nstack_0001.tiff,a.png\n", "lacks the columns index"),
-    ("figures.csv", "image,index,figure\nstack_0001.tiff,first,a.png\n", "integers"),
-    ("figures.csv", "image,index,figure\nstack_0001.tiff,0,a.png\nstack_0001.tiff,0,b.png\n", "listed twice"),
-    ("figures.csv", b"\xff\xfe\x00broken", "figure table"),
-])
+@pytest.mark.parametrize(
+    "file, text, message",
+    [
+        ("jobs/stack_0001/run.json", "{not json", "run record"),
+        ("jobs/stack_0001/run.json", '{"ok": true}', "needs 'seconds'"),
+        ("jobs/stack_0001/run.json", '{"seconds": "fast", "mode": "process"}', "needs 'seconds'"),
+        ("figures.csv", 'image,index,figure\nstack_0001.tiff,0,a.png,extra,fields\n"unclosed', "figure table"),
+        ("figures.csv", "image,figure\nstack_0001.tiff,a.png\n", "lacks the columns index"),
+        ("figures.csv", "image,index,figure\nstack_0001.tiff,first,a.png\n", "integers"),
+        ("figures.csv", "image,index,figure\nstack_0001.tiff,0,a.png\nstack_0001.tiff,0,b.png\n", "listed twice"),
+        ("figures.csv", b"\xff\xfe\x00broken", "figure table"),
+    ],
+)
 def test_broken_run_records_and_figure_tables_are_one_line(tmp_path, capsys, file, text, message):
     root = hand_made_jobs(tmp_path, [GOOD])
     write = (tmp_path / file).write_bytes if isinstance(text, bytes) else (tmp_path / file).write_text

@@ -1,5 +1,6 @@
 """amf.fileio: the one JSON reader and the one atomic writer fail with one AmfError line, never a
 traceback, and the writer leaves neither half a file nor a temporary one."""
+
 from __future__ import annotations
 
 import errno
@@ -10,9 +11,16 @@ import pytest
 from amf import AmfError, fileio
 
 
-@pytest.mark.parametrize("text,why", [("[" * 100_000, "nested too deeply"), ('{"a": ' * 50_000, "nested too deeply"),
-                                      ("1" * 10_000, "not valid JSON"), ("\xff", "not valid JSON")],
-                         ids=["nested lists", "nested objects", "10000-digit number", "not UTF-8"])
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ("[" * 100_000, "nested too deeply"),
+        ('{"a": ' * 50_000, "nested too deeply"),
+        ("1" * 10_000, "not valid JSON"),
+        ("\xff", "not valid JSON"),
+    ],
+    ids=["nested lists", "nested objects", "10000-digit number", "not UTF-8"],
+)
 def test_absurd_json_is_one_line(text, why, tmp_path):
     path = tmp_path / "x.json"
     path.write_bytes(text.encode("latin-1"))

@@ -5,6 +5,7 @@ the same patches; every tolerance is 4 standard errors of the difference (or of 
 expected value), computed from the draws themselves. The resize is bounded against amf.preprocess.resize
 (Pillow, what the container runs) on generated and on real patches.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from training_layout import patch as layout_patch
 
 from amf.preprocess import normalize as np_normalize
 from amf.preprocess import resize as np_resize
@@ -19,11 +21,19 @@ from training import gpu_augment as G
 from training.augment import Augment
 from training.config import DEFAULTS
 from training.recipe import alignment_loss, alignment_loss_loops
-from training_layout import patch as layout_patch
 
 SIGMAS = 4.0
-OFF = {"flip": False, "rot90": False, "hed_scale": 0.0, "hed_shift": 0.0, "brightness": 0.0, "contrast": 0.0,
-       "saturation": 0.0, "affine_p": 0.0, "blur_p": 0.0}
+OFF = {
+    "flip": False,
+    "rot90": False,
+    "hed_scale": 0.0,
+    "hed_shift": 0.0,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "saturation": 0.0,
+    "affine_p": 0.0,
+    "blur_p": 0.0,
+}
 RESIZE_BOUND_LEVELS = 1  # documented in training/gpu_augment.py and BENCHMARKS.md
 
 
@@ -54,7 +64,7 @@ def same_mean(a: np.ndarray, b: np.ndarray, what: str):
 def same_spread(a: np.ndarray, b: np.ndarray, what: str):
     """Standard deviations of A and B agree within SIGMAS standard errors (se of s ~ s / sqrt(2(n-1)))."""
     sa, sb = a.std(0, ddof=1), b.std(0, ddof=1)
-    se = np.sqrt(sa ** 2 / (2 * (len(a) - 1)) + sb ** 2 / (2 * (len(b) - 1)))
+    se = np.sqrt(sa**2 / (2 * (len(a) - 1)) + sb**2 / (2 * (len(b) - 1)))
     assert np.all(np.abs(sa - sb) <= SIGMAS * se + 1e-9), f"{what}: spreads {sa} vs {sb}, se {se}"
 
 
@@ -70,6 +80,7 @@ def he_patch(seed: int = 0) -> np.ndarray:
 
 # ---- flips and rotations --------------------------------------------------------------------------
 
+
 def dihedral_index(out: np.ndarray, img: np.ndarray) -> int:
     """Which of the 8 (rot90 k, flip) images OUT is: k + 4 * flip."""
     for flip in (0, 1):
@@ -82,7 +93,7 @@ def dihedral_index(out: np.ndarray, img: np.ndarray) -> int:
 
 def test_flip_and_rotation_shares():
     img = np.zeros((32, 32, 3), np.uint8)
-    img[2:6, 2:20] = (255, 0, 0)   # an L: no symmetry, every one of the 8 images is distinct
+    img[2:6, 2:20] = (255, 0, 0)  # an L: no symmetry, every one of the 8 images is distinct
     img[2:14, 2:6] = (0, 255, 0)
     n = 1600
     cpu, dev = both_paths(img, only(flip=True, rot90=True), n)
@@ -96,6 +107,7 @@ def test_flip_and_rotation_shares():
 
 
 # ---- HED jitter, colour jitter ----------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("part", [{"hed_scale": 0.05}, {"hed_shift": 0.01}, {"hed_scale": 0.05, "hed_shift": 0.01}])
@@ -139,13 +151,25 @@ def test_parts_match_the_cpu_path_with_the_same_parameters():
     # HED with augment.py's own matrices (whatever they are: the device path imports them, never copies)
     assert G.RGB_FROM_HED is augment.RGB_FROM_HED and G.HED_FROM_RGB is augment.HED_FROM_RGB
     a, b = [1.03, 0.97, 1.04], [0.006, -0.008, 0.002]
-    check(G.hed_jitter(x, params(hed_a0=a[0], hed_a1=a[1], hed_a2=a[2], hed_b0=b[0], hed_b1=b[1], hed_b2=b[2])),
-          augment.hed_jitter(img, FixedDraws(*[v - 1 for v in a], *b), 0.05, 0.01), 1)
-    check(G.enhance(x, params(brightness=1.07, contrast=0.93, saturation=1.08),
-                    only(brightness=0.1, contrast=0.1, saturation=0.1)),
-          augment.enhance(img, FixedDraws(0.07, -0.07, 0.08), 0.1, 0.1, 0.1), 1)
-    check(G.affine(x, params(affine=1, angle=np.radians(12.0), scale=0.93, tx=0.04, ty=-0.03)),
-          augment.affine(img, FixedDraws(12.0, 0.93, 0.04, -0.03), 15.0, (0.9, 1.1), 0.05), 1)
+    check(
+        G.hed_jitter(x, params(hed_a0=a[0], hed_a1=a[1], hed_a2=a[2], hed_b0=b[0], hed_b1=b[1], hed_b2=b[2])),
+        augment.hed_jitter(img, FixedDraws(*[v - 1 for v in a], *b), 0.05, 0.01),
+        1,
+    )
+    check(
+        G.enhance(
+            x,
+            params(brightness=1.07, contrast=0.93, saturation=1.08),
+            only(brightness=0.1, contrast=0.1, saturation=0.1),
+        ),
+        augment.enhance(img, FixedDraws(0.07, -0.07, 0.08), 0.1, 0.1, 0.1),
+        1,
+    )
+    check(
+        G.affine(x, params(affine=1, angle=np.radians(12.0), scale=0.93, tx=0.04, ty=-0.03)),
+        augment.affine(img, FixedDraws(12.0, 0.93, 0.04, -0.03), 15.0, (0.9, 1.1), 0.05),
+        1,
+    )
     assert torch.equal(G.augment_batch(x, params(), only()), x)  # everything off: the patch itself
 
 
@@ -167,13 +191,14 @@ def test_colour_jitter_effects(part):
 
 # ---- affine ------------------------------------------------------------------------------------
 
+
 def marker_patch(size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Grey patch with a red and a blue Gaussian dot symmetric about the centre; returns (patch, offset)."""
     yy, xx = np.mgrid[:size, :size] + 0.5
     c, v = size / 2, np.array([18.0, 10.0])
     img = np.full((size, size, 3), 128.0)
     for sign, ch in ((1, 0), (-1, 2)):
-        dot = np.exp(-((xx - c - sign * v[0]) ** 2 + (yy - c - sign * v[1]) ** 2) / (2 * 2.0 ** 2))
+        dot = np.exp(-((xx - c - sign * v[0]) ** 2 + (yy - c - sign * v[1]) ** 2) / (2 * 2.0**2))
         img[..., ch] += 127 * dot
         img[..., 2 - ch] -= 127 * dot
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), v
@@ -220,6 +245,7 @@ def test_affine_probability():
 
 # ---- blur and the whole chain -----------------------------------------------------------------
 
+
 def sharpness(draws: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(draws, axis=2)).mean(axis=(1, 2, 3))
 
@@ -258,6 +284,7 @@ def test_every_draw_has_its_own_parameters_and_epochs_differ():
 
 # ---- resize and normalisation against amf.preprocess ----------------------------------------------
 
+
 def resize_difference(patches: np.ndarray, size: int) -> tuple[float, float]:
     """Largest |device - amf.preprocess| after resize (uint8 levels) and after normalisation."""
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -294,6 +321,7 @@ def test_resize_bound_real_patches(breast_dir):
 
 # ---- the batches -----------------------------------------------------------------------------------
 
+
 def device_batches(n: int = 29, memory_gb: float = 4.0, augment=None):
     import pandas as pd
 
@@ -317,7 +345,7 @@ def test_device_batches_follow_the_sampler_and_are_reproducible():
     got = list(batches)
     assert len(got) == len(batches) == len(ds) // 8
     order = ds.indices[np.array([index for index, _ in sampler])]
-    assert np.array_equal(torch.cat([r for _, _, r in got]).numpy(), order[:len(got) * 8])
+    assert np.array_equal(torch.cat([r for _, _, r in got]).numpy(), order[: len(got) * 8])
     for x, t, r in got:
         assert x.shape == (8, 3, 96, 96) and x.dtype == torch.float32
         assert np.array_equal(t.numpy(), ds.targets[r.numpy()])
@@ -354,12 +382,14 @@ def test_wanted():
     assert G.wanted("auto", torch.device("cuda"), cache, "bilinear")
     assert not G.wanted("auto", torch.device("cuda"), None, "bilinear")  # no preload: the CPU path
     from amf import AmfError
+
     for bad in ((None, "bilinear"), (cache + [np.zeros((9, 9, 3), np.uint8)], "bilinear"), (cache, "bicubic")):
         with pytest.raises(AmfError, match="device_augment"):
             G.wanted(True, cpu, *bad)
 
 
 # ---- the recipe's cost: the vectorised alignment loss -----------------------------------------------
+
 
 @pytest.mark.slow
 def test_alignment_loss_equals_the_loops():

@@ -1,5 +1,6 @@
 """Issue 11: the published stain matrix, a fresh view per draw, the configured EMA decay, selection that never
 sees the held-out fold, nested thresholds, vote-agreement metrics and slide-level intervals."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,23 +8,29 @@ import pytest
 
 from training.augment import HED_FROM_RGB, RGB_FROM_HED, hed_jitter, hed_to_rgb, rgb_to_hed
 
-
 # ---- stain matrix (item 3) ----------------------------------------------------------------------
+
 
 def test_stain_matrix_is_scikit_images_published_one():
     # skimage.color.colorconv: rgb_from_hed as published (Ruifrok & Johnston), hed_from_rgb = its inverse
     published = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
     assert np.array_equal(RGB_FROM_HED, published)
     # skimage's hed_from_rgb, as printed by skimage (8 digits)
-    assert np.allclose(HED_FROM_RGB, [[1.87798274, -1.00767869, -0.55611582],
-                                      [-0.06590806, 1.13473037, -0.1355218],
-                                      [-0.60190736, -0.48041419, 1.57358807]], atol=1e-8)
+    assert np.allclose(
+        HED_FROM_RGB,
+        [
+            [1.87798274, -1.00767869, -0.55611582],
+            [-0.06590806, 1.13473037, -0.1355218],
+            [-0.60190736, -0.48041419, 1.57358807],
+        ],
+        atol=1e-8,
+    )
 
 
 def test_rgb_to_hed_by_hand():
     # a pixel of pure haematoxylin density 0.1: optical density (-log(rgb)/-log(1e-6)) = 0.1 * the H row
     od = 0.1 * np.array([0.65, 0.70, 0.29])
-    rgb = np.exp(od * np.log(1e-6))          # (0.407, 0.380, 0.670)
+    rgb = np.exp(od * np.log(1e-6))  # (0.407, 0.380, 0.670)
     assert np.allclose(rgb_to_hed(rgb), [0.1, 0.0, 0.0], atol=1e-12)
     assert np.allclose(hed_to_rgb(np.array([0.1, 0.0, 0.0])), rgb, atol=1e-12)
     assert np.allclose(rgb_to_hed(np.ones(3)), 0.0)  # white: no stain
@@ -50,13 +57,14 @@ def test_hed_jitter_round_trips_and_moves_all_three_densities():
     assert np.array_equal(hed_jitter(img, np.random.default_rng(0), 0.0, 0.0), img)
     f = img.astype(float) / 255
     out = hed_jitter(img, np.random.default_rng(1), 0.0, 0.02).astype(float) / 255
-    shift = (rgb_to_hed(np.maximum(out, 1 / 255)) - rgb_to_hed(np.maximum(f, 1 / 255)))
+    shift = rgb_to_hed(np.maximum(out, 1 / 255)) - rgb_to_hed(np.maximum(f, 1 / 255))
     inside = (img > 20).all(-1) & (img < 235).all(-1)  # away from the 0/255 clipping
     beta = np.random.default_rng(1).uniform(-0.02, 0.02, 6)[3:]  # alpha draws first, then beta
     assert np.allclose(np.median(shift[inside], 0), beta, atol=2e-3)
 
 
 # ---- a fresh view per draw (item 2) ------------------------------------------------------------------
+
 
 def _draw_loader(workers: int, epoch: int = 0):
     import pandas as pd
@@ -72,8 +80,9 @@ def _draw_loader(workers: int, epoch: int = 0):
     patches = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in labels]
     df = pd.DataFrame({"path": [""] * len(labels), "label": labels, "soft": labels.astype(float)})
     cfg = config_io.load("smoke")
-    ds = PatchDataset(df, np.arange(len(labels)), 32, [0.5] * 3, [0.25] * 3, "bilinear", Augment(cfg["augment"]),
-                      patches, seed=7)
+    ds = PatchDataset(
+        df, np.arange(len(labels)), 32, [0.5] * 3, [0.25] * 3, "bilinear", Augment(cfg["augment"]), patches, seed=7
+    )
     weights = 1.0 / np.bincount(labels)[labels]  # class-balanced with replacement: row 0 drawn ~6 times of 12
     sampler = EpochSampler(len(labels), weights, seed=7)
     sampler.set_epoch(epoch)
@@ -102,6 +111,7 @@ def test_two_draws_of_one_figure_in_an_epoch_differ_and_runs_repeat():
 
 
 # ---- EMA decay (item 4) -----------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_effective_ema_decay_is_the_configured_one_after_the_warmup():
@@ -135,6 +145,7 @@ def test_effective_ema_decay_is_the_configured_one_after_the_warmup():
 
 # ---- selection that never sees the held-out fold (item 1) ------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
     from training_layout import make_layout
@@ -150,13 +161,32 @@ def _train_fold0(data, out, selection, splits_from=None):
     out.mkdir(parents=True, exist_ok=True)
     if splits_from is not None:  # the same folds (they are stratified by label, so permuted labels would move them)
         shutil.copy(splits_from / "splits.csv", out / "splits.csv")
-    args = ["--config", "smoke", "--data", str(data), "--out", str(out), "--fold", "0", "--epochs", "4",
-            "--set", "data.input_size=32", "train.batch_size=8", f"train.selection={selection}",
-            "train.inner_folds=4", "train.select=roc_auc", "--device", "cpu", "--no-progress"]
+    args = [
+        "--config",
+        "smoke",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--fold",
+        "0",
+        "--epochs",
+        "4",
+        "--set",
+        "data.input_size=32",
+        "train.batch_size=8",
+        f"train.selection={selection}",
+        "train.inner_folds=4",
+        "train.select=roc_auc",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert train.main(args) == 0
     import json
 
     import pandas as pd
+
     done = json.loads((out / "fold0" / "done.json").read_text())
     oof = pd.read_csv(out / "fold0" / "oof.csv", dtype={"image_id": str}).sort_values("image_id")
     return done, oof
@@ -169,6 +199,7 @@ def _relabel_held_out(data, run, dest, flip: bool):
     import pandas as pd
 
     from training.data import OFFICIAL_CSV
+
     shutil.copytree(data, dest)
     held = set(pd.read_csv(run / "splits.csv", dtype={"image_id": str}).query("fold == 0")["image_id"])
     table = pd.read_csv(dest / OFFICIAL_CSV, dtype={"image_id": str})
@@ -235,9 +266,16 @@ def test_inner_split_keeps_slides_and_the_held_out_fold_apart():
 
     rng = np.random.default_rng(0)
     n = 200
-    df = pd.DataFrame({"image_id": [f"{i}" for i in range(n)], "slide": [f"s{i % 20}" for i in range(n)],
-                       "label": rng.integers(0, 2, n), "synthetic": False, "Tumor": "breast",
-                       "Scanner": [f"sc{(i % 20) // 7}" for i in range(n)]})
+    df = pd.DataFrame(
+        {
+            "image_id": [f"{i}" for i in range(n)],
+            "slide": [f"s{i % 20}" for i in range(n)],
+            "label": rng.integers(0, 2, n),
+            "synthetic": False,
+            "Tumor": "breast",
+            "Scanner": [f"sc{(i % 20) // 7}" for i in range(n)],
+        }
+    )
     for c in ("Origin", "Species"):
         df[c] = "x"
     splits = splits_io.make_splits(df, "leave_scanner_out")
@@ -251,22 +289,30 @@ def test_inner_split_keeps_slides_and_the_held_out_fold_apart():
 
 # ---- out-of-fold figures: nested threshold, slide bootstrap, vote agreement, sources (items 1, 5, 6) ----
 
+
 def _oof_table(seed=0, n_slides=30, per_slide=10):
     import pandas as pd
 
     rng = np.random.default_rng(seed)
     n = n_slides * per_slide
     y = (rng.random(n) < 0.3).astype(int)
-    return pd.DataFrame({"image_id": [f"{i}" for i in range(n)], "slide": np.repeat(np.arange(n_slides), per_slide)
-                         .astype(str), "fold": np.repeat(np.arange(n_slides) % 5, per_slide), "label": y,
-                         "probability": np.round(np.clip(0.35 + 0.3 * y + rng.normal(0, 0.2, n), 0, 1), 2),
-                         "soft": np.where(rng.random(n) < 0.25, np.where(y == 1, 2 / 3, 1 / 3), y.astype(float)),
-                         "source": "official", "Scanner": "a", "Tumor": "human breast cancer"})
+    return pd.DataFrame(
+        {
+            "image_id": [f"{i}" for i in range(n)],
+            "slide": np.repeat(np.arange(n_slides), per_slide).astype(str),
+            "fold": np.repeat(np.arange(n_slides) % 5, per_slide),
+            "label": y,
+            "probability": np.round(np.clip(0.35 + 0.3 * y + rng.normal(0, 0.2, n), 0, 1), 2),
+            "soft": np.where(rng.random(n) < 0.25, np.where(y == 1, 2 / 3, 1 / 3), y.astype(float)),
+            "source": "official",
+            "Scanner": "a",
+            "Tumor": "human breast cancer",
+        }
+    )
 
 
 def test_slide_bootstrap_equals_recomputing_training_metrics_on_each_slide_resample():
-    from training import metrics
-    from training import compare
+    from training import compare, metrics
     from training.oof import slide_bootstrap_ci
 
     t = _oof_table()
@@ -311,8 +357,9 @@ def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_th
     from training.oof import compute
 
     t = _oof_table()
-    extra = _oof_table(seed=5).assign(image_id=lambda d: "x/" + d["image_id"], source="amibr",
-                                      probability=lambda d: 1 - d["probability"])  # would pull the threshold
+    extra = _oof_table(seed=5).assign(
+        image_id=lambda d: "x/" + d["image_id"], source="amibr", probability=lambda d: 1 - d["probability"]
+    )  # would pull the threshold
     both = __import__("pandas").concat([t, extra], ignore_index=True)
     res = compute(both, n_boot=20)
     assert res["threshold"] == metrics.best_threshold(t["label"], t["probability"])  # official figures only
@@ -321,18 +368,21 @@ def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_th
     votes = compute(t, n_boot=20)["by_vote"]
     split = ~np.isin(t["soft"], [0.0, 1.0])
     assert votes["split"]["at_threshold"]["n"] == int(split.sum()) and votes["unanimous"]["at_threshold"]["n"] == int(
-        (~split).sum())
+        (~split).sum()
+    )
     assert votes["split"]["at_threshold"]["roc_auc"] == pytest.approx(
-        metrics.roc_auc(t["label"][split], t["probability"][split]))
+        metrics.roc_auc(t["label"][split], t["probability"][split])
+    )
 
 
 # ---- leave-one-domain-out folds never split a slide (item 6) -----------------------------------------
 
+
 def _full_table(labels_full):
     import pandas as pd
 
-    from training.domains import DOMAIN_COLUMNS, canonical
     from training.data import slide_key
+    from training.domains import DOMAIN_COLUMNS, canonical
 
     t = pd.read_csv(labels_full, dtype={"image_id": str})
     t["slide"] = [slide_key(f) for f in t["filename"]]
@@ -359,10 +409,23 @@ def test_a_slide_with_two_scanners_is_refused():
     from amf import AmfError
     from training import splits as splits_io
 
-    df = pd.DataFrame({"image_id": list("abcd"), "slide": ["s1", "s1", "s2", "s3"], "label": [0, 1, 0, 1],
-                       "synthetic": False, "Scanner": ["A", "B", "A", "B"], "Tumor": "t", "Origin": "o",
-                       "Species": "h"})
+    df = pd.DataFrame(
+        {
+            "image_id": list("abcd"),
+            "slide": ["s1", "s1", "s2", "s3"],
+            "label": [0, 1, 0, 1],
+            "synthetic": False,
+            "Scanner": ["A", "B", "A", "B"],
+            "Tumor": "t",
+            "Origin": "o",
+            "Species": "h",
+        }
+    )
     with pytest.raises(AmfError, match="s1 fall in two folds"):
         splits_io.make_splits(df, "leave_scanner_out")
     assert splits_io.make_splits(df.assign(Scanner=["A", "A", "A", "B"]), "leave_scanner_out")["fold"].tolist() == [
-        0, 0, 0, 1]
+        0,
+        0,
+        0,
+        1,
+    ]

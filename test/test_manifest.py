@@ -1,4 +1,5 @@
 """amf.manifest: model/ensemble.json is validated on load (each error names its field) and round-trips."""
+
 from __future__ import annotations
 
 import copy
@@ -11,11 +12,31 @@ from amf import manifest as mf
 from amf.manifest import Manifest, Member, Variant
 
 GOOD = {
-    "schema": "amf-ensemble", "version": 1, "threshold": 0.4, "tta": "flips", "trained": True,
-    "members": [{"file": "a.onnx", "input_size": 128, "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2],
-                 "resize": "bicubic", "backbone": "convnext_small", "fold": 0},
-                {"file": "sub/b.onnx", "input_size": 224, "mean": [0.485, 0.456, 0.406],
-                 "std": [0.229, 0.224, 0.225], "resize": "bilinear", "backbone": "vit_small", "fold": 1}],
+    "schema": "amf-ensemble",
+    "version": 1,
+    "threshold": 0.4,
+    "tta": "flips",
+    "trained": True,
+    "members": [
+        {
+            "file": "a.onnx",
+            "input_size": 128,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.2, 0.2, 0.2],
+            "resize": "bicubic",
+            "backbone": "convnext_small",
+            "fold": 0,
+        },
+        {
+            "file": "sub/b.onnx",
+            "input_size": 224,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "resize": "bilinear",
+            "backbone": "vit_small",
+            "fold": 1,
+        },
+    ],
     "variants": [{"file": "merged-fp16.onnx", "kind": "merged-fp16", "use_on": ["cuda"]}],
     "provenance": {"run": "r1", "oof": {"balanced_accuracy": 0.8}},
 }
@@ -40,30 +61,33 @@ def test_the_good_manifest_validates():
     assert m.variants == [Variant("merged-fp16.onnx", "merged-fp16", ["cuda"])]
 
 
-@pytest.mark.parametrize("path,value,field", [
-    (("schema",), "something-else", "'schema'"),
-    (("version",), 2, "version"),
-    (("threshold",), 1.5, "'threshold'"),
-    (("threshold",), True, "'threshold'"),
-    (("threshold",), "0.5", "'threshold'"),
-    (("tta",), "rotations", "'tta'"),
-    (("members",), [], "'members'"),
-    (("members",), None, "'members'"),
-    (("members", 0), "a.onnx", "member 0"),
-    (("members", 1, "file"), "", "member 1: 'file'"),
-    (("members", 0, "input_size"), 4, "member 0: 'input_size'"),
-    (("members", 0, "input_size"), 128.0, "member 0: 'input_size'"),
-    (("members", 1, "resize"), "area", "member 1: 'resize'"),
-    (("members", 0, "mean"), [0.5, 0.5], "member 0: 'mean'"),
-    (("members", 0, "mean"), [0.5, float("nan"), 0.5], "member 0: 'mean'"),
-    (("members", 1, "std"), [0.2, 0.0, 0.2], "member 1: 'std'"),
-    (("members", 0, "fold"), "0", "member 0: 'fold'"),
-    (("variants", 0, "kind"), "quantised", "variant 0: 'kind'"),
-    (("variants", 0, "use_on"), ["tpu"], "variant 0: 'use_on'"),
-    (("variants", 0, "use_on"), ["cpu", "cuda"], "fp16 variant is for CUDA only"),
-    (("provenance",), ["not", "a", "dict"], "'provenance'"),
-    (("trained",), "yes", "'trained'"),
-])
+@pytest.mark.parametrize(
+    "path,value,field",
+    [
+        (("schema",), "something-else", "'schema'"),
+        (("version",), 2, "version"),
+        (("threshold",), 1.5, "'threshold'"),
+        (("threshold",), True, "'threshold'"),
+        (("threshold",), "0.5", "'threshold'"),
+        (("tta",), "rotations", "'tta'"),
+        (("members",), [], "'members'"),
+        (("members",), None, "'members'"),
+        (("members", 0), "a.onnx", "member 0"),
+        (("members", 1, "file"), "", "member 1: 'file'"),
+        (("members", 0, "input_size"), 4, "member 0: 'input_size'"),
+        (("members", 0, "input_size"), 128.0, "member 0: 'input_size'"),
+        (("members", 1, "resize"), "area", "member 1: 'resize'"),
+        (("members", 0, "mean"), [0.5, 0.5], "member 0: 'mean'"),
+        (("members", 0, "mean"), [0.5, float("nan"), 0.5], "member 0: 'mean'"),
+        (("members", 1, "std"), [0.2, 0.0, 0.2], "member 1: 'std'"),
+        (("members", 0, "fold"), "0", "member 0: 'fold'"),
+        (("variants", 0, "kind"), "quantised", "variant 0: 'kind'"),
+        (("variants", 0, "use_on"), ["tpu"], "variant 0: 'use_on'"),
+        (("variants", 0, "use_on"), ["cpu", "cuda"], "fp16 variant is for CUDA only"),
+        (("provenance",), ["not", "a", "dict"], "'provenance'"),
+        (("trained",), "yes", "'trained'"),
+    ],
+)
 def test_each_error_names_its_field(path, value, field):
     with pytest.raises(AmfError) as e:
         mf.from_dict(with_change(path, value), where="ensemble.json")
@@ -126,8 +150,9 @@ def test_save_refuses_an_invalid_manifest_and_writes_nothing(tmp_path):
     assert not (tmp_path / "ensemble.json").exists()
 
 
-@pytest.mark.parametrize("file", ["../x/m.onnx", "/etc/passwd", "sub/../../m.onnx", "..\\m.onnx", "C:\\m.onnx",
-                                  "\\\\host\\m.onnx", ".."])
+@pytest.mark.parametrize(
+    "file", ["../x/m.onnx", "/etc/passwd", "sub/../../m.onnx", "..\\m.onnx", "C:\\m.onnx", "\\\\host\\m.onnx", ".."]
+)
 @pytest.mark.parametrize("where", [("members", 1, "file"), ("variants", 0, "file")])
 def test_model_files_outside_the_model_folder_are_refused_both_ways(file, where, tmp_path):
     with pytest.raises(AmfError, match="must be a path inside the model folder"):

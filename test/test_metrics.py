@@ -1,5 +1,6 @@
 """training.metrics against scikit-learn on hand-made cases: the organisers' aggregates (overall and per
 tumour domain), the one-class departure, the bootstrap intervals and the grand-challenge-metrics ROC band."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,21 +9,30 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_scor
 
 from training.metrics import aggregates, auc_rows, best_threshold, bootstrap_ci, roc_band, summary
 
-OVERALL_KEYS = {"overall_sensitivity", "overall_specificity", "overall_balanced_accuracy",
-                "overall_roc_auc", "overall_accuracy"}
+OVERALL_KEYS = {
+    "overall_sensitivity",
+    "overall_specificity",
+    "overall_balanced_accuracy",
+    "overall_roc_auc",
+    "overall_accuracy",
+}
 DOMAIN_KEYS = {"sensitivity", "specificity", "balanced_accuracy", "accuracy", "roc_auc"}
 
 # 18 figures in three tumour domains; tied scores, and classes that are not score >= 0.5
 Y = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 1, 1, 0, 0])
-SCORE = np.array([.9, .2, .6, .4, .4, .1, .8, .7, .3, .55, .5, .5, .05, .6, .9, .2, .2, .35])
+SCORE = np.array([0.9, 0.2, 0.6, 0.4, 0.4, 0.1, 0.8, 0.7, 0.3, 0.55, 0.5, 0.5, 0.05, 0.6, 0.9, 0.2, 0.2, 0.35])
 PRED = np.array([1, 0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0])
 DOM = np.array([1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 7, 7, 7, 7, 7, 7])
 
 
 def sk(y, pred, score) -> dict:
-    return {"sensitivity": recall_score(y, pred), "specificity": recall_score(y, pred, pos_label=0),
-            "balanced_accuracy": balanced_accuracy_score(y, pred), "accuracy": accuracy_score(y, pred),
-            "roc_auc": roc_auc_score(y, score)}
+    return {
+        "sensitivity": recall_score(y, pred),
+        "specificity": recall_score(y, pred, pos_label=0),
+        "balanced_accuracy": balanced_accuracy_score(y, pred),
+        "accuracy": accuracy_score(y, pred),
+        "roc_auc": roc_auc_score(y, score),
+    }
 
 
 def test_aggregates_equal_sklearn_overall_and_per_domain():
@@ -32,7 +42,7 @@ def test_aggregates_equal_sklearn_overall_and_per_domain():
     for k, v in ref.items():
         assert agg[f"overall_{k}"] == pytest.approx(v, abs=1e-12)
     for d in (1, 3, 7):
-        m = DOM == d
+        m = d == DOM
         assert set(agg[f"domain_{d}"]) == DOMAIN_KEYS
         for k, v in sk(Y[m], PRED[m], SCORE[m]).items():
             assert agg[f"domain_{d}"][k] == pytest.approx(v, abs=1e-12), (d, k)
@@ -79,10 +89,12 @@ def test_bootstrap_ci_is_a_seeded_percentile_bootstrap_over_figures():
     assert ci != bootstrap_ci(y, score, n_boot=200, seed=8)
     # the same resamples, scored one by one with scikit-learn
     idx = np.random.default_rng(7).integers(0, 120, size=(200, 120))
-    draws = {"sensitivity": [recall_score(y[i], pred[i]) for i in idx],
-             "specificity": [recall_score(y[i], pred[i], pos_label=0) for i in idx],
-             "balanced_accuracy": [balanced_accuracy_score(y[i], pred[i]) for i in idx],
-             "roc_auc": [roc_auc_score(y[i], score[i]) for i in idx]}
+    draws = {
+        "sensitivity": [recall_score(y[i], pred[i]) for i in idx],
+        "specificity": [recall_score(y[i], pred[i], pos_label=0) for i in idx],
+        "balanced_accuracy": [balanced_accuracy_score(y[i], pred[i]) for i in idx],
+        "roc_auc": [roc_auc_score(y[i], score[i]) for i in idx],
+    }
     point = summary(y, score)
     for k, v in draws.items():
         assert ci[k] == pytest.approx([np.percentile(v, 2.5), np.percentile(v, 97.5)], abs=1e-12), k

@@ -1,4 +1,5 @@
 """amf.preprocess: the one rule for odd patches, resizing and normalisation (shared with training)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,10 @@ def test_bool_and_wide_integers():
     assert to_uint8(np.array([[0, 7, 255]], np.int32)).tolist() == [[0, 7, 255]]
 
 
-@pytest.mark.parametrize("values,dtype", [([-5, 7, 99], np.int8), ([0, 7, 255_000], np.int32),
-                                          ([-1, 7, 200], np.int64), ([0, 256, 7], np.uint32)])
+@pytest.mark.parametrize(
+    "values,dtype",
+    [([-5, 7, 99], np.int8), ([0, 7, 255_000], np.int32), ([-1, 7, 200], np.int64), ([0, 256, 7], np.uint32)],
+)
 def test_wide_or_signed_integers_outside_0_255_are_refused_not_clipped(values, dtype):
     # ... and refused outside it: int32 up to 255,000 used to become all white, negatives black
     with pytest.raises(AmfError, match=f"pixel type {np.dtype(dtype)} holds values .* must lie in 0..255"):
@@ -54,8 +57,9 @@ def test_the_float_range_is_decided_once_per_stack():
     bright = np.full((4, 4, 3), 200.0, np.float32)
     stack = Stack(np.stack([bright, dark]))
     assert stack[1].max() == 1 and stack[0].max() == 200  # ... stays dark (it was 204, white, per page)
-    np.testing.assert_array_equal(prepare(np.stack([bright, dark]), 4, [0] * 3, [1] * 3),
-                                  prepare([stack[0], stack[1]], 4, [0] * 3, [1] * 3))
+    np.testing.assert_array_equal(
+        prepare(np.stack([bright, dark]), 4, [0] * 3, [1] * 3), prepare([stack[0], stack[1]], 4, [0] * 3, [1] * 3)
+    )
     assert canonical_patch(dark).max() == 204  # alone, the same page is a [0, 1] stack of one
     unit = Stack([np.full((2, 2), 0.5), np.full((2, 2), 1.0)])
     assert unit.scale == 255.0 and unit[0].max() == 128 and unit[1].max() == 255
@@ -116,7 +120,7 @@ def test_empty_patch_is_an_error():
 
 
 def test_canonical_patch_applies_all_three_rules():
-    img16 = (rgb(20, 30).astype(np.uint16) * 257)
+    img16 = rgb(20, 30).astype(np.uint16) * 257
     alpha = np.full((20, 30, 1), 65535, np.uint16)
     out = canonical_patch(np.concatenate([img16, alpha], 2))
     assert out.dtype == np.uint8 and out.shape == (20, 20, 3) and out.flags.c_contiguous

@@ -1,4 +1,5 @@
 """training.run.RunDir: the run folder's names, readers and writers, the same for train, oof, export and compare."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,11 @@ import pandas as pd
 import pytest
 
 from amf import AmfError
-from training import compare, config as config_io, oof as oof_io, run as run_io, splits as splits_io
+from training import compare
+from training import config as config_io
+from training import oof as oof_io
+from training import run as run_io
+from training import splits as splits_io
 from training.run import RunDir
 
 # image ids that a reader guessing types turns into numbers: 7.0, 7.0 (one id for two figures), 1000.0, 0.5, nan
@@ -21,9 +26,18 @@ def hand_made_run(folder, ids=AWKWARD_IDS, slides=("NA", "s1", "007", "s3", "s4"
     run = RunDir(folder)
     run.path.mkdir(parents=True)
     n = len(ids)
-    splits = pd.DataFrame({"image_id": ids, "slide": list(slides), "fold": [k % 2 for k in range(n)],
-                           "fold_name": [f"fold{k % 2}" for k in range(n)], "label": [0, 0, 1, 1, 0, 1][:n],
-                           "source": "official", "synthetic": False, "path": [f"/x/{i}" for i in ids]})
+    splits = pd.DataFrame(
+        {
+            "image_id": ids,
+            "slide": list(slides),
+            "fold": [k % 2 for k in range(n)],
+            "fold_name": [f"fold{k % 2}" for k in range(n)],
+            "label": [0, 0, 1, 1, 0, 1][:n],
+            "source": "official",
+            "synthetic": False,
+            "path": [f"/x/{i}" for i in ids],
+        }
+    )
     run.write_config(config_io.load("smoke"))
     run.write_splits(splits)
     for k, g in splits.groupby("fold"):
@@ -80,8 +94,13 @@ def test_a_missing_file_is_one_error_naming_its_path(tmp_path):
     with pytest.raises(AmfError, match="are all folds done"):
         compare.load_oof(empty.path)
     fold = empty.fold(3)
-    for read, name in ((fold.load_best, "best.pt"), (fold.load_last, "last.pt"), (fold.read_oof, "oof.csv"),
-                       (fold.read_done, "done.json"), (fold.read_epochs, "epochs.csv")):
+    for read, name in (
+        (fold.load_best, "best.pt"),
+        (fold.load_last, "last.pt"),
+        (fold.read_oof, "oof.csv"),
+        (fold.read_done, "done.json"),
+        (fold.read_epochs, "epochs.csv"),
+    ):
         with pytest.raises(AmfError, match=re.escape(f"{fold.path / name} does not exist")):
             read()
 
@@ -103,14 +122,31 @@ def test_folds_done_and_missing(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny real run (generated data, smoke config, 2 folds x 1 epoch at 32 px, CPU)."""
-    from training import train
     from training_layout import make_layout
+
+    from training import train
 
     root = tmp_path_factory.mktemp("rundir")
     data = make_layout(root / "data", n_slides=8, per_slide=8)
     overrides = ["data.input_size=32", "train.batch_size=8"]
-    assert train.main(["--config", "smoke", "--data", str(data), "--out", str(root / "run"), "--set", *overrides,
-                       "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "smoke",
+                "--data",
+                str(data),
+                "--out",
+                str(root / "run"),
+                "--set",
+                *overrides,
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return RunDir(root / "run"), data, overrides
 
 

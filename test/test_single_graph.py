@@ -1,4 +1,5 @@
 """training/single_graph.py: one graph of all members (and its fp16 copy) gives the member loop's probabilities."""
+
 from __future__ import annotations
 
 import json
@@ -6,13 +7,20 @@ import json
 import numpy as np
 import onnx
 import pytest
+from toy_models import make_toy_ensemble
 
 from amf import AmfError
 from amf import manifest as manifest_io
 from amf.ensemble import Ensemble
-from toy_models import make_toy_ensemble
-from training.single_graph import (FP16_FILE, MERGED_FILE, add_single_graph, build_single_graph, check_batch, member_loop,
-                                   run_single_graph)
+from training.single_graph import (
+    FP16_FILE,
+    MERGED_FILE,
+    add_single_graph,
+    build_single_graph,
+    check_batch,
+    member_loop,
+    run_single_graph,
+)
 
 RNG = np.random.default_rng(3)
 
@@ -79,7 +87,9 @@ def test_add_single_graph_declares_variants_and_the_runtime_uses_them(toy3):
     loop = Ensemble(toy3, device="cpu").predict_proba(patches)
     mf = add_single_graph(toy3, use_on=["cpu"], fp16=True, fp16_use_on=["cuda"])
     assert [(v.kind, v.file, v.use_on) for v in mf.variants] == [
-        ("merged-fp16", FP16_FILE, ["cuda"]), ("merged", MERGED_FILE, ["cpu"])]
+        ("merged-fp16", FP16_FILE, ["cuda"]),
+        ("merged", MERGED_FILE, ["cpu"]),
+    ]
     assert mf.provenance["merged_max_abs_diff"] <= 1e-5
     on_disk = json.loads((toy3 / "ensemble.json").read_text())
     assert len(on_disk["members"]) == 3  # the fp32 members stay

@@ -1,5 +1,6 @@
 """training.threshold: the shipped threshold chosen between the out-of-fold and the leave-one-scanner-out rule,
 on nested figures (no held-out scanner chooses its own threshold)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,13 @@ def tables(shift: float, seed: int = 0, n_slides: int = 60, per_slide: int = 12)
     y = (rng.random(n) < 0.25).astype(int)
     p_oof = 1 / (1 + np.exp(-(2.0 * y - 1 + rng.normal(0, 1.2, n))))
     p_loso = np.clip(p_oof - shift * y - 0.5 * shift * (1 - y) + rng.normal(0, 0.02, n), 0, 1)
-    base = {"image_id": [f"{i:05d}" for i in range(n)], "label": y, "slide": slide, "Scanner": scanner,
-            "source": "official"}
+    base = {
+        "image_id": [f"{i:05d}" for i in range(n)],
+        "label": y,
+        "slide": slide,
+        "Scanner": scanner,
+        "source": "official",
+    }
     return pd.DataFrame({**base, "probability": p_oof}), pd.DataFrame({**base, "probability": p_loso})
 
 
@@ -35,9 +41,11 @@ def test_shifted_unseen_scanners_choose_the_loso_rule_and_a_lower_threshold():
     # both thresholds reported on both sets, each pooled figure recomputable from the table
     y, p = loso["label"], loso["probability"]
     assert r["oof"]["on"]["loso"]["balanced_accuracy"] == pytest.approx(
-        metrics.summary(y, p, threshold=r["oof"]["threshold"])["balanced_accuracy"])
+        metrics.summary(y, p, threshold=r["oof"]["threshold"])["balanced_accuracy"]
+    )
     assert r["loso"]["on"]["oof"]["sensitivity"] == pytest.approx(
-        metrics.summary(oof["label"], oof["probability"], threshold=r["loso"]["threshold"])["sensitivity"])
+        metrics.summary(oof["label"], oof["probability"], threshold=r["loso"]["threshold"])["sensitivity"]
+    )
 
 
 def test_nested_thresholds_never_see_the_held_out_scanner():

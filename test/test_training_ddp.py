@@ -1,4 +1,5 @@
 """One fold on two processes through torchrun (DDP, gloo backend on the CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import sys
 import pandas as pd
 import pytest
 import torch
-
 from training_layout import make_layout
 
 pytestmark = pytest.mark.slow  # trains with torchrun, two processes (make test-fast leaves it out)
@@ -21,9 +21,29 @@ def test_torchrun_two_processes_gloo(tmp_path):
     data = make_layout(tmp_path / "data", n_slides=8, per_slide=8)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "training.train", "--config", "smoke", "--data", str(data), "--out", str(run), "--fold", "0",
-           "--device", "cpu", "--no-progress", "--set", "data.input_size=32", "train.batch_size=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "training.train",
+        "--config",
+        "smoke",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--fold",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "data.input_size=32",
+        "train.batch_size=4",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "batch 4 x 2 process(es)" in p.stdout

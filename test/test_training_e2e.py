@@ -3,6 +3,7 @@
 On the real breast slice (skipped where ../shared/data is absent) and on generated data in the
 official layout (extra set with duplicates, synthetic atypicals, a tiny ViT with LoRA).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from training_layout import make_extra, make_layout, make_synthetic
 
 from amf import AmfError
 from amf import manifest as manifest_io
@@ -20,7 +22,6 @@ from amf.results import validate
 from training import export, train
 from training.data import OFFICIAL_IMAGES, decode
 from training.models import load_for_export
-from training_layout import make_extra, make_layout, make_synthetic
 
 pytestmark = pytest.mark.slow  # trains models (make test-fast leaves it out)
 
@@ -36,6 +37,7 @@ def run_train(*args) -> None:  # on the CPU, so a GPU host trains (and checks) t
 @pytest.fixture(scope="module")
 def breast_run(tmp_path_factory):
     from conftest import BREAST, need
+
     data = need(BREAST)
     root = tmp_path_factory.mktemp("breast")
     run_train("--config", "smoke", "--data", data, "--out", root / "run")
@@ -100,6 +102,7 @@ def test_breast_export_manifest_and_inference(breast_run, tmp_path):
     assert np.max(np.abs(got - np.mean(probs, 0))) < 1e-4
     # the container's entrypoint on the committed sample job
     import inference
+
     results = inference.run(ROOT_INPUT, tmp_path / "out", model_dir)
     validate(results, len(results))
     on_disk = json.loads((tmp_path / "out" / "multiple-mitotic-figure-classification.json").read_text())
@@ -116,8 +119,24 @@ def test_breast_fold_job_reuses_splits_and_skips_done(breast_run, capsys):
 
 def test_other_config_is_refused_in_the_same_run(breast_run, capsys):
     data, run, _ = breast_run
-    assert train.main(["--config", "smoke", "--data", str(data), "--out", str(run), "--set", "train.lr=0.1",
-                       "--device", "cpu", "--no-progress"]) == 2
+    assert (
+        train.main(
+            [
+                "--config",
+                "smoke",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--set",
+                "train.lr=0.1",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "another config" in capsys.readouterr().err
 
 
@@ -134,9 +153,21 @@ def test_generated_vit_lora_extra_synthetic_end_to_end(generated, tmp_path, caps
     root, data, extra, syn = generated
     extra_cfg = json.dumps([{"name": "amibr", "csv": str(extra / "extra.csv"), "images": str(extra / "images")}])
     run, model_dir = tmp_path / "run", tmp_path / "model"
-    run_train("--config", "smoke", "--data", data, "--out", run, "--set", "model.backbone=test_vit",
-              "model.finetune=lora", "data.input_size=32", f"data.extra={extra_cfg}", f"data.synthetic={syn}",
-              "train.batch_size=8")
+    run_train(
+        "--config",
+        "smoke",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--set",
+        "model.backbone=test_vit",
+        "model.finetune=lora",
+        "data.input_size=32",
+        f"data.extra={extra_cfg}",
+        f"data.synthetic={syn}",
+        "train.batch_size=8",
+    )
     out = capsys.readouterr().out
     assert "de-duplicated 5 figure(s)" in out and "4 synthetic atypical" in out
     splits = pd.read_csv(run / "splits.csv", dtype={"image_id": str})
@@ -154,6 +185,7 @@ def test_generated_vit_lora_extra_synthetic_end_to_end(generated, tmp_path, caps
     mf = manifest_io.load(model_dir)
     assert mf.members[0].backbone == "test_vit" and mf.provenance["finetune"] == "lora"
     import inference
+
     results = inference.run(ROOT_INPUT, tmp_path / "out", model_dir)
     validate(results, len(results))
 
@@ -161,8 +193,19 @@ def test_generated_vit_lora_extra_synthetic_end_to_end(generated, tmp_path, caps
 def test_export_refuses_missing_fold(generated, tmp_path, capsys):
     _, data, _, _ = generated
     run = tmp_path / "run"
-    run_train("--config", "smoke", "--data", data, "--out", run, "--fold", "0", "--set", "data.input_size=32",
-              "train.batch_size=8")
+    run_train(
+        "--config",
+        "smoke",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--fold",
+        "0",
+        "--set",
+        "data.input_size=32",
+        "train.batch_size=8",
+    )
     assert not (run / "oof.csv").exists()  # pooled only when every fold is done
     assert export.main([str(run), "--out", str(tmp_path / "model")]) == 2
     assert "fold(s) 1" in capsys.readouterr().err
@@ -174,8 +217,19 @@ def test_export_refuses_missing_fold(generated, tmp_path, capsys):
 def test_resume_gives_the_same_weights(generated, tmp_path, monkeypatch):
     """An interrupted fold resumes from last.pt and ends where an uninterrupted run ends."""
     _, data, _, _ = generated
-    common = ["--config", "smoke", "--data", data, "--fold", "0", "--epochs", "2", "--set", "data.input_size=32",
-              "train.batch_size=8"]
+    common = [
+        "--config",
+        "smoke",
+        "--data",
+        data,
+        "--fold",
+        "0",
+        "--epochs",
+        "2",
+        "--set",
+        "data.input_size=32",
+        "train.batch_size=8",
+    ]
     run_train(*common, "--out", tmp_path / "whole")
     real_predict, calls = train.predict, []
 
@@ -184,6 +238,7 @@ def test_resume_gives_the_same_weights(generated, tmp_path, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed during the second epoch's validation
         return real_predict(*a, **k)
+
     monkeypatch.setattr(train, "predict", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_train(*common, "--out", tmp_path / "cut")
@@ -200,12 +255,25 @@ def test_resume_gives_the_same_weights(generated, tmp_path, monkeypatch):
 def test_missing_images_one_error_or_skipped(generated, tmp_path, capsys):
     _, data, _, _ = generated
     import shutil
+
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     (copy / OFFICIAL_IMAGES / "3.png").unlink()
     (copy / OFFICIAL_IMAGES / "5.png").write_bytes(b"not a png")
-    args = ["--config", "smoke", "--data", str(copy), "--out", str(tmp_path / "run"), "--set", "data.input_size=32",
-            "train.batch_size=8", "--device", "cpu", "--no-progress"]
+    args = [
+        "--config",
+        "smoke",
+        "--data",
+        str(copy),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "data.input_size=32",
+        "train.batch_size=8",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert train.main(args) == 2
     err = capsys.readouterr().err
     assert "2 image(s) missing or unreadable" in err and "3.png (missing)" in err and "5.png (unreadable" in err

@@ -1,14 +1,15 @@
 """training.train with the device data path forced on (data.device_augment=true, on the CPU) and with
 --parallel (several folds at once, one process each): the run folder is the one sequential CPU-path training
 gives, in form (and, for --parallel, in value up to float rounding)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from training_layout import make_layout
 
 from training import train
-from training_layout import make_layout
 
 pytestmark = pytest.mark.slow  # trains whole runs, folds in parallel (make test-fast leaves it out)
 
@@ -54,8 +55,9 @@ def test_device_augment_forced_on_gives_a_valid_run_folder(data, sequential, tmp
 
 
 def test_device_augment_true_without_preload_is_one_error(data, tmp_path, capsys):
-    code = train.main([*SMALL, "data.device_augment=true", "data.preload=false", "--data", str(data),
-                       "--out", str(tmp_path / "run")])
+    code = train.main(
+        [*SMALL, "data.device_augment=true", "data.preload=false", "--data", str(data), "--out", str(tmp_path / "run")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ") and "device_augment" in err[-1]
     assert not (tmp_path / "run" / "fold0" / "best.pt").exists()
@@ -77,8 +79,20 @@ def test_parallel_folds_equal_sequential_training(data, sequential, tmp_path):
 
 
 def test_parallel_fold_failure_is_reported(data, tmp_path, capsys):
-    code = train.main([*SMALL, "--data", str(data), "--out", str(tmp_path / "run"), "--parallel", "2",
-                       "--set", "data.input_size=32", "train.batch_size=100000"])
+    code = train.main(
+        [
+            *SMALL,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--parallel",
+            "2",
+            "--set",
+            "data.input_size=32",
+            "train.batch_size=100000",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: fold(s) failed: 0 (exit status 2), 1 (exit status 2)")
     assert not (tmp_path / "run" / "oof.csv").exists()

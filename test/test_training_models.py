@@ -1,4 +1,5 @@
 """Backbone creation: local weights file, clear errors for the offline hub and gated models, ONNX contract."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,6 +31,7 @@ def test_local_weights_file_is_loaded(tmp_path):
 @pytest.mark.slow
 def test_unreachable_hub_and_gated_model_messages(monkeypatch):
     import huggingface_hub.constants as hf_constants
+
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(AmfError, match="cannot fetch the weights or config of test_vit.*model.weights"):
         create_backbone({"backbone": "test_vit", "pretrained": True})
@@ -40,6 +42,7 @@ def test_unreachable_hub_and_gated_model_messages(monkeypatch):
 
     def gated(*a, **k):
         raise GatedRepoError("401 Client Error. Cannot access gated repo for url https://huggingface.co/...")
+
     monkeypatch.setattr(timm, "create_model", gated)
     with pytest.raises(AmfError, match="MahmoodLab/UNI2-h is gated.*HF_TOKEN"):
         create_backbone({"backbone": "hf-hub:MahmoodLab/UNI2-h", "pretrained": True})
@@ -50,14 +53,14 @@ def test_unknown_model_and_bad_kwargs_are_clear():
         create_backbone({"backbone": "no_such_net", "pretrained": False})
     with pytest.raises(AmfError, match="model.kwargs: cannot import"):
         create_backbone({"backbone": "test_vit", "pretrained": False, "kwargs": {"act_layer": "py:torch.nn.NoSuch"}})
-    layer = create_backbone({"backbone": "test_vit", "pretrained": False,
-                             "kwargs": {"act_layer": "py:torch.nn.SiLU"}})
+    layer = create_backbone({"backbone": "test_vit", "pretrained": False, "kwargs": {"act_layer": "py:torch.nn.SiLU"}})
     assert isinstance(layer.blocks[0].mlp.act, torch.nn.SiLU)
 
 
 @pytest.mark.slow
 def test_onnx_member_contract(tmp_path):
     import onnx
+
     cfg = config_io.load("smoke", ["model.backbone=test_vit", "data.input_size=32"])
     model = load_for_export(cfg, lora_folded_state_dict(create_classifier(cfg)))
     path = export_member(model, tmp_path, "m.onnx", 32)

@@ -1,4 +1,5 @@
 """Each recipe switch changes the loss or the batch as it should (CPU, tiny random models)."""
+
 from __future__ import annotations
 
 import copy
@@ -20,6 +21,7 @@ def cfg_with(*overrides):
 
 
 # ---- EMA teacher + distillation ----------------------------------------------------------------
+
 
 def test_ema_teacher_moves_by_the_configured_rate():
     torch.manual_seed(0)
@@ -52,6 +54,7 @@ def test_kd_loss_is_temperature_scaled_kl():
 
 
 # ---- MixStyle -----------------------------------------------------------------------------------
+
 
 def test_mixstyle_mixes_statistics_keeps_shapes_and_labels():
     g = torch.Generator().manual_seed(0)
@@ -89,6 +92,7 @@ def test_mixstyle_places_and_acts_only_in_training():
 
 # ---- alignment ----------------------------------------------------------------------------------
 
+
 def test_alignment_loss_zero_when_aligned_positive_when_shifted():
     torch.manual_seed(0)
     base = torch.randn(16, 8)
@@ -116,16 +120,21 @@ def test_attention_is_identity_at_start_and_in_the_model():
 
 
 def test_attention_width_follows_align_attention_reduction():
-    default, narrow = create_classifier(cfg_with()).attention, create_classifier(cfg_with("align.attention_reduction=16")).attention
+    default, narrow = (
+        create_classifier(cfg_with()).attention,
+        create_classifier(cfg_with("align.attention_reduction=16")).attention,
+    )
     width = default.fc1.in_features
     assert default.fc1.out_features == max(8, width // 4)
     assert narrow.fc1.out_features == max(8, width // 16) < default.fc1.out_features
     from amf import AmfError
+
     with pytest.raises(AmfError, match="attention_reduction"):
         cfg_with("align.attention_reduction=0")
 
 
 # ---- imbalance, schedule ------------------------------------------------------------------------
+
 
 def test_weighted_sampler_balances_and_shards():
     labels = np.array([1] * 10 + [0] * 90)
@@ -162,6 +171,7 @@ def test_weighted_loss_mode_changes_the_loss():
 
 # ---- augmentation -------------------------------------------------------------------------------
 
+
 def test_augment_is_seeded_and_switchable():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
@@ -172,8 +182,18 @@ def test_augment_is_seeded_and_switchable():
     assert not np.array_equal(a, img)
     off = Augment(cfg_with("augment.enabled=false")["augment"])
     assert np.array_equal(off(img, np.random.default_rng(5)), img)
-    geo = Augment({**cfg_with()["augment"], "hed_scale": 0, "hed_shift": 0, "brightness": 0, "contrast": 0,
-                   "saturation": 0, "affine_p": 0, "blur_p": 0})
+    geo = Augment(
+        {
+            **cfg_with()["augment"],
+            "hed_scale": 0,
+            "hed_shift": 0,
+            "brightness": 0,
+            "contrast": 0,
+            "saturation": 0,
+            "affine_p": 0,
+            "blur_p": 0,
+        }
+    )
     g = geo(img, np.random.default_rng(3))
     assert sorted(map(tuple, g.reshape(-1, 3))) == sorted(map(tuple, img.reshape(-1, 3)))  # pixels only moved
     assert np.array_equal(hed_jitter(img, np.random.default_rng(0), 0.0, 0.0), img)
@@ -182,8 +202,10 @@ def test_augment_is_seeded_and_switchable():
 
 
 def test_validation_input_is_the_containers_prepare():
-    from training.data import PatchDataset
     import pandas as pd
+
+    from training.data import PatchDataset
+
     rng = np.random.default_rng(0)
     patches = [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in range(3)]
     df = pd.DataFrame({"path": ["-"] * 3, "label": [0, 1, 0], "soft": [0.0, 1.0, 0.3]})
@@ -197,6 +219,7 @@ def test_validation_input_is_the_containers_prepare():
 
 
 # ---- fine-tuning modes --------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_lora_trains_adapters_only_and_merges_exactly():
@@ -232,6 +255,7 @@ def test_frozen_backbone_keeps_its_weights_and_statistics():
 
 def test_config_rejects_unknown_keys_and_values():
     from amf import AmfError
+
     with pytest.raises(AmfError, match="unknown key"):
         cfg_with("train.epocs=3")
     with pytest.raises(AmfError, match="imbalance.mode"):

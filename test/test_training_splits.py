@@ -1,16 +1,17 @@
 """Splits on the full label table (11,937 figures) and on generated data; data reading rules."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from training_layout import make_extra, make_layout, make_synthetic
 
 from amf import AmfError
-from training.domains import DOMAIN_COLUMNS, canonical
 from training import config as config_io
 from training import splits as splits_io
 from training.data import deduplicate, load_dataset, read_table, slide_key
-from training_layout import make_extra, make_layout, make_synthetic
+from training.domains import DOMAIN_COLUMNS, canonical
 
 
 def full_table(path) -> pd.DataFrame:
@@ -27,6 +28,7 @@ def full_table(path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def full():
     from conftest import LABELS_FULL, need
+
     t = full_table(need(LABELS_FULL))
     assert len(t) == 11937
     return t, splits_io.make_splits(t, "kfold", 5, seed=0)
@@ -89,8 +91,11 @@ def test_synthetic_rows_never_validate_and_written_splits_are_checked(tmp_path):
 
 def test_aliases_raw_values_and_dedup(tmp_path):
     data = make_layout(tmp_path / "d", n_slides=4, per_slide=4)
-    off = read_table(data / "MIDOG25_Atypical_Classification_Train_Set.csv",
-                     data / "MIDOG25_Binary_Classification_Train_Set", "official")
+    off = read_table(
+        data / "MIDOG25_Atypical_Classification_Train_Set.csv",
+        data / "MIDOG25_Binary_Classification_Train_Set",
+        "official",
+    )
     assert set(off["Scanner"]) == {"Aperio CS2", "Hamamatsu XR"}
     assert "Hamammatsu XR" in set(off["raw_Scanner"])
     extra_dir = make_extra(tmp_path / "x", data / "MIDOG25_Atypical_Classification_Train_Set.csv", 3, 4)
@@ -100,8 +105,9 @@ def test_aliases_raw_values_and_dedup(tmp_path):
     assert both["image_id"].str.startswith("amibr/").sum() == 4
     _, none_dropped = deduplicate([off, extra], radius=1)  # the copies sit 2 px away
     assert none_dropped == 0
-    prefixed = read_table(extra_dir / "extra.csv", extra_dir / "images", "octo", id_prefix="octo/",
-                          slide_prefix="octo:")
+    prefixed = read_table(
+        extra_dir / "extra.csv", extra_dir / "images", "octo", id_prefix="octo/", slide_prefix="octo:"
+    )
     assert deduplicate([off, prefixed], radius=5)[1] == 0  # other slides, though the file names match
 
 
@@ -118,8 +124,15 @@ def test_bad_labels_and_layout_are_one_clear_error(tmp_path):
 
 
 def test_fold_count_needs_enough_slides():
-    t = pd.DataFrame({"image_id": [f"{i}" for i in range(6)], "slide": ["a", "a", "b", "b", "a", "b"],
-                      "label": [0, 1, 0, 1, 0, 1], "Tumor": "t", "synthetic": False})
+    t = pd.DataFrame(
+        {
+            "image_id": [f"{i}" for i in range(6)],
+            "slide": ["a", "a", "b", "b", "a", "b"],
+            "label": [0, 1, 0, 1, 0, 1],
+            "Tumor": "t",
+            "synthetic": False,
+        }
+    )
     with pytest.raises(AmfError, match="at least 3 slides"):
         splits_io.make_splits(t, "kfold", 3)
     two = splits_io.make_splits(t, "kfold", 2)

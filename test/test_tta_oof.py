@@ -3,6 +3,7 @@
 Without views it must give the run's own out-of-fold probabilities (same member, same preprocessing); with
 the eight dihedral views (d4) it must not care how the patches are turned, which plain predictions do.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -11,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from training_layout import make_layout
 
 from amf import AmfError
-from training import tta_oof, train
+from training import train, tta_oof
 from training.data import OFFICIAL_IMAGES
-from training_layout import make_layout
 
 pytestmark = pytest.mark.slow  # trains a model
 
@@ -25,8 +26,19 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tta")
     data = make_layout(root / "data")
     # 128 px: the patches' own size, so no resize stands between a turned patch and a turned input
-    args = ["--config", "smoke", "--data", data, "--out", root / "run", "--device", "cpu", "--no-progress",
-            "--set", "data.input_size=128"]
+    args = [
+        "--config",
+        "smoke",
+        "--data",
+        data,
+        "--out",
+        root / "run",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "data.input_size=128",
+    ]
     assert train.main([str(a) for a in args]) == 0
     return data, root / "run"
 
@@ -81,8 +93,20 @@ def test_export_with_a_leave_one_scanner_out_run_ships_the_chosen_threshold(run,
 
     data, run_dir = run
     loso = tmp_path / "loso"
-    args = ["--config", "smoke", "--data", data, "--out", loso, "--device", "cpu", "--no-progress",
-            "--set", "data.input_size=128", "splits.kind=leave_scanner_out"]
+    args = [
+        "--config",
+        "smoke",
+        "--data",
+        data,
+        "--out",
+        loso,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "data.input_size=128",
+        "splits.kind=leave_scanner_out",
+    ]
     assert train.main([str(a) for a in args]) == 0
     assert export.main([str(run_dir), "--out", str(tmp_path / "model"), "--shift-run", str(loso)]) == 0
     manifest = json.loads((tmp_path / "model" / "ensemble.json").read_text())

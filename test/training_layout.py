@@ -6,6 +6,7 @@ irregular blob and normal ones as a compact round one, so that a tiny model can 
 make_extra(dir, official_csv) writes an extra set that repeats some official figures (same slide and
 coordinates, other image names) and adds new ones; make_synthetic(dir) a folder of synthetic atypicals.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,7 @@ def patch(rng: np.random.Generator, atypical: bool, size: int = 128) -> np.ndarr
             cy, cx = rng.normal(0, 10, 2)
             img[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(20, 60)] = (70, 40, 110)
     else:
-        img[yy ** 2 / 90 + xx ** 2 / 250 < 1] = (80, 50, 120)
+        img[yy**2 / 90 + xx**2 / 250 < 1] = (80, 50, 120)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -43,11 +44,22 @@ def make_layout(root, n_slides: int = 8, per_slide: int = 8, seed: int = 0, star
             name = f"{i}.png"
             Image.fromarray(patch(rng, atyp)).save(root / OFFICIAL_IMAGES / name)
             vote = "AMF" if atyp else "NMF"
-            rows.append({"image_id": name, "filename": f"{s:03d}.tiff", "coordinateX": 100 + 50 * j,
-                         "coordinateY": 200 + 30 * j, "Tumor": tumor, "Scanner": scanner,
-                         "Origin": "UMC Utrecht" if s % 4 < 2 else "VMU Vienna",
-                         "Species": "Human" if s % 4 < 2 else "Canine",
-                         "expert1": vote, "expert2": vote, "expert3": "NMF", "majority": vote})
+            rows.append(
+                {
+                    "image_id": name,
+                    "filename": f"{s:03d}.tiff",
+                    "coordinateX": 100 + 50 * j,
+                    "coordinateY": 200 + 30 * j,
+                    "Tumor": tumor,
+                    "Scanner": scanner,
+                    "Origin": "UMC Utrecht" if s % 4 < 2 else "VMU Vienna",
+                    "Species": "Human" if s % 4 < 2 else "Canine",
+                    "expert1": vote,
+                    "expert2": vote,
+                    "expert3": "NMF",
+                    "majority": vote,
+                }
+            )
             i += 1
     pd.DataFrame(rows).to_csv(root / OFFICIAL_CSV, index=False)
     return root
@@ -64,9 +76,20 @@ def make_extra(root, official_csv, n_repeat: int = 5, n_new: int = 6, seed: int 
     for j in range(n_new):
         atyp = j % 2 == 0
         vote = "AMF" if atyp else "NMF"
-        new.loc[j] = {"image_id": "", "filename": f"tupac_{j % 3}.svs", "coordinateX": 10 * j, "coordinateY": 5,
-                      "Tumor": "human breast cancer", "Scanner": "Aperio CS2", "Origin": "TUPAC",
-                      "Species": "Human", "expert1": vote, "expert2": vote, "expert3": vote, "majority": vote}
+        new.loc[j] = {
+            "image_id": "",
+            "filename": f"tupac_{j % 3}.svs",
+            "coordinateX": 10 * j,
+            "coordinateY": 5,
+            "Tumor": "human breast cancer",
+            "Scanner": "Aperio CS2",
+            "Origin": "TUPAC",
+            "Species": "Human",
+            "expert1": vote,
+            "expert2": vote,
+            "expert3": vote,
+            "majority": vote,
+        }
     table = pd.concat([off, new], ignore_index=True)
     table["image_id"] = [f"x{k}.png" for k in range(len(table))]
     for name, vote in zip(table["image_id"], table["majority"]):

@@ -16,6 +16,7 @@ Each part is switched and sized in the config's `augment` section:
 Randomness comes only from the numpy Generator passed in: the same generator state gives the same patch.
 Run:  python -m training.augment IMAGE.png OUT.png [--seed 0]
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 # Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB): scikit-image's rgb_from_hed, as published
 # (not row-normalised; no cross product for the third row), and its inverse, skimage's hed_from_rgb
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
-                         [0.07, 0.99, 0.11],
-                         [0.27, 0.57, 0.78]])
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 LOG_ADJUST = np.log(1e-6)
 
@@ -66,14 +65,18 @@ def affine(img: np.ndarray, rng: np.random.Generator, degrees: float, scale, tra
     cx, cy = c + tx, c + ty
     coeffs = (a, b, c - a * cx - b * cy, d, e, c - d * cx - e * cy)
     out = big.transform(big.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
-    return np.asarray(out)[pad:pad + h, pad:pad + h]
+    return np.asarray(out)[pad : pad + h, pad : pad + h]
 
 
-def enhance(img: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float,
-            saturation: float) -> np.ndarray:
+def enhance(
+    img: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float, saturation: float
+) -> np.ndarray:
     pil = Image.fromarray(img)
-    for op, v in ((ImageEnhance.Brightness, brightness), (ImageEnhance.Contrast, contrast),
-                  (ImageEnhance.Color, saturation)):
+    for op, v in (
+        (ImageEnhance.Brightness, brightness),
+        (ImageEnhance.Contrast, contrast),
+        (ImageEnhance.Color, saturation),
+    ):
         if v > 0:
             pil = op(pil).enhance(1.0 + rng.uniform(-v, v))
     return np.asarray(pil)

@@ -24,6 +24,7 @@ same folds. From every honest fold's epochs.csv it also reports what choosing th
 fold would have reported (the best epoch's held-out figures) against the kept epoch's: the optimism of
 that choice, measured.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,13 +34,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, manifest as manifest_io, report_error
-from training import metrics
+from amf import AmfError, report_error
+from amf import manifest as manifest_io
 from amf.cli import ArgumentParser
-from training.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
-from training import compare as compare_runs, oof as oof_io, splits as splits_io
+from training import compare as compare_runs
+from training import metrics
+from training import oof as oof_io
+from training import splits as splits_io
 from training.card_render import config_diff, render, verdict
+from training.domains import DOMAIN_COLUMNS
 from training.run import RunDir, read_predictions
 
 CARD_JSON, OOF_CSV, README = "card.json", "oof.csv", "README.md"
@@ -60,21 +64,38 @@ def per_scanner(oof: pd.DataFrame, result: dict, n_boot: int) -> dict:
     out, threshold = {}, result["threshold"]
     for scanner, g in oof.groupby("Scanner"):
         y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
-        out[str(scanner)] = {"metrics": result["per_domain"]["Scanner"][str(scanner)],
-                             "ci95": metrics.bootstrap_ci(y, p, threshold=threshold, n_boot=n_boot, seed=0),
-                             "slides": int(g["slide"].nunique())}
+        out[str(scanner)] = {
+            "metrics": result["per_domain"]["Scanner"][str(scanner)],
+            "ci95": metrics.bootstrap_ci(y, p, threshold=threshold, n_boot=n_boot, seed=0),
+            "slides": int(g["slide"].nunique()),
+        }
     return out
 
 
 def data_counts(splits: pd.DataFrame) -> dict:
     rows = splits[splits["fold"] >= 0]
-    by = lambda col: {str(v): {"figures": int(len(g)), "atypical": int(g["label"].sum()),  # noqa: E731
-                               "slides": int(g["slide"].nunique())} for v, g in rows.groupby(col)}
-    return {"figures": int(len(rows)), "atypical": int(rows["label"].sum()), "slides": int(rows["slide"].nunique()),
-            "scanner": by("Scanner"), "fold": by("fold"),
-            "raw_scanner_values": sorted(map(str, rows["raw_Scanner"].unique())),
-            "tumor": sorted(map(str, rows["Tumor"].unique())), "species": sorted(map(str, rows["Species"].unique())),
-            "values": {col: int(rows[col].nunique()) for col in DOMAIN_COLUMNS if col in rows}} | data_source(rows)
+
+    def by(col):
+        return {
+            str(v): {
+                "figures": int(len(g)),
+                "atypical": int(g["label"].sum()),
+                "slides": int(g["slide"].nunique()),
+            }
+            for v, g in rows.groupby(col)
+        }
+
+    return {
+        "figures": int(len(rows)),
+        "atypical": int(rows["label"].sum()),
+        "slides": int(rows["slide"].nunique()),
+        "scanner": by("Scanner"),
+        "fold": by("fold"),
+        "raw_scanner_values": sorted(map(str, rows["raw_Scanner"].unique())),
+        "tumor": sorted(map(str, rows["Tumor"].unique())),
+        "species": sorted(map(str, rows["Species"].unique())),
+        "values": {col: int(rows[col].nunique()) for col in DOMAIN_COLUMNS if col in rows},
+    } | data_source(rows)
 
 
 def data_source(rows: pd.DataFrame) -> dict:
@@ -84,8 +105,11 @@ def data_source(rows: pd.DataFrame) -> dict:
 
     from training.data import OFFICIAL_IMAGES
 
-    out = {"sources": {str(k): int(v) for k, v in rows["source"].value_counts().sort_index().items()}} \
-        if "source" in rows else {}
+    out = (
+        {"sources": {str(k): int(v) for k, v in rows["source"].value_counts().sort_index().items()}}
+        if "source" in rows
+        else {}
+    )
     paths = [Path(p) for p in rows.get("path", pd.Series(dtype=str)) if isinstance(p, str)]
     official = [p for p in paths if p.parent.name == OFFICIAL_IMAGES]
     if official:
@@ -101,12 +125,16 @@ def data_source(rows: pd.DataFrame) -> dict:
 def recipe_summary(cfg: dict) -> dict:
     """The config keys the card states (a key the config lacks is None: train.selection None is a run from before
     the key existed, which chose its epochs on validation)."""
-    keep = {"model": ("backbone", "pretrained", "weights", "kwargs"), "data": ("input_size", "resize", "label"),
-            "splits": ("kind", "folds", "seed", "tries"),
-            "train": ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "select", "selection"),
-            "imbalance": ("mode",), "mixstyle": ("enabled", "p", "alpha", "where"),
-            "align": ("enabled", "weight", "columns"),
-            "ema": ("enabled", "decay", "kd_weight", "temperature", "evaluate")}
+    keep = {
+        "model": ("backbone", "pretrained", "weights", "kwargs"),
+        "data": ("input_size", "resize", "label"),
+        "splits": ("kind", "folds", "seed", "tries"),
+        "train": ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "select", "selection"),
+        "imbalance": ("mode",),
+        "mixstyle": ("enabled", "p", "alpha", "where"),
+        "align": ("enabled", "weight", "columns"),
+        "ema": ("enabled", "decay", "kd_weight", "temperature", "evaluate"),
+    }
     return {sec: {k: cfg.get(sec, {}).get(k) for k in keys} for sec, keys in keep.items()} | {"name": cfg.get("name")}
 
 
@@ -131,7 +159,9 @@ def mixstyle_at(cfg: dict) -> list | None:
         from training.models import create_backbone
         from training.recipe import mixstyle_targets
 
-        bb = create_backbone({**cfg["model"], "weights": None}, pretrained=False, img_size=int(cfg["data"]["input_size"]))
+        bb = create_backbone(
+            {**cfg["model"], "weights": None}, pretrained=False, img_size=int(cfg["data"]["input_size"])
+        )
         return [[name, chans] for name, chans in mixstyle_targets(bb, cfg["mixstyle"].get("where", "auto"))]
     except (AmfError, ValueError, RuntimeError, OSError):  # a fact the card then leaves out, not a failed card
         return None
@@ -152,16 +182,28 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
     shipped = "recipe" if bal["recipe"] > bal["plain"] else "plain"
     exported_from = Path(str(manifest.provenance.get("run", ""))).resolve()
     if not manifest.trained or exported_from != runs[shipped].resolve():
-        raise AmfError(f"{model_dir} does not hold the export of the better run ({shipped}, out-of-fold balanced "
-                       f"accuracy {bal[shipped]:.3f}): python -m training.export {runs[shipped]} --out {model_dir}")
-    card = {"shipped": shipped, "trained_on": trained_on, "data": data_counts(RunDir(runs[shipped]).read_splits()),
-            "compare": cmp, "runs": {}}
+        raise AmfError(
+            f"{model_dir} does not hold the export of the better run ({shipped}, out-of-fold balanced "
+            f"accuracy {bal[shipped]:.3f}): python -m training.export {runs[shipped]} --out {model_dir}"
+        )
+    card = {
+        "shipped": shipped,
+        "trained_on": trained_on,
+        "data": data_counts(RunDir(runs[shipped]).read_splits()),
+        "compare": cmp,
+        "runs": {},
+    }
     for name, (oof, result, cfg) in loaded.items():
-        card["runs"][name] = {"config": recipe_summary(cfg), "oof": result,
-                              "per_scanner": per_scanner(oof, result, n_boot),
-                              "train_minutes": train_minutes(runs[name]), "run": str(runs[name]),
-                              "overrides": overrides(cfg),
-                              "mixstyle_at": mixstyle_at(cfg), "ema_decay": ema_decays(runs[name])}
+        card["runs"][name] = {
+            "config": recipe_summary(cfg),
+            "oof": result,
+            "per_scanner": per_scanner(oof, result, n_boot),
+            "train_minutes": train_minutes(runs[name]),
+            "run": str(runs[name]),
+            "overrides": overrides(cfg),
+            "mixstyle_at": mixstyle_at(cfg),
+            "ema_decay": ema_decays(runs[name]),
+        }
     folds = [r[0].set_index("image_id")["fold"].sort_index() for r in loaded.values()]
     card["same_folds"] = bool(folds[0].equals(folds[1]))
     if loso is not None:
@@ -172,21 +214,38 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
             y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
             # each held-out scanner at the threshold the pooled out-of-fold predictions chose (training.oof's
             # per-fold figures), and at 0.5
-            held_out[str(names[k])] = {"at_threshold": result["per_fold"][str(k)],
-                                       "at_0.5": metrics.summary(y, p, threshold=0.5),
-                                       "ci95": metrics.bootstrap_ci(y, p, threshold=result["threshold"],
-                                                                    n_boot=n_boot, seed=0)}
-        card["loso"] = {"config": recipe_summary(cfg), "threshold": result["threshold"], "pooled": result,
-                        "held_out": held_out, "train_minutes": train_minutes(Path(loso)), "run": str(loso),
-                        "overrides": overrides(cfg)}
+            held_out[str(names[k])] = {
+                "at_threshold": result["per_fold"][str(k)],
+                "at_0.5": metrics.summary(y, p, threshold=0.5),
+                "ci95": metrics.bootstrap_ci(y, p, threshold=result["threshold"], n_boot=n_boot, seed=0),
+            }
+        card["loso"] = {
+            "config": recipe_summary(cfg),
+            "threshold": result["threshold"],
+            "pooled": result,
+            "held_out": held_out,
+            "train_minutes": train_minutes(Path(loso)),
+            "run": str(loso),
+            "overrides": overrides(cfg),
+        }
     files = [m.file for m in manifest.members]
-    card["ensemble"] = {"members": [{"file": m.file, "fold": m.fold, "backbone": m.backbone,
-                                     "input_size": m.input_size, "bytes": (model_dir / m.file).stat().st_size}
-                                    for m in manifest.members],
-                        "total_bytes": sum((model_dir / f).stat().st_size for f in files),
-                        "threshold": manifest.threshold, "tta": manifest.tta,
-                        "parity": manifest.provenance.get("parity"),
-                        "versions": manifest.provenance.get("versions")}
+    card["ensemble"] = {
+        "members": [
+            {
+                "file": m.file,
+                "fold": m.fold,
+                "backbone": m.backbone,
+                "input_size": m.input_size,
+                "bytes": (model_dir / m.file).stat().st_size,
+            }
+            for m in manifest.members
+        ],
+        "total_bytes": sum((model_dir / f).stat().st_size for f in files),
+        "threshold": manifest.threshold,
+        "tta": manifest.tta,
+        "parity": manifest.provenance.get("parity"),
+        "versions": manifest.provenance.get("versions"),
+    }
     oof = loaded[shipped][0][["image_id", "slide", "fold", "probability"]]
     return card, oof
 
@@ -225,10 +284,14 @@ def epoch_choice(run, folds) -> dict:
         e, kept = f.read_epochs(), f.read_done()["best_epoch"]
         row = e.loc[e["epoch"] == kept].iloc[0]
         best = e.loc[e["val_balanced_accuracy"].idxmax()]
-        out[str(k)] = {"kept_epoch": int(kept), "kept_balanced_accuracy@0.5": float(row["val_balanced_accuracy"]),
-                       "kept_roc_auc": float(row["val_roc_auc"]), "best_epoch_on_held_out": int(best["epoch"]),
-                       "best_balanced_accuracy@0.5": float(best["val_balanced_accuracy"]),
-                       "best_roc_auc": float(e["val_roc_auc"].max())}
+        out[str(k)] = {
+            "kept_epoch": int(kept),
+            "kept_balanced_accuracy@0.5": float(row["val_balanced_accuracy"]),
+            "kept_roc_auc": float(row["val_roc_auc"]),
+            "best_epoch_on_held_out": int(best["epoch"]),
+            "best_balanced_accuracy@0.5": float(best["val_balanced_accuracy"]),
+            "best_roc_auc": float(e["val_roc_auc"].max()),
+        }
     return out
 
 
@@ -242,10 +305,17 @@ def honest_run(run, shipped: pd.DataFrame, votes: pd.DataFrame, n_boot: int) -> 
         raise AmfError(f"{run} chose its epochs on the held-out folds (train.selection validation): not selection-free")
     folds = splits_io.folds_of(splits)
     done = [k for k in folds if run.fold(k).is_done()]
-    out = {"run": str(run), "selection": selection, "config": recipe_summary(cfg), "splits": cfg["splits"]["kind"],
-           "folds_done": done, "folds": folds, "epoch_choice": epoch_choice(run, done),
-           "ema_decay": ema_decays(run),
-           "train_minutes": train_minutes(run)}
+    out = {
+        "run": str(run),
+        "selection": selection,
+        "config": recipe_summary(cfg),
+        "splits": cfg["splits"]["kind"],
+        "folds_done": done,
+        "folds": folds,
+        "epoch_choice": epoch_choice(run, done),
+        "ema_decay": ema_decays(run),
+        "train_minutes": train_minutes(run),
+    }
     if done and len(done) == len(folds):
         _, out["oof"] = oof_io.pool(run, n_boot=n_boot, votes=votes)
         return out
@@ -266,13 +336,17 @@ def honest_run(run, shipped: pd.DataFrame, votes: pd.DataFrame, n_boot: int) -> 
 def selection_free(model_dir, data_dir, runs: dict, n_boot: int = 2000) -> dict:
     votes = official_votes(data_dir)
     shipped = shipped_oof(model_dir, votes)  # read and labelled once: its metrics, and the honest runs' baseline
-    return {"shipped": {"oof": oof_io.compute(shipped, n_boot=n_boot, seed=0),
-                        "note": "the shipped members' out-of-fold predictions (oof.csv): each fold's epoch was chosen "
-                                "on that fold's own figures (optimistic); the nested threshold removes the "
-                                "threshold's share of the optimism only"},
-            "runs": {name: honest_run(path, shipped, votes, n_boot) for name, path in runs.items() if path},
-            "data": str(data_dir),
-            "not_run": [name for name in HONEST if not runs.get(name)]}
+    return {
+        "shipped": {
+            "oof": oof_io.compute(shipped, n_boot=n_boot, seed=0),
+            "note": "the shipped members' out-of-fold predictions (oof.csv): each fold's epoch was chosen "
+            "on that fold's own figures (optimistic); the nested threshold removes the "
+            "threshold's share of the optimism only",
+        },
+        "runs": {name: honest_run(path, shipped, votes, n_boot) for name, path in runs.items() if path},
+        "data": str(data_dir),
+        "not_run": [name for name in HONEST if not runs.get(name)],
+    }
 
 
 def train_minutes(run) -> float:
@@ -306,11 +380,16 @@ def main(argv=None) -> int:
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--trained-on", default="", help="where the runs trained, for the card (e.g. 'a 2-core CPU')")
     ap.add_argument("--render", action="store_true", help="re-render README.md from card.json")
-    ap.add_argument("--selection-free", action="store_true",
-                    help="add the selection-free figures to card.json (needs --data) and re-render")
+    ap.add_argument(
+        "--selection-free",
+        action="store_true",
+        help="add the selection-free figures to card.json (needs --data) and re-render",
+    )
     ap.add_argument("--data", default=None, help="the official layout (labels and expert votes)")
     for name in HONEST:
-        ap.add_argument(f"--honest-{name}", default=None, help=f"the {name} run trained with train.selection last|inner")
+        ap.add_argument(
+            f"--honest-{name}", default=None, help=f"the {name} run trained with train.selection last|inner"
+        )
     args = ap.parse_args(argv)
     model_dir = Path(args.model)
     try:
@@ -318,8 +397,9 @@ def main(argv=None) -> int:
             if not args.data or not (model_dir / CARD_JSON).is_file():
                 raise AmfError("--selection-free needs --data DATA and an existing card.json")
             card = json.loads((model_dir / CARD_JSON).read_text())
-            card["selection_free"] = selection_free(model_dir, args.data, {n: getattr(args, f"honest_{n}")
-                                                                           for n in HONEST}, args.n_boot)
+            card["selection_free"] = selection_free(
+                model_dir, args.data, {n: getattr(args, f"honest_{n}") for n in HONEST}, args.n_boot
+            )
             text = json.dumps(card, indent=1, default=_plain) + "\n"
             readme = render(json.loads(text))
             write_text_atomic(model_dir / CARD_JSON, text)

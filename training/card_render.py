@@ -5,6 +5,7 @@ is written only when card.json says the condition holds.
 
   python -m training.card --model model --render        (re-render README.md from card.json)
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,12 @@ from training.data import EXPERTS, OFFICIAL_CSV
 from training.metrics import fmt, fmt_ci
 
 SHOWN = ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")
-METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "roc_auc": "ROC AUC", "sensitivity": "sensitivity",
-                "specificity": "specificity"}
+METRIC_NAMES = {
+    "balanced_accuracy": "balanced accuracy",
+    "roc_auc": "ROC AUC",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+}
 EXPERT_COUNT = {2: "two", 3: "three", 4: "four"}.get(len(EXPERTS), str(len(EXPERTS)))
 
 
@@ -60,10 +65,12 @@ def config_diff(base: dict, other: dict, ignore=("name",)) -> dict:
 
 def as_set(diff: dict) -> str:
     """DIFF as training.train's --set KEY=VALUE words (YAML values: true, 0.5, [a,b])."""
+
     def value(v):
         if isinstance(v, list):
             return "[" + ",".join(value(x) for x in v) + "]"
         return v if isinstance(v, str) else json.dumps(v)
+
     return " ".join(f"{k}={value(v)}" for k, v in diff.items())
 
 
@@ -98,8 +105,10 @@ def aligned_note(d: dict, columns) -> str:
     acting = [c for c in columns if c not in one]
     if not one:
         return ""
-    return (f"On this data {', '.join(one)} take{'s' if len(one) == 1 else ''} one value, so only "
-            f"{', '.join(acting) or 'nothing'} align{'s' if len(acting) == 1 else ''}.")
+    return (
+        f"On this data {', '.join(one)} take{'s' if len(one) == 1 else ''} one value, so only "
+        f"{', '.join(acting) or 'nothing'} align{'s' if len(acting) == 1 else ''}."
+    )
 
 
 def mixstyle_place(run: dict) -> str:
@@ -119,15 +128,19 @@ def recipe_parts(card: dict) -> str:
     rs, d = card["runs"]["recipe"]["config"], card["data"]
     parts = []
     if rs["mixstyle"].get("enabled"):
-        parts.append(f"MixStyle (p {rs['mixstyle']['p']}, α {rs['mixstyle']['alpha']}) "
-                     f"{mixstyle_place(card['runs']['recipe'])}")
+        parts.append(
+            f"MixStyle (p {rs['mixstyle']['p']}, α {rs['mixstyle']['alpha']}) {mixstyle_place(card['runs']['recipe'])}"
+        )
     if rs["align"].get("enabled"):
-        parts.append(f"alignment of pooled features across {', '.join(rs['align']['columns'])} (weight "
-                     f"{rs['align']['weight']})")
+        parts.append(
+            f"alignment of pooled features across {', '.join(rs['align']['columns'])} (weight {rs['align']['weight']})"
+        )
     if rs["ema"].get("enabled"):
-        parts.append(f"EMA teacher (decay {rs['ema']['decay']}) distilled with temperature-"
-                     f"{rs['ema']['temperature']} KL (weight {rs['ema']['kd_weight']})"
-                     + ("; the teacher is the evaluated and exported model" if rs["ema"].get("evaluate") else ""))
+        parts.append(
+            f"EMA teacher (decay {rs['ema']['decay']}) distilled with temperature-"
+            f"{rs['ema']['temperature']} KL (weight {rs['ema']['kd_weight']})"
+            + ("; the teacher is the evaluated and exported model" if rs["ema"].get("evaluate") else "")
+        )
     if not parts:
         return "- Recipe: none of MixStyle, alignment and the EMA teacher is enabled in the recipe run."
     note = aligned_note(d, rs["align"]["columns"]) if rs["align"].get("enabled") else ""
@@ -139,8 +152,9 @@ def plain_line(card: dict) -> str:
     diff = config_diff(rs, ps)
     same = ", folds" if card.get("same_folds") else ""
     epochs = " and epochs" if "train.epochs" not in diff else ""
-    return (f"- Plain baseline: the same config{same}{epochs}"
-            + (f" with `--set {as_set(diff)}`." if diff else " (no difference in the recorded config)."))
+    return f"- Plain baseline: the same config{same}{epochs}" + (
+        f" with `--set {as_set(diff)}`." if diff else " (no difference in the recorded config)."
+    )
 
 
 def selection_line(card: dict) -> str:
@@ -148,23 +162,31 @@ def selection_line(card: dict) -> str:
     shipped = card["runs"][card["shipped"]]["config"]
     if sel[card["shipped"]] == "validation":
         select = METRIC_NAMES.get(shipped["train"].get("select") or "", shipped["train"].get("select"))
-        return ("- The best epoch of each fold was chosen on that fold's validation "
-                + (f"{select} " if select else "figures ") + "(the old `train.selection: validation`), so the "
-                "out-of-fold figures are optimistic"
-                + ("; the same holds for both runs" if set(sel.values()) == {"validation"} else "") + "."
-                + (" See the selection-free figures." if "selection_free" in card else ""))
+        return (
+            "- The best epoch of each fold was chosen on that fold's validation "
+            + (f"{select} " if select else "figures ")
+            + "(the old `train.selection: validation`), so the "
+            "out-of-fold figures are optimistic"
+            + ("; the same holds for both runs" if set(sel.values()) == {"validation"} else "")
+            + "."
+            + (" See the selection-free figures." if "selection_free" in card else "")
+        )
     if sel[card["shipped"]] == "last":
         return "- Each fold kept its last epoch (`train.selection: last`): no epoch was chosen on the held-out fold."
-    return ("- Each fold's epoch was chosen on an inner split of its training folds (`train.selection: inner`), "
-            "never on the held-out fold.")
+    return (
+        "- Each fold's epoch was chosen on an inner split of its training folds (`train.selection: inner`), "
+        "never on the held-out fold."
+    )
 
 
 def fold_line(card: dict) -> str:
     d, s = card["data"], card["runs"][card["shipped"]]["config"].get("splits") or {}
     n = len(d["fold"])
     if s.get("kind") == "kfold":
-        how = (f"{n} folds by `StratifiedGroupKFold` (label × tumour strata, grouped by slide, best of "
-               f"{s['tries']} shuffles)")
+        how = (
+            f"{n} folds by `StratifiedGroupKFold` (label × tumour strata, grouped by slide, best of "
+            f"{s['tries']} shuffles)"
+        )
     elif s.get("kind"):
         how = f"{n} folds (`splits.kind: {s['kind']}`)"
     else:
@@ -201,40 +223,57 @@ def data_line(card: dict) -> str:
     else:
         what = "the real rows and PNGs of " + ", ".join(f"{k} ({v} figures)" for k, v in sources.items())
     label = label_col(card).strip(" `")
-    return (f"- {where}{what} for {', '.join(d['tumor'])}: {d['figures']} figures, {d['atypical']} atypical"
-            + (f" (`{label}` = AMF)" if label else "") + f", {d['slides']} slides.")
+    return (
+        f"- {where}{what} for {', '.join(d['tumor'])}: {d['figures']} figures, {d['atypical']} atypical"
+        + (f" (`{label}` = AMF)" if label else "")
+        + f", {d['slides']} slides."
+    )
 
 
 def oof_table(card: dict) -> list[str]:
-    lines = ["| run | threshold | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " | balanced accuracy at 0.5 |",
-             "|---|---|" + "---|" * (len(SHOWN) + 1)]
+    lines = [
+        "| run | threshold | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " | balanced accuracy at 0.5 |",
+        "|---|---|" + "---|" * (len(SHOWN) + 1),
+    ]
     for name in ("recipe", "plain"):
         r = card["runs"][name]["oof"]
         ship = " (shipped)" if name == card["shipped"] else ""
-        lines.append(f"| {name}{ship} | {r['threshold']:.3f} | "
-                     + " | ".join(with_ci(r["at_threshold"], r["ci95"], k) for k in SHOWN)
-                     + f" | {fmt(r['at_0.5']['balanced_accuracy'])} |")
+        lines.append(
+            f"| {name}{ship} | {r['threshold']:.3f} | "
+            + " | ".join(with_ci(r["at_threshold"], r["ci95"], k) for k in SHOWN)
+            + f" | {fmt(r['at_0.5']['balanced_accuracy'])} |"
+        )
     return lines
 
 
 def scanner_table(card: dict) -> list[str]:
-    lines = ["| run | scanner | figures (atypical) | slides | balanced accuracy | ROC AUC | sensitivity | specificity |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | scanner | figures (atypical) | slides | balanced accuracy | ROC AUC | sensitivity | specificity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in ("recipe", "plain"):
         for scanner, s in card["runs"][name]["per_scanner"].items():
             m = s["metrics"]
-            lines.append(f"| {name} | {scanner} | {m['n']} ({m['n_atypical']}) | {s['slides']} | "
-                         + " | ".join(with_ci(m, s["ci95"], k) for k in SHOWN) + " |")
+            lines.append(
+                f"| {name} | {scanner} | {m['n']} ({m['n_atypical']}) | {s['slides']} | "
+                + " | ".join(with_ci(m, s["ci95"], k) for k in SHOWN)
+                + " |"
+            )
     return lines
 
 
 def fold_table(card: dict) -> list[str]:
-    lines = ["| fold | figures (atypical) | slides | recipe balanced accuracy | recipe ROC AUC | "
-             "plain balanced accuracy | plain ROC AUC |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| fold | figures (atypical) | slides | recipe balanced accuracy | recipe ROC AUC | "
+        "plain balanced accuracy | plain ROC AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for k, c in card["data"]["fold"].items():
         r, p = card["runs"]["recipe"]["oof"]["per_fold"][k], card["runs"]["plain"]["oof"]["per_fold"][k]
-        lines.append(f"| {k} | {c['figures']} ({c['atypical']}) | {c['slides']} | {fmt(r['balanced_accuracy'])} | "
-                     f"{fmt(r['roc_auc'])} | {fmt(p['balanced_accuracy'])} | {fmt(p['roc_auc'])} |")
+        lines.append(
+            f"| {k} | {c['figures']} ({c['atypical']}) | {c['slides']} | {fmt(r['balanced_accuracy'])} | "
+            f"{fmt(r['roc_auc'])} | {fmt(p['balanced_accuracy'])} | {fmt(p['roc_auc'])} |"
+        )
     return lines
 
 
@@ -242,8 +281,10 @@ def compare_table(card: dict) -> list[str]:
     c = card["compare"]
     lines = ["| metric | plain | recipe | recipe − plain [95% interval] | P(recipe ≤ plain) |", "|---|---|---|---|---|"]
     for k, v in c["metrics"].items():
-        lines.append(f"| {k} | {fmt(v['a'])} | {fmt(v['b'])} | {v['b_minus_a']:+.3f} "
-                     f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] | {v['p_b_not_better']:.3f} |")
+        lines.append(
+            f"| {k} | {fmt(v['a'])} | {fmt(v['b'])} | {v['b_minus_a']:+.3f} "
+            f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] | {v['p_b_not_better']:.3f} |"
+        )
     return lines
 
 
@@ -252,28 +293,45 @@ def verdict(card: dict) -> str:
     lo, hi = v["ci95"]
     noise = lo <= 0 <= hi
     if card["shipped"] == "recipe":
-        return (f"The recipe beats the plain baseline on out-of-fold balanced accuracy by {v['b_minus_a']:+.3f} "
-                + (f"(95% interval spans 0, so on these {card['compare']['n_figures']} figures the gain is not told from noise); "
-                   if noise else "(95% interval excludes 0); ") + "the recipe run is shipped.")
-    return (f"**The recipe does not beat the plain baseline** on out-of-fold balanced accuracy "
-            f"({v['b_minus_a']:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]"
-            + (", not told from noise" if noise else "") + "), so the plain run is shipped, as the better one.")
+        return (
+            f"The recipe beats the plain baseline on out-of-fold balanced accuracy by {v['b_minus_a']:+.3f} "
+            + (
+                f"(95% interval spans 0, so on these {card['compare']['n_figures']} figures "
+                "the gain is not told from noise); "
+                if noise
+                else "(95% interval excludes 0); "
+            )
+            + "the recipe run is shipped."
+        )
+    return (
+        f"**The recipe does not beat the plain baseline** on out-of-fold balanced accuracy "
+        f"({v['b_minus_a']:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]"
+        + (", not told from noise" if noise else "")
+        + "), so the plain run is shipped, as the better one."
+    )
 
 
 def loso_table(card: dict) -> list[str]:
     lo = card["loso"]
     column = (loso_column(card) or "domain").lower()
-    lines = [f"| held-out {column} | figures (atypical) | balanced accuracy at {lo['threshold']:.3f} | ROC AUC | "
-             "sensitivity | specificity | balanced accuracy at 0.5 |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| held-out {column} | figures (atypical) | balanced accuracy at {lo['threshold']:.3f} | ROC AUC | "
+        "sensitivity | specificity | balanced accuracy at 0.5 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, h in lo["held_out"].items():
         m = h["at_threshold"]
-        lines.append(f"| {name.split('=', 1)[-1]} | {m['n']} ({m['n_atypical']}) | "
-                     + " | ".join(with_ci(m, h["ci95"], k) for k in SHOWN)
-                     + f" | {fmt(h['at_0.5']['balanced_accuracy'])} |")
+        lines.append(
+            f"| {name.split('=', 1)[-1]} | {m['n']} ({m['n_atypical']}) | "
+            + " | ".join(with_ci(m, h["ci95"], k) for k in SHOWN)
+            + f" | {fmt(h['at_0.5']['balanced_accuracy'])} |"
+        )
     p = lo["pooled"]
-    lines.append(f"| pooled | {p['n']} ({p['n_atypical']}) | "
-                 + " | ".join(with_ci(p["at_threshold"], p["ci95"], k) for k in SHOWN)
-                 + f" | {fmt(p['at_0.5']['balanced_accuracy'])} |")
+    lines.append(
+        f"| pooled | {p['n']} ({p['n_atypical']}) | "
+        + " | ".join(with_ci(p["at_threshold"], p["ci95"], k) for k in SHOWN)
+        + f" | {fmt(p['at_0.5']['balanced_accuracy'])} |"
+    )
     return lines
 
 
@@ -281,13 +339,20 @@ def loso_section(card: dict) -> list[str]:
     if "loso" not in card:
         return []
     column = (loso_column(card) or "domain").lower()
-    same = not config_diff(card["runs"]["recipe"]["config"], card["loso"]["config"], ignore=("name",) + tuple(
-        k for k in leaves(card["loso"]["config"]) if k.startswith("splits.")))
+    same = not config_diff(
+        card["runs"]["recipe"]["config"],
+        card["loso"]["config"],
+        ignore=("name",) + tuple(k for k in leaves(card["loso"]["config"]) if k.startswith("splits.")),
+    )
     which = "The recipe config" if same else f"The `{card['loso']['config']['name']}` config"
-    return [f"## Leave one {column} out",
-            f"{which} trained {len(card['loso']['held_out'])} times, each time without one {column} and tested on it "
-            "(the threshold chosen on the pooled predictions, so it favours the pooled figure):",
-            "", *loso_table(card), ""]
+    return [
+        f"## Leave one {column} out",
+        f"{which} trained {len(card['loso']['held_out'])} times, each time without one {column} and tested on it "
+        "(the threshold chosen on the pooled predictions, so it favours the pooled figure):",
+        "",
+        *loso_table(card),
+        "",
+    ]
 
 
 def ema_line(card: dict, runs: dict) -> list[str]:
@@ -299,8 +364,12 @@ def ema_line(card: dict, runs: dict) -> list[str]:
     shipped = card["runs"][card["shipped"]]
     if shipped.get("ema_decay"):
         notes.append(f"the shipped run's: {', '.join(f'{d:g}' for d in shipped['ema_decay'])}")
-    return [f"EMA decay in effect at the end of the honest runs: {', '.join(f'{d:g}' for d in decays)}"
-            + (f" ({'; '.join(notes)})" if notes else "") + ".", ""]
+    return [
+        f"EMA decay in effect at the end of the honest runs: {', '.join(f'{d:g}' for d in decays)}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+        + ".",
+        "",
+    ]
 
 
 def selection_free_section(card: dict) -> list[str]:
@@ -312,56 +381,76 @@ def selection_free_section(card: dict) -> list[str]:
     nested = sh["nested"]
     thr = sorted(nested["thresholds"].values())
     on_fold = epochs_on_fold(card)
-    out = ["## Selection-free figures",
-           "Which figures chose nothing: a figure is **selection-free** when neither the epoch, nor the threshold, "
-           "nor the run was chosen on it. The out-of-fold figures further down are **optimistic**: "
-           + ("each fold's epoch was chosen on that fold's own figures, " if on_fold else "")
-           + "the threshold on the pooled figures, and the shipped run on the same figures. Brackets here: 95% "
-           "intervals by a slide-level bootstrap "
-           f"({nb} resamples of the {card['data']['slides']} slides; thresholds held fixed).",
-           "",
-           "The shipped members (same model, `oof.csv`), threshold chosen two ways:",
-           "",
-           "| threshold | value | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " | selection-free? |",
-           "|---|---|" + "---|" * len(SHOWN) + "---|",
-           "| pooled (optimistic: chosen on these figures) | " + f"{sh['threshold']:.3f} | "
-           + " | ".join(with_ci(sh["at_threshold"], sh["ci95"], k) for k in SHOWN) + " | no |",
-           "| nested (each fold's from the other folds) | " + f"{thr[0]:.3f}–{thr[-1]:.3f} | "
-           + " | ".join(with_ci(nested["at_nested_threshold"], nested["ci95"], k) for k in SHOWN)
-           + (" | threshold yes; epoch no (chosen on the fold) |" if on_fold else " | yes |"),
-           ""]
+    out = [
+        "## Selection-free figures",
+        "Which figures chose nothing: a figure is **selection-free** when neither the epoch, nor the threshold, "
+        "nor the run was chosen on it. The out-of-fold figures further down are **optimistic**: "
+        + ("each fold's epoch was chosen on that fold's own figures, " if on_fold else "")
+        + "the threshold on the pooled figures, and the shipped run on the same figures. Brackets here: 95% "
+        "intervals by a slide-level bootstrap "
+        f"({nb} resamples of the {card['data']['slides']} slides; thresholds held fixed).",
+        "",
+        "The shipped members (same model, `oof.csv`), threshold chosen two ways:",
+        "",
+        "| threshold | value | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " | selection-free? |",
+        "|---|---|" + "---|" * len(SHOWN) + "---|",
+        "| pooled (optimistic: chosen on these figures) | "
+        + f"{sh['threshold']:.3f} | "
+        + " | ".join(with_ci(sh["at_threshold"], sh["ci95"], k) for k in SHOWN)
+        + " | no |",
+        "| nested (each fold's from the other folds) | "
+        + f"{thr[0]:.3f}–{thr[-1]:.3f} | "
+        + " | ".join(with_ci(nested["at_nested_threshold"], nested["ci95"], k) for k in SHOWN)
+        + (" | threshold yes; epoch no (chosen on the fold) |" if on_fold else " | yes |"),
+        "",
+    ]
     if "by_vote" in sh:
-        out += [f"By expert agreement (unanimous: all {EXPERT_COUNT} experts voted alike; split: one dissented), "
-                "shipped members, nested thresholds:", "",
-                "| vote | figures (atypical) | ROC AUC | balanced accuracy | sensitivity | specificity |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            f"By expert agreement (unanimous: all {EXPERT_COUNT} experts voted alike; split: one dissented), "
+            "shipped members, nested thresholds:",
+            "",
+            "| vote | figures (atypical) | ROC AUC | balanced accuracy | sensitivity | specificity |",
+            "|---|---|---|---|---|---|",
+        ]
         for v, g in sh["by_vote"].items():
             m = g["at_nested_threshold"]
-            out.append(f"| {v} | {m['n']} ({m['n_atypical']}) | "
-                       + " | ".join(with_ci(m, g["ci95_nested"], k) for k in ("roc_auc", "balanced_accuracy",
-                                                                                 "sensitivity", "specificity")) + " |")
+            out.append(
+                f"| {v} | {m['n']} ({m['n_atypical']}) | "
+                + " | ".join(
+                    with_ci(m, g["ci95_nested"], k)
+                    for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")
+                )
+                + " |"
+            )
         out.append("")
     runs = sf.get("runs", {})
     done = {n: r for n, r in runs.items() if "oof" in r}
     if done:
-        out += ["Runs trained with an honest `train.selection` (the epoch never chosen on the held-out fold), "
-                "pooled out-of-fold, nested thresholds (selection-free) and, beside them, the pooled threshold "
-                "(optimistic):", "",
-                "| run | selection | " + " | ".join(METRIC_NAMES[k] for k in SHOWN)
-                + " | balanced accuracy, pooled threshold | balanced accuracy at 0.5 |",
-                "|---|---|" + "---|" * (len(SHOWN) + 2)]
+        out += [
+            "Runs trained with an honest `train.selection` (the epoch never chosen on the held-out fold), "
+            "pooled out-of-fold, nested thresholds (selection-free) and, beside them, the pooled threshold "
+            "(optimistic):",
+            "",
+            "| run | selection | "
+            + " | ".join(METRIC_NAMES[k] for k in SHOWN)
+            + " | balanced accuracy, pooled threshold | balanced accuracy at 0.5 |",
+            "|---|---|" + "---|" * (len(SHOWN) + 2),
+        ]
         for n, r in done.items():
             o = r["oof"]
             if "nested" not in o:
                 continue
-            out.append(f"| {n} | {r['selection']} | "
-                       + " | ".join(with_ci(o["nested"]["at_nested_threshold"], o["nested"]["ci95"], k) for k in SHOWN)
-                       + f" | {fmt(o['at_threshold']['balanced_accuracy'])} | {fmt(o['at_0.5']['balanced_accuracy'])} |")
+            out.append(
+                f"| {n} | {r['selection']} | "
+                + " | ".join(with_ci(o["nested"]["at_nested_threshold"], o["nested"]["ci95"], k) for k in SHOWN)
+                + f" | {fmt(o['at_threshold']['balanced_accuracy'])} | {fmt(o['at_0.5']['balanced_accuracy'])} |"
+            )
         out.append("")
         for n, r in done.items():
             if "by_vote" in r["oof"]:
-                votes = "; ".join(f"{v} ROC AUC {fmt(g['at_threshold']['roc_auc'])}"
-                                  for v, g in r["oof"]["by_vote"].items())
+                votes = "; ".join(
+                    f"{v} ROC AUC {fmt(g['at_threshold']['roc_auc'])}" for v, g in r["oof"]["by_vote"].items()
+                )
                 out.append(f"- {n}: {votes}")
         out.append("")
     partial = {n: r for n, r in runs.items() if "oof" not in r}
@@ -369,32 +458,48 @@ def selection_free_section(card: dict) -> list[str]:
         if not r["per_fold"]:
             out += [f"Run `{n}` ({r['selection']}, {r['splits']}): no fold finished when this card was written.", ""]
             continue
-        out += [f"Run `{n}` ({r['selection']}, {r['splits']}): {len(r['folds_done'])} of {len(r['folds'])} folds "
-                "finished when this card was written; the finished folds at the fixed threshold 0.5 (chosen "
-                "by nobody), beside the shipped members on the same figures"
-                + (" (their epoch chosen on them)" if on_fold else "") + config_note(card, r)
-                + ". The table after it measures the selection's share within the same runs:", "",
-                "| fold | honest balanced accuracy | honest ROC AUC | shipped balanced accuracy | shipped ROC AUC |",
-                "|---|---|---|---|---|"]
+        out += [
+            f"Run `{n}` ({r['selection']}, {r['splits']}): {len(r['folds_done'])} of {len(r['folds'])} folds "
+            "finished when this card was written; the finished folds at the fixed threshold 0.5 (chosen "
+            "by nobody), beside the shipped members on the same figures"
+            + (" (their epoch chosen on them)" if on_fold else "")
+            + config_note(card, r)
+            + ". The table after it measures the selection's share within the same runs:",
+            "",
+            "| fold | honest balanced accuracy | honest ROC AUC | shipped balanced accuracy | shipped ROC AUC |",
+            "|---|---|---|---|---|",
+        ]
         for k, e in r["per_fold"].items():
             h, s_ = e["honest@0.5"], e.get("shipped@0.5", {})
-            out.append(f"| {k} | {fmt(h['balanced_accuracy'])} | {fmt(h['roc_auc'])} | "
-                       f"{fmt(s_.get('balanced_accuracy'))} | {fmt(s_.get('roc_auc'))} |")
+            out.append(
+                f"| {k} | {fmt(h['balanced_accuracy'])} | {fmt(h['roc_auc'])} | "
+                f"{fmt(s_.get('balanced_accuracy'))} | {fmt(s_.get('roc_auc'))} |"
+            )
         out.append("")
     gaps = [(n, k, e) for n, r in runs.items() for k, e in r.get("epoch_choice", {}).items()]
     if gaps:
         bal = [e["best_balanced_accuracy@0.5"] - e["kept_balanced_accuracy@0.5"] for _, _, e in gaps]
         auc = [e["best_roc_auc"] - e["kept_roc_auc"] for _, _, e in gaps]
-        out += ["What choosing the epoch on the held-out fold would have reported, in the same honest folds "
-                "(held-out figures of every epoch, threshold 0.5): the gap is the optimism of that choice.", "",
-                "| run | fold | kept epoch | balanced accuracy | ROC AUC | best epoch on the fold | its balanced "
-                "accuracy | best ROC AUC |", "|---|---|---|---|---|---|---|---|"]
+        out += [
+            "What choosing the epoch on the held-out fold would have reported, in the same honest folds "
+            "(held-out figures of every epoch, threshold 0.5): the gap is the optimism of that choice.",
+            "",
+            "| run | fold | kept epoch | balanced accuracy | ROC AUC | best epoch on the fold | its balanced "
+            "accuracy | best ROC AUC |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for n, k, e in gaps:
-            out.append(f"| {n} | {k} | {e['kept_epoch']} | {fmt(e['kept_balanced_accuracy@0.5'])} | "
-                       f"{fmt(e['kept_roc_auc'])} | {e['best_epoch_on_held_out']} | "
-                       f"{fmt(e['best_balanced_accuracy@0.5'])} | {fmt(e['best_roc_auc'])} |")
-        out += ["", f"Mean optimism over {len(gaps)} fold(s): balanced accuracy {np.mean(bal):+.3f}, ROC AUC "
-                f"{np.mean(auc):+.3f}.", ""]
+            out.append(
+                f"| {n} | {k} | {e['kept_epoch']} | {fmt(e['kept_balanced_accuracy@0.5'])} | "
+                f"{fmt(e['kept_roc_auc'])} | {e['best_epoch_on_held_out']} | "
+                f"{fmt(e['best_balanced_accuracy@0.5'])} | {fmt(e['best_roc_auc'])} |"
+            )
+        out += [
+            "",
+            f"Mean optimism over {len(gaps)} fold(s): balanced accuracy {np.mean(bal):+.3f}, ROC AUC "
+            f"{np.mean(auc):+.3f}.",
+            "",
+        ]
     out += ema_line(card, runs)
     if sf.get("not_run"):
         out += [f"Not run when this card was written (no figures): {', '.join(sf['not_run'])}.", ""]
@@ -429,32 +534,46 @@ def reproduce(card: dict) -> list[str]:
     train = f"python -m training.train --config {rs['name']} --data $D --out"
     # the plain run: the recipe's command, with what differs from the recipe's config
     plain_set = (card["runs"]["recipe"].get("overrides") or {}) | config_diff(rs, card["runs"]["plain"]["config"])
-    out = ["## Reproduce", "```", f"D={data_dir(card) or 'DATA'}", f"{train} {recipe}{with_set(card['runs']['recipe'])}",
-           f"python -m training.train --config {card['runs']['plain']['config']['name']} --data $D --out {plain} \\",
-           f"    --set {as_set(plain_set)}"]
+    out = [
+        "## Reproduce",
+        "```",
+        f"D={data_dir(card) or 'DATA'}",
+        f"{train} {recipe}{with_set(card['runs']['recipe'])}",
+        f"python -m training.train --config {card['runs']['plain']['config']['name']} --data $D --out {plain} \\",
+        f"    --set {as_set(plain_set)}",
+    ]
     card_cmd = f"python -m training.card --model model --recipe {recipe} --plain {plain}"
     if "loso" in card:
         lo = card["loso"]
         kind = (lo["config"].get("splits") or {}).get("kind") or (
-            f"leave_{loso_column(card).lower()}_out" if loso_column(card) else "KIND")
+            f"leave_{loso_column(card).lower()}_out" if loso_column(card) else "KIND"
+        )
         lo_set = {k: v for k, v in (lo.get("overrides") or {}).items() if k != "splits.kind"} | {"splits.kind": kind}
-        out.append(f"python -m training.train --config {lo['config']['name']} --data $D --out {run_path(card, 'loso')} "
-                   f"--set {as_set(lo_set)}")
+        out.append(
+            f"python -m training.train --config {lo['config']['name']} --data $D --out {run_path(card, 'loso')} "
+            f"--set {as_set(lo_set)}"
+        )
         card_cmd += f" --loso {run_path(card, 'loso')}"
     others = "the other two" if "loso" in card else "the other one"
-    out += [f"python -m training.oof {recipe}   # and {others}",
-            f"python -m training.export {run_path(card, card['shipped'])} --out model", card_cmd]
+    out += [
+        f"python -m training.oof {recipe}   # and {others}",
+        f"python -m training.export {run_path(card, card['shipped'])} --out model",
+        card_cmd,
+    ]
     sf = card.get("selection_free")
     if sf:
         honest = {n: r["run"] for n, r in sf.get("runs", {}).items()}
         paths = {n: honest.get(n, f"runs/honest_{n}") for n in ("recipe", "plain", "loso", "soft")}
         sels = sorted({r["selection"] for r in sf.get("runs", {}).values()})
         old = selection_of(card["runs"][card["shipped"]]["config"])
-        out += [f"# the selection-free figures (train.selection {' / '.join(sels) or 'last'}"
-                + (f"; the runs above used {old}" if old not in sels else "") + "):",
-                f"{train} {paths['recipe']}   # and plain, loso, soft (--set data.soft_labels=true)",
-                "python -m training.card --model model --selection-free --data $D "
-                + " ".join(f"--honest-{n} {p}" for n, p in paths.items())]
+        out += [
+            f"# the selection-free figures (train.selection {' / '.join(sels) or 'last'}"
+            + (f"; the runs above used {old}" if old not in sels else "")
+            + "):",
+            f"{train} {paths['recipe']}   # and plain, loso, soft (--set data.soft_labels=true)",
+            "python -m training.card --model model --selection-free --data $D "
+            + " ".join(f"--honest-{n} {p}" for n, p in paths.items()),
+        ]
     return out + ["```", ""]
 
 
@@ -463,11 +582,13 @@ def render(card: dict) -> str:
     shipped = card["runs"][card["shipped"]]
     cfg, rs = shipped["config"], card["runs"]["recipe"]["config"]
     mb = e["total_bytes"] / 1e6
-    scanners = ", ".join(f"{s} {c['figures']} ({c['atypical']} atypical, {c['slides']} slides)"
-                         for s, c in d["scanner"].items())
+    scanners = ", ".join(
+        f"{s} {c['figures']} ({c['atypical']} atypical, {c['slides']} slides)" for s, c in d["scanner"].items()
+    )
     parity = e.get("parity") or {}
-    worst = max((x for v in parity.values() for key, x in v.items() if key.startswith("max_abs_logit_diff")),
-                default=None)
+    worst = max(
+        (x for v in parity.values() for key, x in v.items() if key.startswith("max_abs_logit_diff")), default=None
+    )
     demo = random_init(cfg)
     loso_col = loso_column(card)
     wt = rs["train"]["warmup_epochs"]
@@ -485,8 +606,11 @@ def render(card: dict) -> str:
     if demo:
         out += [
             "**It is a working demonstration, not a submission.** "
-            + (f"It has learned something real from {d['figures']} figures (the figures below). "
-               if learned(card) else "")
+            + (
+                f"It has learned something real from {d['figures']} figures (the figures below). "
+                if learned(card)
+                else ""
+            )
             + "For a submission, retrain on the full official set with a pretrained backbone: "
             "`python -m training.train --config convnext_small --data DATA --out runs/cnx` (or `lunit_vit_small`), "
             "then `python -m training.export runs/cnx --out model`.",
@@ -516,10 +640,15 @@ def render(card: dict) -> str:
         recipe_parts(card),
         plain_line(card),
         selection_line(card),
-        f"- Training time (wall clock, the sum of the epochs){' on ' + card['trained_on'] if card.get('trained_on') else ''}: "
+        "- Training time (wall clock, the sum of the epochs)"
+        f"{' on ' + card['trained_on'] if card.get('trained_on') else ''}: "
         f"recipe {card['runs']['recipe']['train_minutes']} min, plain {card['runs']['plain']['train_minutes']} min"
-        + (f", leave-one-{(loso_col or 'domain').lower()}-out {card['loso']['train_minutes']} min" if "loso" in card
-           else "") + ".",
+        + (
+            f", leave-one-{(loso_col or 'domain').lower()}-out {card['loso']['train_minutes']} min"
+            if "loso" in card
+            else ""
+        )
+        + ".",
         "",
         "## Folds",
         fold_line(card),
@@ -530,8 +659,15 @@ def render(card: dict) -> str:
         "## Out-of-fold figures" + (" (optimistic)" if "selection_free" in card else ""),
         f"Pooled out-of-fold predictions of the {len(e['members'])} members ({d['figures']} figures), each "
         "figure scored by the one member that never saw it"
-        + ((", the epoch chosen on it and the threshold on the pooled figures" if epochs_on_fold(card)
-            else ", the threshold chosen on the pooled figures") if "selection_free" in card else "")
+        + (
+            (
+                ", the epoch chosen on it and the threshold on the pooled figures"
+                if epochs_on_fold(card)
+                else ", the threshold chosen on the pooled figures"
+            )
+            if "selection_free" in card
+            else ""
+        )
         + ". Brackets: 95% bootstrap intervals over "
         + ("slides" if card["runs"]["recipe"]["oof"]["bootstrap"].get("unit") == "slide" else "figures")
         + f" ({card['runs']['recipe']['oof']['bootstrap']['n_boot']} resamples).",
@@ -560,7 +696,8 @@ def render(card: dict) -> str:
         "## Files",
         *[f"- `{m['file']}`: fold {m['fold']}, {m['bytes'] / 1e6:.1f} MB" for m in e["members"]],
         "- `ensemble.json`: the manifest (`amf/manifest.py`), with the full config and out-of-fold metrics "
-        "as provenance" + (f"; ONNX against torch, largest |logit difference| {worst:.1e}" if worst is not None else ""),
+        "as provenance"
+        + (f"; ONNX against torch, largest |logit difference| {worst:.1e}" if worst is not None else ""),
         "- `card.json`: every figure on this card; `oof.csv`: the shipped run's out-of-fold probabilities.",
         "",
         "## Intended use",
@@ -571,15 +708,28 @@ def render(card: dict) -> str:
         "## Limits",
         f"- {count(len(d['tumor']), 'tumour type')} ({', '.join(d['tumor'])}), {', '.join(d['species'])} only, and "
         f"{len(d['scanner'])} scanners: nothing else was seen"
-        + (", and an unseen scanner only in the leave-one-scanner-out figures above" if loso_col == "Scanner"
-           else "") + ".",
-        *([f"- No pretrained weights (`model.pretrained: false`, no `model.weights`): a network of "
-           f"{e['members'][0]['bytes'] / 1e6:.1f} MB per member from random initialisation on {d['figures']} "
-           f"figures, for {cfg['train']['epochs']} epochs."] if demo else []),
-        "- Thresholds" + (" and best epochs" if selection_of(cfg) == "validation" else "")
+        + (", and an unseen scanner only in the leave-one-scanner-out figures above" if loso_col == "Scanner" else "")
+        + ".",
+        *(
+            [
+                f"- No pretrained weights (`model.pretrained: false`, no `model.weights`): a network of "
+                f"{e['members'][0]['bytes'] / 1e6:.1f} MB per member from random initialisation on {d['figures']} "
+                f"figures, for {cfg['train']['epochs']} epochs."
+            ]
+            if demo
+            else []
+        ),
+        "- Thresholds"
+        + (" and best epochs" if selection_of(cfg) == "validation" else "")
         + " were chosen on the same out-of-fold predictions that are reported.",
-        *(["- For a submission, retrain on the full official set (every tumour type and species) with `training/` "
-           "and a pretrained backbone."] if demo else []),
+        *(
+            [
+                "- For a submission, retrain on the full official set (every tumour type and species) with `training/` "
+                "and a pretrained backbone."
+            ]
+            if demo
+            else []
+        ),
         "",
         *reproduce(card),
     ]

@@ -12,6 +12,7 @@ the threshold's own uncertainty. P(B<=A) is the share of resamples in which B di
 description of the bootstrap distribution, not a p-value (no null hypothesis was resampled).
 slide_draws() is the one slide-level resampling of the project (training.oof's intervals use it too).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError, report_error
-from training import metrics
 from amf.cli import ArgumentParser
 from amf.fileio import write_text_atomic
+from training import metrics
 from training.run import RunDir
 
 
@@ -34,8 +35,11 @@ def load_oof(run) -> tuple[pd.DataFrame, float]:
 
 def scores(y, p, thr) -> dict:
     s05, sthr = metrics.summary(y, p, threshold=0.5), metrics.summary(y, p, threshold=thr)
-    return {"balanced_accuracy@0.5": s05["balanced_accuracy"], "balanced_accuracy@oof_threshold":
-            sthr["balanced_accuracy"], "roc_auc": s05["roc_auc"]}
+    return {
+        "balanced_accuracy@0.5": s05["balanced_accuracy"],
+        "balanced_accuracy@oof_threshold": sthr["balanced_accuracy"],
+        "roc_auc": s05["roc_auc"],
+    }
 
 
 def slide_draws(slides, n_boot: int, seed: int = 0):
@@ -66,14 +70,27 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
         sa, sb = scores(y[idx], pa[idx], thr_a), scores(y[idx], pb[idx], thr_b)
         for k in diffs:
             diffs[k].append(sb[k] - sa[k])
-    out = {"run_a": str(run_a), "run_b": str(run_b), "n_figures": int(len(y)), "n_slides": int(len(np.unique(slides))),
-           "n_boot": n_boot, "seed": seed, "resampling": "slides (cluster bootstrap), paired",
-           "thresholds": {"a": thr_a, "b": thr_b, "note": "held fixed in every resample (not chosen again)"},
-           "p_b_not_better_note": "share of resamples with B <= A; not a p-value", "metrics": {}}
+    out = {
+        "run_a": str(run_a),
+        "run_b": str(run_b),
+        "n_figures": int(len(y)),
+        "n_slides": int(len(np.unique(slides))),
+        "n_boot": n_boot,
+        "seed": seed,
+        "resampling": "slides (cluster bootstrap), paired",
+        "thresholds": {"a": thr_a, "b": thr_b, "note": "held fixed in every resample (not chosen again)"},
+        "p_b_not_better_note": "share of resamples with B <= A; not a p-value",
+        "metrics": {},
+    }
     for k, d in diffs.items():
         lo, hi = np.percentile(d, [2.5, 97.5])
-        out["metrics"][k] = {"a": point_a[k], "b": point_b[k], "b_minus_a": point_b[k] - point_a[k],
-                             "ci95": [float(lo), float(hi)], "p_b_not_better": float(np.mean(np.array(d) <= 0))}
+        out["metrics"][k] = {
+            "a": point_a[k],
+            "b": point_b[k],
+            "b_minus_a": point_b[k] - point_a[k],
+            "ci95": [float(lo), float(hi)],
+            "p_b_not_better": float(np.mean(np.array(d) <= 0)),
+        }
     return out
 
 
@@ -89,13 +106,19 @@ def main(argv=None) -> int:
         res = compare(args.run_a, args.run_b, args.n_boot, args.seed)
     except AmfError as e:
         return report_error(e)
-    print(f"B = {args.run_b}  vs  A = {args.run_a}  ({res['n_figures']} figures, {res['n_slides']} slides, "
-          f"paired slide bootstrap x{res['n_boot']})")
+    print(
+        f"B = {args.run_b}  vs  A = {args.run_a}  ({res['n_figures']} figures, {res['n_slides']} slides, "
+        f"paired slide bootstrap x{res['n_boot']})"
+    )
     for k, v in res["metrics"].items():
-        print(f"  {k:34s} A {v['a']:.3f}  B {v['b']:.3f}  B-A {v['b_minus_a']:+.3f} "
-              f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]  P(B<=A) {v['p_b_not_better']:.3f}")
-    print(f"thresholds held fixed (A {res['thresholds']['a']:.3f}, B {res['thresholds']['b']:.3f}), not chosen again "
-          f"per resample; P(B<=A) is the share of resamples in which B did not beat A, not a p-value")
+        print(
+            f"  {k:34s} A {v['a']:.3f}  B {v['b']:.3f}  B-A {v['b_minus_a']:+.3f} "
+            f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]  P(B<=A) {v['p_b_not_better']:.3f}"
+        )
+    print(
+        f"thresholds held fixed (A {res['thresholds']['a']:.3f}, B {res['thresholds']['b']:.3f}), not chosen again "
+        f"per resample; P(B<=A) is the share of resamples in which B did not beat A, not a p-value"
+    )
     if args.json:
         try:
             write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")

@@ -22,8 +22,10 @@ other None default takes any value. Each recipe part has its own switch:
 
 Run:  python -m training.config training/configs/smoke.yaml [train.epochs=3 ...]   (prints the resolved config)
 """
+
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -38,42 +40,50 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULTS = {
     "name": "",
     "model": {
-        "backbone": "convnext_small",       # any timm name, including hf-hub:ORG/NAME
-        "pretrained": False,                # fetch the hub weights (needs the network, maybe a token)
-        "weights": None,                    # or a local file (.safetensors/.pth) of the backbone's weights
-        "kwargs": {},                       # extra timm.create_model arguments (e.g. init_values for UNI2-h)
-        "finetune": "full",                 # full | lora | frozen (train the head on a frozen backbone)
+        "backbone": "convnext_small",  # any timm name, including hf-hub:ORG/NAME
+        "pretrained": False,  # fetch the hub weights (needs the network, maybe a token)
+        "weights": None,  # or a local file (.safetensors/.pth) of the backbone's weights
+        "kwargs": {},  # extra timm.create_model arguments (e.g. init_values for UNI2-h)
+        "finetune": "full",  # full | lora | frozen (train the head on a frozen backbone)
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["qkv"]},
         "drop_path": 0.0,
         "head_dropout": 0.0,
     },
     "data": {
         "input_size": 128,
-        "resize": "bilinear",               # amf.preprocess.RESAMPLE
-        "mean": "auto",                     # "auto": the backbone's pretrained_cfg, else ImageNet
+        "resize": "bilinear",  # amf.preprocess.RESAMPLE
+        "mean": "auto",  # "auto": the backbone's pretrained_cfg, else ImageNet
         "std": "auto",
-        "label": "majority",                # AMF -> 1 (atypical), NMF -> 0
-        "soft_labels": False,               # target = share of experts voting AMF
-        "extra": [],                        # [{name, csv, images}] in the official columns
-        "dedup_radius": 10.0,               # px: same slide, centres this close -> one figure
-        "synthetic": None,                  # folder of synthetic atypical PNGs (train only)
-        "skip_missing": False,              # skip missing/unreadable images (with a count) instead of failing
-        "preload": True,                    # decode every PNG once into memory
+        "label": "majority",  # AMF -> 1 (atypical), NMF -> 0
+        "soft_labels": False,  # target = share of experts voting AMF
+        "extra": [],  # [{name, csv, images}] in the official columns
+        "dedup_radius": 10.0,  # px: same slide, centres this close -> one figure
+        "synthetic": None,  # folder of synthetic atypical PNGs (train only)
+        "skip_missing": False,  # skip missing/unreadable images (with a count) instead of failing
+        "preload": True,  # decode every PNG once into memory
         "num_workers": 2,
-        "device_augment": "auto",           # auto (on CUDA) | true | false: training batches gathered from the
-                                            # preloaded patches, augmented, resized, normalised on the training
-                                            # device (training/gpu_augment.py); false: DataLoader workers (CPU)
-        "device_memory_gb": 4.0,            # patches above this stay in pinned host memory, copied per batch
+        "device_augment": "auto",  # auto (on CUDA) | true | false: training batches gathered from the
+        # preloaded patches, augmented, resized, normalised on the training
+        # device (training/gpu_augment.py); false: DataLoader workers (CPU)
+        "device_memory_gb": 4.0,  # patches above this stay in pinned host memory, copied per batch
     },
     "splits": {"kind": "kfold", "folds": 5, "seed": 0, "tries": 16},  # kfold | leave_scanner_out | leave_tumor_out
-    "imbalance": {"mode": "sampler"},                      # sampler | loss | none
+    "imbalance": {"mode": "sampler"},  # sampler | loss | none
     "augment": {
         "enabled": True,
-        "flip": True, "rot90": True,
-        "hed_scale": 0.05, "hed_shift": 0.01,    # HED jitter (see training/augment.py)
-        "brightness": 0.1, "contrast": 0.1, "saturation": 0.1,
-        "affine_p": 0.5, "degrees": 15.0, "scale": [0.9, 1.1], "translate": 0.05,
-        "blur_p": 0.2, "blur_sigma": [0.1, 1.0],
+        "flip": True,
+        "rot90": True,
+        "hed_scale": 0.05,
+        "hed_shift": 0.01,  # HED jitter (see training/augment.py)
+        "brightness": 0.1,
+        "contrast": 0.1,
+        "saturation": 0.1,
+        "affine_p": 0.5,
+        "degrees": 15.0,
+        "scale": [0.9, 1.1],
+        "translate": 0.05,
+        "blur_p": 0.2,
+        "blur_sigma": [0.1, 1.0],
     },
     "mixstyle": {"enabled": True, "p": 0.5, "alpha": 0.1, "where": "auto"},  # auto: early+mid stages
     # align.columns: the weak domain labels whose class-conditional feature means are pulled together. Scanner
@@ -81,29 +91,39 @@ DEFAULTS = {
     # Utrecht: all human; FU Berlin: mast cell tumour only) and Tumor/Species are biology: aligning them pulls
     # together figures whose morphology genuinely differs. (On the breast slice only Scanner varies, so the
     # earlier default, all four, acted as Scanner alone there; no full-set ablation was run.)
-    "align": {"enabled": True, "weight": 0.1, "columns": ["Scanner"],
-              "attention_reduction": 4},  # the attention module's (EmbeddingSE) hidden width: dim / this
-    "ema": {"enabled": True, "decay": 0.999, "warmup": True,      # warmup: decay ramps linearly from 0 ...
-            "warmup_epochs": 1.0,                                  # ... to ema.decay over this many epochs
-            "kd_weight": 0.5, "temperature": 2.0, "evaluate": True},  # evaluate/export the teacher
+    "align": {
+        "enabled": True,
+        "weight": 0.1,
+        "columns": ["Scanner"],
+        "attention_reduction": 4,
+    },  # the attention module's (EmbeddingSE) hidden width: dim / this
+    "ema": {
+        "enabled": True,
+        "decay": 0.999,
+        "warmup": True,  # warmup: decay ramps linearly from 0 ...
+        "warmup_epochs": 1.0,  # ... to ema.decay over this many epochs
+        "kd_weight": 0.5,
+        "temperature": 2.0,
+        "evaluate": True,
+    },  # evaluate/export the teacher
     "train": {
         "epochs": 20,
         "batch_size": 64,
         "lr": 3e-4,
-        "head_lr_scale": 1.0,               # lr multiplier for the new head and attention
+        "head_lr_scale": 1.0,  # lr multiplier for the new head and attention
         "weight_decay": 0.05,
         "warmup_epochs": 1.0,
         "grad_clip": 1.0,
         "label_smoothing": 0.0,
-        "amp": "auto",                      # auto (bf16 on CUDA) | bf16 | off
-        "channels_last": "auto",            # auto (on CUDA) | true | false
-        "selection": "last",                # last (fixed length) | inner (epoch chosen on an inner split of the
-                                            # training folds) | validation (on the held-out fold: optimistic)
-        "inner_folds": 5,                   # inner: 1 of this many slide-grouped parts of the training folds
-        "select": "balanced_accuracy",      # balanced_accuracy | roc_auc (the metric inner/validation selects on)
-        "max_steps_per_epoch": None,        # cap for quick checks
+        "amp": "auto",  # auto (bf16 on CUDA) | bf16 | off
+        "channels_last": "auto",  # auto (on CUDA) | true | false
+        "selection": "last",  # last (fixed length) | inner (epoch chosen on an inner split of the
+        # training folds) | validation (on the held-out fold: optimistic)
+        "inner_folds": 5,  # inner: 1 of this many slide-grouped parts of the training folds
+        "select": "balanced_accuracy",  # balanced_accuracy | roc_auc (the metric inner/validation selects on)
+        "max_steps_per_epoch": None,  # cap for quick checks
         "eval_batch_size": 256,
-        "compile": False,                   # torch.compile the training forward (see BENCHMARKS.md)
+        "compile": False,  # torch.compile the training forward (see BENCHMARKS.md)
         "seed": 0,
     },
     "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3},
@@ -124,13 +144,23 @@ CHOICES = {
 FREE = {"model.kwargs", "model.lora", "data.extra"}
 
 # defaults that are a word standing for a value of another type: an example of that type
-ALSO = {"data.mean": [0.0], "data.std": [0.0], "mixstyle.where": [""], "train.channels_last": False,
-        "data.device_augment": False}
+ALSO = {
+    "data.mean": [0.0],
+    "data.std": [0.0],
+    "mixstyle.where": [""],
+    "train.channels_last": False,
+    "data.device_augment": False,
+}
 # None defaults that stand for a value of one type: an example of it (other None defaults take anything)
 NONE_TYPES = {"model.weights": "", "data.synthetic": "", "train.max_steps_per_epoch": 0}
-TYPE_NAMES = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
-              float: ("a number", "numbers"), str: ("text", "texts"), list: ("a list", "lists"),
-              dict: ("a mapping", "mappings")}
+TYPE_NAMES = {
+    bool: ("true or false", "true/false values"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("text", "texts"),
+    list: ("a list", "lists"),
+    dict: ("a mapping", "mappings"),
+}
 
 
 def merge(base: dict, update: dict, where: str = "") -> dict:
@@ -197,10 +227,8 @@ def check_types(cfg: dict, defaults: dict = DEFAULTS, where: str = "") -> None:
         path = f"{where}.{key}" if where else key
         value = cfg[key]
         if isinstance(default, float) and isinstance(value, str):
-            try:  # YAML reads 1e-4 (no dot) as text
+            with contextlib.suppress(ValueError):  # YAML reads 1e-4 (no dot) as text
                 value = cfg[key] = float(value)
-            except ValueError:
-                pass
         examples = [default] + ([ALSO[path]] if path in ALSO else [])
         if default is None:
             if value is None or path not in NONE_TYPES:

@@ -20,6 +20,7 @@ The torch Dataset decodes PNG -> amf.preprocess.canonical_patch -> augment (trai
 amf.preprocess.resize -> amf.preprocess.normalize: at validation time exactly the container's prepare().
 Run:  python -m training.data DATA_DIR [--config CONFIG]   (prints the class and domain counts)
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,14 +33,26 @@ from PIL import Image
 
 from amf import AmfError, report_error
 from amf.cli import ArgumentParser
-from training.domains import DOMAIN_COLUMNS, canonical
 from amf.preprocess import canonical_patch, normalize, resize
 from amf.results import ATYPICAL, CLASS_ID, NORMAL
+from training.domains import DOMAIN_COLUMNS, canonical
 
 OFFICIAL_CSV = "MIDOG25_Atypical_Classification_Train_Set.csv"
 OFFICIAL_IMAGES = "MIDOG25_Binary_Classification_Train_Set"
-COLUMNS = ("image_id", "filename", "coordinateX", "coordinateY", "Tumor", "Scanner", "Origin", "Species",
-           "expert1", "expert2", "expert3", "majority")
+COLUMNS = (
+    "image_id",
+    "filename",
+    "coordinateX",
+    "coordinateY",
+    "Tumor",
+    "Scanner",
+    "Origin",
+    "Species",
+    "expert1",
+    "expert2",
+    "expert3",
+    "majority",
+)
 EXPERTS = ("expert1", "expert2", "expert3")
 # the official CSVs' label codes (majority, expert1-3) -> class id (amf.results: atypical = 1)
 LABEL_CODES = {"AMF": CLASS_ID[ATYPICAL], "NMF": CLASS_ID[NORMAL]}
@@ -50,8 +63,9 @@ def slide_key(filename, prefix: str = "") -> str:
     return prefix + Path(str(filename).strip()).stem.lower()
 
 
-def read_table(csv, images, source: str, label_col: str = "majority", id_prefix: str = "",
-               slide_prefix: str = "") -> pd.DataFrame:
+def read_table(
+    csv, images, source: str, label_col: str = "majority", id_prefix: str = "", slide_prefix: str = ""
+) -> pd.DataFrame:
     """One labelled set in the official columns -> the normalised table (one row per figure)."""
     csv, images = Path(csv), Path(images)
     if not csv.is_file():
@@ -65,17 +79,20 @@ def read_table(csv, images, source: str, label_col: str = "majority", id_prefix:
     labels = raw[label_col].astype(str).str.strip().str.upper()
     bad = raw.loc[~labels.isin(list(LABEL_CODES)), "image_id"].tolist()
     if bad:
-        raise AmfError(f"{csv.name}: {len(bad)} row(s) with a {label_col} other than AMF/NMF, "
-                       f"e.g. {', '.join(map(str, bad[:5]))}")
-    df = pd.DataFrame({
-        "image_id": id_prefix + raw["image_id"].astype(str).str.strip(),
-        "path": [str(images / str(i).strip()) for i in raw["image_id"]],
-        "filename": raw["filename"].astype(str),
-        "slide": [slide_key(f, slide_prefix) for f in raw["filename"]],
-        "coordinateX": pd.to_numeric(raw.get("coordinateX", np.nan), errors="coerce"),
-        "coordinateY": pd.to_numeric(raw.get("coordinateY", np.nan), errors="coerce"),
-        "label": labels.map(LABEL_CODES).astype(int),
-    })
+        raise AmfError(
+            f"{csv.name}: {len(bad)} row(s) with a {label_col} other than AMF/NMF, e.g. {', '.join(map(str, bad[:5]))}"
+        )
+    df = pd.DataFrame(
+        {
+            "image_id": id_prefix + raw["image_id"].astype(str).str.strip(),
+            "path": [str(images / str(i).strip()) for i in raw["image_id"]],
+            "filename": raw["filename"].astype(str),
+            "slide": [slide_key(f, slide_prefix) for f in raw["filename"]],
+            "coordinateX": pd.to_numeric(raw.get("coordinateX", np.nan), errors="coerce"),
+            "coordinateY": pd.to_numeric(raw.get("coordinateY", np.nan), errors="coerce"),
+            "label": labels.map(LABEL_CODES).astype(int),
+        }
+    )
     votes = [raw[e].astype(str).str.strip().str.upper() for e in EXPERTS if e in raw.columns]
     if votes:  # share of the experts who voted AMF (soft label); NaN votes do not count
         amf_votes = sum((v == "AMF").astype(float) for v in votes)
@@ -103,9 +120,18 @@ def read_synthetic(folder) -> pd.DataFrame:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:
         raise AmfError(f"no PNG images in the synthetic folder {folder}")
-    df = pd.DataFrame({"image_id": [f"{SYNTHETIC}/{p.name}" for p in files], "path": [str(p) for p in files],
-                       "filename": SYNTHETIC, "slide": SYNTHETIC, "coordinateX": np.nan, "coordinateY": np.nan,
-                       "label": 1, "soft": 1.0})
+    df = pd.DataFrame(
+        {
+            "image_id": [f"{SYNTHETIC}/{p.name}" for p in files],
+            "path": [str(p) for p in files],
+            "filename": SYNTHETIC,
+            "slide": SYNTHETIC,
+            "coordinateX": np.nan,
+            "coordinateY": np.nan,
+            "label": 1,
+            "soft": 1.0,
+        }
+    )
     for col in DOMAIN_COLUMNS:
         df[f"raw_{col}"] = SYNTHETIC
         df[col] = SYNTHETIC
@@ -125,9 +151,9 @@ def deduplicate(tables: list[pd.DataFrame], radius: float) -> tuple[pd.DataFrame
         keep = np.ones(len(table), bool)
         for i, (s, x, y) in enumerate(zip(table["slide"], table["coordinateX"], table["coordinateY"])):
             pts = by_slide.get(s)
-            if pts is not None and np.isfinite(x) and np.isfinite(y):
-                if (np.hypot(pts[:, 0] - x, pts[:, 1] - y) <= radius).any():
-                    keep[i] = False
+            near = pts is not None and np.isfinite(x) and np.isfinite(y)
+            if near and (np.hypot(pts[:, 0] - x, pts[:, 1] - y) <= radius).any():
+                keep[i] = False
         dropped += int((~keep).sum())
         kept.append(table[keep])
     df = pd.concat(kept, ignore_index=True)
@@ -164,6 +190,7 @@ def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
     bad = [f"{i} (missing)" for i in df.loc[~exists, "image_id"]]
     cache = None
     if preload:
+
         def load(p):
             if p is None:  # missing: already listed
                 return None
@@ -171,6 +198,7 @@ def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
                 return decode(p)
             except (OSError, ValueError, AmfError) as e:
                 return e
+
         with ThreadPoolExecutor(max(1, workers)) as pool:
             decoded = list(pool.map(load, [p if ok else None for p, ok in zip(df["path"], exists)]))
         for i, (img, ok) in enumerate(zip(decoded, exists)):
@@ -179,8 +207,10 @@ def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
                 exists[i] = False
         cache = [img for img, ok in zip(decoded, exists) if ok]
     if bad and not skip:
-        raise AmfError(f"{len(bad)} image(s) missing or unreadable: {'; '.join(bad[:10])}"
-                       f"{' ...' if len(bad) > 10 else ''} (use --skip-missing to train without them)")
+        raise AmfError(
+            f"{len(bad)} image(s) missing or unreadable: {'; '.join(bad[:10])}"
+            f"{' ...' if len(bad) > 10 else ''} (use --skip-missing to train without them)"
+        )
     msg = f"skipped {len(bad)} missing or unreadable image(s)" if bad else ""
     return df[exists].reset_index(drop=True), cache, msg
 
@@ -197,12 +227,22 @@ def load_dataset(data_dir, cfg: dict, skip_missing: bool | None = None, log=prin
         raise AmfError(f"{data_dir} is not the official layout: no {OFFICIAL_CSV}")
     tables = [read_table(data_dir / OFFICIAL_CSV, data_dir / OFFICIAL_IMAGES, "official", d["label"])]
     for extra in d["extra"]:
-        tables.append(read_table(extra["csv"], extra["images"], extra["name"], d["label"],
-                                 id_prefix=f"{extra['name']}/", slide_prefix=extra.get("slide_prefix", "")))
+        tables.append(
+            read_table(
+                extra["csv"],
+                extra["images"],
+                extra["name"],
+                d["label"],
+                id_prefix=f"{extra['name']}/",
+                slide_prefix=extra.get("slide_prefix", ""),
+            )
+        )
     df, dropped = deduplicate(tables, float(d["dedup_radius"]))
     if dropped:
-        log(f"de-duplicated {dropped} figure(s) that extra sets share with earlier sets (same slide, "
-            f"<= {d['dedup_radius']} px)")
+        log(
+            f"de-duplicated {dropped} figure(s) that extra sets share with earlier sets (same slide, "
+            f"<= {d['dedup_radius']} px)"
+        )
     if d["synthetic"]:
         df = pd.concat([df, read_synthetic(d["synthetic"])], ignore_index=True)
     skip = d["skip_missing"] if skip_missing is None else skip_missing
@@ -217,9 +257,11 @@ def load_dataset(data_dir, cfg: dict, skip_missing: bool | None = None, log=prin
 def counts_report(df: pd.DataFrame) -> str:
     """Class counts overall and per (canonical) domain value, one screen."""
     real = df[~df["synthetic"]]
-    lines = [f"{len(df)} figures: {int(real['label'].sum())} atypical, {int((real['label'] == 0).sum())} normal, "
-             f"{int(df['synthetic'].sum())} synthetic atypical; {real['slide'].nunique()} slides; "
-             f"sources {', '.join(f'{k} {v}' for k, v in df['source'].value_counts().items())}"]
+    lines = [
+        f"{len(df)} figures: {int(real['label'].sum())} atypical, {int((real['label'] == 0).sum())} normal, "
+        f"{int(df['synthetic'].sum())} synthetic atypical; {real['slide'].nunique()} slides; "
+        f"sources {', '.join(f'{k} {v}' for k, v in df['source'].value_counts().items())}"
+    ]
     for col in DOMAIN_COLUMNS:
         g = real.groupby(col)["label"].agg(["size", "sum"])
         parts = [f"{k} {int(r['size'])} ({int(r['sum'])} AMF)" for k, r in g.iterrows()]
@@ -230,8 +272,19 @@ def counts_report(df: pd.DataFrame) -> str:
 class PatchDataset:
     """Rows of the table -> (float32 CHW tensor, target, row index). Training rows are augmented."""
 
-    def __init__(self, df: pd.DataFrame, indices, size: int, mean, std, resize_method: str = "bilinear",
-                 augment=None, cache=None, soft: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        indices,
+        size: int,
+        mean,
+        std,
+        resize_method: str = "bilinear",
+        augment=None,
+        cache=None,
+        soft: bool = False,
+        seed: int = 0,
+    ):
         self.paths = df["path"].to_numpy()
         self.targets = (df["soft"] if soft else df["label"]).to_numpy(np.float32)
         self.indices = np.asarray(indices, dtype=np.int64)

@@ -4,6 +4,7 @@ The raw CSV values are kept as given (outputs carry them in raw_* columns); thes
 canonical names. The official CSV spells one scanner two ways ('Hamammatsu XR' on the 451 breast
 figures of UMC Utrecht, 'Hamamatsu XR' elsewhere): they are one scanner.
 """
+
 from __future__ import annotations
 
 DOMAIN_COLUMNS = ("Scanner", "Origin", "Species", "Tumor")

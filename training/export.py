@@ -21,6 +21,7 @@
 Everything is written to a temporary folder first; MODEL_DIR changes only when all of it succeeded
 (model files that an older manifest there named, and the new one does not, are removed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,12 @@ import numpy as np
 import torch
 
 from amf import AmfError, report_error
-from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf import manifest as manifest_io
+from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.preprocess import prepare
 from training import oof as oof_io
-from training import threshold as threshold_io
 from training import splits as splits_io
+from training import threshold as threshold_io
 from training.data import decode, image_path
 from training.models import load_for_export
 from training.run import RunDir
@@ -54,9 +55,17 @@ def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) 
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice is not for users
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (dummy,), str(path), input_names=["input"], output_names=["logit"],
-                              dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
-                              opset_version=max(17, int(opset)), do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(path),
+                input_names=["input"],
+                output_names=["logit"],
+                dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
+                opset_version=max(17, int(opset)),
+                do_constant_folding=True,
+                dynamo=False,
+            )
         except Exception as e:  # the exporter's messages carry whole graphs: keep the first line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AmfError(f"ONNX export of {path.name} failed: {first[:300]}") from None
@@ -71,9 +80,15 @@ def export_member(model: torch.nn.Module, out_dir: Path, file: str, size: int, o
         extra = [p for p in work.iterdir() if p.name != file]
         if extra:
             import onnx
+
             proto = onnx.load(str(work / file))  # reads the external tensors
-            onnx.save(proto, str(out_dir / file), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=f"{file}.data")
+            onnx.save(
+                proto,
+                str(out_dir / file),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=f"{file}.data",
+            )
         else:
             os.replace(work / file, out_dir / file)
     finally:
@@ -110,25 +125,37 @@ def real_patches(splits, k: int, n: int, data_dir=None) -> list[np.ndarray]:
             continue
         patches.append(decode(path))
     if missing:
-        raise AmfError(f"real patches for the parity check are missing ({missing[0]}, {len(missing)} in all); "
-                       f"give the data folder with --data")
+        raise AmfError(
+            f"real patches for the parity check are missing ({missing[0]}, {len(missing)} in all); "
+            f"give the data folder with --data"
+        )
     return patches
 
 
-def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: int = 16, log=print,
-               shift_run=None) -> Path:
+def export_run(
+    run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: int = 16, log=print, shift_run=None
+) -> Path:
     run, out_dir = RunDir(run_dir), Path(out_dir)
     cfg = run.read_config(complete=True)
     oof, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
-    threshold, note = result["threshold"], ("chosen on the pooled out-of-fold predictions to maximise balanced "
-                                            "accuracy; applied to the ensemble's mean P(atypical)")
+    threshold, note = (
+        result["threshold"],
+        (
+            "chosen on the pooled out-of-fold predictions to maximise balanced "
+            "accuracy; applied to the ensemble's mean P(atypical)"
+        ),
+    )
     shift = None
     if shift_run is not None:  # the out-of-fold rule against the leave-one-scanner-out rule (training.threshold)
-        shift = {**threshold_io.choose(oof, RunDir(shift_run).read_oof(), seed=int(cfg["train"]["seed"])),
-                 "loso_run": str(Path(shift_run).resolve())}
+        shift = {
+            **threshold_io.choose(oof, RunDir(shift_run).read_oof(), seed=int(cfg["train"]["seed"])),
+            "loso_run": str(Path(shift_run).resolve()),
+        }
         threshold = shift["threshold"]
-        note = (f"the {shift['chosen']} rule (training.threshold: {shift['rule']}); applied to the ensemble's "
-                f"mean P(atypical)")
+        note = (
+            f"the {shift['chosen']} rule (training.threshold: {shift['rule']}); applied to the ensemble's "
+            f"mean P(atypical)"
+        )
         log(threshold_io.summary_text(shift))
     splits = run.read_splits()
     folds = splits_io.folds_of(splits)
@@ -148,40 +175,71 @@ def export_run(run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: 
             model = load_for_export(cfg, state["state_dict"])
             file = f"fold{k}.onnx"
             export_member(model, tmp, file, size, cfg["export"]["opset"])
-            batches = {"random": rng.standard_normal((4, 3, size, size)).astype(np.float32),
-                       "real": prepare(real_patches(splits, k, n_real, data_dir), size, mean, std, method)}
+            batches = {
+                "random": rng.standard_normal((4, 3, size, size)).astype(np.float32),
+                "real": prepare(real_patches(splits, k, n_real, data_dir), size, mean, std, method),
+            }
             diff = parity(model, tmp / file, batches)
-            checks[str(k)] = {**{f"max_abs_logit_diff_{n}": v for n, v in diff.items()},
-                              "n_real": int(len(batches["real"])), "best_epoch": int(state.get("epoch", 0))}
-            log(f"fold {k}: {file} {(tmp / file).stat().st_size / 1e6:.2f} MB; max |logit torch - onnxruntime| "
-                f"random {diff['random']:.2e}, real {diff['real']:.2e} (tolerance {tol:g})")
+            checks[str(k)] = {
+                **{f"max_abs_logit_diff_{n}": v for n, v in diff.items()},
+                "n_real": int(len(batches["real"])),
+                "best_epoch": int(state.get("epoch", 0)),
+            }
+            log(
+                f"fold {k}: {file} {(tmp / file).stat().st_size / 1e6:.2f} MB; max |logit torch - onnxruntime| "
+                f"random {diff['random']:.2e}, real {diff['real']:.2e} (tolerance {tol:g})"
+            )
             if max(diff.values()) > tol:
                 raise AmfError(f"fold {k}: ONNX and torch logits differ by {max(diff.values()):.2e} > {tol:g}")
-            members.append(manifest_io.Member(file=file, input_size=size, mean=[float(v) for v in mean],
-                                              std=[float(v) for v in std], resize=method,
-                                              backbone=cfg["model"]["backbone"], fold=int(k)))
+            members.append(
+                manifest_io.Member(
+                    file=file,
+                    input_size=size,
+                    mean=[float(v) for v in mean],
+                    std=[float(v) for v in std],
+                    resize=method,
+                    backbone=cfg["model"]["backbone"],
+                    fold=int(k),
+                )
+            )
         import onnx
         import onnxruntime
         import timm
+
         provenance = {
-            "backbone": cfg["model"]["backbone"], "finetune": cfg["model"]["finetune"],
-            "config": cfg, "folds": folds, "split_kind": cfg["splits"]["kind"],
+            "backbone": cfg["model"]["backbone"],
+            "finetune": cfg["model"]["finetune"],
+            "config": cfg,
+            "folds": folds,
+            "split_kind": cfg["splits"]["kind"],
             "fold_names": {str(k): splits.loc[splits["fold"] == k, "fold_name"].iloc[0] for k in folds},
-            "threshold": threshold, "threshold_note": note, **({"threshold_for_shift": shift} if shift else {}),
-            "oof_metrics": result, "parity": checks, "run": str(run.path.resolve()),
-            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
-                         "onnxruntime": onnxruntime.__version__},
+            "threshold": threshold,
+            "threshold_note": note,
+            **({"threshold_for_shift": shift} if shift else {}),
+            "oof_metrics": result,
+            "parity": checks,
+            "run": str(run.path.resolve()),
+            "exported": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "versions": {
+                "torch": torch.__version__,
+                "timm": timm.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
         }
-        manifest = manifest_io.Manifest(members=members, threshold=float(threshold), tta=tta,
-                                        trained=True, provenance=json.loads(json.dumps(provenance, default=str)))
+        manifest = manifest_io.Manifest(
+            members=members,
+            threshold=float(threshold),
+            tta=tta,
+            trained=True,
+            provenance=json.loads(json.dumps(provenance, default=str)),
+        )
         manifest_io.save(manifest, tmp)
         manifest_io.load(tmp)  # the container's reader accepts it
         install(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {threshold:.3f}, "
-        f"tta {tta}")
+    log(f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {threshold:.3f}, tta {tta}")
     return out_dir / manifest_io.MANIFEST_NAME
 
 
@@ -192,7 +250,9 @@ def install(tmp: Path, out_dir: Path) -> None:
     if (out_dir / manifest_io.MANIFEST_NAME).is_file():
         try:
             old = json.loads((out_dir / manifest_io.MANIFEST_NAME).read_text())
-            old_files = {m.get("file") for m in old.get("members", [])} | {v.get("file") for v in old.get("variants") or []}
+            old_files = {m.get("file") for m in old.get("members", [])} | {
+                v.get("file") for v in old.get("variants") or []
+            }
         except (json.JSONDecodeError, AttributeError):
             pass
     new_files = [p.name for p in tmp.iterdir() if p.name != manifest_io.MANIFEST_NAME]
@@ -206,16 +266,24 @@ def install(tmp: Path, out_dir: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0],
-                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = ArgumentParser(
+        prog="python -m training.export",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     ap.add_argument("run", help="training run folder")
     ap.add_argument("--out", required=True, help="model folder to write (ensemble.json + fold*.onnx)")
     ap.add_argument("--data", default=None, help="data folder, if the images moved since training")
     ap.add_argument("--tta", default=None, choices=list(manifest_io.TTA_MODES), help="overrides export.tta")
     ap.add_argument("--n-real", type=positive_int, default=16, help="real patches per fold for the parity check")
-    ap.add_argument("--shift-run", default=None, help="a pooled leave-one-scanner-out run of the same figures: "
-                    "the threshold is chosen between the out-of-fold and the leave-one-scanner-out rule "
-                    "(training.threshold) and the comparison recorded in the provenance")
+    ap.add_argument(
+        "--shift-run",
+        default=None,
+        help="a pooled leave-one-scanner-out run of the same figures: "
+        "the threshold is chosen between the out-of-fold and the leave-one-scanner-out rule "
+        "(training.threshold) and the comparison recorded in the provenance",
+    )
     a = ap.parse_args(argv)
     try:
         export_run(a.run, a.out, a.data, a.tta, a.n_real, shift_run=a.shift_run)

@@ -8,6 +8,7 @@ waits for them, then pools the out-of-fold results as a sequential run does. The
 a sequential run's. `--fold k` stays the way to spread folds over GPUs or nodes.
 Run:  python -m training.train --config C --data D --out RUN --parallel 3
 """
+
 from __future__ import annotations
 
 import os
@@ -48,5 +49,8 @@ def run_parallel(argv: list[str], folds: list[int], parallel: int, log=print, po
                     failed[k] = status
         time.sleep(poll_s if running else 0)
     if failed:
-        raise AmfError("fold(s) failed: " + ", ".join(f"{k} (exit status {s})" for k, s in sorted(failed.items()))
-                       + "; their messages are above; rerun the same command to train what is missing")
+        raise AmfError(
+            "fold(s) failed: "
+            + ", ".join(f"{k} (exit status {s})" for k, s in sorted(failed.items()))
+            + "; their messages are above; rerun the same command to train what is missing"
+        )

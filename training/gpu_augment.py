@@ -32,6 +32,7 @@ interpolate), so it would not be faster either; this module stays one readable p
 Validation stays on the CPU path (amf.preprocess: exactly what the container runs).
 Run:  python -m training.gpu_augment IMAGE.png OUT.png [--seed 0]   (a grid of 16 draws, for a look)
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,26 @@ RESIZE_MODES = ("bilinear",)
 GRAY_WEIGHTS = (19595, 38470, 7471)  # Pillow's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16
 
 # the columns of one figure's parameter row (draw() -> (n, len(PARAMS)) float32)
-PARAMS = ("rot", "flip", "affine", "angle", "scale", "tx", "ty", "hed_a0", "hed_a1", "hed_a2",
-          "hed_b0", "hed_b1", "hed_b2", "brightness", "contrast", "saturation", "blur", "sigma")
+PARAMS = (
+    "rot",
+    "flip",
+    "affine",
+    "angle",
+    "scale",
+    "tx",
+    "ty",
+    "hed_a0",
+    "hed_a1",
+    "hed_a2",
+    "hed_b0",
+    "hed_b1",
+    "hed_b2",
+    "brightness",
+    "contrast",
+    "saturation",
+    "blur",
+    "sigma",
+)
 P = {name: i for i, name in enumerate(PARAMS)}
 
 
@@ -63,6 +82,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def draw(cfg: dict, n: int, generator: torch.Generator) -> torch.Tensor:
     """Parameters for N figures (CPU, float32, columns PARAMS); switched-off parts get their identity value."""
+
     def u(lo, hi, *shape):
         return lo + (hi - lo) * torch.rand((n, *shape), generator=generator, dtype=torch.float64)
 
@@ -72,9 +92,9 @@ def draw(cfg: dict, n: int, generator: torch.Generator) -> torch.Tensor:
     out[:, P["affine"]] = u(0, 1) < cfg["affine_p"]
     out[:, P["angle"]] = torch.deg2rad(u(-cfg["degrees"], cfg["degrees"]))
     out[:, P["scale"]] = u(cfg["scale"][0], cfg["scale"][1])
-    out[:, P["tx"]:P["ty"] + 1] = u(-cfg["translate"], cfg["translate"], 2)
-    out[:, P["hed_a0"]:P["hed_a2"] + 1] = 1.0 + u(-cfg["hed_scale"], cfg["hed_scale"], 3)
-    out[:, P["hed_b0"]:P["hed_b2"] + 1] = u(-cfg["hed_shift"], cfg["hed_shift"], 3)
+    out[:, P["tx"] : P["ty"] + 1] = u(-cfg["translate"], cfg["translate"], 2)
+    out[:, P["hed_a0"] : P["hed_a2"] + 1] = 1.0 + u(-cfg["hed_scale"], cfg["hed_scale"], 3)
+    out[:, P["hed_b0"] : P["hed_b2"] + 1] = u(-cfg["hed_shift"], cfg["hed_shift"], 3)
     for name in ("brightness", "contrast", "saturation"):
         out[:, P[name]] = 1.0 + u(-cfg[name], cfg[name])
     out[:, P["blur"]] = u(0, 1) < cfg["blur_p"]
@@ -122,8 +142,8 @@ def hed_jitter(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     rgb_from_hed = torch.as_tensor(RGB_FROM_HED, dtype=x.dtype, device=x.device)
     rgb = (x / 255.0).clamp_min(1e-6)
     hed = torch.einsum("nchw,cd->ndhw", torch.log(rgb) / LOG_ADJUST, hed_from_rgb)
-    alpha = p[:, P["hed_a0"]:P["hed_a2"] + 1].view(-1, 3, 1, 1)
-    beta = p[:, P["hed_b0"]:P["hed_b2"] + 1].view(-1, 3, 1, 1)
+    alpha = p[:, P["hed_a0"] : P["hed_a2"] + 1].view(-1, 3, 1, 1)
+    beta = p[:, P["hed_b0"] : P["hed_b2"] + 1].view(-1, 3, 1, 1)
     log_rgb = torch.einsum("nchw,cd->ndhw", -(hed * alpha + beta) * -LOG_ADJUST, rgb_from_hed)
     return quantise(torch.exp(log_rgb) * 255.0)
 
@@ -158,7 +178,7 @@ def gaussian_blur(x: torch.Tensor, p: torch.Tensor, max_sigma: float) -> torch.T
     r = max(1, math.ceil(3 * max_sigma))
     t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
     sigma = p[:, P["sigma"]].clamp_min(1e-3).view(n, 1)
-    k = torch.exp(-t.view(1, -1) ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma**2))
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(ch, 0)  # (n*ch, 2r+1)
     y = F.pad(x.reshape(1, n * ch, h, w), (r, r, r, r), mode="replicate")
     y = F.conv2d(y, k.view(n * ch, 1, 1, -1), groups=n * ch)
@@ -201,6 +221,7 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 # ---- the training batches -----------------------------------------------------------------------
 
+
 def wanted(setting, device: torch.device, cache, method: str) -> bool:
     """Whether data.device_augment is on: true | false | auto (on CUDA, with a preloaded cache of one patch size)."""
     if setting is False or setting == "false":
@@ -235,7 +256,7 @@ class DeviceBatches:
         self.targets = torch.from_numpy(ds.targets).to(device)  # per table row
         patches = torch.from_numpy(np.stack([ds.cache[int(r)] for r in ds.indices]))  # N x H x W x 3 uint8
         self.pinned = device.type == "cuda"
-        self.resident = patches.numel() <= float(memory_gb) * 2 ** 30
+        self.resident = patches.numel() <= float(memory_gb) * 2**30
         self.patches = patches.to(device) if self.resident else patches.pin_memory() if self.pinned else patches
         self._buffers, self._events = [], [None, None]
 
@@ -246,8 +267,10 @@ class DeviceBatches:
         if self.resident:
             return self.patches[pos.to(self.patches.device, non_blocking=True)]
         if not self._buffers:
-            self._buffers = [torch.empty((self.batch, *self.patches.shape[1:]), dtype=torch.uint8,
-                                         pin_memory=self.pinned) for _ in range(2)]
+            self._buffers = [
+                torch.empty((self.batch, *self.patches.shape[1:]), dtype=torch.uint8, pin_memory=self.pinned)
+                for _ in range(2)
+            ]
         j = i % 2
         if self._events[j] is not None:
             self._events[j].synchronize()  # the buffer's previous copy has left
@@ -267,7 +290,7 @@ class DeviceBatches:
         order = torch.tensor([index for index, _ in self.sampler], dtype=torch.long)
         pin = self.device.type == "cuda"
         for i in range(len(order) // self.batch):
-            pos = order[i * self.batch:(i + 1) * self.batch]
+            pos = order[i * self.batch : (i + 1) * self.batch]
             pos = pos.pin_memory() if pin else pos  # pinned: its copy to the GPU does not wait for the queue
             params = draw(self.cfg, len(pos), generator)
             params = (params.pin_memory() if pin else params).to(self.device, non_blocking=True)

@@ -9,6 +9,7 @@ Added for reports: bootstrap_ci (seeded percentile intervals over figures) and r
 bootstrapped ROC band of grand-challenge-metrics).
 Needs numpy and scikit-learn (not part of the container's runtime).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,16 @@ def _rates(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     spec = tn / (tn + fp) if tn + fp else None
     bal = (sens + spec) / 2 if sens is not None and spec is not None else None
     acc = (tp + tn) / (tp + tn + fp + fn) if tp + tn + fp + fn else None
-    return {"sensitivity": sens, "specificity": spec, "balanced_accuracy": bal, "accuracy": acc,
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    return {
+        "sensitivity": sens,
+        "specificity": spec,
+        "balanced_accuracy": bal,
+        "accuracy": acc,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
 
 
 def roc_auc(y_true, score) -> float | None:
@@ -54,16 +63,21 @@ def aggregates(y_true, score, domains=None, y_pred=None, threshold: float = 0.5)
     score = np.asarray(score, dtype=np.float64)
     y_pred = (score >= threshold).astype(int) if y_pred is None else np.asarray(y_pred).astype(int)
     s = summary(y_true, score, y_pred)
-    agg = {"overall_sensitivity": s["sensitivity"], "overall_specificity": s["specificity"],
-           "overall_balanced_accuracy": s["balanced_accuracy"], "overall_roc_auc": s["roc_auc"],
-           "overall_accuracy": s["accuracy"]}
+    agg = {
+        "overall_sensitivity": s["sensitivity"],
+        "overall_specificity": s["specificity"],
+        "overall_balanced_accuracy": s["balanced_accuracy"],
+        "overall_roc_auc": s["roc_auc"],
+        "overall_accuracy": s["accuracy"],
+    }
     if domains is not None:
         domains = np.asarray(domains)
         for d in np.sort(np.unique(domains)):
             m = domains == d
             sd = summary(y_true[m], score[m], y_pred[m])
-            agg[f"domain_{d}"] = {k: sd[k] for k in
-                                  ("sensitivity", "specificity", "balanced_accuracy", "accuracy", "roc_auc")}
+            agg[f"domain_{d}"] = {
+                k: sd[k] for k in ("sensitivity", "specificity", "balanced_accuracy", "accuracy", "roc_auc")
+            }
     return agg
 
 
@@ -95,8 +109,9 @@ def auc_rows(y_true: np.ndarray, score: np.ndarray) -> np.ndarray:
         return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
-def bootstrap_ci(y_true, score, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
-                 y_pred=None, level: float = 0.95) -> dict:
+def bootstrap_ci(
+    y_true, score, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0, y_pred=None, level: float = 0.95
+) -> dict:
     """Percentile bootstrap intervals over figures (resampled with replacement, seeded).
 
     Returns {"balanced_accuracy": [lo, hi], "sensitivity": ..., "specificity": ..., "roc_auc": ...};
@@ -111,14 +126,19 @@ def bootstrap_ci(y_true, score, threshold: float = 0.5, n_boot: int = 1000, seed
     with np.errstate(invalid="ignore", divide="ignore"):
         sens = ((p == 1) & (t == 1)).sum(1) / (t == 1).sum(1)  # NaN where the resample has no positive
         spec = ((p == 0) & (t == 0)).sum(1) / (t == 0).sum(1)
-    draws = {"balanced_accuracy": (sens + spec) / 2, "sensitivity": sens, "specificity": spec,
-             "roc_auc": auc_rows(t, score[idx])}
+    draws = {
+        "balanced_accuracy": (sens + spec) / 2,
+        "sensitivity": sens,
+        "specificity": spec,
+        "roc_auc": auc_rows(t, score[idx]),
+    }
     tail = 100 * (1 - level) / 2
     out = {}
     for name, values in draws.items():
         values = values[np.isfinite(values)]
-        out[name] = ([float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
-                     if len(values) else None)
+        out[name] = (
+            [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] if len(values) else None
+        )
     return out
 
 
@@ -133,11 +153,16 @@ def roc_band(y_true, score, n_boot: int = 100, level: float = 0.95) -> dict | No
     # must occur before it, or it would loop for ever looking for a two-class resample
     if len(np.unique(y_true[:-1])) < 2:
         return None
-    band = get_bootstrapped_roc_ci_curves(np.asarray(score, dtype=np.float64), y_true,
-                                          num_bootstraps=n_boot, ci_to_use=level)
-    return {"fpr": band.fpr_vals.tolist(), "mean_tpr": band.mean_tpr_vals.tolist(),
-            "low_tpr": band.low_tpr_vals.tolist(), "high_tpr": band.high_tpr_vals.tolist(),
-            "roc_auc": [float(band.low_az_val), float(band.high_az_val)]}
+    band = get_bootstrapped_roc_ci_curves(
+        np.asarray(score, dtype=np.float64), y_true, num_bootstraps=n_boot, ci_to_use=level
+    )
+    return {
+        "fpr": band.fpr_vals.tolist(),
+        "mean_tpr": band.mean_tpr_vals.tolist(),
+        "low_tpr": band.low_tpr_vals.tolist(),
+        "high_tpr": band.high_tpr_vals.tolist(),
+        "roc_auc": [float(band.low_az_val), float(band.high_az_val)],
+    }
 
 
 def fmt(x, missing: str = "–") -> str:

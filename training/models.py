@@ -1,8 +1,9 @@
 """The classifier: a timm backbone (pooled embedding) -> optional attention -> one logit for atypical.
 
 create_classifier(cfg) is the one call that builds it, for training, export and the benchmark:
-  model.backbone     any timm name: convnext_small, vit_small_patch8_224, hf-hub:1aurent/vit_small_patch8_224.lunit_dino,
-                     hf-hub:MahmoodLab/UNI2-h, hf-hub:paige-ai/Virchow2, hf-hub:bioptimus/H-optimus-0, DINOv3 ...
+  model.backbone     any timm name: convnext_small, vit_small_patch8_224,
+                     hf-hub:1aurent/vit_small_patch8_224.lunit_dino, hf-hub:MahmoodLab/UNI2-h,
+                     hf-hub:paige-ai/Virchow2, hf-hub:bioptimus/H-optimus-0, DINOv3 ...
   model.pretrained   fetch the hub weights (timm / Hugging Face; gated models need HF_TOKEN)
   model.weights      or load a local weights file into the backbone (offline); give the timm architecture
                      name then (an hf-hub: name needs the hub for its config even without weights)
@@ -15,6 +16,7 @@ alignment loss (training/recipe.py) aligns across domains; present when align.en
 the exported model (a few thousand multiply-adds per patch).
 Run:  python -m training.models CONFIG   (builds the model, prints its size and a forward pass's shape)
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,7 +38,7 @@ class EmbeddingSE(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         nn.init.zeros_(self.fc2.weight)  # gate 2*sigmoid(0) = 1: the identity at initialisation,
-        nn.init.zeros_(self.fc2.bias)    # so a pretrained backbone's features reach the head unchanged
+        nn.init.zeros_(self.fc2.bias)  # so a pretrained backbone's features reach the head unchanged
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z * (2.0 * torch.sigmoid(self.fc2(torch.relu(self.fc1(z)))))
@@ -45,8 +47,15 @@ class EmbeddingSE(nn.Module):
 class Classifier(nn.Module):
     """backbone (timm, num_classes=0: pooled embedding) -> attention -> dropout -> Linear -> (N, 1) logit."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, attention: bool, head_dropout: float = 0.0,
-                 frozen_backbone: bool = False, attention_reduction: int = 4):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        attention: bool,
+        head_dropout: float = 0.0,
+        frozen_backbone: bool = False,
+        attention_reduction: int = 4,
+    ):
         super().__init__()
         self.backbone = backbone
         self.attention = EmbeddingSE(num_features, attention_reduction) if attention else nn.Identity()
@@ -73,18 +82,23 @@ class Classifier(nn.Module):
 def _hub_error(name: str, e: Exception) -> AmfError:
     text = " ".join(f"{type(e).__name__}: {e}".split())
     low = text.lower()
-    repo = name[len("hf-hub:"):] if name.startswith("hf-hub:") else name
+    repo = name[len("hf-hub:") :] if name.startswith("hf-hub:") else name
     if "gated" in low or "401" in low or "403" in low or "restricted" in low:
-        return AmfError(f"model {name} is gated: accept its licence on https://huggingface.co/{repo.split('@')[0]} "
-                        f"and set HF_TOKEN (or give a local file as model.weights)")
-    return AmfError(f"cannot fetch the weights or config of {name} ({text[:200]}); offline? set model.weights "
-                    f"to a local weights file with the timm architecture name, or model.pretrained: false")
+        return AmfError(
+            f"model {name} is gated: accept its licence on https://huggingface.co/{repo.split('@')[0]} "
+            f"and set HF_TOKEN (or give a local file as model.weights)"
+        )
+    return AmfError(
+        f"cannot fetch the weights or config of {name} ({text[:200]}); offline? set model.weights "
+        f"to a local weights file with the timm architecture name, or model.pretrained: false"
+    )
 
 
 def python_object(value):
     """A model.kwargs value; "py:package.module.Name" names a Python object (UNI2-h's mlp_layer, act_layer)."""
     if isinstance(value, str) and value.startswith("py:"):
         import importlib
+
         module, _, attr = value[3:].rpartition(".")
         try:
             return getattr(importlib.import_module(module), attr)
@@ -109,6 +123,7 @@ def create_backbone(mcfg: dict, pretrained: bool | None = None, img_size: int | 
     weights = mcfg.get("weights")
     if weights:
         from pathlib import Path
+
         if not Path(weights).is_file():
             raise AmfError(f"model.weights: no file {weights}")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
@@ -123,8 +138,7 @@ def create_backbone(mcfg: dict, pretrained: bool | None = None, img_size: int | 
                 pass
         return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     except TypeError as e:  # an argument this architecture does not take (drop_path_rate, a kwargs key)
-        raise AmfError(f"model {name}: {one_line(e)[:200]} (check model.drop_path and model.kwargs)") \
-            from None
+        raise AmfError(f"model {name}: {one_line(e)[:200]} (check model.drop_path and model.kwargs)") from None
     except (RuntimeError, OSError, ValueError, KeyError, ImportError) as e:
         if weights and not isinstance(e, OSError):
             raise AmfError(f"cannot load {weights} into {name}: {one_line(e)[:300]}") from None
@@ -150,14 +164,18 @@ def normalisation(cfg: dict, backbone: nn.Module) -> tuple[list[float], list[flo
 def apply_lora(backbone: nn.Module, lcfg: dict) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    conf = LoraConfig(r=int(lcfg.get("r", 8)), lora_alpha=int(lcfg.get("alpha", 16)),
-                      lora_dropout=float(lcfg.get("dropout", 0.0)),
-                      target_modules=list(lcfg.get("target_modules", ["qkv"])))
+    conf = LoraConfig(
+        r=int(lcfg.get("r", 8)),
+        lora_alpha=int(lcfg.get("alpha", 16)),
+        lora_dropout=float(lcfg.get("dropout", 0.0)),
+        target_modules=list(lcfg.get("target_modules", ["qkv"])),
+    )
     try:
         return get_peft_model(backbone, conf)
     except ValueError as e:
-        raise AmfError(f"LoRA: {one_line(e)[:300]} (set model.lora.target_modules to Linear "
-                       f"layer names of this backbone)") from None
+        raise AmfError(
+            f"LoRA: {one_line(e)[:300]} (set model.lora.target_modules to Linear layer names of this backbone)"
+        ) from None
 
 
 def create_classifier(cfg: dict, pretrained: bool | None = None) -> Classifier:
@@ -171,9 +189,14 @@ def create_classifier(cfg: dict, pretrained: bool | None = None) -> Classifier:
         backbone.requires_grad_(False)
     # the pooled embedding's width: after a conv head (MobileNetV3, GhostNet, LCNet) it is head_hidden_size
     width = getattr(raw, "head_hidden_size", None) or raw.num_features
-    model = Classifier(backbone, width, attention=bool(cfg["align"]["enabled"]),
-                       head_dropout=float(m.get("head_dropout", 0.0)), frozen_backbone=m["finetune"] == "frozen",
-                       attention_reduction=int(cfg["align"]["attention_reduction"]))
+    model = Classifier(
+        backbone,
+        width,
+        attention=bool(cfg["align"]["enabled"]),
+        head_dropout=float(m.get("head_dropout", 0.0)),
+        frozen_backbone=m["finetune"] == "frozen",
+        attention_reduction=int(cfg["align"]["attention_reduction"]),
+    )
     model.__dict__["timm_model"] = raw
     return model
 
@@ -201,8 +224,9 @@ def load_for_export(cfg: dict, state: dict) -> Classifier:
     model = create_classifier(plain, pretrained=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise AmfError(f"checkpoint does not fit {cfg['model']['backbone']}: missing {missing[:3]}, "
-                       f"unexpected {unexpected[:3]}")
+        raise AmfError(
+            f"checkpoint does not fit {cfg['model']['backbone']}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model.eval()
 
 
@@ -225,8 +249,10 @@ def main(argv=None) -> int:
         return report_error(as_error(e))
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"{cfg['model']['backbone']}: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable; "
-          f"(2, 3, {n}, {n}) -> {tuple(out.shape)}; mean/std {normalisation(cfg, model.timm_model)}")
+    print(
+        f"{cfg['model']['backbone']}: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable; "
+        f"(2, 3, {n}, {n}) -> {tuple(out.shape)}; mean/std {normalisation(cfg, model.timm_model)}"
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ Every number comes from training.metrics (the module offline evaluation uses):
 Writes RUN_DIR/oof.csv and RUN_DIR/oof_metrics.json (atomically); refuses, naming them, if folds are missing.
 Run:  python -m training.oof RUN_DIR
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError
+from training import compare as compare_runs
 from training import metrics
+from training import splits as splits_io
 from training.domains import DOMAIN_COLUMNS, TUMOR_DOMAINS, tumor_domain
-from training import compare as compare_runs, splits as splits_io
 from training.run import DONE, RunDir
 
 
@@ -83,46 +85,63 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     chooses = official if official.any() else np.ones(len(y), bool)
     thr = metrics.best_threshold(y[chooses], p[chooses])
     pred = (p >= thr).astype(int)
-    out = {"n": int(len(y)), "n_atypical": int(y.sum()), "threshold": thr,
-           "threshold_rule": "maximises balanced accuracy on the pooled out-of-fold predictions"
-                             + (" of the official figures" if not chooses.all() else "")
-                             + " (pooled: chosen on the figures it is reported on, optimistic)",
-           "at_threshold": metrics.summary(y, p, threshold=thr),
-           "at_0.5": metrics.summary(y, p, threshold=0.5),
-           "ci95": slide_bootstrap_ci(y, p, slides, pred, n_boot, seed),
-           "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95, "unit": "slide",
-                         "note": "slides resampled with replacement (training.compare.slide_draws); thresholds fixed"}}
+    out = {
+        "n": int(len(y)),
+        "n_atypical": int(y.sum()),
+        "threshold": thr,
+        "threshold_rule": "maximises balanced accuracy on the pooled out-of-fold predictions"
+        + (" of the official figures" if not chooses.all() else "")
+        + " (pooled: chosen on the figures it is reported on, optimistic)",
+        "at_threshold": metrics.summary(y, p, threshold=thr),
+        "at_0.5": metrics.summary(y, p, threshold=0.5),
+        "ci95": slide_bootstrap_ci(y, p, slides, pred, n_boot, seed),
+        "bootstrap": {
+            "n_boot": n_boot,
+            "seed": seed,
+            "level": 0.95,
+            "unit": "slide",
+            "note": "slides resampled with replacement (training.compare.slide_draws); thresholds fixed",
+        },
+    }
     nested = nested_thresholds(oof, chooses)
     nested_pred = None
     if nested:
         fold_thr = oof["fold"].map(nested).to_numpy(float)
         nested_pred = (p >= fold_thr).astype(int)
-        out["nested"] = {"rule": "each fold's threshold maximises balanced accuracy on the other folds' pooled "
-                                 "out-of-fold predictions" + (" (official figures)" if not chooses.all() else "")
-                                 + " and is applied to that fold only",
-                         "thresholds": {str(k): v for k, v in nested.items()},
-                         "at_nested_threshold": metrics.summary(y, p, y_pred=nested_pred),
-                         "ci95": slide_bootstrap_ci(y, p, slides, nested_pred, n_boot, seed)}
+        out["nested"] = {
+            "rule": "each fold's threshold maximises balanced accuracy on the other folds' pooled "
+            "out-of-fold predictions"
+            + (" (official figures)" if not chooses.all() else "")
+            + " and is applied to that fold only",
+            "thresholds": {str(k): v for k, v in nested.items()},
+            "at_nested_threshold": metrics.summary(y, p, y_pred=nested_pred),
+            "ci95": slide_bootstrap_ci(y, p, slides, nested_pred, n_boot, seed),
+        }
     known = oof["Tumor"].isin(list(TUMOR_DOMAINS)) if "Tumor" in oof else pd.Series(False, index=oof.index)
     if len(oof) and known.all():
-        out["aggregates"] = metrics.aggregates(y, p, domains=[tumor_domain(t) for t in oof["Tumor"]],
-                                               threshold=thr)
-    out["per_fold"] = {str(k): metrics.summary(g["label"], g["probability"], threshold=thr)
-                       for k, g in oof.groupby("fold")}
-    out["per_domain"] = {col: {str(v): metrics.summary(g["label"], g["probability"], threshold=thr)
-                               for v, g in oof.groupby(col)} for col in DOMAIN_COLUMNS if col in oof}
+        out["aggregates"] = metrics.aggregates(y, p, domains=[tumor_domain(t) for t in oof["Tumor"]], threshold=thr)
+    out["per_fold"] = {
+        str(k): metrics.summary(g["label"], g["probability"], threshold=thr) for k, g in oof.groupby("fold")
+    }
+    out["per_domain"] = {
+        col: {str(v): metrics.summary(g["label"], g["probability"], threshold=thr) for v, g in oof.groupby(col)}
+        for col in DOMAIN_COLUMNS
+        if col in oof
+    }
 
     def groups(keys) -> dict:
         res = {}
         for v in sorted(set(keys)):
             at = np.asarray(keys) == v
-            res[str(v)] = {"at_threshold": metrics.summary(y[at], p[at], threshold=thr),
-                           "ci95": slide_bootstrap_ci(y[at], p[at], slides[at], pred[at], n_boot, seed)}
+            res[str(v)] = {
+                "at_threshold": metrics.summary(y[at], p[at], threshold=thr),
+                "ci95": slide_bootstrap_ci(y[at], p[at], slides[at], pred[at], n_boot, seed),
+            }
             if nested_pred is not None:
                 res[str(v)]["at_nested_threshold"] = metrics.summary(y[at], p[at], y_pred=nested_pred[at])
-                res[str(v)]["ci95_nested"] = slide_bootstrap_ci(y[at], p[at], slides[at], nested_pred[at], n_boot,
-                                                                seed)
+                res[str(v)]["ci95_nested"] = slide_bootstrap_ci(y[at], p[at], slides[at], nested_pred[at], n_boot, seed)
         return res
+
     if "source" in oof and oof["source"].nunique() > 1:
         out["per_source"] = groups(oof["source"].astype(str).to_numpy())
     if "soft" in oof and oof["soft"].notna().all():
@@ -131,8 +150,9 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     return out
 
 
-def pool(run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True,
-         votes: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+def pool(
+    run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True, votes: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict]:
     """All folds' oof.csv -> RUN_DIR/oof.csv and oof_metrics.json; AmfError naming missing folds.
 
     VOTES (image_id, soft), e.g. from training.data.read_table, adds the experts' AMF share where the folds'
@@ -141,8 +161,10 @@ def pool(run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True,
     splits = run.read_splits()
     missing = run.missing_folds(splits)
     if missing:
-        raise AmfError(f"fold(s) {', '.join(map(str, missing))} of {run} are not finished "
-                       f"(no fold<k>/{DONE}); train them with --fold")
+        raise AmfError(
+            f"fold(s) {', '.join(map(str, missing))} of {run} are not finished "
+            f"(no fold<k>/{DONE}); train them with --fold"
+        )
     folds = splits_io.folds_of(splits)
     oof = pd.concat([run.fold(k).read_oof() for k in folds], ignore_index=True)
     expected = set(splits.loc[splits["fold"] >= 0, "image_id"])
@@ -168,28 +190,43 @@ def summary_text(result: dict) -> str:
 
     def with_ci(key):
         return f"{fmt(s[key])} [{fmt((ci[key] or [None])[0])}, {fmt((ci[key] or [None, None])[1])}]"
-    lines = [f"out-of-fold: {result['n']} figures ({result['n_atypical']} atypical), pooled threshold "
-             f"{result['threshold']:.3f} (optimistic: chosen on these figures); 95% intervals over slides",
-             f"  balanced accuracy {with_ci('balanced_accuracy')}   ROC AUC {with_ci('roc_auc')}",
-             f"  sensitivity {with_ci('sensitivity')}   specificity {with_ci('specificity')}"]
+
+    lines = [
+        f"out-of-fold: {result['n']} figures ({result['n_atypical']} atypical), pooled threshold "
+        f"{result['threshold']:.3f} (optimistic: chosen on these figures); 95% intervals over slides",
+        f"  balanced accuracy {with_ci('balanced_accuracy')}   ROC AUC {with_ci('roc_auc')}",
+        f"  sensitivity {with_ci('sensitivity')}   specificity {with_ci('specificity')}",
+    ]
     if "nested" in result:
         n, nci = result["nested"]["at_nested_threshold"], result["nested"]["ci95"]
-        lines.append(f"  nested thresholds (each fold's from the other folds): balanced accuracy "
-                     f"{fmt(n['balanced_accuracy'])} [{fmt((nci['balanced_accuracy'] or [None])[0])}, "
-                     f"{fmt((nci['balanced_accuracy'] or [None, None])[1])}], sensitivity {fmt(n['sensitivity'])}, "
-                     f"specificity {fmt(n['specificity'])}")
+        lines.append(
+            f"  nested thresholds (each fold's from the other folds): balanced accuracy "
+            f"{fmt(n['balanced_accuracy'])} [{fmt((nci['balanced_accuracy'] or [None])[0])}, "
+            f"{fmt((nci['balanced_accuracy'] or [None, None])[1])}], sensitivity {fmt(n['sensitivity'])}, "
+            f"specificity {fmt(n['specificity'])}"
+        )
     for name in ("by_vote", "per_source"):
         if name in result:
-            lines.append(f"  {name.replace('_', ' ')}: " + "; ".join(
-                f"{v}: n {g['at_threshold']['n']} auc {fmt(g['at_threshold']['roc_auc'])}"
-                for v, g in result[name].items()))
-    lines.append("  per fold: " + "; ".join(f"{k}: bal {fmt(v['balanced_accuracy'])} auc {fmt(v['roc_auc'])}"
-                                          for k, v in result["per_fold"].items()))
+            lines.append(
+                f"  {name.replace('_', ' ')}: "
+                + "; ".join(
+                    f"{v}: n {g['at_threshold']['n']} auc {fmt(g['at_threshold']['roc_auc'])}"
+                    for v, g in result[name].items()
+                )
+            )
+    lines.append(
+        "  per fold: "
+        + "; ".join(
+            f"{k}: bal {fmt(v['balanced_accuracy'])} auc {fmt(v['roc_auc'])}" for k, v in result["per_fold"].items()
+        )
+    )
     for col in ("Scanner", "Tumor"):
         per = result["per_domain"].get(col, {})
         if len(per) > 1:
-            lines.append(f"  per {col.lower()}: " + "; ".join(
-                f"{v}: bal {fmt(m['balanced_accuracy'])} auc {fmt(m['roc_auc'])}" for v, m in per.items()))
+            lines.append(
+                f"  per {col.lower()}: "
+                + "; ".join(f"{v}: bal {fmt(m['balanced_accuracy'])} auc {fmt(m['roc_auc'])}" for v, m in per.items())
+            )
     return "\n".join(lines)
 
 

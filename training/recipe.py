@@ -23,6 +23,7 @@ EMA teacher (timm.utils.ModelEmaV3): after every optimiser step teacher = d*teac
   teacher's prediction: T^2 * KL(teacher || student) on the two-class distributions at temperature T.
 Run:  python -m training.recipe CONFIG   (prints where MixStyle goes for the configured backbone)
 """
+
 from __future__ import annotations
 
 import sys
@@ -31,14 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # ---- MixStyle -----------------------------------------------------------------------------------
+
 
 class MixStyle:
     """Mixes per-sample feature statistics; called from forward hooks on the chosen modules."""
 
-    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6, prefix_tokens: int = 0,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        p: float = 0.5,
+        alpha: float = 0.1,
+        eps: float = 1e-6,
+        prefix_tokens: int = 0,
+        generator: torch.Generator | None = None,
+    ):
         self.p, self.alpha, self.eps, self.prefix = float(p), float(alpha), eps, int(prefix_tokens)
         self.beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
         self.generator = generator
@@ -57,7 +64,7 @@ class MixStyle:
             body, head = x, None
         elif x.dim() == 3:
             dims = (1,)
-            head, body = x[:, :self.prefix], x[:, self.prefix:]
+            head, body = x[:, : self.prefix], x[:, self.prefix :]
         else:
             return x
         dtype = body.dtype
@@ -88,8 +95,11 @@ def mixstyle_targets(timm_model: nn.Module, where="auto") -> list[tuple[str, int
             raise ValueError(f"mixstyle.where: no module {missing} in the backbone")
         return [(w, chans.get(w)) for w in where]
     blocks = getattr(timm_model, "blocks", None)
-    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) >= 3 and \
-            len({f.get("reduction") for f in info}) <= 1:  # ViT-like: one resolution throughout
+    if (
+        isinstance(blocks, (nn.Sequential, nn.ModuleList))
+        and len(blocks) >= 3
+        and len({f.get("reduction") for f in info}) <= 1
+    ):  # ViT-like: one resolution throughout
         d = len(blocks)
         return [(f"blocks.{max(0, round(d / 3) - 1)}", None), (f"blocks.{max(0, round(2 * d / 3) - 1)}", None)]
     stages = [f for f in info if f.get("reduction", 0) >= 4]
@@ -100,23 +110,28 @@ def mixstyle_targets(timm_model: nn.Module, where="auto") -> list[tuple[str, int
 
 def attach_mixstyle(timm_model: nn.Module, mcfg: dict, generator: torch.Generator | None = None):
     """Forward hooks that apply MixStyle while the hooked module is in training mode. Returns (mixer, names)."""
-    mixer = MixStyle(mcfg["p"], mcfg["alpha"], prefix_tokens=getattr(timm_model, "num_prefix_tokens", 0),
-                     generator=generator)
+    mixer = MixStyle(
+        mcfg["p"], mcfg["alpha"], prefix_tokens=getattr(timm_model, "num_prefix_tokens", 0), generator=generator
+    )
     modules = dict(timm_model.named_modules())
     targets = mixstyle_targets(timm_model, mcfg.get("where", "auto"))
     for name, ch in targets:
+
         def hook(module, inputs, output, ch=ch):
             if not module.training or not mixer.active or not torch.is_tensor(output):
                 return None
             return mixer.mix(output, ch)
+
         modules[name].register_forward_hook(hook)
     return mixer, [n for n, _ in targets]
 
 
 # ---- alignment ----------------------------------------------------------------------------------
 
-def alignment_loss(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
-                   num_values: int | None = None) -> torch.Tensor:
+
+def alignment_loss(
+    features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_values: int | None = None
+) -> torch.Tensor:
     """features (B, D); labels (B,) in {0,1}; domains (B, L) integer codes >= 0 of L weak domain labels.
 
     Mean over labels and classes of the mean squared distance between each domain value's mean
@@ -176,6 +191,7 @@ def alignment_loss_loops(features: torch.Tensor, labels: torch.Tensor, domains: 
 
 
 # ---- EMA teacher --------------------------------------------------------------------------------
+
 
 def ema_decay(step: int | None, decay: float, warmup_steps: int) -> float:
     """The teacher's decay after optimiser step STEP (1-based): decay * step / warmup_steps, then decay."""

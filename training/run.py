@@ -15,6 +15,7 @@ A file that a reader needs and the folder lacks is one AmfError naming its path.
 reader of an out-of-fold table (a fold's, the pooled one, the model card's copy): image_id and slide stay
 strings as written ("007.png" stays "007.png", "NA" stays "NA").
 """
+
 from __future__ import annotations
 
 import io
@@ -36,6 +37,7 @@ PREDICTION_DTYPES = {"image_id": str, "slide": str}
 
 
 # ---- writers (a reader, or a job resuming, never sees half a file) --------------------------------------
+
 
 def write_csv_atomic(df: pd.DataFrame, path) -> None:
     buf = io.StringIO()
@@ -59,6 +61,7 @@ def save_atomic(obj, path) -> None:
 
 # ---- readers --------------------------------------------------------------------------------------------
 
+
 def need(path: Path, what: str) -> Path:
     if not path.is_file():
         raise AmfError(f"{path.parent} has no {what}: {path} does not exist")
@@ -79,6 +82,7 @@ def load_checkpoint(path, what: str) -> dict:
 @dataclass(frozen=True)
 class FoldDir:
     """RUN_DIR/fold{k}: the files of one fold."""
+
     path: Path
     k: int
 
@@ -158,8 +162,9 @@ class RunDir:
 
     def fold_dirs(self) -> list[FoldDir]:
         """The fold folders present, in name order (fold0, fold1, fold10, ...), finished or not."""
-        return [FoldDir(p, int(p.name[4:])) for p in sorted(self.path.glob("fold*"))
-                if p.is_dir() and p.name[4:].isdigit()]
+        return [
+            FoldDir(p, int(p.name[4:])) for p in sorted(self.path.glob("fold*")) if p.is_dir() and p.name[4:].isdigit()
+        ]
 
     def read_config(self, complete: bool = False) -> dict:
         """config.yaml as written. COMPLETE: keys it lacks (a run from before they existed) take today's
@@ -207,5 +212,6 @@ class RunDir:
 
     def _need_pooled(self) -> None:
         if not self.is_pooled():
-            raise AmfError(f"{self.path} has no pooled out-of-fold results ({self.oof}, {self.oof_metrics}): "
-                           f"are all folds done?")
+            raise AmfError(
+                f"{self.path} has no pooled out-of-fold results ({self.oof}, {self.oof_metrics}): are all folds done?"
+            )

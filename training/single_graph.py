@@ -10,6 +10,7 @@ not used). All members must share input size, mean, std and resize method. Befor
 written, the single graph is checked against the member loop on random patches (within 1e-5).
 Run:  python -m training.single_graph MODEL_DIR [--use-on cpu] [--fp16] [--fp16-use-on cuda]
 """
+
 from __future__ import annotations
 
 import sys
@@ -65,11 +66,17 @@ def build_single_graph(models: list, input_name: str = INPUT_NAME, output_name: 
             opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
     nodes.append(helper.make_node("Mean", probs, [output_name], name="ensemble_mean"))
     graph = helper.make_graph(
-        nodes, "amf_merged_ensemble", [first_input],
+        nodes,
+        "amf_merged_ensemble",
+        [first_input],
         [helper.make_tensor_value_info(output_name, onnx.TensorProto.FLOAT, ["batch", 1])],
-        initializer=inits, value_info=value_info, sparse_initializer=sparse)
-    single = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-                               functions=functions)
+        initializer=inits,
+        value_info=value_info,
+        sparse_initializer=sparse,
+    )
+    single = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()], functions=functions
+    )
     single.ir_version = max(m.ir_version for m in models)  # what onnxruntime already reads
     single.producer_name = "amf training.single_graph"
     return single
@@ -88,8 +95,9 @@ def save_model(model, path: Path) -> Path:
 
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
     if weights > PROTOBUF_LIMIT:
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
+        onnx.save(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
+        )
     else:
         onnx.save(model, str(path))
     return path
@@ -164,11 +172,21 @@ def main(argv=None) -> int:
 
     ap = ArgumentParser(prog="python -m training.single_graph", description=__doc__.splitlines()[0])
     ap.add_argument("model_dir")
-    ap.add_argument("--use-on", nargs="*", default=[], choices=list(manifest_io.DEVICES),
-                    help="devices where the single graph replaces the member loop (from the benchmark)")
+    ap.add_argument(
+        "--use-on",
+        nargs="*",
+        default=[],
+        choices=list(manifest_io.DEVICES),
+        help="devices where the single graph replaces the member loop (from the benchmark)",
+    )
     ap.add_argument("--fp16", action="store_true", help="also write the fp16 copy (CUDA only)")
-    ap.add_argument("--fp16-use-on", nargs="*", default=[], choices=["cuda"],
-                    help="use the fp16 copy on CUDA (only where the benchmark found it faster)")
+    ap.add_argument(
+        "--fp16-use-on",
+        nargs="*",
+        default=[],
+        choices=["cuda"],
+        help="use the fp16 copy on CUDA (only where the benchmark found it faster)",
+    )
     a = ap.parse_args(argv)
     try:
         m = add_single_graph(a.model_dir, a.use_on, a.fp16, a.fp16_use_on)

@@ -16,6 +16,7 @@ splits.csv columns: image_id, slide, fold, fold_name, label, source, synthetic, 
 columns, raw_<domain>, and the image path (export checks its ONNX files on real patches with it).
 Run:  python -m training.splits LABELS.csv [--folds 5] [--seed 0] [--kind kfold]   (prints per-fold counts)
 """
+
 from __future__ import annotations
 
 import io
@@ -27,12 +28,22 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError
-from training.domains import DOMAIN_COLUMNS
 from amf.fileio import write_text_atomic
+from training.domains import DOMAIN_COLUMNS
 
 KINDS = {"kfold": None, "leave_scanner_out": "Scanner", "leave_tumor_out": "Tumor"}
-COLUMNS = ["image_id", "slide", "fold", "fold_name", "label", "source", "synthetic", *DOMAIN_COLUMNS,
-           *[f"raw_{c}" for c in DOMAIN_COLUMNS], "path"]
+COLUMNS = [
+    "image_id",
+    "slide",
+    "fold",
+    "fold_name",
+    "label",
+    "source",
+    "synthetic",
+    *DOMAIN_COLUMNS,
+    *[f"raw_{c}" for c in DOMAIN_COLUMNS],
+    "path",
+]
 
 
 def kfold_assign(key, groups, labels, folds: int, seed: int, tries: int = 16) -> np.ndarray:
@@ -56,8 +67,7 @@ def kfold_assign(key, groups, labels, folds: int, seed: int, tries: int = 16) ->
     return best
 
 
-def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int = 0,
-                tries: int = 16) -> pd.DataFrame:
+def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int = 0, tries: int = 16) -> pd.DataFrame:
     """The table -> its splits table (COLUMNS), one row per figure, in table order."""
     if kind not in KINDS:
         raise AmfError(f"unknown split kind {kind!r}; use one of {list(KINDS)}")
@@ -86,8 +96,10 @@ def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int
     out["fold"] = out["fold"].astype(int)
     torn = out.iloc[real].groupby("slide")["fold"].nunique()
     if (torn > 1).any():  # a slide on both sides would put its figures in training and validation at once
-        raise AmfError(f"{kind}: slide(s) {', '.join(map(str, torn.index[torn > 1][:5]))} fall in two folds "
-                       f"(their figures differ in {KINDS[kind] or 'fold'}); a slide must stay in one fold")
+        raise AmfError(
+            f"{kind}: slide(s) {', '.join(map(str, torn.index[torn > 1][:5]))} fall in two folds "
+            f"(their figures differ in {KINDS[kind] or 'fold'}); a slide must stay in one fold"
+        )
     return out.reset_index(drop=True)
 
 
@@ -99,8 +111,9 @@ def write(splits: pd.DataFrame, path) -> Path:
 
 
 def read(path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"image_id": str, "slide": str, "fold_name": str, "path": str},
-                       keep_default_na=False)
+    return pd.read_csv(
+        path, dtype={"image_id": str, "slide": str, "fold_name": str, "path": str}, keep_default_na=False
+    )
 
 
 def matching(splits: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
@@ -108,9 +121,11 @@ def matching(splits: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     a, b = set(splits["image_id"]), set(df["image_id"])
     if a != b:
         only_s, only_d = sorted(a - b), sorted(b - a)
-        raise AmfError(f"the run's splits.csv does not match the data: {len(only_s)} figure(s) only in the "
-                       f"splits (e.g. {only_s[:3]}), {len(only_d)} only in the data (e.g. {only_d[:3]}); "
-                       f"use a new --out folder")
+        raise AmfError(
+            f"the run's splits.csv does not match the data: {len(only_s)} figure(s) only in the "
+            f"splits (e.g. {only_s[:3]}), {len(only_d)} only in the data (e.g. {only_d[:3]}); "
+            f"use a new --out folder"
+        )
     return splits.set_index("image_id").loc[df["image_id"]].reset_index()
 
 
@@ -146,8 +161,10 @@ def describe(splits: pd.DataFrame) -> str:
     lines = []
     for k in folds_of(splits):
         v = splits[splits["fold"] == k]
-        lines.append(f"  fold {k} ({v['fold_name'].iloc[0]}): {len(v)} figures, {int(v['label'].sum())} atypical "
-                     f"({100 * v['label'].mean():.1f}%), {v['slide'].nunique()} slides")
+        lines.append(
+            f"  fold {k} ({v['fold_name'].iloc[0]}): {len(v)} figures, {int(v['label'].sum())} atypical "
+            f"({100 * v['label'].mean():.1f}%), {v['slide'].nunique()} slides"
+        )
     return "\n".join(lines)
 
 

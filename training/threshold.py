@@ -12,6 +12,7 @@ with the higher pooled nested balanced accuracy ships (a tie keeps the out-of-fo
 from all figures. training.export records the whole comparison in the manifest's provenance.
 Run:  python -m training.threshold OOF_RUN LOSO_RUN
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,16 @@ def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
     b = loso.set_index("image_id").loc[oof["image_id"]]
     if (b["label"].to_numpy(int) != oof["label"].to_numpy(int)).any():
         raise AmfError("the two runs label a figure differently")
-    return pd.DataFrame({"image_id": oof["image_id"].to_numpy(), "label": oof["label"].to_numpy(int),
-                         "slide": oof["slide"].astype(str).to_numpy(), "Scanner": oof["Scanner"].to_numpy(),
-                         "p_oof": oof["probability"].to_numpy(float), "p_loso": b["probability"].to_numpy(float)})
+    return pd.DataFrame(
+        {
+            "image_id": oof["image_id"].to_numpy(),
+            "label": oof["label"].to_numpy(int),
+            "slide": oof["slide"].astype(str).to_numpy(),
+            "Scanner": oof["Scanner"].to_numpy(),
+            "p_oof": oof["probability"].to_numpy(float),
+            "p_loso": b["probability"].to_numpy(float),
+        }
+    )
 
 
 def nested_predictions(t: pd.DataFrame, rule: str) -> tuple[np.ndarray, dict]:
@@ -69,18 +77,27 @@ def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int 
         on = {}
         for s in RULES:
             p = t[f"p_{s}"].to_numpy(float)
-            on[s] = {**metrics.summary(y, p, threshold=thr),
-                     "ci95": slide_bootstrap_ci(y, p, slides, (p >= thr).astype(int), n_boot, seed)}
+            on[s] = {
+                **metrics.summary(y, p, threshold=thr),
+                "ci95": slide_bootstrap_ci(y, p, slides, (p >= thr).astype(int), n_boot, seed),
+            }
         out["rules"][rule] = {
-            "threshold": thr, "on": on, "nested_thresholds": nested_thr,
-            "nested_loso": {**metrics.summary(y, t["p_loso"], y_pred=nested_pred),
-                            "ci95": slide_bootstrap_ci(y, t["p_loso"], slides, nested_pred, n_boot, seed)}}
+            "threshold": thr,
+            "on": on,
+            "nested_thresholds": nested_thr,
+            "nested_loso": {
+                **metrics.summary(y, t["p_loso"], y_pred=nested_pred),
+                "ci95": slide_bootstrap_ci(y, t["p_loso"], slides, nested_pred, n_boot, seed),
+            },
+        }
     bal = {r: out["rules"][r]["nested_loso"]["balanced_accuracy"] for r in RULES}
     out["chosen"] = "loso" if bal["loso"] > bal["oof"] else "oof"
     out["threshold"] = out["rules"][out["chosen"]]["threshold"]
-    out["rule"] = ("the rule with the higher nested leave-one-scanner-out balanced accuracy (each held-out "
-                   "scanner at a threshold chosen on the other scanners' figures); a tie keeps the out-of-fold "
-                   "rule; the shipped threshold is that rule's on all figures")
+    out["rule"] = (
+        "the rule with the higher nested leave-one-scanner-out balanced accuracy (each held-out "
+        "scanner at a threshold chosen on the other scanners' figures); a tie keeps the out-of-fold "
+        "rule; the shipped threshold is that rule's on all figures"
+    )
     return out
 
 
@@ -89,10 +106,12 @@ def summary_text(res: dict) -> str:
     lines = [f"threshold for scanner shift: {res['n']} figures, scanners {', '.join(res['scanners'])}"]
     for rule, r in res["rules"].items():
         on = r["on"]
-        lines.append(f"  {rule} rule {f(r['threshold'])}: balanced accuracy on oof {f(on['oof']['balanced_accuracy'])}"
-                     f", on loso {f(on['loso']['balanced_accuracy'])} (sensitivity {f(on['loso']['sensitivity'])})"
-                     f"; nested loso {f(r['nested_loso']['balanced_accuracy'])} "
-                     f"{metrics.fmt_ci(r['nested_loso']['ci95']['balanced_accuracy'])}")
+        lines.append(
+            f"  {rule} rule {f(r['threshold'])}: balanced accuracy on oof {f(on['oof']['balanced_accuracy'])}"
+            f", on loso {f(on['loso']['balanced_accuracy'])} (sensitivity {f(on['loso']['sensitivity'])})"
+            f"; nested loso {f(r['nested_loso']['balanced_accuracy'])} "
+            f"{metrics.fmt_ci(r['nested_loso']['ci95']['balanced_accuracy'])}"
+        )
     lines.append(f"  chosen: {res['chosen']} rule, threshold {f(res['threshold'])}")
     return "\n".join(lines)
 
@@ -108,6 +127,7 @@ def main(argv=None) -> int:
         print(summary_text(res))
         if a.json:
             from amf.fileio import write_text_atomic
+
             write_text_atomic(a.json, json.dumps(res, indent=2) + "\n")
     except EXPECTED as e:
         return report_error(as_error(e))

@@ -26,6 +26,7 @@ The held-out metrics of every epoch (val_* in epochs.csv) are for monitoring and
 unless train.selection is validation. With ema.evaluate the EMA teacher is the model that is evaluated,
 selected and exported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,22 +42,21 @@ import torch
 import torch.nn.functional as F
 
 from amf import AmfError, report_error
-from training import metrics
 from amf.cli import ArgumentParser, positive_int
 from amf.ensemble import sigmoid
 from training import config as config_io
-from training import gpu_augment
+from training import gpu_augment, metrics
 from training import oof as oof_io
 from training import splits as splits_io
 from training.augment import Augment
-from training.folds import run_parallel
 from training.data import PatchDataset, counts_report, load_dataset
+from training.folds import run_parallel
 from training.models import create_backbone, create_classifier, head_parameters, lora_folded_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
 from training.run import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
 
-
 # ---- distributed ------------------------------------------------------------------------------
+
 
 class Dist:
     """torchrun's environment, or a single process."""
@@ -109,8 +109,8 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         else:
             order = torch.randperm(self.n, generator=g)
-        mine = order[self.rank::self.world][:self.per_rank]
-        draws = torch.arange(self.n)[self.rank::self.world][:self.per_rank]
+        mine = order[self.rank :: self.world][: self.per_rank]
+        draws = torch.arange(self.n)[self.rank :: self.world][: self.per_rank]
         return iter(zip(mine.tolist(), draws.tolist()))
 
     def __len__(self):
@@ -118,6 +118,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
 
 def seed_everything(seed: int):
     torch.manual_seed(seed)
@@ -144,10 +145,17 @@ def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.Data
     if run.config.is_file():
         old = run.read_config()
         if old != config_io.yaml.safe_load(config_io.dump(cfg)):
-            diff = [f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict) for k in cfg[s]
-                    if (old.get(s) or {}).get(k) != cfg[s][k]]
-            raise AmfError(f"{run} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
-                           f"use a new --out folder or the same config")
+            diff = [
+                f"{s}.{k}"
+                for s in cfg
+                if isinstance(cfg[s], dict)
+                for k in cfg[s]
+                if (old.get(s) or {}).get(k) != cfg[s][k]
+            ]
+            raise AmfError(
+                f"{run} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
+                f"use a new --out folder or the same config"
+            )
     elif dist.main:
         run.write_config(cfg)
     if run.splits.is_file():
@@ -167,6 +175,7 @@ def cosine_with_warmup(total: int, warmup: int):
             return (step + 1) / max(1, warmup)
         t = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
     return f
 
 
@@ -182,8 +191,14 @@ def param_groups(model, cfg):
         decay = p.ndim > 1
         key = (is_head, decay)
         groups.setdefault(key, []).append(p)
-    return [{"params": ps, "lr": t["lr"] * (t["head_lr_scale"] if h else 1.0),
-             "weight_decay": t["weight_decay"] if d else 0.0} for (h, d), ps in groups.items()]
+    return [
+        {
+            "params": ps,
+            "lr": t["lr"] * (t["head_lr_scale"] if h else 1.0),
+            "weight_decay": t["weight_decay"] if d else 0.0,
+        }
+        for (h, d), ps in groups.items()
+    ]
 
 
 @torch.no_grad()
@@ -192,6 +207,7 @@ def predict(model, loader, device, amp: bool, channels_last: bool, progress: boo
     model.eval()
     rows, logits = [], []
     from tqdm import tqdm
+
     for x, _, r in tqdm(loader, desc="  validate", leave=False, disable=not progress, mininterval=2):
         x = x.to(device, non_blocking=True)
         if channels_last:
@@ -207,18 +223,27 @@ def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) ->
     from training.domains import DOMAIN_COLUMNS
 
     sub = df.iloc[rows]
-    out = pd.DataFrame({"image_id": sub["image_id"].values, "fold": k,
-                        "probability": sigmoid(logits), "logit": logits,
-                        "label": sub["label"].values, "soft": sub["soft"].values, "slide": sub["slide"].values,
-                        "source": sub["source"].values})
+    out = pd.DataFrame(
+        {
+            "image_id": sub["image_id"].values,
+            "fold": k,
+            "probability": sigmoid(logits),
+            "logit": logits,
+            "label": sub["label"].values,
+            "soft": sub["soft"].values,
+            "slide": sub["slide"].values,
+            "source": sub["source"].values,
+        }
+    )
     for col in DOMAIN_COLUMNS:
         out[col] = sub[col].values
         out[f"raw_{col}"] = sub[f"raw_{col}"].values
     return out
 
 
-def train_step(model, train_model, teacher, optimizer, x, target, cfg: dict, amp: bool, pos_weight=None,
-               align_batch=None) -> dict:
+def train_step(
+    model, train_model, teacher, optimizer, x, target, cfg: dict, amp: bool, pos_weight=None, align_batch=None
+) -> dict:
     """One optimiser step of the configured recipe; returns the detached losses (device tensors).
 
     loss = BCE(logit, target) [+ kd_weight * T^2 KL(teacher || student)] [+ align.weight * alignment].
@@ -254,11 +279,13 @@ def train_step(model, train_model, teacher, optimizer, x, target, cfg: dict, amp
 
 # ---- one fold, step by step -------------------------------------------------------------------
 
+
 @dataclass
 class FoldData:
     """A fold's rows and loaders. train_rows train (an epoch is STEPS batches of them); val_rows are the held-out
     fold (reported; they choose the epoch only with train.selection validation); inner_rows, with train.selection
     inner, choose the epoch and do not train (else None)."""
+
     train_rows: np.ndarray
     val_rows: np.ndarray
     inner_rows: np.ndarray | None
@@ -275,6 +302,7 @@ class LossInputs:
     """What train_step needs besides the batch, on the device once (no copy and no host sync per step): the
     positive-class weight (imbalance.mode loss) and, for the domain alignment, every figure's label and domain
     codes."""
+
     pos_weight: torch.Tensor | None
     labels: torch.Tensor
     domains: torch.Tensor
@@ -292,6 +320,7 @@ class LossInputs:
 class FoldState:
     """What one epoch hands to the next, and last.pt keeps of it. EPOCH: the next epoch to train (0-based);
     BEST: the selection score of the epoch kept so far; STEP: optimiser steps so far (the EMA warm-up's clock)."""
+
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -350,11 +379,24 @@ def build_loaders(cfg: dict, df: pd.DataFrame, cache, rows: tuple, dist: Dist, s
     train_rows, val_rows, inner_rows = rows
     device = dist.device
     mean, std = d_cfg["mean"], d_cfg["std"]
-    train_ds = PatchDataset(df, train_rows, d_cfg["input_size"], mean, std, d_cfg["resize"],
-                            Augment(cfg["augment"]), cache, d_cfg["soft_labels"], seed)
+    train_ds = PatchDataset(
+        df,
+        train_rows,
+        d_cfg["input_size"],
+        mean,
+        std,
+        d_cfg["resize"],
+        Augment(cfg["augment"]),
+        cache,
+        d_cfg["soft_labels"],
+        seed,
+    )
     val_ds = PatchDataset(df, val_rows, d_cfg["input_size"], mean, std, d_cfg["resize"], None, cache)
-    inner_ds = None if inner_rows is None else PatchDataset(df, inner_rows, d_cfg["input_size"], mean, std,
-                                                            d_cfg["resize"], None, cache)
+    inner_ds = (
+        None
+        if inner_rows is None
+        else PatchDataset(df, inner_rows, d_cfg["input_size"], mean, std, d_cfg["resize"], None, cache)
+    )
     batch = int(t_cfg["batch_size"])
     steps = len(train_rows) // (batch * dist.world)
     if t_cfg["max_steps_per_epoch"]:
@@ -373,13 +415,19 @@ def build_loaders(cfg: dict, df: pd.DataFrame, cache, rows: tuple, dist: Dist, s
         loader_kw["prefetch_factor"] = 4
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=True, **loader_kw)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
-    inner_dl = None if inner_ds is None else torch.utils.data.DataLoader(
-        inner_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
+    inner_dl = (
+        None
+        if inner_ds is None
+        else torch.utils.data.DataLoader(inner_ds, batch_size=int(t_cfg["eval_batch_size"]), shuffle=False, **loader_kw)
+    )
     if gpu_augment.wanted(d_cfg["device_augment"], device, cache, d_cfg["resize"]):  # same sampler, batches made there
-        train_dl = gpu_augment.DeviceBatches(train_ds, sampler, batch, cfg["augment"], device,
-                                             d_cfg["device_memory_gb"])
-        log(f"fold {k}: training batches augmented on {device} (data.device_augment; "
-            f"patches {'on the device' if train_dl.resident else 'in pinned host memory'})")
+        train_dl = gpu_augment.DeviceBatches(
+            train_ds, sampler, batch, cfg["augment"], device, d_cfg["device_memory_gb"]
+        )
+        log(
+            f"fold {k}: training batches augmented on {device} (data.device_augment; "
+            f"patches {'on the device' if train_dl.resident else 'in pinned host memory'})"
+        )
     return FoldData(train_rows, val_rows, inner_rows, steps, train_ds, sampler, train_dl, val_dl, inner_dl)
 
 
@@ -391,8 +439,10 @@ def loss_inputs(cfg: dict, df: pd.DataFrame, y_train: np.ndarray, device) -> Los
         pos_weight = torch.tensor(float((y_train == 0).sum()) / max(1, (y_train == 1).sum()), device=device)
     hard_labels = torch.from_numpy(df["label"].to_numpy().astype(np.int64)).to(device)
     align_cols = list(cfg["align"]["columns"])
-    domain_codes = torch.tensor(np.stack([pd.factorize(df[c])[0] for c in align_cols], 1)
-                                if align_cols else np.zeros((len(df), 0)), dtype=torch.long).to(device)
+    domain_codes = torch.tensor(
+        np.stack([pd.factorize(df[c])[0] for c in align_cols], 1) if align_cols else np.zeros((len(df), 0)),
+        dtype=torch.long,
+    ).to(device)
     n_domain_values = int(domain_codes.max()) + 1 if domain_codes.numel() else 1
     use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
     return LossInputs(pos_weight, hard_labels, domain_codes, n_domain_values, use_align)
@@ -405,7 +455,8 @@ def make_optimiser(cfg: dict, model, steps: int):
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=t_cfg["lr"])
     total_steps = int(t_cfg["epochs"]) * steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_steps, int(round(float(t_cfg["warmup_epochs"]) * steps))))
+        optimizer, cosine_with_warmup(total_steps, int(round(float(t_cfg["warmup_epochs"]) * steps)))
+    )
     return optimizer, scheduler
 
 
@@ -436,15 +487,28 @@ def for_training(model, cfg: dict, dist: Dist):
     if dist.world > 1:
         cuda = dist.device.type == "cuda"
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.device.index] if cuda else None,
-            find_unused_parameters=cfg["model"]["finetune"] == "frozen")
+            model,
+            device_ids=[dist.device.index] if cuda else None,
+            find_unused_parameters=cfg["model"]["finetune"] == "frozen",
+        )
     if cfg["train"]["compile"]:
         train_model = torch.compile(train_model, dynamic=False)
     return train_model
 
 
-def train_epoch(state: FoldState, data: FoldData, loss_in: LossInputs, train_model, cfg: dict, dist: Dist, k: int,
-                epoch: int, amp: bool, channels_last: bool, progress: bool) -> dict:
+def train_epoch(
+    state: FoldState,
+    data: FoldData,
+    loss_in: LossInputs,
+    train_model,
+    cfg: dict,
+    dist: Dist,
+    k: int,
+    epoch: int,
+    amp: bool,
+    channels_last: bool,
+    progress: bool,
+) -> dict:
     """One epoch of optimiser steps (each followed by the schedule's and the EMA teacher's update); returns the
     start of its epochs.csv row: learning rate at its start, throughput, mean losses, the EMA decay in effect at
     its end. The losses are summed on the device: no host synchronisation per step."""
@@ -458,15 +522,31 @@ def train_epoch(state: FoldState, data: FoldData, loss_in: LossInputs, train_mod
     lr_start = state.optimizer.param_groups[0]["lr"]
     seen, t0 = 0, time.perf_counter()
     epochs = int(cfg["train"]["epochs"])
-    bar = tqdm(data.train, total=data.steps, desc=f"fold {k} epoch {epoch + 1}/{epochs}", leave=False,
-               disable=not (progress and dist.main), mininterval=1 if sys.stderr.isatty() else 30)
+    bar = tqdm(
+        data.train,
+        total=data.steps,
+        desc=f"fold {k} epoch {epoch + 1}/{epochs}",
+        leave=False,
+        disable=not (progress and dist.main),
+        mininterval=1 if sys.stderr.isatty() else 30,
+    )
     for i, (x, target, rows) in enumerate(bar):
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = target.to(device, non_blocking=True)
-        losses = train_step(state.model, train_model, state.teacher, state.optimizer, x, target, cfg, amp,
-                            loss_in.pos_weight, loss_in.align_batch(rows))
+        losses = train_step(
+            state.model,
+            train_model,
+            state.teacher,
+            state.optimizer,
+            x,
+            target,
+            cfg,
+            amp,
+            loss_in.pos_weight,
+            loss_in.align_batch(rows),
+        )
         state.scheduler.step()
         state.step += 1
         if state.teacher is not None:
@@ -478,13 +558,25 @@ def train_epoch(state: FoldState, data: FoldData, loss_in: LossInputs, train_mod
         if progress and dist.main and i % 10 == 9:
             bar.set_postfix(loss=f"{float(sums['loss']) / seen:.4f}", refresh=False)
     train_s = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "lr": lr_start, "images_per_s": seen * dist.world / train_s,
-            **{f"train_{key}": float(v) / max(1, seen) for key, v in sums.items()},
-            "ema_decay": state.teacher.last_decay if state.teacher is not None else None}
+    return {
+        "epoch": epoch + 1,
+        "lr": lr_start,
+        "images_per_s": seen * dist.world / train_s,
+        **{f"train_{key}": float(v) / max(1, seen) for key, v in sums.items()},
+        "ema_decay": state.teacher.last_decay if state.teacher is not None else None,
+    }
 
 
-def validate_and_select(row: dict, state: FoldState, data: FoldData, labels: np.ndarray, cfg: dict, device,
-                        channels_last: bool, progress: bool) -> tuple:
+def validate_and_select(
+    row: dict,
+    state: FoldState,
+    data: FoldData,
+    labels: np.ndarray,
+    cfg: dict,
+    device,
+    channels_last: bool,
+    progress: bool,
+) -> tuple:
     """Adds the epoch's held-out metrics (val_*: monitoring), the inner ones (inner_*) and row["best"]: whether
     train.selection keeps this epoch so far (last: every epoch in turn, so the last one; inner / validation: the
     best train.select on the inner or held-out figures). The evaluated model is the EMA teacher with
@@ -496,8 +588,9 @@ def validate_and_select(row: dict, state: FoldState, data: FoldData, labels: np.
     y_val = labels[rows_v]
     s = metrics.summary(y_val, sigmoid(logits_v), threshold=0.5)
     row.update({f"val_{key}": s[key] for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")})
-    row["val_loss"] = float(F.binary_cross_entropy_with_logits(
-        torch.from_numpy(logits_v), torch.from_numpy(y_val.astype(np.float64))))
+    row["val_loss"] = float(
+        F.binary_cross_entropy_with_logits(torch.from_numpy(logits_v), torch.from_numpy(y_val.astype(np.float64)))
+    )
     if data.inner is not None:
         rows_i, logits_i = predict(evaluated, data.inner, device, False, channels_last, progress)
         s = metrics.summary(labels[rows_i], sigmoid(logits_i), threshold=0.5)
@@ -514,48 +607,82 @@ def validate_and_select(row: dict, state: FoldState, data: FoldData, labels: np.
     return evaluated, rows_v, logits_v
 
 
-def save_epoch(fold: FoldDir, state: FoldState, row: dict, evaluated, rows_v, logits_v, df: pd.DataFrame,
-               cfg: dict, cuda: bool, t0: float) -> None:
+def save_epoch(
+    fold: FoldDir,
+    state: FoldState,
+    row: dict,
+    evaluated,
+    rows_v,
+    logits_v,
+    df: pd.DataFrame,
+    cfg: dict,
+    cuda: bool,
+    t0: float,
+) -> None:
     """The epoch's files, each written atomically: the kept epoch's best.pt and oof.csv (when this epoch is
     kept), epochs.csv, and last.pt last: a fold stopped before last.pt is written redoes the epoch."""
     selection = cfg["train"]["selection"]
     if row["best"]:
-        save_atomic({"state_dict": lora_folded_state_dict(evaluated), "epoch": row["epoch"], "selection": selection,
-                     "metric": cfg["train"]["select"] if selection != "last" else "epoch",
-                     "value": float(state.best), "evaluated": "ema" if evaluated is not state.model else "student",
-                     "backbone": cfg["model"]["backbone"], "fold": fold.k}, fold.best)
+        save_atomic(
+            {
+                "state_dict": lora_folded_state_dict(evaluated),
+                "epoch": row["epoch"],
+                "selection": selection,
+                "metric": cfg["train"]["select"] if selection != "last" else "epoch",
+                "value": float(state.best),
+                "evaluated": "ema" if evaluated is not state.model else "student",
+                "backbone": cfg["model"]["backbone"],
+                "fold": fold.k,
+            },
+            fold.best,
+        )
         write_csv_atomic(oof_table(df, rows_v, logits_v, fold.k), fold.oof)
     row["seconds"] = time.perf_counter() - t0
     state.history.append(row)
     write_csv_atomic(pd.DataFrame(state.history), fold.epochs)
     teacher, mixer = state.teacher, state.mixer
-    save_atomic({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-                 "scheduler": state.scheduler.state_dict(),
-                 "teacher": teacher.module.state_dict() if teacher is not None else None,
-                 "epoch": row["epoch"] - 1, "best": state.best, "history": state.history, "step": state.step,
-                 "rng": {"torch": torch.get_rng_state(),
-                         "cuda": torch.cuda.get_rng_state() if cuda else None,
-                         "mixstyle": mixer.generator.get_state() if mixer is not None else None}},
-                fold.last)
+    save_atomic(
+        {
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "teacher": teacher.module.state_dict() if teacher is not None else None,
+            "epoch": row["epoch"] - 1,
+            "best": state.best,
+            "history": state.history,
+            "step": state.step,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if cuda else None,
+                "mixstyle": mixer.generator.get_state() if mixer is not None else None,
+            },
+        },
+        fold.last,
+    )
 
 
 def fold_line(cfg: dict, data: FoldData, labels: np.ndarray, dist: Dist, k: int, amp: bool, channels_last: bool) -> str:
     t_cfg, inner = cfg["train"], data.inner_rows
     selection, epochs, batch = t_cfg["selection"], int(t_cfg["epochs"]), int(t_cfg["batch_size"])
-    return (f"fold {k}: {len(data.train_rows)} train ({int(labels[data.train_rows].sum())} atypical), "
-            f"{len(data.val_rows)} held out; "
-            f"selection {selection}{f' on {len(inner)} inner figures' if inner is not None else ''}"
-            f"{' (optimistic: on the held-out fold)' if selection == 'validation' else ''}; "
-            f"{data.steps} steps/epoch x {epochs} epochs, batch {batch} x {dist.world} process(es) on {dist.device}"
-            f"{', bf16' if amp else ''}{', channels_last' if channels_last else ''}")
+    return (
+        f"fold {k}: {len(data.train_rows)} train ({int(labels[data.train_rows].sum())} atypical), "
+        f"{len(data.val_rows)} held out; "
+        f"selection {selection}{f' on {len(inner)} inner figures' if inner is not None else ''}"
+        f"{' (optimistic: on the held-out fold)' if selection == 'validation' else ''}; "
+        f"{data.steps} steps/epoch x {epochs} epochs, batch {batch} x {dist.world} process(es) on {dist.device}"
+        f"{', bf16' if amp else ''}{', channels_last' if channels_last else ''}"
+    )
 
 
 def epoch_line(row: dict, k: int, epochs: int) -> str:
-    val_txt = " ".join(f"{key[4:]} {row[key]:.3f}" for key in ("val_balanced_accuracy", "val_roc_auc")
-                       if row[key] is not None)
-    return (f"fold {k} epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
-            f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}), {row['images_per_s']:.0f} img/s; "
-            f"val {val_txt}{' *' if row['best'] else ''}")
+    val_txt = " ".join(
+        f"{key[4:]} {row[key]:.3f}" for key in ("val_balanced_accuracy", "val_roc_auc") if row[key] is not None
+    )
+    return (
+        f"fold {k} epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
+        f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}), {row['images_per_s']:.0f} img/s; "
+        f"val {val_txt}{' *' if row['best'] else ''}"
+    )
 
 
 def write_done(fold: FoldDir, state: FoldState, data: FoldData, cfg: dict) -> dict:
@@ -565,21 +692,36 @@ def write_done(fold: FoldDir, state: FoldState, data: FoldData, cfg: dict) -> di
     selection = t_cfg["selection"]
     hist = pd.DataFrame(state.history)
     best_row = hist.loc[hist["best"]].iloc[-1].to_dict() if len(hist) else {}
-    done = {"fold": fold.k, "epochs": int(t_cfg["epochs"]), "best_epoch": int(best_row.get("epoch", 0)),
-            "selection": selection, "select": t_cfg["select"] if selection != "last" else None,
-            "best_value": float(state.best) if selection != "last" else None,
-            "n_inner": len(data.inner_rows) if data.inner_rows is not None else 0,
-            "val_balanced_accuracy": best_row.get("val_balanced_accuracy"),
-            "val_roc_auc": best_row.get("val_roc_auc"),
-            "ema_decay": teacher.last_decay if teacher is not None else None,  # the decay of the last update
-            "ema_decay_configured": float(cfg["ema"]["decay"]) if teacher is not None else None,
-            "ema_warmup_steps": teacher.warmup_steps if teacher is not None else None}
+    done = {
+        "fold": fold.k,
+        "epochs": int(t_cfg["epochs"]),
+        "best_epoch": int(best_row.get("epoch", 0)),
+        "selection": selection,
+        "select": t_cfg["select"] if selection != "last" else None,
+        "best_value": float(state.best) if selection != "last" else None,
+        "n_inner": len(data.inner_rows) if data.inner_rows is not None else 0,
+        "val_balanced_accuracy": best_row.get("val_balanced_accuracy"),
+        "val_roc_auc": best_row.get("val_roc_auc"),
+        "ema_decay": teacher.last_decay if teacher is not None else None,  # the decay of the last update
+        "ema_decay_configured": float(cfg["ema"]["decay"]) if teacher is not None else None,
+        "ema_warmup_steps": teacher.warmup_steps if teacher is not None else None,
+    }
     write_json_atomic(done, fold.done)
     return done
 
 
-def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int, run_dir, dist: Dist,
-               restart: bool = False, progress: bool = True, log=print) -> dict | None:
+def train_fold(
+    cfg: dict,
+    df: pd.DataFrame,
+    cache,
+    splits: pd.DataFrame,
+    k: int,
+    run_dir,
+    dist: Dist,
+    restart: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict | None:
     """Train fold K into RUN_DIR/fold{k} (resuming from its last.pt unless RESTART; a finished fold is skipped)
     and return its done.json (None on ranks other than the main one)."""
     t_cfg = cfg["train"]
@@ -612,8 +754,9 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
         t0 = time.perf_counter()
         row = train_epoch(state, data, loss_in, train_model, cfg, dist, k, epoch, amp, channels_last, progress)
         if dist.main:
-            evaluated, rows_v, logits_v = validate_and_select(row, state, data, labels, cfg, device, channels_last,
-                                                              progress)
+            evaluated, rows_v, logits_v = validate_and_select(
+                row, state, data, labels, cfg, device, channels_last, progress
+            )
             save_epoch(fold, state, row, evaluated, rows_v, logits_v, df, cfg, cuda, t0)
             log(epoch_line(row, k, epochs))
         dist.barrier()
@@ -626,9 +769,14 @@ def train_fold(cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, k: int,
 
 # ---- command line -----------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0],
-                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = ArgumentParser(
+        prog="python -m training.train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     ap.add_argument("--config", required=True, help="YAML file or name in training/configs/")
     ap.add_argument("--data", required=True, help="folder with the official CSV and PNG folder")
     ap.add_argument("--out", required=True, help="run folder")
@@ -636,15 +784,24 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="overrides train.seed and splits.seed")
     ap.add_argument("--epochs", type=int, default=None, help="overrides train.epochs")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4")
-    ap.add_argument("--skip-missing", action="store_true", default=None,
-                    help="train without missing/unreadable images (reported with a count)")
+    ap.add_argument(
+        "--skip-missing",
+        action="store_true",
+        default=None,
+        help="train without missing/unreadable images (reported with a count)",
+    )
     ap.add_argument("--restart", action="store_true", help="ignore last.pt/done.json and train from scratch")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--workers", type=int, default=None, help="overrides data.num_workers")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ap.add_argument("--parallel", type=positive_int, default=1, metavar="N",
-                    help="without --fold: train up to N folds at once, one process each on the same device "
-                         "(training/folds.py), then pool them")
+    ap.add_argument(
+        "--parallel",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="without --fold: train up to N folds at once, one process each on the same device "
+        "(training/folds.py), then pool them",
+    )
     args = ap.parse_args(argv)
     dist = None
     try:
@@ -677,12 +834,16 @@ def main(argv=None) -> int:
         if dist.main:
             missing = run.missing_folds(splits)
             if missing:
-                log(f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} still to train, "
-                    f"then: python -m training.export {run} --out MODEL_DIR")
+                log(
+                    f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} still to train, "
+                    f"then: python -m training.export {run} --out MODEL_DIR"
+                )
             else:
                 _, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
-                log(f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, "
-                    f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s ==")
+                log(
+                    f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, "
+                    f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s =="
+                )
                 log(oof_io.summary_text(result))
                 log(f"run folder {run}; next: python -m training.export {run} --out MODEL_DIR")
     except AmfError as e:

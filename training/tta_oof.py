@@ -10,13 +10,13 @@ that the model card reports: is test-time augmentation worth its cost on held-ou
 With --tta none it reproduces RUN's own out-of-fold probabilities (a check of the whole path).
 Run:  python -m training.tta_oof RUN_DIR --tta flips|d4|none [--data DATA_DIR] [--out OUT_DIR]
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from amf import AmfError, report_error
@@ -27,9 +27,9 @@ from amf.manifest import TTA_MODES
 from amf.preprocess import prepare
 from training import oof as oof_io
 from training import splits as splits_io
-from training.run import RunDir, write_csv_atomic, write_json_atomic
 from training.data import decode, image_path
 from training.models import load_for_export
+from training.run import RunDir, write_csv_atomic, write_json_atomic
 
 BATCH = 128
 
@@ -40,9 +40,10 @@ def predict_views(model: torch.nn.Module, patches: list, cfg: dict, tta: str) ->
     d = cfg["data"]
     out = []
     for i in range(0, len(patches), BATCH):
-        x = prepare(patches[i:i + BATCH], int(d["input_size"]), d["mean"], d["std"], d["resize"])
-        views = [sigmoid(model(torch.from_numpy(np.ascontiguousarray(v))).numpy().reshape(-1))
-                 for v in tta_views(x, tta)]
+        x = prepare(patches[i : i + BATCH], int(d["input_size"]), d["mean"], d["std"], d["resize"])
+        views = [
+            sigmoid(model(torch.from_numpy(np.ascontiguousarray(v))).numpy().reshape(-1)) for v in tta_views(x, tta)
+        ]
         out.append(np.mean(views, axis=0))
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -66,8 +67,9 @@ def tta_run(run_dir, tta: str, out_dir=None, data_dir=None, log=print) -> Path:
         paths = [image_path(row, data_dir) for _, row in rows.iterrows()]
         absent = [str(p) for p in paths if not p.is_file()]
         if absent:
-            raise AmfError(f"fold {k}: {len(absent)} held-out image(s) are missing ({absent[0]}); "
-                           f"give the data folder with --data")
+            raise AmfError(
+                f"fold {k}: {len(absent)} held-out image(s) are missing ({absent[0]}); give the data folder with --data"
+            )
         model = load_for_export(cfg, fold.load_best()["state_dict"]).eval()
         p = predict_views(model, [decode(path) for path in paths], cfg, tta)
         held_out["probability"] = p

@@ -13,6 +13,7 @@ cannot be written): one line `error: ...` on stderr, exit 2, and no partial outp
 job that fails, or cannot even start (say --python names no interpreter), as that job's error, runs
 the rest, and exits 1 naming the failed jobs. Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,12 @@ def main(argv=None) -> int:
     p.add_argument("csv", help="official MIDOG 2025 CSV, or image,label[,domain]")
     p.add_argument("image_dir", help="folder holding the images the CSV names")
     p.add_argument("out", help="output folder (gets jobs/, ground_truth.json, figures.csv)")
-    p.add_argument("--format", default="tiff", choices=["tiff", "mha", "mixed"],
-                   help="stack file format; mixed alternates .tiff and .mha (default tiff)")
+    p.add_argument(
+        "--format",
+        default="tiff",
+        choices=["tiff", "mha", "mixed"],
+        help="stack file format; mixed alternates .tiff and .mha (default tiff)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the figures' order in stacks (default 0)")
     p.add_argument("--tumor", default=None, help="tumour type of every figure, for a CSV with no domain column")
 
@@ -39,16 +44,25 @@ def main(argv=None) -> int:
     r.add_argument("jobs", help="the jobs folder (OUT/jobs of pack)")
     r.add_argument("--model", default=None, help="model folder (default: as inference.py resolves it)")
     r.add_argument("--in-process", action="store_true", help="call inference.run here instead of a process per job")
-    r.add_argument("--python", default=None, help="interpreter for the per-job processes "
-                                                  "(default .venv-runtime/bin/python, else this one)")
-    r.add_argument("--timeout", type=positive_float, default=600.0, help="seconds allowed per job process (default 600)")
+    r.add_argument(
+        "--python",
+        default=None,
+        help="interpreter for the per-job processes (default .venv-runtime/bin/python, else this one)",
+    )
+    r.add_argument(
+        "--timeout", type=positive_float, default=600.0, help="seconds allowed per job process (default 600)"
+    )
 
     s = sub.add_parser("score", help="organisers' metrics, intervals and a report")
     s.add_argument("jobs", help="the jobs folder, after run")
     s.add_argument("--ground-truth", required=True, help="ground_truth.json in the organisers' form")
     s.add_argument("--out", required=True, help="report folder (metrics.json, report.md, PNGs)")
-    s.add_argument("--confidence", default="p-atypical", choices=["p-atypical", "predicted-class"],
-                   help="how to read confidence for ROC AUC (default p-atypical; see evaluate/score.py)")
+    s.add_argument(
+        "--confidence",
+        default="p-atypical",
+        choices=["p-atypical", "predicted-class"],
+        help="how to read confidence for ROC AUC (default p-atypical; see evaluate/score.py)",
+    )
     s.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     s.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--no-report", action="store_true", help="metrics.json and predictions.csv only")
@@ -57,16 +71,26 @@ def main(argv=None) -> int:
     try:
         if args.command == "pack":
             from training.evaluate.pack import pack
+
             print(json.dumps(pack(args.csv, args.image_dir, args.out, args.format, args.seed, args.tumor), indent=2))
         elif args.command == "run":
             from training.evaluate.run import run_jobs, summarise
+
             records = run_jobs(args.jobs, args.model, args.in_process, args.python, args.timeout)
             print(summarise(records))
             return 1 if any(not rec["ok"] for rec in records) else 0
         else:
             from training.evaluate.score import score
-            m = score(args.jobs, args.ground_truth, args.out, args.confidence, args.n_boot, args.seed,
-                      report=not args.no_report)
+
+            m = score(
+                args.jobs,
+                args.ground_truth,
+                args.out,
+                args.confidence,
+                args.n_boot,
+                args.seed,
+                report=not args.no_report,
+            )
             print(json.dumps(m["aggregates"], indent=2))
             print(f"-> {args.out}/metrics.json" + ("" if args.no_report else f", {args.out}/report.md"))
     except EXPECTED as e:  # the one error boundary: whatever the steps raise for bad input or files

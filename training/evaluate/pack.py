@@ -17,6 +17,7 @@ is refused. Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
 Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N]
 """
+
 from __future__ import annotations
 
 import json
@@ -28,17 +29,20 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError, jobs, one_line
+from amf.fileio import write_text_atomic
 from amf.results import ATYPICAL, CLASSES
 from training.data import LABEL_CODES, decode
 from training.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
-from amf.fileio import write_text_atomic
 
 STACK_SIZE = 16  # the organisers' stacks hold up to 16 cut-outs
 FORMATS = ("tiff", "mha", "mixed")
 # every accepted spelling of a label (lower case) -> its class: the official codes (AMF/NMF), the class
 # names and the class ids
-LABEL_SPELLINGS = {**{code.lower(): CLASSES[i] for code, i in LABEL_CODES.items()},
-                   **{name: name for name in CLASSES}, **{str(i): name for i, name in enumerate(CLASSES)}}
+LABEL_SPELLINGS = {
+    **{code.lower(): CLASSES[i] for code, i in LABEL_CODES.items()},
+    **{name: name for name in CLASSES},
+    **{str(i): name for i, name in enumerate(CLASSES)},
+}
 
 
 def _domain(value, row: int) -> int:
@@ -66,8 +70,10 @@ def read_labels(csv_path, tumor: str | None = None):
     elif {"image", "label"} <= set(raw.columns):
         figure, label, domain = "image", "label", "domain"
     else:
-        raise AmfError(f"{csv_path}: need the official columns (image_id, majority, Tumor) or "
-                       f"image,label[,domain]; found {', '.join(raw.columns)}")
+        raise AmfError(
+            f"{csv_path}: need the official columns (image_id, majority, Tumor) or "
+            f"image,label[,domain]; found {', '.join(raw.columns)}"
+        )
     if domain not in raw.columns and tumor is None:
         raise AmfError(f"{csv_path} has no {domain} column: name the tumour type with --tumor")
     if len(raw) == 0:
@@ -77,10 +83,12 @@ def read_labels(csv_path, tumor: str | None = None):
         name = r[figure].strip()
         lab = LABEL_SPELLINGS.get(r[label].strip().lower())
         if not name or lab is None:
-            raise AmfError(f"row {i}: need an image name and a label in {sorted(LABEL_SPELLINGS)}, "
-                           f"got {r[figure]!r}, {r[label]!r}")
-        rows.append({"figure": name, "label": lab,
-                     "tumordomain": _domain(r[domain] if domain in raw.columns else tumor, i)})
+            raise AmfError(
+                f"row {i}: need an image name and a label in {sorted(LABEL_SPELLINGS)}, got {r[figure]!r}, {r[label]!r}"
+            )
+        rows.append(
+            {"figure": name, "label": lab, "tumordomain": _domain(r[domain] if domain in raw.columns else tumor, i)}
+        )
     table = pd.DataFrame(rows)
     dup = table.figure[table.figure.duplicated()]
     if len(dup):
@@ -91,10 +99,8 @@ def read_labels(csv_path, tumor: str | None = None):
 def inside(image_dir: Path, name: str) -> Path:
     """IMAGE_DIR/NAME, refused (naming it) if NAME is absolute, has a '..' part or resolves outside IMAGE_DIR."""
     path = image_dir / name
-    if Path(name).is_absolute() or ".." in Path(name).parts \
-            or not path.resolve().is_relative_to(image_dir.resolve()):
-        raise AmfError(f"image {name!r} is outside the image folder {image_dir}: "
-                       "name images by their path inside it")
+    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(image_dir.resolve()):
+        raise AmfError(f"image {name!r} is outside the image folder {image_dir}: name images by their path inside it")
     return path
 
 
@@ -104,7 +110,7 @@ def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
     stacks = []
     for _, group in table.groupby("tumordomain", sort=True):
         group = group.iloc[rng.permutation(len(group))]
-        stacks += [group.iloc[i:i + stack_size] for i in range(0, len(group), stack_size)]
+        stacks += [group.iloc[i : i + stack_size] for i in range(0, len(group), stack_size)]
     return stacks
 
 
@@ -117,8 +123,9 @@ def load_patch(path: Path) -> np.ndarray:
         raise AmfError(f"cannot read image {path}: {one_line(e)}") from None
 
 
-def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: str | None = None,
-         progress: bool = True) -> dict:
+def pack(
+    csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: str | None = None, progress: bool = True
+) -> dict:
     """Write OUT/jobs, OUT/ground_truth.json and OUT/figures.csv; returns a summary."""
     if fmt not in FORMATS:
         raise AmfError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -147,15 +154,19 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
             name = f"{job}.{ext}"
             patches = [load_patch(image_dir / f) for f in stack.figure]
             if len({p.shape for p in patches}) > 1:
-                raise AmfError(f"{name}: the figures {', '.join(stack.figure)} differ in size; "
-                               "a stack needs one patch size")
+                raise AmfError(
+                    f"{name}: the figures {', '.join(stack.figure)} differ in size; a stack needs one patch size"
+                )
             jobs.write_job(scratch / "jobs" / job / "input", patches, name)
-            truth.append({"image": name, "labels": stack.label.tolist(),
-                          "tumordomains": [int(d) for d in stack.tumordomain]})
-            placed += [{"image": name, "index": i, "figure": f, "label": lab, "tumordomain": int(d),
-                        "tumor": tumor_name(d)}
-                       for i, (f, lab, d) in enumerate(zip(stack.figure, stack.label, stack.tumordomain))]
+            truth.append(
+                {"image": name, "labels": stack.label.tolist(), "tumordomains": [int(d) for d in stack.tumordomain]}
+            )
+            placed += [
+                {"image": name, "index": i, "figure": f, "label": lab, "tumordomain": int(d), "tumor": tumor_name(d)}
+                for i, (f, lab, d) in enumerate(zip(stack.figure, stack.label, stack.tumordomain))
+            ]
         import pandas as pd
+
         write_text_atomic(scratch / "ground_truth.json", json.dumps(truth, indent=1) + "\n")
         write_text_atomic(scratch / "figures.csv", pd.DataFrame(placed).to_csv(index=False))
         for name in ("ground_truth.json", "figures.csv", "jobs"):  # jobs last: its presence means done
@@ -163,7 +174,13 @@ def pack(csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     n_atyp = int((table.label == ATYPICAL).sum())
-    return {"stacks": len(stacks), "figures": len(table), "atypical": n_atyp,
-            "domains": sorted(int(d) for d in table.tumordomain.unique()), "format": fmt, "seed": seed,
-            "jobs": str(out_dir / "jobs"), "ground_truth": str(out_dir / "ground_truth.json")}
-
+    return {
+        "stacks": len(stacks),
+        "figures": len(table),
+        "atypical": n_atyp,
+        "domains": sorted(int(d) for d in table.tumordomain.unique()),
+        "format": fmt,
+        "seed": seed,
+        "jobs": str(out_dir / "jobs"),
+        "ground_truth": str(out_dir / "ground_truth.json"),
+    }

@@ -12,6 +12,7 @@ interpreter that does not exist or cannot run, a log that cannot be written): it
 that error. Nothing here imports torch.
 Run:  python -m training.evaluate run JOBS [--model DIR] [--in-process] [--python PATH]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,17 @@ def run_in_process(job: Path, model_dir: Path) -> str | None:
 
 def run_process(job: Path, model_dir: Path, python: str, timeout: float) -> str | None:
     """One job as a fresh process of the entrypoint; the error line, or None."""
-    cmd = [python, str(ROOT / "inference.py"), "--input", str(job / "input"),
-           "--output", str(job / "output"), "--model", str(model_dir), "--quiet"]
+    cmd = [
+        python,
+        str(ROOT / "inference.py"),
+        "--input",
+        str(job / "input"),
+        "--output",
+        str(job / "output"),
+        "--model",
+        str(model_dir),
+        "--quiet",
+    ]
     with open(job / RUN_LOG, "w") as log:
         try:
             done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.PIPE, text=True, timeout=timeout)
@@ -95,8 +105,14 @@ def run_process(job: Path, model_dir: Path, python: str, timeout: float) -> str 
     return None
 
 
-def run_jobs(jobs_dir, model_dir=None, in_process: bool = False, python: str | None = None,
-             timeout: float = 600.0, progress: bool = True) -> list[dict]:
+def run_jobs(
+    jobs_dir,
+    model_dir=None,
+    in_process: bool = False,
+    python: str | None = None,
+    timeout: float = 600.0,
+    progress: bool = True,
+) -> list[dict]:
     """Run every job; returns one record per job {job, ok, seconds, error, mode}."""
     from tqdm import tqdm
 
@@ -117,9 +133,15 @@ def run_jobs(jobs_dir, model_dir=None, in_process: bool = False, python: str | N
         except OSError as e:  # the job could not start (no such interpreter, no log file): this job's error
             error = f"cannot start: {one_line(as_error(e))}"
         seconds = time.perf_counter() - start
-        record = {"job": job.name, "ok": error is None, "seconds": round(seconds, 4), "error": error,
-                  "mode": "in-process" if in_process else "process",
-                  "python": sys.executable if in_process else python, "model": str(model_dir)}
+        record = {
+            "job": job.name,
+            "ok": error is None,
+            "seconds": round(seconds, 4),
+            "error": error,
+            "mode": "in-process" if in_process else "process",
+            "python": sys.executable if in_process else python,
+            "model": str(model_dir),
+        }
         write_text_atomic(job / RUN_RECORD, json.dumps(record, indent=2) + "\n")
         records.append(record)
         bar.set_postfix_str(f"{job.name} {seconds:.2f}s")
@@ -133,7 +155,9 @@ def summarise(records: list[dict]) -> str:
 
     secs = np.array([r["seconds"] for r in records])
     failed = [r["job"] for r in records if not r["ok"]]
-    line = (f"{len(records)} jobs ({records[0]['mode']}): {len(records) - len(failed)} ok, "
-            f"{len(failed)} failed; seconds per job: mean {secs.mean():.2f}, median "
-            f"{np.median(secs):.2f}, max {secs.max():.2f}")
+    line = (
+        f"{len(records)} jobs ({records[0]['mode']}): {len(records) - len(failed)} ok, "
+        f"{len(failed)} failed; seconds per job: mean {secs.mean():.2f}, median "
+        f"{np.median(secs):.2f}, max {secs.max():.2f}"
+    )
     return line + (f"\nfailed: {', '.join(failed)}" if failed else "")

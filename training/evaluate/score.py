@@ -23,6 +23,7 @@ Everything is read and checked before anything is written (a result's confidence
 earlier run is removed first: after a failed score no metrics.json claims a result.
 Run:  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--confidence p-atypical|predicted-class]
 """
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,13 @@ import numpy as np
 
 from amf import AmfError, jobs, one_line
 from amf.fileio import read_json, write_text_atomic
-from training.metrics import aggregates, best_threshold, bootstrap_ci, roc_band, summary
 from amf.results import ATYPICAL, CLASS_ID, validate
+from training.metrics import aggregates, best_threshold, bootstrap_ci, roc_band, summary
 
 CONFIDENCE_MODES = {
     "p-atypical": "confidence = P(atypical); ROC AUC on the confidence as given",
     "predicted-class": "confidence = confidence of the predicted class; ROC AUC on "
-                       "P(atypical) = confidence if class is atypical else 1 - confidence",
+    "P(atypical) = confidence if class is atypical else 1 - confidence",
 }
 DEPARTURES = [
     "a set or tumour domain with one class only reports roc_auc as null (the organisers' code raises)",
@@ -52,20 +53,28 @@ def load_ground_truth(path) -> dict[str, dict]:
     truth = read_json(path, "ground truth")
     out = {}
     for i, entry in enumerate(truth if isinstance(truth, list) else [None]):
-        ok = (isinstance(entry, dict) and isinstance(entry.get("image"), str)
-              and isinstance(entry.get("labels"), list) and isinstance(entry.get("tumordomains"), list)
-              and len(entry["labels"]) == len(entry["tumordomains"])
-              and all(lab in CLASS_ID for lab in entry["labels"])
-              and all(isinstance(d, int) and not isinstance(d, bool) for d in entry["tumordomains"]))
+        ok = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("image"), str)
+            and isinstance(entry.get("labels"), list)
+            and isinstance(entry.get("tumordomains"), list)
+            and len(entry["labels"]) == len(entry["tumordomains"])
+            and all(lab in CLASS_ID for lab in entry["labels"])
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in entry["tumordomains"])
+        )
         if not ok:
-            raise AmfError(f"ground truth {path}: entry {i} must be {{image, labels (normal/atypical), "
-                           "tumordomains (integers, one per label)}")
+            raise AmfError(
+                f"ground truth {path}: entry {i} must be {{image, labels (normal/atypical), "
+                "tumordomains (integers, one per label)}"
+            )
         if not entry["labels"]:
             raise AmfError(f"ground truth {path}: entry {i} (stack {entry['image']}) has no labels")
         if entry["image"] in out:
             raise AmfError(f"ground truth {path}: stack {entry['image']} listed twice")
-        out[entry["image"]] = {"labels": [CLASS_ID[lab] for lab in entry["labels"]],
-                               "tumordomains": entry["tumordomains"]}
+        out[entry["image"]] = {
+            "labels": [CLASS_ID[lab] for lab in entry["labels"]],
+            "tumordomains": entry["tumordomains"],
+        }
     return out
 
 
@@ -92,9 +101,20 @@ def read_job(job: Path, truth: dict, confidence: str) -> list[dict]:
     gt = truth[name]
     validate(results, len(gt["labels"]), stack=name)
     score = p_atypical(results, confidence)
-    return [{"job": job.name, "image": name, "index": i, "label": gt["labels"][i],
-             "tumordomain": gt["tumordomains"][i], "class": r["class"], "confidence": r["confidence"],
-             "p_atypical": score[i], "predicted": CLASS_ID[r["class"]]} for i, r in enumerate(results)]
+    return [
+        {
+            "job": job.name,
+            "image": name,
+            "index": i,
+            "label": gt["labels"][i],
+            "tumordomain": gt["tumordomains"][i],
+            "class": r["class"],
+            "confidence": r["confidence"],
+            "p_atypical": score[i],
+            "predicted": CLASS_ID[r["class"]],
+        }
+        for i, r in enumerate(results)
+    ]
 
 
 def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
@@ -121,8 +141,9 @@ def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
         problems.append(f"{len(unscored)} ground-truth stacks have no job, e.g. {unscored[0]}")
     if problems:
         more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise AmfError(f"{len(problems)} of {len(job_dirs)} jobs cannot be scored: "
-                       + "; ".join(problems[:MAX_LISTED]) + more)
+        raise AmfError(
+            f"{len(problems)} of {len(job_dirs)} jobs cannot be scored: " + "; ".join(problems[:MAX_LISTED]) + more
+        )
     return pd.DataFrame(rows)
 
 
@@ -134,17 +155,25 @@ def run_times(jobs_dir) -> dict | None:
     for path in (j / RUN_RECORD for j in list_jobs(jobs_dir)):
         if path.is_file():
             r = read_json(path, "run record")
-            if not (isinstance(r, dict) and isinstance(r.get("seconds"), (int, float))
-                    and not isinstance(r["seconds"], bool) and isinstance(r.get("mode"), str)):
-                raise AmfError(f"run record {path}: needs 'seconds' (a number) and 'mode' (text); "
-                               "run the jobs again")
+            if not (
+                isinstance(r, dict)
+                and isinstance(r.get("seconds"), (int, float))
+                and not isinstance(r["seconds"], bool)
+                and isinstance(r.get("mode"), str)
+            ):
+                raise AmfError(f"run record {path}: needs 'seconds' (a number) and 'mode' (text); run the jobs again")
             records.append(r)
     if not records:
         return None
     secs = np.array([r["seconds"] for r in records])
-    return {"jobs": len(records), "mode": sorted({r["mode"] for r in records}),
-            "seconds_mean": float(secs.mean()), "seconds_median": float(np.median(secs)),
-            "seconds_max": float(secs.max()), "seconds_total": float(secs.sum())}
+    return {
+        "jobs": len(records),
+        "mode": sorted({r["mode"] for r in records}),
+        "seconds_mean": float(secs.mean()),
+        "seconds_median": float(np.median(secs)),
+        "seconds_max": float(secs.max()),
+        "seconds_total": float(secs.sum()),
+    }
 
 
 def read_figures(path):
@@ -170,8 +199,11 @@ def evaluate(table, n_boot: int = 1000, seed: int = 0, confidence: str = "p-atyp
     y, score, pred, dom = (table[c].to_numpy() for c in ("label", "p_atypical", "predicted", "tumordomain"))
     agg = aggregates(y, score, domains=dom, y_pred=pred)
     overall = summary(y, score, y_pred=pred)
-    intervals = {"level": 0.95, "method": f"percentile bootstrap over figures, {n_boot} resamples, seed {seed}",
-                 "overall": bootstrap_ci(y, score, n_boot=n_boot, seed=seed, y_pred=pred)}
+    intervals = {
+        "level": 0.95,
+        "method": f"percentile bootstrap over figures, {n_boot} resamples, seed {seed}",
+        "overall": bootstrap_ci(y, score, n_boot=n_boot, seed=seed, y_pred=pred),
+    }
     for d in np.sort(np.unique(dom)):
         m = dom == d
         intervals[f"domain_{d}"] = bootstrap_ci(y[m], score[m], n_boot=n_boot, seed=seed, y_pred=pred[m])
@@ -183,20 +215,34 @@ def evaluate(table, n_boot: int = 1000, seed: int = 0, confidence: str = "p-atyp
         "confidence_intervals": intervals,
         "roc_band": roc_band(y, score, n_boot=n_boot),
         "confidence_semantics": {"mode": confidence, "meaning": CONFIDENCE_MODES[confidence]},
-        "hindsight": {"threshold": best, "balanced_accuracy": summary(y, score, threshold=best)["balanced_accuracy"],
-                      "note": "chosen on this very set after seeing its labels: optimistic, not an estimate "
-                              "of performance on new data"},
-        "counts": {"stacks": int(table.image.nunique()), "figures": len(table),
-                   "atypical": int(y.sum()), "normal": int(len(y) - y.sum()),
-                   **{k: overall[k] for k in ("tp", "fp", "fn", "tn")}},
+        "hindsight": {
+            "threshold": best,
+            "balanced_accuracy": summary(y, score, threshold=best)["balanced_accuracy"],
+            "note": "chosen on this very set after seeing its labels: optimistic, not an estimate "
+            "of performance on new data",
+        },
+        "counts": {
+            "stacks": int(table.image.nunique()),
+            "figures": len(table),
+            "atypical": int(y.sum()),
+            "normal": int(len(y) - y.sum()),
+            **{k: overall[k] for k in ("tp", "fp", "fn", "tn")},
+        },
         # if the classes are not one threshold on the score, the score is probably read the wrong way
         "checks": {"classes_are_a_threshold_on_score": bool(normal_max < atypical_min)},
         "departures": DEPARTURES,
     }
 
 
-def score(jobs_dir, ground_truth, out_dir, confidence: str = "p-atypical", n_boot: int = 1000,
-          seed: int = 0, report: bool = True) -> dict:
+def score(
+    jobs_dir,
+    ground_truth,
+    out_dir,
+    confidence: str = "p-atypical",
+    n_boot: int = 1000,
+    seed: int = 0,
+    report: bool = True,
+) -> dict:
     """Check and score every job; write OUT/metrics.json, OUT/predictions.csv and the report."""
     if confidence not in CONFIDENCE_MODES:
         raise AmfError(f"unknown confidence semantics {confidence!r}; choose one of {', '.join(CONFIDENCE_MODES)}")
@@ -219,6 +265,7 @@ def score(jobs_dir, ground_truth, out_dir, confidence: str = "p-atypical", n_boo
     write_text_atomic(out_dir / "predictions.csv", table.drop(columns="predicted").to_csv(index=False))
     if report:
         from training.evaluate.report import write_report
+
         write_report(out_dir, metrics, table)
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: the sign it all worked
     return metrics
