@@ -181,15 +181,18 @@ def pool(
     return oof, result
 
 
+NONE_MARK, NO_INTERVAL = "  -  ", "[  -  ,   -  ]"  # how the log prints a rate or interval that is undefined
+
+
 def fmt(x) -> str:
-    return "  -  " if x is None else f"{x:.3f}"
+    return metrics.fmt(x, missing=NONE_MARK)
 
 
 def summary_text(result: dict) -> str:
     s, ci = result["at_threshold"], result["ci95"]
 
     def with_ci(key):
-        return f"{fmt(s[key])} [{fmt((ci[key] or [None])[0])}, {fmt((ci[key] or [None, None])[1])}]"
+        return f"{fmt(s[key])} {metrics.fmt_ci(ci[key], missing=NO_INTERVAL)}"
 
     lines = [
         f"out-of-fold: {result['n']} figures ({result['n_atypical']} atypical), pooled threshold "
@@ -201,8 +204,8 @@ def summary_text(result: dict) -> str:
         n, nci = result["nested"]["at_nested_threshold"], result["nested"]["ci95"]
         lines.append(
             f"  nested thresholds (each fold's from the other folds): balanced accuracy "
-            f"{fmt(n['balanced_accuracy'])} [{fmt((nci['balanced_accuracy'] or [None])[0])}, "
-            f"{fmt((nci['balanced_accuracy'] or [None, None])[1])}], sensitivity {fmt(n['sensitivity'])}, "
+            f"{fmt(n['balanced_accuracy'])} {metrics.fmt_ci(nci['balanced_accuracy'], missing=NO_INTERVAL)}, "
+            f"sensitivity {fmt(n['sensitivity'])}, "
             f"specificity {fmt(n['specificity'])}"
         )
     for name in ("by_vote", "per_source"):
