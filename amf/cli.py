@@ -1,6 +1,7 @@
 """The command lines' one-line error rule, in one place: argparse that reports a bad argument as
 `error: ...` (exit 2, no usage block), argument types that check ranges, and the family of exceptions
 that bad input, bad files and failing writes raise (anything else is a bug and keeps its traceback).
+A module whose docstring is its manual builds its parser with ArgumentParser.from_doc(prog, __doc__).
 
     ap = ArgumentParser(prog="python -m training.x")
     ap.add_argument("--n-boot", type=positive_int)
@@ -36,6 +37,18 @@ def as_error(e: BaseException) -> AmfError:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors follow the one-line rule (subcommands inherit it)."""
+
+    @classmethod
+    def from_doc(cls, prog: str, doc: str, **kwargs) -> ArgumentParser:
+        """A parser for a module whose docstring DOC is its manual: the first line describes it, and
+        --help ends with the whole docstring as written."""
+        return cls(
+            prog=prog,
+            description=doc.splitlines()[0],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=doc,
+            **kwargs,
+        )
 
     def error(self, message: str):
         print(f"error: {self.prog}: {one_line(message)} (see --help)", file=sys.stderr)

@@ -12,7 +12,6 @@ import time
 
 T0 = time.perf_counter()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -22,15 +21,15 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
+from bench.timing import job_parser, print_stages  # noqa: E402
+
 ARCH = "efficientnetv2_m"
 SIZE = 224
 SLUG = "stacked-histopathology-roi-cropouts"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--input", required=True)
-    ap.add_argument("--output", required=True)
+    ap = job_parser(__doc__)
     ap.add_argument("--weights", required=True)
     a = ap.parse_args()
     t1 = time.perf_counter()
@@ -58,19 +57,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "multiple-mitotic-figure-classification.json").write_text(json.dumps(results, indent=2))
     t4 = time.perf_counter()
-    print(
-        json.dumps(
-            {
-                "imports": t1 - T0,
-                "load": t2 - t1,
-                "infer": t3 - t2,
-                "write": t4 - t3,
-                "n": len(results),
-                "device": "cpu",
-                "variant": None,
-            }
-        )
-    )
+    print_stages(T0, t1, t2, t3, t4, len(results), "cpu", None)
 
 
 if __name__ == "__main__":

@@ -44,25 +44,17 @@ def baseline_weights() -> Path:
 
 
 def export_convnext(path: Path, seed: int, size: int) -> Path:
-    """timm convnext_small, random init, one logit -> fp32 ONNX with a dynamic batch axis."""
+    """timm convnext_small, random init, one logit -> fp32 ONNX with a dynamic batch axis (training.export's
+    exporter, as for a trained member)."""
     import timm
     import torch
 
+    from training.export import export_onnx
+
     torch.manual_seed(seed)
     model = timm.create_model(CONVNEXT_ARCH, pretrained=False, num_classes=1).eval()
-    x = torch.zeros(2, 3, size, size)
     tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        model,
-        (x,),
-        str(tmp),
-        input_names=["input"],
-        output_names=["logit"],
-        dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-        external_data=False,
-    )
+    export_onnx(model, tmp, size)
     tmp.replace(path)
     return path
 

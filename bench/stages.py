@@ -11,8 +11,6 @@ import time
 
 T0 = time.perf_counter()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -26,12 +24,11 @@ import inference  # noqa: E402
 from amf import jobs  # noqa: E402
 from amf.ensemble import Ensemble  # noqa: E402
 from amf.results import to_results  # noqa: E402
+from bench.timing import job_parser, print_stages  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--input", required=True)
-    ap.add_argument("--output", required=True)
+    ap = job_parser(__doc__)
     ap.add_argument("--model", default=None)
     a = ap.parse_args()
     t1 = time.perf_counter()
@@ -42,19 +39,7 @@ def main() -> None:
     t3 = time.perf_counter()
     jobs.write_results(a.output, results)
     t4 = time.perf_counter()
-    print(
-        json.dumps(
-            {
-                "imports": t1 - T0,
-                "load": t2 - t1,
-                "infer": t3 - t2,
-                "write": t4 - t3,
-                "n": len(results),
-                "device": ensemble.device,
-                "variant": ensemble.variant.kind if ensemble.variant else None,
-            }
-        )
-    )
+    print_stages(T0, t1, t2, t3, t4, len(results), ensemble.device, ensemble.variant.kind if ensemble.variant else None)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,25 @@ def with_ci(m: dict, ci: dict, key: str) -> str:
     return f"{fmt(m[key])} {fmt_ci(ci.get(key), missing='[–, –]')}"
 
 
+def shown(m: dict, ci: dict, at_05: dict | None = None, keys=SHOWN) -> list[str]:
+    """A table row's metric cells: the KEYS metrics of M with their intervals CI, then, given AT_05 (the
+    metrics at threshold 0.5), balanced accuracy at 0.5."""
+    cells = [with_ci(m, ci, k) for k in keys]
+    if at_05 is not None:
+        cells.append(fmt(at_05["balanced_accuracy"]))
+    return cells
+
+
+def figures(m: dict) -> str:
+    """The "figures (atypical)" cell of metrics M."""
+    return f"{m['n']} ({m['n_atypical']})"
+
+
+def row(*cells) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def selection_of(cfg: dict) -> str:
     """train.selection of a config summary; a run from before the key existed chose on validation."""
     return cfg["train"].get("selection") or "validation"
@@ -238,11 +257,7 @@ def oof_table(card: dict) -> list[str]:
     for name in ("recipe", "plain"):
         r = card["runs"][name]["oof"]
         ship = " (shipped)" if name == card["shipped"] else ""
-        lines.append(
-            f"| {name}{ship} | {r['threshold']:.3f} | "
-            + " | ".join(with_ci(r["at_threshold"], r["ci95"], k) for k in SHOWN)
-            + f" | {fmt(r['at_0.5']['balanced_accuracy'])} |"
-        )
+        lines.append(row(name + ship, f"{r['threshold']:.3f}", *shown(r["at_threshold"], r["ci95"], r["at_0.5"])))
     return lines
 
 
@@ -254,11 +269,7 @@ def scanner_table(card: dict) -> list[str]:
     for name in ("recipe", "plain"):
         for scanner, s in card["runs"][name]["per_scanner"].items():
             m = s["metrics"]
-            lines.append(
-                f"| {name} | {scanner} | {m['n']} ({m['n_atypical']}) | {s['slides']} | "
-                + " | ".join(with_ci(m, s["ci95"], k) for k in SHOWN)
-                + " |"
-            )
+            lines.append(row(name, scanner, figures(m), s["slides"], *shown(m, s["ci95"])))
     return lines
 
 
@@ -321,17 +332,9 @@ def loso_table(card: dict) -> list[str]:
     ]
     for name, h in lo["held_out"].items():
         m = h["at_threshold"]
-        lines.append(
-            f"| {name.split('=', 1)[-1]} | {m['n']} ({m['n_atypical']}) | "
-            + " | ".join(with_ci(m, h["ci95"], k) for k in SHOWN)
-            + f" | {fmt(h['at_0.5']['balanced_accuracy'])} |"
-        )
+        lines.append(row(name.split("=", 1)[-1], figures(m), *shown(m, h["ci95"], h["at_0.5"])))
     p = lo["pooled"]
-    lines.append(
-        f"| pooled | {p['n']} ({p['n_atypical']}) | "
-        + " | ".join(with_ci(p["at_threshold"], p["ci95"], k) for k in SHOWN)
-        + f" | {fmt(p['at_0.5']['balanced_accuracy'])} |"
-    )
+    lines.append(row("pooled", figures(p), *shown(p["at_threshold"], p["ci95"], p["at_0.5"])))
     return lines
 
 
@@ -394,14 +397,18 @@ def selection_free_section(card: dict) -> list[str]:
         "",
         "| threshold | value | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " | selection-free? |",
         "|---|---|" + "---|" * len(SHOWN) + "---|",
-        "| pooled (optimistic: chosen on these figures) | "
-        + f"{sh['threshold']:.3f} | "
-        + " | ".join(with_ci(sh["at_threshold"], sh["ci95"], k) for k in SHOWN)
-        + " | no |",
-        "| nested (each fold's from the other folds) | "
-        + f"{thr[0]:.3f}–{thr[-1]:.3f} | "
-        + " | ".join(with_ci(nested["at_nested_threshold"], nested["ci95"], k) for k in SHOWN)
-        + (" | threshold yes; epoch no (chosen on the fold) |" if on_fold else " | yes |"),
+        row(
+            "pooled (optimistic: chosen on these figures)",
+            f"{sh['threshold']:.3f}",
+            *shown(sh["at_threshold"], sh["ci95"]),
+            "no",
+        ),
+        row(
+            "nested (each fold's from the other folds)",
+            f"{thr[0]:.3f}–{thr[-1]:.3f}",
+            *shown(nested["at_nested_threshold"], nested["ci95"]),
+            "threshold yes; epoch no (chosen on the fold)" if on_fold else "yes",
+        ),
         "",
     ]
     if "by_vote" in sh:
@@ -414,14 +421,8 @@ def selection_free_section(card: dict) -> list[str]:
         ]
         for v, g in sh["by_vote"].items():
             m = g["at_nested_threshold"]
-            out.append(
-                f"| {v} | {m['n']} ({m['n_atypical']}) | "
-                + " | ".join(
-                    with_ci(m, g["ci95_nested"], k)
-                    for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")
-                )
-                + " |"
-            )
+            keys = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")
+            out.append(row(v, figures(m), *shown(m, g["ci95_nested"], keys=keys)))
         out.append("")
     runs = sf.get("runs", {})
     done = {n: r for n, r in runs.items() if "oof" in r}
@@ -440,10 +441,15 @@ def selection_free_section(card: dict) -> list[str]:
             o = r["oof"]
             if "nested" not in o:
                 continue
+            pooled_ba = fmt(o["at_threshold"]["balanced_accuracy"])
             out.append(
-                f"| {n} | {r['selection']} | "
-                + " | ".join(with_ci(o["nested"]["at_nested_threshold"], o["nested"]["ci95"], k) for k in SHOWN)
-                + f" | {fmt(o['at_threshold']['balanced_accuracy'])} | {fmt(o['at_0.5']['balanced_accuracy'])} |"
+                row(
+                    n,
+                    r["selection"],
+                    *shown(o["nested"]["at_nested_threshold"], o["nested"]["ci95"]),
+                    pooled_ba,
+                    fmt(o["at_0.5"]["balanced_accuracy"]),
+                )
             )
         out.append("")
         for n, r in done.items():

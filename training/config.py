@@ -296,14 +296,26 @@ def dump(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+def config_parser(prog: str, doc: str, example: str, default: str | None = None):
+    """The command line "CONFIG [KEY=VALUE ...]" of a module described by DOC's first line: the config
+    (required, or DEFAULT when given) and its overrides (EXAMPLE shows one). Read them with
+    load(a.config, a.overrides)."""
+    from amf.cli import ArgumentParser
+
+    ap = ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    if default is None:
+        ap.add_argument("config", help="YAML file or name in training/configs/")
+    else:
+        ap.add_argument("config", nargs="?", default=default, help="YAML file or name in training/configs/")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"e.g. {example}")
+    return ap
+
+
 def main(argv=None) -> int:
     from amf import report_error
-    from amf.cli import EXPECTED, ArgumentParser, as_error
+    from amf.cli import EXPECTED, as_error
 
-    ap = ArgumentParser(prog="python -m training.config", description=__doc__.splitlines()[0])
-    ap.add_argument("config", help="YAML file or name in training/configs/")
-    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=3")
-    a = ap.parse_args(argv)
+    a = config_parser("python -m training.config", __doc__, "train.epochs=3").parse_args(argv)
     try:
         print(dump(load(a.config, a.overrides)), end="")
     except EXPECTED as e:

@@ -24,7 +24,6 @@ Everything is written to a temporary folder first; MODEL_DIR changes only when a
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -266,12 +265,7 @@ def install(tmp: Path, out_dir: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(
-        prog="python -m training.export",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    ap = ArgumentParser.from_doc("python -m training.export", __doc__)
     ap.add_argument("run", help="training run folder")
     ap.add_argument("--out", required=True, help="model folder to write (ensemble.json + fold*.onnx)")
     ap.add_argument("--data", default=None, help="data folder, if the images moved since training")

@@ -232,12 +232,10 @@ def load_for_export(cfg: dict, state: dict) -> Classifier:
 
 def main(argv=None) -> int:
     from amf import report_error
-    from amf.cli import EXPECTED, ArgumentParser, as_error
+    from amf.cli import EXPECTED, as_error
     from training import config as config_io
 
-    ap = ArgumentParser(prog="python -m training.models", description=__doc__.splitlines()[0])
-    ap.add_argument("config", nargs="?", default="smoke", help="YAML file or name in training/configs/")
-    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.backbone=resnet18")
+    ap = config_io.config_parser("python -m training.models", __doc__, "model.backbone=resnet18", default="smoke")
     a = ap.parse_args(argv)
     try:
         cfg = config_io.load(a.config, a.overrides)

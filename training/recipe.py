@@ -228,13 +228,11 @@ def kd_loss(student_logit: torch.Tensor, teacher_logit: torch.Tensor, temperatur
 
 def main(argv=None) -> int:
     from amf import report_error
-    from amf.cli import EXPECTED, ArgumentParser, as_error
+    from amf.cli import EXPECTED, as_error
     from training import config as config_io
     from training.models import create_backbone
 
-    ap = ArgumentParser(prog="python -m training.recipe", description=__doc__.splitlines()[0])
-    ap.add_argument("config", nargs="?", default="smoke", help="YAML file or name in training/configs/")
-    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. mixstyle.where=[stem]")
+    ap = config_io.config_parser("python -m training.recipe", __doc__, "mixstyle.where=[stem]", default="smoke")
     a = ap.parse_args(argv)
     try:
         cfg = config_io.load(a.config, a.overrides)

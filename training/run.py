@@ -79,6 +79,11 @@ def load_checkpoint(path, what: str) -> dict:
     return torch.load(need(Path(path), what), map_location="cpu", weights_only=False)
 
 
+def file_in_folder(name: str) -> property:
+    """A read-only property: the path of NAME in the object's folder (self.path / NAME)."""
+    return property(lambda self: self.path / name, doc=f"the folder's {name}")
+
+
 @dataclass(frozen=True)
 class FoldDir:
     """RUN_DIR/fold{k}: the files of one fold."""
@@ -86,25 +91,11 @@ class FoldDir:
     path: Path
     k: int
 
-    @property
-    def last(self) -> Path:
-        return self.path / LAST
-
-    @property
-    def best(self) -> Path:
-        return self.path / BEST
-
-    @property
-    def epochs(self) -> Path:
-        return self.path / EPOCHS
-
-    @property
-    def oof(self) -> Path:
-        return self.path / OOF
-
-    @property
-    def done(self) -> Path:
-        return self.path / DONE
+    last = file_in_folder(LAST)
+    best = file_in_folder(BEST)
+    epochs = file_in_folder(EPOCHS)
+    oof = file_in_folder(OOF)
+    done = file_in_folder(DONE)
 
     def is_done(self) -> bool:
         return self.done.is_file()
@@ -141,21 +132,10 @@ class RunDir:
     def __fspath__(self) -> str:  # Path(run), RunDir(run) and os.path functions take a RunDir
         return str(self.path)
 
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def splits(self) -> Path:
-        return self.path / SPLITS
-
-    @property
-    def oof(self) -> Path:
-        return self.path / OOF
-
-    @property
-    def oof_metrics(self) -> Path:
-        return self.path / OOF_METRICS
+    config = file_in_folder(CONFIG)
+    splits = file_in_folder(SPLITS)
+    oof = file_in_folder(OOF)
+    oof_metrics = file_in_folder(OOF_METRICS)
 
     def fold(self, k: int) -> FoldDir:
         return FoldDir(self.path / f"fold{int(k)}", int(k))

@@ -29,7 +29,6 @@ selected and exported.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -771,12 +770,7 @@ def train_fold(
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(
-        prog="python -m training.train",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    ap = ArgumentParser.from_doc("python -m training.train", __doc__)
     ap.add_argument("--config", required=True, help="YAML file or name in training/configs/")
     ap.add_argument("--data", required=True, help="folder with the official CSV and PNG folder")
     ap.add_argument("--out", required=True, help="run folder")
