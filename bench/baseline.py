@@ -21,6 +21,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
+from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from bench.timing import job_parser, print_stages  # noqa: E402
 
 ARCH = "efficientnetv2_m"
@@ -44,7 +45,7 @@ def main() -> None:
             transforms.ToPILImage(),
             transforms.Resize((SIZE, SIZE)),
             transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
     results = []
