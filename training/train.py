@@ -5,15 +5,9 @@
   python -m training.train ... --parallel N   (N folds at once on one device, a process each: training/folds.py)
 
 CONFIG is a YAML file or a name in training/configs/ (smoke, convnext_small, lunit_vit_small, ...).
-The run folder (its names and readers live in training/run.py; the export and evaluation rely on them):
-  config.yaml            the resolved config (written once; a later job with another config is refused)
-  splits.csv             the folds (written once, reused by every --fold job)
-  fold{k}/last.pt        the training state after the last epoch (resumes automatically; --restart ignores it)
-  fold{k}/best.pt        the selected epoch's weights (LoRA merged): {"state_dict", "epoch", "metric", ...}
-  fold{k}/epochs.csv     per-epoch losses, held-out metrics (val_*), inner-split metrics (inner_*), EMA decay
-  fold{k}/oof.csv        the selected epoch's held-out predictions (image_id, fold, probability, logit, label, domains)
-  fold{k}/done.json      marks the fold finished
-  oof.csv, oof_metrics.json   pooled when every fold is done (training/oof.py)
+Writes a run folder (config.yaml, splits.csv, fold{k}/{last.pt,best.pt,epochs.csv,oof.csv,done.json}, then the
+pooled oof.csv and oof_metrics.json): its layout, names and readers are training/run.py's. A later job with another
+config in the same folder is refused; a fold resumes from its last.pt (--restart ignores it).
 Without --fold every fold runs in turn. Folds are independent jobs: run them side by side (a SLURM
 array of --fold N), then export pools them. The epoch kept per fold (best.pt, oof.csv) follows train.selection:
   last        the last of train.epochs (fixed length: nothing is selected, the held-out figures are honest)
