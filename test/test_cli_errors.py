@@ -33,6 +33,10 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.export", [MISSING, "--out", MISSING], "run folder"),
     ("training.export", [MISSING, "--out", MISSING, "--n-real", "0"], "--n-real"),
     ("training.compare", [MISSING, MISSING], "out-of-fold"),
+    ("training.threshold", [MISSING, MISSING], "out-of-fold"),
+    ("training.tta_oof", [MISSING, "--tta", "d4"], "run folder"),
+    ("training.tta_oof", [MISSING, "--tta", "d8"], "--tta"),
+    ("training.export", [MISSING, "--out", MISSING, "--shift-run", MISSING], "run folder"),
     # usage errors (argparse's own) follow the rule too: amf.cli.ArgumentParser
     ("training.train", ["--config", "smoke"], "required"),
     ("training.train", ["--config", "smoke", "--data", MISSING, "--out", MISSING, "--parallel", "0"], "--parallel"),
