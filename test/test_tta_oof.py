@@ -21,25 +21,18 @@ from training.data import OFFICIAL_IMAGES
 pytestmark = pytest.mark.slow  # trains a model
 
 
+def train_smoke(data, out, *overrides) -> None:
+    """The smoke config on the CPU at 128 px: the patches' own size, so no resize stands between a turned patch
+    and a turned input."""
+    args = ["--config", "smoke", "--data", data, "--out", out, "--device", "cpu", "--no-progress"]
+    assert train.main([str(a) for a in [*args, "--set", "data.input_size=128", *overrides]]) == 0
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tta")
     data = make_layout(root / "data")
-    # 128 px: the patches' own size, so no resize stands between a turned patch and a turned input
-    args = [
-        "--config",
-        "smoke",
-        "--data",
-        data,
-        "--out",
-        root / "run",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--set",
-        "data.input_size=128",
-    ]
-    assert train.main([str(a) for a in args]) == 0
+    train_smoke(data, root / "run")
     return data, root / "run"
 
 
@@ -93,21 +86,7 @@ def test_export_with_a_leave_one_scanner_out_run_ships_the_chosen_threshold(run,
 
     data, run_dir = run
     loso = tmp_path / "loso"
-    args = [
-        "--config",
-        "smoke",
-        "--data",
-        data,
-        "--out",
-        loso,
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--set",
-        "data.input_size=128",
-        "splits.kind=leave_scanner_out",
-    ]
-    assert train.main([str(a) for a in args]) == 0
+    train_smoke(data, loso, "splits.kind=leave_scanner_out")
     assert export.main([str(run_dir), "--out", str(tmp_path / "model"), "--shift-run", str(loso)]) == 0
     manifest = json.loads((tmp_path / "model" / "ensemble.json").read_text())
     expected = threshold.choose(RunDir(run_dir).read_oof(), RunDir(loso).read_oof())

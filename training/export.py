@@ -137,12 +137,10 @@ def export_run(
     run, out_dir = RunDir(run_dir), Path(out_dir)
     cfg = run.read_config(complete=True)
     oof, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
-    threshold, note = (
-        result["threshold"],
-        (
-            "chosen on the pooled out-of-fold predictions to maximise balanced "
-            "accuracy; applied to the ensemble's mean P(atypical)"
-        ),
+    threshold = result["threshold"]
+    note = (
+        "chosen on the pooled out-of-fold predictions to maximise balanced accuracy; applied to the ensemble's "
+        "mean P(atypical)"
     )
     shift = None
     if shift_run is not None:  # the out-of-fold rule against the leave-one-scanner-out rule (training.threshold)

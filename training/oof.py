@@ -62,14 +62,23 @@ def slide_bootstrap_ci(y, p, slides, y_pred, n_boot: int = 1000, seed: int = 0, 
     return out
 
 
+def leave_one_group_out_thresholds(y, p, groups, chooses=None) -> dict:
+    """{group: the threshold that maximises balanced accuracy on the other groups' pooled predictions} (only rows
+    where CHOOSES is true choose): no group's figures choose the threshold applied to them."""
+    y, p, groups = np.asarray(y, int), np.asarray(p, float), np.asarray(groups)
+    chooses = np.ones(len(y), bool) if chooses is None else np.asarray(chooses, bool)
+    return {
+        g: metrics.best_threshold(y[chooses & (groups != g)], p[chooses & (groups != g)]) for g in sorted(set(groups))
+    }
+
+
 def nested_thresholds(oof: pd.DataFrame, chooses: np.ndarray) -> dict:
-    """{fold: the threshold that maximises balanced accuracy on the other folds' pooled predictions} (only rows
-    where CHOOSES is true choose); {} with one fold."""
-    folds = sorted(oof["fold"].unique())
-    if len(folds) < 2:
+    """{fold: the threshold chosen on the other folds' pooled predictions} (leave_one_group_out_thresholds over
+    folds); {} with one fold."""
+    if oof["fold"].nunique() < 2:
         return {}
-    y, p, fold = oof["label"].to_numpy(int), oof["probability"].to_numpy(float), oof["fold"].to_numpy()
-    return {int(k): metrics.best_threshold(y[chooses & (fold != k)], p[chooses & (fold != k)]) for k in folds}
+    by_fold = leave_one_group_out_thresholds(oof["label"], oof["probability"], oof["fold"], chooses)
+    return {int(k): v for k, v in by_fold.items()}
 
 
 def vote_agreement(soft) -> np.ndarray:

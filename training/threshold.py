@@ -15,7 +15,6 @@ Run:  python -m training.threshold OOF_RUN LOSO_RUN
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -25,8 +24,8 @@ import pandas as pd
 from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error
 from training import metrics
-from training.oof import slide_bootstrap_ci
-from training.run import RunDir
+from training.oof import leave_one_group_out_thresholds, slide_bootstrap_ci
+from training.run import RunDir, write_json_atomic
 
 RULES = ("oof", "loso")
 
@@ -55,13 +54,9 @@ def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
 def nested_predictions(t: pd.DataFrame, rule: str) -> tuple[np.ndarray, dict]:
     """Classes of the leave-one-scanner-out predictions, each scanner at the RULE's threshold chosen on the
     other scanners' figures; and those thresholds by scanner."""
-    y, p_rule, p_loso = t["label"].to_numpy(int), t[f"p_{rule}"].to_numpy(float), t["p_loso"].to_numpy(float)
-    scanner = t["Scanner"].to_numpy()
-    pred, thresholds = np.zeros(len(t), int), {}
-    for s in sorted(set(scanner)):
-        here = scanner == s
-        thresholds[str(s)] = metrics.best_threshold(y[~here], p_rule[~here])
-        pred[here] = (p_loso[here] >= thresholds[str(s)]).astype(int)
+    scanner = t["Scanner"].astype(str).to_numpy()
+    thresholds = leave_one_group_out_thresholds(t["label"], t[f"p_{rule}"], scanner)
+    pred = (t["p_loso"].to_numpy(float) >= np.array([thresholds[s] for s in scanner])).astype(int)
     return pred, thresholds
 
 
@@ -126,9 +121,7 @@ def main(argv=None) -> int:
         res = choose(RunDir(a.oof_run).read_oof(), RunDir(a.loso_run).read_oof())
         print(summary_text(res))
         if a.json:
-            from amf.fileio import write_text_atomic
-
-            write_text_atomic(a.json, json.dumps(res, indent=2) + "\n")
+            write_json_atomic(res, a.json)
     except EXPECTED as e:
         return report_error(as_error(e))
     return 0
