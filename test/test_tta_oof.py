@@ -6,6 +6,7 @@ the eight dihedral views (d4) it must not care how the patches are turned, which
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -34,6 +35,14 @@ def run(tmp_path_factory):
     data = make_layout(root / "data")
     train_smoke(data, root / "run")
     return data, root / "run"
+
+
+@pytest.fixture(scope="module")
+def loso(run):
+    """The same smoke run, leave one scanner out (the layout has two scanners: 2 folds)."""
+    data, run_dir = run
+    train_smoke(data, run_dir.with_name("loso"), "splits.kind=leave_scanner_out")
+    return run_dir.with_name("loso")
 
 
 def probabilities(run_dir) -> pd.Series:
@@ -76,7 +85,7 @@ def test_an_unfinished_run_and_the_run_itself_as_output_are_refused(run, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_export_with_a_leave_one_scanner_out_run_ships_the_chosen_threshold(run, tmp_path):
+def test_export_with_a_leave_one_scanner_out_run_ships_the_chosen_threshold(run, loso, tmp_path):
     """training.export --shift-run: the manifest's threshold is training.threshold's choice, and the whole
     comparison is in the provenance (the layout has two scanners, so a leave-one-scanner-out run has 2 folds)."""
     import json
@@ -85,8 +94,6 @@ def test_export_with_a_leave_one_scanner_out_run_ships_the_chosen_threshold(run,
     from training.run import RunDir
 
     data, run_dir = run
-    loso = tmp_path / "loso"
-    train_smoke(data, loso, "splits.kind=leave_scanner_out")
     assert export.main([str(run_dir), "--out", str(tmp_path / "model"), "--shift-run", str(loso)]) == 0
     manifest = json.loads((tmp_path / "model" / "ensemble.json").read_text())
     expected = threshold.choose(RunDir(run_dir).read_oof(), RunDir(loso).read_oof())
@@ -96,3 +103,37 @@ def test_export_with_a_leave_one_scanner_out_run_ships_the_chosen_threshold(run,
     assert manifest["provenance"]["threshold_note"].startswith(f"the {expected['chosen']} rule")
     assert export.main([str(run_dir), "--out", str(tmp_path / "m2")]) == 0  # without it: no such key
     assert "threshold_for_shift" not in json.loads((tmp_path / "m2" / "ensemble.json").read_text())["provenance"]
+
+
+def test_export_under_tta_chooses_the_threshold_on_that_modes_predictions(run, loso, tmp_path, capsys):
+    """--tta d4 --threshold-run RUN_tta_d4 --shift-run LOSO_tta_d4: the threshold is chosen on the predictions the
+    container makes; predictions of another mode, or of another run, are refused before anything is written."""
+    import json
+
+    from training import export, threshold
+    from training.run import RunDir
+
+    data, run_dir = run
+    quiet = dict(log=lambda *_: None)
+    run_d4 = tta_oof.tta_run(run_dir, "d4", tmp_path / "run_d4", data, **quiet)
+    loso_d4 = tta_oof.tta_run(loso, "d4", tmp_path / "loso_d4", data, **quiet)
+    model = tmp_path / "model"
+    args = [str(run_dir), "--out", str(model), "--tta", "d4"]
+    assert export.main([*args, "--threshold-run", str(run_d4), "--shift-run", str(loso_d4)]) == 0
+    manifest = json.loads((model / "ensemble.json").read_text())
+    expected = threshold.choose(RunDir(run_d4).read_oof(), RunDir(loso_d4).read_oof())
+    assert manifest["tta"] == "d4" and manifest["threshold"] == expected["threshold"]
+    assert manifest["provenance"]["threshold_predictions"] == {"run": str(run_d4.resolve()), "tta": "d4"}
+    refused = {
+        "--shift-run .* test-time augmentation none": ["--tta", "d4", "--threshold-run", run_d4, "--shift-run", loso],
+        "holds predictions of .*loso, not of": ["--tta", "d4", "--threshold-run", loso_d4],
+        "predicted with test-time augmentation d4, the container runs none": ["--threshold-run", run_d4],
+    }
+    capsys.readouterr()
+    for message, extra in refused.items():
+        assert export.main([str(run_dir), "--out", str(tmp_path / "refused"), *map(str, extra)]) == 2
+        assert re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
+    assert not (tmp_path / "refused").exists()
+    without = json.loads(export.export_run(run_dir, tmp_path / "m1", tta="d4", **quiet).read_text())
+    assert without["provenance"]["threshold_predictions"]["tta"] == "none"
+    assert "an estimate" in without["provenance"]["threshold_note"]

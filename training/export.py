@@ -1,7 +1,7 @@
 """Export a finished training run to the container's ONNX ensemble.
 
   python -m training.export RUN_DIR --out MODEL_DIR [--data DATA_DIR] [--tta none|flips|d4] [--n-real 16]
-                           [--shift-run LOSO_RUN_DIR]
+                           [--threshold-run RUN_tta_MODE] [--shift-run LOSO_RUN_DIR]
 
 1. Pools the folds' out-of-fold predictions (RUN_DIR/oof.csv, oof_metrics.json; refuses, naming them,
    if folds are missing) and takes the threshold that maximises out-of-fold balanced accuracy; the
@@ -10,6 +10,10 @@
    With --shift-run (a pooled leave-one-scanner-out run of the same figures) the threshold is the one
    training.threshold chooses between the out-of-fold and the leave-one-scanner-out rule, and the whole
    comparison goes into the provenance (threshold_for_shift).
+   With --tta and --threshold-run (RUN's held-out figures re-predicted under that mode by training.tta_oof) the
+   out-of-fold predictions that choose the threshold are the ones the container makes; --shift-run must then be
+   re-predicted under the same mode (refused otherwise). Without it the threshold comes from RUN's one-view
+   predictions, and the provenance (threshold_predictions, threshold_note) says so.
 2. Each fold's best.pt (LoRA already merged) -> MODEL_DIR/fold{k}.onnx: fp32, opset >= 17, input "input"
    float32 N x 3 x S x S (dynamic N), output "logit" (N, 1) for atypical; TorchScript exporter
    (dynamo=False), weights inside the one file (over 2 GB: in one fold{k}.onnx.data beside it).
@@ -132,33 +136,51 @@ def real_patches(splits, k: int, n: int, data_dir=None) -> list[np.ndarray]:
 
 
 def export_run(
-    run_dir, out_dir, data_dir=None, tta: str | None = None, n_real: int = 16, log=print, shift_run=None
+    run_dir,
+    out_dir,
+    data_dir=None,
+    tta: str | None = None,
+    n_real: int = 16,
+    log=print,
+    shift_run=None,
+    threshold_run=None,
 ) -> Path:
     run, out_dir = RunDir(run_dir), Path(out_dir)
     cfg = run.read_config(complete=True)
-    oof, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
+    tta = tta or cfg["export"]["tta"]
+    predictions = threshold_predictions(run, threshold_run, tta)
+    oof, result = oof_io.pool(predictions, seed=int(cfg["train"]["seed"]))
     threshold = result["threshold"]
+    mode = predictions.predicted_tta()
+    made = f"predictions made with test-time augmentation {mode}"
+    if mode != tta:  # the run's own one-view predictions under a TTA container: say so, the card shows it
+        made += f" (the container runs {tta}: an estimate; --threshold-run RUN_tta_{tta} chooses on its own)"
     note = (
-        "chosen on the pooled out-of-fold predictions to maximise balanced accuracy; applied to the ensemble's "
+        f"chosen on the pooled out-of-fold {made} to maximise balanced accuracy; applied to the ensemble's "
         "mean P(atypical)"
     )
     shift = None
     if shift_run is not None:  # the out-of-fold rule against the leave-one-scanner-out rule (training.threshold)
+        shift_mode = RunDir(shift_run).predicted_tta()
+        if shift_mode != mode:
+            raise AmfError(
+                f"--shift-run {shift_run} holds predictions made with test-time augmentation {shift_mode}, the "
+                f"threshold's out-of-fold ones with {mode}: python -m training.tta_oof {shift_run} --tta {mode}"
+            )
         shift = {
             **threshold_io.choose(oof, RunDir(shift_run).read_oof(), seed=int(cfg["train"]["seed"])),
             "loso_run": str(Path(shift_run).resolve()),
         }
         threshold = shift["threshold"]
         note = (
-            f"the {shift['chosen']} rule (training.threshold: {shift['rule']}); applied to the ensemble's "
-            f"mean P(atypical)"
+            f"the {shift['chosen']} rule (training.threshold: {shift['rule']}), on {made}; applied to the "
+            "ensemble's mean P(atypical)"
         )
         log(threshold_io.summary_text(shift))
     splits = run.read_splits()
     folds = splits_io.folds_of(splits)
     d = cfg["data"]
     size, mean, std, method = int(d["input_size"]), d["mean"], d["std"], d["resize"]
-    tta = tta or cfg["export"]["tta"]
     tol = float(cfg["export"]["parity_tol"])
     log(oof_io.summary_text(result))
 
@@ -212,6 +234,7 @@ def export_run(
             "fold_names": {str(k): splits.loc[splits["fold"] == k, "fold_name"].iloc[0] for k in folds},
             "threshold": threshold,
             "threshold_note": note,
+            "threshold_predictions": {"run": str(predictions.path.resolve()), "tta": mode},
             **({"threshold_for_shift": shift} if shift else {}),
             "oof_metrics": result,
             "parity": checks,
@@ -238,6 +261,22 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {threshold:.3f}, tta {tta}")
     return out_dir / manifest_io.MANIFEST_NAME
+
+
+def threshold_predictions(run: RunDir, threshold_run, tta: str) -> RunDir:
+    """The run whose pooled predictions choose the threshold: RUN itself, or THRESHOLD_RUN, RUN's held-out figures
+    re-predicted under the container's test-time augmentation TTA (training.tta_oof)."""
+    if threshold_run is None:
+        return run
+    predictions = RunDir(threshold_run)
+    if predictions.from_run() != run.path.resolve():
+        raise AmfError(f"--threshold-run {threshold_run} holds predictions of {predictions.from_run()}, not of {run}")
+    if predictions.predicted_tta() != tta:
+        raise AmfError(
+            f"--threshold-run {threshold_run} was predicted with test-time augmentation "
+            f"{predictions.predicted_tta()}, the container runs {tta}: python -m training.tta_oof {run} --tta {tta}"
+        )
+    return predictions
 
 
 def install(tmp: Path, out_dir: Path) -> None:
@@ -276,9 +315,15 @@ def main(argv=None) -> int:
         "the threshold is chosen between the out-of-fold and the leave-one-scanner-out rule "
         "(training.threshold) and the comparison recorded in the provenance",
     )
+    ap.add_argument(
+        "--threshold-run",
+        default=None,
+        help="RUN's held-out figures re-predicted under --tta (training.tta_oof RUN --tta MODE): the threshold is "
+        "chosen on the predictions the container makes (default: RUN's own, one view)",
+    )
     a = ap.parse_args(argv)
     try:
-        export_run(a.run, a.out, a.data, a.tta, a.n_real, shift_run=a.shift_run)
+        export_run(a.run, a.out, a.data, a.tta, a.n_real, shift_run=a.shift_run, threshold_run=a.threshold_run)
     except EXPECTED as e:
         return report_error(as_error(e))
     return 0

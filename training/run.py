@@ -8,7 +8,8 @@ RUN_DIR/                 (RunDir(RUN_DIR); training.train writes it, oof/export/
     best.pt                the kept epoch's weights, LoRA merged (the export reads it)
     epochs.csv             one row per epoch: losses, held-out (val_*) and inner (inner_*) metrics
     oof.csv                the kept epoch's held-out predictions
-    done.json              the fold is finished (its best epoch, selection, EMA decay)
+    done.json              the fold is finished (its best epoch, selection, EMA decay; training.tta_oof adds
+                           "tta" and "from_run": the held-out figures re-predicted under test-time augmentation)
   oof.csv                pooled out-of-fold predictions, when every fold is done (training.oof; RunDir.read_oof)
   oof_metrics.json       their metrics and threshold (RunDir.read_oof_metrics)
 A file that a reader needs and the folder lacks is one AmfError naming its path. read_predictions is the one
@@ -173,6 +174,22 @@ class RunDir:
     def missing_folds(self, splits: pd.DataFrame) -> list[int]:
         """The folds of SPLITS without done.json."""
         return [k for k in splits_io.folds_of(splits) if not self.fold(k).is_done()]
+
+    def predicted_tta(self) -> str:
+        """The test-time augmentation its held-out predictions were made with: training.tta_oof's mode, "none" for a
+        training run (training.train predicts one view)."""
+        modes = {f.read_done().get("tta", "none") for f in self.fold_dirs() if f.is_done()}
+        if len(modes) > 1:
+            raise AmfError(f"{self.path}: folds predicted with different test-time augmentations ({sorted(modes)})")
+        return modes.pop() if modes else "none"
+
+    def from_run(self) -> Path:
+        """The run whose members made these predictions: training.tta_oof's source run, else this run itself."""
+        sources = {f.read_done().get("from_run") for f in self.fold_dirs() if f.is_done()}
+        if len(sources) > 1:
+            raise AmfError(f"{self.path}: folds re-predicted from different runs")
+        source = sources.pop() if sources else None
+        return Path(source).resolve() if source else self.path.resolve()
 
     def is_pooled(self) -> bool:
         return self.oof.is_file() and self.oof_metrics.is_file()
