@@ -4,6 +4,7 @@ Cases (on the project's 16-patch sample job, test/input, unless --input says oth
   baseline           torch + timm EfficientNetV2-M, 224 px, one image at a time (bench/baseline.py)
   shipped            the ensemble in model/, as its manifest declares it (bench/stages.py)
   shipped-members / shipped-merged    the same members as one session each / as one merged graph
+  shipped-tta-none / -flips / -d4     the shipped members with that test-time augmentation (its cost)
   convnext5-128 / convnext5-224       5 x ConvNeXt-Small, one session per member (submission-sized)
   convnext5-128-merged / -224-merged  the same as one merged ONNX graph, one session, one run
   *-fp16             the merged graph in fp16, only where onnxruntime's CUDA provider loads
@@ -38,6 +39,8 @@ CPU_CASES = [
     "shipped",
     "shipped-members",
     "shipped-merged",
+    "shipped-tta-none",
+    "shipped-tta-d4",
     "convnext5-128",
     "convnext5-128-merged",
     "convnext5-224",
@@ -49,6 +52,8 @@ GPU_CASES = ["convnext5-128-fp16", "convnext5-224-fp16"]
 def model_for(case: str) -> Path:
     if case == "shipped":
         return ROOT / "model"
+    if case.startswith("shipped-tta-"):
+        return models.shipped_folder("members", tta=case.rsplit("-", 1)[1])
     if case.startswith("shipped-"):
         return models.shipped_folder(case.split("-", 1)[1])
     _, size, *runs_as = case.split("-")  # convnext5-224[-merged|-fp16]

@@ -94,11 +94,12 @@ def convnext_ensemble(size: int, merged: bool = False) -> Path:
     return derived_folder(folder, f"{folder.name}_merged", "merged") if merged else folder
 
 
-def derived_folder(src: Path, name: str, runs_as: str) -> Path:
+def derived_folder(src: Path, name: str, runs_as: str, tta: str | None = None) -> Path:
     """A model folder CACHE/NAME holding SRC's members (hard links where the file system allows, else
     copies: a manifest names only files inside its own folder) and running them as RUNS_AS: "members" (one
     session per member), "merged" (one merged graph, on CPU and CUDA) or "fp16" (the merged graph's fp16 copy,
-    on CUDA). Derived graphs are made once and kept."""
+    on CUDA). TTA replaces the manifest's test-time augmentation (none, flips, d4). Derived graphs are made once
+    and kept."""
     import onnx
 
     from amf.manifest import Variant, load, save
@@ -129,18 +130,19 @@ def derived_folder(src: Path, name: str, runs_as: str) -> Path:
             Variant(file=MERGED_FILE, kind="merged", use_on=[]),
         ],
     }[runs_as]
+    mf.tta = tta or mf.tta
     save(mf, dst)
     return dst
 
 
-def shipped_folder(runs_as: str) -> Path:
-    """The shipped model/ run as RUNS_AS (see derived_folder); keyed by the manifest's content, so a new model
-    gets new folders."""
+def shipped_folder(runs_as: str, tta: str | None = None) -> Path:
+    """The shipped model/ run as RUNS_AS, with test-time augmentation TTA if given (see derived_folder); keyed by
+    the manifest's content, so a new model gets new folders."""
     import hashlib
 
     src = ROOT / "model"
     key = hashlib.sha1((src / "ensemble.json").read_bytes()).hexdigest()[:10]
-    return derived_folder(src, f"shipped_{key}_{runs_as}", runs_as)
+    return derived_folder(src, f"shipped_{key}_{runs_as}" + (f"_tta_{tta}" if tta else ""), runs_as, tta)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,26 @@ def test_derived_folders_load_and_give_the_members_probabilities(tmp_path, monke
         ens = Ensemble(models.derived_folder(src, f"toy_{runs_as}", runs_as), device="cpu")
         assert (ens.variant.kind if ens.variant else None) == variant
         np.testing.assert_allclose(ens.predict_proba(patches), want, atol=1e-6, rtol=0)
+
+
+def test_a_tta_case_runs_the_shipped_members_with_that_augmentation(tmp_path, monkeypatch):
+    """bench's shipped-tta-<mode> cases time what the container does with that mode: same members, more views."""
+    import numpy as np
+    from toy_models import make_toy_ensemble
+
+    from amf.ensemble import Ensemble
+    from amf.manifest import load
+    from bench import models
+
+    monkeypatch.setattr(models, "CACHE", tmp_path / "cache")
+    src = make_toy_ensemble(tmp_path / "toy", members=2).parent
+    patches = list(np.random.default_rng(0).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8))
+    d4 = models.derived_folder(src, "toy_d4", "members", tta="d4")
+    assert load(d4).tta == "d4" and load(src).tta == "none"
+    got = Ensemble(d4, device="cpu").predict_proba(patches)
+    turned = Ensemble(d4, device="cpu").predict_proba([np.rot90(p).copy() for p in patches])
+    np.testing.assert_allclose(got, turned, atol=1e-5, rtol=0)  # the eight views are really run
+    plain = Ensemble(src, device="cpu")
+    assert (
+        np.abs(plain.predict_proba(patches) - plain.predict_proba([np.rot90(p).copy() for p in patches])).max() > 1e-4
+    )
