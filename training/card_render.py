@@ -1130,6 +1130,9 @@ def v2_reproduce(card: dict) -> list[str]:
         cmd += f" --loso {card['loso']['run']}"
     if card.get("tta"):
         cmd += " --tta " + " ".join(r["run"] for r in card["tta"]["runs"])
+    why = card["runs"]["plain"].get("partial_reason")
+    cmd += f' --plain-partial-reason "{why}"' if why else ""
+    cmd += f' --trained-on "{card["trained_on"]}"' if card.get("trained_on") else ""
     return out + [cmd + " --data $D", "```", ""]
 
 
