@@ -666,7 +666,7 @@ def render(card: dict) -> str:
         "- Training time (wall clock, the sum of the epochs)"
         f"{' on ' + card['trained_on'] if card.get('trained_on') else ''}: "
         f"recipe {card['runs']['recipe']['train_minutes']} min, plain {card['runs']['plain']['train_minutes']} min"
-        + (f" ({partial_note(card, 'plain')})" if v2(card) and partial_note(card, "plain") else "")
+        + (f" ({folds_count(card, 'plain')})" if v2(card) and partial_note(card, "plain") else "")
         + (
             f", leave-one-{(loso_col or 'domain').lower()}-out {card['loso']['train_minutes']} min"
             if "loso" in card
@@ -746,6 +746,11 @@ def partial_note(card: dict, name: str) -> str:
         f"trained on fold{'s' if len(o['folds_done']) > 1 else ''} {folds_list(o['folds_done'])} of "
         f"{len(o['folds'])} only" + (f" ({why})" if why else "")
     )
+
+
+def folds_count(card: dict, name: str) -> str:
+    o = card["runs"][name]["oof"]
+    return f"{len(o['folds_done'])} of {len(o['folds'])} folds"
 
 
 def threshold_range(thresholds: dict) -> str:
@@ -837,8 +842,8 @@ def vote_lines(card: dict) -> list[str]:
         out.append(
             f"- {name}: "
             + "; ".join(
-                f"{v} ({figures(g['at_threshold'])}) ROC AUC {fmt(g['at_threshold']['roc_auc'])}, balanced accuracy "
-                f"{fmt(g[key]['balanced_accuracy'])}"
+                f"{v}: {g['at_threshold']['n']} figures ({g['at_threshold']['n_atypical']} atypical), ROC AUC "
+                f"{fmt(g['at_threshold']['roc_auc'])}, balanced accuracy {fmt(g[key]['balanced_accuracy'])}"
                 for v, g in o["by_vote"].items()
             )
         )
@@ -862,7 +867,7 @@ def epoch_choice_line(card: dict) -> list[str]:
     return [
         f"Had each fold's epoch been chosen on its own held-out figures (the old `train.selection: validation`), "
         f"those figures would have read higher by {np.mean(bal):+.3f} balanced accuracy at 0.5 and {np.mean(auc):+.3f} "
-        f"ROC AUC on average ({plural(len(gaps), 'fold')} of the two runs, from their `epochs.csv`): the optimism "
+        f"ROC AUC on average ({plural(len(gaps), 'fold')}, from the runs' `epochs.csv`): the optimism "
         "these figures do not have.",
         "",
     ]
