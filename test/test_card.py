@@ -366,3 +366,21 @@ def test_each_conditional_fact_follows_card_json(runs, tmp_path):
     off = json.loads(json.dumps(card))
     off["runs"]["recipe"]["config"]["ema"]["enabled"] = False
     assert "EMA teacher" not in card_io.render(off) and "EMA teacher" in card_io.render(card)
+
+
+def test_expert_votes_from_data_give_the_figures_by_agreement(runs, tmp_path, monkeypatch):
+    df = table()  # the made-up runs' tables have no `soft`: the votes come from --data, as for runs from before it
+    soft = np.where(RNG.random(len(df)) < 0.3, 2 / 3, df["label"])
+    votes = df.drop(columns=["slide", "fold"]).assign(soft=soft, source="official")
+    monkeypatch.setattr(card_io, "official_votes", lambda data_dir: votes)
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card, _ = card_io.build(model, runs["recipe"], runs["partial"], n_boot=20, data_dir="DATA")
+    by_vote = card["runs"]["recipe"]["oof"]["by_vote"]
+    unanimous = np.isin(soft, [0.0, 1.0])
+    assert by_vote["unanimous"]["at_threshold"]["n"] == int(unanimous.sum())
+    assert card["runs"]["plain"]["oof"]["by_vote"]["split"]["at_threshold"]["n"] == int(
+        (~unanimous & df["fold"].isin([0, 1]).to_numpy()).sum()
+    )
+    assert "By expert agreement" in card_io.render(card)
+    card, _ = card_io.build(model, runs["recipe"], runs["partial"], n_boot=20)
+    assert "by_vote" not in card["runs"]["recipe"]["oof"] and "By expert agreement" not in card_io.render(card)

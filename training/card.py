@@ -52,9 +52,7 @@ def load_run(run, n_boot: int, votes: pd.DataFrame | None = None) -> tuple[pd.Da
     run: all folds when it is pooled, else its finished folds (a partial run); and its config. The metrics record
     the run's train.selection (as training.oof.pool does), its folds and the finished ones."""
     oof, done, folds = compare_runs.finished_oof(run)
-    if votes is not None and ("soft" not in oof or oof["soft"].isna().any()):  # folds written before it was kept
-        known = oof["soft"] if "soft" in oof else pd.Series(np.nan, index=oof.index)
-        oof["soft"] = known.fillna(oof["image_id"].map(votes.set_index("image_id")["soft"]))
+    oof = oof_io.with_votes(oof, votes)
     result = oof_io.compute(oof, n_boot=n_boot, seed=0)
     selection = {RunDir(run).fold(k).read_done().get("selection", "validation") for k in done}
     result |= {"selection": sorted(selection), "folds": folds, "folds_done": done}
