@@ -2,6 +2,10 @@
 is a key of card.json (built by training.card from the runs); a sentence that holds only under a condition
 (random initialisation, an enabled recipe part, epochs chosen on the held-out fold, a leave-one-out run ...)
 is written only when card.json says the condition holds.
+Two layouts: card_version 2 (training.card's build: the recipe run shipped by decision, a possibly partial plain
+run, nested thresholds, threshold for scanner shift, test-time augmentation; v2_body, v2_reproduce) and the older
+card.json without the key (the better run shipped, pooled thresholds, selection_free beside; v1_body, reproduce),
+which still renders as it was written until model/card.json is regenerated.
 
   python -m training.card --model model --render        (re-render README.md from card.json)
 """
