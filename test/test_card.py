@@ -1,5 +1,6 @@
-"""training.card on made-up runs: it ships the better run, refuses a model folder that holds the other,
-and renders every figure from card.json."""
+"""training.card on made-up runs: it ships the recipe run (decided before the figures), refuses a model folder that
+holds another run, compares a partial plain run on the folds both finished, and renders every figure from card.json:
+nested thresholds, the threshold for scanner shift, test-time augmentation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 from toy_models import make_toy_ensemble
 
 from amf import AmfError
@@ -17,6 +19,8 @@ from amf.manifest import save as save_manifest
 from training import card as card_io
 from training import config as config_io
 from training import oof as oof_io
+from training import threshold as threshold_io
+from training.run import RunDir
 
 RNG = np.random.default_rng(1)
 SCANNERS = ("Aperio ScanScope CS2", "Hamamatsu S360", "Hamamatsu XR")
@@ -40,7 +44,9 @@ def table(n_slides: int = 30, per_slide: int = 10) -> pd.DataFrame:
     )
 
 
-def make_run(folder, df: pd.DataFrame, signal: float, kind: str = "kfold", overrides=()):
+def make_run(folder, df: pd.DataFrame, signal: float, kind: str = "kfold", overrides=(), done=None):
+    """A made-up run folder: splits.csv, config.yaml, per finished fold (DONE, all by default) oof.csv, done.json and
+    epochs.csv; pooled by training.oof when every fold is done."""
     folder.mkdir(parents=True)
     y = df["label"].to_numpy()
     p = np.clip(0.5 + signal * (y - 0.5) + RNG.normal(0, 0.2, len(y)), 0.001, 0.999)
@@ -52,39 +58,72 @@ def make_run(folder, df: pd.DataFrame, signal: float, kind: str = "kfold", overr
     df.assign(fold_name=names).to_csv(folder / "splits.csv", index=False)
     cfg = config_io.load("default_model", list(overrides))
     (folder / "config.yaml").write_text(config_io.dump(cfg))
+    done = sorted(df["fold"].unique()) if done is None else done
     for k, g in df.assign(probability=p).groupby("fold"):
+        if k not in done:
+            continue
         (folder / f"fold{k}").mkdir()
         g.to_csv(folder / f"fold{k}" / "oof.csv", index=False)
-        (folder / f"fold{k}" / "done.json").write_text("{}")
+        (folder / f"fold{k}" / "done.json").write_text(json.dumps({"selection": cfg["train"]["selection"]}))
         pd.DataFrame({"epoch": [1, 2], "seconds": [30.0, 30.0]}).to_csv(folder / f"fold{k}" / "epochs.csv", index=False)
-    oof_io.pool(folder, n_boot=50)
+    if set(done) == set(df["fold"]):
+        oof_io.pool(folder, n_boot=50)
     return folder
 
 
-def export_of(run, model_dir):
-    """A toy ensemble standing in for `training.export RUN`: trained, threshold and provenance from RUN."""
+def tta_of(run, folder, mode: str = "d4", shift: float = 0.05):
+    """A run as training.tta_oof writes it: RUN's folds re-predicted (here: probabilities moved), from_run in each
+    done.json, export.tta in the config."""
+    src = RunDir(run)
+    folder.mkdir(parents=True)
+    cfg = src.read_config()
+    cfg["export"]["tta"] = mode
+    (folder / "config.yaml").write_text(config_io.dump(cfg))
+    (folder / "splits.csv").write_text(src.splits.read_text())
+    for f in src.fold_dirs():
+        (folder / f.path.name).mkdir()
+        oof = f.read_oof()
+        oof["probability"] = np.clip(oof["probability"] + shift * (oof["label"] - 0.5), 0.001, 0.999)
+        oof.to_csv(folder / f.path.name / "oof.csv", index=False)
+        (folder / f.path.name / "done.json").write_text(json.dumps({"tta": mode, "from_run": str(src.path.resolve())}))
+    oof_io.pool(folder, n_boot=20)
+    return folder
+
+
+def export_of(run, model_dir, shift_run=None, tta: str = "none", **provenance):
+    """A toy ensemble standing in for `training.export RUN [--shift-run LOSO] [--tta MODE]`: trained, threshold and
+    provenance from RUN (with SHIFT_RUN: training.threshold's choice, as export records it)."""
     make_toy_ensemble(model_dir, members=2)
     result = json.loads((run / "oof_metrics.json").read_text())
+    threshold = result["threshold"]
+    if shift_run is not None:
+        shift = threshold_io.choose(RunDir(run).read_oof(), RunDir(shift_run).read_oof(), n_boot=20)
+        provenance["threshold_for_shift"] = {**shift, "loso_run": str(shift_run.resolve())}
+        threshold = shift["threshold"]
     m = load_manifest(model_dir)
     save_manifest(
         dataclasses.replace(
             m,
             trained=True,
-            threshold=result["threshold"],
-            provenance={"run": str(run.resolve()), "threshold": result["threshold"], "oof_metrics": result},
+            threshold=threshold,
+            tta=tta,
+            provenance={"run": str(run.resolve()), "threshold": threshold, "oof_metrics": result, **provenance},
         ),
         model_dir,
     )
     return model_dir
 
 
+PLAIN_OFF = ["mixstyle.enabled=false", "align.enabled=false", "ema.enabled=false"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base, df = tmp_path_factory.mktemp("runs"), table()
-    plain_off = ["mixstyle.enabled=false", "align.enabled=false", "ema.enabled=false"]
-    return {
+    out = {
         "recipe": make_run(base / "recipe", df, 0.6),
-        "plain": make_run(base / "plain", df, 0.1, overrides=plain_off),
+        "plain": make_run(base / "plain", df, 0.1, overrides=PLAIN_OFF),
+        "partial": make_run(base / "partial", df, 0.1, overrides=PLAIN_OFF, done=[0, 1]),
         "loso": make_run(
             base / "loso",
             df.assign(fold=df["fold"] % 3),
@@ -93,123 +132,132 @@ def runs(tmp_path_factory):
             overrides=["splits.kind=leave_scanner_out"],
         ),
     }
+    out["loso_d4"] = tta_of(out["loso"], base / "loso_tta_d4", "d4", shift=0.1)
+    out["recipe_flips"] = tta_of(out["recipe"], base / "recipe_tta_flips", "flips", shift=-0.05)
+    return out
 
 
-def test_the_better_run_is_shipped_and_every_figure_lands_in_the_card(runs, tmp_path):
+def test_every_figure_lands_in_the_card_and_the_readme_renders_from_card_json_alone(runs, tmp_path):
     model = export_of(runs["recipe"], tmp_path / "model")
     card, oof = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=50)
-    assert card["shipped"] == "recipe"
+    assert card["shipped"] == "recipe" and card["card_version"] == 2
     card_io.write(model, card, oof)
     text = (model / card_io.README).read_text()
     assert text == card_io.render(json.loads((model / card_io.CARD_JSON).read_text()))
     recipe = card["runs"]["recipe"]["oof"]
-    assert f"{recipe['at_threshold']['balanced_accuracy']:.3f}" in text and "The recipe beats" in text
+    nested = recipe["nested"]["at_nested_threshold"]
+    assert recipe["folds"] == recipe["folds_done"] == [0, 1, 2, 3, 4] and recipe["selection"] == ["last"]
+    for value in (nested["balanced_accuracy"], recipe["at_threshold"]["balanced_accuracy"], recipe["threshold"]):
+        assert f"{value:.3f}" in text
     assert set(card["runs"]["recipe"]["per_scanner"]) == set(SCANNERS)
-    assert set(card["loso"]["held_out"]) == {f"Scanner={s}" for s in SCANNERS}
+    assert "at_nested_threshold" in card["runs"]["recipe"]["per_scanner"][SCANNERS[0]]
+    held = card["loso"]["held_out"]
+    assert set(held) == {f"Scanner={s}" for s in SCANNERS}
+    # each held-out scanner at the threshold the other scanners chose (training.oof's nested thresholds)
+    loso = card["loso"]["pooled"]
+    for k, s in enumerate(SCANNERS):
+        assert held[f"Scanner={s}"]["nested_threshold"] == loso["nested"]["thresholds"][str(k)]
+        assert f"| {s} | " in text and f"{held[f'Scanner={s}']['nested_threshold']:.3f}" in text
+    assert card["compare"]["folds"] == [0, 1, 2, 3, 4] and "balanced_accuracy@nested_thresholds" in text
     assert card["data"]["raw_scanner_values"] == sorted({"Aperio ScanScope CS2", "Hamamatsu S360", "Hamammatsu XR"})
     assert card["data"]["figures"] == len(oof) == 300
     assert list(oof.columns) == ["image_id", "slide", "fold", "probability"]  # no labels leave the data
     assert card["runs"]["recipe"]["train_minutes"] == 5.0  # 5 folds x 2 epochs x 30 s
+    assert "## Threshold for scanner shift" not in text and "## Test-time augmentation" not in text  # not given
 
 
-def test_a_folder_holding_the_worse_run_is_refused(runs, tmp_path):
+def test_the_recipe_ships_even_when_the_plain_run_scores_higher(runs, tmp_path):
+    # the strong run is given as the plain baseline: the card still ships the recipe run and says by how much it lost
     model = export_of(runs["plain"], tmp_path / "model")
-    with pytest.raises(AmfError, match=r"not hold the export of the better run \(recipe"):
+    card, _ = card_io.build(model, runs["plain"], runs["recipe"], n_boot=30)
+    bal = {n: r["oof"]["nested"]["at_nested_threshold"]["balanced_accuracy"] for n, r in card["runs"].items()}
+    assert bal["plain"] > bal["recipe"] and card["shipped"] == "recipe"
+    diff = card["compare"]["metrics"]["balanced_accuracy@nested_thresholds"]["b_minus_a"]
+    assert diff < 0 and f"{diff:+.3f}" in card_io.verdict(card) and "decided before the figures" in card_io.render(card)
+    assert "ship the better" not in card_io.render(card) and "does not beat" not in card_io.render(card)
+
+
+def test_a_folder_not_holding_the_recipe_runs_export_is_refused(runs, tmp_path, capsys):
+    model = export_of(runs["plain"], tmp_path / "model")
+    with pytest.raises(AmfError, match=rf"not hold the export of the recipe run .*training.export {runs['recipe']}"):
         card_io.build(model, runs["recipe"], runs["plain"], n_boot=20)
-    assert (
-        card_io.main(
-            ["--model", str(model), "--recipe", str(runs["recipe"]), "--plain", str(runs["plain"]), "--n-boot", "20"]
-        )
-        == 2
-    )
-    assert not (model / card_io.README).exists()
+    args = ["--model", str(model), "--recipe", str(runs["recipe"]), "--plain", str(runs["plain"]), "--n-boot", "20"]
+    assert card_io.main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+    assert not (model / card_io.README).exists() and not (model / card_io.CARD_JSON).exists()
 
 
-def test_when_the_baseline_wins_the_card_says_so_and_ships_it(runs, tmp_path):
+def test_a_partial_plain_run_is_compared_on_the_folds_both_finished(runs, tmp_path):
     model = export_of(runs["recipe"], tmp_path / "model")
-    # swap the roles: the strong run is now called the plain baseline
-    card, _ = card_io.build(model, runs["plain"], runs["recipe"], n_boot=50)
-    assert card["shipped"] == "plain"
-    assert "**The recipe does not beat the plain baseline**" in card_io.render(card)
-
-
-def honest_run(folder, df: pd.DataFrame, signal: float, folds_done, epochs=3):
-    """A made-up run trained with train.selection=last: fold oof.csv, done.json and epochs.csv per finished fold."""
-    folder.mkdir(parents=True)
-    df.assign(fold_name="fold" + df["fold"].astype(str)).to_csv(folder / "splits.csv", index=False)
-    (folder / "config.yaml").write_text(config_io.dump(config_io.load("default_model", ["train.selection=last"])))
-    y = df["label"].to_numpy()
-    p = np.clip(0.5 + signal * (y - 0.5) + RNG.normal(0, 0.2, len(y)), 0.001, 0.999)
-    for k, g in df.assign(probability=p).groupby("fold"):
-        if k not in folds_done:
-            continue
-        (folder / f"fold{k}").mkdir()
-        g.to_csv(folder / f"fold{k}" / "oof.csv", index=False)
-        (folder / f"fold{k}" / "done.json").write_text(
-            json.dumps({"best_epoch": epochs, "selection": "last", "ema_decay": 0.99})
-        )
-        pd.DataFrame(
-            {
-                "epoch": range(1, epochs + 1),
-                "seconds": 30.0,
-                "val_balanced_accuracy": [0.6, 0.7, 0.65],
-                "val_roc_auc": [0.7, 0.75, 0.72],
-            }
-        ).to_csv(folder / f"fold{k}" / "epochs.csv", index=False)
-    return folder
-
-
-def test_selection_free_figures_land_beside_the_old_ones(runs, tmp_path, monkeypatch):
-    df = table()
-    votes = df.drop(columns=["slide", "fold"]).assign(
-        soft=np.where(RNG.random(len(df)) < 0.2, 2 / 3, df["label"]), source="official"
-    )
-    monkeypatch.setattr(card_io, "official_votes", lambda data_dir: votes)
-    model = export_of(runs["recipe"], tmp_path / "model")
-    card, oof = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=50)
+    card, oof = card_io.build(model, runs["recipe"], runs["partial"], n_boot=30, plain_partial_reason="CPU time")
+    c, plain = card["compare"], card["runs"]["plain"]
+    assert c["folds"] == [0, 1] and c["complete"] == {"a": False, "b": True}
+    assert c["n_figures"] == int(oof["fold"].isin([0, 1]).sum()) == plain["oof"]["n"] < len(oof)
+    assert plain["oof"]["folds_done"] == [0, 1] and plain["oof"]["folds"] == [0, 1, 2, 3, 4]
+    assert set(plain["oof"]["per_fold"]) == {"0", "1"} and card["runs"]["recipe"]["oof"]["n"] == len(oof)
     card_io.write(model, card, oof)
-    done = honest_run(tmp_path / "honest", df, 0.5, folds_done=range(5))
-    part = honest_run(tmp_path / "part", df, 0.5, folds_done=[1, 3])
-    before = json.loads((model / card_io.CARD_JSON).read_text())
-    assert (
-        card_io.main(
-            [
-                "--model",
-                str(model),
-                "--selection-free",
-                "--data",
-                "unused",
-                "--honest-recipe",
-                str(done),
-                "--honest-plain",
-                str(part),
-                "--n-boot",
-                "30",
-            ]
-        )
-        == 0
-    )
-    after = json.loads((model / card_io.CARD_JSON).read_text())
-    sf = after.pop("selection_free")
-    assert after == before  # the old figures stay as they were
     text = (model / card_io.README).read_text()
-    assert text == card_io.render({**after, "selection_free": sf})
-    nested = sf["shipped"]["oof"]["nested"]
-    assert f"{nested['at_nested_threshold']['balanced_accuracy']:.3f}" in text and "## Selection-free figures" in text
-    assert "## Out-of-fold figures (optimistic)" in text and "selection-free" in text
-    assert set(sf["shipped"]["oof"]["by_vote"]) == {"unanimous", "split"}
-    assert sf["runs"]["recipe"]["oof"]["selection"] == ["last"] and "nested" in sf["runs"]["recipe"]["oof"]
-    assert sf["runs"]["plain"]["folds_done"] == [1, 3] and set(sf["runs"]["plain"]["per_fold"]) == {"1", "3"}
-    assert "2 of 5 folds finished" in text and sf["not_run"] == ["loso", "soft"]
-    gap = sf["runs"]["recipe"]["epoch_choice"]["0"]
-    assert gap["kept_epoch"] == 3 and gap["best_epoch_on_held_out"] == 2
-    assert gap["best_balanced_accuracy@0.5"] - gap["kept_balanced_accuracy@0.5"] == pytest.approx(0.05)
+    assert text == card_io.render(json.loads((model / card_io.CARD_JSON).read_text()))
+    assert (
+        "trained on folds 0, 1 of 5 only (CPU time)" in text and "on folds 0, 1, the folds both runs finished" in text
+    )
+    assert text.count("| not trained | not trained |") == 3  # folds 2-4 of the fold table
+    assert f"--out {plain['run']} --set mixstyle.enabled=false" in text and "# folds 0, 1: one --fold K each" in text
+    assert f"python -m training.oof {plain['run']}" not in text  # a partial run is not pooled
 
 
-def test_a_run_that_chose_epochs_on_its_held_out_folds_is_not_called_selection_free(tmp_path):
-    old = make_run(tmp_path / "old", table(), 0.5, overrides=["train.selection=validation"])
-    with pytest.raises(AmfError, match="not selection-free"):
-        card_io.honest_run(old, pd.DataFrame(), pd.DataFrame(), 10)
+def test_the_wording_follows_each_runs_selection(runs, tmp_path):
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card, _ = card_io.build(model, runs["recipe"], runs["plain"], n_boot=20)
+    text = card_io.render(card)
+    assert "chosen on that fold" not in text and "Each fold kept its last epoch (`train.selection: last`)" in text
+    assert "selection-free in the epoch" in text and "optimistic (chosen on the figures it is reported on)" in text
+    df = table()
+    old = make_run(tmp_path / "old", df, 0.6, overrides=["train.selection=validation"])
+    old_plain = make_run(tmp_path / "old_plain", df, 0.1, overrides=["train.selection=validation", *PLAIN_OFF])
+    card, _ = card_io.build(export_of(old, tmp_path / "m2"), old, old_plain, n_boot=20)
+    text = card_io.render(card)
+    assert card["runs"]["recipe"]["oof"]["selection"] == ["validation"]
+    assert "The best epoch of each fold was chosen on that fold's validation" in text
+    assert "selection-free in the epoch" not in text and "no (epoch chosen on the fold)" in text
+
+
+def test_the_threshold_for_scanner_shift_is_rendered_with_the_rule_that_shipped(runs, tmp_path):
+    model = export_of(runs["recipe"], tmp_path / "model", shift_run=runs["loso"])
+    card, _ = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20)
+    shift = card["threshold_for_shift"]
+    assert shift == load_manifest(model).provenance["threshold_for_shift"]
+    assert card["ensemble"]["threshold"] == shift["threshold"] == shift["rules"][shift["chosen"]]["threshold"]
+    text = card_io.render(card)
+    assert "## Threshold for scanner shift" in text
+    assert f"Shipped: the {shift['chosen']} rule, threshold {shift['threshold']:.3f}. The rule: {shift['rule']}" in text
+    for rule, r in shift["rules"].items():
+        assert f"| {rule}{' (shipped)' if rule == shift['chosen'] else ''} | {r['threshold']:.3f} | " in text
+        assert f"{r['nested_loso']['balanced_accuracy']:.3f}" in text
+    assert f"--shift-run {runs['loso'].resolve()}" in text
+
+
+def test_each_tta_run_is_paired_with_the_run_it_re_predicted(runs, tmp_path):
+    model = export_of(runs["recipe"], tmp_path / "model", tta="d4", threshold_predictions="runs/v2_recipe_tta_d4")
+    tta = [runs["loso_d4"], runs["recipe_flips"]]
+    card, _ = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20, tta=tta)
+    got = [(r["base"], r["mode"], r["base_run"]) for r in card["tta"]["runs"]]
+    assert got == [("loso", "d4", str(runs["loso"])), ("recipe", "flips", str(runs["recipe"]))]
+    d4 = card["tta"]["runs"][0]["compare"]
+    assert d4["run_a"] == str(runs["loso"]) and d4["folds"] == [0, 1, 2]
+    assert d4["metrics"]["roc_auc"]["b_minus_a"] > 0  # the made-up d4 run separates the classes more
+    text = card_io.render(card)
+    assert "## Test-time augmentation" in text and "Shipped: TTA `d4`" in text
+    assert "chosen on the predictions of `runs/v2_recipe_tta_d4`" in text
+    assert f"| leave-one-scanner-out (`{runs['loso']}`) | d4 | 0, 1, 2 | " in text
+    assert f"--tta {runs['loso_d4']} {runs['recipe_flips']}" in text and f"--out {runs['loso_d4']}" in text
+    with pytest.raises(AmfError, match="none of the runs given"):  # its base run was not given
+        card_io.build(model, runs["recipe"], runs["plain"], n_boot=20, tta=[runs["loso_d4"]])
+
+
+def test_the_current_model_card_json_still_renders():
+    card = json.loads((ROOT / "model" / card_io.CARD_JSON).read_text())
+    assert card_io.render(card) == (ROOT / "model" / card_io.README).read_text()
 
 
 def _figures(df: pd.DataFrame, images, px: int) -> pd.DataFrame:
@@ -276,7 +324,11 @@ def test_a_pretrained_convnext_run_renders_a_card_true_to_its_config_and_data(tm
     assert f"--plain {plain}" in text  # the run paths given to the card, and what they set on default_model
     sets = "--set model.backbone=convnext_small model.pretrained=true splits.tries=4 mixstyle.where=[stages.1]"
     assert f"--out {recipe} {sets} align.enabled=false\n" in text
-    assert f"{sets} align.enabled=false mixstyle.enabled=false ema.enabled=false\n" in text  # the plain run
+    plain_sets = (  # the plain run: what it set on default_model, in the config's key order
+        "--set model.backbone=convnext_small model.pretrained=true splits.tries=4 mixstyle.enabled=false "
+        "mixstyle.where=[stages.1] align.enabled=false ema.enabled=false"
+    )
+    assert f"--out {plain} {plain_sets}\n" in text
     assert "## Leave one" not in text and "leave-one-scanner-out" not in text  # no --loso run
     for fact in TYPED[:-1]:
         assert fact not in text, fact
@@ -316,13 +368,19 @@ def test_each_conditional_fact_follows_card_json(runs, tmp_path):
     assert "EMA teacher" not in card_io.render(off) and "EMA teacher" in card_io.render(card)
 
 
-def test_the_shipped_predictions_keep_their_ids_and_slides_as_written(tmp_path):
-    # model/oof.csv is read by training.run.read_predictions: "NA" is an id, not a missing value
-    ids, slides = ["NA", "007.png", "1e3"], ["NA", "001", "002"]
-    pd.DataFrame({"image_id": ids, "slide": slides, "fold": [0, 1, 2], "probability": [0.1, 0.6, 0.9]}).to_csv(
-        tmp_path / card_io.OOF_CSV, index=False
+def test_expert_votes_from_data_give_the_figures_by_agreement(runs, tmp_path, monkeypatch):
+    df = table()  # the made-up runs' tables have no `soft`: the votes come from --data, as for runs from before it
+    soft = np.where(RNG.random(len(df)) < 0.3, 2 / 3, df["label"])
+    votes = df.drop(columns=["slide", "fold"]).assign(soft=soft, source="official")
+    monkeypatch.setattr(card_io, "official_votes", lambda data_dir: votes)
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card, _ = card_io.build(model, runs["recipe"], runs["partial"], n_boot=20, data_dir="DATA")
+    by_vote = card["runs"]["recipe"]["oof"]["by_vote"]
+    unanimous = np.isin(soft, [0.0, 1.0])
+    assert by_vote["unanimous"]["at_threshold"]["n"] == int(unanimous.sum())
+    assert card["runs"]["plain"]["oof"]["by_vote"]["split"]["at_threshold"]["n"] == int(
+        (~unanimous & df["fold"].isin([0, 1]).to_numpy()).sum()
     )
-    votes = pd.DataFrame({"image_id": ids, "label": [0, 1, 1], "soft": [0.0, 1.0, 2 / 3]})
-    merged = card_io.shipped_oof(tmp_path, votes)
-    assert merged["image_id"].tolist() == ids and merged["slide"].tolist() == slides
-    assert merged["label"].tolist() == [0, 1, 1]
+    assert "By expert agreement" in card_io.render(card)
+    card, _ = card_io.build(model, runs["recipe"], runs["partial"], n_boot=20)
+    assert "by_vote" not in card["runs"]["recipe"]["oof"] and "By expert agreement" not in card_io.render(card)

@@ -77,8 +77,8 @@ def test_pooled_predictions_keep_the_image_ids_as_written(tmp_path):
     assert run.read_oof_metrics() == json.loads(json.dumps(result))
     # compare reads them the same way: "007" and "7" stay two figures (its old reader guessed floats, made them one
     # id 7.0, and the paired merge then refused a run compared with itself as covering other figures)
-    table, threshold = compare.load_oof(run.path)
-    assert table["image_id"].tolist() == back["image_id"].tolist() and threshold == result["threshold"]
+    table, done, folds = compare.finished_oof(run.path)
+    assert table["image_id"].tolist() == back["image_id"].tolist() and done == folds == [0, 1]
     assert compare.compare(run.path, run.path, n_boot=5)["n_figures"] == len(AWKWARD_IDS)
 
 
@@ -91,8 +91,8 @@ def test_a_missing_file_is_one_error_naming_its_path(tmp_path):
         empty.read_splits()
     with pytest.raises(AmfError, match=re.escape(f"no pooled out-of-fold results ({empty.oof}")):
         empty.read_oof()
-    with pytest.raises(AmfError, match="are all folds done"):
-        compare.load_oof(empty.path)
+    with pytest.raises(AmfError, match=re.escape(f"{empty.path} has no out-of-fold predictions")):
+        compare.finished_oof(empty.path)
     fold = empty.fold(3)
     for read, name in (
         (fold.load_best, "best.pt"),
@@ -179,5 +179,5 @@ def test_what_training_wrote_reads_back_through_run_dir(trained):
         assert done["fold"] == k and best["fold"] == k and best["epoch"] == done["best_epoch"] == 1
         assert fold.load_last()["epoch"] == 0 and len(fold.read_epochs()) == 1
         assert fold.read_oof()["image_id"].tolist() == oof.loc[oof["fold"] == k, "image_id"].tolist()
-    _, threshold = compare.load_oof(run)
-    assert threshold == run.read_oof_metrics()["threshold"]
+    table, done, folds = compare.finished_oof(run)  # the pooled table, as compare reads it
+    assert table["image_id"].tolist() == oof["image_id"].tolist() and done == folds == [0, 1]

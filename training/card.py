@@ -1,28 +1,26 @@
 """The model card of an exported ensemble: every figure measured from the runs, none typed by hand.
 
-  python -m training.card --model model --recipe RUN --plain RUN [--loso RUN] [--n-boot 2000]
+  python -m training.card --model model --recipe RUN --plain RUN [--loso RUN] [--tta TTA_RUN ...] [--data DATA]
+                          [--n-boot 2000] [--trained-on TEXT]
   python -m training.card --model model --render        (re-render README.md from card.json only)
-  python -m training.card --model model --selection-free --data DATA [--honest-recipe RUN] [--honest-plain RUN]
-                          [--honest-loso RUN] [--honest-soft RUN]   (add the selection-free figures to card.json)
 
-Reads the recipe run and the plain-baseline run (same splits, same epochs; both pooled by
-training.oof), compares them with a paired slide-level bootstrap (training.compare), adds the
-leave-one-scanner-out run when given, and checks that MODEL_DIR holds the export of the better run
-by out-of-fold balanced accuracy (export it first: python -m training.export RUN --out MODEL_DIR).
-Writes, atomically, into MODEL_DIR:
-  card.json   the figures (data counts, configs, out-of-fold metrics, per-scanner bootstrap intervals,
-              the paired comparison, leave-one-scanner-out, the ensemble's files and sizes)
+The shipped run is --recipe, decided before any figure (the recipe is the method; the plain run is its control):
+MODEL_DIR must hold its export (python -m training.export RUN --out MODEL_DIR [--shift-run LOSO]), else one error.
+Each run's figures are training.oof's, recomputed here without writing into the run: pooled threshold (optimistic:
+chosen on the figures it is reported on), nested thresholds (each fold's chosen on the other folds: selection-free
+when the run's train.selection is last or inner) and 0.5, with slide-level bootstrap intervals, per fold and per
+scanner. --plain may be partial (some folds not trained): its figures are its finished folds, and the paired
+comparison with the recipe (training.compare) is on the folds both finished. --loso: the leave-one-scanner-out run,
+each held-out scanner at its nested threshold (chosen on the other scanners), at the pooled threshold and at 0.5.
+--tta: training.tta_oof runs of --recipe or --loso, each paired with the run it re-predicted (its folds' from_run).
+--data: the official layout, for the figures by expert agreement where the runs' tables lack the votes.
+From the manifest: the threshold for scanner shift (provenance threshold_for_shift, training.threshold) and the
+shipped test-time augmentation. Writes, atomically, into MODEL_DIR:
+  card.json   the figures and facts (data counts, configs and their overrides, out-of-fold metrics, per scanner,
+              the paired comparison, leave-one-scanner-out, threshold for shift, TTA, files and sizes)
   oof.csv     image_id, slide, fold, probability of the shipped run: which member held out which
               figure and what it said there (labels stay in the official CSV)
   README.md   the card, rendered from card.json alone by training.card_render.render()
---selection-free adds card.json["selection_free"] and re-renders README.md, leaving every other key, the
-ONNX files, ensemble.json and oof.csv as they are: the shipped members' out-of-fold predictions (oof.csv,
-labels and expert votes from DATA) with nested thresholds, slide-level intervals and figures by vote
-agreement, and the runs trained with an honest train.selection (last or inner): pooled (training.oof) when
-every fold is done, else the finished folds at the fixed threshold 0.5 beside the shipped members on the
-same folds. From every honest fold's epochs.csv it also reports what choosing the epoch on the held-out
-fold would have reported (the best epoch's held-out figures) against the kept epoch's: the optimism of
-that choice, measured.
 """
 
 from __future__ import annotations
@@ -41,34 +39,49 @@ from amf.fileio import write_text_atomic
 from training import compare as compare_runs
 from training import metrics
 from training import oof as oof_io
-from training import splits as splits_io
 from training.card_render import config_diff, render, verdict
 from training.domains import DOMAIN_COLUMNS
-from training.run import RunDir, read_predictions
+from training.run import RunDir
 
 CARD_JSON, OOF_CSV, README = "card.json", "oof.csv", "README.md"
 
 
-def load_run(run) -> tuple[pd.DataFrame, dict, dict]:
-    """A finished run's pooled out-of-fold table and metrics (pooled now if not yet) and its config."""
-    run = RunDir(run)
-    if run.is_pooled():
-        oof, result = run.read_oof(), run.read_oof_metrics()
-    else:
-        oof, result = oof_io.pool(run)
-    return oof, result, run.read_config()
+def load_run(run, n_boot: int, votes: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict, dict]:
+    """A run's out-of-fold table and its training.oof metrics (pooled threshold, nested thresholds, per fold, per
+    domain, by vote agreement where the table or VOTES has the experts' share), recomputed without writing into the
+    run: all folds when it is pooled, else its finished folds (a partial run); and its config. The metrics record
+    the run's train.selection (as training.oof.pool does), its folds and the finished ones."""
+    oof, done, folds = compare_runs.finished_oof(run)
+    oof = oof_io.with_votes(oof, votes)
+    result = oof_io.compute(oof, n_boot=n_boot, seed=0)
+    selection = {RunDir(run).fold(k).read_done().get("selection", "validation") for k in done}
+    result |= {"selection": sorted(selection), "folds": folds, "folds_done": done}
+    return oof, result, RunDir(run).read_config()
+
+
+def nested_classes(oof: pd.DataFrame, result: dict) -> np.ndarray | None:
+    """Each figure's class at its fold's nested threshold (training.oof's), None without one."""
+    if "nested" not in result:
+        return None
+    thr = oof["fold"].astype(str).map(result["nested"]["thresholds"]).to_numpy(float)
+    return (oof["probability"].to_numpy(float) >= thr).astype(int)
 
 
 def per_scanner(oof: pd.DataFrame, result: dict, n_boot: int) -> dict:
-    """training.oof's per-scanner metrics (at the run's threshold), with bootstrap intervals and slide counts."""
-    out, threshold = {}, result["threshold"]
+    """training.oof's per-scanner metrics at the run's pooled threshold and at its nested thresholds, with slide
+    bootstrap intervals and slide counts."""
+    out, threshold, nested = {}, result["threshold"], nested_classes(oof, result)
     for scanner, g in oof.groupby("Scanner"):
-        y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
+        y, p, slides = g["label"].to_numpy(int), g["probability"].to_numpy(float), g["slide"].astype(str)
         out[str(scanner)] = {
             "metrics": result["per_domain"]["Scanner"][str(scanner)],
-            "ci95": metrics.bootstrap_ci(y, p, threshold=threshold, n_boot=n_boot, seed=0),
+            "ci95": oof_io.slide_bootstrap_ci(y, p, slides, (p >= threshold).astype(int), n_boot, 0),
             "slides": int(g["slide"].nunique()),
         }
+        if nested is not None:
+            at = nested[g.index.to_numpy()]
+            out[str(scanner)]["at_nested_threshold"] = metrics.summary(y, p, y_pred=at)
+            out[str(scanner)]["ci95_nested"] = oof_io.slide_bootstrap_ci(y, p, slides, at, n_boot, 0)
     return out
 
 
@@ -172,61 +185,127 @@ def ema_decays(run) -> list:
     return sorted({f.read_done().get("ema_decay") for f in RunDir(run).fold_dirs() if f.is_done()} - {None})
 
 
-def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: str = "") -> tuple[dict, pd.DataFrame]:
+def run_facts(run, oof: pd.DataFrame, result: dict, cfg: dict, n_boot: int) -> dict:
+    """What the card states of one run: config summary, out-of-fold metrics, per scanner, time, command facts."""
+    return {
+        "config": recipe_summary(cfg),
+        "oof": result,
+        "per_scanner": per_scanner(oof, result, n_boot),
+        "train_minutes": train_minutes(run),
+        "run": str(run),
+        "overrides": overrides(cfg),
+        "mixstyle_at": mixstyle_at(cfg),
+        "ema_decay": ema_decays(run),
+        "epoch_choice": epoch_choice(run, result["folds_done"]),
+    }
+
+
+def loso_facts(run, n_boot: int, votes) -> dict:
+    """The leave-one-out run: pooled, and per held-out domain at its nested threshold (chosen on the other
+    domains' figures), at the pooled threshold (optimistic) and at 0.5."""
+    oof, result, cfg = load_run(run, n_boot, votes)
+    names = RunDir(run).read_splits().groupby("fold")["fold_name"].first()
+    nested = nested_classes(oof, result)
+    held_out = {}
+    for k, g in oof.groupby("fold"):
+        y, p, slides = g["label"].to_numpy(int), g["probability"].to_numpy(float), g["slide"].astype(str)
+        h = {
+            "at_threshold": result["per_fold"][str(k)],
+            "at_0.5": metrics.summary(y, p, threshold=0.5),
+            "ci95": oof_io.slide_bootstrap_ci(y, p, slides, (p >= result["threshold"]).astype(int), n_boot, 0),
+        }
+        if nested is not None:
+            at = nested[g.index.to_numpy()]
+            h["nested_threshold"] = result["nested"]["thresholds"][str(k)]
+            h["at_nested_threshold"] = metrics.summary(y, p, y_pred=at)
+            h["ci95_nested"] = oof_io.slide_bootstrap_ci(y, p, slides, at, n_boot, 0)
+        held_out[str(names[k])] = h
+    return {
+        "config": recipe_summary(cfg),
+        "threshold": result["threshold"],
+        "pooled": result,
+        "held_out": held_out,
+        "train_minutes": train_minutes(run),
+        "run": str(run),
+        "overrides": overrides(cfg),
+    }
+
+
+def tta_facts(tta_runs, bases: dict, n_boot: int) -> list[dict]:
+    """Each test-time-augmentation run (training.tta_oof) against the run it re-predicted (its folds' done.json
+    from_run, one of BASES by resolved path): mode (config export.tta) and the paired comparison TTA - none."""
+    out = []
+    for tta in tta_runs:
+        tta = Path(tta)
+        froms = {f.read_done().get("from_run") for f in RunDir(tta).fold_dirs() if f.is_done()}
+        base = [name for name, path in bases.items() if path is not None and {str(Path(path).resolve())} == froms]
+        if not base:
+            raise AmfError(
+                f"{tta} re-predicted {', '.join(sorted(map(str, froms))) or 'no finished run'}, which is none of "
+                f"the runs given ({', '.join(f'--{n} {p}' for n, p in bases.items() if p is not None)})"
+            )
+        out.append(
+            {
+                "run": str(tta),
+                "base": base[0],
+                "base_run": str(bases[base[0]]),
+                "mode": RunDir(tta).read_config().get("export", {}).get("tta"),
+                "compare": compare_runs.compare(bases[base[0]], tta, n_boot=n_boot, seed=0),
+            }
+        )
+    return out
+
+
+SHIPPED_RULE = (
+    "the recipe run, decided before the figures: the recipe is the method, the plain run its control; "
+    "no run was chosen on the figures reported"
+)
+
+
+def build(
+    model_dir,
+    recipe,
+    plain,
+    loso=None,
+    n_boot: int = 2000,
+    trained_on: str = "",
+    tta=(),
+    data_dir=None,
+    plain_partial_reason: str = "",
+) -> tuple[dict, pd.DataFrame]:
     model_dir = Path(model_dir)
     manifest = manifest_io.load(model_dir)
     runs = {"recipe": Path(recipe), "plain": Path(plain)}
-    loaded = {name: load_run(path) for name, path in runs.items()}
-    cmp = compare_runs.compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0)
-    bal = {name: r[1]["at_threshold"]["balanced_accuracy"] for name, r in loaded.items()}
-    shipped = "recipe" if bal["recipe"] > bal["plain"] else "plain"
     exported_from = Path(str(manifest.provenance.get("run", ""))).resolve()
-    if not manifest.trained or exported_from != runs[shipped].resolve():
+    if not manifest.trained or exported_from != runs["recipe"].resolve():
         raise AmfError(
-            f"{model_dir} does not hold the export of the better run ({shipped}, out-of-fold balanced "
-            f"accuracy {bal[shipped]:.3f}): python -m training.export {runs[shipped]} --out {model_dir}"
+            f"{model_dir} does not hold the export of the recipe run {runs['recipe']}: python -m training.export "
+            f"{runs['recipe']} --out {model_dir}" + (f" --shift-run {loso}" if loso else "")
         )
+    votes = official_votes(data_dir) if data_dir else None
+    loaded = {name: load_run(path, n_boot, votes) for name, path in runs.items()}
     card = {
-        "shipped": shipped,
+        "card_version": 2,
+        "shipped": "recipe",
+        "shipped_rule": SHIPPED_RULE,
         "trained_on": trained_on,
-        "data": data_counts(RunDir(runs[shipped]).read_splits()),
-        "compare": cmp,
-        "runs": {},
+        "data": data_counts(RunDir(runs["recipe"]).read_splits()),
+        "compare": compare_runs.compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0),
+        "runs": {name: run_facts(runs[name], *loaded[name], n_boot) for name in runs},
     }
-    for name, (oof, result, cfg) in loaded.items():
-        card["runs"][name] = {
-            "config": recipe_summary(cfg),
-            "oof": result,
-            "per_scanner": per_scanner(oof, result, n_boot),
-            "train_minutes": train_minutes(runs[name]),
-            "run": str(runs[name]),
-            "overrides": overrides(cfg),
-            "mixstyle_at": mixstyle_at(cfg),
-            "ema_decay": ema_decays(runs[name]),
-        }
-    folds = [r[0].set_index("image_id")["fold"].sort_index() for r in loaded.values()]
-    card["same_folds"] = bool(folds[0].equals(folds[1]))
+    if plain_partial_reason:
+        card["runs"]["plain"]["partial_reason"] = plain_partial_reason
+    splits = [RunDir(r).read_splits().set_index("image_id")["fold"].sort_index() for r in runs.values()]
+    card["same_folds"] = bool(splits[0].equals(splits[1]))
     if loso is not None:
-        oof, result, cfg = load_run(loso)
-        names = RunDir(loso).read_splits().groupby("fold")["fold_name"].first()
-        held_out = {}
-        for k, g in oof.groupby("fold"):
-            y, p = g["label"].to_numpy(int), g["probability"].to_numpy(float)
-            # each held-out scanner at the threshold the pooled out-of-fold predictions chose (training.oof's
-            # per-fold figures), and at 0.5
-            held_out[str(names[k])] = {
-                "at_threshold": result["per_fold"][str(k)],
-                "at_0.5": metrics.summary(y, p, threshold=0.5),
-                "ci95": metrics.bootstrap_ci(y, p, threshold=result["threshold"], n_boot=n_boot, seed=0),
-            }
-        card["loso"] = {
-            "config": recipe_summary(cfg),
-            "threshold": result["threshold"],
-            "pooled": result,
-            "held_out": held_out,
-            "train_minutes": train_minutes(Path(loso)),
-            "run": str(loso),
-            "overrides": overrides(cfg),
+        card["loso"] = loso_facts(Path(loso), n_boot, votes)
+    shift = manifest.provenance.get("threshold_for_shift")
+    if shift:
+        card["threshold_for_shift"] = shift
+    if tta:
+        card["tta"] = {
+            "runs": tta_facts(tta, {"recipe": runs["recipe"], "loso": loso}, n_boot),
+            "rule": "test-time augmentation ships only if it helps on the leave-one-scanner-out figures",
         }
     files = [m.file for m in manifest.members]
     card["ensemble"] = {
@@ -243,17 +322,16 @@ def build(model_dir, recipe, plain, loso=None, n_boot: int = 2000, trained_on: s
         "total_bytes": sum((model_dir / f).stat().st_size for f in files),
         "threshold": manifest.threshold,
         "tta": manifest.tta,
+        "threshold_predictions": manifest.provenance.get("threshold_predictions"),
         "parity": manifest.provenance.get("parity"),
         "versions": manifest.provenance.get("versions"),
     }
-    oof = loaded[shipped][0][["image_id", "slide", "fold", "probability"]]
+    oof = loaded["recipe"][0][["image_id", "slide", "fold", "probability"]]
     return card, oof
 
 
-HONEST = ("recipe", "plain", "loso", "soft")
-
-
 def official_votes(data_dir) -> pd.DataFrame:
+    """The official table's labels and expert votes (image_id, label, soft, domains), for the by-vote figures."""
     from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, read_table
 
     data_dir = Path(data_dir)
@@ -261,16 +339,6 @@ def official_votes(data_dir) -> pd.DataFrame:
         raise AmfError(f"{data_dir} is not the official layout: no {OFFICIAL_CSV}")
     t = read_table(data_dir / OFFICIAL_CSV, data_dir / OFFICIAL_IMAGES, "official")
     return t.drop(columns=["slide", "path"])
-
-
-def shipped_oof(model_dir, votes: pd.DataFrame) -> pd.DataFrame:
-    """The shipped members' out-of-fold predictions (oof.csv) with the data's labels, domains and expert votes."""
-    oof = read_predictions(Path(model_dir) / OOF_CSV)
-    merged = oof.merge(votes, on="image_id", how="left", validate="1:1")
-    if merged["label"].isna().any():
-        raise AmfError(f"{int(merged['label'].isna().sum())} figure(s) of {model_dir / OOF_CSV} are not in the data")
-    merged["label"] = merged["label"].astype(int)
-    return merged
 
 
 def epoch_choice(run, folds) -> dict:
@@ -281,7 +349,9 @@ def epoch_choice(run, folds) -> dict:
         f = RunDir(run).fold(k)
         if not f.epochs.is_file() or not f.is_done():
             continue
-        e, kept = f.read_epochs(), f.read_done()["best_epoch"]
+        e, kept = f.read_epochs(), f.read_done().get("best_epoch")
+        if kept is None or "val_balanced_accuracy" not in e or not (e["epoch"] == kept).any():
+            continue
         row = e.loc[e["epoch"] == kept].iloc[0]
         best = e.loc[e["val_balanced_accuracy"].idxmax()]
         out[str(k)] = {
@@ -293,60 +363,6 @@ def epoch_choice(run, folds) -> dict:
             "best_roc_auc": float(e["val_roc_auc"].max()),
         }
     return out
-
-
-def honest_run(run, shipped: pd.DataFrame, votes: pd.DataFrame, n_boot: int) -> dict:
-    """A run with train.selection last/inner: pooled figures if finished, else its finished folds at 0.5."""
-    run = RunDir(run)
-    splits = run.read_splits()  # first: a folder that is no run is "not a training run folder (no splits.csv)"
-    cfg = run.read_config()
-    selection = cfg["train"].get("selection", "validation")
-    if selection == "validation":
-        raise AmfError(f"{run} chose its epochs on the held-out folds (train.selection validation): not selection-free")
-    folds = splits_io.folds_of(splits)
-    done = [k for k in folds if run.fold(k).is_done()]
-    out = {
-        "run": str(run),
-        "selection": selection,
-        "config": recipe_summary(cfg),
-        "splits": cfg["splits"]["kind"],
-        "folds_done": done,
-        "folds": folds,
-        "epoch_choice": epoch_choice(run, done),
-        "ema_decay": ema_decays(run),
-        "train_minutes": train_minutes(run),
-    }
-    if done and len(done) == len(folds):
-        _, out["oof"] = oof_io.pool(run, n_boot=n_boot, votes=votes)
-        return out
-    per_fold = {}
-    for k in done:
-        f = run.fold(k).read_oof()
-        m = metrics.summary(f["label"], f["probability"], threshold=0.5)
-        entry = {"honest@0.5": m}
-        if cfg["splits"]["kind"] == "kfold":
-            same = shipped[shipped["image_id"].isin(f["image_id"])]
-            if len(same) == len(f):
-                entry["shipped@0.5"] = metrics.summary(same["label"], same["probability"], threshold=0.5)
-        per_fold[str(k)] = entry
-    out["per_fold"] = per_fold
-    return out
-
-
-def selection_free(model_dir, data_dir, runs: dict, n_boot: int = 2000) -> dict:
-    votes = official_votes(data_dir)
-    shipped = shipped_oof(model_dir, votes)  # read and labelled once: its metrics, and the honest runs' baseline
-    return {
-        "shipped": {
-            "oof": oof_io.compute(shipped, n_boot=n_boot, seed=0),
-            "note": "the shipped members' out-of-fold predictions (oof.csv): each fold's epoch was chosen "
-            "on that fold's own figures (optimistic); the nested threshold removes the "
-            "threshold's share of the optimism only",
-        },
-        "runs": {name: honest_run(path, shipped, votes, n_boot) for name, path in runs.items() if path},
-        "data": str(data_dir),
-        "not_run": [name for name in HONEST if not runs.get(name)],
-    }
 
 
 def train_minutes(run) -> float:
@@ -374,44 +390,36 @@ def _plain(x):
 def main(argv=None) -> int:
     ap = ArgumentParser(prog="python -m training.card", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="model")
-    ap.add_argument("--recipe")
-    ap.add_argument("--plain")
-    ap.add_argument("--loso", default=None)
+    ap.add_argument("--recipe", help="the shipped run (MODEL_DIR must hold its export)")
+    ap.add_argument("--plain", help="the plain baseline on the same splits (may be partial)")
+    ap.add_argument("--plain-partial-reason", default="", help="why the plain run has unfinished folds, for the card")
+    ap.add_argument("--loso", default=None, help="the recipe's config with splits.kind=leave_scanner_out")
+    ap.add_argument("--tta", nargs="*", default=[], help="training.tta_oof runs of --recipe or --loso")
+    ap.add_argument("--data", default=None, help="the official layout: expert votes for the by-agreement figures")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--trained-on", default="", help="where the runs trained, for the card (e.g. 'a 2-core CPU')")
     ap.add_argument("--render", action="store_true", help="re-render README.md from card.json")
-    ap.add_argument(
-        "--selection-free",
-        action="store_true",
-        help="add the selection-free figures to card.json (needs --data) and re-render",
-    )
-    ap.add_argument("--data", default=None, help="the official layout (labels and expert votes)")
-    for name in HONEST:
-        ap.add_argument(
-            f"--honest-{name}", default=None, help=f"the {name} run trained with train.selection last|inner"
-        )
     args = ap.parse_args(argv)
     model_dir = Path(args.model)
     try:
-        if args.selection_free:
-            if not args.data or not (model_dir / CARD_JSON).is_file():
-                raise AmfError("--selection-free needs --data DATA and an existing card.json")
-            card = json.loads((model_dir / CARD_JSON).read_text())
-            card["selection_free"] = selection_free(
-                model_dir, args.data, {n: getattr(args, f"honest_{n}") for n in HONEST}, args.n_boot
-            )
-            text = json.dumps(card, indent=1, default=_plain) + "\n"
-            readme = render(json.loads(text))
-            write_text_atomic(model_dir / CARD_JSON, text)
-            write_text_atomic(model_dir / README, readme)
-        elif args.render:
+        if args.render:
             if not (model_dir / CARD_JSON).is_file():
                 raise AmfError(f"{model_dir / CARD_JSON} is missing")
             write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
         else:
             if not args.recipe or not args.plain:
                 raise AmfError("give --recipe RUN and --plain RUN (or --render)")
-            card, oof = build(model_dir, args.recipe, args.plain, args.loso, args.n_boot, args.trained_on)
+            card, oof = build(
+                model_dir,
+                args.recipe,
+                args.plain,
+                args.loso,
+                args.n_boot,
+                args.trained_on,
+                args.tta,
+                args.data,
+                args.plain_partial_reason,
+            )
             write(model_dir, card, oof)
             print(verdict(card))
     except AmfError as e:

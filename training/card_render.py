@@ -2,6 +2,10 @@
 is a key of card.json (built by training.card from the runs); a sentence that holds only under a condition
 (random initialisation, an enabled recipe part, epochs chosen on the held-out fold, a leave-one-out run ...)
 is written only when card.json says the condition holds.
+Two layouts: card_version 2 (training.card's build: the recipe run shipped by decision, a possibly partial plain
+run, nested thresholds, threshold for scanner shift, test-time augmentation; v2_body, v2_reproduce) and the older
+card.json without the key (the better run shipped, pooled thresholds, selection_free beside; v1_body, reproduce),
+which still renders as it was written until model/card.json is regenerated.
 
   python -m training.card --model model --render        (re-render README.md from card.json)
 """
@@ -171,8 +175,12 @@ def plain_line(card: dict) -> str:
     diff = config_diff(rs, ps)
     same = ", folds" if card.get("same_folds") else ""
     epochs = " and epochs" if "train.epochs" not in diff else ""
-    return f"- Plain baseline: the same config{same}{epochs}" + (
-        f" with `--set {as_set(diff)}`." if diff else " (no difference in the recorded config)."
+    partial = partial_note(card, "plain") if v2(card) else ""
+    return (
+        f"- Plain baseline: the same config{same}{epochs}"
+        + (f" with `--set {as_set(diff)}`" if diff else " (no difference in the recorded config)")
+        + (f"; {partial}: its figures and the paired comparison are on those folds" if partial else "")
+        + "."
     )
 
 
@@ -190,11 +198,22 @@ def selection_line(card: dict) -> str:
             + "."
             + (" See the selection-free figures." if "selection_free" in card else "")
         )
-    if sel[card["shipped"]] == "last":
-        return "- Each fold kept its last epoch (`train.selection: last`): no epoch was chosen on the held-out fold."
+    shipped_line = (
+        "- Each fold kept its last epoch (`train.selection: last`): no epoch was chosen on the held-out fold"
+        if sel[card["shipped"]] == "last"
+        else "- Each fold's epoch was chosen on an inner split of its training folds (`train.selection: inner`), "
+        "never on the held-out fold"
+    )
+    others = sorted(n for n, s in sel.items() if s == "validation")
     return (
-        "- Each fold's epoch was chosen on an inner split of its training folds (`train.selection: inner`), "
-        "never on the held-out fold."
+        shipped_line
+        + (f"; the {', '.join(others)} run chose its epochs on the held-out folds (optimistic)" if others else "")
+        + (
+            ". The out-of-fold figures are selection-free in the epoch; at nested thresholds they are selection-free"
+            ", at the pooled threshold optimistic (chosen on the figures it is reported on)."
+            if v2(card)
+            else "."
+        )
     )
 
 
@@ -300,6 +319,8 @@ def compare_table(card: dict) -> list[str]:
 
 
 def verdict(card: dict) -> str:
+    if v2(card):
+        return v2_verdict(card)
     v = card["compare"]["metrics"]["balanced_accuracy@oof_threshold"]
     lo, hi = v["ci95"]
     noise = lo <= 0 <= hi
@@ -649,6 +670,7 @@ def render(card: dict) -> str:
         "- Training time (wall clock, the sum of the epochs)"
         f"{' on ' + card['trained_on'] if card.get('trained_on') else ''}: "
         f"recipe {card['runs']['recipe']['train_minutes']} min, plain {card['runs']['plain']['train_minutes']} min"
+        + (f" ({folds_count(card, 'plain')})" if v2(card) and partial_note(card, "plain") else "")
         + (
             f", leave-one-{(loso_col or 'domain').lower()}-out {card['loso']['train_minutes']} min"
             if "loso" in card
@@ -659,8 +681,475 @@ def render(card: dict) -> str:
         "## Folds",
         fold_line(card),
         "",
-        *fold_table(card),
+        *(v2_fold_table(card) if v2(card) else fold_table(card)),
         "",
+        *(v2_body(card) if v2(card) else v1_body(card)),
+        "## Files",
+        *[f"- `{m['file']}`: fold {m['fold']}, {m['bytes'] / 1e6:.1f} MB" for m in e["members"]],
+        "- `ensemble.json`: the manifest (`amf/manifest.py`), with the full config and out-of-fold metrics "
+        "as provenance"
+        + (f"; ONNX against torch, largest |logit difference| {worst:.1e}" if worst is not None else ""),
+        "- `card.json`: every figure on this card; `oof.csv`: the shipped run's out-of-fold probabilities.",
+        "",
+        "## Intended use",
+        "- The shipped default of the toolkit: `make demo`, the container's tests, the benchmark, and a "
+        "baseline to beat. It shows the whole path (training, export, container) working on real data.",
+        "- Not for diagnosis" + (", and not a leaderboard submission." if demo else "."),
+        "",
+        "## Limits",
+        f"- {count(len(d['tumor']), 'tumour type')} ({', '.join(d['tumor'])}), {', '.join(d['species'])} only, and "
+        f"{len(d['scanner'])} scanners: nothing else was seen"
+        + (", and an unseen scanner only in the leave-one-scanner-out figures above" if loso_col == "Scanner" else "")
+        + ".",
+        *(
+            [
+                f"- No pretrained weights (`model.pretrained: false`, no `model.weights`): a network of "
+                f"{e['members'][0]['bytes'] / 1e6:.1f} MB per member from random initialisation on {d['figures']} "
+                f"figures, for {cfg['train']['epochs']} epochs."
+            ]
+            if demo
+            else []
+        ),
+        "- Thresholds"
+        + (" and best epochs" if selection_of(cfg) == "validation" else "")
+        + " were chosen on the same out-of-fold predictions that are reported"
+        + ("; the nested-threshold figures chose nothing." if v2(card) and not epochs_on_fold(card) else "."),
+        *(
+            [
+                "- For a submission, retrain on the full official set (every tumour type and species) with `training/` "
+                "and a pretrained backbone."
+            ]
+            if demo
+            else []
+        ),
+        "",
+        *(v2_reproduce(card) if v2(card) else reproduce(card)),
+    ]
+    return "\n".join(out)
+
+
+# ---- the card of card_version 2 (training.card's build since issue 12): shipped run decided before the figures,
+# a possibly partial plain run, nested thresholds, the threshold for scanner shift, test-time augmentation ----------
+
+
+def v2(card: dict) -> bool:
+    return card.get("card_version", 1) >= 2
+
+
+def folds_list(folds) -> str:
+    return ", ".join(str(k) for k in folds)
+
+
+def partial_note(card: dict, name: str) -> str:
+    """'' for a complete run, else which of its folds were trained (and why, when card.json says)."""
+    o = card["runs"][name]["oof"]
+    if o["folds_done"] == o["folds"]:
+        return ""
+    why = card["runs"][name].get("partial_reason")
+    return (
+        f"trained on fold{'s' if len(o['folds_done']) > 1 else ''} {folds_list(o['folds_done'])} of "
+        f"{len(o['folds'])} only" + (f" ({why})" if why else "")
+    )
+
+
+def folds_count(card: dict, name: str) -> str:
+    o = card["runs"][name]["oof"]
+    return f"{len(o['folds_done'])} of {len(o['folds'])} folds"
+
+
+def threshold_range(thresholds: dict) -> str:
+    v = sorted(thresholds.values())
+    return f"{v[0]:.3f}" if f"{v[0]:.3f}" == f"{v[-1]:.3f}" else f"{v[0]:.3f}–{v[-1]:.3f}"
+
+
+def selection_free_words(card: dict) -> str:
+    """How the epoch was chosen, and what that makes of the out-of-fold figures."""
+    if epochs_on_fold(card):
+        return "each fold's epoch was chosen on that fold's own figures, so every out-of-fold figure is optimistic"
+    return (
+        "no epoch was chosen on a held-out fold, so the out-of-fold figures are selection-free in the epoch; at "
+        "nested thresholds (each fold's chosen on the other folds) they are selection-free, at the pooled threshold "
+        "optimistic (chosen on the figures it is reported on)"
+    )
+
+
+def v2_oof_table(card: dict) -> list[str]:
+    lines = [
+        "| run | threshold | selection-free? | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " |",
+        "|---|---|---|" + "---|" * len(SHOWN),
+    ]
+    free = "no (epoch chosen on the fold)" if epochs_on_fold(card) else "yes"
+    for name in ("recipe", "plain"):
+        r = card["runs"][name]["oof"]
+        label = name + (" (shipped)" if name == card["shipped"] else "")
+        if partial_note(card, name):
+            label += f", folds {folds_list(r['folds_done'])}"
+        if "nested" in r:
+            nested = r["nested"]
+            lines.append(
+                row(
+                    label,
+                    f"nested {threshold_range(nested['thresholds'])}",
+                    free,
+                    *shown(nested["at_nested_threshold"], nested["ci95"]),
+                )
+            )
+        lines.append(
+            row(
+                label,
+                f"pooled {r['threshold']:.3f}",
+                "no (chosen on these figures)",
+                *shown(r["at_threshold"], r["ci95"]),
+            )
+        )
+        lines.append(row(label, "0.5", free, *(fmt(r["at_0.5"][k]) for k in SHOWN)))
+    return lines
+
+
+def v2_scanner_table(card: dict) -> list[str]:
+    lines = [
+        "| run | scanner | figures (atypical) | slides | balanced accuracy, nested | ROC AUC | sensitivity, nested | "
+        "specificity, nested | balanced accuracy, pooled threshold |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("recipe", "plain"):
+        for scanner, s in card["runs"][name]["per_scanner"].items():
+            m, n = s["metrics"], s.get("at_nested_threshold")
+            cells = shown(n, s["ci95_nested"]) if n else ["–"] * len(SHOWN)
+            cells[1] = with_ci(m, s["ci95"], "roc_auc")
+            lines.append(row(name, scanner, figures(m), s["slides"], *cells, fmt(m["balanced_accuracy"])))
+    return lines
+
+
+def v2_fold_table(card: dict) -> list[str]:
+    lines = [
+        "| fold | figures (atypical) | slides | recipe balanced accuracy | recipe ROC AUC | "
+        "plain balanced accuracy | plain ROC AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, c in card["data"]["fold"].items():
+        cells = []
+        for name in ("recipe", "plain"):
+            m = card["runs"][name]["oof"]["per_fold"].get(k)
+            cells += [fmt(m["balanced_accuracy"]), fmt(m["roc_auc"])] if m else ["not trained", "not trained"]
+        lines.append(row(k, f"{c['figures']} ({c['atypical']})", c["slides"], *cells))
+    return lines
+
+
+def vote_lines(card: dict) -> list[str]:
+    out = []
+    for name in ("recipe", "plain"):
+        o = card["runs"][name]["oof"]
+        if "by_vote" not in o:
+            continue
+        key = "at_nested_threshold" if "nested" in o else "at_threshold"
+        out.append(
+            f"- {name}: "
+            + "; ".join(
+                f"{v}: {g['at_threshold']['n']} figures ({g['at_threshold']['n_atypical']} atypical), ROC AUC "
+                f"{fmt(g['at_threshold']['roc_auc'])}, balanced accuracy {fmt(g[key]['balanced_accuracy'])}"
+                for v, g in o["by_vote"].items()
+            )
+        )
+    if not out:
+        return []
+    return [
+        f"By expert agreement (unanimous: all {EXPERT_COUNT} experts voted alike; split: one dissented), balanced "
+        "accuracy at nested thresholds:",
+        "",
+        *out,
+        "",
+    ]
+
+
+def epoch_choice_line(card: dict) -> list[str]:
+    gaps = [e for name in ("recipe", "plain") for e in card["runs"][name].get("epoch_choice", {}).values()]
+    if not gaps or epochs_on_fold(card):
+        return []
+    bal = [e["best_balanced_accuracy@0.5"] - e["kept_balanced_accuracy@0.5"] for e in gaps]
+    auc = [e["best_roc_auc"] - e["kept_roc_auc"] for e in gaps]
+    return [
+        f"Had each fold's epoch been chosen on its own held-out figures (the old `train.selection: validation`), "
+        f"those figures would have read higher by {np.mean(bal):+.3f} balanced accuracy at 0.5 and {np.mean(auc):+.3f} "
+        f"ROC AUC on average ({plural(len(gaps), 'fold')}, from the runs' `epochs.csv`): the optimism "
+        "these figures do not have.",
+        "",
+    ]
+
+
+def v2_oof_section(card: dict) -> list[str]:
+    r = card["runs"][card["shipped"]]["oof"]
+    return [
+        "## Out-of-fold figures",
+        f"Pooled out-of-fold predictions of the {len(card['runs'][card['shipped']]['oof']['folds'])} folds "
+        f"({r['n']} figures), each figure scored by the one member that never saw it: "
+        + selection_free_words(card)
+        + ". Brackets: 95% bootstrap intervals over slides "
+        f"({r['bootstrap']['n_boot']} resamples; thresholds held fixed)"
+        + (
+            f"; the plain run {partial_note(card, 'plain')}, so its rows are those folds' figures"
+            if partial_note(card, "plain")
+            else ""
+        )
+        + ".",
+        "",
+        *v2_oof_table(card),
+        "",
+        "Per scanner (each fold at its nested threshold; ROC AUC needs none):",
+        "",
+        *v2_scanner_table(card),
+        "",
+        *vote_lines(card),
+        *epoch_choice_line(card),
+    ]
+
+
+def v2_verdict(card: dict) -> str:
+    m = card["compare"]["metrics"]
+    key = (
+        "balanced_accuracy@nested_thresholds" if "balanced_accuracy@nested_thresholds" in m else "balanced_accuracy@0.5"
+    )
+    v = m[key]
+    lo, hi = v["ci95"]
+    told = (
+        "its 95% interval spans 0, so the difference is not told from noise"
+        if lo <= 0 <= hi
+        else "its 95% interval excludes 0"
+    )
+    at = "nested thresholds" if "nested" in key else "0.5"
+    return (
+        f"Recipe − plain, balanced accuracy at {at}: {v['b_minus_a']:+.3f} "
+        f"[{lo:+.3f}, {hi:+.3f}] on {card['compare']['n_figures']} figures; {told}. Shipped: {card['shipped_rule']}."
+    )
+
+
+def v2_compare_section(card: dict) -> list[str]:
+    c = card["compare"]
+    of = c["folds_of_run"]
+    which = (
+        f"on fold{'s' if len(c['folds']) > 1 else ''} {folds_list(c['folds'])}, the folds both runs finished "
+        f"(the plain run {partial_note(card, 'plain')}; the recipe run has {len(of['b'])})"
+        if c["folds"] != of["a"] or c["folds"] != of["b"]
+        else f"on all {len(c['folds'])} folds"
+    )
+    not_computed = [f"{k} is left out: {why}." for k, why in (c.get("not_computed") or {}).items()]
+    return [
+        "## Recipe against the plain baseline",
+        f"Paired bootstrap over slides {which} ({c['n_slides']} slides, {c['n_boot']} resamples, both runs on the "
+        "same draw); nested thresholds: each compared fold's chosen on the run's other compared folds, held fixed. "
+        "A difference whose interval excludes 0 is told from noise.",
+        "",
+        *compare_table(card),
+        "",
+        *([" ".join(not_computed), ""] if not_computed else []),
+        v2_verdict(card),
+        "",
+    ]
+
+
+def v2_loso_section(card: dict) -> list[str]:
+    if "loso" not in card:
+        return []
+    lo = card["loso"]
+    column = (loso_column(card) or "domain").lower()
+    held = next(iter(lo["held_out"].values()))
+    nested = "at_nested_threshold" in held
+    head = (
+        f"| held-out {column} | figures (atypical) | "
+        + ("nested threshold | " if nested else "")
+        + " | ".join(METRIC_NAMES[k] + (", nested" if nested and k != "roc_auc" else "") for k in SHOWN)
+        + f" | balanced accuracy at {lo['threshold']:.3f} (pooled) | balanced accuracy at 0.5 |"
+    )
+    lines = [head, "|---|---|" + ("---|" if nested else "") + "---|" * (len(SHOWN) + 2)]
+    for name, h in lo["held_out"].items():
+        cells = shown(h["at_nested_threshold"], h["ci95_nested"]) if nested else shown(h["at_threshold"], h["ci95"])
+        if nested:
+            cells[1] = with_ci(h["at_threshold"], h["ci95"], "roc_auc")
+        lines.append(
+            row(
+                name.split("=", 1)[-1],
+                figures(h["at_threshold"]),
+                *([f"{h['nested_threshold']:.3f}"] if nested else []),
+                *cells,
+                fmt(h["at_threshold"]["balanced_accuracy"]),
+                fmt(h["at_0.5"]["balanced_accuracy"]),
+            )
+        )
+    p = lo["pooled"]
+    if nested:
+        cells = shown(p["nested"]["at_nested_threshold"], p["nested"]["ci95"])
+        cells[1] = with_ci(p["at_threshold"], p["ci95"], "roc_auc")
+        pooled = [threshold_range(p["nested"]["thresholds"]), *cells]
+    else:
+        pooled = shown(p["at_threshold"], p["ci95"])
+    lines.append(
+        row(
+            "pooled",
+            figures(p),
+            *pooled,
+            fmt(p["at_threshold"]["balanced_accuracy"]),
+            fmt(p["at_0.5"]["balanced_accuracy"]),
+        )
+    )
+    same = not config_diff(
+        card["runs"]["recipe"]["config"],
+        lo["config"],
+        ignore=("name",) + tuple(k for k in leaves(lo["config"]) if k.startswith("splits.")),
+    )
+    which = "The recipe config" if same else f"The `{lo['config']['name']}` config"
+    return [
+        f"## Leave one {column} out",
+        f"{which} trained {len(lo['held_out'])} times, each time without one {column} and tested on it"
+        + (
+            f": each held-out {column} at its nested threshold (chosen on the other {column}s' predictions: "
+            "selection-free), beside the pooled threshold (chosen on all these figures: optimistic) and 0.5"
+            if nested
+            else " (the threshold chosen on the pooled predictions, so it favours the pooled figure)"
+        )
+        + ":",
+        "",
+        *lines,
+        "",
+    ]
+
+
+def shift_section(card: dict) -> list[str]:
+    t = card.get("threshold_for_shift")
+    if not t:
+        return []
+    lines = [
+        "## Threshold for scanner shift",
+        f"Two rules for the decision threshold (`training.threshold`, {t['n']} figures, scanners "
+        f"{', '.join(t['scanners'])}): the **oof** rule maximises balanced accuracy on the pooled out-of-fold "
+        "predictions, the **loso** rule on the pooled leave-one-scanner-out predictions (each figure predicted by "
+        "a model that never saw its scanner). Each is reported on both sets (optimistic on the set that chose it) "
+        "and nested: each held-out scanner's leave-one-scanner-out predictions at the rule's threshold chosen on "
+        "the other scanners' figures (selection-free).",
+        "",
+        "| rule | threshold | balanced accuracy, out-of-fold | balanced accuracy, leave-one-scanner-out | "
+        "sensitivity, leave-one-scanner-out | nested leave-one-scanner-out balanced accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rule, r in t["rules"].items():
+        on, n = r["on"], r["nested_loso"]
+        lines.append(
+            row(
+                rule + (" (shipped)" if rule == t["chosen"] else ""),
+                f"{r['threshold']:.3f}",
+                with_ci(on["oof"], on["oof"]["ci95"], "balanced_accuracy"),
+                with_ci(on["loso"], on["loso"]["ci95"], "balanced_accuracy"),
+                with_ci(on["loso"], on["loso"]["ci95"], "sensitivity"),
+                with_ci(n, n["ci95"], "balanced_accuracy"),
+            )
+        )
+    shipped = card["ensemble"]["threshold"]
+    lines += [
+        "",
+        f"Shipped: the {t['chosen']} rule, threshold {t['threshold']:.3f}"
+        + ("" if f"{t['threshold']:.3f}" == f"{shipped:.3f}" else f" (the manifest's threshold is {shipped:.3f})")
+        + f". The rule: {t['rule']}.",
+        "",
+    ]
+    return lines
+
+
+def tta_section(card: dict) -> list[str]:
+    t = card.get("tta")
+    e = card["ensemble"]
+    if not t:
+        return []
+    lines = [
+        "## Test-time augmentation",
+        "Each run's held-out figures predicted again under the container's test-time augmentation "
+        "(`training.tta_oof`: the exported member of each fold, the views averaged as the container averages "
+        "them), against the same run without it: paired bootstrap over slides, nested thresholds as above.",
+        "",
+        "| run | TTA | folds | ROC AUC, none → TTA | TTA − none [95% interval] | P(TTA ≤ none) | balanced accuracy, "
+        "nested, none → TTA | TTA − none [95% interval] | P(TTA ≤ none) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in t["runs"]:
+        c = r["compare"]["metrics"]
+        cells = []
+        for key in ("roc_auc", "balanced_accuracy@nested_thresholds"):
+            v = c.get(key)
+            cells += (
+                [
+                    f"{fmt(v['a'])} → {fmt(v['b'])}",
+                    f"{v['b_minus_a']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]",
+                    f"{v['p_b_not_better']:.3f}",
+                ]
+                if v
+                else ["–", "–", "–"]
+            )
+        base = "leave-one-scanner-out" if r["base"] == "loso" else r["base"]
+        lines.append(row(f"{base} (`{r['base_run']}`)", r["mode"], folds_list(r["compare"]["folds"]), *cells))
+    lines += [
+        "",
+        f"Shipped: TTA `{e['tta']}`. The rule: {t['rule']} (the table's leave-one-scanner-out rows).",
+    ]
+    if e.get("threshold_predictions"):
+        lines[-1] += f" The shipped threshold was chosen on the predictions of `{e['threshold_predictions']}`."
+    return lines + [""]
+
+
+def v2_threshold_section(card: dict) -> list[str]:
+    e, t = card["ensemble"], card.get("threshold_for_shift")
+    how = (
+        f"the {t['chosen']} rule's threshold (see Threshold for scanner shift), chosen on all its figures"
+        if t
+        else "the value that maximises balanced accuracy on the shipped run's pooled out-of-fold predictions"
+    )
+    return [
+        "## Threshold",
+        f"P(atypical) ≥ {e['threshold']:.3f}: {how}. The container applies it to the members' mean probability"
+        + (f" under TTA `{e['tta']}`" if e["tta"] != "none" else "")
+        + ", which is an estimate: each out-of-fold probability came from one member alone.",
+        "",
+    ]
+
+
+def v2_reproduce(card: dict) -> list[str]:
+    """The commands that made the card's runs: each run's named config and what it set on top (its overrides)."""
+    out = ["## Reproduce", "```", f"D={data_dir(card) or 'DATA'}"]
+    runs = [(n, card["runs"][n]) for n in ("recipe", "plain")] + ([("loso", card["loso"])] if "loso" in card else [])
+    for name, r in runs:
+        folds = ""
+        if name in card["runs"] and partial_note(card, name):
+            folds = "   # folds " + folds_list(card["runs"][name]["oof"]["folds_done"]) + ": one --fold K each"
+        out.append(
+            f"python -m training.train --config {r['config']['name']} --data $D --out {r['run']}{with_set(r)}{folds}"
+        )
+    for name, r in runs:
+        if name not in card["runs"] or not partial_note(card, name):
+            out.append(f"python -m training.oof {r['run']}")
+    for r in (card.get("tta") or {}).get("runs", []):
+        out.append(f"python -m training.tta_oof {r['base_run']} --tta {r['mode']} --data $D --out {r['run']}")
+    shift = card.get("threshold_for_shift")
+    e = card["ensemble"]
+    out.append(
+        f"python -m training.export {card['runs']['recipe']['run']} --out model --data $D"
+        + (f" --shift-run {shift['loso_run']}" if shift and shift.get("loso_run") else "")
+        + (f" --tta {e['tta']}" if e["tta"] != "none" else "")
+    )
+    cmd = "python -m training.card --model model " + " ".join(
+        f"--{n} {card['runs'][n]['run']}" for n in ("recipe", "plain")
+    )
+    if "loso" in card:
+        cmd += f" --loso {card['loso']['run']}"
+    if card.get("tta"):
+        cmd += " --tta " + " ".join(r["run"] for r in card["tta"]["runs"])
+    why = card["runs"]["plain"].get("partial_reason")
+    cmd += f' --plain-partial-reason "{why}"' if why else ""
+    cmd += f' --trained-on "{card["trained_on"]}"' if card.get("trained_on") else ""
+    return out + [cmd + " --data $D", "```", ""]
+
+
+def v1_body(card: dict) -> list[str]:
+    """The figures of a card from before card_version 2 (the shipped run chosen on out-of-fold balanced accuracy,
+    pooled thresholds, the selection-free figures beside): kept so that such a card.json still renders."""
+    d, e = card["data"], card["ensemble"]
+    return [
         *selection_free_section(card),
         "## Out-of-fold figures" + (" (optimistic)" if "selection_free" in card else ""),
         f"Pooled out-of-fold predictions of the {len(e['members'])} members ({d['figures']} figures), each "
@@ -699,44 +1188,15 @@ def render(card: dict) -> str:
         "is an estimate: each out-of-fold probability came from one member alone. Balanced accuracy at 0.5 "
         "is given beside it.",
         "",
-        "## Files",
-        *[f"- `{m['file']}`: fold {m['fold']}, {m['bytes'] / 1e6:.1f} MB" for m in e["members"]],
-        "- `ensemble.json`: the manifest (`amf/manifest.py`), with the full config and out-of-fold metrics "
-        "as provenance"
-        + (f"; ONNX against torch, largest |logit difference| {worst:.1e}" if worst is not None else ""),
-        "- `card.json`: every figure on this card; `oof.csv`: the shipped run's out-of-fold probabilities.",
-        "",
-        "## Intended use",
-        "- The shipped default of the toolkit: `make demo`, the container's tests, the benchmark, and a "
-        "baseline to beat. It shows the whole path (training, export, container) working on real data.",
-        "- Not for diagnosis" + (", and not a leaderboard submission." if demo else "."),
-        "",
-        "## Limits",
-        f"- {count(len(d['tumor']), 'tumour type')} ({', '.join(d['tumor'])}), {', '.join(d['species'])} only, and "
-        f"{len(d['scanner'])} scanners: nothing else was seen"
-        + (", and an unseen scanner only in the leave-one-scanner-out figures above" if loso_col == "Scanner" else "")
-        + ".",
-        *(
-            [
-                f"- No pretrained weights (`model.pretrained: false`, no `model.weights`): a network of "
-                f"{e['members'][0]['bytes'] / 1e6:.1f} MB per member from random initialisation on {d['figures']} "
-                f"figures, for {cfg['train']['epochs']} epochs."
-            ]
-            if demo
-            else []
-        ),
-        "- Thresholds"
-        + (" and best epochs" if selection_of(cfg) == "validation" else "")
-        + " were chosen on the same out-of-fold predictions that are reported.",
-        *(
-            [
-                "- For a submission, retrain on the full official set (every tumour type and species) with `training/` "
-                "and a pretrained backbone."
-            ]
-            if demo
-            else []
-        ),
-        "",
-        *reproduce(card),
     ]
-    return "\n".join(out)
+
+
+def v2_body(card: dict) -> list[str]:
+    return [
+        *v2_oof_section(card),
+        *v2_compare_section(card),
+        *v2_loso_section(card),
+        *shift_section(card),
+        *tta_section(card),
+        *v2_threshold_section(card),
+    ]

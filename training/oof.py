@@ -159,6 +159,15 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     return out
 
 
+def with_votes(oof: pd.DataFrame, votes: pd.DataFrame | None) -> pd.DataFrame:
+    """OOF with the experts' AMF share from VOTES (image_id, soft) where its own `soft` lacks it (folds written before
+    it was kept there); OOF itself when VOTES is None or nothing is missing."""
+    if votes is None or ("soft" in oof and oof["soft"].notna().all()):
+        return oof
+    known = oof["soft"] if "soft" in oof else pd.Series(np.nan, index=oof.index)
+    return oof.assign(soft=known.fillna(oof["image_id"].map(votes.set_index("image_id")["soft"])))
+
+
 def pool(
     run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True, votes: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, dict]:
@@ -179,9 +188,7 @@ def pool(
     expected = set(splits.loc[splits["fold"] >= 0, "image_id"])
     if set(oof["image_id"]) != expected or oof["image_id"].duplicated().any():
         raise AmfError(f"{run}: the folds' oof.csv do not cover the validation figures exactly once")
-    if votes is not None and ("soft" not in oof or oof["soft"].isna().any()):  # folds written without it
-        known = oof["soft"] if "soft" in oof else pd.Series(np.nan, index=oof.index)
-        oof["soft"] = known.fillna(oof["image_id"].map(votes.set_index("image_id")["soft"]))
+    oof = with_votes(oof, votes)
     selection = {run.fold(k).read_done().get("selection", "validation") for k in folds}
     result = compute(oof, n_boot, seed)
     result["selection"] = sorted(selection)  # train.selection of the folds ("validation": epoch chosen on them)
