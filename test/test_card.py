@@ -297,6 +297,7 @@ def test_a_pretrained_convnext_run_renders_a_card_true_to_its_config_and_data(tm
     convnext = [
         "model.backbone=convnext_small",
         "model.pretrained=true",
+        "data.input_size=224",  # not default_model's 128: the card must say what the run used
         "splits.tries=4",
         "train.selection=last",
         "mixstyle.where=[stages.1]",
@@ -322,10 +323,14 @@ def test_a_pretrained_convnext_run_renders_a_card_true_to_its_config_and_data(tm
     assert "`--set mixstyle.enabled=false ema.enabled=false`" in text and card["same_folds"] is True
     assert "Plain baseline: the same config, folds and epochs" in text
     assert f"--plain {plain}" in text  # the run paths given to the card, and what they set on default_model
-    sets = "--set model.backbone=convnext_small model.pretrained=true splits.tries=4 mixstyle.where=[stages.1]"
+    sets = (
+        "--set model.backbone=convnext_small model.pretrained=true data.input_size=224 splits.tries=4 "
+        "mixstyle.where=[stages.1]"
+    )
     assert f"--out {recipe} {sets} align.enabled=false\n" in text
     plain_sets = (  # the plain run: what it set on default_model, in the config's key order
-        "--set model.backbone=convnext_small model.pretrained=true splits.tries=4 mixstyle.enabled=false "
+        "--set model.backbone=convnext_small model.pretrained=true data.input_size=224 splits.tries=4 "
+        "mixstyle.enabled=false "
         "mixstyle.where=[stages.1] align.enabled=false ema.enabled=false"
     )
     assert f"--out {plain} {plain_sets}\n" in text
