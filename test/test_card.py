@@ -1,6 +1,7 @@
 """training.card on made-up runs: it ships the recipe run (decided before the figures), refuses a model folder that
 holds another run, compares a partial plain run on the folds both finished, and renders every figure from card.json:
-nested thresholds, the threshold for scanner shift, test-time augmentation."""
+nested thresholds, the threshold for scanner shift, test-time augmentation; a card.json of the layout from before
+card_version 2 is refused in one line."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
 from toy_models import make_toy_ensemble
 
 from amf import AmfError
@@ -255,9 +255,23 @@ def test_each_tta_run_is_paired_with_the_run_it_re_predicted(runs, tmp_path):
         card_io.build(model, runs["recipe"], runs["plain"], n_boot=20, tta=[runs["loso_d4"]])
 
 
-def test_the_current_model_card_json_still_renders():
-    card = json.loads((ROOT / "model" / card_io.CARD_JSON).read_text())
-    assert card_io.render(card) == (ROOT / "model" / card_io.README).read_text()
+def test_a_card_json_of_the_older_layout_is_refused_in_one_line(runs, tmp_path, capsys):
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card_io.write(model, *card_io.build(model, runs["recipe"], runs["plain"], n_boot=20))
+    readme = (model / card_io.README).read_text()
+    old = json.loads((model / card_io.CARD_JSON).read_text())
+    del old["card_version"]  # the layout from before card_version 2 had no such key
+    (model / card_io.CARD_JSON).write_text(json.dumps(old))
+    with pytest.raises(AmfError, match="older layout"):
+        card_io.render(old)
+    assert card_io.main(["--model", str(model), "--render"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and err[0].startswith("error: card.json of an older layout")
+        and "python -m training.card" in err[0]
+    )
+    assert (model / card_io.README).read_text() == readme  # the card it had, not a half-rendered one
 
 
 def _figures(df: pd.DataFrame, images, px: int) -> pd.DataFrame:
@@ -340,7 +354,7 @@ def test_a_pretrained_convnext_run_renders_a_card_true_to_its_config_and_data(tm
 
 
 def test_each_conditional_fact_follows_card_json(runs, tmp_path):
-    """The default (random-init, validation-selected) card says what the pretrained one must not; and each
+    """The default (random-init) card says what the pretrained one must not; and each
     initialisation is rendered from the config's pretrained/weights, not typed."""
     model = export_of(runs["recipe"], tmp_path / "model")
     card, _ = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20)

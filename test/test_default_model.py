@@ -21,7 +21,7 @@ from amf.ensemble import sigmoid
 from amf.manifest import load as load_manifest
 from amf.preprocess import prepare
 from training import card as card_io
-from training.card_render import SHOWN
+from training.card_render import CARD_VERSION, SHOWN
 from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
 from training.oof import compute
 
@@ -31,7 +31,9 @@ LIMIT_BYTES = 40 * 10**6
 
 @pytest.fixture(scope="module")
 def card() -> dict:
-    return json.loads((MODEL / card_io.CARD_JSON).read_text())
+    card = json.loads((MODEL / card_io.CARD_JSON).read_text())
+    assert card.get("card_version") == CARD_VERSION, "model/card.json is of an older layout: rebuild it (training.card)"
+    return card
 
 
 @pytest.fixture(scope="module")
@@ -67,29 +69,19 @@ def test_the_card_is_rendered_from_card_json_and_matches_the_manifest(card):
     assert shipped["at_threshold"] == m.provenance["oof_metrics"]["at_threshold"]
     assert [x["file"] for x in card["ensemble"]["members"]] == [x.file for x in m.members]
     assert card["ensemble"]["total_bytes"] == sum((MODEL / x.file).stat().st_size for x in m.members)
-    if card.get("card_version", 1) >= 2:  # the recipe run ships by decision, not by its figures
-        assert (
-            card["shipped"] == "recipe"
-            and Path(m.provenance["run"]).resolve() == Path(card["runs"]["recipe"]["run"]).resolve()
-        )
-    else:  # an old card shipped the better run by out-of-fold balanced accuracy, as it says
-        bal = {name: r["oof"]["at_threshold"]["balanced_accuracy"] for name, r in card["runs"].items()}
-        assert bal[card["shipped"]] == max(bal.values())
+    # the recipe run ships by decision, not by its figures
+    assert card["shipped"] == "recipe"
+    assert Path(m.provenance["run"]).resolve() == Path(card["runs"]["recipe"]["run"]).resolve()
 
 
-def test_the_card_says_plainly_which_run_won(card):
-    text = card_io.verdict(card)
-    if card.get("card_version", 1) >= 2:  # the verdict reports the difference; the run shipped was decided before
-        v = (
-            card["compare"]["metrics"].get("balanced_accuracy@nested_thresholds")
-            or card["compare"]["metrics"]["balanced_accuracy@0.5"]
-        )
-        assert f"{v['b_minus_a']:+.3f}" in text and card["shipped_rule"] in text
-        return
-    flipped = json.loads(json.dumps(card))
-    flipped["shipped"] = "plain" if card["shipped"] == "recipe" else "recipe"
-    assert ("does not beat" in text) == (card["shipped"] == "plain")
-    assert card_io.verdict(flipped) != text
+def test_the_card_says_plainly_how_the_recipe_did_against_plain_and_why_it_ships(card):
+    text = card_io.verdict(card)  # the verdict reports the difference; the run shipped was decided before
+    v = (
+        card["compare"]["metrics"].get("balanced_accuracy@nested_thresholds")
+        or card["compare"]["metrics"]["balanced_accuracy@0.5"]
+    )
+    assert f"{v['b_minus_a']:+.3f}" in text and card["shipped_rule"] in text
+    assert text in (MODEL / card_io.README).read_text()
 
 
 def test_the_cards_figures_recompute_from_oof_csv_and_the_official_labels(card, shipped_oof, breast_table):
@@ -132,8 +124,7 @@ def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_vote
     """The shipped members' nested-threshold and by-vote figures: each fold's threshold from the other folds only."""
     from training.metrics import best_threshold, roc_auc, summary
 
-    old = "selection_free" in card  # an old card kept them apart from the (optimistic) shipped-run figures
-    sf = card["selection_free"]["shipped"]["oof"] if old else card["runs"][card["shipped"]]["oof"]
+    sf = card["runs"][card["shipped"]]["oof"]
     merged = shipped_oof.merge(breast_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")
     y, p, fold = merged["label"].to_numpy(int), merged["probability"].to_numpy(), merged["fold"].to_numpy()
     thr = {k: best_threshold(y[fold != k], p[fold != k]) for k in np.unique(fold)}
@@ -145,13 +136,7 @@ def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_vote
     unanimous = merged["soft"].isin([0.0, 1.0]).to_numpy()
     assert roc_auc(y[unanimous], p[unanimous]) == pytest.approx(sf["by_vote"]["unanimous"]["at_threshold"]["roc_auc"])
     assert roc_auc(y[~unanimous], p[~unanimous]) == pytest.approx(sf["by_vote"]["split"]["at_threshold"]["roc_auc"])
-    # the old figures stay beside them, and the card says which are which
-    assert card["runs"][card["shipped"]]["oof"]["threshold"] == pytest.approx(sf["threshold"])
     text = (MODEL / card_io.README).read_text()
-    if old:
-        assert "## Selection-free figures" in text and "## Out-of-fold figures (optimistic)" in text
-    else:
-        assert (
-            "## Out-of-fold figures" in text
-            and f"{sf['nested']['at_nested_threshold']['balanced_accuracy']:.3f}" in text
-        )
+    assert (
+        "## Out-of-fold figures" in text and f"{sf['nested']['at_nested_threshold']['balanced_accuracy']:.3f}" in text
+    )

@@ -16,11 +16,13 @@ each held-out scanner at its nested threshold (chosen on the other scanners), at
 --data: the official layout, for the figures by expert agreement where the runs' tables lack the votes.
 From the manifest: the threshold for scanner shift (provenance threshold_for_shift, training.threshold) and the
 shipped test-time augmentation. Writes, atomically, into MODEL_DIR:
-  card.json   the figures and facts (data counts, configs and their overrides, out-of-fold metrics, per scanner,
-              the paired comparison, leave-one-scanner-out, threshold for shift, TTA, files and sizes)
+  card.json   the figures and facts (card_version 2, the one layout training.card_render renders): data counts,
+              configs and their overrides, out-of-fold metrics, per scanner, the paired comparison,
+              leave-one-scanner-out, threshold for shift, TTA, files and sizes
   oof.csv     image_id, slide, fold, probability of the shipped run: which member held out which
               figure and what it said there (labels stay in the official CSV)
   README.md   the card, rendered from card.json alone by training.card_render.render()
+--render refuses a card.json of the layout from before card_version 2 with one error: rebuild it from the runs.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from amf.fileio import write_text_atomic
 from training import compare as compare_runs
 from training import metrics
 from training import oof as oof_io
-from training.card_render import config_diff, render, verdict
+from training.card_render import CARD_VERSION, config_diff, render, verdict
 from training.domains import DOMAIN_COLUMNS
 from training.run import RunDir
 
@@ -285,7 +287,7 @@ def build(
     votes = official_votes(data_dir) if data_dir else None
     loaded = {name: load_run(path, n_boot, votes) for name, path in runs.items()}
     card = {
-        "card_version": 2,
+        "card_version": CARD_VERSION,
         "shipped": "recipe",
         "shipped_rule": SHIPPED_RULE,
         "trained_on": trained_on,

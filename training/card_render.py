@@ -2,10 +2,10 @@
 is a key of card.json (built by training.card from the runs); a sentence that holds only under a condition
 (random initialisation, an enabled recipe part, epochs chosen on the held-out fold, a leave-one-out run ...)
 is written only when card.json says the condition holds.
-Two layouts: card_version 2 (training.card's build: the recipe run shipped by decision, a possibly partial plain
-run, nested thresholds, threshold for scanner shift, test-time augmentation; v2_body, v2_reproduce) and the older
-card.json without the key (the better run shipped, pooled thresholds, selection_free beside; v1_body, reproduce),
-which still renders as it was written until model/card.json is regenerated.
+One layout, card_version 2 (training.card's build): the recipe run shipped by decision, a possibly partial plain
+run, each run at nested thresholds, at the pooled threshold and at 0.5, the paired comparison, leave-one-scanner-out,
+the threshold for scanner shift and test-time augmentation. A card.json without card_version 2 (the layout from
+before issue 12) is refused with one error: rebuild it from the runs.
 
   python -m training.card --model model --render        (re-render README.md from card.json)
 """
@@ -16,9 +16,11 @@ import json
 
 import numpy as np
 
+from amf import AmfError
 from training.data import EXPERTS, OFFICIAL_CSV
 from training.metrics import fmt, fmt_ci
 
+CARD_VERSION = 2  # card.json's layout, written by training.card's build: the only one rendered
 SHOWN = ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 METRIC_NAMES = {
     "balanced_accuracy": "balanced accuracy",
@@ -105,15 +107,8 @@ def count(n: int, noun: str) -> str:
     return f"{'One' if n == 1 else n} {noun}{'' if n == 1 else 's'}"
 
 
-def run_path(card: dict, name: str) -> str:
-    """Where a run of the card was, as given to training.card (recorded by build and compare)."""
-    if name == "loso":
-        return card.get("loso", {}).get("run") or "runs/loso"
-    return card["runs"][name].get("run") or card["compare"]["run_b" if name == "recipe" else "run_a"]
-
-
 def data_dir(card: dict) -> str | None:
-    return card["data"].get("dir") or card.get("selection_free", {}).get("data")
+    return card["data"].get("dir")
 
 
 def loso_column(card: dict) -> str | None:
@@ -175,7 +170,7 @@ def plain_line(card: dict) -> str:
     diff = config_diff(rs, ps)
     same = ", folds" if card.get("same_folds") else ""
     epochs = " and epochs" if "train.epochs" not in diff else ""
-    partial = partial_note(card, "plain") if v2(card) else ""
+    partial = partial_note(card, "plain")
     return (
         f"- Plain baseline: the same config{same}{epochs}"
         + (f" with `--set {as_set(diff)}`" if diff else " (no difference in the recorded config)")
@@ -196,7 +191,6 @@ def selection_line(card: dict) -> str:
             "out-of-fold figures are optimistic"
             + ("; the same holds for both runs" if set(sel.values()) == {"validation"} else "")
             + "."
-            + (" See the selection-free figures." if "selection_free" in card else "")
         )
     shipped_line = (
         "- Each fold kept its last epoch (`train.selection: last`): no epoch was chosen on the held-out fold"
@@ -208,12 +202,8 @@ def selection_line(card: dict) -> str:
     return (
         shipped_line
         + (f"; the {', '.join(others)} run chose its epochs on the held-out folds (optimistic)" if others else "")
-        + (
-            ". The out-of-fold figures are selection-free in the epoch; at nested thresholds they are selection-free"
-            ", at the pooled threshold optimistic (chosen on the figures it is reported on)."
-            if v2(card)
-            else "."
-        )
+        + ". The out-of-fold figures are selection-free in the epoch; at nested thresholds they are selection-free"
+        ", at the pooled threshold optimistic (chosen on the figures it is reported on)."
     )
 
 
@@ -268,45 +258,6 @@ def data_line(card: dict) -> str:
     )
 
 
-def oof_table(card: dict) -> list[str]:
-    lines = [
-        "| run | threshold | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " | balanced accuracy at 0.5 |",
-        "|---|---|" + "---|" * (len(SHOWN) + 1),
-    ]
-    for name in ("recipe", "plain"):
-        r = card["runs"][name]["oof"]
-        ship = " (shipped)" if name == card["shipped"] else ""
-        lines.append(row(name + ship, f"{r['threshold']:.3f}", *shown(r["at_threshold"], r["ci95"], r["at_0.5"])))
-    return lines
-
-
-def scanner_table(card: dict) -> list[str]:
-    lines = [
-        "| run | scanner | figures (atypical) | slides | balanced accuracy | ROC AUC | sensitivity | specificity |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name in ("recipe", "plain"):
-        for scanner, s in card["runs"][name]["per_scanner"].items():
-            m = s["metrics"]
-            lines.append(row(name, scanner, figures(m), s["slides"], *shown(m, s["ci95"])))
-    return lines
-
-
-def fold_table(card: dict) -> list[str]:
-    lines = [
-        "| fold | figures (atypical) | slides | recipe balanced accuracy | recipe ROC AUC | "
-        "plain balanced accuracy | plain ROC AUC |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for k, c in card["data"]["fold"].items():
-        r, p = card["runs"]["recipe"]["oof"]["per_fold"][k], card["runs"]["plain"]["oof"]["per_fold"][k]
-        lines.append(
-            f"| {k} | {c['figures']} ({c['atypical']}) | {c['slides']} | {fmt(r['balanced_accuracy'])} | "
-            f"{fmt(r['roc_auc'])} | {fmt(p['balanced_accuracy'])} | {fmt(p['roc_auc'])} |"
-        )
-    return lines
-
-
 def compare_table(card: dict) -> list[str]:
     c = card["compare"]
     lines = ["| metric | plain | recipe | recipe − plain [95% interval] | P(recipe ≤ plain) |", "|---|---|---|---|---|"]
@@ -318,230 +269,9 @@ def compare_table(card: dict) -> list[str]:
     return lines
 
 
-def verdict(card: dict) -> str:
-    if v2(card):
-        return v2_verdict(card)
-    v = card["compare"]["metrics"]["balanced_accuracy@oof_threshold"]
-    lo, hi = v["ci95"]
-    noise = lo <= 0 <= hi
-    if card["shipped"] == "recipe":
-        return (
-            f"The recipe beats the plain baseline on out-of-fold balanced accuracy by {v['b_minus_a']:+.3f} "
-            + (
-                f"(95% interval spans 0, so on these {card['compare']['n_figures']} figures "
-                "the gain is not told from noise); "
-                if noise
-                else "(95% interval excludes 0); "
-            )
-            + "the recipe run is shipped."
-        )
-    return (
-        f"**The recipe does not beat the plain baseline** on out-of-fold balanced accuracy "
-        f"({v['b_minus_a']:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]"
-        + (", not told from noise" if noise else "")
-        + "), so the plain run is shipped, as the better one."
-    )
-
-
-def loso_table(card: dict) -> list[str]:
-    lo = card["loso"]
-    column = (loso_column(card) or "domain").lower()
-    lines = [
-        f"| held-out {column} | figures (atypical) | balanced accuracy at {lo['threshold']:.3f} | ROC AUC | "
-        "sensitivity | specificity | balanced accuracy at 0.5 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, h in lo["held_out"].items():
-        m = h["at_threshold"]
-        lines.append(row(name.split("=", 1)[-1], figures(m), *shown(m, h["ci95"], h["at_0.5"])))
-    p = lo["pooled"]
-    lines.append(row("pooled", figures(p), *shown(p["at_threshold"], p["ci95"], p["at_0.5"])))
-    return lines
-
-
-def loso_section(card: dict) -> list[str]:
-    if "loso" not in card:
-        return []
-    column = (loso_column(card) or "domain").lower()
-    same = not config_diff(
-        card["runs"]["recipe"]["config"],
-        card["loso"]["config"],
-        ignore=("name",) + tuple(k for k in leaves(card["loso"]["config"]) if k.startswith("splits.")),
-    )
-    which = "The recipe config" if same else f"The `{card['loso']['config']['name']}` config"
-    return [
-        f"## Leave one {column} out",
-        f"{which} trained {len(card['loso']['held_out'])} times, each time without one {column} and tested on it "
-        "(the threshold chosen on the pooled predictions, so it favours the pooled figure):",
-        "",
-        *loso_table(card),
-        "",
-    ]
-
-
-def ema_line(card: dict, runs: dict) -> list[str]:
-    decays = sorted({d for r in runs.values() for d in r.get("ema_decay", [])})
-    if not decays:
-        return []
-    configured = {r["config"]["ema"]["decay"] for r in runs.values() if r.get("ema_decay")}
-    notes = ["the configured value"] if set(decays) == configured else []
-    shipped = card["runs"][card["shipped"]]
-    if shipped.get("ema_decay"):
-        notes.append(f"the shipped run's: {', '.join(f'{d:g}' for d in shipped['ema_decay'])}")
-    return [
-        f"EMA decay in effect at the end of the honest runs: {', '.join(f'{d:g}' for d in decays)}"
-        + (f" ({'; '.join(notes)})" if notes else "")
-        + ".",
-        "",
-    ]
-
-
-def selection_free_section(card: dict) -> list[str]:
-    sf = card.get("selection_free")
-    if not sf:
-        return []
-    sh = sf["shipped"]["oof"]
-    nb = sh["bootstrap"]["n_boot"]
-    nested = sh["nested"]
-    thr = sorted(nested["thresholds"].values())
-    on_fold = epochs_on_fold(card)
-    out = [
-        "## Selection-free figures",
-        "Which figures chose nothing: a figure is **selection-free** when neither the epoch, nor the threshold, "
-        "nor the run was chosen on it. The out-of-fold figures further down are **optimistic**: "
-        + ("each fold's epoch was chosen on that fold's own figures, " if on_fold else "")
-        + "the threshold on the pooled figures, and the shipped run on the same figures. Brackets here: 95% "
-        "intervals by a slide-level bootstrap "
-        f"({nb} resamples of the {card['data']['slides']} slides; thresholds held fixed).",
-        "",
-        "The shipped members (same model, `oof.csv`), threshold chosen two ways:",
-        "",
-        "| threshold | value | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " | selection-free? |",
-        "|---|---|" + "---|" * len(SHOWN) + "---|",
-        row(
-            "pooled (optimistic: chosen on these figures)",
-            f"{sh['threshold']:.3f}",
-            *shown(sh["at_threshold"], sh["ci95"]),
-            "no",
-        ),
-        row(
-            "nested (each fold's from the other folds)",
-            f"{thr[0]:.3f}–{thr[-1]:.3f}",
-            *shown(nested["at_nested_threshold"], nested["ci95"]),
-            "threshold yes; epoch no (chosen on the fold)" if on_fold else "yes",
-        ),
-        "",
-    ]
-    if "by_vote" in sh:
-        out += [
-            f"By expert agreement (unanimous: all {EXPERT_COUNT} experts voted alike; split: one dissented), "
-            "shipped members, nested thresholds:",
-            "",
-            "| vote | figures (atypical) | ROC AUC | balanced accuracy | sensitivity | specificity |",
-            "|---|---|---|---|---|---|",
-        ]
-        for v, g in sh["by_vote"].items():
-            m = g["at_nested_threshold"]
-            keys = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")
-            out.append(row(v, figures(m), *shown(m, g["ci95_nested"], keys=keys)))
-        out.append("")
-    runs = sf.get("runs", {})
-    done = {n: r for n, r in runs.items() if "oof" in r}
-    if done:
-        out += [
-            "Runs trained with an honest `train.selection` (the epoch never chosen on the held-out fold), "
-            "pooled out-of-fold, nested thresholds (selection-free) and, beside them, the pooled threshold "
-            "(optimistic):",
-            "",
-            "| run | selection | "
-            + " | ".join(METRIC_NAMES[k] for k in SHOWN)
-            + " | balanced accuracy, pooled threshold | balanced accuracy at 0.5 |",
-            "|---|---|" + "---|" * (len(SHOWN) + 2),
-        ]
-        for n, r in done.items():
-            o = r["oof"]
-            if "nested" not in o:
-                continue
-            pooled_ba = fmt(o["at_threshold"]["balanced_accuracy"])
-            out.append(
-                row(
-                    n,
-                    r["selection"],
-                    *shown(o["nested"]["at_nested_threshold"], o["nested"]["ci95"]),
-                    pooled_ba,
-                    fmt(o["at_0.5"]["balanced_accuracy"]),
-                )
-            )
-        out.append("")
-        for n, r in done.items():
-            if "by_vote" in r["oof"]:
-                votes = "; ".join(
-                    f"{v} ROC AUC {fmt(g['at_threshold']['roc_auc'])}" for v, g in r["oof"]["by_vote"].items()
-                )
-                out.append(f"- {n}: {votes}")
-        out.append("")
-    partial = {n: r for n, r in runs.items() if "oof" not in r}
-    for n, r in partial.items():
-        if not r["per_fold"]:
-            out += [f"Run `{n}` ({r['selection']}, {r['splits']}): no fold finished when this card was written.", ""]
-            continue
-        out += [
-            f"Run `{n}` ({r['selection']}, {r['splits']}): {len(r['folds_done'])} of {len(r['folds'])} folds "
-            "finished when this card was written; the finished folds at the fixed threshold 0.5 (chosen "
-            "by nobody), beside the shipped members on the same figures"
-            + (" (their epoch chosen on them)" if on_fold else "")
-            + config_note(card, r)
-            + ". The table after it measures the selection's share within the same runs:",
-            "",
-            "| fold | honest balanced accuracy | honest ROC AUC | shipped balanced accuracy | shipped ROC AUC |",
-            "|---|---|---|---|---|",
-        ]
-        for k, e in r["per_fold"].items():
-            h, s_ = e["honest@0.5"], e.get("shipped@0.5", {})
-            out.append(
-                f"| {k} | {fmt(h['balanced_accuracy'])} | {fmt(h['roc_auc'])} | "
-                f"{fmt(s_.get('balanced_accuracy'))} | {fmt(s_.get('roc_auc'))} |"
-            )
-        out.append("")
-    gaps = [(n, k, e) for n, r in runs.items() for k, e in r.get("epoch_choice", {}).items()]
-    if gaps:
-        bal = [e["best_balanced_accuracy@0.5"] - e["kept_balanced_accuracy@0.5"] for _, _, e in gaps]
-        auc = [e["best_roc_auc"] - e["kept_roc_auc"] for _, _, e in gaps]
-        out += [
-            "What choosing the epoch on the held-out fold would have reported, in the same honest folds "
-            "(held-out figures of every epoch, threshold 0.5): the gap is the optimism of that choice.",
-            "",
-            "| run | fold | kept epoch | balanced accuracy | ROC AUC | best epoch on the fold | its balanced "
-            "accuracy | best ROC AUC |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for n, k, e in gaps:
-            out.append(
-                f"| {n} | {k} | {e['kept_epoch']} | {fmt(e['kept_balanced_accuracy@0.5'])} | "
-                f"{fmt(e['kept_roc_auc'])} | {e['best_epoch_on_held_out']} | "
-                f"{fmt(e['best_balanced_accuracy@0.5'])} | {fmt(e['best_roc_auc'])} |"
-            )
-        out += [
-            "",
-            f"Mean optimism over {len(gaps)} fold(s): balanced accuracy {np.mean(bal):+.3f}, ROC AUC "
-            f"{np.mean(auc):+.3f}.",
-            "",
-        ]
-    out += ema_line(card, runs)
-    if sf.get("not_run"):
-        out += [f"Not run when this card was written (no figures): {', '.join(sf['not_run'])}.", ""]
-    return out
-
-
 def epochs_on_fold(card: dict) -> bool:
     """The shipped run chose each fold's epoch on that fold's own figures."""
     return selection_of(card["runs"][card["shipped"]]["config"]) == "validation"
-
-
-def config_note(card: dict, run: dict) -> str:
-    """What else than train.selection differs between the shipped run's config and an honest run's."""
-    diff = config_diff(card["runs"][card["shipped"]]["config"], run["config"], ignore=("name", "train.selection"))
-    return f"; their configs also differ in `{as_set(diff)}`" if diff else ""
 
 
 def learned(card: dict) -> bool:
@@ -555,56 +285,12 @@ def with_set(run: dict) -> str:
     return f" --set {as_set(run['overrides'])}" if run.get("overrides") else ""
 
 
-def reproduce(card: dict) -> list[str]:
-    rs = card["runs"]["recipe"]["config"]
-    recipe, plain = run_path(card, "recipe"), run_path(card, "plain")
-    train = f"python -m training.train --config {rs['name']} --data $D --out"
-    # the plain run: the recipe's command, with what differs from the recipe's config
-    plain_set = (card["runs"]["recipe"].get("overrides") or {}) | config_diff(rs, card["runs"]["plain"]["config"])
-    out = [
-        "## Reproduce",
-        "```",
-        f"D={data_dir(card) or 'DATA'}",
-        f"{train} {recipe}{with_set(card['runs']['recipe'])}",
-        f"python -m training.train --config {card['runs']['plain']['config']['name']} --data $D --out {plain} \\",
-        f"    --set {as_set(plain_set)}",
-    ]
-    card_cmd = f"python -m training.card --model model --recipe {recipe} --plain {plain}"
-    if "loso" in card:
-        lo = card["loso"]
-        kind = (lo["config"].get("splits") or {}).get("kind") or (
-            f"leave_{loso_column(card).lower()}_out" if loso_column(card) else "KIND"
-        )
-        lo_set = {k: v for k, v in (lo.get("overrides") or {}).items() if k != "splits.kind"} | {"splits.kind": kind}
-        out.append(
-            f"python -m training.train --config {lo['config']['name']} --data $D --out {run_path(card, 'loso')} "
-            f"--set {as_set(lo_set)}"
-        )
-        card_cmd += f" --loso {run_path(card, 'loso')}"
-    others = "the other two" if "loso" in card else "the other one"
-    out += [
-        f"python -m training.oof {recipe}   # and {others}",
-        f"python -m training.export {run_path(card, card['shipped'])} --out model",
-        card_cmd,
-    ]
-    sf = card.get("selection_free")
-    if sf:
-        honest = {n: r["run"] for n, r in sf.get("runs", {}).items()}
-        paths = {n: honest.get(n, f"runs/honest_{n}") for n in ("recipe", "plain", "loso", "soft")}
-        sels = sorted({r["selection"] for r in sf.get("runs", {}).values()})
-        old = selection_of(card["runs"][card["shipped"]]["config"])
-        out += [
-            f"# the selection-free figures (train.selection {' / '.join(sels) or 'last'}"
-            + (f"; the runs above used {old}" if old not in sels else "")
-            + "):",
-            f"{train} {paths['recipe']}   # and plain, loso, soft (--set data.soft_labels=true)",
-            "python -m training.card --model model --selection-free --data $D "
-            + " ".join(f"--honest-{n} {p}" for n, p in paths.items()),
-        ]
-    return out + ["```", ""]
-
-
 def render(card: dict) -> str:
+    if card.get("card_version", 1) < CARD_VERSION:  # the layout from before issue 12: its keys are not these
+        raise AmfError(
+            f"card.json of an older layout (no card_version {CARD_VERSION}): rebuild it with python -m training.card "
+            "--model MODEL --recipe RUN --plain RUN [--loso RUN] [--tta TTA_RUN ...] --data DATA"
+        )
     d, e = card["data"], card["ensemble"]
     shipped = card["runs"][card["shipped"]]
     cfg, rs = shipped["config"], card["runs"]["recipe"]["config"]
@@ -670,7 +356,7 @@ def render(card: dict) -> str:
         "- Training time (wall clock, the sum of the epochs)"
         f"{' on ' + card['trained_on'] if card.get('trained_on') else ''}: "
         f"recipe {card['runs']['recipe']['train_minutes']} min, plain {card['runs']['plain']['train_minutes']} min"
-        + (f" ({folds_count(card, 'plain')})" if v2(card) and partial_note(card, "plain") else "")
+        + (f" ({folds_count(card, 'plain')})" if partial_note(card, "plain") else "")
         + (
             f", leave-one-{(loso_col or 'domain').lower()}-out {card['loso']['train_minutes']} min"
             if "loso" in card
@@ -681,9 +367,9 @@ def render(card: dict) -> str:
         "## Folds",
         fold_line(card),
         "",
-        *(v2_fold_table(card) if v2(card) else fold_table(card)),
+        *fold_table(card),
         "",
-        *(v2_body(card) if v2(card) else v1_body(card)),
+        *body(card),
         "## Files",
         *[f"- `{m['file']}`: fold {m['fold']}, {m['bytes'] / 1e6:.1f} MB" for m in e["members"]],
         "- `ensemble.json`: the manifest (`amf/manifest.py`), with the full config and out-of-fold metrics "
@@ -713,7 +399,7 @@ def render(card: dict) -> str:
         "- Thresholds"
         + (" and best epochs" if selection_of(cfg) == "validation" else "")
         + " were chosen on the same out-of-fold predictions that are reported"
-        + ("; the nested-threshold figures chose nothing." if v2(card) and not epochs_on_fold(card) else "."),
+        + ("; the nested-threshold figures chose nothing." if not epochs_on_fold(card) else "."),
         *(
             [
                 "- For a submission, retrain on the full official set (every tumour type and species) with `training/` "
@@ -723,17 +409,9 @@ def render(card: dict) -> str:
             else []
         ),
         "",
-        *(v2_reproduce(card) if v2(card) else reproduce(card)),
+        *reproduce(card),
     ]
     return "\n".join(out)
-
-
-# ---- the card of card_version 2 (training.card's build since issue 12): shipped run decided before the figures,
-# a possibly partial plain run, nested thresholds, the threshold for scanner shift, test-time augmentation ----------
-
-
-def v2(card: dict) -> bool:
-    return card.get("card_version", 1) >= 2
 
 
 def folds_list(folds) -> str:
@@ -773,7 +451,7 @@ def selection_free_words(card: dict) -> str:
     )
 
 
-def v2_oof_table(card: dict) -> list[str]:
+def oof_table(card: dict) -> list[str]:
     lines = [
         "| run | threshold | selection-free? | " + " | ".join(METRIC_NAMES[k] for k in SHOWN) + " |",
         "|---|---|---|" + "---|" * len(SHOWN),
@@ -806,7 +484,7 @@ def v2_oof_table(card: dict) -> list[str]:
     return lines
 
 
-def v2_scanner_table(card: dict) -> list[str]:
+def scanner_table(card: dict) -> list[str]:
     lines = [
         "| run | scanner | figures (atypical) | slides | balanced accuracy, nested | ROC AUC | sensitivity, nested | "
         "specificity, nested | balanced accuracy, pooled threshold |",
@@ -821,7 +499,7 @@ def v2_scanner_table(card: dict) -> list[str]:
     return lines
 
 
-def v2_fold_table(card: dict) -> list[str]:
+def fold_table(card: dict) -> list[str]:
     lines = [
         "| fold | figures (atypical) | slides | recipe balanced accuracy | recipe ROC AUC | "
         "plain balanced accuracy | plain ROC AUC |",
@@ -877,7 +555,7 @@ def epoch_choice_line(card: dict) -> list[str]:
     ]
 
 
-def v2_oof_section(card: dict) -> list[str]:
+def oof_section(card: dict) -> list[str]:
     r = card["runs"][card["shipped"]]["oof"]
     return [
         "## Out-of-fold figures",
@@ -893,18 +571,18 @@ def v2_oof_section(card: dict) -> list[str]:
         )
         + ".",
         "",
-        *v2_oof_table(card),
+        *oof_table(card),
         "",
         "Per scanner (each fold at its nested threshold; ROC AUC needs none):",
         "",
-        *v2_scanner_table(card),
+        *scanner_table(card),
         "",
         *vote_lines(card),
         *epoch_choice_line(card),
     ]
 
 
-def v2_verdict(card: dict) -> str:
+def verdict(card: dict) -> str:
     m = card["compare"]["metrics"]
     key = (
         "balanced_accuracy@nested_thresholds" if "balanced_accuracy@nested_thresholds" in m else "balanced_accuracy@0.5"
@@ -923,7 +601,7 @@ def v2_verdict(card: dict) -> str:
     )
 
 
-def v2_compare_section(card: dict) -> list[str]:
+def compare_section(card: dict) -> list[str]:
     c = card["compare"]
     of = c["folds_of_run"]
     which = (
@@ -942,12 +620,12 @@ def v2_compare_section(card: dict) -> list[str]:
         *compare_table(card),
         "",
         *([" ".join(not_computed), ""] if not_computed else []),
-        v2_verdict(card),
+        verdict(card),
         "",
     ]
 
 
-def v2_loso_section(card: dict) -> list[str]:
+def loso_section(card: dict) -> list[str]:
     if "loso" not in card:
         return []
     lo = card["loso"]
@@ -1093,7 +771,7 @@ def tta_section(card: dict) -> list[str]:
     return lines + [""]
 
 
-def v2_threshold_section(card: dict) -> list[str]:
+def threshold_section(card: dict) -> list[str]:
     e, t = card["ensemble"], card.get("threshold_for_shift")
     how = (
         f"the {t['chosen']} rule's threshold (see Threshold for scanner shift), chosen on all its figures"
@@ -1109,7 +787,7 @@ def v2_threshold_section(card: dict) -> list[str]:
     ]
 
 
-def v2_reproduce(card: dict) -> list[str]:
+def reproduce(card: dict) -> list[str]:
     """The commands that made the card's runs: each run's named config and what it set on top (its overrides)."""
     out = ["## Reproduce", "```", f"D={data_dir(card) or 'DATA'}"]
     runs = [(n, card["runs"][n]) for n in ("recipe", "plain")] + ([("loso", card["loso"])] if "loso" in card else [])
@@ -1145,58 +823,12 @@ def v2_reproduce(card: dict) -> list[str]:
     return out + [cmd + " --data $D", "```", ""]
 
 
-def v1_body(card: dict) -> list[str]:
-    """The figures of a card from before card_version 2 (the shipped run chosen on out-of-fold balanced accuracy,
-    pooled thresholds, the selection-free figures beside): kept so that such a card.json still renders."""
-    d, e = card["data"], card["ensemble"]
+def body(card: dict) -> list[str]:
     return [
-        *selection_free_section(card),
-        "## Out-of-fold figures" + (" (optimistic)" if "selection_free" in card else ""),
-        f"Pooled out-of-fold predictions of the {len(e['members'])} members ({d['figures']} figures), each "
-        "figure scored by the one member that never saw it"
-        + (
-            (
-                ", the epoch chosen on it and the threshold on the pooled figures"
-                if epochs_on_fold(card)
-                else ", the threshold chosen on the pooled figures"
-            )
-            if "selection_free" in card
-            else ""
-        )
-        + ". Brackets: 95% bootstrap intervals over "
-        + ("slides" if card["runs"]["recipe"]["oof"]["bootstrap"].get("unit") == "slide" else "figures")
-        + f" ({card['runs']['recipe']['oof']['bootstrap']['n_boot']} resamples).",
-        "",
-        *oof_table(card),
-        "",
-        "Per scanner, at each run's threshold:",
-        "",
-        *scanner_table(card),
-        "",
-        "## Recipe against the plain baseline",
-        f"Paired bootstrap over slides ({card['compare']['n_slides']} slides, {card['compare']['n_boot']} "
-        "resamples, both runs on the same draw): a difference whose interval excludes 0 is told from noise.",
-        "",
-        *compare_table(card),
-        "",
-        verdict(card),
-        "",
+        *oof_section(card),
+        *compare_section(card),
         *loso_section(card),
-        "## Threshold",
-        f"P(atypical) ≥ {e['threshold']:.3f}: the value that maximises balanced accuracy on the shipped run's "
-        "pooled out-of-fold predictions. The container applies it to the members' mean probability, which "
-        "is an estimate: each out-of-fold probability came from one member alone. Balanced accuracy at 0.5 "
-        "is given beside it.",
-        "",
-    ]
-
-
-def v2_body(card: dict) -> list[str]:
-    return [
-        *v2_oof_section(card),
-        *v2_compare_section(card),
-        *v2_loso_section(card),
         *shift_section(card),
         *tta_section(card),
-        *v2_threshold_section(card),
+        *threshold_section(card),
     ]
