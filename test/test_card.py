@@ -238,7 +238,8 @@ def test_the_threshold_for_scanner_shift_is_rendered_with_the_rule_that_shipped(
 
 
 def test_each_tta_run_is_paired_with_the_run_it_re_predicted(runs, tmp_path):
-    model = export_of(runs["recipe"], tmp_path / "model", tta="d4", threshold_predictions="runs/v2_recipe_tta_d4")
+    chosen_on = {"run": "runs/v2_recipe_tta_d4", "tta": "d4"}  # training.export's provenance
+    model = export_of(runs["recipe"], tmp_path / "model", tta="d4", threshold_predictions=chosen_on)
     tta = [runs["loso_d4"], runs["recipe_flips"]]
     card, _ = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20, tta=tta)
     got = [(r["base"], r["mode"], r["base_run"]) for r in card["tta"]["runs"]]
@@ -248,7 +249,8 @@ def test_each_tta_run_is_paired_with_the_run_it_re_predicted(runs, tmp_path):
     assert d4["metrics"]["roc_auc"]["b_minus_a"] > 0  # the made-up d4 run separates the classes more
     text = card_io.render(card)
     assert "## Test-time augmentation" in text and "Shipped: TTA `d4`" in text
-    assert "chosen on the predictions of `runs/v2_recipe_tta_d4`" in text
+    assert "chosen on the out-of-fold predictions of `runs/v2_recipe_tta_d4` (TTA d4)" in text
+    assert f"--tta d4 --threshold-run {chosen_on['run']}" in text  # the export line of Reproduce
     assert f"| leave-one-scanner-out (`{runs['loso']}`) | d4 | 0, 1, 2 | " in text
     assert f"--tta {runs['loso_d4']} {runs['recipe_flips']}" in text and f"--out {runs['loso_d4']}" in text
     with pytest.raises(AmfError, match="none of the runs given"):  # its base run was not given

@@ -307,7 +307,9 @@ def build(
     if tta:
         card["tta"] = {
             "runs": tta_facts(tta, {"recipe": runs["recipe"], "loso": loso}, n_boot),
-            "rule": "test-time augmentation ships only if it helps on the leave-one-scanner-out figures",
+            "rule": "test-time augmentation ships only if it raises both the balanced accuracy at nested thresholds "
+            "and the ROC AUC of the leave-one-scanner-out predictions over one view; of several modes that do, the "
+            "one with the higher balanced accuracy",
         }
     files = [m.file for m in manifest.members]
     card["ensemble"] = {

@@ -13,6 +13,7 @@ before issue 12) is refused with one error: rebuild it from the runs.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -569,7 +570,13 @@ def oof_section(card: dict) -> list[str]:
             if partial_note(card, "plain")
             else ""
         )
-        + ".",
+        + "."
+        + (
+            f" These are one view per figure; the container runs TTA `{card['ensemble']['tta']}`: its figures are in "
+            "Test-time augmentation below."
+            if card["ensemble"]["tta"] != "none"
+            else ""
+        ),
         "",
         *oof_table(card),
         "",
@@ -766,8 +773,11 @@ def tta_section(card: dict) -> list[str]:
         "",
         f"Shipped: TTA `{e['tta']}`. The rule: {t['rule']} (the table's leave-one-scanner-out rows).",
     ]
-    if e.get("threshold_predictions"):
-        lines[-1] += f" The shipped threshold was chosen on the predictions of `{e['threshold_predictions']}`."
+    tp = e.get("threshold_predictions")
+    if tp:
+        lines[-1] += (
+            f" The shipped threshold was chosen on the out-of-fold predictions of `{tp['run']}` (TTA {tp['tta']})."
+        )
     return lines + [""]
 
 
@@ -805,10 +815,13 @@ def reproduce(card: dict) -> list[str]:
         out.append(f"python -m training.tta_oof {r['base_run']} --tta {r['mode']} --data $D --out {r['run']}")
     shift = card.get("threshold_for_shift")
     e = card["ensemble"]
+    recipe = card["runs"]["recipe"]["run"]
+    tp = e.get("threshold_predictions") or {}
     out.append(
-        f"python -m training.export {card['runs']['recipe']['run']} --out model --data $D"
-        + (f" --shift-run {shift['loso_run']}" if shift and shift.get("loso_run") else "")
+        f"python -m training.export {recipe} --out model --data $D"
         + (f" --tta {e['tta']}" if e["tta"] != "none" else "")
+        + (f" --threshold-run {tp['run']}" if tp and Path(tp["run"]).resolve() != Path(recipe).resolve() else "")
+        + (f" --shift-run {shift['loso_run']}" if shift and shift.get("loso_run") else "")
     )
     cmd = "python -m training.card --model model " + " ".join(
         f"--{n} {card['runs'][n]['run']}" for n in ("recipe", "plain")
