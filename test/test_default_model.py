@@ -66,7 +66,16 @@ def test_the_card_is_rendered_from_card_json_and_matches_the_manifest(card):
     chosen = card.get("threshold_for_shift", {}).get("threshold", shipped["threshold"])
     assert m.threshold == pytest.approx(chosen) == pytest.approx(m.provenance["threshold"])
     assert m.threshold == pytest.approx(card["ensemble"]["threshold"]) and m.tta == card["ensemble"]["tta"]
-    assert shipped["at_threshold"] == m.provenance["oof_metrics"]["at_threshold"]
+    chosen_on = m.provenance.get("threshold_predictions") or {"run": m.provenance["run"], "tta": "none"}
+    if Path(chosen_on["run"]).resolve() == Path(m.provenance["run"]).resolve():  # the run's own one-view predictions
+        assert shipped["at_threshold"] == m.provenance["oof_metrics"]["at_threshold"]
+    else:  # the recipe run re-predicted under the shipped TTA: one of the card's TTA runs, that mode, that base
+        assert chosen_on["tta"] == m.tta != "none"
+        tta_runs = {Path(r["run"]).resolve(): r for r in card["tta"]["runs"]}
+        assert tta_runs[Path(chosen_on["run"]).resolve()]["base"] == "recipe"
+        assert tta_runs[Path(chosen_on["run"]).resolve()]["mode"] == m.tta
+        auc = tta_runs[Path(chosen_on["run"]).resolve()]["compare"]["metrics"]["roc_auc"]["b"]  # all folds' figures
+        assert auc == pytest.approx(m.provenance["oof_metrics"]["at_threshold"]["roc_auc"])
     assert [x["file"] for x in card["ensemble"]["members"]] == [x.file for x in m.members]
     assert card["ensemble"]["total_bytes"] == sum((MODEL / x.file).stat().st_size for x in m.members)
     # the recipe run ships by decision, not by its figures
