@@ -405,3 +405,15 @@ def test_expert_votes_from_data_give_the_figures_by_agreement(runs, tmp_path, mo
     assert "By expert agreement" in card_io.render(card)
     card, _ = card_io.build(model, runs["recipe"], runs["partial"], n_boot=20)
     assert "by_vote" not in card["runs"]["recipe"]["oof"] and "By expert agreement" not in card_io.render(card)
+
+
+def test_the_augmentation_line_follows_the_recipe_runs_config(runs, tmp_path):
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card, _ = card_io.build(model, runs["recipe"], runs["plain"], n_boot=20)
+    a = card["runs"]["recipe"]["config"]["augment"]
+    assert f"HED stain jitter (scale {a['hed_scale']}, shift {a['hed_shift']})" in card_io.render(card)
+    card["runs"]["recipe"]["config"]["augment"] |= {"hed_scale": 0.42, "rot90": False}
+    text = card_io.render(card)
+    assert "- Augmentation: flips, HED stain jitter (scale 0.42," in text
+    card["runs"]["recipe"]["config"]["augment"]["enabled"] = False
+    assert "- Augmentation: none." in card_io.render(card)

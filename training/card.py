@@ -149,6 +149,7 @@ def recipe_summary(cfg: dict) -> dict:
         "mixstyle": ("enabled", "p", "alpha", "where"),
         "align": ("enabled", "weight", "columns"),
         "ema": ("enabled", "decay", "kd_weight", "temperature", "evaluate"),
+        "augment": ("enabled", "flip", "rot90", "hed_scale", "hed_shift", "brightness", "contrast", "saturation"),
     }
     return {sec: {k: cfg.get(sec, {}).get(k) for k in keys} for sec, keys in keep.items()} | {"name": cfg.get("name")}
 

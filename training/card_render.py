@@ -143,6 +143,19 @@ def mixstyle_place(run: dict) -> str:
     return f"after {rule} ({names})"
 
 
+def augment_line(card: dict) -> str:
+    """The training augmentation of the recipe run, from its config (stain jitter is what v2 turned up)."""
+    a = card["runs"]["recipe"]["config"].get("augment") or {}
+    if not a.get("enabled"):
+        return "- Augmentation: none."
+    views = [name for key, name in (("flip", "flips"), ("rot90", "90° rotations")) if a.get(key)]
+    return (
+        f"- Augmentation: {', '.join(views + [''])}HED stain jitter (scale {a['hed_scale']}, shift {a['hed_shift']}), "
+        f"brightness {a['brightness']}, contrast {a['contrast']}, saturation {a['saturation']} "
+        "(`training/augment.py`; the rest at its defaults)."
+    )
+
+
 def recipe_parts(card: dict) -> str:
     rs, d = card["runs"]["recipe"]["config"], card["data"]
     parts = []
@@ -351,6 +364,7 @@ def render(card: dict) -> str:
         + f"patch, the container's rule in `amf/preprocess.py`), {rs['train']['epochs']} epochs, batch "
         f"{rs['train']['batch_size']}, AdamW lr {rs['train']['lr']} (cosine, {plural(wt, 'warm-up epoch')}), "
         f"weight decay {rs['train']['weight_decay']}, class balance by {rs['imbalance']['mode']}.",
+        augment_line(card),
         recipe_parts(card),
         plain_line(card),
         selection_line(card),
