@@ -56,23 +56,21 @@ def load_run(run, n_boot: int, votes: pd.DataFrame | None = None) -> tuple[pd.Da
     oof, done, folds = compare_runs.finished_oof(run)
     oof = oof_io.with_votes(oof, votes)
     result = oof_io.compute(oof, n_boot=n_boot, seed=0)
-    selection = {RunDir(run).fold(k).read_done().get("selection", "validation") for k in done}
+    selection = RunDir(run).done_values("selection", "validation", done)
     result |= {"selection": sorted(selection), "folds": folds, "folds_done": done}
     return oof, result, RunDir(run).read_config()
 
 
-def nested_classes(oof: pd.DataFrame, result: dict) -> np.ndarray | None:
-    """Each figure's class at its fold's nested threshold (training.oof's), None without one."""
-    if "nested" not in result:
-        return None
-    thr = oof["fold"].astype(str).map(result["nested"]["thresholds"]).to_numpy(float)
-    return (oof["probability"].to_numpy(float) >= thr).astype(int)
+def nested_classes(oof: pd.DataFrame) -> np.ndarray | None:
+    """Each figure's class at its fold's nested threshold (training.oof's), None with one fold."""
+    y, p = oof["label"].to_numpy(int), oof["probability"].to_numpy(float)
+    return oof_io.nested_classes(y, p, oof["fold"].to_numpy(), oof_io.choosing(oof))[0]
 
 
 def per_scanner(oof: pd.DataFrame, result: dict, n_boot: int) -> dict:
     """training.oof's per-scanner metrics at the run's pooled threshold and at its nested thresholds, with slide
     bootstrap intervals and slide counts."""
-    out, threshold, nested = {}, result["threshold"], nested_classes(oof, result)
+    out, threshold, nested = {}, result["threshold"], nested_classes(oof)
     for scanner, g in oof.groupby("Scanner"):
         y, p, slides = g["label"].to_numpy(int), g["probability"].to_numpy(float), g["slide"].astype(str)
         out[str(scanner)] = {
@@ -185,7 +183,7 @@ def mixstyle_at(cfg: dict) -> list | None:
 
 def ema_decays(run) -> list:
     """The EMA decay in effect at the end of each finished fold (done.json; absent in runs from before it was kept)."""
-    return sorted({f.read_done().get("ema_decay") for f in RunDir(run).fold_dirs() if f.is_done()} - {None})
+    return sorted(RunDir(run).done_values("ema_decay") - {None})
 
 
 def run_facts(run, oof: pd.DataFrame, result: dict, cfg: dict, n_boot: int) -> dict:
@@ -208,7 +206,7 @@ def loso_facts(run, n_boot: int, votes) -> dict:
     domains' figures), at the pooled threshold (optimistic) and at 0.5."""
     oof, result, cfg = load_run(run, n_boot, votes)
     names = RunDir(run).read_splits().groupby("fold")["fold_name"].first()
-    nested = nested_classes(oof, result)
+    nested = nested_classes(oof)
     held_out = {}
     for k, g in oof.groupby("fold"):
         y, p, slides = g["label"].to_numpy(int), g["probability"].to_numpy(float), g["slide"].astype(str)
@@ -236,15 +234,15 @@ def loso_facts(run, n_boot: int, votes) -> dict:
 
 def tta_facts(tta_runs, bases: dict, n_boot: int) -> list[dict]:
     """Each test-time-augmentation run (training.tta_oof) against the run it re-predicted (its folds' done.json
-    from_run, one of BASES by resolved path): mode (config export.tta) and the paired comparison TTA - none."""
+    from_run, one of BASES by resolved path): its mode (RunDir.predicted_tta) and the paired comparison TTA - none."""
     out = []
     for tta in tta_runs:
         tta = Path(tta)
-        froms = {f.read_done().get("from_run") for f in RunDir(tta).fold_dirs() if f.is_done()}
-        base = [name for name, path in bases.items() if path is not None and {str(Path(path).resolve())} == froms]
-        if not base:
+        source = RunDir(tta).from_run()
+        base = [name for name, path in bases.items() if path is not None and Path(path).resolve() == source]
+        if not base or source == tta.resolve():  # a run that re-predicted nothing is no TTA run
             raise AmfError(
-                f"{tta} re-predicted {', '.join(sorted(map(str, froms))) or 'no finished run'}, which is none of "
+                f"{tta} re-predicted {source if source != tta.resolve() else 'no finished run'}, which is none of "
                 f"the runs given ({', '.join(f'--{n} {p}' for n, p in bases.items() if p is not None)})"
             )
         out.append(
@@ -252,7 +250,7 @@ def tta_facts(tta_runs, bases: dict, n_boot: int) -> list[dict]:
                 "run": str(tta),
                 "base": base[0],
                 "base_run": str(bases[base[0]]),
-                "mode": RunDir(tta).read_config().get("export", {}).get("tta"),
+                "mode": RunDir(tta).predicted_tta(),
                 "compare": compare_runs.compare(bases[base[0]], tta, n_boot=n_boot, seed=0),
             }
         )

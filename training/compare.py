@@ -55,13 +55,6 @@ def finished_oof(run) -> tuple[pd.DataFrame, list[int], list[int]]:
     return pd.concat([run.fold(k).read_oof() for k in done], ignore_index=True), done, folds
 
 
-def nested_classes(y, p, folds, chooses) -> tuple[np.ndarray, dict]:
-    """Each figure's class at its fold's nested threshold (chosen on the other folds' figures where CHOOSES), and
-    those thresholds by fold."""
-    thresholds = {int(k): v for k, v in oof_io.leave_one_group_out_thresholds(y, p, folds, chooses).items()}
-    return (p >= np.array([thresholds[int(k)] for k in folds])).astype(int), thresholds
-
-
 def scores(y, p, nested) -> dict:
     """Balanced accuracy at 0.5, at the fixed nested classes NESTED (when there are), and ROC AUC."""
     s05 = metrics.summary(y, p, threshold=0.5)
@@ -102,8 +95,7 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
         raise AmfError("the runs disagree on labels")
     y, pa, pb = m["label_a"].to_numpy(int), m["probability_a"].to_numpy(float), m["probability_b"].to_numpy(float)
     slides, fold = m["slide_a"].astype(str).to_numpy(), m["fold_a"].to_numpy(int)
-    chooses = (m["source_a"] == "official").to_numpy() if "source_a" in m else np.ones(len(y), bool)
-    chooses = chooses if chooses.any() else np.ones(len(y), bool)
+    chooses = oof_io.choosing(m, "source_a")
     out = {
         "run_a": str(run_a),
         "run_b": str(run_b),
@@ -117,8 +109,8 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
         "resampling": "slides (cluster bootstrap), paired",
     }
     if len(folds) > 1:
-        nested_a, thr_a = nested_classes(y, pa, fold, chooses)
-        nested_b, thr_b = nested_classes(y, pb, fold, chooses)
+        nested_a, thr_a = oof_io.nested_classes(y, pa, fold, chooses)
+        nested_b, thr_b = oof_io.nested_classes(y, pb, fold, chooses)
         out["nested_thresholds"] = {
             "a": {str(k): v for k, v in thr_a.items()},
             "b": {str(k): v for k, v in thr_b.items()},

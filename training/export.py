@@ -271,10 +271,11 @@ def threshold_predictions(run: RunDir, threshold_run, tta: str) -> RunDir:
     predictions = RunDir(threshold_run)
     if predictions.from_run() != run.path.resolve():
         raise AmfError(f"--threshold-run {threshold_run} holds predictions of {predictions.from_run()}, not of {run}")
-    if predictions.predicted_tta() != tta:
+    mode = predictions.predicted_tta()
+    if mode != tta:
         raise AmfError(
-            f"--threshold-run {threshold_run} was predicted with test-time augmentation "
-            f"{predictions.predicted_tta()}, the container runs {tta}: python -m training.tta_oof {run} --tta {tta}"
+            f"--threshold-run {threshold_run} was predicted with test-time augmentation {mode}, the container runs "
+            f"{tta}: python -m training.tta_oof {run} --tta {tta}"
         )
     return predictions
 

@@ -72,13 +72,20 @@ def leave_one_group_out_thresholds(y, p, groups, chooses=None) -> dict:
     }
 
 
-def nested_thresholds(oof: pd.DataFrame, chooses: np.ndarray) -> dict:
-    """{fold: the threshold chosen on the other folds' pooled predictions} (leave_one_group_out_thresholds over
-    folds); {} with one fold."""
-    if oof["fold"].nunique() < 2:
-        return {}
-    by_fold = leave_one_group_out_thresholds(oof["label"], oof["probability"], oof["fold"], chooses)
-    return {int(k): v for k, v in by_fold.items()}
+def choosing(table: pd.DataFrame, column: str = "source") -> np.ndarray:
+    """Which figures choose a threshold: the official ones where TABLE[COLUMN] names any, else all."""
+    official = (table[column] == "official").to_numpy() if column in table else np.ones(len(table), bool)
+    return official if official.any() else np.ones(len(table), bool)
+
+
+def nested_classes(y, p, folds, chooses) -> tuple[np.ndarray | None, dict]:
+    """Each figure's class at its fold's nested threshold (leave_one_group_out_thresholds over FOLDS, chosen where
+    CHOOSES) and those thresholds by fold; (None, {}) with one fold."""
+    folds = np.asarray(folds)
+    if len(np.unique(folds)) < 2:
+        return None, {}
+    thresholds = {int(k): v for k, v in leave_one_group_out_thresholds(y, p, folds, chooses).items()}
+    return (np.asarray(p, float) >= np.array([thresholds[int(k)] for k in folds])).astype(int), thresholds
 
 
 def vote_agreement(soft) -> np.ndarray:
@@ -90,8 +97,7 @@ def vote_agreement(soft) -> np.ndarray:
 def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     y, p = oof["label"].to_numpy(int), oof["probability"].to_numpy(float)
     slides = oof["slide"].astype(str).to_numpy() if "slide" in oof else np.arange(len(y)).astype(str)
-    official = (oof["source"] == "official").to_numpy() if "source" in oof else np.ones(len(y), bool)
-    chooses = official if official.any() else np.ones(len(y), bool)
+    chooses = choosing(oof)
     thr = metrics.best_threshold(y[chooses], p[chooses])
     pred = (p >= thr).astype(int)
     out = {
@@ -112,11 +118,8 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
             "note": "slides resampled with replacement (training.compare.slide_draws); thresholds fixed",
         },
     }
-    nested = nested_thresholds(oof, chooses)
-    nested_pred = None
+    nested_pred, nested = nested_classes(y, p, oof["fold"].to_numpy(), chooses)
     if nested:
-        fold_thr = oof["fold"].map(nested).to_numpy(float)
-        nested_pred = (p >= fold_thr).astype(int)
         out["nested"] = {
             "rule": "each fold's threshold maximises balanced accuracy on the other folds' pooled "
             "out-of-fold predictions"
@@ -189,7 +192,7 @@ def pool(
     if set(oof["image_id"]) != expected or oof["image_id"].duplicated().any():
         raise AmfError(f"{run}: the folds' oof.csv do not cover the validation figures exactly once")
     oof = with_votes(oof, votes)
-    selection = {run.fold(k).read_done().get("selection", "validation") for k in folds}
+    selection = run.done_values("selection", "validation", folds)
     result = compute(oof, n_boot, seed)
     result["selection"] = sorted(selection)  # train.selection of the folds ("validation": epoch chosen on them)
     if write:

@@ -175,17 +175,22 @@ class RunDir:
         """The folds of SPLITS without done.json."""
         return [k for k in splits_io.folds_of(splits) if not self.fold(k).is_done()]
 
+    def done_values(self, key: str, default=None, folds=None) -> set:
+        """The values of KEY (DEFAULT where absent) in the done.json of its finished folds (of FOLDS if given)."""
+        dirs = self.fold_dirs() if folds is None else [self.fold(k) for k in folds]
+        return {f.read_done().get(key, default) for f in dirs if f.is_done()}
+
     def predicted_tta(self) -> str:
         """The test-time augmentation its held-out predictions were made with: training.tta_oof's mode, "none" for a
         training run (training.train predicts one view)."""
-        modes = {f.read_done().get("tta", "none") for f in self.fold_dirs() if f.is_done()}
+        modes = self.done_values("tta", "none")
         if len(modes) > 1:
             raise AmfError(f"{self.path}: folds predicted with different test-time augmentations ({sorted(modes)})")
         return modes.pop() if modes else "none"
 
     def from_run(self) -> Path:
         """The run whose members made these predictions: training.tta_oof's source run, else this run itself."""
-        sources = {f.read_done().get("from_run") for f in self.fold_dirs() if f.is_done()}
+        sources = self.done_values("from_run")
         if len(sources) > 1:
             raise AmfError(f"{self.path}: folds re-predicted from different runs")
         source = sources.pop() if sources else None
