@@ -181,3 +181,28 @@ def test_what_training_wrote_reads_back_through_run_dir(trained):
         assert fold.read_oof()["image_id"].tolist() == oof.loc[oof["fold"] == k, "image_id"].tolist()
     table, done, folds = compare.finished_oof(run)  # the pooled table, as compare reads it
     assert table["image_id"].tolist() == oof["image_id"].tolist() and done == folds == [0, 1]
+
+
+def test_a_run_started_before_a_key_existed_is_the_same_config(tmp_path):
+    """training.train compares the run's config.yaml, completed with today's defaults, with the command's config: a
+    key added since the run started (absent from its config.yaml, at its default) does not make it another config;
+    a changed value does."""
+    from types import SimpleNamespace
+
+    from training_layout import make_layout
+
+    from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, read_table
+    from training.train import prepare_run
+
+    data = make_layout(tmp_path / "d", n_slides=4, per_slide=3)
+    cfg = config_io.load("smoke")
+    df = read_table(data / OFFICIAL_CSV, data / OFFICIAL_IMAGES, "official")
+    dist = SimpleNamespace(main=True, barrier=lambda: None)
+    run = RunDir(tmp_path / "run")
+    prepare_run(cfg, df, run, dist)
+    old = config_io.yaml.safe_load(run.config.read_text())
+    del old["model"]["attention"]  # as written before model.attention existed
+    run.config.write_text(config_io.dump(old))
+    assert prepare_run(cfg, df, run, dist)["fold"].tolist() == run.read_splits()["fold"].tolist()
+    with pytest.raises(AmfError, match=r"another config \(differs in train.lr"):
+        prepare_run(config_io.load("smoke", ["train.lr=0.1"]), df, run, dist)

@@ -69,7 +69,7 @@ def test_no_shift_is_a_tie_that_keeps_the_out_of_fold_rule():
 
 def test_tables_of_other_figures_or_one_scanner_are_refused():
     oof, loso = tables(shift=0.1)
-    with pytest.raises(AmfError, match="same official figures"):
+    with pytest.raises(AmfError, match="same figures of the main set"):
         threshold.choose(oof, loso.iloc[:-1])
     one = oof.assign(Scanner="A")
     with pytest.raises(AmfError, match="two scanners"):

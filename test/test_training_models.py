@@ -73,3 +73,16 @@ def test_onnx_member_contract(tmp_path):
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
     assert parity(model, path, {"five": x})["five"] <= 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # one file, no temporary left over
+
+
+@pytest.mark.parametrize(
+    "attention, align, gated",
+    [("auto", True, True), ("auto", False, False), (True, False, True), (False, True, False)],
+)
+def test_attention_gate_follows_model_attention(attention, align, gated):
+    """model.attention decides the gate alone (a control without the alignment loss can keep the recipe's
+    architecture); "auto" keeps the old rule, present with align.enabled."""
+    from training.models import EmbeddingSE
+
+    cfg = config_io.load("smoke", [f"model.attention={str(attention).lower()}", f"align.enabled={str(align).lower()}"])
+    assert isinstance(create_classifier(cfg).attention, EmbeddingSE) is gated

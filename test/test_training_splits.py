@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from training_layout import make_extra, make_layout, make_synthetic
+from training_layout import make_amibr, make_extra, make_layout, make_synthetic
 
 from amf import AmfError
 from training import config as config_io
@@ -119,7 +119,7 @@ def test_bad_labels_and_layout_are_one_clear_error(tmp_path):
     t.to_csv(csv, index=False)
     with pytest.raises(AmfError, match="other than AMF/NMF"):
         load_dataset(data, config_io.load("smoke"))
-    with pytest.raises(AmfError, match="not the official layout"):
+    with pytest.raises(AmfError, match="not a labelled data folder"):
         load_dataset(tmp_path, config_io.load("smoke"))
 
 
@@ -137,3 +137,67 @@ def test_fold_count_needs_enough_slides():
         splits_io.make_splits(t, "kfold", 3)
     two = splits_io.make_splits(t, "kfold", 2)
     assert np.unique(two["fold"]).tolist() == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which, folds", [("breast", 2), ("breast", 5), ("full", 5)])
+def test_even_folds(which, folds, full):
+    """Fold sizes within 10 % of each other, the atypical share within 3 points, slides whole (the breast slice's
+    2 folds were 640 and 1,081 figures with StratifiedGroupKFold)."""
+    from conftest import BREAST, need
+
+    if which == "full":
+        t, s = full
+    else:
+        t = read_table(
+            need(BREAST) / "MIDOG25_Atypical_Classification_Train_Set.csv",
+            BREAST / "MIDOG25_Binary_Classification_Train_Set",
+            "official",
+        )
+        s = splits_io.make_splits(t, "kfold", folds, seed=0)
+    sizes, shares = s.groupby("fold").size(), s.groupby("fold")["label"].mean()
+    assert len(sizes) == folds and sizes.max() <= 1.10 * sizes.min(), sizes.tolist()
+    assert shares.max() - shares.min() <= 0.03, shares.tolist()
+    assert (s.groupby("slide")["fold"].nunique() == 1).all()
+
+
+def test_amibr_layout_reads_as_one_table(tmp_path):
+    """AMi-Br's layout: labels from majority_atypical, votes as soft labels, MIDOG21 slides on the official keys with
+    the official scanners, TUPAC16 slides keyed by dataset, the dataset as source, leave-one-source-out folds."""
+    data = make_layout(tmp_path / "d", n_slides=4, per_slide=4)
+    official_csv = data / "MIDOG25_Atypical_Classification_Train_Set.csv"
+    amibr = make_amibr(tmp_path / "amibr", official_csv, n_tupac_slides=3, per_slide=6)
+    off = pd.read_csv(official_csv)
+    alone = load_dataset(amibr, config_io.load("smoke"), log=lambda *a: None)[0]
+    assert len(alone) == len(off) + 18 and alone["label"].sum() == (off["majority"] == "AMF").sum() + 6
+    assert set(alone["source"]) == {"MIDOG21", "TUPAC16"} and not alone["extra"].any()
+    assert (alone["Tumor"] == "human breast cancer").all() and (alone["Scanner"] == "unknown").all()
+    tupac = alone[alone["source"] == "TUPAC16"]
+    assert set(tupac["slide"]) == {"tupac16/000", "tupac16/001", "tupac16/002"}  # not the official "000"
+    assert sorted(tupac["soft"].round(3).unique()) == [0.0, 0.333, 0.667, 1.0]
+    assert set(alone.loc[alone["source"] == "MIDOG21", "slide"]) == {f"{s:03d}" for s in range(4)}
+    # the official table names the MIDOG21 figures' scanners (raw spelling kept), TUPAC16 has none
+    cfg = config_io.load("smoke", [f"data.official_labels={official_csv}"])
+    named = load_dataset(amibr, cfg, log=lambda *a: None)[0]
+    assert (named.loc[named["source"] == "MIDOG21", "Scanner"] != "unknown").all()
+    assert set(named.loc[named["source"] == "MIDOG21", "raw_Scanner"]) == set(off["Scanner"])
+    assert (named.loc[named["source"] == "TUPAC16", "Scanner"] == "unknown").all()
+    s = splits_io.make_splits(named, "leave_source_out")
+    assert sorted(s["fold_name"].unique()) == ["source=MIDOG21", "source=TUPAC16"]
+    # as an extra set of the official one: its MIDOG21 figures are the official ones, de-duplicated
+    both_cfg = config_io.load("smoke", [f"data.extra=[{{name: amibr, dir: {amibr}}}]"])
+    both = load_dataset(data, both_cfg, log=lambda *a: None)[0]
+    assert len(both) == len(off) + 18 and both["extra"].sum() == 18
+    assert set(both.loc[both["extra"], "source"]) == {"amibr"}
+
+
+def test_amibr_layout_errors(tmp_path):
+    amibr = make_amibr(tmp_path / "amibr", n_tupac_slides=1, per_slide=3)
+    t = pd.read_csv(amibr / "AMI-BR.csv", index_col=0, dtype=str)
+    t.loc[1, "majority_atypical"] = "perhaps"
+    t.to_csv(amibr / "AMI-BR.csv")
+    with pytest.raises(AmfError, match="majority_atypical must be True or False"):
+        load_dataset(amibr, config_io.load("smoke"))
+    t.drop(columns=["dataset"]).to_csv(amibr / "AMI-BR.csv")
+    with pytest.raises(AmfError, match="missing column"):
+        load_dataset(amibr, config_io.load("smoke"))

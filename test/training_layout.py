@@ -3,8 +3,10 @@
 make_layout(dir) writes MIDOG25_Atypical_Classification_Train_Set.csv and the PNG folder: slides on two
 scanners (one spelled 'Hamammatsu XR', the alias), two tumour types, atypical figures drawn as a dark
 irregular blob and normal ones as a compact round one, so that a tiny model can learn something.
-make_extra(dir, official_csv) writes an extra set that repeats some official figures (same slide and
-coordinates, other image names) and adds new ones; make_synthetic(dir) a folder of synthetic atypicals.
+make_amibr(dir, official_csv) writes a set in AMi-Br's layout that repeats the official figures as its MIDOG21
+part and adds TUPAC16 slides; make_extra(dir, official_csv) writes an extra set that repeats some official
+figures (same slide and coordinates, other image names) and adds new ones; make_synthetic(dir) a folder of
+synthetic atypicals.
 """
 
 from __future__ import annotations
@@ -104,4 +106,46 @@ def make_synthetic(root, n: int = 4, seed: int = 2) -> Path:
     rng = np.random.default_rng(seed)
     for k in range(n):
         Image.fromarray(patch(rng, True)).save(root / f"syn{k}.png")
+    return root
+
+
+def make_amibr(root, official_csv=None, n_tupac_slides: int = 3, per_slide: int = 6, seed: int = 3) -> Path:
+    """AMi-Br's layout (AMI-BR.csv with its unnamed index column, patches/{atypical,normal}/<dataset>_<uid>.png):
+    MIDOG21 rows that repeat the figures of OFFICIAL_CSV (same slide and coordinates) where it is given, and TUPAC16
+    rows on slides whose names could clash with another dataset's."""
+    root = Path(root)
+    for cls in ("atypical", "normal"):
+        (root / "patches" / cls).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    if official_csv is not None:
+        off = pd.read_csv(official_csv)
+        for uid, r in enumerate(off.itertuples(), start=1):
+            votes = [getattr(r, e) == "AMF" for e in ("expert1", "expert2", "expert3")]
+            rows.append(("MIDOG21", uid, r.filename, r.coordinateX, r.coordinateY, votes, r.majority == "AMF"))
+    for s in range(n_tupac_slides):
+        for j in range(per_slide):
+            atyp = j % 3 == 0
+            votes = [atyp, atyp, j % 2 == 0]
+            rows.append(("TUPAC16", 1000 + s * per_slide + j, f"{s:03d}.tiff", 40 * j, 60, votes, atyp))
+    table = []
+    for dataset, uid, slide, x, y, votes, atyp in rows:
+        name = f"{dataset}_{uid}.png"
+        Image.fromarray(patch(rng, atyp)).save(root / "patches" / ("atypical" if atyp else "normal") / name)
+        table.append(
+            {
+                "slide": slide,
+                "dataset": dataset,
+                "uid": uid,
+                "x": x,
+                "y": y,
+                "expert1_label": "AMF x" if votes[0] else "NMF y",
+                "expert2_label": "AMF x" if votes[1] else "NMF y",
+                "expert1_atypical": votes[0],
+                "expert2_atypical": votes[1],
+                "expert3_atypical": votes[2],
+                "majority_atypical": atyp,
+            }
+        )
+    pd.DataFrame(table).to_csv(root / "AMI-BR.csv")  # the unnamed row index, as AMi-Br writes it
     return root

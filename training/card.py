@@ -334,14 +334,11 @@ def build(
 
 
 def official_votes(data_dir) -> pd.DataFrame:
-    """The official table's labels and expert votes (image_id, label, soft, domains), for the by-vote figures."""
-    from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, read_table
+    """The data folder's labels and expert votes (image_id, label, soft, domains; either layout), for the by-vote
+    figures."""
+    from training.data import read_labelled
 
-    data_dir = Path(data_dir)
-    if not (data_dir / OFFICIAL_CSV).is_file():
-        raise AmfError(f"{data_dir} is not the official layout: no {OFFICIAL_CSV}")
-    t = read_table(data_dir / OFFICIAL_CSV, data_dir / OFFICIAL_IMAGES, "official")
-    return t.drop(columns=["slide", "path"])
+    return read_labelled(data_dir).drop(columns=["slide", "path"])
 
 
 def epoch_choice(run, folds) -> dict:

@@ -95,7 +95,7 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
         raise AmfError("the runs disagree on labels")
     y, pa, pb = m["label_a"].to_numpy(int), m["probability_a"].to_numpy(float), m["probability_b"].to_numpy(float)
     slides, fold = m["slide_a"].astype(str).to_numpy(), m["fold_a"].to_numpy(int)
-    chooses = oof_io.choosing(m, "source_a")
+    chooses = oof_io.choosing(a.set_index("image_id").loc[m["image_id"]])
     out = {
         "run_a": str(run_a),
         "run_b": str(run_b),

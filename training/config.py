@@ -48,6 +48,10 @@ DEFAULTS = {
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["qkv"]},
         "drop_path": 0.0,
         "head_dropout": 0.0,
+        # the attention gate on the embedding (models.EmbeddingSE): "auto" = present with align.enabled (so a
+        # run without alignment had none); true/false decide alone, so that a control run without the alignment
+        # loss can keep the recipe's architecture
+        "attention": "auto",
     },
     "data": {
         "input_size": 128,
@@ -56,7 +60,8 @@ DEFAULTS = {
         "std": "auto",
         "label": "majority",  # AMF -> 1 (atypical), NMF -> 0
         "soft_labels": False,  # target = share of experts voting AMF
-        "extra": [],  # [{name, csv, images}] in the official columns
+        "extra": [],  # [{name, dir}] in either layout, or [{name, csv, images}] in the official columns
+        "official_labels": None,  # an official label table (CSV) naming the scanners of AMi-Br's MIDOG21 figures
         "dedup_radius": 10.0,  # px: same slide, centres this close -> one figure
         "synthetic": None,  # folder of synthetic atypical PNGs (train only)
         "skip_missing": False,  # skip missing/unreadable images (with a count) instead of failing
@@ -67,7 +72,8 @@ DEFAULTS = {
         # device (training/gpu_augment.py); false: DataLoader workers (CPU)
         "device_memory_gb": 4.0,  # patches above this stay in pinned host memory, copied per batch
     },
-    "splits": {"kind": "kfold", "folds": 5, "seed": 0, "tries": 16},  # kfold | leave_scanner_out | leave_tumor_out
+    # kfold | leave_scanner_out | leave_tumor_out | leave_source_out (the source: an AMi-Br dataset, an extra set)
+    "splits": {"kind": "kfold", "folds": 5, "seed": 0, "tries": 16},
     "imbalance": {"mode": "sampler"},  # sampler | loss | none
     "augment": {
         "enabled": True,
@@ -131,10 +137,11 @@ DEFAULTS = {
 
 CHOICES = {
     "model.finetune": ("full", "lora", "frozen"),
-    "splits.kind": ("kfold", "leave_scanner_out", "leave_tumor_out"),
+    "splits.kind": ("kfold", "leave_scanner_out", "leave_tumor_out", "leave_source_out"),
     "imbalance.mode": ("sampler", "loss", "none"),
     "train.amp": ("auto", "bf16", "off"),
     "data.device_augment": ("auto", True, False),
+    "model.attention": ("auto", True, False),
     "train.select": ("balanced_accuracy", "roc_auc"),
     "train.selection": ("last", "inner", "validation"),
     "export.tta": ("none", "flips", "d4"),
@@ -150,9 +157,10 @@ ALSO = {
     "mixstyle.where": [""],
     "train.channels_last": False,
     "data.device_augment": False,
+    "model.attention": False,
 }
 # None defaults that stand for a value of one type: an example of it (other None defaults take anything)
-NONE_TYPES = {"model.weights": "", "data.synthetic": "", "train.max_steps_per_epoch": 0}
+NONE_TYPES = {"model.weights": "", "data.synthetic": "", "data.official_labels": "", "train.max_steps_per_epoch": 0}
 TYPE_NAMES = {
     bool: ("true or false", "true/false values"),
     int: ("an integer", "integers"),
@@ -262,8 +270,9 @@ def validate(cfg: dict) -> dict:
     if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:
         raise AmfError("config: splits.folds must be >= 2")
     for extra in cfg["data"]["extra"]:
-        if not isinstance(extra, dict) or not {"name", "csv", "images"} <= set(extra):
-            raise AmfError("config: each data.extra entry needs name, csv and images")
+        keys = set(extra) if isinstance(extra, dict) else set()
+        if not ({"name", "dir"} <= keys or {"name", "csv", "images"} <= keys):
+            raise AmfError("config: each data.extra entry needs name and dir, or name, csv and images")
     return cfg
 
 

@@ -1,14 +1,28 @@
-"""Training data: the official MIDOG 2025 Track 2 layout, extra labelled sets, synthetic atypicals.
+"""Training data: the labelled layouts (the official one, AMi-Br's), extra labelled sets, synthetic atypicals.
 
-DATA_DIR holds the organisers' files:
-  MIDOG25_Atypical_Classification_Train_Set.csv   image_id, filename, coordinateX, coordinateY, Tumor, Scanner,
-                                                  Origin, Species, expert1, expert2, expert3, majority (AMF|NMF)
-  MIDOG25_Binary_Classification_Train_Set/        one PNG per figure, named by image_id
-Extra sets (config data.extra: [{name, csv, images, slide_prefix?}]) use the same columns. Their
-image_ids are prefixed "<name>/" so that they never collide with the official ones.
+DATA_DIR is one of two layouts (layout_of tells which; read_labelled reads either into one table):
+  official   the organisers' files:
+    MIDOG25_Atypical_Classification_Train_Set.csv   image_id, filename, coordinateX, coordinateY, Tumor, Scanner,
+                                                    Origin, Species, expert1, expert2, expert3, majority (AMF|NMF)
+    MIDOG25_Binary_Classification_Train_Set/        one PNG per figure, named by image_id
+  amibr      AMi-Br's published layout (Bertram et al., BVM 2025; the AMi-Br benchmark's splits use it):
+    AMI-BR.csv                                      an unnamed row index, slide, dataset, uid, x, y, expert1_label,
+                                                    expert2_label, expert{1,2,3}_atypical, majority_atypical
+    patches/{atypical,normal}/<dataset>_<uid>.png   one PNG per figure, in its majority class's folder
+    Labels from majority_atypical; soft labels from the three experts' votes; the source (a weak domain label,
+    and what splits.kind leave_source_out holds out) is the dataset (MIDOG21, TUPAC16). AMi-Br holds human
+    breast cancer only (Tumor, Species). Its MIDOG21 figures are figures of the official set: they keep the
+    official slide key and, where an official label table is given (data.official_labels, e.g. the full
+    official CSV; or the official set itself when AMi-Br is an extra set of it), take its Scanner and Origin
+    (matched on slide and coordinates). AMi-Br gives no scanner for TUPAC16: its Scanner stays "unknown", so its
+    source is its domain.
+Extra sets (config data.extra): [{name, dir}] in either layout, or [{name, csv, images, slide_prefix?}] in the
+official columns. Their image_ids are prefixed "<name>/" so that they never collide with the main set's, their
+source is their name and they never choose a threshold (column extra: true).
 - Slide key: the slide file's stem, lower case ("002.tiff" -> "002"), shared across sets, so AMi-Br's
-  MIDOG21 part falls on the same slides as the official breast slice; an extra set whose file names
-  mean other slides sets slide_prefix (key "<prefix><stem>").
+  MIDOG21 part falls on the same slides as the official breast slice; AMi-Br's other datasets are keyed
+  "<dataset>/<stem>" ("tupac16/01_stitched1": nothing promises that two datasets never reuse a name); an extra
+  set in the official columns whose file names mean other slides sets slide_prefix (key "<prefix><stem>").
 - De-duplication: a figure of a later set within data.dedup_radius px of a kept figure on the same
   slide is the same figure and is dropped (the official set comes first and always stays).
 - Synthetic atypical images (config data.synthetic: a folder of PNGs): label 1, synthetic=True, slide
@@ -34,7 +48,7 @@ from PIL import Image
 from amf import AmfError, report_error
 from amf.cli import ArgumentParser
 from amf.preprocess import canonical_patch, normalize, resize
-from amf.results import ATYPICAL, CLASS_ID, NORMAL
+from amf.results import ATYPICAL, CLASS_ID, CLASSES, NORMAL
 from training.domains import DOMAIN_COLUMNS, canonical
 
 OFFICIAL_CSV = "MIDOG25_Atypical_Classification_Train_Set.csv"
@@ -57,6 +71,15 @@ EXPERTS = ("expert1", "expert2", "expert3")
 # the official CSVs' label codes (majority, expert1-3) -> class id (amf.results: atypical = 1)
 LABEL_CODES = {"AMF": CLASS_ID[ATYPICAL], "NMF": CLASS_ID[NORMAL]}
 SYNTHETIC = "synthetic"
+AMIBR_CSV = "AMI-BR.csv"
+AMIBR_IMAGES = "patches"
+AMIBR_EXPERTS = ("expert1_atypical", "expert2_atypical", "expert3_atypical")
+# AMi-Br's datasets whose slides are the official set's slides of the same name (AMi-Br's MIDOG21 part is the
+# official human breast slice): they keep the official slide key, so a figure both sets hold is de-duplicated and
+# its slide stays in one fold
+AMIBR_OFFICIAL_DATASETS = ("MIDOG21",)
+LAYOUTS = {"official": OFFICIAL_CSV, "amibr": AMIBR_CSV}  # layout -> the label table that marks it
+BOOLEANS = {"true": 1, "false": 0, "1": 1, "0": 0}
 
 
 def slide_key(filename, prefix: str = "") -> str:
@@ -106,10 +129,127 @@ def read_table(
         df[col] = [canonical(col, v) for v in values]
     df["source"] = source
     df["synthetic"] = False
+    df["extra"] = False
     if df["image_id"].duplicated().any():
         dup = df.loc[df["image_id"].duplicated(), "image_id"].tolist()
         raise AmfError(f"{csv.name}: duplicate image_id(s) {', '.join(dup[:5])}")
     return df
+
+
+def layout_of(data_dir) -> str:
+    """'official' or 'amibr': which labelled layout DATA_DIR holds (module docstring)."""
+    data_dir = Path(data_dir)
+    for name, marker in LAYOUTS.items():
+        if (data_dir / marker).is_file():
+            return name
+    raise AmfError(
+        f"{data_dir} is not a labelled data folder: no {OFFICIAL_CSV} (the official layout) "
+        f"and no {AMIBR_CSV} (AMi-Br's layout)"
+    )
+
+
+def _booleans(values: pd.Series, column: str, table: str) -> np.ndarray:
+    """AMi-Br's True/False columns (any case; 1/0 too) -> 0/1; one error naming the rows of anything else."""
+    text = values.astype(str).str.strip().str.lower()
+    known = text.isin(list(BOOLEANS))
+    if not known.all():
+        rows = [str(i) for i in values.index[~known][:5]]
+        raise AmfError(f"{table}: {column} must be True or False; row(s) {', '.join(rows)} are not")
+    return text.map(BOOLEANS).to_numpy(int)
+
+
+def read_amibr(data_dir, source: str | None = None, id_prefix: str = "", official: pd.DataFrame | None = None):
+    """AMi-Br's layout (module docstring) -> the normalised table of read_table. SOURCE: the source of every row
+    (an extra set's name), else each row's dataset. OFFICIAL: a normalised official table whose figures (same
+    slide, same coordinates) give the MIDOG21 rows their Scanner and Origin."""
+    data_dir = Path(data_dir)
+    csv, images = data_dir / AMIBR_CSV, data_dir / AMIBR_IMAGES
+    if not csv.is_file():
+        raise AmfError(f"no label table {csv}")
+    if not images.is_dir():
+        raise AmfError(f"no image folder {images}")
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False, index_col=0)
+    needed = ("slide", "dataset", "uid", "x", "y", "majority_atypical")
+    missing_cols = [c for c in needed if c not in raw.columns]
+    if missing_cols:
+        raise AmfError(f"{csv.name}: missing column(s) {', '.join(missing_cols)}")
+    label = _booleans(raw["majority_atypical"], "majority_atypical", csv.name)
+    dataset = raw["dataset"].str.strip()
+    names = (dataset + "_" + raw["uid"].str.strip() + ".png").to_numpy()
+    votes = [_booleans(raw[e], e, csv.name) for e in AMIBR_EXPERTS if e in raw.columns]
+    shared = dataset.isin(AMIBR_OFFICIAL_DATASETS).to_numpy()
+    df = pd.DataFrame(
+        {
+            "image_id": [id_prefix + n for n in names],
+            "path": [str(images / CLASSES[y] / n) for y, n in zip(label, names)],
+            "filename": raw["slide"].to_numpy(),
+            "slide": [
+                slide_key(f) if own else f"{d.lower()}/{slide_key(f)}"
+                for f, d, own in zip(raw["slide"], dataset, shared)
+            ],
+            "coordinateX": pd.to_numeric(raw["x"], errors="coerce").to_numpy(),
+            "coordinateY": pd.to_numeric(raw["y"], errors="coerce").to_numpy(),
+            "label": label,
+            "soft": np.mean(votes, axis=0) if votes else label.astype(float),
+        }
+    )
+    given = {"Tumor": "human breast cancer", "Species": "Human"}
+    for col in DOMAIN_COLUMNS:
+        df[f"raw_{col}"] = given.get(col, "unknown")
+    if official is not None:  # the same figure in the official table: same slide key, same coordinates
+        key = ["slide", "coordinateX", "coordinateY"]
+        cols = [c for col in ("Scanner", "Origin") for c in (col, f"raw_{col}")]
+        match = df[key].merge(official.drop_duplicates(key)[key + cols], on=key, how="left")
+        for col in ("Scanner", "Origin"):
+            found = shared & match[col].notna().to_numpy()
+            df.loc[found, f"raw_{col}"] = match.loc[found, f"raw_{col}"].to_numpy()
+    for col in DOMAIN_COLUMNS:
+        df[col] = [canonical(col, v) for v in df[f"raw_{col}"]]
+    df["source"] = dataset.to_numpy() if source is None else source
+    df["synthetic"] = False
+    df["extra"] = False
+    if df["image_id"].duplicated().any():
+        dup = df.loc[df["image_id"].duplicated(), "image_id"].tolist()
+        raise AmfError(f"{csv.name}: duplicate figure(s) {', '.join(dup[:5])}")
+    return df
+
+
+def read_official_labels(csv, label_col: str = "majority") -> pd.DataFrame:
+    """An official label table alone (data.official_labels: no images needed), normalised: what names the scanner
+    and origin of AMi-Br's MIDOG21 figures."""
+    return read_table(csv, Path(csv).parent, "official-labels", label_col)
+
+
+def read_labelled(data_dir, label_col: str = "majority", official: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The main labelled set of DATA_DIR in either layout (layout_of), normalised. OFFICIAL: an official table
+    (read_official_labels) that names the scanner and origin of AMi-Br's MIDOG21 figures."""
+    data_dir = Path(data_dir)
+    if layout_of(data_dir) == "official":
+        return read_table(data_dir / OFFICIAL_CSV, data_dir / OFFICIAL_IMAGES, "official", label_col)
+    return read_amibr(data_dir, official=official)
+
+
+def read_extra(extra: dict, label_col: str, official: pd.DataFrame | None) -> pd.DataFrame:
+    """One data.extra entry: {name, dir} in either layout, or {name, csv, images[, slide_prefix]} in the official
+    columns; its rows marked extra and their ids prefixed with its name."""
+    name = extra["name"]
+    if "dir" in extra:
+        folder = Path(extra["dir"])
+        if layout_of(folder) == "amibr":
+            table = read_amibr(folder, source=name, id_prefix=f"{name}/", official=official)
+        else:
+            table = read_table(folder / OFFICIAL_CSV, folder / OFFICIAL_IMAGES, name, label_col, id_prefix=f"{name}/")
+    else:
+        table = read_table(
+            extra["csv"],
+            extra["images"],
+            name,
+            label_col,
+            id_prefix=f"{name}/",
+            slide_prefix=extra.get("slide_prefix", ""),
+        )
+    table["extra"] = True
+    return table
 
 
 def read_synthetic(folder) -> pd.DataFrame:
@@ -137,6 +277,7 @@ def read_synthetic(folder) -> pd.DataFrame:
         df[col] = SYNTHETIC
     df["source"] = SYNTHETIC
     df["synthetic"] = True
+    df["extra"] = True
     return df
 
 
@@ -164,11 +305,19 @@ def deduplicate(tables: list[pd.DataFrame], radius: float) -> tuple[pd.DataFrame
 
 
 def image_path(row, data_dir=None) -> Path:
-    """The image of a splits.csv row: its recorded path, or an official figure under DATA_DIR when the data
-    folder has moved since training."""
-    if data_dir is not None and row["source"] == "official":
-        return Path(data_dir) / OFFICIAL_IMAGES / row["image_id"]
-    return Path(row["path"])
+    """The image of a splits.csv row: its recorded path, or a figure of the main set under DATA_DIR (in its
+    layout) when the data folder has moved since training."""
+    main = not _true(row["extra"]) if "extra" in row else row["source"] == "official"  # splits from before "extra"
+    if data_dir is None or not main:
+        return Path(row["path"])
+    if layout_of(data_dir) == "amibr":
+        return Path(data_dir) / AMIBR_IMAGES / CLASSES[int(row["label"])] / row["image_id"]
+    return Path(data_dir) / OFFICIAL_IMAGES / row["image_id"]
+
+
+def _true(value) -> bool:
+    """A flag as a table holds it: a bool, or its text as read back from a CSV."""
+    return value is True or str(value).strip().lower() == "true"
 
 
 def decode(path) -> np.ndarray:
@@ -216,27 +365,17 @@ def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
 
 
 def load_dataset(data_dir, cfg: dict, skip_missing: bool | None = None, log=print):
-    """The whole training table (official + extras + synthetic) and its decoded patches.
+    """The whole training table (the main set in its layout + extras + synthetic) and its decoded patches.
 
     Returns (table, cache). Columns: image_id, path, filename, slide, coordinateX/Y, label, soft, the
-    canonical domain columns, raw_<domain>, source, synthetic.
+    canonical domain columns, raw_<domain>, source, synthetic, extra.
     """
-    data_dir = Path(data_dir)
     d = cfg["data"]
-    if not (data_dir / OFFICIAL_CSV).is_file():
-        raise AmfError(f"{data_dir} is not the official layout: no {OFFICIAL_CSV}")
-    tables = [read_table(data_dir / OFFICIAL_CSV, data_dir / OFFICIAL_IMAGES, "official", d["label"])]
-    for extra in d["extra"]:
-        tables.append(
-            read_table(
-                extra["csv"],
-                extra["images"],
-                extra["name"],
-                d["label"],
-                id_prefix=f"{extra['name']}/",
-                slide_prefix=extra.get("slide_prefix", ""),
-            )
-        )
+    official = read_official_labels(d["official_labels"], d["label"]) if d["official_labels"] else None
+    main = read_labelled(data_dir, d["label"], official)
+    if official is None and layout_of(data_dir) == "official":
+        official = main  # AMi-Br as an extra set of the official one takes its scanners from it
+    tables = [main] + [read_extra(extra, d["label"], official) for extra in d["extra"]]
     df, dropped = deduplicate(tables, float(d["dedup_radius"]))
     if dropped:
         log(

@@ -12,7 +12,8 @@ create_classifier(cfg) is the one call that builds it, for training, export and 
                      export) | frozen (backbone frozen and kept in eval mode; the attention and head train)
 The attention module, EmbeddingSE (squeeze-and-excitation, Hu et al. 2018, applied to the pooled
 embedding: z * sigmoid(W2 relu(W1 z))), refines the features that the head classifies and that the
-alignment loss (training/recipe.py) aligns across domains; present when align.enabled. It is a part of
+alignment loss (training/recipe.py) aligns across domains; present when model.attention is true, or ("auto",
+the default) when align.enabled. It is a part of
 the exported model (a few thousand multiply-adds per patch).
 Run:  python -m training.models CONFIG   (builds the model, prints its size and a forward pass's shape)
 """
@@ -192,13 +193,19 @@ def create_classifier(cfg: dict, pretrained: bool | None = None) -> Classifier:
     model = Classifier(
         backbone,
         width,
-        attention=bool(cfg["align"]["enabled"]),
+        attention=has_attention(cfg),
         head_dropout=float(m.get("head_dropout", 0.0)),
         frozen_backbone=m["finetune"] == "frozen",
         attention_reduction=int(cfg["align"]["attention_reduction"]),
     )
     model.__dict__["timm_model"] = raw
     return model
+
+
+def has_attention(cfg: dict) -> bool:
+    """model.attention, or ("auto") whether the alignment is on."""
+    attention = cfg["model"].get("attention", "auto")
+    return bool(cfg["align"]["enabled"]) if attention == "auto" else bool(attention)
 
 
 def head_parameters(model: Classifier) -> set[int]:

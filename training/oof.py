@@ -72,10 +72,16 @@ def leave_one_group_out_thresholds(y, p, groups, chooses=None) -> dict:
     }
 
 
-def choosing(table: pd.DataFrame, column: str = "source") -> np.ndarray:
-    """Which figures choose a threshold: the official ones where TABLE[COLUMN] names any, else all."""
-    official = (table[column] == "official").to_numpy() if column in table else np.ones(len(table), bool)
-    return official if official.any() else np.ones(len(table), bool)
+def choosing(table: pd.DataFrame) -> np.ndarray:
+    """Which figures choose a threshold: the main set's (not an extra set's: column extra), else (tables from before
+    that column) the official ones where the source names any, else all."""
+    if "extra" in table:
+        main = ~table["extra"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+    elif "source" in table:
+        main = (table["source"] == "official").to_numpy()
+    else:
+        main = np.ones(len(table), bool)
+    return main if main.any() else np.ones(len(table), bool)
 
 
 def nested_classes(y, p, folds, chooses) -> tuple[np.ndarray | None, dict]:

@@ -1,18 +1,22 @@
 """Cross-validation splits, written once per run (RUN_DIR/splits.csv) and reused by every --fold job.
 
 kinds (config splits.kind):
-  kfold              k folds (splits.folds, default 5), grouped by slide (no slide in two folds),
-                     stratified by label x tumour type: scikit-learn's StratifiedGroupKFold on the
-                     combined key, shuffled. With a few large slides one shuffle can leave a fold's
-                     atypical share 2-3 points off, so it draws splits.tries shuffles (random states
-                     seed*1000 + t) and keeps the one whose worst fold is closest to the whole's atypical
-                     share (fold sizes break near-ties): deterministic for a seed
+  kfold              k folds (splits.folds, default 5), grouped by slide (no slide in two folds), balanced
+                     in size, in atypical share and in every label x tumour type x source stratum. scikit-learn's
+                     StratifiedGroupKFold balances the strata but not the sizes (on the breast slice its 2
+                     folds held 640 and 1,081 figures), so the assignment is made here: slides, largest
+                     first, each into the fold it brings closest to an equal share of every count (sizes,
+                     atypical figures, strata; relative squared deviations), then single slides moved
+                     and pairs of slides swapped between folds while that improves it. splits.tries
+                     seeded orders (seed*1000 + t); the one kept has the smallest worst-fold
+                     atypical-share plus size deviation: deterministic for a seed
   leave_scanner_out  one fold per scanner (canonical name): train on the others, validate on it
   leave_tumor_out    one fold per tumour type
+  leave_source_out   one fold per source (an AMi-Br dataset: MIDOG21, TUPAC16; an extra set's name)
 Every kind is checked: a slide whose figures would fall in two folds (e.g. two scanner values on one
 slide) is refused, naming it.
 Synthetic images get fold -1: they train in every fold and never enter a validation fold.
-splits.csv columns: image_id, slide, fold, fold_name, label, source, synthetic, the canonical domain
+splits.csv columns: image_id, slide, fold, fold_name, label, source, synthetic, extra, the canonical domain
 columns, raw_<domain>, and the image path (export checks its ONNX files on real patches with it).
 Run:  python -m training.splits LABELS.csv [--folds 5] [--seed 0] [--kind kfold]   (prints per-fold counts)
 """
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import io
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,8 @@ from amf import AmfError
 from amf.fileio import write_text_atomic
 from training.domains import DOMAIN_COLUMNS
 
-KINDS = {"kfold": None, "leave_scanner_out": "Scanner", "leave_tumor_out": "Tumor"}
+WEIGHT_SIZE_LABEL = 30.0  # fold size and atypical share come first; the strata balance within them
+KINDS = {"kfold": None, "leave_scanner_out": "Scanner", "leave_tumor_out": "Tumor", "leave_source_out": "source"}
 COLUMNS = [
     "image_id",
     "slide",
@@ -40,6 +44,7 @@ COLUMNS = [
     "label",
     "source",
     "synthetic",
+    "extra",
     *DOMAIN_COLUMNS,
     *[f"raw_{c}" for c in DOMAIN_COLUMNS],
     "path",
@@ -47,24 +52,87 @@ COLUMNS = [
 
 
 def kfold_assign(key, groups, labels, folds: int, seed: int, tries: int = 16) -> np.ndarray:
-    """Fold index per row: the best of TRIES seeded StratifiedGroupKFold shuffles (see the docstring)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    labels = np.asarray(labels, float)
+    """Fold index per row: every group (slide) whole in one fold, and the folds as equal as the slides allow in
+    size, in atypical share and in each stratum of KEY (label x tumour type). See the module docstring."""
+    key, groups, labels = np.asarray(key), np.asarray(groups), np.asarray(labels, float)
+    names, group_of = np.unique(groups, return_inverse=True)
+    strata = np.unique(key, return_inverse=True)[1]
+    # per slide: its figures in each stratum, its size and its atypical figures: every column is balanced
+    counts = np.zeros((len(names), strata.max() + 1))
+    np.add.at(counts, (group_of, strata), 1)
+    counts = np.column_stack([counts, np.bincount(group_of), np.bincount(group_of, weights=labels)])
+    target = counts.sum(0) / folds
+    weight = 1.0 / np.maximum(target, 1.0)  # relative deviations: a rare stratum counts as much as a common one
+    weight[-2:] *= WEIGHT_SIZE_LABEL
     best, best_score = None, np.inf
     for t in range(max(1, tries)):
-        sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + t)
-        fold = np.empty(len(labels), int)
-        with warnings.catch_warnings():  # rare label x tumour keys: sklearn warns, the split is still valid
-            warnings.simplefilter("ignore", UserWarning)
-            for k, (_, val) in enumerate(sgkf.split(np.zeros(len(labels)), key, groups=groups)):
-                fold[val] = k
-        shares = np.array([labels[fold == k].mean() for k in range(folds)])
+        rng = np.random.default_rng(seed * 1000 + t)
+        fold_of = _greedy(counts, target, weight, folds, rng)
+        fold_of = _improve(counts, target, weight, folds, fold_of)
+        fold = fold_of[group_of]
+        shares = np.array([labels[fold == k].mean() if (fold == k).any() else np.inf for k in range(folds)])
         sizes = np.bincount(fold, minlength=folds) / len(fold) * folds
-        score = np.abs(shares - labels.mean()).max() + 0.01 * np.abs(sizes - 1).max()
+        score = np.abs(shares - labels.mean()).max() + np.abs(sizes - 1).max()
         if score < best_score:
             best, best_score = fold, score
     return best
+
+
+def _greedy(counts, target, weight, folds: int, rng) -> np.ndarray:
+    """Slides, largest first (ties and near-ties in a seeded random order), each into the fold where it brings the
+    folds' counts closest to TARGET (weighted squared deviation)."""
+    sizes = counts[:, -2]
+    order = np.argsort(-sizes * rng.uniform(0.8, 1.25, len(sizes)), kind="stable")
+    filled = np.zeros((folds, counts.shape[1]))
+    fold_of = np.empty(len(counts), int)
+    for g in order:
+        cost = ((counts[g] ** 2 + 2 * counts[g] * (filled - target)) * weight).sum(1)
+        k = int(np.argmin(cost + rng.uniform(0, 1e-9, folds)))
+        fold_of[g], filled[k] = k, filled[k] + counts[g]
+    return fold_of
+
+
+def _improve(counts, target, weight, folds: int, fold_of, rounds: int = 500) -> np.ndarray:
+    """Local search: the best single-slide move or two-slide swap between folds, while one lowers the weighted
+    squared deviation of the folds' counts from TARGET."""
+    fold_of = fold_of.copy()
+    filled = np.zeros((folds, counts.shape[1]))
+    np.add.at(filled, fold_of, counts)
+    sq = lambda change, dev: ((change**2 + 2 * change * dev) * weight).sum(-1)  # noqa: E731  cost change of a fold
+    overlap = (counts * weight) @ counts.T  # sum w c_g c_h
+    norms = np.diag(overlap)
+    for _ in range(rounds):
+        dev = filled - target  # (folds, columns)
+        # move slide g from its fold to fold b
+        move = sq(-counts, dev[fold_of])[:, None] + sq(counts[:, None, :], dev[None])
+        move[np.arange(len(counts)), fold_of] = 0.0
+        g, b = np.unravel_index(np.argmin(move), move.shape)
+        if move[g, b] < -1e-9:
+            filled[fold_of[g]] -= counts[g]
+            filled[b] += counts[g]
+            fold_of[g] = b
+            continue
+        # no move helps: swap slides g and h of two folds (g's fold gains h - g, h's fold gains g - h); the cost change
+        # 2 sum w (h - g)^2 + 2 sum w (h - g)(dev_fold(g) - dev_fold(h)), expanded into matrix products
+        pulled = (dev[fold_of] * weight) @ counts.T  # [g, h] = sum w c_h dev_fold(g)
+        own = np.diag(pulled)
+        swap = 2 * (norms[:, None] + norms[None, :] - 2 * overlap) + 2 * (pulled + pulled.T - own[:, None] - own[None])
+        swap[fold_of[:, None] == fold_of[None, :]] = 0.0
+        g, h = np.unravel_index(np.argmin(swap), swap.shape)
+        if swap[g, h] >= -1e-9:
+            break
+        a, c = fold_of[g], fold_of[h]
+        filled[a] += counts[h] - counts[g]
+        filled[c] += counts[g] - counts[h]
+        fold_of[g], fold_of[h] = c, a
+    return fold_of
+
+
+def strata(table: pd.DataFrame) -> pd.Series:
+    """The stratum of each figure: label x tumour type x source (one source, the official set alone: label x
+    tumour type; AMi-Br: label x dataset)."""
+    source = table["source"].astype(str) if "source" in table else ""
+    return table["label"].astype(str) + "|" + table["Tumor"].astype(str) + "|" + source
 
 
 def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int = 0, tries: int = 16) -> pd.DataFrame:
@@ -74,6 +142,7 @@ def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int
     out = df.reindex(columns=COLUMNS).copy()
     out["synthetic"] = df["synthetic"].astype(bool).values if "synthetic" in df else False
     out["source"] = df["source"].values if "source" in df else "official"
+    out["extra"] = df["extra"].astype(bool).values if "extra" in df else False
     out["fold"], out["fold_name"] = -1, "train-only"
     real = np.flatnonzero(~out["synthetic"].to_numpy())
     sub = out.iloc[real]
@@ -81,7 +150,7 @@ def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int
         n_slides = sub["slide"].nunique()
         if n_slides < folds:
             raise AmfError(f"{folds} folds need at least {folds} slides; the data has {n_slides}")
-        key = sub["label"].astype(str) + "|" + sub["Tumor"].astype(str)
+        key = strata(sub)
         fold = kfold_assign(key.to_numpy(), sub["slide"].to_numpy(), sub["label"].to_numpy(), folds, seed, tries)
         out.iloc[real, out.columns.get_loc("fold")] = fold
         out.iloc[real, out.columns.get_loc("fold_name")] = [f"fold{k}" for k in fold]
@@ -150,7 +219,7 @@ def inner_split(splits: pd.DataFrame, train_rows, parts: int, seed: int) -> tupl
     n_slides = sub.loc[real, "slide"].nunique()
     if n_slides < parts:
         raise AmfError(f"train.inner_folds={parts} needs {parts} training slides; the fold has {n_slides}")
-    key = (sub["label"].astype(str) + "|" + sub["Tumor"].astype(str)).to_numpy()[real]
+    key = strata(sub).to_numpy()[real]
     part = kfold_assign(key, sub["slide"].to_numpy()[real], sub["label"].to_numpy()[real], parts, seed)
     inner = train_rows[real][part == 0]
     assert not set(splits["slide"].iloc[inner]) & set(splits["slide"].iloc[np.setdiff1d(train_rows, inner)])

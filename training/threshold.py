@@ -24,18 +24,18 @@ import pandas as pd
 from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error
 from training import metrics
-from training.oof import leave_one_group_out_thresholds, slide_bootstrap_ci
+from training.oof import choosing, leave_one_group_out_thresholds, slide_bootstrap_ci
 from training.run import RunDir, write_json_atomic
 
 RULES = ("oof", "loso")
 
 
 def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
-    """One row per official figure: label, slide, Scanner, p_oof, p_loso (both sets must hold the same figures)."""
-    oof = oof[oof["source"] == "official"] if "source" in oof else oof
-    loso = loso[loso["source"] == "official"] if "source" in loso else loso
+    """One row per figure of the main set (oof.choosing: not an extra set's): label, slide, Scanner, p_oof, p_loso
+    (both sets must hold the same figures)."""
+    oof, loso = oof[choosing(oof)], loso[choosing(loso)]
     if set(oof["image_id"]) != set(loso["image_id"]) or len(oof) != len(loso):
-        raise AmfError("the two runs' out-of-fold predictions do not cover the same official figures")
+        raise AmfError("the two runs' out-of-fold predictions do not cover the same figures of the main set")
     b = loso.set_index("image_id").loc[oof["image_id"]]
     if (b["label"].to_numpy(int) != oof["label"].to_numpy(int)).any():
         raise AmfError("the two runs label a figure differently")

@@ -43,10 +43,13 @@ from training import oof as oof_io
 from training import splits as splits_io
 from training.augment import Augment
 from training.data import PatchDataset, counts_report, load_dataset
+from training.domains import DOMAIN_COLUMNS
 from training.folds import run_parallel
 from training.models import create_backbone, create_classifier, head_parameters, lora_folded_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
 from training.run import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
+
+ALIGN_COLUMNS = (*DOMAIN_COLUMNS, "source")  # the weak domain labels the alignment can pull together
 
 # ---- distributed ------------------------------------------------------------------------------
 
@@ -136,7 +139,8 @@ def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.Data
     """Write (or check) config.yaml and splits.csv; returns the splits aligned to the table's rows."""
     run.path.mkdir(parents=True, exist_ok=True)
     if run.config.is_file():
-        old = run.read_config()
+        # completed with today's defaults: a key added since the run started, at its default, is the same config
+        old = run.read_config(complete=True)
         if old != config_io.yaml.safe_load(config_io.dump(cfg)):
             diff = [
                 f"{s}.{k}"
@@ -213,7 +217,6 @@ def predict(model, loader, device, amp: bool, channels_last: bool, progress: boo
 
 
 def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) -> pd.DataFrame:
-    from training.domains import DOMAIN_COLUMNS
 
     sub = df.iloc[rows]
     out = pd.DataFrame(
@@ -226,6 +229,7 @@ def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) ->
             "soft": sub["soft"].values,
             "slide": sub["slide"].values,
             "source": sub["source"].values,
+            "extra": sub["extra"].values if "extra" in sub else False,
         }
     )
     for col in DOMAIN_COLUMNS:
@@ -432,6 +436,9 @@ def loss_inputs(cfg: dict, df: pd.DataFrame, y_train: np.ndarray, device) -> Los
         pos_weight = torch.tensor(float((y_train == 0).sum()) / max(1, (y_train == 1).sum()), device=device)
     hard_labels = torch.from_numpy(df["label"].to_numpy().astype(np.int64)).to(device)
     align_cols = list(cfg["align"]["columns"])
+    unknown = [c for c in align_cols if c not in ALIGN_COLUMNS]
+    if unknown:
+        raise AmfError(f"config: align.columns {unknown} are not among {list(ALIGN_COLUMNS)}")
     domain_codes = torch.tensor(
         np.stack([pd.factorize(df[c])[0] for c in align_cols], 1) if align_cols else np.zeros((len(df), 0)),
         dtype=torch.long,
