@@ -126,7 +126,7 @@ def runs(tmp_path_factory):
         "partial": make_run(base / "partial", df, 0.1, overrides=PLAIN_OFF, done=[0, 1]),
         "loso": make_run(
             base / "loso",
-            df.assign(fold=df["fold"] % 3),
+            df.assign(fold=df["Scanner"].map({s: k for k, s in enumerate(SCANNERS)})),  # a fold per scanner
             0.5,
             kind="leave_scanner_out",
             overrides=["splits.kind=leave_scanner_out"],

@@ -28,7 +28,9 @@ def tables(shift: float, seed: int = 0, n_slides: int = 60, per_slide: int = 12)
         "Scanner": scanner,
         "source": "official",
     }
-    return pd.DataFrame({**base, "probability": p_oof}), pd.DataFrame({**base, "probability": p_loso})
+    fold_of_scanner = np.unique(scanner, return_inverse=True)[1]  # a leave-one-scanner-out run: a fold per scanner
+    loso = pd.DataFrame({**base, "probability": p_loso, "fold": fold_of_scanner})
+    return pd.DataFrame({**base, "probability": p_oof, "fold": np.arange(n) % 5}), loso
 
 
 def test_shifted_unseen_scanners_choose_the_loso_rule_and_a_lower_threshold():
@@ -63,7 +65,7 @@ def test_nested_thresholds_never_see_the_held_out_scanner():
 
 def test_no_shift_is_a_tie_that_keeps_the_out_of_fold_rule():
     oof, _ = tables(shift=0.0)
-    res = threshold.choose(oof, oof.copy(), n_boot=20)
+    res = threshold.choose(oof, oof.assign(fold=oof["Scanner"].map({"A": 0, "B": 1, "C": 2})), n_boot=20)
     assert res["chosen"] == "oof" and res["threshold"] == res["rules"]["oof"]["threshold"]
 
 
@@ -72,5 +74,20 @@ def test_tables_of_other_figures_or_one_scanner_are_refused():
     with pytest.raises(AmfError, match="same figures of the main set"):
         threshold.choose(oof, loso.iloc[:-1])
     one = oof.assign(Scanner="A")
-    with pytest.raises(AmfError, match="two scanners"):
+    with pytest.raises(AmfError, match="not a leave-one-domain-out run"):
         threshold.choose(one, one.copy())
+
+
+def test_the_held_out_domain_is_read_off_the_loso_run():
+    """A leave-one-source-out run (AMi-Br's MIDOG21 and TUPAC16) is held out by source, not by scanner: its nested
+    thresholds are per source, each chosen on the other source's figures."""
+    oof, loso = tables(shift=0.2, seed=2)
+    source = np.where(oof["Scanner"] == "A", "TUPAC16", "MIDOG21")  # scanners B and C are one source
+    oof, loso = oof.assign(source=source), loso.assign(source=source, fold=(source == "TUPAC16").astype(int))
+    res = threshold.choose(oof, loso, n_boot=20)
+    assert res["held_out"] == "source" and res["groups"] == ["MIDOG21", "TUPAC16"]
+    assert set(res["rules"]["oof"]["nested_thresholds"]) == {"MIDOG21", "TUPAC16"}
+    tupac = (source == "TUPAC16") & threshold.choosing(oof)
+    assert res["rules"]["oof"]["nested_thresholds"]["MIDOG21"] == metrics.best_threshold(
+        oof["label"][tupac], oof["probability"][tupac]
+    )

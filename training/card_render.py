@@ -719,7 +719,8 @@ def shift_section(card: dict) -> list[str]:
     lines = [
         "## Threshold for scanner shift",
         f"Two rules for the decision threshold (`training.threshold`, {t['n']} figures, scanners "
-        f"{', '.join(t['scanners'])}): the **oof** rule maximises balanced accuracy on the pooled out-of-fold "
+        f"{', '.join(t.get('groups') or t['scanners'])}): the **oof** rule maximises balanced accuracy on the "
+        "pooled out-of-fold "
         "predictions, the **loso** rule on the pooled leave-one-scanner-out predictions (each figure predicted by "
         "a model that never saw its scanner). Each is reported on both sets (optimistic on the set that chose it) "
         "and nested: each held-out scanner's leave-one-scanner-out predictions at the rule's threshold chosen on "

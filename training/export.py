@@ -7,8 +7,8 @@
    if folds are missing) and takes the threshold that maximises out-of-fold balanced accuracy; the
    container applies it to the ensemble's mean probability (the members' out-of-fold probabilities
    were each judged alone, so the threshold is an estimate for the mean; the model card says so).
-   With --shift-run (a pooled leave-one-scanner-out run of the same figures) the threshold is the one
-   training.threshold chooses between the out-of-fold and the leave-one-scanner-out rule, and the whole
+   With --shift-run (a pooled leave-one-domain-out run of the same figures: scanners, sources) the threshold is the
+   one training.threshold chooses between the out-of-fold and the leave-one-domain-out rule, and the whole
    comparison goes into the provenance (threshold_for_shift).
    With --tta and --threshold-run (RUN's held-out figures re-predicted under that mode by training.tta_oof) the
    out-of-fold predictions that choose the threshold are the ones the container makes; --shift-run must then be
@@ -312,8 +312,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--shift-run",
         default=None,
-        help="a pooled leave-one-scanner-out run of the same figures: "
-        "the threshold is chosen between the out-of-fold and the leave-one-scanner-out rule "
+        help="a pooled leave-one-domain-out run of the same figures (leave_scanner_out, leave_source_out): "
+        "the threshold is chosen between the out-of-fold and the leave-one-domain-out rule "
         "(training.threshold) and the comparison recorded in the provenance",
     )
     ap.add_argument(

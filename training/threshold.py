@@ -1,13 +1,15 @@
-"""The decision threshold for scanner shift: chosen on out-of-fold or on leave-one-scanner-out predictions?
+"""The decision threshold for domain shift: chosen on out-of-fold or on leave-one-domain-out predictions?
 
-Two pooled prediction sets of the same official figures (each a finished run's oof.csv):
-  oof    a k-fold run (slide-grouped): each figure predicted by a model that saw other slides of its scanner
-  loso   a leave-one-scanner-out run: each figure predicted by a model that never saw its scanner
+Two pooled prediction sets of the same figures of the main set (each a finished run's oof.csv):
+  oof    a k-fold run (slide-grouped): each figure predicted by a model that saw other slides of its domain
+  loso   a leave-one-domain-out run (splits.kind leave_scanner_out, leave_source_out, ...): each figure predicted
+         by a model that never saw its domain. The held-out domain column is read off the run: the domain column
+         (Scanner, source, Tumor, Origin, Species) that is one value per fold and differs between folds.
 Two rules, each the threshold that maximises balanced accuracy on one set's pooled predictions:
-  oof rule (what training.export did alone), loso rule (tuned for figures from an unseen scanner).
+  oof rule (what training.export did alone), loso rule (tuned for figures from an unseen domain).
 Both thresholds are reported on both sets (pooled, optimistic for the set that chose it). The choice between
-the rules is made selection-free, on nested figures: for each held-out scanner, each rule's threshold is chosen
-on the other scanners' figures only and applied to that scanner's leave-one-scanner-out predictions; the rule
+the rules is made selection-free, on nested figures: for each held-out domain, each rule's threshold is chosen
+on the other domains' figures only and applied to that domain's leave-one-domain-out predictions; the rule
 with the higher pooled nested balanced accuracy ships (a tie keeps the out-of-fold rule), with its threshold
 from all figures. training.export records the whole comparison in the manifest's provenance.
 Run:  python -m training.threshold OOF_RUN LOSO_RUN
@@ -30,12 +32,27 @@ from training.run import RunDir, write_json_atomic
 RULES = ("oof", "loso")
 
 
+HELD_OUT = ("Scanner", "source", "Tumor", "Origin", "Species")  # the columns a leave-one-out split can hold out
+
+
+def held_out_column(loso: pd.DataFrame) -> str:
+    """The domain column a leave-one-domain-out run held out: one value per fold, two or more values in all."""
+    for col in HELD_OUT:
+        if col in loso and loso[col].nunique() >= 2 and (loso.groupby("fold")[col].nunique() == 1).all():
+            return col
+    raise AmfError(
+        "the second run is not a leave-one-domain-out run: no column of "
+        f"{', '.join(HELD_OUT)} is one value per fold with two or more values in all"
+    )
+
+
 def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
-    """One row per figure of the main set (oof.choosing: not an extra set's): label, slide, Scanner, p_oof, p_loso
-    (both sets must hold the same figures)."""
+    """One row per figure of the main set (oof.choosing: not an extra set's): label, slide, group (the loso run's
+    held-out domain of the figure), p_oof, p_loso (both sets must hold the same figures)."""
     oof, loso = oof[choosing(oof)], loso[choosing(loso)]
     if set(oof["image_id"]) != set(loso["image_id"]) or len(oof) != len(loso):
         raise AmfError("the two runs' out-of-fold predictions do not cover the same figures of the main set")
+    column = held_out_column(loso)
     b = loso.set_index("image_id").loc[oof["image_id"]]
     if (b["label"].to_numpy(int) != oof["label"].to_numpy(int)).any():
         raise AmfError("the two runs label a figure differently")
@@ -44,28 +61,27 @@ def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
             "image_id": oof["image_id"].to_numpy(),
             "label": oof["label"].to_numpy(int),
             "slide": oof["slide"].astype(str).to_numpy(),
-            "Scanner": oof["Scanner"].to_numpy(),
+            "group": b[column].astype(str).to_numpy(),
             "p_oof": oof["probability"].to_numpy(float),
             "p_loso": b["probability"].to_numpy(float),
         }
-    )
+    ).assign(held_out=column)
 
 
 def nested_predictions(t: pd.DataFrame, rule: str) -> tuple[np.ndarray, dict]:
-    """Classes of the leave-one-scanner-out predictions, each scanner at the RULE's threshold chosen on the
-    other scanners' figures; and those thresholds by scanner."""
-    scanner = t["Scanner"].astype(str).to_numpy()
-    thresholds = leave_one_group_out_thresholds(t["label"], t[f"p_{rule}"], scanner)
-    pred = (t["p_loso"].to_numpy(float) >= np.array([thresholds[s] for s in scanner])).astype(int)
+    """Classes of the leave-one-domain-out predictions, each held-out domain at the RULE's threshold chosen on the
+    other domains' figures; and those thresholds by domain."""
+    group = t["group"].to_numpy()
+    thresholds = leave_one_group_out_thresholds(t["label"], t[f"p_{rule}"], group)
+    pred = (t["p_loso"].to_numpy(float) >= np.array([thresholds[g] for g in group])).astype(int)
     return pred, thresholds
 
 
 def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     t = paired(oof, loso)
-    if t["Scanner"].nunique() < 2:
-        raise AmfError("choosing a threshold for scanner shift needs figures from at least two scanners")
     y, slides = t["label"].to_numpy(int), t["slide"].to_numpy()
-    out = {"n": int(len(t)), "scanners": sorted(map(str, t["Scanner"].unique())), "rules": {}}
+    column = t["held_out"].iloc[0]
+    out = {"n": int(len(t)), "held_out": column, "groups": sorted(t["group"].unique()), "rules": {}}
     for rule in RULES:
         thr = metrics.best_threshold(y, t[f"p_{rule}"])
         nested_pred, nested_thr = nested_predictions(t, rule)
@@ -88,9 +104,10 @@ def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int 
     bal = {r: out["rules"][r]["nested_loso"]["balanced_accuracy"] for r in RULES}
     out["chosen"] = "loso" if bal["loso"] > bal["oof"] else "oof"
     out["threshold"] = out["rules"][out["chosen"]]["threshold"]
+    domain = {"Scanner": "scanner", "source": "source", "Tumor": "tumour type"}.get(column, column)
     out["rule"] = (
-        "the rule with the higher nested leave-one-scanner-out balanced accuracy (each held-out "
-        "scanner at a threshold chosen on the other scanners' figures); a tie keeps the out-of-fold "
+        f"the rule with the higher nested leave-one-{domain}-out balanced accuracy (each held-out "
+        f"{domain} at a threshold chosen on the other {domain}s' figures); a tie keeps the out-of-fold "
         "rule; the shipped threshold is that rule's on all figures"
     )
     return out
@@ -98,7 +115,8 @@ def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int 
 
 def summary_text(res: dict) -> str:
     f = metrics.fmt
-    lines = [f"threshold for scanner shift: {res['n']} figures, scanners {', '.join(res['scanners'])}"]
+    held_out = f"{res['held_out']}: {', '.join(res['groups'])}"
+    lines = [f"threshold for domain shift: {res['n']} figures, held out by {held_out}"]
     for rule, r in res["rules"].items():
         on = r["on"]
         lines.append(
@@ -114,7 +132,7 @@ def summary_text(res: dict) -> str:
 def main(argv=None) -> int:
     ap = ArgumentParser(prog="python -m training.threshold", description=__doc__.split("\n")[0])
     ap.add_argument("oof_run", type=Path, help="a pooled k-fold run folder (its oof.csv)")
-    ap.add_argument("loso_run", type=Path, help="a pooled leave-one-scanner-out run folder of the same figures")
+    ap.add_argument("loso_run", type=Path, help="a pooled leave-one-domain-out run folder of the same figures")
     ap.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     a = ap.parse_args(argv)
     try:
