@@ -95,6 +95,6 @@ def test_two_gloo_ranks_are_fed_one_process_views_split_between_them(tmp_path, p
     result = compare(tmp_path / "single", tmp_path / "ranks")
     assert result["ranks"] == 2 and result["path"] == path
     assert result["positions"] == 64 and result["positions_distinct"] and result["positions_in_single"]
-    assert result["views_equal"], result["max_abs_diff"]
+    assert result["views_within_one_level"], result["max_abs_diff"]  # exact on this CPU (BENCHMARKS.md)
     assert result["kth_views_compared"] == 32 and result["same_kth_view_rank0_rank1"] == 0
     assert result["rank0_generators_equal_single"] and result["rank_generators_differ"]
