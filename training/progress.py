@@ -75,6 +75,7 @@ class Progress:
 
             self.bar = tqdm(
                 total=self.steps_total(),
+                desc=self.where(),
                 bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps{postfix}",
                 mininterval=1.0,
                 dynamic_ncols=True,
@@ -92,6 +93,7 @@ class Progress:
         if not self.show:
             return False
         if self.bar is not None:
+            self._refresh_bar()  # the ETA moves with every step; the bar itself redraws at most once a second
             self.bar.update(1)
             return self.step_in_epoch % 10 == 0
         return self.clock() - self.t_line >= self.every_s
