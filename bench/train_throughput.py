@@ -33,10 +33,11 @@ from training.recipe import attach_mixstyle, make_teacher
 from training.train import train_step
 
 
-def recipe_config(model: str, size: int, recipe: str) -> dict:
+def recipe_config(model: str, size: int, recipe: str, base: str = "smoke") -> dict:
+    """BASE (a config name) with MODEL at SIZE px and the recipe's parts all on (full) or all off (plain)."""
     on = recipe == "full"
     return config_io.load(
-        "smoke",
+        base,
         [
             f"model.backbone={model}",
             f"data.input_size={size}",
@@ -94,9 +95,11 @@ def measure(
     loader: str | None,
     workers: int,
     compile_: bool,
+    base: str = "smoke",
 ) -> dict:
+    """images/s of STEPS training steps (after WARMUP) of MODEL_NAME with BASE's config (its augmentation)."""
     cuda = device.type == "cuda"
-    cfg = recipe_config(model_name, size, recipe)
+    cfg = recipe_config(model_name, size, recipe, base)
     torch.manual_seed(0)
     model = create_classifier(cfg, pretrained=False)
     if cfg["mixstyle"]["enabled"]:
@@ -159,6 +162,7 @@ def measure(
         "size": size,
         "batch": batch,
         "recipe": recipe,
+        "config": base,
         "device": device_name(device),
         "bf16": cuda,
         "channels_last": cuda,

@@ -355,6 +355,27 @@ def test_device_batches_follow_the_sampler_and_are_reproducible():
     assert not torch.equal(next(iter(batches))[0], got[0][0])
 
 
+def test_device_batches_draw_per_position_whatever_the_ranks():
+    """Each draw position has its own parameters (gpu_augment.epoch_params): two ranks' batches together are one
+    process's, view by view, and the k-th views of the two ranks differ (they used to be alike on every rank)."""
+    one, _, ds = device_batches(n=21)
+    views = {}
+    for rank in (0, 1):
+        batches, _, _ = device_batches(n=21)
+        batches.sampler = type(one.sampler)(len(ds), seed=3, rank=rank, world=2)
+        draws = [d for _, d in batches.sampler]
+        views[rank] = dict(zip(draws, torch.cat([x for x, _, _ in batches])))
+    single = dict(zip([d for _, d in one.sampler], torch.cat([x for x, _, _ in one])))
+    assert set(views[0]).isdisjoint(views[1])
+    for rank_views in views.values():
+        for d, x in rank_views.items():
+            if d in single:
+                assert torch.equal(x, single[d]), d
+    table = G.epoch_params(DEFAULTS["augment"], len(ds), 3, 0)
+    evens, odds = table[0::2][:8], table[1::2][:8]
+    assert not any(torch.equal(a, b) for a, b in zip(evens, odds))
+
+
 @pytest.mark.slow
 def test_device_batches_streamed_equal_resident():
     resident, sampler_a, _ = device_batches()

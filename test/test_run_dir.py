@@ -153,10 +153,10 @@ def trained(tmp_path_factory):
 def test_training_writes_exactly_the_names_run_dir_defines(trained):
     run, _, _ = trained
     folds = splits_io.folds_of(run.read_splits())
-    expected = {run.config, run.splits, run.oof, run.oof_metrics}
+    expected = {run.config, run.splits, run.oof, run.oof_metrics, run.curves}
     for k in folds:
         f = run.fold(k)
-        expected |= {f.last, f.best, f.epochs, f.oof, f.done}
+        expected |= {f.last, f.best, f.epochs, f.oof, f.done, *f.event_files()}
     written = {p for p in run.path.rglob("*") if p.is_file()}
     assert written == expected  # nothing written under a name that training/run.py does not define
     assert [f.k for f in run.fold_dirs()] == folds == [0, 1]
@@ -201,8 +201,9 @@ def test_a_run_started_before_a_key_existed_is_the_same_config(tmp_path):
     run = RunDir(tmp_path / "run")
     prepare_run(cfg, df, run, dist)
     old = config_io.yaml.safe_load(run.config.read_text())
-    del old["model"]["attention"]  # as written before model.attention existed
+    del old["model"]["attention"], old["log"]  # as written before model.attention and log existed
     run.config.write_text(config_io.dump(old))
     assert prepare_run(cfg, df, run, dist)["fold"].tolist() == run.read_splits()["fold"].tolist()
+    prepare_run(config_io.load("smoke", ["log.wandb=true"]), df, run, dist)  # the log section changes no result
     with pytest.raises(AmfError, match=r"another config \(differs in train.lr"):
         prepare_run(config_io.load("smoke", ["train.lr=0.1"]), df, run, dist)

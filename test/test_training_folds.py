@@ -13,7 +13,8 @@ from training import train
 
 pytestmark = pytest.mark.slow  # trains whole runs, folds in parallel (make test-fast leaves it out)
 
-RUN_FILES = ["config.yaml", "splits.csv", "oof.csv", "oof_metrics.json"]
+RUN_FILES = ["config.yaml", "splits.csv", "oof.csv", "oof_metrics.json", "curves.png"]
+EVENTS = "events.out.tfevents."  # TensorBoard's, named by time, host and process
 FOLD_FILES = ["best.pt", "last.pt", "epochs.csv", "oof.csv", "done.json"]
 SMALL = ["--config", "smoke", "--device", "cpu", "--no-progress", "--set", "data.input_size=32"]
 
@@ -31,7 +32,8 @@ def sequential(data, tmp_path_factory):
 
 
 def files(run):
-    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    names = (str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    return sorted(n.split(EVENTS)[0] + EVENTS + "*" if EVENTS in n else n for n in names)
 
 
 def check_run_folder(run):
@@ -63,9 +65,19 @@ def test_device_augment_true_without_preload_is_one_error(data, tmp_path, capsys
     assert not (tmp_path / "run" / "fold0" / "best.pt").exists()
 
 
-def test_parallel_folds_equal_sequential_training(data, sequential, tmp_path):
+def test_parallel_folds_equal_sequential_training(data, sequential, tmp_path, capsys):
     run = tmp_path / "run"
     assert train.main([*SMALL, "--data", str(data), "--out", str(run), "--parallel", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # one header (the parent's), each child's lines prefixed by its fold, one "next:" once every child has ended
+    assert sum(line.startswith("kfold splits") for line in out) == 1
+    for k in (0, 1):
+        mine = [line for line in out if line.startswith(f"[fold {k}] ")]
+        assert f"[fold {k}] fold {k}, epoch 1 of 1: loss" in "\n".join(mine)
+        assert mine[-1].startswith(f"[fold {k}] fold {k} done in ")
+        assert not any("splits" in line or "next:" in line or "not done" in line for line in mine)
+    assert sum("next: python -m training.export" in line for line in out) == 1
+    assert out[-1].startswith("run folder") and "next:" in out[-1]
     check_run_folder(run)
     assert files(run) == files(sequential)
     for f in ("config.yaml", "splits.csv"):
@@ -96,3 +108,22 @@ def test_parallel_fold_failure_is_reported(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: fold(s) failed: 0 (exit status 2), 1 (exit status 2)")
     assert not (tmp_path / "run" / "oof.csv").exists()
+
+
+def test_a_run_is_tracked_and_plotted(sequential):
+    """TensorBoard event files per fold (with the epoch's metrics and one grid of patches) and curves.png."""
+    import pytest
+    from PIL import Image
+
+    with Image.open(sequential / "curves.png") as im:
+        assert im.format == "PNG"
+    pytest.importorskip("tensorboard", reason="requirements-dev.txt installs it")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for k in (0, 1):
+        ea = EventAccumulator(str(sequential / f"fold{k}"))
+        ea.Reload()
+        epochs = pd.read_csv(sequential / f"fold{k}" / "epochs.csv")
+        got = [(e.step, e.value) for e in ea.Scalars("val/roc_auc")]
+        assert got == [(1, pytest.approx(epochs["val_roc_auc"].iloc[0]))]
+        assert len(ea.Images("train/patches_as_fed")) == 1

@@ -18,7 +18,8 @@ other None default takes any value. Each recipe part has its own switch:
   align      SE attention on the embedding + class-conditional domain-mean alignment loss
   ema        EMA teacher, temperature-scaled KL distillation
   train      epochs, batch, AdamW, cosine with warm-up, bf16/channels_last on GPU, which epoch is kept
-             (train.selection: last | inner | validation, see training/train.py)
+             (train.selection: last | inner | validation, see training/train.py), lr with the world size
+  log        TensorBoard event files, Weights & Biases, progress lines (training/tracking.py, progress.py)
 
 Run:  python -m training.config training/configs/smoke.yaml [train.epochs=3 ...]   (prints the resolved config)
 """
@@ -105,7 +106,11 @@ DEFAULTS = {
     },  # the attention module's (EmbeddingSE) hidden width: dim / this
     "ema": {
         "enabled": True,
-        "decay": 0.999,
+        "decay": 0.999,  # per optimiser step
+        # decay_scaling: none (ema.decay per step whatever the number of processes: with G of them an epoch has
+        # G x fewer steps, so the teacher's horizon in epochs is G x longer) | world (decay ** G per step: the
+        # horizon in epochs of one process). training/ddp.py; the line at the start of a fold says which
+        "decay_scaling": "none",
         "warmup": True,  # warmup: decay ramps linearly from 0 ...
         "warmup_epochs": 1.0,  # ... to ema.decay over this many epochs
         "kd_weight": 0.5,
@@ -116,6 +121,9 @@ DEFAULTS = {
         "epochs": 20,
         "batch_size": 64,
         "lr": 3e-4,
+        # lr_scaling: none (train.lr whatever the number of processes; the global batch is batch_size x G) |
+        # linear (train.lr x G: the linear scaling rule for the G x larger global batch). training/ddp.py
+        "lr_scaling": "none",
         "head_lr_scale": 1.0,  # lr multiplier for the new head and attention
         "weight_decay": 0.05,
         "warmup_epochs": 1.0,
@@ -133,6 +141,16 @@ DEFAULTS = {
         "seed": 0,
     },
     "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3},
+    # what a person watching the run sees besides epochs.csv (training/tracking.py, training/progress.py)
+    "log": {
+        "tensorboard": "auto",  # auto (where the package is installed) | true | false: event files in fold{k}/
+        "images": 32,  # augmented training patches in the one grid per fold (first batch; 0: none)
+        "wandb": False,  # Weights & Biases, one run per fold (needs the wandb package)
+        "wandb_project": "amf",
+        "wandb_name": "",  # "": CONFIG_NAME-RUN_FOLDER-fold{k}; the group is the run folder's name
+        "wandb_mode": "auto",  # auto (wandb's own: WANDB_MODE, e.g. offline) | online | offline | disabled
+        "progress_s": 60.0,  # seconds between plain progress lines when the output is not a terminal
+    },
 }
 
 CHOICES = {
@@ -145,6 +163,10 @@ CHOICES = {
     "train.select": ("balanced_accuracy", "roc_auc"),
     "train.selection": ("last", "inner", "validation"),
     "export.tta": ("none", "flips", "d4"),
+    "train.lr_scaling": ("none", "linear"),
+    "ema.decay_scaling": ("none", "world"),
+    "log.tensorboard": ("auto", True, False),
+    "log.wandb_mode": ("auto", "online", "offline", "disabled"),
 }
 
 # keys whose value is free-form (no nested key check)
@@ -158,6 +180,7 @@ ALSO = {
     "train.channels_last": False,
     "data.device_augment": False,
     "model.attention": False,
+    "log.tensorboard": False,
 }
 # None defaults that stand for a value of one type: an example of it (other None defaults take anything)
 NONE_TYPES = {"model.weights": "", "data.synthetic": "", "data.official_labels": "", "train.max_steps_per_epoch": 0}
@@ -265,6 +288,8 @@ def validate(cfg: dict) -> dict:
             raise AmfError(f"config: {dotted} must be one of {allowed}, got {cfg[section][key]!r}")
     if int(cfg["data"]["input_size"]) < 8:
         raise AmfError("config: data.input_size must be >= 8")
+    if cfg["log"]["images"] < 0 or not cfg["log"]["progress_s"] > 0:
+        raise AmfError("config: log.images must be >= 0 and log.progress_s > 0")
     if int(cfg["align"]["attention_reduction"]) < 1:
         raise AmfError("config: align.attention_reduction must be >= 1")
     if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:

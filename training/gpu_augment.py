@@ -17,8 +17,11 @@ normalised there, in the same order and with the same meaning as augment.Augment
                  levels: within 1 level of amf.preprocess.resize (identical at the patch's own size), then
                  amf.preprocess's normalisation (x/255 - mean)/std
 Every stage rounds (or truncates, where Pillow does) to uint8 levels as the CPU path does between its steps.
-Each figure of a batch gets its own parameters, drawn from a torch.Generator seeded by (run seed, epoch) on the
-CPU and sent to the device in one copy: a run is reproducible, and the parameters do not depend on the device.
+Each draw position of an epoch (the EpochSampler's whole draw order, before it is shared out among the ranks) gets
+its own parameters: one table per epoch, drawn on the CPU from a torch.Generator seeded by (run seed, epoch), row d
+for draw d, whichever rank takes it (epoch_params). So the k-th figure of every rank is augmented differently,
+the union of G ranks' views is one process's, a run is reproducible, and the parameters do not depend on the
+device; each batch's rows go to the device in one copy.
 The CPU and device paths draw from different streams, so they give the same distribution of augmentations,
 not the same images (test/test_gpu_augment.py compares their statistics and bounds the resize against
 amf.preprocess.resize).
@@ -78,6 +81,12 @@ P = {name: i for i, name in enumerate(PARAMS)}
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The augmentation stream of one epoch: a function of (run seed, epoch) only."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0]))
+
+
+def epoch_params(cfg: dict, n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The parameters of an epoch's N draw positions (row d: draw d, on whichever rank): a function of the run
+    seed, the epoch and the position only, whatever the number of ranks or the batch size."""
+    return draw(cfg, n, epoch_generator(seed, epoch))
 
 
 def draw(cfg: dict, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -284,15 +293,15 @@ class DeviceBatches:
         return out
 
     def __iter__(self):
-        generator = epoch_generator(self.seed, self.sampler.epoch)
-        # the sampler yields (index, draw position); here every draw gets its own parameters from the
-        # generator in draw order, so the position itself is not needed
-        order = torch.tensor([index for index, _ in self.sampler], dtype=torch.long)
+        # the sampler yields (index, draw position): a draw's parameters are the epoch table's row of its position
+        table = epoch_params(self.cfg, self.sampler.n, self.seed, self.sampler.epoch)
+        pairs = torch.tensor(list(self.sampler), dtype=torch.long).view(-1, 2)
+        order, draws = pairs[:, 0], pairs[:, 1]
         pin = self.device.type == "cuda"
         for i in range(len(order) // self.batch):
             pos = order[i * self.batch : (i + 1) * self.batch]
             pos = pos.pin_memory() if pin else pos  # pinned: its copy to the GPU does not wait for the queue
-            params = draw(self.cfg, len(pos), generator)
+            params = table[draws[i * self.batch : (i + 1) * self.batch]]
             params = (params.pin_memory() if pin else params).to(self.device, non_blocking=True)
             x = self._gather(pos, i).permute(0, 3, 1, 2).float()
             x = resize(augment_batch(x, params, self.cfg), self.size, self.method)

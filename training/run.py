@@ -10,8 +10,10 @@ RUN_DIR/                 (RunDir(RUN_DIR); training.train writes it, oof/export/
     oof.csv                the kept epoch's held-out predictions
     done.json              the fold is finished (its best epoch, selection, EMA decay; training.tta_oof adds
                            "tta" and "from_run": the held-out figures re-predicted under test-time augmentation)
+    events.out.tfevents.*  TensorBoard's event files (log.tensorboard; training/tracking.py), wandb/ with log.wandb
   oof.csv                pooled out-of-fold predictions, when every fold is done (training.oof; RunDir.read_oof)
   oof_metrics.json       their metrics and threshold (RunDir.read_oof_metrics)
+  curves.png             loss, held-out balanced accuracy and ROC AUC per epoch, a line per fold (training/curves.py)
 A file that a reader needs and the folder lacks is one AmfError naming its path. read_predictions is the one
 reader of an out-of-fold table (a fold's, the pooled one, the model card's copy): image_id and slide stay
 strings as written ("007.png" stays "007.png", "NA" stays "NA").
@@ -32,8 +34,9 @@ from amf.fileio import read_json, write_text_atomic
 from training import config as config_io
 from training import splits as splits_io
 
-CONFIG, SPLITS, OOF, OOF_METRICS = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json"
+CONFIG, SPLITS, OOF, OOF_METRICS, CURVES = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json", "curves.png"
 LAST, BEST, EPOCHS, DONE = "last.pt", "best.pt", "epochs.csv", "done.json"  # in each fold{k}/
+EVENTS = "events.out.tfevents.*"  # TensorBoard's event files in fold{k}/, named by time, host and process
 PREDICTION_DTYPES = {"image_id": str, "slide": str}
 
 
@@ -101,6 +104,10 @@ class FoldDir:
     def is_done(self) -> bool:
         return self.done.is_file()
 
+    def event_files(self) -> list[Path]:
+        """TensorBoard's event files of the fold (training/tracking.py; one per training process that ran it)."""
+        return sorted(self.path.glob(EVENTS))
+
     def read_done(self) -> dict:
         """done.json ({} if it is empty: hand-made folders mark a fold done with an empty file)."""
         return json.loads(need(self.done, f"fold {self.k} marker ({DONE})").read_text() or "{}")
@@ -137,6 +144,7 @@ class RunDir:
     splits = file_in_folder(SPLITS)
     oof = file_in_folder(OOF)
     oof_metrics = file_in_folder(OOF_METRICS)
+    curves = file_in_folder(CURVES)
 
     def fold(self, k: int) -> FoldDir:
         return FoldDir(self.path / f"fold{int(k)}", int(k))

@@ -23,6 +23,7 @@ selected and exported.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -38,7 +39,7 @@ from amf import AmfError, report_error
 from amf.cli import ArgumentParser, positive_int
 from amf.ensemble import sigmoid
 from training import config as config_io
-from training import gpu_augment, metrics
+from training import curves, ddp, gpu_augment, metrics, tracking
 from training import oof as oof_io
 from training import splits as splits_io
 from training.augment import Augment
@@ -46,10 +47,12 @@ from training.data import PatchDataset, counts_report, load_dataset
 from training.domains import DOMAIN_COLUMNS
 from training.folds import run_parallel
 from training.models import create_backbone, create_classifier, head_parameters, lora_folded_state_dict, normalisation
+from training.progress import Progress
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
 from training.run import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
 
-ALIGN_COLUMNS = (*DOMAIN_COLUMNS, "source")  # the weak domain labels the alignment can pull together
+ALIGN_COLUMNS = (*DOMAIN_COLUMNS, "source")
+UNCOMPARED = ("log",)  # config sections a resumed run may change: they change no result  # the weak domain labels the alignment can pull together
 
 # ---- distributed ------------------------------------------------------------------------------
 
@@ -139,15 +142,17 @@ def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.Data
     """Write (or check) config.yaml and splits.csv; returns the splits aligned to the table's rows."""
     run.path.mkdir(parents=True, exist_ok=True)
     if run.config.is_file():
-        # completed with today's defaults: a key added since the run started, at its default, is the same config
-        old = run.read_config(complete=True)
-        if old != config_io.yaml.safe_load(config_io.dump(cfg)):
+        # completed with today's defaults: a key added since the run started, at its default, is the same config;
+        # the log section changes no result (a resumed fold may turn W&B on)
+        old = {s: v for s, v in run.read_config(complete=True).items() if s not in UNCOMPARED}
+        new = {s: v for s, v in config_io.yaml.safe_load(config_io.dump(cfg)).items() if s not in UNCOMPARED}
+        if old != new:
             diff = [
                 f"{s}.{k}"
-                for s in cfg
-                if isinstance(cfg[s], dict)
-                for k in cfg[s]
-                if (old.get(s) or {}).get(k) != cfg[s][k]
+                for s in new
+                if isinstance(new[s], dict)
+                for k in new[s]
+                if (old.get(s) or {}).get(k) != new[s][k]
             ]
             raise AmfError(
                 f"{run} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
@@ -503,17 +508,16 @@ def train_epoch(
     train_model,
     cfg: dict,
     dist: Dist,
-    k: int,
     epoch: int,
     amp: bool,
     channels_last: bool,
-    progress: bool,
+    progress: Progress,
+    tracker: tracking.FoldTracker,
 ) -> dict:
     """One epoch of optimiser steps (each followed by the schedule's and the EMA teacher's update); returns the
     start of its epochs.csv row: learning rate at its start, throughput, mean losses, the EMA decay in effect at
-    its end. The losses are summed on the device: no host synchronisation per step."""
-    from tqdm import tqdm
-
+    its end. The losses are summed on the device: no host synchronisation per step (but when PROGRESS shows the
+    mean loss). TRACKER gets the first batch, once per fold."""
     device = dist.device
     data.sampler.set_epoch(epoch)
     data.train_ds.set_epoch(epoch)
@@ -521,19 +525,13 @@ def train_epoch(
     sums = {"loss": 0.0, "cls": 0.0, "kd": 0.0, "align": 0.0}
     lr_start = state.optimizer.param_groups[0]["lr"]
     seen, t0 = 0, time.perf_counter()
-    epochs = int(cfg["train"]["epochs"])
-    bar = tqdm(
-        data.train,
-        total=data.steps,
-        desc=f"fold {k} epoch {epoch + 1}/{epochs}",
-        leave=False,
-        disable=not (progress and dist.main),
-        mininterval=1 if sys.stderr.isatty() else 30,
-    )
-    for i, (x, target, rows) in enumerate(bar):
+    progress.start_epoch(epoch)
+    for x, target, rows in data.train:
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if tracker.wants_images:
+            tracker.images(x, epoch)
         target = target.to(device, non_blocking=True)
         losses = train_step(
             state.model,
@@ -555,8 +553,8 @@ def train_epoch(
         seen += n
         for key, v in losses.items():
             sums[key] = sums[key] + v * n
-        if progress and dist.main and i % 10 == 9:
-            bar.set_postfix(loss=f"{float(sums['loss']) / seen:.4f}", refresh=False)
+        if progress.step(n):
+            progress.loss_so_far(float(sums["loss"]) / seen)
     train_s = time.perf_counter() - t0
     return {
         "epoch": epoch + 1,
@@ -674,12 +672,13 @@ def fold_line(cfg: dict, data: FoldData, labels: np.ndarray, dist: Dist, k: int,
     )
 
 
-def epoch_line(row: dict, k: int, epochs: int) -> str:
+def epoch_line(row: dict, where: str) -> str:
+    """WHERE ("fold 2 (3 of 5), epoch 4 of 60"): the epoch's losses, throughput and held-out metrics."""
     val_txt = " ".join(
         f"{key[4:]} {row[key]:.3f}" for key in ("val_balanced_accuracy", "val_roc_auc") if row[key] is not None
     )
     return (
-        f"fold {k} epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
+        f"{where}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
         f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}), {row['images_per_s']:.0f} img/s; "
         f"val {val_txt}{' *' if row['best'] else ''}"
     )
@@ -719,16 +718,19 @@ def train_fold(
     run_dir,
     dist: Dist,
     restart: bool = False,
-    progress: bool = True,
+    progress: Progress | None = None,
     log=print,
 ) -> dict | None:
     """Train fold K into RUN_DIR/fold{k} (resuming from its last.pt unless RESTART; a finished fold is skipped)
-    and return its done.json (None on ranks other than the main one)."""
+    and return its done.json (None on ranks other than the main one). PROGRESS shows where the work is (on the
+    main rank; None: epoch lines only); the fold's trackers (training/tracking.py) log each epoch."""
     t_cfg = cfg["train"]
+    progress = progress or Progress([k], int(t_cfg["epochs"]), f"fold {k}", show=False, write=log)
     fold = RunDir(run_dir).fold(k)
     fold.path.mkdir(parents=True, exist_ok=True)
     done = already_done(fold, restart, dist, log)
     if done is not None:
+        progress.skip(k)
         return done
     device = dist.device
     cuda = device.type == "cuda"
@@ -740,26 +742,36 @@ def train_fold(
     rows = fold_rows(cfg, splits, k, seed)
     model, mixer = build_model(cfg, device, channels_last, seed, k, log)
     data = build_loaders(cfg, df, cache, rows, dist, seed, k, log)
-    teacher = make_teacher(model, cfg["ema"], data.steps) if cfg["ema"]["enabled"] else None
+    world_cfg = ddp.for_world(cfg, dist.world)  # train.lr and ema.decay as they act with this many processes
+    teacher = make_teacher(model, world_cfg["ema"], data.steps) if cfg["ema"]["enabled"] else None
     labels = df["label"].to_numpy()
     loss_in = loss_inputs(cfg, df, labels[data.train_rows], device)
-    state = FoldState(model, *make_optimiser(cfg, model, data.steps), teacher, mixer)
+    state = FoldState(model, *make_optimiser(world_cfg, model, data.steps), teacher, mixer)
     if fold.last.is_file() and not restart:
         resume(state, fold, cuda, log)
     train_model = for_training(model, cfg, dist)
     log(fold_line(cfg, data, labels, dist, k, amp, channels_last))
+    log(f"fold {k}: {ddp.world_line(cfg, dist.world, data.steps)}")
+    tracker = tracking.FoldTracker(cfg, fold.path, k, RunDir(run_dir).path.name, state.epoch, enabled=dist.main)
+    progress.start_fold(k, state.epoch, data.steps)
 
-    epochs = int(t_cfg["epochs"])
-    for epoch in range(state.epoch, epochs):
-        t0 = time.perf_counter()
-        row = train_epoch(state, data, loss_in, train_model, cfg, dist, k, epoch, amp, channels_last, progress)
-        if dist.main:
-            evaluated, rows_v, logits_v = validate_and_select(
-                row, state, data, labels, cfg, device, channels_last, progress
+    try:
+        for epoch in range(state.epoch, int(t_cfg["epochs"])):
+            t0 = time.perf_counter()
+            ddp.reseed_rank(seed, dist.rank, epoch, mixer)  # ranks > 0: their own drop path and MixStyle
+            row = train_epoch(
+                state, data, loss_in, train_model, cfg, dist, epoch, amp, channels_last, progress, tracker
             )
-            save_epoch(fold, state, row, evaluated, rows_v, logits_v, df, cfg, cuda, t0)
-            log(epoch_line(row, k, epochs))
-        dist.barrier()
+            if dist.main:
+                evaluated, rows_v, logits_v = validate_and_select(
+                    row, state, data, labels, cfg, device, channels_last, progress.show and progress.tty
+                )
+                save_epoch(fold, state, row, evaluated, rows_v, logits_v, df, cfg, cuda, t0)
+                tracker.epoch(row)
+                progress.epoch_done(epoch_line(row, progress.where()))
+            dist.barrier()
+    finally:
+        tracker.close()
     done = write_done(fold, state, data, cfg) if dist.main else None
     if mixer is not None:
         mixer.active = False
@@ -788,7 +800,8 @@ def main(argv=None) -> int:
     ap.add_argument("--restart", action="store_true", help="ignore last.pt/done.json and train from scratch")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--workers", type=int, default=None, help="overrides data.num_workers")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines (epoch lines stay)")
+    ap.add_argument("--parallel-child", action="store_true", help=argparse.SUPPRESS)  # training/folds.py's children
     ap.add_argument(
         "--parallel",
         type=positive_int,
@@ -808,15 +821,19 @@ def main(argv=None) -> int:
         if args.workers is not None:
             overrides.append(f"data.num_workers={args.workers}")
         cfg = resolve_normalisation(config_io.load(args.config, overrides))
+        note = tracking.check(cfg["log"])  # a tracker asked for and not installed: an error before any work
         dist = Dist(args.device)
         log = print if dist.main else (lambda *a, **k: None)
+        header = log if not args.parallel_child else (lambda *a, **k: None)  # the parent printed it once
+        if note:
+            header(note)
         t0 = time.perf_counter()
-        df, cache = load_dataset(args.data, cfg, args.skip_missing, log=log)
-        log(counts_report(df))
+        df, cache = load_dataset(args.data, cfg, args.skip_missing, log=header)
+        header(counts_report(df))
         run = RunDir(args.out)
         splits = prepare_run(cfg, df, run, dist)
         folds = splits_io.folds_of(splits)
-        log(f"{cfg['splits']['kind']} splits ({run.splits}):\n{splits_io.describe(splits)}")
+        header(f"{cfg['splits']['kind']} splits ({run.splits}):\n{splits_io.describe(splits)}")
         if args.fold is not None and args.fold not in folds:
             raise AmfError(f"--fold {args.fold}: the splits have folds {folds}")
         todo = [args.fold] if args.fold is not None else folds
@@ -824,23 +841,37 @@ def main(argv=None) -> int:
             cache = None  # the children decode their own
             run_parallel(list(sys.argv[1:] if argv is None else argv), todo, args.parallel, log)
         else:
-            for k in todo:
-                train_fold(cfg, df, cache, splits, k, run, dist, args.restart, not args.no_progress, log)
-        if dist.main:
-            missing = run.missing_folds(splits)
-            if missing:
-                log(
-                    f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} still to train, "
-                    f"then: python -m training.export {run} --out MODEL_DIR"
-                )
-            else:
-                _, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
-                log(
-                    f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, "
-                    f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s =="
-                )
-                log(oof_io.summary_text(result))
-                log(f"run folder {run}; next: python -m training.export {run} --out MODEL_DIR")
+            progress = Progress(
+                todo,
+                int(cfg["train"]["epochs"]),
+                "run" if args.fold is None else f"fold {args.fold}",
+                show=dist.main and not args.no_progress,
+                every_s=float(cfg["log"]["progress_s"]),
+                write=log,
+                world=dist.world,
+            )
+            try:
+                for k in todo:
+                    train_fold(cfg, df, cache, splits, k, run, dist, args.restart, progress, progress.write)
+            finally:
+                progress.close()
+        missing = run.missing_folds(splits) if dist.main and not args.parallel_child else []
+        if args.parallel_child:  # the parent pools and names the next step once every child has ended
+            log(f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s")
+        elif missing:  # other folds train elsewhere (or later): the next step is not this job's to name
+            log(
+                f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} are not done yet "
+                f"(export once every fold is)"
+            )
+        elif dist.main:  # every fold is done and none is still running: pool, plot, name the next step
+            _, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
+            curves.write(run)
+            log(
+                f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, "
+                f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s =="
+            )
+            log(oof_io.summary_text(result))
+            log(f"run folder {run} (curves: {run.curves}); next: python -m training.export {run} --out MODEL_DIR")
     except AmfError as e:
         return report_error(e)
     finally:

@@ -1,0 +1,109 @@
+"""What changes with the number of training processes (torchrun's world size, G), made explicit.
+
+  learning rate   train.lr_scaling none: train.lr whatever G (the global batch is train.batch_size x G);
+                  linear: train.lr x G (the linear scaling rule for a G x larger global batch)
+  EMA teacher     ema.decay_scaling none: ema.decay per optimiser step; an epoch has G x fewer steps, so the
+                  teacher's horizon, 1 / (1 - decay) steps, lasts G x more epochs; world: decay ** G per step,
+                  the horizon in epochs of one process (the warm-up, ema.warmup_epochs, is in epochs already)
+  seeds           every rank builds the same model from the fold's seed; from the first epoch on, ranks other
+                  than 0 reseed torch's generators (drop path, MixStyle's lambda) and MixStyle's own
+                  (whether to mix, the partner) with rank_seed(seed, rank, epoch), so that those draws differ
+                  across ranks; rank 0 keeps the seed's stream, so one process trains exactly as before
+  augmentation    drawn per global draw position on both data paths (training/data.py, training/gpu_augment.py):
+                  the same views whatever G, each rank taking its own positions
+world_line() is the line training.train prints at the start of a fold.
+Run:  python -m training.ddp CONFIG [--world G] [--steps S]   (prints that line for G processes)
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import numpy as np
+import torch
+
+
+def effective_lr(cfg: dict, world: int) -> float:
+    """The base learning rate the optimiser uses with WORLD processes (train.lr_scaling)."""
+    lr = float(cfg["train"]["lr"])
+    return lr * world if cfg["train"].get("lr_scaling", "none") == "linear" else lr
+
+
+def effective_ema_decay(cfg: dict, world: int) -> float:
+    """The EMA teacher's decay per optimiser step with WORLD processes (ema.decay_scaling)."""
+    decay = float(cfg["ema"]["decay"])
+    return decay**world if cfg["ema"].get("decay_scaling", "none") == "world" else decay
+
+
+def for_world(cfg: dict, world: int) -> dict:
+    """A copy of CFG with train.lr and ema.decay as the optimiser and the teacher use them with WORLD processes
+    (config.yaml keeps the configured values)."""
+    out = copy.deepcopy(cfg)
+    out["train"]["lr"] = effective_lr(cfg, world)
+    out["ema"]["decay"] = effective_ema_decay(cfg, world)
+    return out
+
+
+def horizon_epochs(decay: float, steps_per_epoch: int) -> float:
+    """The EMA teacher's horizon, 1 / (1 - decay) optimiser steps, in epochs."""
+    return float("inf") if decay >= 1 else 1.0 / (1.0 - decay) / max(1, steps_per_epoch)
+
+
+def world_line(cfg: dict, world: int, steps_per_epoch: int) -> str:
+    """What the world size does to this fold's training, in one line."""
+    t, e = cfg["train"], cfg["ema"]
+    batch = int(t["batch_size"])
+    lr = effective_lr(cfg, world)
+    text = f"{world} process(es), global batch {batch * world} ({batch} x {world}); lr {lr:g}"
+    if world > 1:
+        text += f" (train.lr_scaling {t.get('lr_scaling', 'none')}: train.lr {float(t['lr']):g}"
+        text += f", linear would be {float(t['lr']) * world:g})" if t.get("lr_scaling", "none") == "none" else ")"
+    if e["enabled"]:
+        decay = effective_ema_decay(cfg, world)
+        text += (
+            f"; EMA decay {decay:.6g} per step, horizon {1 / max(1e-12, 1 - decay):.0f} steps = "
+            f"{horizon_epochs(decay, steps_per_epoch):.3g} epochs"
+        )
+        if world > 1:
+            one = horizon_epochs(float(e["decay"]), steps_per_epoch * world)
+            text += f" (ema.decay_scaling {e.get('decay_scaling', 'none')}; one process: {one:.3g} epochs)"
+    return text
+
+
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of rank RANK (> 0) in epoch EPOCH: a function of the three only, so a resumed fold reseeds as
+    an uninterrupted one does."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(epoch)]).generate_state(1)[0])
+
+
+def reseed_rank(seed: int, rank: int, epoch: int, mixer=None) -> None:
+    """At the start of EPOCH on a rank other than 0: its own drop-path and MixStyle draws. Rank 0 (and a single
+    process) is left alone: its stream is the seed's, saved in and resumed from last.pt."""
+    if rank == 0:
+        return
+    s = rank_seed(seed, rank, epoch)
+    torch.manual_seed(s)
+    if mixer is not None and mixer.generator is not None:
+        mixer.generator.manual_seed(s)
+
+
+def main(argv=None) -> int:
+    from amf import report_error
+    from amf.cli import EXPECTED, as_error, positive_int
+    from training import config as config_io
+
+    ap = config_io.config_parser("python -m training.ddp", __doc__, "train.lr_scaling=linear", default="smoke")
+    ap.add_argument("--world", type=positive_int, default=2, help="number of processes (default 2)")
+    ap.add_argument("--steps", type=positive_int, default=100, help="optimiser steps per epoch with one process")
+    a = ap.parse_args(argv)
+    try:
+        cfg = config_io.load(a.config, a.overrides)
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    print(world_line(cfg, a.world, max(1, a.steps // a.world)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
