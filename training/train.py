@@ -51,8 +51,8 @@ from training.progress import Progress
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
 from training.run import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
 
-ALIGN_COLUMNS = (*DOMAIN_COLUMNS, "source")
-UNCOMPARED = ("log",)  # config sections a resumed run may change: they change no result  # the weak domain labels the alignment can pull together
+ALIGN_COLUMNS = (*DOMAIN_COLUMNS, "source")  # the weak domain labels the alignment can pull together
+UNCOMPARED = ("log",)  # config sections a resumed run may change: they change no result
 
 # ---- distributed ------------------------------------------------------------------------------
 
