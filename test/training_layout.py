@@ -4,7 +4,8 @@ make_layout(dir) writes MIDOG25_Atypical_Classification_Train_Set.csv and the PN
 scanners (one spelled 'Hamammatsu XR', the alias), two tumour types, atypical figures drawn as a dark
 irregular blob and normal ones as a compact round one, so that a tiny model can learn something.
 make_extra(dir, official_csv) writes an extra set that repeats some official figures (same slide and
-coordinates, other image names) and adds new ones; make_synthetic(dir) a folder of synthetic atypicals.
+coordinates, other image names) and adds new ones; make_synthetic(dir) a folder of synthetic atypicals;
+make_split_run(dir, data) a run folder holding only the splits.csv training would write for that data.
 """
 
 from __future__ import annotations
@@ -105,3 +106,17 @@ def make_synthetic(root, n: int = 4, seed: int = 2) -> Path:
     for k in range(n):
         Image.fromarray(patch(rng, True)).save(root / f"syn{k}.png")
     return root
+
+
+def make_split_run(root, data, folds: int = 2, seed: int = 0):
+    """A run folder holding only splits.csv, made by training's own splitter from the layout at DATA; returns the
+    RunDir and the data's table (training.data.read_table)."""
+    from training import splits as splits_io
+    from training.data import read_table
+    from training.run import RunDir
+
+    table = read_table(Path(data) / OFFICIAL_CSV, Path(data) / OFFICIAL_IMAGES, "official")
+    run = RunDir(Path(root))
+    run.path.mkdir(parents=True)
+    run.write_splits(splits_io.make_splits(table, "kfold", folds=folds, seed=seed))
+    return run, table
