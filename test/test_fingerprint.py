@@ -1,7 +1,7 @@
 """training.fingerprint: a figure's fingerprint is its decoded canonical patch's (a PNG re-encoded, the same patch in a
 TIFF or MHA stack alike; one pixel value apart differs); the file's format and every way it can be broken (one
 error, never a wrong count); export's install replaces or drops an older one; the container never reads it;
-the command that adds one to an exported model."""
+the command that adds one to an exported model; the shipped model's file names its training figures."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from make_sample_input import draw_patch
 from PIL import Image
@@ -170,3 +171,12 @@ def test_the_command_adds_a_fingerprint_from_a_run_or_a_data_folder(tmp_path, ca
     shutil.rmtree(data / "MIDOG25_Binary_Classification_Train_Set")
     assert fingerprint.main([str(model), "--run", str(run.path)]) == 2
     assert "training images are missing" in capsys.readouterr().err
+
+
+def test_the_shipped_model_names_its_training_figures(breast_dir):
+    """model/training_fingerprints.bin holds exactly the figures of the card's out-of-fold table (model/oof.csv: all
+    1,721 breast figures, each held out by one member and trained on by the others)."""
+    oof = pd.read_csv(ROOT / "model" / "oof.csv", dtype={"image_id": str})
+    images = breast_dir / "MIDOG25_Binary_Classification_Train_Set"
+    want = np.sort(fingerprint.digests(decode(images / i) for i in oof["image_id"]))
+    assert np.array_equal(fingerprint.read(ROOT / "model" / fingerprint.FILE), want)
