@@ -196,6 +196,84 @@ def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text
     assert not (tmp_path / "out" / "jobs").exists() and not (tmp_path / "out" / "ground_truth.json").exists()
 
 
+def figures_of(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "figures.csv", dtype=str, keep_default_na=False)
+
+
+def test_pack_limit_keeps_the_label_balance_and_the_seed(breast_dir, tmp_path, capsys):
+    """--limit 100 of the breast slice: 100 figures, its atypical share (404 of 1,721: 23.5 -> 23), the same ones for
+    the same seed; the slide and the scanner of each figure go into figures.csv."""
+    out = {}
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        argv = ["pack", str(breast_dir), str(tmp_path / name), "--limit", "100", "--seed", seed]
+        assert cli.main(argv) == 0
+        out[name] = figures_of(tmp_path / name)
+    capsys.readouterr()
+    a = out["a"]
+    assert len(a) == 100 and (a.label == "atypical").sum() == 23 and a.figure.is_unique
+    assert set(out["b"].figure) == set(a.figure) != set(out["c"].figure)
+    labels = pd.read_csv(breast_dir / "MIDOG25_Atypical_Classification_Train_Set.csv", dtype=str)
+    truth = labels.set_index("image_id").loc[a.figure]
+    assert (a.slide.to_numpy() == truth.filename.str.replace(".tiff", "").to_numpy()).all()
+    assert set(a.Scanner) <= {"Aperio CS2", "Hamamatsu S360", "Hamamatsu XR"} and set(a.source) == {"official"}
+
+
+def test_pack_a_runs_held_out_fold(tmp_path, capsys):
+    """--run RUN --fold K packs exactly fold K's figures of the run's splits.csv, with their slides; --limit and
+    --slides narrow them."""
+    from training_layout import make_layout, make_split_run
+
+    data = make_layout(tmp_path / "data", n_slides=6, per_slide=6)
+    run, _ = make_split_run(tmp_path / "run", data, folds=3)
+    splits = run.read_splits()
+    for k in (0, 2):
+        assert cli.main(["pack", "--run", str(run), "--fold", str(k), str(tmp_path / f"f{k}")]) == 0
+        placed = figures_of(tmp_path / f"f{k}")
+        fold = splits[splits.fold == k].set_index("image_id")
+        assert sorted(placed.figure) == sorted(fold.index)
+        assert (placed.slide.to_numpy() == fold.loc[placed.figure, "slide"].to_numpy()).all()
+        assert (placed.label == np.where(fold.loc[placed.figure, "label"] == 1, "atypical", "normal")).all()
+    one = splits[splits.fold == 0].slide.iloc[0]
+    (tmp_path / "slides.txt").write_text(f"# one slide\n{one}.tiff\n\n")
+    argv = ["pack", "--run", str(run), "--fold", "0", str(tmp_path / "s"), "--slides", str(tmp_path / "slides.txt")]
+    assert cli.main(argv) == 0
+    assert set(figures_of(tmp_path / "s").slide) == {one} and len(figures_of(tmp_path / "s")) == 6
+    assert cli.main(["pack", "--run", str(run), "--fold", "0", str(tmp_path / "l"), "--limit", "4"]) == 0
+    assert len(figures_of(tmp_path / "l")) == 4 and set(figures_of(tmp_path / "l").figure) <= set(splits.image_id)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pack", "{data}", "{out}", "--limit", "0"], "--limit"),
+        (["pack", "--run", "{run}", "--fold", "7", "{out}"], "has no fold 7 (its folds: 0, 1)"),
+        (["pack", "--run", "{data}", "--fold", "0", "{out}"], "not a training run folder (no splits.csv)"),
+        (["pack", "--run", "{run}", "{out}"], "--run and --fold go together"),
+        (["pack", "--run", "{run}", "--fold", "0", "{data}", "{out}"], "give OUT alone"),
+        (["pack", "{data}", "{out}", "--data", "{data}"], "--data goes with --run"),
+        (["pack", "{out}"], "give CSV IMAGE_DIR OUT"),
+        (["pack", "{run}", "{out}"], "not a data folder in a known layout"),
+        (["pack", "{data}", "{out}", "--slides", "{slides}"], "hold no figure"),
+    ],
+)
+def test_pack_selections_refuse_bad_input_in_one_line(tmp_path, capsys, argv, message):
+    from training_layout import make_layout, make_split_run
+
+    paths = {"data": make_layout(tmp_path / "data", n_slides=4, per_slide=2), "out": tmp_path / "out"}
+    paths["run"], _ = make_split_run(tmp_path / "run", paths["data"])
+    paths["slides"] = tmp_path / "slides.txt"
+    paths["slides"].write_text("000\nno-such-slide\n")
+    argv = [a.format(**paths) for a in argv]
+    try:
+        code = cli.main(argv)
+    except SystemExit as done:  # argparse's own refusals
+        code = done.code
+    assert code == 2
+    assert message in error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- run
 
 
