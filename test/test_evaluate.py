@@ -483,7 +483,7 @@ def test_confidence_readings_differ_and_match_sklearn(tmp_path):
     }
     report = (tmp_path / "p" / "report.md").read_text()
     assert "hindsight" in report.lower() and "predicted-class" in report
-    for png in ("roc.png", "confusion.png", "domains.png", "calibration.png"):
+    for png in ("roc.png", "confusion.png", "breakdowns.png", "calibration.png"):
         assert f"({png})" in report
         with Image.open(tmp_path / "p" / png) as im:
             assert im.format == "PNG" and im.size[0] > 200

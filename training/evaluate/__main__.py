@@ -7,8 +7,9 @@
       -> OUT/jobs/<job>/input/ (inputs.json + one stack of up to 16), OUT/ground_truth.json, OUT/figures.csv
   python -m training.evaluate run JOBS [--model DIR] [--in-process] [--python PATH] [--timeout S]
       -> JOBS/<job>/output/multiple-mitotic-figure-classification.json, JOBS/<job>/run.json
-  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--confidence p-atypical|predicted-class]
-      -> DIR/metrics.json (organisers' "aggregates" + intervals), DIR/report.md + PNGs, DIR/predictions.csv
+  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--model DIR] [--confidence ...]
+      -> DIR/metrics.json (organisers' "aggregates", intervals, the model, the figures it trained on),
+         DIR/report.md + PNGs, DIR/predictions.csv
 
 Each step is its own module of the package training/evaluate/: pack.py, run.py, score.py, report.py.
 Any problem (a bad argument, input file, ground truth, result or run record, or an output that
@@ -96,6 +97,9 @@ def main(argv=None) -> int:
     s.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     s.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--no-report", action="store_true", help="metrics.json and predictions.csv only")
+    s.add_argument(
+        "--model", default=None, help="the model folder the jobs ran with (default: the one their run.json names)"
+    )
 
     args = ap.parse_args(argv)
     try:
@@ -129,6 +133,7 @@ def main(argv=None) -> int:
                 args.n_boot,
                 args.seed,
                 report=not args.no_report,
+                model=args.model,
             )
             print(json.dumps(m["aggregates"], indent=2))
             print(f"-> {args.out}/metrics.json" + ("" if args.no_report else f", {args.out}/report.md"))
