@@ -11,7 +11,8 @@
       -> DIR/metrics.json (organisers' "aggregates", intervals, the model, the figures it trained on),
          DIR/report.md + PNGs, DIR/predictions.csv
 
-Each step is its own module of the package training/evaluate/: pack.py, run.py, score.py, report.py.
+Each step is its own module of the package training/evaluate/: labels.py and pack.py, run.py, identity.py,
+measure.py, score.py and report.py.
 Any problem (a bad argument, input file, ground truth, result or run record, or an output that
 cannot be written): one line `error: ...` on stderr, exit 2, and no partial output. `run` records a
 job that fails, or cannot even start (say --python names no interpreter), as that job's error, runs
