@@ -173,6 +173,7 @@ def test_the_command_adds_a_fingerprint_from_a_run_or_a_data_folder(tmp_path, ca
     assert "training images are missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # decodes the whole breast slice
 def test_the_shipped_model_names_its_training_figures(breast_dir):
     """model/training_fingerprints.bin holds exactly the figures of the card's out-of-fold table (model/oof.csv: all
     1,721 breast figures, each held out by one member and trained on by the others)."""
