@@ -18,17 +18,22 @@ def write_error(path, e: OSError) -> AmfError:
 
 
 def write_text_atomic(path, text: str) -> None:
-    """Write to a temporary file beside PATH, fsync, then rename: readers never see half a file.
-    Any OSError (no such folder, read-only, disk full, PATH a folder) is one AmfError line, and no
+    """Write TEXT (UTF-8) to a temporary file beside PATH, fsync, then rename: readers never see half a
+    file. Any OSError (no such folder, read-only, disk full, PATH a folder) is one AmfError line, and no
     temporary file is left behind."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """write_text_atomic for bytes."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise write_error(path, e) from None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -196,6 +196,143 @@ def test_pack_rejects_bad_input_in_one_line(labelled, tmp_path, capsys, csv_text
     assert not (tmp_path / "out" / "jobs").exists() and not (tmp_path / "out" / "ground_truth.json").exists()
 
 
+def figures_of(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "figures.csv", dtype=str, keep_default_na=False)
+
+
+def test_pack_limit_keeps_the_label_balance_and_the_seed(breast_dir, tmp_path, capsys):
+    """--limit 100 of the breast slice: 100 figures, its atypical share (404 of 1,721: 23.5 -> 23), the same ones for
+    the same seed; the slide and the scanner of each figure go into figures.csv."""
+    out = {}
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        argv = ["pack", str(breast_dir), str(tmp_path / name), "--limit", "100", "--seed", seed]
+        assert cli.main(argv) == 0
+        out[name] = figures_of(tmp_path / name)
+    capsys.readouterr()
+    a = out["a"]
+    assert len(a) == 100 and (a.label == "atypical").sum() == 23 and a.figure.is_unique
+    assert set(out["b"].figure) == set(a.figure) != set(out["c"].figure)
+    labels = pd.read_csv(breast_dir / "MIDOG25_Atypical_Classification_Train_Set.csv", dtype=str)
+    truth = labels.set_index("image_id").loc[a.figure]
+    assert (a.slide.to_numpy() == truth.filename.str.replace(".tiff", "").to_numpy()).all()
+    assert set(a.Scanner) <= {"Aperio CS2", "Hamamatsu S360", "Hamamatsu XR"} and set(a.source) == {"official"}
+
+
+def test_pack_a_runs_held_out_fold(tmp_path, capsys):
+    """--run RUN --fold K packs exactly fold K's figures of the run's splits.csv, with their slides; --limit and
+    --slides narrow them."""
+    from training_layout import make_layout, make_split_run
+
+    data = make_layout(tmp_path / "data", n_slides=6, per_slide=6)
+    run, _ = make_split_run(tmp_path / "run", data, folds=3)
+    splits = run.read_splits()
+    for k in (0, 2):
+        assert cli.main(["pack", "--run", str(run), "--fold", str(k), str(tmp_path / f"f{k}")]) == 0
+        placed = figures_of(tmp_path / f"f{k}")
+        fold = splits[splits.fold == k].set_index("image_id")
+        assert sorted(placed.figure) == sorted(fold.index)
+        assert (placed.slide.to_numpy() == fold.loc[placed.figure, "slide"].to_numpy()).all()
+        assert (placed.label == np.where(fold.loc[placed.figure, "label"] == 1, "atypical", "normal")).all()
+    one = splits[splits.fold == 0].slide.iloc[0]
+    (tmp_path / "slides.txt").write_text(f"# one slide\n{one}.tiff\n\n")
+    argv = ["pack", "--run", str(run), "--fold", "0", str(tmp_path / "s"), "--slides", str(tmp_path / "slides.txt")]
+    assert cli.main(argv) == 0
+    assert set(figures_of(tmp_path / "s").slide) == {one} and len(figures_of(tmp_path / "s")) == 6
+    assert cli.main(["pack", "--run", str(run), "--fold", "0", str(tmp_path / "l"), "--limit", "4"]) == 0
+    assert len(figures_of(tmp_path / "l")) == 4 and set(figures_of(tmp_path / "l").figure) <= set(splits.image_id)
+    capsys.readouterr()
+
+
+def make_atnorm(root, n: int = 6, votes: bool = True, seed: int = 4) -> Path:
+    """AtNorM's layout: Atypical/ and Normal/ folders of patches and a votes table (Filename, Expert_1..5,
+    Majority)."""
+    from training_layout import patch
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cls in ("Atypical", "Normal"):
+        (root / cls).mkdir(parents=True)
+        for j in range(n):
+            name = f"{cls[0]}{j:02d}.png"
+            Image.fromarray(patch(rng, cls == "Atypical")).save(root / cls / name)
+            experts = ["Atypical" if (cls == "Atypical") == (k < 3 + j % 3) else "Normal" for k in range(5)]
+            rows.append({"Filename": name, **{f"Expert_{k + 1}": e for k, e in enumerate(experts)}, "Majority": cls})
+    if votes:
+        pd.DataFrame(rows).to_csv(root / "votes.csv", index=False)
+    return root
+
+
+def test_pack_reads_amibr_and_atnorm_layouts(tmp_path, capsys):
+    """A data folder in AMi-Br's layout (training's reader: slides, sources) and in AtNorM's (labels from its
+    folders, tumour type from --tumor; its votes checked against the folders) pack every figure once."""
+    from training_layout import make_amibr, make_layout
+
+    official = make_layout(tmp_path / "d", n_slides=2, per_slide=3) / "MIDOG25_Atypical_Classification_Train_Set.csv"
+    amibr = make_amibr(tmp_path / "amibr", official, n_tupac_slides=2, per_slide=4)
+    assert cli.main(["pack", str(amibr), str(tmp_path / "a")]) == 0
+    placed, table = figures_of(tmp_path / "a"), pd.read_csv(amibr / "AMI-BR.csv")
+    assert len(placed) == len(table) == 14 and set(placed.source) == {"MIDOG21", "TUPAC16"}
+    assert (placed.label == "atypical").sum() == table["majority_atypical"].sum()
+    assert set(placed.slide) == {"000", "001", "tupac16/000", "tupac16/001"}
+    capsys.readouterr()  # pack's progress bar
+    atnorm = make_atnorm(tmp_path / "atnorm")
+    assert cli.main(["pack", str(atnorm), str(tmp_path / "n")]) == 2
+    assert "--tumor" in error_line(capsys)
+    assert cli.main(["pack", str(atnorm), str(tmp_path / "n"), "--tumor", "human breast cancer"]) == 0
+    capsys.readouterr()
+    placed = figures_of(tmp_path / "n")
+    assert (
+        len(placed) == 12
+        and (placed.label == np.where(placed.figure.str.startswith("Atypical/"), "atypical", "normal")).all()
+    )
+    votes = pd.read_csv(atnorm / "votes.csv")
+    votes.loc[0, "Majority"] = "Normal"
+    votes.to_csv(atnorm / "votes.csv", index=False)
+    assert cli.main(["pack", str(atnorm), str(tmp_path / "m"), "--tumor", "1"]) == 2
+    assert "Majority of A00.png disagrees with its folder" in error_line(capsys)
+
+
+def test_atnorm_votes_are_soft_labels(tmp_path):
+    from training.data import read_atnorm
+
+    t = read_atnorm(make_atnorm(tmp_path / "atnorm", n=3))
+    assert sorted(t["soft"].round(2).unique()) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert (t["soft"][t["label"] == 1] > 0.5).all() and (t["soft"][t["label"] == 0] < 0.5).all()
+    plain = read_atnorm(make_atnorm(tmp_path / "plain", n=3, votes=False))
+    assert (plain["soft"] == plain["label"]).all() and (plain["slide"] == "").all()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pack", "{data}", "{out}", "--limit", "0"], "--limit"),
+        (["pack", "--run", "{run}", "--fold", "7", "{out}"], "has no fold 7 (its folds: 0, 1)"),
+        (["pack", "--run", "{data}", "--fold", "0", "{out}"], "not a training run folder (no splits.csv)"),
+        (["pack", "--run", "{run}", "{out}"], "--run and --fold go together"),
+        (["pack", "--run", "{run}", "--fold", "0", "{data}", "{out}"], "give OUT alone"),
+        (["pack", "{data}", "{out}", "--data", "{data}"], "--data goes with --run"),
+        (["pack", "{out}"], "give CSV IMAGE_DIR OUT"),
+        (["pack", "{run}", "{out}"], "not a data folder in a known layout"),
+        (["pack", "{data}", "{out}", "--slides", "{slides}"], "hold no figure"),
+    ],
+)
+def test_pack_selections_refuse_bad_input_in_one_line(tmp_path, capsys, argv, message):
+    from training_layout import make_layout, make_split_run
+
+    paths = {"data": make_layout(tmp_path / "data", n_slides=4, per_slide=2), "out": tmp_path / "out"}
+    paths["run"], _ = make_split_run(tmp_path / "run", paths["data"])
+    paths["slides"] = tmp_path / "slides.txt"
+    paths["slides"].write_text("000\nno-such-slide\n")
+    argv = [a.format(**paths) for a in argv]
+    try:
+        code = cli.main(argv)
+    except SystemExit as done:  # argparse's own refusals
+        code = done.code
+    assert code == 2
+    assert message in error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- run
 
 
@@ -405,7 +542,7 @@ def test_confidence_readings_differ_and_match_sklearn(tmp_path):
     }
     report = (tmp_path / "p" / "report.md").read_text()
     assert "hindsight" in report.lower() and "predicted-class" in report
-    for png in ("roc.png", "confusion.png", "domains.png", "calibration.png"):
+    for png in ("roc.png", "confusion.png", "breakdowns.png", "calibration.png"):
         assert f"({png})" in report
         with Image.open(tmp_path / "p" / png) as im:
             assert im.format == "PNG" and im.size[0] > 200

@@ -1,5 +1,5 @@
 """training.metrics against scikit-learn on hand-made cases: the organisers' aggregates (overall and per
-tumour domain), the one-class departure, the bootstrap intervals and the grand-challenge-metrics ROC band."""
+tumour domain), the one-class departure, and the grand-challenge-metrics ROC band on given resamples."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
-from training.metrics import aggregates, auc_rows, best_threshold, bootstrap_ci, roc_band, summary
+from training.metrics import aggregates, best_threshold, roc_band, summary
 
 OVERALL_KEYS = {
     "overall_sensitivity",
@@ -68,62 +68,29 @@ def test_one_class_domain_gives_null_auroc_not_a_crash():
     assert agg["overall_roc_auc"] == pytest.approx(roc_auc_score(y, SCORE))
 
 
-def test_auc_rows_equals_roc_auc_score_with_ties():
-    rng = np.random.default_rng(5)
-    y = rng.integers(0, 2, (40, 30))
-    y[0] = 0  # one class only: undefined
-    s = np.round(rng.random((40, 30)), 1)  # many ties
-    got = auc_rows(y, s)
-    assert np.isnan(got[0])
-    assert np.allclose(got[1:], [roc_auc_score(y[i], s[i]) for i in range(1, 40)], atol=1e-12)
+def gcm_draws(n: int, n_boot: int):
+    """grand-challenge-metrics' own resamples (its seed 40; it never draws the last figure, and skips one-class
+    resamples, which roc_band skips too)."""
+    rng = np.random.RandomState(40)
+    return [rng.randint(0, n - 1, n) for _ in range(n_boot)]
 
 
-@pytest.mark.slow
-def test_bootstrap_ci_is_a_seeded_percentile_bootstrap_over_figures():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 120)
-    score = np.clip(0.3 * y + rng.random(120) * 0.7, 0, 1)
-    pred = (score >= 0.5).astype(int)
-    ci = bootstrap_ci(y, score, n_boot=200, seed=7)
-    assert ci == bootstrap_ci(y, score, n_boot=200, seed=7)
-    assert ci != bootstrap_ci(y, score, n_boot=200, seed=8)
-    # the same resamples, scored one by one with scikit-learn
-    idx = np.random.default_rng(7).integers(0, 120, size=(200, 120))
-    draws = {
-        "sensitivity": [recall_score(y[i], pred[i]) for i in idx],
-        "specificity": [recall_score(y[i], pred[i], pos_label=0) for i in idx],
-        "balanced_accuracy": [balanced_accuracy_score(y[i], pred[i]) for i in idx],
-        "roc_auc": [roc_auc_score(y[i], score[i]) for i in idx],
-    }
-    point = summary(y, score)
-    for k, v in draws.items():
-        assert ci[k] == pytest.approx([np.percentile(v, 2.5), np.percentile(v, 97.5)], abs=1e-12), k
-        assert ci[k][0] <= point[k] <= ci[k][1]
+def test_roc_band_is_grand_challenge_metrics_band_on_the_given_resamples():
+    from grand_challenge_metrics.roc import get_bootstrapped_roc_ci_curves
 
-
-def test_bootstrap_ci_one_class_and_explicit_classes():
-    ci = bootstrap_ci([0, 0, 0, 0], [0.1, 0.6, 0.3, 0.2], n_boot=50)
-    assert ci["roc_auc"] is None and ci["sensitivity"] is None and ci["balanced_accuracy"] is None
-    assert ci["specificity"] is not None and 0 <= ci["specificity"][0] <= ci["specificity"][1] <= 1
-    # y_pred overrides the threshold: all-correct classes give a degenerate interval at 1
-    ci = bootstrap_ci(Y, SCORE, y_pred=Y, n_boot=100)
-    assert ci["balanced_accuracy"] == [1.0, 1.0]
-
-
-def test_roc_band_from_grand_challenge_metrics():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)
     score = 0.4 * y + rng.random(200) * 0.6
-    band = roc_band(y, score, n_boot=100)
+    band = roc_band(y, score, gcm_draws(200, 100))
+    ref = get_bootstrapped_roc_ci_curves(score, y, num_bootstraps=100)
     lo, mid, hi = (np.array(band[k]) for k in ("low_tpr", "mean_tpr", "high_tpr"))
-    assert len(band["fpr"]) == 101 and band["fpr"][0] == 0 and band["fpr"][-1] == 1
+    assert band["fpr"] == ref.fpr_vals.tolist() and band["resamples"] == 100
+    assert np.allclose(mid, ref.mean_tpr_vals, atol=1e-12)  # the same curves
+    # its band takes sorted-point percentiles, ours numpy's (linear, as every interval here): ours lies inside
+    assert np.all(ref.low_tpr_vals <= lo + 1e-12) and np.all(hi <= ref.high_tpr_vals + 1e-12)
     assert np.all(lo <= hi) and lo[0] == mid[0] == 0
-    # pointwise percentiles of rising curves rise too
-    assert np.all(np.diff(lo) >= 0) and np.all(np.diff(hi) >= 0)
-    assert band["roc_auc"][0] <= roc_auc_score(y, score) <= band["roc_auc"][1]
-    assert roc_band([0, 0, 0], [0.1, 0.2, 0.3]) is None
-    # that library never draws the last figure: a lone positive there would make it loop for ever
-    assert roc_band([0, 0, 0, 0, 1], [0.1, 0.2, 0.3, 0.4, 0.9]) is None
+    assert np.all(np.diff(lo) >= 0) and np.all(np.diff(hi) >= 0)  # pointwise percentiles of rising curves rise
+    assert roc_band([0, 0, 0], [0.1, 0.2, 0.3], gcm_draws(3, 10)) is None  # one class: no curve
 
 
 def test_best_threshold_maximises_balanced_accuracy():

@@ -19,7 +19,7 @@ from amf import manifest as manifest_io
 from amf.ensemble import Ensemble
 from amf.preprocess import prepare
 from amf.results import validate
-from training import export, train
+from training import export, fingerprint, train
 from training.data import OFFICIAL_IMAGES, decode
 from training.models import load_for_export
 
@@ -184,6 +184,10 @@ def test_generated_vit_lora_extra_synthetic_end_to_end(generated, tmp_path, caps
     assert export.main([str(run), "--out", str(model_dir)]) == 0
     mf = manifest_io.load(model_dir)
     assert mf.members[0].backbone == "test_vit" and mf.provenance["finetune"] == "lora"
+    # the fingerprints of every figure any member trained on: official, extra and synthetic, all folds
+    want = np.unique(fingerprint.digests(decode(path) for path in splits["path"]))
+    assert np.array_equal(fingerprint.read(model_dir / fingerprint.FILE), want) and len(want) == 74
+    assert mf.provenance["training_figures"] == fingerprint.describe(model_dir / fingerprint.FILE)
     import inference
 
     results = inference.run(ROOT_INPUT, tmp_path / "out", model_dir)

@@ -6,7 +6,8 @@ irregular blob and normal ones as a compact round one, so that a tiny model can 
 make_amibr(dir, official_csv) writes a set in AMi-Br's layout that repeats the official figures as its MIDOG21
 part and adds TUPAC16 slides; make_extra(dir, official_csv) writes an extra set that repeats some official
 figures (same slide and coordinates, other image names) and adds new ones; make_synthetic(dir) a folder of
-synthetic atypicals.
+synthetic atypicals; make_split_run(dir, data) a run folder holding only the splits.csv training would write for
+that data.
 """
 
 from __future__ import annotations
@@ -149,3 +150,17 @@ def make_amibr(root, official_csv=None, n_tupac_slides: int = 3, per_slide: int 
         )
     pd.DataFrame(table).to_csv(root / "AMI-BR.csv")  # the unnamed row index, as AMi-Br writes it
     return root
+
+
+def make_split_run(root, data, folds: int = 2, seed: int = 0):
+    """A run folder holding only splits.csv, made by training's own splitter from the layout at DATA; returns the
+    RunDir and the data's table (training.data.read_table)."""
+    from training import splits as splits_io
+    from training.data import read_table
+    from training.run import RunDir
+
+    table = read_table(Path(data) / OFFICIAL_CSV, Path(data) / OFFICIAL_IMAGES, "official")
+    run = RunDir(Path(root))
+    run.path.mkdir(parents=True)
+    run.write_splits(splits_io.make_splits(table, "kfold", folds=folds, seed=seed))
+    return run, table

@@ -16,6 +16,9 @@ DATA_DIR is one of two layouts (layout_of tells which; read_labelled reads eithe
     official CSV; or the official set itself when AMi-Br is an extra set of it), take its Scanner and Origin
     (matched on slide and coordinates). AMi-Br gives no scanner for TUPAC16: its Scanner stays "unknown", so its
     source is its domain.
+  atnorm     AtNorM's layout (the AMi-Br benchmark's held-out sets AtNorM-Br and AtNorM-MD), for evaluation only
+             (training.evaluate pack): Atypical/ and Normal/ folders of patches and an optional votes table
+             (Filename, Expert_1..N, Majority); no slides, no domains (read_atnorm)
 Extra sets (config data.extra): [{name, dir}] in either layout, or [{name, csv, images, slide_prefix?}] in the
 official columns. Their image_ids are prefixed "<name>/" so that they never collide with the main set's, their
 source is their name and they never choose a threshold (column extra: true).
@@ -45,7 +48,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from amf import AmfError, report_error
+from amf import AmfError, one_line, report_error
 from amf.cli import ArgumentParser
 from amf.preprocess import canonical_patch, normalize, resize
 from amf.results import ATYPICAL, CLASS_ID, CLASSES, NORMAL
@@ -80,6 +83,7 @@ AMIBR_EXPERTS = ("expert1_atypical", "expert2_atypical", "expert3_atypical")
 AMIBR_OFFICIAL_DATASETS = ("MIDOG21",)
 LAYOUTS = {"official": OFFICIAL_CSV, "amibr": AMIBR_CSV}  # layout -> the label table that marks it
 BOOLEANS = {"true": 1, "false": 0, "1": 1, "0": 0}
+ATNORM_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def slide_key(filename, prefix: str = "") -> str:
@@ -218,6 +222,73 @@ def read_official_labels(csv, label_col: str = "majority") -> pd.DataFrame:
     """An official label table alone (data.official_labels: no images needed), normalised: what names the scanner
     and origin of AMi-Br's MIDOG21 figures."""
     return read_table(csv, Path(csv).parent, "official-labels", label_col)
+
+
+def is_atnorm(data_dir) -> bool:
+    """AtNorM's layout (AtNorM-Br, AtNorM-MD; evaluation only): Atypical/ and Normal/ folders of patches."""
+    return all(_class_folder(Path(data_dir), cls) is not None for cls in CLASSES)
+
+
+def _class_folder(data_dir: Path, cls: str) -> Path | None:
+    """DATA_DIR's folder of class CLS, however its name is capitalised (AtNorM writes Atypical/, Normal/)."""
+    found = [p for p in data_dir.iterdir() if p.is_dir() and p.name.lower() == cls] if data_dir.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def read_atnorm(data_dir) -> pd.DataFrame:
+    """AtNorM's layout -> the normalised table (slides and domains unknown: AtNorM names neither): one row per image
+    in Atypical/ and Normal/ (.png, .jpg, .tif), labelled by its folder; image_id the path inside DATA_DIR. An
+    optional votes table (one .csv at the top: Filename, Expert_1..N, Majority; votes AMF/NMF, atypical/normal,
+    1/0 or true/false) gives the soft labels, and its Majority must agree with the folder."""
+    data_dir = Path(data_dir)
+    rows = []
+    for cls in CLASSES:
+        folder = _class_folder(data_dir, cls)
+        if folder is None:
+            raise AmfError(f"{data_dir} is not AtNorM's layout: no single {cls.capitalize()}/ folder")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ATNORM_SUFFIXES)
+        rows += [(f"{folder.name}/{p.name}", str(p), p.name, CLASS_ID[cls]) for p in files]
+    if not rows:
+        raise AmfError(f"{data_dir}: no images in its Atypical/ and Normal/ folders")
+    df = pd.DataFrame(rows, columns=["image_id", "path", "file", "label"])
+    df["soft"] = df["label"].astype(float)
+    votes = sorted(data_dir.glob("*.csv"))
+    if len(votes) > 1:
+        raise AmfError(f"{data_dir}: {len(votes)} CSV files; AtNorM's layout has at most one votes table")
+    if votes:
+        df["soft"] = _atnorm_votes(votes[0], df)
+    df = df.drop(columns="file").assign(filename="unknown", slide="", coordinateX=np.nan, coordinateY=np.nan)
+    for col in DOMAIN_COLUMNS:
+        df[f"raw_{col}"] = df[col] = "unknown"
+    return df.assign(source=data_dir.name, synthetic=False, extra=False)
+
+
+def _atnorm_votes(csv: Path, df: pd.DataFrame) -> np.ndarray:
+    """The experts' share of atypical votes per image of DF, from AtNorM's votes table (read_atnorm)."""
+    try:
+        raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise AmfError(f"cannot read {csv}: {one_line(e)}") from None
+    experts = [c for c in raw.columns if c.lower().startswith("expert")]
+    if "Filename" not in raw.columns or not experts:
+        raise AmfError(f"{csv.name}: an AtNorM votes table needs Filename and Expert_1.. columns")
+    spell = {**{k: v for k, v in BOOLEANS.items()}, "amf": 1, "nmf": 0, "atypical": 1, "normal": 0, "": -1}
+    cast = raw[experts].apply(lambda c: c.str.strip().str.lower().map(spell))
+    if cast.isna().any().any():
+        bad = raw.loc[cast.isna().any(axis=1), "Filename"].iloc[0]
+        raise AmfError(f"{csv.name}: a vote of {bad} is not atypical/normal, AMF/NMF, 1/0 or true/false")
+    by_name = raw.assign(share=(cast == 1).sum(1) / (cast >= 0).sum(1).clip(lower=1)).set_index("Filename")
+    if by_name.index.duplicated().any():
+        raise AmfError(f"{csv.name}: {by_name.index[by_name.index.duplicated()][0]} is listed twice")
+    missing = sorted(set(df["file"]) - set(by_name.index))
+    if missing:
+        raise AmfError(f"{csv.name}: no votes for {len(missing)} image(s), e.g. {missing[0]}")
+    if "Majority" in raw.columns:
+        majority = by_name.loc[df["file"], "Majority"].str.strip().str.lower().map(spell).to_numpy()
+        disagree = df["file"][majority != df["label"].to_numpy()]
+        if len(disagree):
+            raise AmfError(f"{csv.name}: the Majority of {disagree.iloc[0]} disagrees with its folder")
+    return by_name.loc[df["file"], "share"].to_numpy(float)
 
 
 def read_labelled(data_dir, label_col: str = "majority", official: pd.DataFrame | None = None) -> pd.DataFrame:

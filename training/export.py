@@ -20,10 +20,15 @@
 3. Parity: onnxruntime against torch on random inputs and on real validation patches of that fold
    (prepared by amf.preprocess.prepare, as the container does); the largest |logit difference| must be
    <= export.parity_tol (1e-3); it is printed and recorded in the manifest.
-4. MODEL_DIR/ensemble.json through amf.manifest.save, trained: true, with provenance: backbone, config,
-   folds, out-of-fold metrics with bootstrap intervals, threshold, parity, versions.
+4. MODEL_DIR/training_fingerprints.bin (training.fingerprint): the content fingerprint of every figure of the
+   run's splits.csv, so that offline evaluation can tell the figures the model trained on; the container never
+   reads it.
+5. MODEL_DIR/ensemble.json through amf.manifest.save, trained: true, with provenance: backbone, config,
+   folds, out-of-fold metrics with bootstrap intervals, threshold, parity, versions, training_figures (the
+   fingerprint file's figure count and SHA-256).
 Everything is written to a temporary folder first; MODEL_DIR changes only when all of it succeeded
-(model files that an older manifest there named, and the new one does not, are removed).
+(model files that an older manifest there named, and the new one does not, are removed; so is an older
+fingerprint file).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from amf import AmfError, report_error
 from amf import manifest as manifest_io
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.preprocess import prepare
+from training import fingerprint
 from training import oof as oof_io
 from training import splits as splits_io
 from training import threshold as threshold_io
@@ -187,6 +193,7 @@ def export_run(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        fingerprint.write(tmp / fingerprint.FILE, fingerprint.of_splits(splits, data_dir))  # before the slow part
         members, checks = [], {}
         rng = np.random.default_rng(0)
         for k in folds:
@@ -238,6 +245,7 @@ def export_run(
             **({"threshold_for_shift": shift} if shift else {}),
             "oof_metrics": result,
             "parity": checks,
+            "training_figures": fingerprint.describe(tmp / fingerprint.FILE),
             "run": str(run.path.resolve()),
             "exported": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "versions": {
@@ -281,13 +289,14 @@ def threshold_predictions(run: RunDir, threshold_run, tta: str) -> RunDir:
 
 
 def install(tmp: Path, out_dir: Path) -> None:
-    """Move the new files into OUT_DIR, the manifest last; drop files only the old manifest named."""
+    """Move the new files into OUT_DIR, the manifest last; drop files only the old manifest named, and an old
+    fingerprint file the new model lacks (it would name another model's training figures)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    old_files = set()
+    old_files = {fingerprint.FILE}
     if (out_dir / manifest_io.MANIFEST_NAME).is_file():
         try:
             old = json.loads((out_dir / manifest_io.MANIFEST_NAME).read_text())
-            old_files = {m.get("file") for m in old.get("members", [])} | {
+            old_files |= {m.get("file") for m in old.get("members", [])} | {
                 v.get("file") for v in old.get("variants") or []
             }
         except (json.JSONDecodeError, AttributeError):

@@ -5,8 +5,8 @@ balanced accuracy and accuracy from pooled counts (atypical is the positive clas
 confidences (P(atypical)), and the same per tumour domain under "domain_<N>".
 One documented departure: a domain (or set) with one class only reports roc_auc as None (the
 organisers' code would raise), and a rate with an empty denominator is None.
-Added for reports: bootstrap_ci (seeded percentile intervals over figures) and roc_band (the
-bootstrapped ROC band of grand-challenge-metrics).
+Added for reports: roc_band (grand-challenge-metrics' bootstrapped ROC band, on given resamples: the
+intervals' own, training.compare.slide_draws).
 Needs numpy and scikit-learn (not part of the container's runtime).
 """
 
@@ -95,73 +95,36 @@ def best_threshold(y_true, score) -> float:
     return float(thr[best[np.argmin(np.abs(thr[best] - 0.5))]])
 
 
-def auc_rows(y_true: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row of 2-D arrays (Mann-Whitney U on mid-ranks, equal to roc_auc_score);
-    NaN for a row with one class only. Vectorised so that a 1,000-fold bootstrap takes a moment."""
-    from scipy.stats import rankdata
+def roc_band(y_true, score, draws, level: float = 0.95) -> dict | None:
+    """A bootstrapped ROC band computed as grand-challenge-metrics computes one (each resample's ROC curve read at
+    101 fixed false-positive rates, its TPR set to 0 at FPR 0; the mean curve and pointwise percentiles), but on
+    the resamples DRAWS (index arrays: training.compare.slide_draws), so that the band and the intervals beside it
+    come from the same resampling. Percentiles as numpy's (linear), like the intervals'. A resample with one class
+    has no ROC curve and is left out; None when none is left. Returns lists: fpr, mean_tpr, low_tpr, high_tpr,
+    and the number of resamples used."""
+    from sklearn.metrics import roc_curve
 
-    y_true = np.asarray(y_true).astype(bool)
-    ranks = rankdata(np.asarray(score, dtype=np.float64), axis=1)  # ties get the mean rank
-    n_pos = y_true.sum(axis=1)
-    n_neg = y_true.shape[1] - n_pos
-    u = (ranks * y_true).sum(axis=1) - n_pos * (n_pos + 1) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
-
-
-def bootstrap_ci(
-    y_true, score, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0, y_pred=None, level: float = 0.95
-) -> dict:
-    """Percentile bootstrap intervals over figures (resampled with replacement, seeded).
-
-    Returns {"balanced_accuracy": [lo, hi], "sensitivity": ..., "specificity": ..., "roc_auc": ...};
-    a resample where a rate is undefined (no positives or no negatives) is left out of that rate's
-    interval, and an interval with no defined resample is None.
-    """
     y_true = np.asarray(y_true).astype(int)
     score = np.asarray(score, dtype=np.float64)
-    y_pred = (score >= threshold).astype(int) if y_pred is None else np.asarray(y_pred).astype(int)
-    idx = np.random.default_rng(seed).integers(0, len(y_true), size=(n_boot, len(y_true)))
-    t, p = y_true[idx], y_pred[idx]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens = ((p == 1) & (t == 1)).sum(1) / (t == 1).sum(1)  # NaN where the resample has no positive
-        spec = ((p == 0) & (t == 0)).sum(1) / (t == 0).sum(1)
-    draws = {
-        "balanced_accuracy": (sens + spec) / 2,
-        "sensitivity": sens,
-        "specificity": spec,
-        "roc_auc": auc_rows(t, score[idx]),
-    }
-    tail = 100 * (1 - level) / 2
-    out = {}
-    for name, values in draws.items():
-        values = values[np.isfinite(values)]
-        out[name] = (
-            [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] if len(values) else None
-        )
-    return out
-
-
-def roc_band(y_true, score, n_boot: int = 100, level: float = 0.95) -> dict | None:
-    """The bootstrapped ROC confidence band of grand-challenge-metrics (formerly evalutils), as lists:
-    fpr, mean_tpr, low_tpr, high_tpr on 101 fixed false-positive rates, and its AUC interval.
-    None where the set has one class only (no ROC curve exists)."""
-    from grand_challenge_metrics.roc import get_bootstrapped_roc_ci_curves
-
-    y_true = np.asarray(y_true).astype(int)
-    # its resampling never draws the last figure (randint's high bound is exclusive), so both classes
-    # must occur before it, or it would loop for ever looking for a two-class resample
-    if len(np.unique(y_true[:-1])) < 2:
+    base = np.linspace(0, 1, 101)
+    tprs = []
+    for idx in draws:
+        if len(np.unique(y_true[idx])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y_true[idx], score[idx])
+        at = np.interp(base, fpr, tpr)
+        at[0] = 0.0
+        tprs.append(at)
+    if not tprs:
         return None
-    band = get_bootstrapped_roc_ci_curves(
-        np.asarray(score, dtype=np.float64), y_true, num_bootstraps=n_boot, ci_to_use=level
-    )
+    tprs = np.array(tprs)
+    tail = 100 * (1 - level) / 2
     return {
-        "fpr": band.fpr_vals.tolist(),
-        "mean_tpr": band.mean_tpr_vals.tolist(),
-        "low_tpr": band.low_tpr_vals.tolist(),
-        "high_tpr": band.high_tpr_vals.tolist(),
-        "roc_auc": [float(band.low_az_val), float(band.high_az_val)],
+        "fpr": base.tolist(),
+        "mean_tpr": tprs.mean(axis=0).tolist(),
+        "low_tpr": np.percentile(tprs, tail, axis=0).tolist(),
+        "high_tpr": np.percentile(tprs, 100 - tail, axis=0).tolist(),
+        "resamples": len(tprs),
     }
 
 

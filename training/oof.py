@@ -48,9 +48,13 @@ def slide_bootstrap_ci(y, p, slides, y_pred, n_boot: int = 1000, seed: int = 0, 
         sens = (pos * (y_pred == 1)).sum(1) / pos.sum(1)
         spec = (neg * (y_pred == 0)).sum(1) / neg.sum(1)
         values, inverse = np.unique(p, return_inverse=True)
-        onehot = np.zeros((len(p), len(values)))
-        onehot[np.arange(len(p)), inverse] = 1.0
-        pos_at, neg_at = pos @ onehot, neg @ onehot  # weight of each class at each distinct score, ascending
+        # weight of each class at each distinct score, ascending: per-draw sums of whole counts (exact in float64),
+        # as one bincount over (draw, score) cells: memory n_boot x figures, not figures x distinct scores
+        cell = (np.arange(len(w))[:, None] * len(values) + inverse).ravel()
+        pos_at, neg_at = (
+            np.bincount(cell, weights=m.ravel(), minlength=len(w) * len(values)).reshape(len(w), len(values))
+            for m in (pos, neg)
+        )
         below = np.cumsum(neg_at, 1) - neg_at
         auc = (pos_at * (below + 0.5 * neg_at)).sum(1) / (pos.sum(1) * neg.sum(1))
     draws = {"balanced_accuracy": (sens + spec) / 2, "sensitivity": sens, "specificity": spec, "roc_auc": auc}

@@ -1,13 +1,18 @@
 """Offline evaluation: pack a labelled set as platform jobs, run the container on them, score them.
 
   python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--tumor TYPE]
+                                   [--limit N] [--slides FILE]
+  python -m training.evaluate pack DATA_DIR OUT [...]               (a data folder in a layout training reads)
+  python -m training.evaluate pack --run RUN --fold K OUT [--data DATA_DIR] [...]   (a run's held-out fold)
       -> OUT/jobs/<job>/input/ (inputs.json + one stack of up to 16), OUT/ground_truth.json, OUT/figures.csv
   python -m training.evaluate run JOBS [--model DIR] [--in-process] [--python PATH] [--timeout S]
       -> JOBS/<job>/output/multiple-mitotic-figure-classification.json, JOBS/<job>/run.json
-  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--confidence p-atypical|predicted-class]
-      -> DIR/metrics.json (organisers' "aggregates" + intervals), DIR/report.md + PNGs, DIR/predictions.csv
+  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--model DIR] [--confidence ...]
+      -> DIR/metrics.json (organisers' "aggregates", intervals, the model, the figures it trained on),
+         DIR/report.md + PNGs, DIR/predictions.csv
 
-Each step is its own module of the package training/evaluate/: pack.py, run.py, score.py, report.py.
+Each step is its own module of the package training/evaluate/: labels.py and pack.py, run.py, identity.py,
+measure.py, score.py and report.py.
 Any problem (a bad argument, input file, ground truth, result or run record, or an output that
 cannot be written): one line `error: ...` on stderr, exit 2, and no partial output. `run` records a
 job that fails, or cannot even start (say --python names no interpreter), as that job's error, runs
@@ -23,14 +28,41 @@ from amf import report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int, positive_float, positive_int
 
 
+def pack_paths(parser, args) -> list[str]:
+    """pack's positional paths, checked against --run/--fold/--data (a usage error is one line, exit 2)."""
+    if (args.run is None) != (args.fold is None):
+        parser.error("--run and --fold go together")
+    if args.run is not None and len(args.paths) != 1:
+        parser.error(f"with --run, give OUT alone (got {len(args.paths)} paths)")
+    if args.run is None and len(args.paths) not in (2, 3):
+        parser.error(f"give CSV IMAGE_DIR OUT, DATA_DIR OUT, or --run RUN --fold K OUT (got {len(args.paths)} paths)")
+    if args.data is not None and args.run is None:
+        parser.error("--data goes with --run (a CSV names its image folder itself)")
+    return args.paths
+
+
 def main(argv=None) -> int:
     ap = ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pack", help="labelled CSV + images -> platform jobs and ground_truth.json")
-    p.add_argument("csv", help="official MIDOG 2025 CSV, or image,label[,domain]")
-    p.add_argument("image_dir", help="folder holding the images the CSV names")
-    p.add_argument("out", help="output folder (gets jobs/, ground_truth.json, figures.csv)")
+    p = sub.add_parser(
+        "pack",
+        help="a labelled set -> platform jobs and ground_truth.json",
+        usage="python -m training.evaluate pack (CSV IMAGE_DIR | DATA_DIR | --run RUN --fold K) OUT [options]",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="CSV IMAGE_DIR OUT (the official MIDOG 2025 CSV or image,label[,domain], and the folder of its images), "
+        "DATA_DIR OUT (a data folder in a layout training reads), or OUT alone with --run and --fold; OUT gets "
+        "jobs/, ground_truth.json, figures.csv",
+    )
+    p.add_argument("--run", default=None, help="a training run folder: pack the held-out figures of its --fold")
+    p.add_argument("--fold", type=non_negative_int, default=None, help="the run's fold (its splits.csv)")
+    p.add_argument("--data", default=None, help="with --run: the data folder, if the official images moved")
+    p.add_argument("--limit", type=positive_int, default=None, help="pack N figures, stratified by label (--seed)")
+    p.add_argument("--slides", default=None, help="a file listing slides (one a line): pack only their figures")
     p.add_argument(
         "--format",
         default="tiff",
@@ -66,13 +98,25 @@ def main(argv=None) -> int:
     s.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     s.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--no-report", action="store_true", help="metrics.json and predictions.csv only")
+    s.add_argument(
+        "--model", default=None, help="the model folder the jobs ran with (default: the one their run.json names)"
+    )
 
     args = ap.parse_args(argv)
     try:
         if args.command == "pack":
-            from training.evaluate.pack import pack
+            from training.evaluate import labels
+            from training.evaluate.pack import pack_table, select
 
-            print(json.dumps(pack(args.csv, args.image_dir, args.out, args.format, args.seed, args.tumor), indent=2))
+            *given, out = pack_paths(p, args)
+            if args.run is not None:
+                table = labels.run_fold_table(args.run, args.fold, args.data, args.tumor)
+            elif len(given) == 2:
+                table = labels.csv_table(*given, args.tumor)
+            else:
+                table = labels.layout_table(given[0], args.tumor)
+            table = select(table, args.limit, args.slides, args.seed)
+            print(json.dumps(pack_table(table, out, args.format, args.seed), indent=2))
         elif args.command == "run":
             from training.evaluate.run import run_jobs, summarise
 
@@ -90,6 +134,7 @@ def main(argv=None) -> int:
                 args.n_boot,
                 args.seed,
                 report=not args.no_report,
+                model=args.model,
             )
             print(json.dumps(m["aggregates"], indent=2))
             print(f"-> {args.out}/metrics.json" + ("" if args.no_report else f", {args.out}/report.md"))

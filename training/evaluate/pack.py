@@ -1,21 +1,21 @@
 """Pack a labelled set of patches as Grand Challenge Track 2 jobs, with the organisers' ground truth.
 
-In:  a CSV in the official columns (image_id, ..., Tumor, ..., majority) or a plain one
-     (image,label[,domain]); labels AMF/NMF, atypical/normal or 1/0; domain a tumour type (any
-     alias in training.domains) or its integer; and the folder holding the images it names.
+In:  a labelled set as training.evaluate.labels reads it (a CSV in the official columns or a plain one with its
+     image folder, a data folder in a layout training reads, or a training run's held-out fold), narrowed by
+     --slides and --limit (labels.on_slides, labels.limit).
 Out: OUT/jobs/<stack>/input/        inputs.json + images/stacked-histopathology-roi-cropouts/<stack>.<ext>
                                     (what the platform mounts as /input for one job; amf.jobs.write_job)
      OUT/ground_truth.json          [{"image": NAME, "labels": [...], "tumordomains": [...]}]
-     OUT/figures.csv                which figure sits where (stack, index, figure, label, tumour)
+     OUT/figures.csv                which figure sits where (image = stack, index, figure, label, tumordomain,
+                                    tumor), and the figure's slide, Scanner, Origin, Species and source where the
+                                    labels give them (score resamples slides and breaks results down by them)
 Stacks hold up to 16 figures of one tumour type (as in the organisers' sample), drawn in a seeded
 random order; every figure goes into exactly one stack. Tumour types are numbered by
 training.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
 Each image is read by training's reader (training.data.decode: the README's input rule, centre crop
-included), so a stack holds exactly the patches training sees. Image names are paths inside
-IMAGE_DIR: an absolute name, a `..` part, or a name that resolves (through a link) outside IMAGE_DIR
-is refused. Everything is built in a scratch folder inside OUT
+included), so a stack holds exactly the patches training sees. Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
-Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N]
+Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--limit N]
 """
 
 from __future__ import annotations
@@ -30,78 +30,13 @@ import numpy as np
 
 from amf import AmfError, jobs, one_line
 from amf.fileio import write_text_atomic
-from amf.results import ATYPICAL, CLASSES
-from training.data import LABEL_CODES, decode
-from training.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
+from amf.results import ATYPICAL
+from training.data import decode
+from training.domains import tumor_name
+from training.evaluate import labels as labels_io
 
 STACK_SIZE = 16  # the organisers' stacks hold up to 16 cut-outs
 FORMATS = ("tiff", "mha", "mixed")
-# every accepted spelling of a label (lower case) -> its class: the official codes (AMF/NMF), the class
-# names and the class ids
-LABEL_SPELLINGS = {
-    **{code.lower(): CLASSES[i] for code, i in LABEL_CODES.items()},
-    **{name: name for name in CLASSES},
-    **{str(i): name for i, name in enumerate(CLASSES)},
-}
-
-
-def _domain(value, row: int) -> int:
-    text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        if int(text) not in TUMOR_DOMAINS.values():
-            raise AmfError(f"row {row}: tumour domain {text} is not one of {sorted(TUMOR_DOMAINS.values())}")
-        return int(text)
-    try:
-        return tumor_domain(text)
-    except KeyError as e:
-        raise AmfError(f"row {row}: {e.args[0]}") from None
-
-
-def read_labels(csv_path, tumor: str | None = None):
-    """The CSV -> a table with columns figure, label ('atypical'/'normal'), tumordomain (int)."""
-    import pandas as pd
-
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise AmfError(f"cannot read {csv_path}: {one_line(e)}") from None
-    if {"image_id", "majority"} <= set(raw.columns):
-        figure, label, domain = "image_id", "majority", "Tumor"
-    elif {"image", "label"} <= set(raw.columns):
-        figure, label, domain = "image", "label", "domain"
-    else:
-        raise AmfError(
-            f"{csv_path}: need the official columns (image_id, majority, Tumor) or "
-            f"image,label[,domain]; found {', '.join(raw.columns)}"
-        )
-    if domain not in raw.columns and tumor is None:
-        raise AmfError(f"{csv_path} has no {domain} column: name the tumour type with --tumor")
-    if len(raw) == 0:
-        raise AmfError(f"{csv_path} has no rows")
-    rows = []
-    for i, r in enumerate(raw.to_dict("records"), start=2):  # row 1 is the header
-        name = r[figure].strip()
-        lab = LABEL_SPELLINGS.get(r[label].strip().lower())
-        if not name or lab is None:
-            raise AmfError(
-                f"row {i}: need an image name and a label in {sorted(LABEL_SPELLINGS)}, got {r[figure]!r}, {r[label]!r}"
-            )
-        rows.append(
-            {"figure": name, "label": lab, "tumordomain": _domain(r[domain] if domain in raw.columns else tumor, i)}
-        )
-    table = pd.DataFrame(rows)
-    dup = table.figure[table.figure.duplicated()]
-    if len(dup):
-        raise AmfError(f"{csv_path}: {len(dup)} images listed twice, e.g. {dup.iloc[0]}")
-    return table
-
-
-def inside(image_dir: Path, name: str) -> Path:
-    """IMAGE_DIR/NAME, refused (naming it) if NAME is absolute, has a '..' part or resolves outside IMAGE_DIR."""
-    path = image_dir / name
-    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(image_dir.resolve()):
-        raise AmfError(f"image {name!r} is outside the image folder {image_dir}: name images by their path inside it")
-    return path
 
 
 def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
@@ -124,23 +59,45 @@ def load_patch(path: Path) -> np.ndarray:
 
 
 def pack(
-    csv_path, image_dir, out_dir, fmt: str = "tiff", seed: int = 0, tumor: str | None = None, progress: bool = True
+    csv_path,
+    image_dir,
+    out_dir,
+    fmt: str = "tiff",
+    seed: int = 0,
+    tumor: str | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+    slides=None,
 ) -> dict:
-    """Write OUT/jobs, OUT/ground_truth.json and OUT/figures.csv; returns a summary."""
+    """A CSV and its image folder (training.evaluate.labels.csv_table), narrowed by SLIDES and LIMIT -> pack_table."""
+    table = select(labels_io.csv_table(csv_path, image_dir, tumor), limit, slides, seed)
+    return pack_table(table, out_dir, fmt, seed, progress)
+
+
+def select(table, limit: int | None = None, slides=None, seed: int = 0):
+    """The figures of TABLE on the slides the file SLIDES lists, then LIMIT of them (stratified by label, SEED)."""
+    if slides is not None:
+        table = labels_io.on_slides(table, slides)
+    return table if limit is None else labels_io.limit(table, limit, seed)
+
+
+def pack_table(table, out_dir, fmt: str = "tiff", seed: int = 0, progress: bool = True) -> dict:
+    """Write OUT/jobs, OUT/ground_truth.json and OUT/figures.csv for the figures of TABLE (training.evaluate.labels'
+    table); returns a summary."""
     if fmt not in FORMATS:
         raise AmfError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    image_dir, out_dir = Path(image_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise AmfError(f"{out_dir} is a file; pack needs a folder (new or existing) for OUT")
-    table = read_labels(csv_path, tumor)
-    missing = [f for f in table.figure if not inside(image_dir, f).is_file()]
+    missing = [f for f, p in zip(table.figure, table.path) if not Path(p).is_file()]
     if missing:
-        raise AmfError(f"{len(missing)} of {len(table)} images are not in {image_dir}, e.g. {missing[0]}")
+        raise AmfError(f"{len(missing)} of {len(table)} images are missing, e.g. {missing[0]}")
     if (out_dir / "jobs").exists():
         raise AmfError(f"{out_dir / 'jobs'} exists; remove it or pack into another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     stacks = make_stacks(table, seed)
     width = max(4, len(str(len(stacks))))
+    known = [c for c in labels_io.OPTIONAL if c in table]
     truth, placed = [], []
     # build everything in a scratch folder beside OUT/jobs and rename it at the end: a failed pack
     # leaves no half-written jobs, ground truth or figure table behind
@@ -152,7 +109,7 @@ def pack(
             ext = {"tiff": "tiff", "mha": "mha", "mixed": ("tiff", "mha")[(k - 1) % 2]}[fmt]
             job = f"stack_{k:0{width}d}"
             name = f"{job}.{ext}"
-            patches = [load_patch(image_dir / f) for f in stack.figure]
+            patches = [load_patch(Path(p)) for p in stack.path]
             if len({p.shape for p in patches}) > 1:
                 raise AmfError(
                     f"{name}: the figures {', '.join(stack.figure)} differ in size; a stack needs one patch size"
@@ -162,8 +119,16 @@ def pack(
                 {"image": name, "labels": stack.label.tolist(), "tumordomains": [int(d) for d in stack.tumordomain]}
             )
             placed += [
-                {"image": name, "index": i, "figure": f, "label": lab, "tumordomain": int(d), "tumor": tumor_name(d)}
-                for i, (f, lab, d) in enumerate(zip(stack.figure, stack.label, stack.tumordomain))
+                {
+                    "image": name,
+                    "index": i,
+                    "figure": r["figure"],
+                    "label": r["label"],
+                    "tumordomain": int(r["tumordomain"]),
+                    "tumor": tumor_name(r["tumordomain"]),
+                    **{c: r[c] for c in known},
+                }
+                for i, r in enumerate(stack.to_dict("records"))
             ]
         import pandas as pd
 
@@ -179,6 +144,7 @@ def pack(
         "figures": len(table),
         "atypical": n_atyp,
         "domains": sorted(int(d) for d in table.tumordomain.unique()),
+        **({"slides": int(table["slide"].nunique())} if "slide" in table else {}),
         "format": fmt,
         "seed": seed,
         "jobs": str(out_dir / "jobs"),

@@ -1,9 +1,16 @@
-"""The evaluation report: OUT/report.md and its PNG plots, from metrics.json's content and the figure table.
+"""The evaluation report: OUT/report.md and its PNG plots. The text is rendered from metrics.json's content alone;
+the ROC curve and the calibration plot also read the figure table.
 
-Plots: roc.png (ROC curve with grand-challenge-metrics' bootstrapped 95% band, the operating point
-of the submitted classes and the hindsight threshold), confusion.png, domains.png (balanced accuracy
-per tumour domain with bootstrap intervals), calibration.png (reliability curve and score histogram).
-Called by training.evaluate.score; every file is written to a temporary name and renamed.
+report.md opens with what a reviewer must know first: a warning when the model trained on some of these
+figures (how many; every metric is then given on all figures and on the unseen ones only), or that this could
+not be checked, or that none was among its training figures. Then the model (folder, manifest SHA-256, members,
+TTA, threshold and its source, training data, toolkit version), the metrics with their intervals, the
+breakdowns, confidence semantics, the hindsight threshold, the run, the departures.
+Plots: roc.png (ROC curve with its 95% band from the same resamples as the table's intervals, the operating point
+of the submitted classes and the hindsight threshold), confusion.png, breakdowns.png (balanced accuracy per tumour
+domain, scanner, origin and source, with intervals: those with two or more values), calibration.png (reliability
+curve and score histogram). Called by training.evaluate.score; every file is written to a temporary name and
+renamed.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import numpy as np
 from amf.fileio import write_text_atomic
 from amf.results import CLASSES
 from training.domains import tumor_name
+from training.evaluate.measure import BREAKDOWNS
 from training.metrics import fmt, fmt_ci
 
 NA = "n/a"  # a metric that does not exist (ROC AUC of a one-class set)
+UNIT_WORD = {"slide": "slide-level", "figure": "figure-level"}
 
 
 def _save(fig, path: Path) -> str:
@@ -37,6 +46,7 @@ def plot_roc(path: Path, metrics: dict, table) -> str:
 
     y, score = table.label.to_numpy(), table.p_atypical.to_numpy()
     agg, band = metrics["aggregates"], metrics["roc_band"]
+    unit = metrics["confidence_intervals"]["unit"]
     fig, ax = plt.subplots(figsize=(5.2, 5))
     ax.plot([0, 1], [0, 1], color="0.75", lw=1, ls="--")
     if band is not None:
@@ -46,7 +56,7 @@ def plot_roc(path: Path, metrics: dict, table) -> str:
             band["high_tpr"],
             color="tab:blue",
             alpha=0.2,
-            label=f"95% bootstrap band (AUC {fmt_ci(band['roc_auc'], NA)})",
+            label=f"95% band, {UNIT_WORD[unit]} bootstrap as the table (AUC {fmt_ci(band['roc_auc'], NA)})",
         )
     if agg["overall_roc_auc"] is not None:
         fpr, tpr, _ = roc_curve(y, score)
@@ -118,34 +128,37 @@ def plot_confusion(path: Path, metrics: dict) -> str:
     return _save(fig, path)
 
 
-def plot_domains(path: Path, metrics: dict) -> str:
+def value_name(col: str, value: str) -> str:
+    """A breakdown value as the report names it: a tumour domain by number and name."""
+    return f"{value}: {tumor_name(int(value))}" if col == "tumordomain" else value
+
+
+def plot_breakdowns(path: Path, metrics: dict) -> str:
     import matplotlib.pyplot as plt
 
-    agg, ci = metrics["aggregates"], metrics["confidence_intervals"]
-    keys = [k for k in agg if k.startswith("domain_")]
-    values = [agg[k]["balanced_accuracy"] for k in keys]
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(keys) + 2), 3.8))
-    x = np.arange(len(keys))
-    ax.bar(x, [v if v is not None else 0 for v in values], width=0.6, color="tab:blue", alpha=0.8)
-    for i, k in enumerate(keys):
-        if values[i] is not None and ci[k]["balanced_accuracy"] is not None:
-            lo, hi = ci[k]["balanced_accuracy"]
-            ax.errorbar(i, values[i], yerr=[[values[i] - lo], [hi - values[i]]], color="black", capsize=4)
-        ax.text(i, 0.02, fmt(values[i], NA), ha="center", va="bottom", color="white", fontsize=9)
+    agg, parts = metrics["aggregates"], varied(metrics) or metrics["breakdowns"]
+    unit = metrics["confidence_intervals"]["unit"]
+    cols = list(parts) or ["tumordomain"]
+    width = [max(2.2, 0.9 * len(parts.get(c, {})) + 1) for c in cols]
+    fig, axes = plt.subplots(1, len(cols), figsize=(sum(width) + 1, 3.8), width_ratios=width, squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        groups = parts.get(col, {})
+        x = np.arange(len(groups))
+        values = [g["balanced_accuracy"] for g in groups.values()]
+        ax.bar(x, [v if v is not None else 0 for v in values], width=0.6, color="tab:blue", alpha=0.8)
+        for i, g in enumerate(groups.values()):
+            ci = g["ci95"]["balanced_accuracy"]
+            if values[i] is not None and ci is not None:
+                ax.errorbar(i, values[i], yerr=[[values[i] - ci[0]], [ci[1] - values[i]]], color="black", capsize=4)
+            ax.text(i, 0.02, fmt(values[i], NA), ha="center", va="bottom", color="white", fontsize=9)
+        if agg["overall_balanced_accuracy"] is not None:
+            ax.axhline(agg["overall_balanced_accuracy"], color="tab:red", ls="--", lw=1, label="overall")
+        ax.axhline(0.5, color="0.6", lw=1, ls=":")
+        ax.set(xticks=x, xlim=(-0.7, max(len(groups), 1) - 0.3), ylim=(0, 1), title=f"per {BREAKDOWNS[col]}")
+        ax.set_xticklabels([value_name(col, v) for v in groups], rotation=20, ha="right", fontsize=8)
+    axes[0][0].set_ylabel(f"balanced accuracy ({UNIT_WORD[unit]} 95% CI)")
     if agg["overall_balanced_accuracy"] is not None:
-        ax.axhline(agg["overall_balanced_accuracy"], color="tab:red", ls="--", lw=1, label="overall")
-        ax.legend(loc="upper right", fontsize=8)
-    ax.axhline(0.5, color="0.6", lw=1, ls=":")
-    ax.set(
-        xticks=x,
-        xlim=(-0.7, len(keys) - 0.3),
-        ylim=(0, 1),
-        ylabel="balanced accuracy",
-        title="Balanced accuracy per tumour domain (95% CI)",
-    )
-    ax.set_xticklabels(
-        [f"{k.split('_')[1]}: {tumor_name(int(k.split('_')[1]))}" for k in keys], rotation=20, ha="right", fontsize=8
-    )
+        axes[0][-1].legend(loc="upper right", fontsize=8)
     return _save(fig, path)
 
 
@@ -169,6 +182,144 @@ def plot_calibration(path: Path, table, bins: int = 10) -> str:
     return _save(fig, path)
 
 
+def with_ci(value, ci) -> str:
+    return f"{fmt(value, NA)} {fmt_ci(ci, NA)}"
+
+
+def headline(metrics: dict) -> list[str]:
+    """report.md's first lines: whether the model trained on these figures."""
+    seen, c = metrics["seen"], metrics["counts"]
+    if not seen["checked"]:
+        return [f"> **Not checked whether the model trained on these figures**: {seen['reason']}."]
+    fp = seen["fingerprint"]
+    how = f"by content: the fingerprints of its {fp['figures']:,} training figures in the model's `{fp['file']}`"
+    if seen["seen"] == 0:
+        return [f"None of these {c['figures']} figures is among the model's training figures ({how})."]
+    unseen = (
+        f"the {seen['unseen']} it did not train on are scored apart below (**unseen only**): those are the estimate"
+        if seen["unseen"]
+        else "none is left unseen: nothing here estimates performance on new data"
+    )
+    return [
+        f"> **Warning: the model trained on {seen['seen']} of these {seen['figures']} figures** ({how}). "
+        f"Metrics on them are in-sample and flatter the model; {unseen}."
+    ]
+
+
+def model_lines(metrics: dict) -> list[str]:
+    m, tk = metrics["model"], metrics["toolkit"]
+    changes = {True: " (with uncommitted changes)", False: "", None: ""}[tk["git_changes"]]
+    toolkit = f"Toolkit: amf {tk['version']}, git commit `{tk['git_commit']}`{changes}."
+    if m is None:
+        return ["## Model", "", "Not known: no run.json names it (`score --model` names it).", "", toolkit, ""]
+    src, data = m["threshold_source"], m["training_data"]
+    pred = src["predictions"] or {}
+    lines = [
+        "## Model",
+        "",
+        f"`{m['folder']}`, manifest SHA-256 `{m['manifest_sha256']}`"
+        + ("" if m["trained"] else " (**untrained placeholder**)")
+        + f"; test-time augmentation **{m['tta']}**; threshold **{m['threshold']:.4f}** on the members' mean "
+        "P(atypical).",
+        "",
+        "| member | backbone | fold | input | resize | parameters | SHA-256 |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {x['file']} | {x['backbone'] or NA} | {NA if x['fold'] is None else x['fold']} | {x['input_size']} px "
+            f"| {x['resize']} | {x['parameters']:,} | `{x['sha256'][:16]}` |"
+            for x in m["members"]
+        ),
+        *(
+            f"| {v['file']} (variant {v['kind']}, {', '.join(v['use_on'])}) | | | | | | `{v['sha256'][:16]}` |"
+            for v in m["variants"]
+        ),
+        "",
+        "Threshold: "
+        + (src["note"] or "the manifest records no source")
+        + (f" (predictions: `{pred.get('run')}`, TTA {pred.get('tta')})" if pred else "")
+        + (
+            f"; for scanner shift the {src['for_shift']['chosen']} rule was chosen (leave-one-scanner-out run "
+            f"`{src['for_shift']['loso_run']}`)"
+            if src["for_shift"]
+            else ""
+        )
+        + ".",
+        "",
+        "Training data (as the manifest names it): "
+        + (
+            f"run `{data['run']}`, {data['figures']} figures ({data['atypical']} atypical) in "
+            f"{len(data['folds'] or [])} folds ({data['split_kind']}), label `{data['label']}`"
+            + (f", extra sets {', '.join(data['extra_sets'])}" if data["extra_sets"] else "")
+            + (f", synthetic atypicals from `{data['synthetic']}`" if data["synthetic"] else "")
+            if data["run"]
+            else "not recorded"
+        )
+        + ".",
+        "",
+        toolkit,
+        "",
+    ]
+    return lines
+
+
+SHOWN = [
+    ("balanced accuracy (leaderboard)", "balanced_accuracy"),
+    ("sensitivity (atypical)", "sensitivity"),
+    ("specificity (normal)", "specificity"),
+    ("ROC AUC", "roc_auc"),
+]
+
+
+def overall_table(blocks: list[tuple[str, dict]]) -> list[str]:
+    """The overall metrics of each BLOCKS entry (title, measured block) side by side, with their intervals."""
+    lines = [
+        "| metric | " + " | ".join(f"{t}: value [95% CI]" for t, _ in blocks) + " |",
+        "|---|" + "---|" * len(blocks),
+    ]
+    for name, key in SHOWN:
+        cells = [
+            with_ci(b["aggregates"][f"overall_{key}"], b["confidence_intervals"]["overall"][key]) for _, b in blocks
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| accuracy | " + " | ".join(fmt(b["aggregates"]["overall_accuracy"], NA) for _, b in blocks) + " |")
+    for _, b in blocks:
+        c = b["counts"]
+        lines += ["", f"Counts ({c['figures']} figures): TP {c['tp']}, FP {c['fp']}, FN {c['fn']}, TN {c['tn']}."]
+    return lines
+
+
+def varied(block: dict) -> dict:
+    """The breakdowns with two or more values (a one-value breakdown repeats the overall figures)."""
+    return {col: groups for col, groups in block["breakdowns"].items() if len(groups) > 1}
+
+
+def breakdown_tables(block: dict, level: str = "##") -> list[str]:
+    unit = block["confidence_intervals"]["unit"]
+    single = [
+        f"one {BREAKDOWNS[col]} ({value_name(col, next(iter(groups)))})"
+        for col, groups in block["breakdowns"].items()
+        if len(groups) == 1
+    ]
+    lines = ["", f"All figures share {', '.join(single)}."] if single else []
+    for col, groups in varied(block).items():
+        lines += [
+            "",
+            f"{level} Per {BREAKDOWNS[col]}",
+            "",
+            f"| {BREAKDOWNS[col]} | figures | atypical | {unit}s | balanced accuracy [95% CI] | sensitivity "
+            "| specificity | accuracy | ROC AUC [95% CI] |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {value_name(col, v)} | {g['n']} | {g['n_atypical']} | {g['n_units']} "
+            f"| {with_ci(g['balanced_accuracy'], g['ci95']['balanced_accuracy'])} | {fmt(g['sensitivity'], NA)} "
+            f"| {fmt(g['specificity'], NA)} | {fmt(g['accuracy'], NA)} "
+            f"| {with_ci(g['roc_auc'], g['ci95']['roc_auc'])} |"
+            for v, g in groups.items()
+        ]
+    return lines
+
+
 def write_report(out_dir, metrics: dict, table) -> Path:
     import matplotlib
 
@@ -178,44 +329,37 @@ def write_report(out_dir, metrics: dict, table) -> Path:
     plots = {
         "roc": plot_roc(out_dir / "roc.png", metrics, table),
         "confusion": plot_confusion(out_dir / "confusion.png", metrics),
-        "domains": plot_domains(out_dir / "domains.png", metrics),
+        "breakdowns": plot_breakdowns(out_dir / "breakdowns.png", metrics),
         "calibration": plot_calibration(out_dir / "calibration.png", table),
     }
-    agg, ci, c = metrics["aggregates"], metrics["confidence_intervals"], metrics["counts"]
-    o = ci["overall"]
+    ci, c, seen = metrics["confidence_intervals"], metrics["counts"], metrics["seen"]
+    unseen = metrics.get("unseen_only")
+    blocks = [(f"all {c['figures']} figures", metrics)]
+    if unseen:
+        blocks.append((f"unseen only ({unseen['counts']['figures']})", unseen))
     lines = [
         "# Offline evaluation (MIDOG 2025 Track 2 metrics)",
         "",
-        f"{c['figures']} figures ({c['atypical']} atypical, {c['normal']} normal) in {c['stacks']} stacks, "
-        f"scored with the organisers' Track 2 metrics. Intervals: {ci['method']}, {int(100 * ci['level'])}%.",
+        *headline(metrics),
         "",
-        "| metric | value | 95% CI |",
-        "|---|---|---|",
-        f"| balanced accuracy (leaderboard) | {fmt(agg['overall_balanced_accuracy'], NA)} "
-        f"| {fmt_ci(o['balanced_accuracy'], NA)} |",
-        f"| sensitivity (atypical) | {fmt(agg['overall_sensitivity'], NA)} | {fmt_ci(o['sensitivity'], NA)} |",
-        f"| specificity (normal) | {fmt(agg['overall_specificity'], NA)} | {fmt_ci(o['specificity'], NA)} |",
-        f"| ROC AUC | {fmt(agg['overall_roc_auc'], NA)} | {fmt_ci(o['roc_auc'], NA)} |",
-        f"| accuracy | {fmt(agg['overall_accuracy'], NA)} | |",
+        f"{c['figures']} figures ({c['atypical']} atypical, {c['normal']} normal) in {c['stacks']} stacks"
+        + (f" from {c['slides']} slides" if "slides" in c else "")
+        + ", scored with the organisers' Track 2 metrics.",
         "",
-        f"Counts: TP {c['tp']}, FP {c['fp']}, FN {c['fn']}, TN {c['tn']}.",
+        *model_lines(metrics),
+        "## Metrics",
         "",
-        "## Per tumour domain",
+        f"Intervals ({int(100 * ci['level'])}%, in the tables and the ROC band alike): {ci['method']}.",
         "",
-        "| domain | figures | atypical | balanced accuracy | 95% CI | sensitivity | specificity | accuracy | ROC AUC |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *overall_table(blocks),
+        *breakdown_tables(metrics),
     ]
-    for key in (k for k in agg if k.startswith("domain_")):
-        d = int(key.split("_")[1])
-        sub = table[table.tumordomain == d]
-        a = agg[key]
-        lines.append(
-            f"| {d}: {tumor_name(d)} | {len(sub)} | {int(sub.label.sum())} "
-            f"| {fmt(a['balanced_accuracy'], NA)} | {fmt_ci(ci[key]['balanced_accuracy'], NA)} "
-            f"| {fmt(a['sensitivity'], NA)} | {fmt(a['specificity'], NA)} "
-            f"| {fmt(a['accuracy'], NA)} | {fmt(a['roc_auc'], NA)} |"
-        )
-    sem, hind = metrics["confidence_semantics"], metrics["hindsight"]
+    if unseen:
+        lines += ["", f"## Unseen only: the {unseen['counts']['figures']} figures the model did not train on"]
+        lines += breakdown_tables(unseen, "###")
+    elif seen["checked"] and seen["seen"]:
+        lines += ["", "## Unseen only", "", "None: the model trained on every one of these figures."]
+    sem, hind, agg = metrics["confidence_semantics"], metrics["hindsight"], metrics["aggregates"]
     consistent = "yes" if metrics["checks"]["classes_are_a_threshold_on_score"] else "no"
     lines += [
         "",
@@ -252,7 +396,7 @@ def write_report(out_dir, metrics: dict, table) -> Path:
         "",
         f"![ROC]({plots['roc']})",
         f"![Confusion matrix]({plots['confusion']})",
-        f"![Per domain]({plots['domains']})",
+        f"![Breakdowns]({plots['breakdowns']})",
         f"![Calibration]({plots['calibration']})",
         "",
     ]

@@ -1,7 +1,8 @@
 """Run the container's entrypoint over a folder of packed jobs, as the platform does.
 
 Each JOBS/<job>/input/ is one job's /input; its results go to JOBS/<job>/output/ (the job's /output),
-JOBS/<job>/run.json records how long it took and whether it failed, and JOBS/<job>/run.log holds
+JOBS/<job>/run.json records how long it took, whether it failed, and the model folder and its manifest's
+SHA-256 (score names the model by them), and JOBS/<job>/run.log holds
 what the job printed (so the progress bar stays readable). By default every job is a
 fresh process (`python inference.py --input ... --output ... --model ...`), as on Grand Challenge,
 run by the interpreter of the runtime environment built from requirements.txt (.venv-runtime, made
@@ -27,6 +28,7 @@ from amf import AmfError, jobs, one_line
 from amf import manifest as manifest_io
 from amf.cli import as_error
 from amf.fileio import write_text_atomic
+from training.evaluate.identity import manifest_digest
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (training/evaluate/run.py)
 RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
@@ -120,6 +122,7 @@ def run_jobs(
 
     model_dir = inference.resolve_model_dir(str(model_dir) if model_dir else None).resolve()
     manifest_io.load(model_dir)  # a missing or broken model is one error now, not one per job
+    digest = manifest_digest(model_dir)  # score names the model by it, and refuses one changed since
     python = python or default_python()
     records = []
     bar = tqdm(list_jobs(jobs_dir), desc="run", unit="job", disable=not progress)
@@ -141,6 +144,7 @@ def run_jobs(
             "mode": "in-process" if in_process else "process",
             "python": sys.executable if in_process else python,
             "model": str(model_dir),
+            "manifest_sha256": digest,
         }
         write_text_atomic(job / RUN_RECORD, json.dumps(record, indent=2) + "\n")
         records.append(record)

@@ -1,4 +1,5 @@
-"""Score run jobs exactly as the organisers' Track 2 evaluation does, with intervals and a report.
+"""Score run jobs exactly as the organisers' Track 2 evaluation does, with intervals, the model's identity,
+the figures it trained on, and a report.
 
 For each JOBS/<job>: the stack's name from input/inputs.json picks its ground truth; the result file
 output/multiple-mitotic-figure-classification.json must pass the organisers' checks
@@ -7,8 +8,16 @@ else the error names the stack. Then, over all figures pooled: sensitivity, spec
 accuracy and accuracy from the classes, ROC AUC on the confidences, and the same per tumour domain
 (training.metrics.aggregates: the organisers' keys). metrics.json holds them under "aggregates" exactly
 as the organisers' metrics.json does; everything else sits under its own top-level key:
-  confidence_intervals  seeded bootstrap over figures (training.metrics.bootstrap_ci), overall and per domain
-  roc_band              grand-challenge-metrics' bootstrapped ROC band (training.metrics.roc_band)
+  model                 the model the jobs ran with (run.json, or --model): folder, manifest SHA-256, members,
+                        TTA, threshold and its source, training data (training.evaluate.identity); null if unknown
+  toolkit               this toolkit's version and git commit
+  seen                  how many scored figures the model trained on: each job's patches fingerprinted
+                        (training.fingerprint) against the model's training_fingerprints.bin; or why not checked
+  unseen_only           every metric again on the figures the model did not train on (when it trained on some;
+                        null when it trained on all)
+  confidence_intervals  95% intervals, overall and per domain, and roc_band, the ROC band: one resampling
+                        (training.evaluate.measure: slides where figures.csv knows them, else figures)
+  breakdowns            per tumour domain, scanner, origin, source (the figures.csv columns there are)
   confidence_semantics  how the confidence was read (below)
   hindsight             the threshold that would have maximised balanced accuracy on this very set
   counts, checks, run, departures
@@ -19,9 +28,11 @@ as the confidence of the predicted class (P(atypical) = c if class is atypical e
 Departures from the organisers' code: a set or domain with one class only gets roc_auc null (theirs
 raises), and a rate with an empty denominator is null (theirs gives 0 with a warning).
 Everything is read and checked before anything is written (a result's confidence must lie in
-[0, 1]; run.json and figures.csv must parse and hold their fields), and OUT/metrics.json from an
-earlier run is removed first: after a failed score no metrics.json claims a result.
-Run:  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--confidence p-atypical|predicted-class]
+[0, 1]; run.json and figures.csv must parse and hold their fields; a fingerprint file must be the
+format and the one the manifest records), and OUT/metrics.json from an earlier run is removed first:
+after a failed score no metrics.json claims a result.
+Run:  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--model DIR]
+      [--confidence p-atypical|predicted-class]
 """
 
 from __future__ import annotations
@@ -34,7 +45,8 @@ import numpy as np
 from amf import AmfError, jobs, one_line
 from amf.fileio import read_json, write_text_atomic
 from amf.results import ATYPICAL, CLASS_ID, validate
-from training.metrics import aggregates, best_threshold, bootstrap_ci, roc_band, summary
+from training.evaluate import identity, measure
+from training.metrics import best_threshold, summary
 
 CONFIDENCE_MODES = {
     "p-atypical": "confidence = P(atypical); ROC AUC on the confidence as given",
@@ -147,8 +159,8 @@ def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
     return pd.DataFrame(rows)
 
 
-def run_times(jobs_dir) -> dict | None:
-    """What `run` recorded in JOBS/<job>/run.json, summarised; None if it recorded nothing."""
+def run_records(jobs_dir) -> list[dict]:
+    """What `run` recorded in JOBS/<job>/run.json, checked; [] where it recorded nothing."""
     from training.evaluate.run import RUN_RECORD, list_jobs
 
     records = []
@@ -163,6 +175,11 @@ def run_times(jobs_dir) -> dict | None:
             ):
                 raise AmfError(f"run record {path}: needs 'seconds' (a number) and 'mode' (text); run the jobs again")
             records.append(r)
+    return records
+
+
+def run_times(records: list[dict]) -> dict | None:
+    """The run records' times, summarised; None if there are none."""
     if not records:
         return None
     secs = np.array([r["seconds"] for r in records])
@@ -176,12 +193,17 @@ def run_times(jobs_dir) -> dict | None:
     }
 
 
+FIGURE_COLUMNS = ("slide", *(c for c in measure.BREAKDOWNS if c != "tumordomain"))  # optional in figures.csv
+
+
 def read_figures(path):
-    """pack's figures.csv (which figure sits where): columns image, index (an integer), figure."""
+    """pack's figures.csv (which figure sits where): columns image, index (an integer), figure, and where pack
+    knew them the figure's slide, Scanner, Origin and source (FIGURE_COLUMNS)."""
     import pandas as pd
 
     try:
-        placed = pd.read_csv(path, dtype={"image": str, "figure": str})
+        text = dict.fromkeys(("image", "figure", *FIGURE_COLUMNS), str)
+        placed = pd.read_csv(path, dtype=text, keep_default_na=False)
     except (OSError, ValueError) as e:  # pandas' parser errors are ValueErrors
         raise AmfError(f"figure table {path} cannot be read ({one_line(e)})") from None
     missing = {"image", "index", "figure"} - set(placed.columns)
@@ -191,42 +213,25 @@ def read_figures(path):
         raise AmfError(f"figure table {path}: column index must hold integers")
     if placed.duplicated(["image", "index"]).any():  # a merge would count such a figure twice
         raise AmfError(f"figure table {path}: a stack position is listed twice")
-    return placed[["image", "index", "figure"]]
+    return placed[["image", "index", "figure", *(c for c in FIGURE_COLUMNS if c in placed)]]
 
 
 def evaluate(table, n_boot: int = 1000, seed: int = 0, confidence: str = "p-atypical") -> dict:
-    """The figure table -> the metrics.json document (less the run record)."""
-    y, score, pred, dom = (table[c].to_numpy() for c in ("label", "p_atypical", "predicted", "tumordomain"))
-    agg = aggregates(y, score, domains=dom, y_pred=pred)
-    overall = summary(y, score, y_pred=pred)
-    intervals = {
-        "level": 0.95,
-        "method": f"percentile bootstrap over figures, {n_boot} resamples, seed {seed}",
-        "overall": bootstrap_ci(y, score, n_boot=n_boot, seed=seed, y_pred=pred),
-    }
-    for d in np.sort(np.unique(dom)):
-        m = dom == d
-        intervals[f"domain_{d}"] = bootstrap_ci(y[m], score[m], n_boot=n_boot, seed=seed, y_pred=pred[m])
+    """The figure table -> the metrics.json document (less the model, the seen figures and the run record)."""
+    y, score, pred = (table[c].to_numpy() for c in ("label", "p_atypical", "predicted"))
     best = best_threshold(y, score)
     normal_max = score[pred == 0].max(initial=-np.inf)
     atypical_min = score[pred == 1].min(initial=np.inf)
+    block = measure.measured(table, n_boot, seed)
     return {
-        "aggregates": agg,
-        "confidence_intervals": intervals,
-        "roc_band": roc_band(y, score, n_boot=n_boot),
+        "aggregates": block.pop("aggregates"),
+        **block,
         "confidence_semantics": {"mode": confidence, "meaning": CONFIDENCE_MODES[confidence]},
         "hindsight": {
             "threshold": best,
             "balanced_accuracy": summary(y, score, threshold=best)["balanced_accuracy"],
             "note": "chosen on this very set after seeing its labels: optimistic, not an estimate "
             "of performance on new data",
-        },
-        "counts": {
-            "stacks": int(table.image.nunique()),
-            "figures": len(table),
-            "atypical": int(y.sum()),
-            "normal": int(len(y) - y.sum()),
-            **{k: overall[k] for k in ("tp", "fp", "fn", "tn")},
         },
         # if the classes are not one threshold on the score, the score is probably read the wrong way
         "checks": {"classes_are_a_threshold_on_score": bool(normal_max < atypical_min)},
@@ -242,8 +247,10 @@ def score(
     n_boot: int = 1000,
     seed: int = 0,
     report: bool = True,
+    model=None,
 ) -> dict:
-    """Check and score every job; write OUT/metrics.json, OUT/predictions.csv and the report."""
+    """Check and score every job; write OUT/metrics.json, OUT/predictions.csv and the report. MODEL: the model
+    folder the jobs ran with, where their run.json do not name it (or to check that they name that one)."""
     if confidence not in CONFIDENCE_MODES:
         raise AmfError(f"unknown confidence semantics {confidence!r}; choose one of {', '.join(CONFIDENCE_MODES)}")
     if n_boot < 1:
@@ -257,9 +264,20 @@ def score(
     figures = Path(ground_truth).parent / "figures.csv"  # written by pack: which figure is where
     if figures.is_file():
         table = table.merge(read_figures(figures), on=["image", "index"], how="left")
-    run = run_times(jobs_dir)
+    records = run_records(jobs_dir)
+    folder = identity.model_of_runs(records, model)
+    described = identity.describe(folder) if folder is not None else None
+    hit, seen = identity.seen(jobs_dir, table, described)
+    if hit is not None:
+        table["seen"] = hit
     metrics = evaluate(table, n_boot=n_boot, seed=seed, confidence=confidence)
-    metrics["run"] = run
+    metrics["model"] = described
+    metrics["toolkit"] = identity.toolkit()
+    metrics["seen"] = seen
+    if hit is not None and hit.any():  # in-sample figures: every metric again without them (None: none is left)
+        unseen = table[~hit].reset_index(drop=True)
+        metrics["unseen_only"] = measure.measured(unseen, n_boot, seed) if len(unseen) else None
+    metrics["run"] = run_times(records)
     metrics["sources"] = {"jobs": str(Path(jobs_dir).resolve()), "ground_truth": str(Path(ground_truth).resolve())}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "predictions.csv", table.drop(columns="predicted").to_csv(index=False))
