@@ -14,8 +14,14 @@ image_ids are prefixed "<name>/" so that they never collide with the official on
 - Synthetic atypical images (config data.synthetic: a folder of PNGs): label 1, synthetic=True, slide
   "synthetic", domains "synthetic"; splits keep them out of every validation fold.
 - Domains: canonical values through training.domains.canonical (one alias table); raw values kept as raw_<col>.
-- Missing or unreadable images: one error listing them, or (data.skip_missing / --skip-missing) dropped
-  with a count.
+- Image names are paths inside the set's image folder (inside(): an absolute name, a '..' part or a link
+  leading out is refused; offline evaluation's pack uses the same rule).
+- Missing or unreadable images: one error listing them (missing ones before anything is decoded), or
+  (data.skip_missing / --skip-missing) dropped with a count. Every image is decoded once before training,
+  kept (data.preload) or not, so an unreadable one is found there and not in a loader's worker.
+- Bounds: a label table is read by read_csv (at most MAX_TABLE_BYTES, UTF-8, one error line for anything it
+  cannot parse); an image whose header declares a side over amf.jobs.MAX_SIDE (the container's cap) is refused
+  before it is decoded.
 The torch Dataset decodes PNG -> amf.preprocess.canonical_patch -> augment (training only) ->
 amf.preprocess.resize -> amf.preprocess.normalize: at validation time exactly the container's prepare().
 Run:  python -m training.data DATA_DIR [--config CONFIG]   (prints the class and domain counts)
@@ -23,6 +29,7 @@ Run:  python -m training.data DATA_DIR [--config CONFIG]   (prints the class and
 
 from __future__ import annotations
 
+import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,8 +38,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from amf import AmfError, report_error
+from amf import AmfError, one_line, report_error
 from amf.cli import ArgumentParser
+from amf.fileio import read_text
+from amf.jobs import MAX_SIDE
 from amf.preprocess import canonical_patch, normalize, resize
 from amf.results import ATYPICAL, CLASS_ID, NORMAL
 from training.domains import DOMAIN_COLUMNS, canonical
@@ -57,10 +66,42 @@ EXPERTS = ("expert1", "expert2", "expert3")
 # the official CSVs' label codes (majority, expert1-3) -> class id (amf.results: atypical = 1)
 LABEL_CODES = {"AMF": CLASS_ID[ATYPICAL], "NMF": CLASS_ID[NORMAL]}
 SYNTHETIC = "synthetic"
+MAX_TABLE_BYTES = 16 * 2**20  # a label table (the full official one, 11,937 figures, is 1.1 MB)
 
 
 def slide_key(filename, prefix: str = "") -> str:
     return prefix + Path(str(filename).strip()).stem.lower()
+
+
+def read_csv(path, what: str = "label table", **kwargs) -> pd.DataFrame:
+    """The one reader of the project's CSV tables (label tables, and a run folder's splits and predictions):
+    pandas.read_csv(**KWARGS) on PATH's text (read_text: at most MAX_TABLE_BYTES, UTF-8, a BOM dropped). A file
+    that is empty, has a header and no rows, or does not parse is one AmfError line naming WHAT and PATH."""
+    text = read_text(path, what, MAX_TABLE_BYTES)
+    try:
+        table = pd.read_csv(io.StringIO(text), **kwargs)
+    except pd.errors.EmptyDataError:
+        raise AmfError(f"{what} {path} is empty (no header, no rows)") from None
+    except (ValueError, pd.errors.ParserError) as e:  # ParserError is a ValueError; also dtype conversions
+        raise AmfError(f"{what} {path} is not a CSV table ({one_line(e)[:200]})") from None
+    if table.empty:
+        raise AmfError(f"{what} {path} has no rows")
+    return table
+
+
+def inside(folder, name) -> Path:
+    """FOLDER/NAME, refused (naming it) if NAME is empty, absolute, has a '..' part or resolves (through a link)
+    outside FOLDER: the one rule for image names in label tables (training and offline evaluation)."""
+    folder, name = Path(folder), str(name)
+    path = folder / name
+    try:
+        out = not name or Path(name).is_absolute() or ".." in Path(name).parts
+        out = out or not path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):  # a NUL byte, a link loop
+        out = True
+    if out:
+        raise AmfError(f"image {name!r} is outside the image folder {folder}: name images by their path inside it")
+    return path
 
 
 def read_table(
@@ -72,10 +113,15 @@ def read_table(
         raise AmfError(f"no label table {csv}")
     if not images.is_dir():
         raise AmfError(f"no image folder {images}")
-    raw = pd.read_csv(csv, dtype={"image_id": str, "filename": str})
+    raw = read_csv(csv, dtype={"image_id": str, "filename": str})
     missing_cols = [c for c in ("image_id", "filename", label_col) if c not in raw.columns]
     if missing_cols:
         raise AmfError(f"{csv.name}: missing column(s) {', '.join(missing_cols)}")
+    for col in ("image_id", "filename"):
+        empty = raw[col].isna() | (raw[col].astype(str).str.strip() == "")
+        if empty.any():
+            rows = [str(i + 2) for i in np.flatnonzero(empty)[:5]]  # row 1 is the header
+            raise AmfError(f"{csv.name}: {int(empty.sum())} row(s) without {col}, e.g. row(s) {', '.join(rows)}")
     labels = raw[label_col].astype(str).str.strip().str.upper()
     bad = raw.loc[~labels.isin(list(LABEL_CODES)), "image_id"].tolist()
     if bad:
@@ -85,7 +131,7 @@ def read_table(
     df = pd.DataFrame(
         {
             "image_id": id_prefix + raw["image_id"].astype(str).str.strip(),
-            "path": [str(images / str(i).strip()) for i in raw["image_id"]],
+            "path": [str(inside(images, str(i).strip())) for i in raw["image_id"]],
             "filename": raw["filename"].astype(str),
             "slide": [slide_key(f, slide_prefix) for f in raw["filename"]],
             "coordinateX": pd.to_numeric(raw.get("coordinateX", np.nan), errors="coerce"),
@@ -167,50 +213,72 @@ def image_path(row, data_dir=None) -> Path:
     """The image of a splits.csv row: its recorded path, or an official figure under DATA_DIR when the data
     folder has moved since training."""
     if data_dir is not None and row["source"] == "official":
-        return Path(data_dir) / OFFICIAL_IMAGES / row["image_id"]
+        return inside(Path(data_dir) / OFFICIAL_IMAGES, row["image_id"])
     return Path(row["path"])
 
 
 def decode(path) -> np.ndarray:
     """A PNG (any mode) -> square HxWx3 uint8 by the container's rule (amf.preprocess.canonical_patch:
     a 16-bit PNG is scaled by 255/65535, grey repeated, alpha dropped). The one image reader of training
-    and of offline evaluation (training.evaluate.pack)."""
-    with Image.open(path) as im:
-        if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
-            im = im.convert("RGB")  # palette and other modes: let Pillow expand them
-        return canonical_patch(np.asarray(im))
+    and of offline evaluation (training.evaluate.pack). An image whose header declares a side over MAX_SIDE is
+    refused before a pixel is decoded; whatever else Pillow cannot read is one AmfError naming PATH."""
+    try:
+        with Image.open(path) as im:
+            if max(im.size) > MAX_SIDE:
+                w, h = im.size
+                raise AmfError(f"{w}x{h} pixels: a patch side is at most {MAX_SIDE} (the container's cap)")
+            if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
+                im = im.convert("RGB")  # palette and other modes: let Pillow expand them
+            return canonical_patch(np.asarray(im))
+    except AmfError as e:
+        raise AmfError(f"cannot read image {path}: {e}") from None
+    except Image.DecompressionBombError:  # Pillow's own check of the header, before the one above
+        raise AmfError(
+            f"cannot read image {path}: its header declares far more pixels than any patch: a patch side is at most "
+            f"{MAX_SIDE}"
+        ) from None
+    except Exception as e:  # a damaged file makes Pillow raise OSError, SyntaxError, zlib and struct errors,
+        # DecompressionBombError ...: each is this file's problem, not a bug
+        raise AmfError(f"cannot read image {path}: {one_line(e)[:200] or type(e).__name__}") from None
 
 
 def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
-    """Missing (and, with preload, unreadable) images: one error listing them, or dropped with a count.
+    """Missing images (refused before anything is decoded), then unreadable ones: every image is decoded once,
+    kept with PRELOAD; one error listing them, or, with SKIP, dropped with a count.
 
     Returns (table, cache, message): cache is the decoded patches in table order (None without preload).
     """
-    exists = np.array([Path(p).is_file() for p in df["path"]])
-    bad = [f"{i} (missing)" for i in df.loc[~exists, "image_id"]]
-    cache = None
-    if preload:
+    exists = np.array([Path(p).is_file() for p in df["path"]], dtype=bool)
+    missing = df.loc[~exists, "image_id"].tolist()
+    if missing and not skip:
+        raise AmfError(
+            f"{len(missing)} of {len(df)} image(s) missing: {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''} (use --skip-missing to train without them)"
+        )
 
-        def load(p):
-            if p is None:  # missing: already listed
-                return None
-            try:
-                return decode(p)
-            except (OSError, ValueError, AmfError) as e:
-                return e
+    def load(p):
+        if p is None:  # missing: already counted
+            return None
+        try:
+            img = decode(p)
+        except AmfError as e:
+            return e
+        return img if preload else True  # without preload only the check is kept
 
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            decoded = list(pool.map(load, [p if ok else None for p, ok in zip(df["path"], exists)]))
-        for i, (img, ok) in enumerate(zip(decoded, exists)):
-            if ok and not isinstance(img, np.ndarray):
-                bad.append(f"{df['image_id'].iloc[i]} (unreadable: {' '.join(str(img).split())[:80]})")
-                exists[i] = False
-        cache = [img for img, ok in zip(decoded, exists) if ok]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        decoded = list(pool.map(load, [p if ok else None for p, ok in zip(df["path"], exists)]))
+    bad = [f"{i} (missing)" for i in missing]
+    for i, (img, ok) in enumerate(zip(decoded, exists)):
+        if ok and isinstance(img, AmfError):
+            reason = str(img).split(": ", 1)[-1]
+            bad.append(f"{df['image_id'].iloc[i]} (unreadable: {' '.join(reason.split())[:80]})")
+            exists[i] = False
     if bad and not skip:
         raise AmfError(
             f"{len(bad)} image(s) missing or unreadable: {'; '.join(bad[:10])}"
             f"{' ...' if len(bad) > 10 else ''} (use --skip-missing to train without them)"
         )
+    cache = [img for img, ok in zip(decoded, exists) if ok] if preload else None
     msg = f"skipped {len(bad)} missing or unreadable image(s)" if bad else ""
     return df[exists].reset_index(drop=True), cache, msg
 

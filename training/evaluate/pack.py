@@ -13,7 +13,7 @@ training.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from on
 Each image is read by training's reader (training.data.decode: the README's input rule, centre crop
 included), so a stack holds exactly the patches training sees. Image names are paths inside
 IMAGE_DIR: an absolute name, a `..` part, or a name that resolves (through a link) outside IMAGE_DIR
-is refused. Everything is built in a scratch folder inside OUT
+is refused (training.data.inside: training's own rule). Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
 Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N]
 """
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from amf import AmfError, jobs, one_line
+from amf import AmfError, jobs
 from amf.fileio import write_text_atomic
 from amf.results import ATYPICAL, CLASSES
-from training.data import LABEL_CODES, decode
+from training.data import LABEL_CODES, decode, inside, read_csv
 from training.domains import TUMOR_DOMAINS, tumor_domain, tumor_name
 
 STACK_SIZE = 16  # the organisers' stacks hold up to 16 cut-outs
@@ -61,10 +61,7 @@ def read_labels(csv_path, tumor: str | None = None):
     """The CSV -> a table with columns figure, label ('atypical'/'normal'), tumordomain (int)."""
     import pandas as pd
 
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise AmfError(f"cannot read {csv_path}: {one_line(e)}") from None
+    raw = read_csv(csv_path, dtype=str, keep_default_na=False)
     if {"image_id", "majority"} <= set(raw.columns):
         figure, label, domain = "image_id", "majority", "Tumor"
     elif {"image", "label"} <= set(raw.columns):
@@ -76,8 +73,6 @@ def read_labels(csv_path, tumor: str | None = None):
         )
     if domain not in raw.columns and tumor is None:
         raise AmfError(f"{csv_path} has no {domain} column: name the tumour type with --tumor")
-    if len(raw) == 0:
-        raise AmfError(f"{csv_path} has no rows")
     rows = []
     for i, r in enumerate(raw.to_dict("records"), start=2):  # row 1 is the header
         name = r[figure].strip()
@@ -96,14 +91,6 @@ def read_labels(csv_path, tumor: str | None = None):
     return table
 
 
-def inside(image_dir: Path, name: str) -> Path:
-    """IMAGE_DIR/NAME, refused (naming it) if NAME is absolute, has a '..' part or resolves outside IMAGE_DIR."""
-    path = image_dir / name
-    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(image_dir.resolve()):
-        raise AmfError(f"image {name!r} is outside the image folder {image_dir}: name images by their path inside it")
-    return path
-
-
 def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
     """Seeded: per tumour domain, shuffle the figures and cut them into stacks of up to stack_size."""
     rng = np.random.default_rng(seed)
@@ -112,15 +99,6 @@ def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
         group = group.iloc[rng.permutation(len(group))]
         stacks += [group.iloc[i : i + stack_size] for i in range(0, len(group), stack_size)]
     return stacks
-
-
-def load_patch(path: Path) -> np.ndarray:
-    """One figure as training reads it (training.data.decode: the README's input rule), so the stack
-    holds exactly the patch training sees: a 16-bit PNG scaled, not saturated."""
-    try:
-        return decode(path)
-    except (OSError, AmfError) as e:
-        raise AmfError(f"cannot read image {path}: {one_line(e)}") from None
 
 
 def pack(
@@ -152,7 +130,7 @@ def pack(
             ext = {"tiff": "tiff", "mha": "mha", "mixed": ("tiff", "mha")[(k - 1) % 2]}[fmt]
             job = f"stack_{k:0{width}d}"
             name = f"{job}.{ext}"
-            patches = [load_patch(image_dir / f) for f in stack.figure]
+            patches = [decode(image_dir / f) for f in stack.figure]  # as training reads them
             if len({p.shape for p in patches}) > 1:
                 raise AmfError(
                     f"{name}: the figures {', '.join(stack.figure)} differ in size; a stack needs one patch size"
