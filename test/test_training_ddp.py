@@ -50,7 +50,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert p.stdout.count("fold 0 epoch 1/1:") == 1  # rank 0 reports; rank 1 stays quiet
     done = json.loads((run / "fold0" / "done.json").read_text())
     assert done["fold"] == 0 and done["best_epoch"] == 1
-    state = torch.load(run / "fold0" / "last.pt", weights_only=False)
+    state = torch.load(run / "fold0" / "last.pt", weights_only=True)
     train_n = (pd.read_csv(run / "splits.csv")["fold"] != 0).sum()
     assert state["step"] == train_n // (4 * 2)  # each rank takes its own shard: half the steps of one process
     assert not any(k.startswith("module.") for k in state["model"])  # saved without the DDP wrapper
