@@ -6,8 +6,8 @@ value (file or override) must have its default's type (an integer where the defa
 true/false where it is a bool, a number where it is a float: an integer or a text like 1e-4 is
 taken as one, text, a list whose items have the type of the default's items, a mapping). The few
 keys whose default is a word or None standing for another type say so in ALSO and NONE_TYPES; any
-other None default takes any value. The free-form sections are checked by their own rules (FREE_RULES:
-model.kwargs, data.extra). Every config text (a file, a --set value, a run's config.yaml) is read by parse():
+other None default takes any value. The free-form sections are checked by their own rules (check_kwargs,
+check_extra). Every config text (a file, a --set value, a run's config.yaml) is read by parse():
 UTF-8, at most MAX_CONFIG_BYTES, no YAML tags, plain values only (mappings with text keys, lists, text,
 numbers, true/false, null), nested at most MAX_DEPTH deep and at most MAX_EXPANDED in expanded size (aliases
 counted each time they are used: an alias bomb is refused before anything reads it). Each recipe part has its
@@ -40,6 +40,7 @@ from pathlib import Path
 import yaml
 
 from amf import AmfError, one_line
+from amf.jobs import MAX_SIDE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -146,7 +147,7 @@ CHOICES = {
     "export.tta": ("none", "flips", "d4"),
 }
 
-# keys whose value is free-form (no nested key check against DEFAULTS): check_free's rules apply instead
+# keys whose value is free-form (no nested key check against DEFAULTS): check_kwargs and check_extra apply instead
 FREE = {"model.kwargs", "data.extra"}
 # model.kwargs values "py:NAME" import NAME (training.models.python_object): only from these packages
 PY_PACKAGES = ("timm.", "torch.nn.")
@@ -348,8 +349,8 @@ def validate(cfg: dict) -> dict:
         section, key = dotted.split(".")
         if cfg[section][key] not in allowed:
             raise AmfError(f"config: {dotted} must be one of {allowed}, got {cfg[section][key]!r}")
-    if int(cfg["data"]["input_size"]) < 8:
-        raise AmfError("config: data.input_size must be >= 8")
+    if not 8 <= int(cfg["data"]["input_size"]) <= MAX_SIDE:  # a model never sees more than the container's patch cap
+        raise AmfError(f"config: data.input_size must be from 8 to {MAX_SIDE}, got {cfg['data']['input_size']}")
     if int(cfg["align"]["attention_reduction"]) < 1:
         raise AmfError("config: align.attention_reduction must be >= 1")
     if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:

@@ -73,11 +73,11 @@ def slide_key(filename, prefix: str = "") -> str:
     return prefix + Path(str(filename).strip()).stem.lower()
 
 
-def read_csv(path, what: str = "label table", **kwargs) -> pd.DataFrame:
+def read_csv(path, what: str = "label table", limit: int = MAX_TABLE_BYTES, **kwargs) -> pd.DataFrame:
     """The one reader of the project's CSV tables (label tables, and a run folder's splits and predictions):
-    pandas.read_csv(**KWARGS) on PATH's text (read_text: at most MAX_TABLE_BYTES, UTF-8, a BOM dropped). A file
-    that is empty, has a header and no rows, or does not parse is one AmfError line naming WHAT and PATH."""
-    text = read_text(path, what, MAX_TABLE_BYTES)
+    pandas.read_csv(**KWARGS) on PATH's text (read_text: at most LIMIT bytes, UTF-8, a BOM dropped). A file that
+    is empty, has a header and no rows, or does not parse is one AmfError line naming WHAT and PATH."""
+    text = read_text(path, what, limit)
     try:
         table = pd.read_csv(io.StringIO(text), **kwargs)
     except pd.errors.EmptyDataError:
@@ -169,7 +169,7 @@ def read_synthetic(folder) -> pd.DataFrame:
     df = pd.DataFrame(
         {
             "image_id": [f"{SYNTHETIC}/{p.name}" for p in files],
-            "path": [str(p) for p in files],
+            "path": [str(inside(folder, p.name)) for p in files],  # a link leading out is refused
             "filename": SYNTHETIC,
             "slide": SYNTHETIC,
             "coordinateX": np.nan,

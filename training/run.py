@@ -43,15 +43,22 @@ from amf import AmfError, one_line
 from amf.fileio import read_json, temporaries, write_atomic, write_text_atomic
 from training import config as config_io
 from training import splits as splits_io
-from training.data import read_csv
+from training.data import MAX_TABLE_BYTES, read_csv
 
 CONFIG, SPLITS, OOF, OOF_METRICS = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json"
 LAST, BEST, EPOCHS, DONE = "last.pt", "best.pt", "epochs.csv", "done.json"  # in each fold{k}/
 LOCK = "train.lock"  # in the run folder and in each fold{k}/
-PREDICTION_DTYPES = {"image_id": str, "slide": str}
+# a run folder's tables (splits.csv, the out-of-fold predictions) hold more columns per figure than a label table
+MAX_RUN_TABLE_BYTES = 4 * MAX_TABLE_BYTES
 # the keys each checkpoint must hold (training.train.save_epoch writes them)
 LAST_KEYS = ("model", "optimizer", "scheduler", "epoch", "best", "history", "step", "rng")
 BEST_KEYS = ("state_dict",)
+PREDICTION_COLUMNS = ("image_id", "slide", "fold", "probability", "label")  # what training writes and pooling needs
+PREDICTION_RULES = {  # column -> (which values fit, what they must be)
+    "probability": (lambda v: v.between(0, 1), "a number in [0, 1]"),
+    "fold": (lambda v: v.notna() & (v == v.round()), "a whole number"),
+    "label": (lambda v: v.isin([0, 1]), "0 or 1"),
+}
 
 
 # ---- writers (a reader, or a job resuming, never sees half a file) --------------------------------------
@@ -139,22 +146,22 @@ def need(path: Path, what: str) -> Path:
     return path
 
 
-def read_predictions(path) -> pd.DataFrame:
-    """An out-of-fold table (image_id, slide, fold, probability, ...), ids and slides as the strings written;
-    one AmfError line if it lacks image_id or probability or a probability is not a number in [0, 1]."""
-    table = read_csv(
-        need(Path(path), "out-of-fold predictions"),
-        "out-of-fold predictions",
-        dtype=PREDICTION_DTYPES,
-        keep_default_na=False,
-    )
-    absent = [c for c in ("image_id", "probability") if c not in table.columns]
+def read_predictions(path, columns=("image_id", "slide", "fold", "probability")) -> pd.DataFrame:
+    """An out-of-fold table (image_id, slide, fold, probability, ...), ids and slides as the strings written; one
+    AmfError line if it lacks one of COLUMNS, or a probability is not a number in [0, 1], a fold not a whole
+    number, a label not 0 or 1."""
+    what = "out-of-fold predictions"
+    dtypes = {c: str for c in ("image_id", "slide")}
+    table = read_csv(need(Path(path), what), what, dtype=dtypes, keep_default_na=False, limit=MAX_RUN_TABLE_BYTES)
+    absent = [c for c in columns if c not in table.columns]
     if absent:
-        raise AmfError(f"out-of-fold predictions {path}: no column(s) {', '.join(absent)}")
-    p = pd.to_numeric(table["probability"], errors="coerce")
-    if not p.between(0, 1).all():
-        raise AmfError(f"out-of-fold predictions {path}: a probability that is not a number in [0, 1]")
-    table["probability"] = p
+        raise AmfError(f"{what} {path}: no column(s) {', '.join(absent)}")
+    for col, (fits, rule) in PREDICTION_RULES.items():
+        if col in table.columns:
+            values = pd.to_numeric(table[col], errors="coerce")
+            if not fits(values).all():
+                raise AmfError(f"{what} {path}: {col} must be {rule} in every row")
+            table[col] = values if col == "probability" else values.astype(int)
     return table
 
 
@@ -235,7 +242,7 @@ class FoldDir:
         return done
 
     def read_oof(self) -> pd.DataFrame:
-        return read_predictions(self.oof)
+        return read_predictions(self.oof, PREDICTION_COLUMNS)
 
     def read_epochs(self) -> pd.DataFrame:
         what = f"fold {self.k} epoch log ({EPOCHS})"
@@ -345,7 +352,7 @@ class RunDir:
     def read_oof(self) -> pd.DataFrame:
         """The pooled out-of-fold predictions (training.oof.pool writes them when every fold is done)."""
         self._need_pooled()
-        return read_predictions(self.oof)
+        return read_predictions(self.oof, PREDICTION_COLUMNS)
 
     def read_oof_metrics(self) -> dict:
         self._need_pooled()

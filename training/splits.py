@@ -122,9 +122,10 @@ def write(splits: pd.DataFrame, path) -> Path:
 def read(path) -> pd.DataFrame:
     """A run's splits.csv, checked (the module docstring): one AmfError line naming the file and the fault."""
     from training.data import read_csv
+    from training.run import MAX_RUN_TABLE_BYTES
 
     dtypes = {"image_id": str, "slide": str, "fold_name": str, "path": str, "source": str}
-    splits = read_csv(path, "splits", dtype=dtypes, keep_default_na=False)
+    splits = read_csv(path, "splits", MAX_RUN_TABLE_BYTES, dtype=dtypes, keep_default_na=False)
     where = f"splits {path}: "
     absent = [c for c in ("image_id", "slide", "fold") if c not in splits.columns]
     if absent:
