@@ -100,8 +100,23 @@ def inside(folder, name) -> Path:
     except (OSError, ValueError):  # a NUL byte, a link loop
         out = True
     if out:
-        raise AmfError(f"image {name!r} is outside the image folder {folder}: name images by their path inside it")
+        raise AmfError(
+            f"image {shown(name)!r} is outside the image folder {folder}: name images by their path inside it"
+        )
     return path
+
+
+def shown(name: str, width: int = 80) -> str:
+    """NAME as an error line shows it: at most WIDTH characters (an image name can be anything a table holds)."""
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def is_file(path) -> bool:
+    """Path(PATH).is_file(), False for a name the system cannot even look up (too long, say)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def read_table(
@@ -126,7 +141,8 @@ def read_table(
     bad = raw.loc[~labels.isin(list(LABEL_CODES)), "image_id"].tolist()
     if bad:
         raise AmfError(
-            f"{csv.name}: {len(bad)} row(s) with a {label_col} other than AMF/NMF, e.g. {', '.join(map(str, bad[:5]))}"
+            f"{csv.name}: {len(bad)} row(s) with a {label_col} other than AMF/NMF, "
+            f"e.g. {', '.join(shown(str(b)) for b in bad[:5])}"
         )
     df = pd.DataFrame(
         {
@@ -154,7 +170,7 @@ def read_table(
     df["synthetic"] = False
     if df["image_id"].duplicated().any():
         dup = df.loc[df["image_id"].duplicated(), "image_id"].tolist()
-        raise AmfError(f"{csv.name}: duplicate image_id(s) {', '.join(dup[:5])}")
+        raise AmfError(f"{csv.name}: duplicate image_id(s) {', '.join(map(shown, dup[:5]))}")
     return df
 
 
@@ -248,11 +264,11 @@ def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
 
     Returns (table, cache, message): cache is the decoded patches in table order (None without preload).
     """
-    exists = np.array([Path(p).is_file() for p in df["path"]], dtype=bool)
+    exists = np.array([is_file(p) for p in df["path"]], dtype=bool)
     missing = df.loc[~exists, "image_id"].tolist()
     if missing and not skip:
         raise AmfError(
-            f"{len(missing)} of {len(df)} image(s) missing: {', '.join(missing[:10])}"
+            f"{len(missing)} of {len(df)} image(s) missing: {', '.join(map(shown, missing[:10]))}"
             f"{' ...' if len(missing) > 10 else ''} (use --skip-missing to train without them)"
         )
 
@@ -267,11 +283,11 @@ def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         decoded = list(pool.map(load, [p if ok else None for p, ok in zip(df["path"], exists)]))
-    bad = [f"{i} (missing)" for i in missing]
+    bad = [f"{shown(i)} (missing)" for i in missing]
     for i, (img, ok) in enumerate(zip(decoded, exists)):
         if ok and isinstance(img, AmfError):
             reason = str(img).split(": ", 1)[-1]
-            bad.append(f"{df['image_id'].iloc[i]} (unreadable: {' '.join(reason.split())[:80]})")
+            bad.append(f"{shown(df['image_id'].iloc[i])} (unreadable: {shown(one_line(reason))})")
             exists[i] = False
     if bad and not skip:
         raise AmfError(
