@@ -1,7 +1,8 @@
 """Hostile input on the training side (python -m training.train, training.export): every damaged dataset, config,
 run folder and checkpoint, and a second process on one fold, ends in one `error:` line (exit 2, no traceback, no
 run folder written where the input was refused first) or in a valid result; no code runs from a checkpoint, no
-image outside the data folder is read, and memory stays bounded (patch side, table size, config size)."""
+image outside the data folder is read, and memory stays bounded (patch side, table size, config size).
+The tests that damage a trained run folder, and two real trainings of one fold, train: marked slow."""
 
 from __future__ import annotations
 
@@ -262,6 +263,7 @@ def damaged_run(trained, tmp_path) -> RunDir:
     return RunDir(tmp_path / "run")
 
 
+@pytest.mark.slow  # trains (the trained fixture)
 def test_a_truncated_last_pt_is_one_line_naming_it(layout, trained, tmp_path, capsys):
     run = damaged_run(trained, tmp_path)
     run.fold(0).done.unlink()  # not finished: the next job resumes from last.pt
@@ -273,6 +275,7 @@ def test_a_truncated_last_pt_is_one_line_naming_it(layout, trained, tmp_path, ca
     assert train_main(layout, run, "--fold", "0", "--restart") == 0  # what the line says to do works
 
 
+@pytest.mark.slow  # trains (the trained fixture)
 def test_a_last_pt_of_another_shape_is_one_line(layout, trained, tmp_path, capsys):
     run = damaged_run(trained, tmp_path)
     run.fold(0).done.unlink()
@@ -291,6 +294,7 @@ def test_a_corrupt_best_pt_is_one_line_at_export(tmp_path, capsys):
     assert f"{run.fold(0).best}: not a readable fold 0 weights" in err and "--fold 0 --restart" in err
 
 
+@pytest.mark.slow  # trains (the trained fixture)
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"fold": [0]}', b"\xff\xfe"])
 def test_a_corrupt_done_json_is_one_line_naming_it_at_train_and_export(layout, trained, tmp_path, capsys, content):
     run = damaged_run(trained, tmp_path)
@@ -354,6 +358,7 @@ SPLIT_EDITS = {
 }
 
 
+@pytest.mark.slow  # trains (the trained fixture)
 @pytest.mark.parametrize("case", list(SPLIT_EDITS))
 def test_a_hand_edited_splits_csv_is_checked_as_fresh_splits_are(layout, trained, tmp_path, capsys, case):
     run = damaged_run(trained, tmp_path)
@@ -396,6 +401,7 @@ def test_a_decompression_bomb_png_is_refused_from_its_header(layout, tmp_path, c
 # ---- 7. one process per fold ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains (the trained fixture)
 def test_a_second_process_on_a_fold_refuses_naming_the_first(layout, trained, tmp_path, capsys):
     run = damaged_run(trained, tmp_path)
     run.fold(0).done.unlink()
@@ -422,6 +428,7 @@ def test_two_writers_of_one_checkpoint_never_share_a_temporary_name(tmp_path, mo
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
 
 
+@pytest.mark.slow  # trains (the trained fixture)
 def test_the_temporaries_of_a_killed_job_are_removed_when_the_fold_is_next_trained(layout, trained, tmp_path):
     run = damaged_run(trained, tmp_path)
     left = run.fold(0).path / f".last.pt.{os.getpid() + 1}.abc123.tmp"  # a write cut short by a kill
