@@ -8,7 +8,7 @@ manifest and result rules); what only training or evaluation needs lives in trai
 - jobs:       Grand Challenge I/O (inputs.json, stacks as .mha/.tif(f), atomic output)
 - ensemble:   onnxruntime sessions, CUDA with CPU fallback
 - cli:        the one-line error rule for command lines
-- fileio:     atomic writes and the one checked JSON reader
+- fileio:     atomic writes, the one checked JSON reader, bounded UTF-8 text reads
 - native_stderr: what ITK and onnxruntime print on fd 2, folded into one line
 """
 

@@ -1,4 +1,4 @@
-"""File I/O: atomic writes (a reader, or the platform, never sees half a file) and checked JSON reads."""
+"""File I/O: atomic writes (a reader, or the platform, never sees half a file), checked and bounded reads."""
 
 from __future__ import annotations
 
@@ -17,23 +17,19 @@ def write_error(path, e: OSError) -> AmfError:
     return AmfError(f"cannot write {path}: {one_line(e.strerror or e)}")
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Write TEXT (UTF-8) to a temporary file beside PATH, fsync, then rename: readers never see half a
-    file. Any OSError (no such folder, read-only, disk full, PATH a folder) is one AmfError line, and no
-    temporary file is left behind."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path, data: bytes) -> None:
-    """write_text_atomic for bytes."""
+def write_atomic(path, write, binary: bool = False) -> None:
+    """WRITE(file) into a temporary file beside PATH, fsync, then rename: readers never see half a file.
+    The temporary name holds the process id and a random part (tempfile.mkstemp, created exclusively), so two
+    writers of one PATH never share it. Any OSError (no such folder, read-only, disk full, PATH a folder) is
+    one AmfError line, and no temporary file is left behind."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
         raise write_error(path, e) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -43,6 +39,21 @@ def write_bytes_atomic(path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """TEXT to PATH atomically (write_atomic)."""
+    write_atomic(path, lambda f: f.write(text))
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """DATA to PATH atomically (write_atomic)."""
+    write_atomic(path, lambda f: f.write(data), binary=True)
+
+
+def temporaries(folder, name: str) -> list[Path]:
+    """The temporary files write_atomic leaves beside FOLDER/NAME only when its process is killed mid-write."""
+    return sorted(Path(folder).glob(f".{name}.*.tmp"))
 
 
 def remove_stale(path) -> None:
@@ -56,18 +67,41 @@ def remove_stale(path) -> None:
         raise AmfError(f"cannot remove the earlier {path}: {one_line(e.strerror or e)}") from None
 
 
-def read_json(path, what: str):
-    """Parse PATH; one AmfError line, naming WHAT and PATH, if it is missing, unreadable, larger than
-    MAX_JSON_BYTES or not JSON (absurd content too: nesting too deep to parse, numbers too long)."""
+def read_capped(path, what: str, limit: int) -> bytes:
+    """PATH's bytes; one AmfError line, naming WHAT and PATH, if it is missing or larger than LIMIT bytes (read no
+    further than that: a huge or endless file costs nothing). An unreadable file raises its OSError."""
     path = Path(path)
     if not path.is_file():
         raise AmfError(f"no {what}: {path} does not exist")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        size = f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit} bytes"
+        raise AmfError(f"{what} {path} is larger than {size}")
+    return data
+
+
+def read_text(path, what: str, limit: int) -> str:
+    """PATH as UTF-8 text (a byte-order mark dropped); one AmfError line, naming WHAT and PATH, if it is missing,
+    unreadable, larger than LIMIT bytes or not UTF-8 (text saved in another encoding, e.g. cp1252)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_JSON_BYTES + 1)
-        if len(data) > MAX_JSON_BYTES:
-            raise AmfError(f"{what} {path} is larger than {MAX_JSON_BYTES // 2**20} MiB")
-        return json.loads(data.decode("utf-8"))
+        data = read_capped(path, what, limit)
+    except OSError as e:
+        raise AmfError(f"cannot read {what} {path}: {one_line(e.strerror or e)}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise AmfError(
+            f"{what} {path} is not UTF-8 text (byte {data[e.start : e.start + 1]!r} at offset {e.start}): "
+            "save it as UTF-8"
+        ) from None
+
+
+def read_json(path, what: str):
+    """Parse PATH; one AmfError line, naming WHAT and PATH, if it is missing, unreadable, larger than
+    MAX_JSON_BYTES or not JSON (absurd content too: nesting too deep to parse, numbers too long)."""
+    try:
+        return json.loads(read_capped(path, what, MAX_JSON_BYTES).decode("utf-8"))
     except RecursionError:
         raise AmfError(f"{what} {path} is not valid JSON (nested too deeply)") from None
     except MemoryError:

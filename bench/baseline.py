@@ -35,7 +35,7 @@ def main() -> None:
     a = ap.parse_args()
     t1 = time.perf_counter()
     model = timm.create_model(ARCH, pretrained=False, num_classes=2)
-    model.load_state_dict(torch.load(a.weights, map_location="cpu"))
+    model.load_state_dict(torch.load(a.weights, map_location="cpu", weights_only=True))
     model.eval()
     t2 = time.perf_counter()
     path = next(p for p in (Path(a.input) / "images" / SLUG).iterdir() if p.suffix in (".mha", ".tif", ".tiff"))

@@ -153,10 +153,10 @@ def trained(tmp_path_factory):
 def test_training_writes_exactly_the_names_run_dir_defines(trained):
     run, _, _ = trained
     folds = splits_io.folds_of(run.read_splits())
-    expected = {run.config, run.splits, run.oof, run.oof_metrics, run.curves}
+    expected = {run.config, run.splits, run.oof, run.oof_metrics, run.curves, run.lock}
     for k in folds:
         f = run.fold(k)
-        expected |= {f.last, f.best, f.epochs, f.oof, f.done, *f.event_files()}
+        expected |= {f.last, f.best, f.epochs, f.oof, f.done, f.lock, *f.event_files()}
     written = {p for p in run.path.rglob("*") if p.is_file()}
     assert written == expected  # nothing written under a name that training/run.py does not define
     assert [f.k for f in run.fold_dirs()] == folds == [0, 1]

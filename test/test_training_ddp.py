@@ -67,7 +67,7 @@ def test_torchrun_two_processes_gloo(tmp_path, path, scaling):
     done = json.loads((run / "fold0" / "done.json").read_text())
     assert done["fold"] == 0 and done["best_epoch"] == 1
     assert done["ema_decay"] == pytest.approx(decay) and done["ema_decay_configured"] == 0.999
-    state = torch.load(run / "fold0" / "last.pt", weights_only=False)
+    state = torch.load(run / "fold0" / "last.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(lr)
     train_n = (pd.read_csv(run / "splits.csv")["fold"] != 0).sum()
     assert state["step"] == train_n // (4 * 2)  # each rank takes its own shard: half the steps of one process

@@ -6,7 +6,12 @@ value (file or override) must have its default's type (an integer where the defa
 true/false where it is a bool, a number where it is a float: an integer or a text like 1e-4 is
 taken as one, text, a list whose items have the type of the default's items, a mapping). The few
 keys whose default is a word or None standing for another type say so in ALSO and NONE_TYPES; any
-other None default takes any value. Each recipe part has its own switch:
+other None default takes any value. The free-form sections are checked by their own rules (check_kwargs,
+check_extra). Every config text (a file, a --set value, a run's config.yaml) is read by parse():
+UTF-8, at most MAX_CONFIG_BYTES, no YAML tags, plain values only (mappings with text keys, lists, text,
+numbers, true/false, null), nested at most MAX_DEPTH deep and at most MAX_EXPANDED in expanded size (aliases
+counted each time they are used: an alias bomb is refused before anything reads it). Each recipe part has its
+own switch:
 
   model      timm backbone, pretrained (hub) or a local weights file, finetune full|lora|frozen
   data       input size, resize method, mean/std ("auto": the backbone's pretrained_cfg), extra sets,
@@ -29,12 +34,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import re
 import sys
 from pathlib import Path
 
 import yaml
 
 from amf import AmfError, one_line
+from amf.jobs import MAX_SIDE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -169,8 +176,19 @@ CHOICES = {
     "log.wandb_mode": ("auto", "online", "offline", "disabled"),
 }
 
-# keys whose value is free-form (no nested key check)
-FREE = {"model.kwargs", "model.lora", "data.extra"}
+# keys whose value is free-form (no nested key check against DEFAULTS): check_kwargs and check_extra apply instead
+FREE = {"model.kwargs", "data.extra"}
+# model.kwargs values "py:NAME" import NAME (training.models.python_object): only from these packages
+PY_PACKAGES = ("timm.", "torch.nn.")
+# model.kwargs keys that create_backbone sets itself
+RESERVED_KWARGS = {"model_name", "pretrained", "num_classes", "pretrained_cfg_overlay", "checkpoint_path"}
+EXTRA_KEYS = {"name", "dir", "csv", "images", "slide_prefix"}  # a data.extra entry (training/data.py)
+EXTRA_RESERVED = {"official", "synthetic"}  # the sources training/data.py names itself
+
+# every config text: a file, a --set value, a run folder's config.yaml (the shipped configs are 1-3 KB)
+MAX_CONFIG_BYTES = 2**20
+MAX_EXPANDED = 2**20  # nodes + characters of text, aliases counted each time they are used
+MAX_DEPTH = 32  # DEFAULTS nest 3 deep
 
 # defaults that are a word standing for a value of another type: an example of that type
 ALSO = {
@@ -192,6 +210,78 @@ TYPE_NAMES = {
     list: ("a list", "lists"),
     dict: ("a mapping", "mappings"),
 }
+
+
+def parse(text: str, where: str):
+    """A config text -> its value, read by yaml.safe_load within the bounds of the module docstring; anything else
+    is one AmfError line naming WHERE."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise AmfError(f"{where}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is a few KB")
+    try:
+        if any(isinstance(token, yaml.TagToken) for token in yaml.scan(text)):
+            raise AmfError(f"{where}: YAML tags (!...) are not allowed in a config: write plain values")
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise AmfError(f"{where}: not valid YAML ({one_line(e)})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise AmfError(f"{where}: nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise AmfError(f"{where}: not valid YAML ({one_line(e)[:200]})") from None
+    check_plain(value, where)
+    return value
+
+
+def check_plain(value, where: str) -> None:
+    """VALUE holds only plain values, nests at most MAX_DEPTH deep and is at most MAX_EXPANDED in expanded size.
+    Walked iteratively with a budget: an alias bomb (or a structure that holds itself) stops at the bound."""
+    budget, stack = MAX_EXPANDED, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise AmfError(f"{where}: nested too deeply (at most {MAX_DEPTH} levels)")
+        if isinstance(node, dict):
+            for key in node:
+                if not isinstance(key, str):
+                    raise AmfError(f"{where}: the key {key!r} is not text")
+            budget -= 1 + sum(len(k) for k in node)
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            budget -= 1
+            stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, str):
+            budget -= 1 + len(node)
+        elif node is None or isinstance(node, (bool, int)):
+            budget -= 1
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise AmfError(f"{where}: {node} is not a finite number")
+            budget -= 1
+        else:  # a date, binary data, a set: nothing in a config
+            raise AmfError(f"{where}: {node!r} ({type(node).__name__}) is not a config value; quote it as text")
+        if budget < 0:
+            raise AmfError(
+                f"{where}: larger than {MAX_EXPANDED // 2**20} MiB once its aliases are expanded; a config is a few KB"
+            )
+
+
+def read(path, what: str = "config"):
+    """The config file PATH -> its top-level mapping (an empty file: {}), through parse()."""
+    from amf.fileio import read_text
+
+    path = Path(path)
+    where = f"{what} {path}"
+    value = parse(read_text(path, what, MAX_CONFIG_BYTES), where)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise AmfError(
+            f"{where}: the top level must be a mapping of sections (model:, data:, ...), not a {_yaml_kind(value)}"
+        )
+    return value
+
+
+def _yaml_kind(value) -> str:
+    return "list" if isinstance(value, list) else "text" if isinstance(value, str) else type(value).__name__
 
 
 def merge(base: dict, update: dict, where: str = "") -> dict:
@@ -223,7 +313,11 @@ def set_dotted(cfg: dict, assignment: str) -> None:
         node = node[p]
     if parts[-1] not in node:
         raise AmfError(f"config: unknown key {key!r}")
-    node[parts[-1]] = yaml.safe_load(raw)
+    value = parse(raw, f"override {key.strip()}")
+    dotted = ".".join(parts)
+    if isinstance(node[parts[-1]], dict) and isinstance(value, dict) and dotted not in FREE:
+        value = merge(node[parts[-1]], value, dotted)  # a section's mapping names only what it changes
+    node[parts[-1]] = value
 
 
 def _kind(example) -> type:
@@ -286,19 +380,60 @@ def validate(cfg: dict) -> dict:
         section, key = dotted.split(".")
         if cfg[section][key] not in allowed:
             raise AmfError(f"config: {dotted} must be one of {allowed}, got {cfg[section][key]!r}")
-    if int(cfg["data"]["input_size"]) < 8:
-        raise AmfError("config: data.input_size must be >= 8")
+    if not 8 <= int(cfg["data"]["input_size"]) <= MAX_SIDE:  # a model never sees more than the container's patch cap
+        raise AmfError(f"config: data.input_size must be from 8 to {MAX_SIDE}, got {cfg['data']['input_size']}")
     if cfg["log"]["images"] < 0 or not cfg["log"]["progress_s"] > 0:
         raise AmfError("config: log.images must be >= 0 and log.progress_s > 0")
     if int(cfg["align"]["attention_reduction"]) < 1:
         raise AmfError("config: align.attention_reduction must be >= 1")
     if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:
         raise AmfError("config: splits.folds must be >= 2")
-    for extra in cfg["data"]["extra"]:
-        keys = set(extra) if isinstance(extra, dict) else set()
-        if not ({"name", "dir"} <= keys or {"name", "csv", "images"} <= keys):
-            raise AmfError("config: each data.extra entry needs name and dir, or name, csv and images")
+    lora = cfg["model"]["lora"]
+    if lora["r"] < 1 or lora["alpha"] <= 0 or not 0 <= lora["dropout"] < 1 or not lora["target_modules"]:
+        raise AmfError(f"config: model.lora needs r >= 1, alpha > 0, 0 <= dropout < 1 and target_modules, got {lora}")
+    check_kwargs(cfg["model"]["kwargs"])
+    check_extra(cfg["data"]["extra"])
     return cfg
+
+
+def check_kwargs(kwargs: dict) -> None:
+    """model.kwargs (extra timm.create_model arguments): names of arguments, plain values; "py:NAME" only from
+    PY_PACKAGES."""
+    for key, value in kwargs.items():
+        if not key.isidentifier() or key in RESERVED_KWARGS:
+            raise AmfError(f"config: model.kwargs key {key!r} is not an argument it may set")
+        if isinstance(value, str) and value.startswith("py:") and not value[3:].startswith(PY_PACKAGES):
+            raise AmfError(
+                f"config: model.kwargs.{key} = {value!r}: py: names an object of {' or '.join(PY_PACKAGES)} only"
+            )
+
+
+def check_extra(extra: list) -> None:
+    """data.extra: mappings of name and dir (a data folder in either layout), or of name, csv, images and
+    optionally slide_prefix (the official columns); all text; names unique plain words."""
+    names = set()
+    for i, entry in enumerate(extra):
+        where = f"config: data.extra[{i}]"
+        keys = set(entry) if isinstance(entry, dict) else set()
+        if not (
+            keys == {"name", "dir"} or {"name", "csv", "images"} <= keys <= {"name", "csv", "images", "slide_prefix"}
+        ):
+            raise AmfError(f"{where}: each data.extra entry needs name and dir, or name, csv and images")
+        unknown = set(entry) - EXTRA_KEYS
+        if unknown:
+            raise AmfError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(EXTRA_KEYS))})"
+            )
+        for key, value in entry.items():
+            if not isinstance(value, str) or (key != "slide_prefix" and not value.strip()):
+                raise AmfError(f"{where}.{key} = {value!r} is not a text")
+        name = entry["name"]
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in EXTRA_RESERVED or name in names or name in (".", ".."):
+            raise AmfError(
+                f"{where}.name = {name!r}: a set needs its own name of letters, digits, '_', '-', '.' "
+                f"(not {', '.join(sorted(EXTRA_RESERVED))})"
+            )
+        names.add(name)
 
 
 def resolve_path(name) -> Path:
@@ -315,11 +450,7 @@ def resolve_path(name) -> Path:
 def load(path, overrides=()) -> dict:
     """Read a YAML config over DEFAULTS, apply 'a.b=value' overrides, validate."""
     path = resolve_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise AmfError(f"config {path}: not valid YAML ({one_line(e)})") from None
-    cfg = merge(DEFAULTS, raw)
+    cfg = merge(DEFAULTS, read(path))
     cfg["name"] = cfg["name"] or path.stem
     for o in overrides:
         set_dotted(cfg, o)

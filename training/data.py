@@ -31,8 +31,14 @@ source is their name and they never choose a threshold (column extra: true).
 - Synthetic atypical images (config data.synthetic: a folder of PNGs): label 1, synthetic=True, slide
   "synthetic", domains "synthetic"; splits keep them out of every validation fold.
 - Domains: canonical values through training.domains.canonical (one alias table); raw values kept as raw_<col>.
-- Missing or unreadable images: one error listing them, or (data.skip_missing / --skip-missing) dropped
-  with a count.
+- Image names are paths inside the set's image folder (inside(): an absolute name, a '..' part or a link
+  leading out is refused; offline evaluation's pack uses the same rule).
+- Missing or unreadable images: one error listing them (missing ones before anything is decoded), or
+  (data.skip_missing / --skip-missing) dropped with a count. Every image is decoded once before training,
+  kept (data.preload) or not, so an unreadable one is found there and not in a loader's worker.
+- Bounds: a label table is read by read_csv (at most MAX_TABLE_BYTES, UTF-8, one error line for anything it
+  cannot parse); an image whose header declares a side over amf.jobs.MAX_SIDE (the container's cap) is refused
+  before it is decoded.
 The torch Dataset decodes PNG -> amf.preprocess.canonical_patch -> augment (training only) ->
 amf.preprocess.resize -> amf.preprocess.normalize: at validation time exactly the container's prepare().
 Run:  python -m training.data DATA_DIR [--config CONFIG]   (prints the class and domain counts)
@@ -40,6 +46,7 @@ Run:  python -m training.data DATA_DIR [--config CONFIG]   (prints the class and
 
 from __future__ import annotations
 
+import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,6 +57,8 @@ from PIL import Image
 
 from amf import AmfError, one_line, report_error
 from amf.cli import ArgumentParser
+from amf.fileio import read_text
+from amf.jobs import MAX_SIDE
 from amf.preprocess import canonical_patch, normalize, resize
 from amf.results import ATYPICAL, CLASS_ID, CLASSES, NORMAL
 from training.domains import DOMAIN_COLUMNS, canonical
@@ -84,10 +93,57 @@ AMIBR_OFFICIAL_DATASETS = ("MIDOG21",)
 LAYOUTS = {"official": OFFICIAL_CSV, "amibr": AMIBR_CSV}  # layout -> the label table that marks it
 BOOLEANS = {"true": 1, "false": 0, "1": 1, "0": 0}
 ATNORM_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAX_TABLE_BYTES = 16 * 2**20  # a label table (the full official one, 11,937 figures, is 1.1 MB)
 
 
 def slide_key(filename, prefix: str = "") -> str:
     return prefix + Path(str(filename).strip()).stem.lower()
+
+
+def read_csv(path, what: str = "label table", limit: int = MAX_TABLE_BYTES, **kwargs) -> pd.DataFrame:
+    """The one reader of the project's CSV tables (label tables, and a run folder's splits and predictions):
+    pandas.read_csv(**KWARGS) on PATH's text (read_text: at most LIMIT bytes, UTF-8, a BOM dropped). A file that
+    is empty, has a header and no rows, or does not parse is one AmfError line naming WHAT and PATH."""
+    text = read_text(path, what, limit)
+    try:
+        table = pd.read_csv(io.StringIO(text), **kwargs)
+    except pd.errors.EmptyDataError:
+        raise AmfError(f"{what} {path} is empty (no header, no rows)") from None
+    except (ValueError, pd.errors.ParserError) as e:  # ParserError is a ValueError; also dtype conversions
+        raise AmfError(f"{what} {path} is not a CSV table ({one_line(e)[:200]})") from None
+    if table.empty:
+        raise AmfError(f"{what} {path} has no rows")
+    return table
+
+
+def inside(folder, name) -> Path:
+    """FOLDER/NAME, refused (naming it) if NAME is empty, absolute, has a '..' part or resolves (through a link)
+    outside FOLDER: the one rule for image names in label tables (training and offline evaluation)."""
+    folder, name = Path(folder), str(name)
+    path = folder / name
+    try:
+        out = not name or Path(name).is_absolute() or ".." in Path(name).parts
+        out = out or not path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):  # a NUL byte, a link loop
+        out = True
+    if out:
+        raise AmfError(
+            f"image {shown(name)!r} is outside the image folder {folder}: name images by their path inside it"
+        )
+    return path
+
+
+def shown(name: str, width: int = 80) -> str:
+    """NAME as an error line shows it: at most WIDTH characters (an image name can be anything a table holds)."""
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def is_file(path) -> bool:
+    """Path(PATH).is_file(), False for a name the system cannot even look up (too long, say)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def read_table(
@@ -99,20 +155,26 @@ def read_table(
         raise AmfError(f"no label table {csv}")
     if not images.is_dir():
         raise AmfError(f"no image folder {images}")
-    raw = pd.read_csv(csv, dtype={"image_id": str, "filename": str})
+    raw = read_csv(csv, dtype={"image_id": str, "filename": str})
     missing_cols = [c for c in ("image_id", "filename", label_col) if c not in raw.columns]
     if missing_cols:
         raise AmfError(f"{csv.name}: missing column(s) {', '.join(missing_cols)}")
+    for col in ("image_id", "filename"):
+        empty = raw[col].isna() | (raw[col].astype(str).str.strip() == "")
+        if empty.any():
+            rows = [str(i + 2) for i in np.flatnonzero(empty)[:5]]  # row 1 is the header
+            raise AmfError(f"{csv.name}: {int(empty.sum())} row(s) without {col}, e.g. row(s) {', '.join(rows)}")
     labels = raw[label_col].astype(str).str.strip().str.upper()
     bad = raw.loc[~labels.isin(list(LABEL_CODES)), "image_id"].tolist()
     if bad:
         raise AmfError(
-            f"{csv.name}: {len(bad)} row(s) with a {label_col} other than AMF/NMF, e.g. {', '.join(map(str, bad[:5]))}"
+            f"{csv.name}: {len(bad)} row(s) with a {label_col} other than AMF/NMF, "
+            f"e.g. {', '.join(shown(str(b)) for b in bad[:5])}"
         )
     df = pd.DataFrame(
         {
             "image_id": id_prefix + raw["image_id"].astype(str).str.strip(),
-            "path": [str(images / str(i).strip()) for i in raw["image_id"]],
+            "path": [str(inside(images, str(i).strip())) for i in raw["image_id"]],
             "filename": raw["filename"].astype(str),
             "slide": [slide_key(f, slide_prefix) for f in raw["filename"]],
             "coordinateX": pd.to_numeric(raw.get("coordinateX", np.nan), errors="coerce"),
@@ -136,7 +198,7 @@ def read_table(
     df["extra"] = False
     if df["image_id"].duplicated().any():
         dup = df.loc[df["image_id"].duplicated(), "image_id"].tolist()
-        raise AmfError(f"{csv.name}: duplicate image_id(s) {', '.join(dup[:5])}")
+        raise AmfError(f"{csv.name}: duplicate image_id(s) {', '.join(map(shown, dup[:5]))}")
     return df
 
 
@@ -172,11 +234,15 @@ def read_amibr(data_dir, source: str | None = None, id_prefix: str = "", officia
         raise AmfError(f"no label table {csv}")
     if not images.is_dir():
         raise AmfError(f"no image folder {images}")
-    raw = pd.read_csv(csv, dtype=str, keep_default_na=False, index_col=0)
+    raw = read_csv(csv, dtype=str, keep_default_na=False, index_col=0)
     needed = ("slide", "dataset", "uid", "x", "y", "majority_atypical")
     missing_cols = [c for c in needed if c not in raw.columns]
     if missing_cols:
         raise AmfError(f"{csv.name}: missing column(s) {', '.join(missing_cols)}")
+    for col in ("slide", "dataset", "uid"):
+        empty = raw[col].str.strip() == ""
+        if empty.any():
+            raise AmfError(f"{csv.name}: {int(empty.sum())} row(s) without {col}")
     label = _booleans(raw["majority_atypical"], "majority_atypical", csv.name)
     dataset = raw["dataset"].str.strip()
     names = (dataset + "_" + raw["uid"].str.strip() + ".png").to_numpy()
@@ -185,7 +251,7 @@ def read_amibr(data_dir, source: str | None = None, id_prefix: str = "", officia
     df = pd.DataFrame(
         {
             "image_id": [id_prefix + n for n in names],
-            "path": [str(images / CLASSES[y] / n) for y, n in zip(label, names)],
+            "path": [str(inside(images / CLASSES[y], n)) for y, n in zip(label, names)],
             "filename": raw["slide"].to_numpy(),
             "slide": [
                 slide_key(f) if own else f"{d.lower()}/{slide_key(f)}"
@@ -265,10 +331,7 @@ def read_atnorm(data_dir) -> pd.DataFrame:
 
 def _atnorm_votes(csv: Path, df: pd.DataFrame) -> np.ndarray:
     """The experts' share of atypical votes per image of DF, from AtNorM's votes table (read_atnorm)."""
-    try:
-        raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise AmfError(f"cannot read {csv}: {one_line(e)}") from None
+    raw = read_csv(csv, "AtNorM votes table", dtype=str, keep_default_na=False)
     experts = [c for c in raw.columns if c.lower().startswith("expert")]
     if "Filename" not in raw.columns or not experts:
         raise AmfError(f"{csv.name}: an AtNorM votes table needs Filename and Expert_1.. columns")
@@ -334,7 +397,7 @@ def read_synthetic(folder) -> pd.DataFrame:
     df = pd.DataFrame(
         {
             "image_id": [f"{SYNTHETIC}/{p.name}" for p in files],
-            "path": [str(p) for p in files],
+            "path": [str(inside(folder, p.name)) for p in files],  # a link leading out is refused
             "filename": SYNTHETIC,
             "slide": SYNTHETIC,
             "coordinateX": np.nan,
@@ -382,8 +445,8 @@ def image_path(row, data_dir=None) -> Path:
     if data_dir is None or not main:
         return Path(row["path"])
     if layout_of(data_dir) == "amibr":
-        return Path(data_dir) / AMIBR_IMAGES / CLASSES[int(row["label"])] / row["image_id"]
-    return Path(data_dir) / OFFICIAL_IMAGES / row["image_id"]
+        return inside(Path(data_dir) / AMIBR_IMAGES / CLASSES[int(row["label"])], row["image_id"])
+    return inside(Path(data_dir) / OFFICIAL_IMAGES, row["image_id"])
 
 
 def _true(value) -> bool:
@@ -394,43 +457,65 @@ def _true(value) -> bool:
 def decode(path) -> np.ndarray:
     """A PNG (any mode) -> square HxWx3 uint8 by the container's rule (amf.preprocess.canonical_patch:
     a 16-bit PNG is scaled by 255/65535, grey repeated, alpha dropped). The one image reader of training
-    and of offline evaluation (training.evaluate.pack)."""
-    with Image.open(path) as im:
-        if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
-            im = im.convert("RGB")  # palette and other modes: let Pillow expand them
-        return canonical_patch(np.asarray(im))
+    and of offline evaluation (training.evaluate.pack). An image whose header declares a side over MAX_SIDE is
+    refused before a pixel is decoded; whatever else Pillow cannot read is one AmfError naming PATH."""
+    try:
+        with Image.open(path) as im:
+            if max(im.size) > MAX_SIDE:
+                w, h = im.size
+                raise AmfError(f"{w}x{h} pixels: a patch side is at most {MAX_SIDE} (the container's cap)")
+            if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
+                im = im.convert("RGB")  # palette and other modes: let Pillow expand them
+            return canonical_patch(np.asarray(im))
+    except AmfError as e:
+        raise AmfError(f"cannot read image {path}: {e}") from None
+    except Image.DecompressionBombError:  # Pillow's own check of the header, before the one above
+        raise AmfError(
+            f"cannot read image {path}: its header declares far more pixels than any patch: a patch side is at most "
+            f"{MAX_SIDE}"
+        ) from None
+    except Exception as e:  # a damaged file makes Pillow raise OSError, SyntaxError, zlib and struct errors,
+        # DecompressionBombError ...: each is this file's problem, not a bug
+        raise AmfError(f"cannot read image {path}: {one_line(e)[:200] or type(e).__name__}") from None
 
 
 def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
-    """Missing (and, with preload, unreadable) images: one error listing them, or dropped with a count.
+    """Missing images (refused before anything is decoded), then unreadable ones: every image is decoded once,
+    kept with PRELOAD; one error listing them, or, with SKIP, dropped with a count.
 
     Returns (table, cache, message): cache is the decoded patches in table order (None without preload).
     """
-    exists = np.array([Path(p).is_file() for p in df["path"]])
-    bad = [f"{i} (missing)" for i in df.loc[~exists, "image_id"]]
-    cache = None
-    if preload:
+    exists = np.array([is_file(p) for p in df["path"]], dtype=bool)
+    missing = df.loc[~exists, "image_id"].tolist()
+    if missing and not skip:
+        raise AmfError(
+            f"{len(missing)} of {len(df)} image(s) missing: {', '.join(map(shown, missing[:10]))}"
+            f"{' ...' if len(missing) > 10 else ''} (use --skip-missing to train without them)"
+        )
 
-        def load(p):
-            if p is None:  # missing: already listed
-                return None
-            try:
-                return decode(p)
-            except (OSError, ValueError, AmfError) as e:
-                return e
+    def load(p):
+        if p is None:  # missing: already counted
+            return None
+        try:
+            img = decode(p)
+        except AmfError as e:
+            return e
+        return img if preload else True  # without preload only the check is kept
 
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            decoded = list(pool.map(load, [p if ok else None for p, ok in zip(df["path"], exists)]))
-        for i, (img, ok) in enumerate(zip(decoded, exists)):
-            if ok and not isinstance(img, np.ndarray):
-                bad.append(f"{df['image_id'].iloc[i]} (unreadable: {' '.join(str(img).split())[:80]})")
-                exists[i] = False
-        cache = [img for img, ok in zip(decoded, exists) if ok]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        decoded = list(pool.map(load, [p if ok else None for p, ok in zip(df["path"], exists)]))
+    bad = [f"{shown(i)} (missing)" for i in missing]
+    for i, (img, ok) in enumerate(zip(decoded, exists)):
+        if ok and isinstance(img, AmfError):
+            reason = str(img).split(": ", 1)[-1]
+            bad.append(f"{shown(df['image_id'].iloc[i])} (unreadable: {shown(one_line(reason))})")
+            exists[i] = False
     if bad and not skip:
         raise AmfError(
             f"{len(bad)} image(s) missing or unreadable: {'; '.join(bad[:10])}"
             f"{' ...' if len(bad) > 10 else ''} (use --skip-missing to train without them)"
         )
+    cache = [img for img, ok in zip(decoded, exists) if ok] if preload else None
     msg = f"skipped {len(bad)} missing or unreadable image(s)" if bad else ""
     return df[exists].reset_index(drop=True), cache, msg
 

@@ -47,6 +47,7 @@ import torch
 from amf import AmfError, report_error
 from amf import manifest as manifest_io
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
+from amf.fileio import read_json
 from amf.preprocess import prepare
 from training import fingerprint
 from training import oof as oof_io
@@ -193,12 +194,11 @@ def export_run(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        fingerprint.write(tmp / fingerprint.FILE, fingerprint.of_splits(splits, data_dir))  # before the slow part
         members, checks = [], {}
         rng = np.random.default_rng(0)
         for k in folds:
             state = run.fold(k).load_best()
-            model = load_for_export(cfg, state["state_dict"])
+            model = load_for_export(cfg, state["state_dict"], run.fold(k).best)
             file = f"fold{k}.onnx"
             export_member(model, tmp, file, size, cfg["export"]["opset"])
             batches = {
@@ -228,6 +228,8 @@ def export_run(
                     fold=int(k),
                 )
             )
+        # after the members: a damaged checkpoint is refused (naming it) before the whole training set is read
+        fingerprint.write(tmp / fingerprint.FILE, fingerprint.of_splits(splits, data_dir))
         import onnx
         import onnxruntime
         import timm
@@ -295,11 +297,10 @@ def install(tmp: Path, out_dir: Path) -> None:
     old_files = {fingerprint.FILE}
     if (out_dir / manifest_io.MANIFEST_NAME).is_file():
         try:
-            old = json.loads((out_dir / manifest_io.MANIFEST_NAME).read_text())
-            old_files |= {m.get("file") for m in old.get("members", [])} | {
-                v.get("file") for v in old.get("variants") or []
-            }
-        except (json.JSONDecodeError, AttributeError):
+            old = read_json(out_dir / manifest_io.MANIFEST_NAME, "earlier manifest")
+            entries = [*old.get("members", []), *(old.get("variants") or [])]
+            old_files |= {e["file"] for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)}
+        except (AmfError, AttributeError, TypeError):  # not a manifest: the files it may name are left alone
             pass
     new_files = [p.name for p in tmp.iterdir() if p.name != manifest_io.MANIFEST_NAME]
     for name in new_files:

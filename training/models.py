@@ -224,15 +224,19 @@ def lora_folded_state_dict(model: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in twin.state_dict().items()}
 
 
-def load_for_export(cfg: dict, state: dict) -> Classifier:
-    """A plain classifier (no LoRA wrapper, no hooks) with a lora_folded_state_dict, in eval mode, on the CPU."""
+def load_for_export(cfg: dict, state: dict, source="checkpoint") -> Classifier:
+    """A plain classifier (no LoRA wrapper, no hooks) with a lora_folded_state_dict, in eval mode, on the CPU.
+    A STATE that does not fit (other names, shapes, or no tensors) is one AmfError naming SOURCE."""
     plain = copy.deepcopy(cfg)
     plain["model"] = dict(cfg["model"], finetune="full", pretrained=False, weights=None)
     model = create_classifier(plain, pretrained=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:  # torch's: size mismatch, not a state dict
+        raise AmfError(f"{source} does not fit {cfg['model']['backbone']}: {one_line(e)[:200]}") from None
     if missing or unexpected:
         raise AmfError(
-            f"checkpoint does not fit {cfg['model']['backbone']}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{source} does not fit {cfg['model']['backbone']}: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     return model.eval()
 

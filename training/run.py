@@ -11,33 +11,57 @@ RUN_DIR/                 (RunDir(RUN_DIR); training.train writes it, oof/export/
     done.json              the fold is finished (its best epoch, selection, EMA decay; training.tta_oof adds
                            "tta" and "from_run": the held-out figures re-predicted under test-time augmentation)
     events.out.tfevents.*  TensorBoard's event files (log.tensorboard; training/tracking.py), wandb/ with log.wandb
+    train.lock             held (flock) by the one process training the fold; names it (pid, host)
+  train.lock             held while a job writes or checks config.yaml and splits.csv
   oof.csv                pooled out-of-fold predictions, when every fold is done (training.oof; RunDir.read_oof)
   oof_metrics.json       their metrics and threshold (RunDir.read_oof_metrics)
   curves.png             loss, held-out balanced accuracy and ROC AUC per epoch, a line per fold (training/curves.py)
 A file that a reader needs and the folder lacks is one AmfError naming its path. read_predictions is the one
 reader of an out-of-fold table (a fold's, the pooled one, the model card's copy): image_id and slide stay
 strings as written ("007.png" stays "007.png", "NA" stays "NA").
+Run folders are shared between people and machines, so every file in one is read as untrusted input: the
+checkpoints with torch's safe unpickler (weights_only=True: tensors and plain values; nothing in them can run
+code), config.yaml through training.config.read (its bounds and checks), splits.csv through training.splits.read
+(what writing it guarantees), done.json as a JSON object of plain values, the CSV tables through
+training.data.read_csv; each fault is one AmfError line naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import io
 import json
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from amf import AmfError, one_line
-from amf.fileio import read_json, write_text_atomic
+from amf.fileio import read_json, temporaries, write_atomic, write_text_atomic
 from training import config as config_io
 from training import splits as splits_io
+from training.data import MAX_TABLE_BYTES, read_csv
 
 CONFIG, SPLITS, OOF, OOF_METRICS, CURVES = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json", "curves.png"
 LAST, BEST, EPOCHS, DONE = "last.pt", "best.pt", "epochs.csv", "done.json"  # in each fold{k}/
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files in fold{k}/, named by time, host and process
-PREDICTION_DTYPES = {"image_id": str, "slide": str}
+LOCK = "train.lock"  # in the run folder and in each fold{k}/
+# a run folder's tables (splits.csv, the out-of-fold predictions) hold more columns per figure than a label table
+MAX_RUN_TABLE_BYTES = 4 * MAX_TABLE_BYTES
+# the keys each checkpoint must hold (training.train.save_epoch writes them)
+LAST_KEYS = ("model", "optimizer", "scheduler", "epoch", "best", "history", "step", "rng")
+BEST_KEYS = ("state_dict",)
+PREDICTION_COLUMNS = ("image_id", "slide", "fold", "probability", "label")  # what training writes and pooling needs
+PREDICTION_RULES = {  # column -> (which values fit, what they must be)
+    "probability": (lambda v: v.between(0, 1), "a number in [0, 1]"),
+    "fold": (lambda v: v.notna() & (v == v.round()), "a whole number"),
+    "label": (lambda v: v.isin([0, 1]), "0 or 1"),
+}
 
 
 # ---- writers (a reader, or a job resuming, never sees half a file) --------------------------------------
@@ -54,13 +78,66 @@ def write_json_atomic(obj, path) -> None:
 
 
 def save_atomic(obj, path) -> None:
-    """torch.save to a hidden file beside PATH, then rename: an interrupted save leaves the old checkpoint."""
+    """torch.save of OBJ's plain form (plain()) to a temporary file beside PATH, then rename (amf.fileio.write_atomic:
+    a name of its own per process): an interrupted save leaves the old checkpoint."""
     import torch  # the readers (compare, card) stay torch-free
 
+    write_atomic(path, lambda f: torch.save(plain(obj), f), binary=True)
+
+
+def plain(obj):
+    """OBJ with numpy scalars as Python numbers (np.float64 -> float, -np.inf -> float('-inf')), inside dicts, lists
+    and tuples: a checkpoint then holds only what torch's safe unpickler rebuilds (tensors, plain values)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    return obj
+
+
+@contextlib.contextmanager
+def exclusive(path, what: str, wait: bool = False):
+    """Hold the lock file PATH (an OS lock, flock: released when the process ends, however it ends) while the block
+    runs, with this process's pid, host and start time written in it. Taken: one AmfError line naming the holder,
+    or with WAIT block until it is free (for short holds)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise AmfError(f"cannot lock {what}: {path}: {one_line(e.strerror or e)}") from None
+    try:
+        held = take_lock(fd, path, what, wait)
+        if held:
+            since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if held:
+                os.ftruncate(fd, 0)  # held by nobody: it names no one
+    finally:
+        os.close(fd)
+
+
+def take_lock(fd: int, path: Path, what: str, wait: bool) -> bool:
+    """flock FD: True when held; False, with a warning, on a filesystem without flock (some Lustre and FUSE mounts:
+    training goes on there, unguarded, rather than not at all); taken by another process: one AmfError naming it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        holder = one_line(os.pread(fd, 300, 0).decode("utf-8", "replace")) or "another process (starting)"
+        raise AmfError(
+            f"{what} is in use by {holder} (lock {path}): one process per fold; wait for it to end"
+        ) from None
+    except OSError as e:
+        print(f"warning: cannot lock {path} ({one_line(e.strerror or e)}): nothing stops a second job", file=sys.stderr)
+        return False
+    return True
 
 
 # ---- readers --------------------------------------------------------------------------------------------
@@ -72,15 +149,59 @@ def need(path: Path, what: str) -> Path:
     return path
 
 
-def read_predictions(path) -> pd.DataFrame:
-    """An out-of-fold table (image_id, slide, fold, probability, ...), ids and slides as the strings written."""
-    return pd.read_csv(need(Path(path), "out-of-fold predictions"), dtype=PREDICTION_DTYPES, keep_default_na=False)
+def read_predictions(path, columns=("image_id", "slide", "fold", "probability")) -> pd.DataFrame:
+    """An out-of-fold table (image_id, slide, fold, probability, ...), ids and slides as the strings written; one
+    AmfError line if it lacks one of COLUMNS, or a probability is not a number in [0, 1], a fold not a whole
+    number, a label not 0 or 1."""
+    what = "out-of-fold predictions"
+    dtypes = {c: str for c in ("image_id", "slide")}
+    table = read_csv(need(Path(path), what), what, dtype=dtypes, keep_default_na=False, limit=MAX_RUN_TABLE_BYTES)
+    absent = [c for c in columns if c not in table.columns]
+    if absent:
+        raise AmfError(f"{what} {path}: no column(s) {', '.join(absent)}")
+    for col, (fits, rule) in PREDICTION_RULES.items():
+        if col in table.columns:
+            values = pd.to_numeric(table[col], errors="coerce")
+            if not fits(values).all():
+                raise AmfError(f"{what} {path}: {col} must be {rule} in every row")
+            table[col] = values if col == "probability" else values.astype(int)
+    return table
 
 
-def load_checkpoint(path, what: str) -> dict:
+def load_checkpoint(path, what: str, keys: tuple, fix: str) -> dict:
+    """A checkpoint of the run folder, by torch's safe unpickler (weights_only=True: tensors, numbers, text, lists,
+    dicts; a pickle that would call code is refused, and nothing in it runs), holding KEYS. Each fault is one
+    AmfError line naming PATH and FIX (what to do). Checkpoints written before they were saved plain() hold numpy
+    scalars: torch's documented allowlist for those (legacy_numpy()) is the only addition to the safe set."""
+    import pickle
+
     import torch
 
-    return torch.load(need(Path(path), what), map_location="cpu", weights_only=False)
+    path = need(Path(path), what)
+    try:
+        with torch.serialization.safe_globals(legacy_numpy()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = one_line(e).rsplit("WeightsUnpickler error:", 1)[-1].strip()[:160]
+        raise AmfError(
+            f"{path}: refused: the {what} holds more than tensors and plain values ({refused}), so it was not "
+            f"written by training.train and unpickling it could run code; {fix}"
+        ) from None
+    except Exception as e:  # a truncated or damaged file: torch raises RuntimeError (zip reader), EOFError, ...
+        raise AmfError(f"{path}: not a readable {what} ({one_line(e)[:160]}); {fix}") from None
+    absent = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if absent:
+        raise AmfError(f"{path}: not a {what} of training.train (no {', '.join(absent)}); {fix}")
+    return obj
+
+
+def legacy_numpy() -> list:
+    """The numpy scalar types (float, int, bool) torch's safe unpickler may rebuild: its documented allowlist for
+    numpy scalars (a scalar of object dtype is refused by numpy itself)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray.scalar, np.dtype] + [
+        type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")
+    ]
 
 
 def file_in_folder(name: str) -> property:
@@ -100,6 +221,7 @@ class FoldDir:
     epochs = file_in_folder(EPOCHS)
     oof = file_in_folder(OOF)
     done = file_in_folder(DONE)
+    lock = file_in_folder(LOCK)
 
     def is_done(self) -> bool:
         return self.done.is_file()
@@ -109,20 +231,47 @@ class FoldDir:
         return sorted(self.path.glob(EVENTS))
 
     def read_done(self) -> dict:
-        """done.json ({} if it is empty: hand-made folders mark a fold done with an empty file)."""
-        return json.loads(need(self.done, f"fold {self.k} marker ({DONE})").read_text() or "{}")
+        """done.json ({} if it is empty: hand-made folders mark a fold done with an empty file): a JSON object of
+        plain values (one AmfError line naming the file otherwise)."""
+        what = f"fold {self.k} marker ({DONE})"
+        if need(self.done, what).stat().st_size == 0:
+            return {}
+        fix = f"delete it to train fold {self.k} again (python -m training.train ... --fold {self.k})"
+        try:
+            done = read_json(self.done, what)
+        except AmfError as e:
+            raise AmfError(f"{e}; {fix}") from None
+        plain_values = isinstance(done, dict) and all(
+            v is None or isinstance(v, (str, int, float, bool)) for v in done.values()
+        )
+        if not plain_values or not all(isinstance(done.get(k, 0), int) for k in ("fold", "epochs", "best_epoch")):
+            raise AmfError(f"{what} {self.done} is not what training writes (an object of plain values); {fix}")
+        return done
 
     def read_oof(self) -> pd.DataFrame:
-        return read_predictions(self.oof)
+        return read_predictions(self.oof, PREDICTION_COLUMNS)
 
     def read_epochs(self) -> pd.DataFrame:
-        return pd.read_csv(need(self.epochs, f"fold {self.k} epoch log ({EPOCHS})"))
+        what = f"fold {self.k} epoch log ({EPOCHS})"
+        return read_csv(need(self.epochs, what), what)
 
     def load_best(self) -> dict:
-        return load_checkpoint(self.best, f"fold {self.k} weights ({BEST})")
+        fix = f"train fold {self.k} again: python -m training.train ... --fold {self.k} --restart"
+        return load_checkpoint(self.best, f"fold {self.k} weights ({BEST})", BEST_KEYS, fix)
 
     def load_last(self) -> dict:
-        return load_checkpoint(self.last, f"fold {self.k} training state ({LAST})")
+        fix = f"delete it to train fold {self.k} from its first epoch (or train with --restart)"
+        return load_checkpoint(self.last, f"fold {self.k} training state ({LAST})", LAST_KEYS, fix)
+
+    def exclusive(self):
+        """This fold for one process (exclusive): a second refuses, naming the first."""
+        return exclusive(self.lock, f"fold {self.k} of {self.path.parent}")
+
+    def remove_temporaries(self) -> None:
+        """The temporary files of writes cut short by a killed process (only while exclusive)."""
+        for name in (LAST, BEST, EPOCHS, OOF, DONE):
+            for tmp in temporaries(self.path, name):
+                tmp.unlink(missing_ok=True)
 
 
 class RunDir:
@@ -145,6 +294,7 @@ class RunDir:
     oof = file_in_folder(OOF)
     oof_metrics = file_in_folder(OOF_METRICS)
     curves = file_in_folder(CURVES)
+    lock = file_in_folder(LOCK)
 
     def fold(self, k: int) -> FoldDir:
         return FoldDir(self.path / f"fold{int(k)}", int(k))
@@ -160,13 +310,13 @@ class RunDir:
         defaults, and the whole is validated: what a model is built from (the export)."""
         if not self.config.is_file():
             raise AmfError(f"{self.path} is not a training run folder (no {CONFIG})")
-        try:
-            cfg = config_io.yaml.safe_load(self.config.read_text())
-        except config_io.yaml.YAMLError as e:
-            raise AmfError(f"{self.config}: not valid YAML ({one_line(e)})") from None
-        if not isinstance(cfg, dict):
-            raise AmfError(f"{self.config}: not a config (a YAML mapping)")
+        cfg = config_io.read(self.config, "run config")
         return config_io.validate(config_io.merge(config_io.DEFAULTS, cfg)) if complete else cfg
+
+    def exclusive(self):
+        """The run folder's config.yaml and splits.csv for one process at a time: a second job waits (a short
+        hold: writing or checking them), so two jobs started together agree on one config and one split."""
+        return exclusive(self.lock, f"run folder {self.path}", wait=True)
 
     def write_config(self, cfg: dict) -> None:
         write_text_atomic(self.config, config_io.dump(cfg))
@@ -210,7 +360,7 @@ class RunDir:
     def read_oof(self) -> pd.DataFrame:
         """The pooled out-of-fold predictions (training.oof.pool writes them when every fold is done)."""
         self._need_pooled()
-        return read_predictions(self.oof)
+        return read_predictions(self.oof, PREDICTION_COLUMNS)
 
     def read_oof_metrics(self) -> dict:
         self._need_pooled()

@@ -18,6 +18,9 @@ slide) is refused, naming it.
 Synthetic images get fold -1: they train in every fold and never enter a validation fold.
 splits.csv columns: image_id, slide, fold, fold_name, label, source, synthetic, extra, the canonical domain
 columns, raw_<domain>, and the image path (export checks its ONNX files on real patches with it).
+Every read (read) checks what writing guarantees: one row per image_id, whole-number folds (real figures
+>= 0, synthetic ones -1), labels 0/1, no slide in two folds, an image path that ends in the figure's name
+without a '..' part: a hand-edited splits.csv that breaks one of these is refused, naming it.
 Run:  python -m training.splits LABELS.csv [--folds 5] [--seed 0] [--kind kfold]   (prints per-fold counts)
 """
 
@@ -163,13 +166,19 @@ def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int
         out.iloc[real, out.columns.get_loc("fold")] = [codes[v] for v in sub[col]]
         out.iloc[real, out.columns.get_loc("fold_name")] = [f"{col}={v}" for v in sub[col]]
     out["fold"] = out["fold"].astype(int)
-    torn = out.iloc[real].groupby("slide")["fold"].nunique()
-    if (torn > 1).any():  # a slide on both sides would put its figures in training and validation at once
-        raise AmfError(
-            f"{kind}: slide(s) {', '.join(map(str, torn.index[torn > 1][:5]))} fall in two folds "
-            f"(their figures differ in {KINDS[kind] or 'fold'}); a slide must stay in one fold"
-        )
+    one_fold_per_slide(out.iloc[real], f"{kind}: ", f" (their figures differ in {KINDS[kind] or 'fold'})")
     return out.reset_index(drop=True)
+
+
+def one_fold_per_slide(real: pd.DataFrame, where: str, why: str = "") -> None:
+    """Refuse, naming them, slides whose (real) figures fall in two folds: a slide on both sides would put its
+    figures in training and validation at once."""
+    torn = real.groupby("slide")["fold"].nunique()
+    if (torn > 1).any():
+        raise AmfError(
+            f"{where}slide(s) {', '.join(map(str, torn.index[torn > 1][:5]))} fall in two folds{why}; "
+            "a slide must stay in one fold"
+        )
 
 
 def write(splits: pd.DataFrame, path) -> Path:
@@ -180,9 +189,43 @@ def write(splits: pd.DataFrame, path) -> Path:
 
 
 def read(path) -> pd.DataFrame:
-    return pd.read_csv(
-        path, dtype={"image_id": str, "slide": str, "fold_name": str, "path": str}, keep_default_na=False
-    )
+    """A run's splits.csv, checked (the module docstring): one AmfError line naming the file and the fault."""
+    from training.data import read_csv
+    from training.run import MAX_RUN_TABLE_BYTES
+
+    dtypes = {"image_id": str, "slide": str, "fold_name": str, "path": str, "source": str}
+    splits = read_csv(path, "splits", MAX_RUN_TABLE_BYTES, dtype=dtypes, keep_default_na=False)
+    where = f"splits {path}: "
+    absent = [c for c in ("image_id", "slide", "fold") if c not in splits.columns]
+    if absent:
+        raise AmfError(f"{where}no column(s) {', '.join(absent)}")
+    ids = splits["image_id"]
+    faulty = ids[ids.eq("") | ids.duplicated()]
+    if len(faulty):
+        raise AmfError(f"{where}an empty or repeated image_id (row {int(faulty.index[0]) + 2}: {faulty.iloc[0]!r})")
+    for col, low, high in (("fold", -1, len(splits) - 1), ("label", 0, 1)):
+        if col not in splits.columns:
+            continue
+        numbers = pd.to_numeric(splits[col], errors="coerce")
+        if not (numbers.notna() & (numbers == numbers.round()) & numbers.between(low, high)).all():
+            raise AmfError(f"{where}{col} must be a whole number from {low} to {high} in every row")
+        splits[col] = numbers.astype(int)
+    synthetic = splits["synthetic"] if "synthetic" in splits.columns else pd.Series(False, index=splits.index)
+    flags = synthetic.astype(str).str.lower().map({"true": True, "false": False})
+    if flags.isna().any():
+        raise AmfError(f"{where}synthetic must be True or False in every row")
+    splits["synthetic"] = flags.astype(bool)
+    if (splits.loc[~splits["synthetic"], "fold"] < 0).any() or (splits.loc[splits["synthetic"], "fold"] != -1).any():
+        raise AmfError(f"{where}a real figure needs a fold >= 0 and a synthetic one fold -1")
+    if not folds_of(splits):
+        raise AmfError(f"{where}no fold holds a figure")
+    one_fold_per_slide(splits[~splits["synthetic"]], where, " (a hand-edited splits.csv?)")
+    if "path" in splits.columns:
+        names = [Path(i).name for i in splits["image_id"]]
+        bad = [p for p, n in zip(splits["path"], names) if Path(p).name != n or ".." in Path(p).parts]
+        if bad:
+            raise AmfError(f"{where}{len(bad)} image path(s) not written by training, e.g. {bad[0]!r}")
+    return splits
 
 
 def matching(splits: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
@@ -195,7 +238,14 @@ def matching(splits: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
             f"splits (e.g. {only_s[:3]}), {len(only_d)} only in the data (e.g. {only_d[:3]}); "
             f"use a new --out folder"
         )
-    return splits.set_index("image_id").loc[df["image_id"]].reset_index()
+    aligned = splits.set_index("image_id").loc[df["image_id"]].reset_index()
+    moved = aligned["slide"].to_numpy() != df["slide"].to_numpy()
+    if moved.any():  # the one-fold-per-slide check of the splits holds for the data's slides only if they agree
+        raise AmfError(
+            f"the run's splits.csv puts {int(moved.sum())} figure(s) on other slides than the data does "
+            f"(e.g. {aligned['image_id'][moved].iloc[0]}); use a new --out folder"
+        )
+    return aligned
 
 
 def folds_of(splits: pd.DataFrame) -> list[int]:

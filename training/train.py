@@ -7,7 +7,9 @@
 CONFIG is a YAML file or a name in training/configs/ (smoke, convnext_small, lunit_vit_small, ...).
 Writes a run folder (config.yaml, splits.csv, fold{k}/{last.pt,best.pt,epochs.csv,oof.csv,done.json}, then the
 pooled oof.csv and oof_metrics.json): its layout, names and readers are training/run.py's. A later job with another
-config in the same folder is refused; a fold resumes from its last.pt (--restart ignores it).
+config in the same folder is refused; a fold resumes from its last.pt (--restart ignores it); one process trains a
+fold at a time (fold{k}/train.lock: a second refuses, naming the first). Every file read is checked (training/run.py,
+training/data.py, training/config.py: the README's "Refusals and limits").
 Without --fold every fold runs in turn. Folds are independent jobs: run them side by side (a SLURM
 array of --fold N), then export pools them. The epoch kept per fold (best.pt, oof.csv) follows train.selection:
   last        the last of train.epochs (fixed length: nothing is selected, the held-out figures are honest)
@@ -24,6 +26,7 @@ selected and exported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -35,8 +38,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from amf import AmfError, report_error
-from amf.cli import ArgumentParser, positive_int
+from amf import AmfError, one_line, report_error
+from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.ensemble import sigmoid
 from training import config as config_io
 from training import curves, ddp, gpu_augment, metrics, tracking
@@ -139,8 +142,16 @@ def resolve_normalisation(cfg: dict) -> dict:
 
 
 def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.DataFrame:
-    """Write (or check) config.yaml and splits.csv; returns the splits aligned to the table's rows."""
+    """Write (or check) config.yaml and splits.csv, one job at a time (RunDir.exclusive); returns the splits aligned
+    to the table's rows."""
     run.path.mkdir(parents=True, exist_ok=True)
+    with run.exclusive() if dist.main else contextlib.nullcontext():
+        splits = check_or_write_run(cfg, df, run, dist)
+    dist.barrier()
+    return splits
+
+
+def check_or_write_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.DataFrame:
     if run.config.is_file():
         # completed with today's defaults: a key added since the run started, at its default, is the same config;
         # the log section changes no result (a resumed fold may turn W&B on)
@@ -152,7 +163,7 @@ def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.Data
                 for s in new
                 if isinstance(new[s], dict)
                 for k in new[s]
-                if (old.get(s) or {}).get(k) != new[s][k]
+                if not isinstance(old.get(s), dict) or old[s].get(k) != new[s][k]
             ]
             raise AmfError(
                 f"{run} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
@@ -161,13 +172,11 @@ def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.Data
     elif dist.main:
         run.write_config(cfg)
     if run.splits.is_file():
-        splits = splits_io.matching(run.read_splits(), df)
-    else:
-        s = cfg["splits"]
-        splits = splits_io.make_splits(df, s["kind"], int(s["folds"]), int(s["seed"]), int(s.get("tries", 16)))
-        if dist.main:
-            run.write_splits(splits)
-    dist.barrier()
+        return splits_io.matching(run.read_splits(), df)
+    s = cfg["splits"]
+    splits = splits_io.make_splits(df, s["kind"], int(s["folds"]), int(s["seed"]), int(s.get("tries", 16)))
+    if dist.main:
+        run.write_splits(splits)
     return splits
 
 
@@ -468,20 +477,28 @@ def make_optimiser(cfg: dict, model, steps: int):
 def resume(state: FoldState, fold: FoldDir, cuda: bool, log) -> None:
     """Continue after the last epoch in last.pt: weights, optimiser, schedule, EMA teacher, history, step count
     and the random generators (dropout, drop-path, MixStyle's lambda), so that a resumed fold ends where an
-    uninterrupted one ends."""
+    uninterrupted one ends. A last.pt that does not fit this fold's model is one error naming it."""
     saved = fold.load_last()
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    if state.teacher is not None and saved.get("teacher") is not None:
-        state.teacher.module.load_state_dict(saved["teacher"])
-    state.epoch, state.best, state.history = saved["epoch"] + 1, saved["best"], saved["history"]
-    state.step = saved["step"]
-    torch.set_rng_state(saved["rng"]["torch"])
-    if state.mixer is not None and saved["rng"].get("mixstyle") is not None:
-        state.mixer.generator.set_state(saved["rng"]["mixstyle"])
-    if cuda and saved["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(saved["rng"]["cuda"])
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        if state.teacher is not None and saved.get("teacher") is not None:
+            state.teacher.module.load_state_dict(saved["teacher"])
+        state.epoch, state.best, state.history = int(saved["epoch"]) + 1, float(saved["best"]), list(saved["history"])
+        state.step = int(saved["step"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if state.mixer is not None and saved["rng"].get("mixstyle") is not None:
+            state.mixer.generator.set_state(saved["rng"]["mixstyle"])
+        if cuda and saved["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # torch's loaders
+        raise AmfError(
+            f"{fold.last} does not fit fold {fold.k}'s model and optimiser ({one_line(e)[:200]}); delete it to train "
+            f"the fold from its first epoch (or train with --restart)"
+        ) from None
+    if not 0 <= state.epoch <= int(1e6) or not all(isinstance(row, dict) for row in state.history):
+        raise AmfError(f"{fold.last} holds no epoch count and history of training.train; delete it or --restart")
     log(f"fold {fold.k}: resumed from {fold.last} after epoch {saved['epoch']}")
 
 
@@ -724,10 +741,19 @@ def train_fold(
     """Train fold K into RUN_DIR/fold{k} (resuming from its last.pt unless RESTART; a finished fold is skipped)
     and return its done.json (None on ranks other than the main one). PROGRESS shows where the work is (on the
     main rank; None: epoch lines only); the fold's trackers (training/tracking.py) log each epoch."""
-    t_cfg = cfg["train"]
-    progress = progress or Progress([k], int(t_cfg["epochs"]), f"fold {k}", show=False, write=log)
+    progress = progress or Progress([k], int(cfg["train"]["epochs"]), f"fold {k}", show=False, write=log)
     fold = RunDir(run_dir).fold(k)
     fold.path.mkdir(parents=True, exist_ok=True)
+    with fold.exclusive() if dist.main else contextlib.nullcontext():  # one process per fold (its DDP ranks: one)
+        if dist.main:
+            fold.remove_temporaries()
+        return train_locked_fold(fold, cfg, df, cache, splits, dist, restart, progress, log)
+
+
+def train_locked_fold(
+    fold: FoldDir, cfg: dict, df: pd.DataFrame, cache, splits: pd.DataFrame, dist: Dist, restart, progress, log
+) -> dict | None:
+    t_cfg, k = cfg["train"], fold.k
     done = already_done(fold, restart, dist, log)
     if done is not None:
         progress.skip(k)
@@ -752,7 +778,7 @@ def train_fold(
     train_model = for_training(model, cfg, dist)
     log(fold_line(cfg, data, labels, dist, k, amp, channels_last))
     log(f"fold {k}: {ddp.world_line(cfg, dist.world, data.steps)}")
-    tracker = tracking.FoldTracker(cfg, fold.path, k, RunDir(run_dir).path.name, state.epoch, enabled=dist.main)
+    tracker = tracking.FoldTracker(cfg, fold.path, k, fold.path.parent.name, state.epoch, enabled=dist.main)
     progress.start_fold(k, state.epoch, data.steps)
 
     try:
@@ -872,8 +898,8 @@ def main(argv=None) -> int:
             )
             log(oof_io.summary_text(result))
             log(f"run folder {run} (curves: {run.curves}); next: python -m training.export {run} --out MODEL_DIR")
-    except AmfError as e:
-        return report_error(e)
+    except EXPECTED as e:
+        return report_error(as_error(e))
     finally:
         if dist is not None:
             dist.close()

@@ -70,7 +70,7 @@ def tta_run(run_dir, tta: str, out_dir=None, data_dir=None, log=print) -> Path:
             raise AmfError(
                 f"fold {k}: {len(absent)} held-out image(s) are missing ({absent[0]}); give the data folder with --data"
             )
-        model = load_for_export(cfg, fold.load_best()["state_dict"]).eval()
+        model = load_for_export(cfg, fold.load_best()["state_dict"], fold.best).eval()
         p = predict_views(model, [decode(path) for path in paths], cfg, tta)
         held_out["probability"] = p
         held_out["logit"] = np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(1 - p, 1e-12, None))

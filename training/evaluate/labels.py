@@ -35,9 +35,11 @@ from training.data import (
     LABEL_CODES,
     OFFICIAL_IMAGES,
     image_path,
+    inside,
     is_atnorm,
     layout_of,
     read_atnorm,
+    read_csv,
     read_labelled,
     read_table,
     slide_key,
@@ -56,14 +58,6 @@ LABEL_SPELLINGS = {
 PLAIN_OPTIONAL = {"slide": "slide", "scanner": "Scanner", "origin": "Origin", "source": "source"}
 
 
-def inside(image_dir: Path, name: str) -> Path:
-    """IMAGE_DIR/NAME, refused (naming it) if NAME is absolute, has a '..' part or resolves outside IMAGE_DIR."""
-    path = image_dir / name
-    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(image_dir.resolve()):
-        raise AmfError(f"image {name!r} is outside the image folder {image_dir}: name images by their path inside it")
-    return path
-
-
 def _domain(value, where: str) -> int:
     text = str(value).strip()
     if text.lstrip("-").isdigit():
@@ -74,18 +68,6 @@ def _domain(value, where: str) -> int:
         return tumor_domain(text)
     except KeyError as e:
         raise AmfError(f"{where}: {e.args[0]}") from None
-
-
-def _read_csv(csv_path):
-    import pandas as pd
-
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise AmfError(f"cannot read {csv_path}: {one_line(e)}") from None
-    if len(raw) == 0:
-        raise AmfError(f"{csv_path} has no rows")
-    return raw
 
 
 def from_training_table(df, tumor: str | None = None, image_dir=None):
@@ -161,7 +143,7 @@ def plain_table(raw, csv_path, image_dir: Path, tumor: str | None):
 def csv_table(csv_path, image_dir, tumor: str | None = None):
     """A CSV in the official columns (image_id, filename, majority, Tumor, ...) or a plain one -> pack's table."""
     image_dir = Path(image_dir)
-    raw = _read_csv(csv_path)
+    raw = read_csv(csv_path, dtype=str, keep_default_na=False)
     if {"image_id", "majority"} <= set(raw.columns):
         return from_training_table(read_table(csv_path, image_dir, "official"), tumor, image_dir)
     if {"image", "label"} <= set(raw.columns):

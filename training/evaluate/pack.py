@@ -13,7 +13,8 @@ Stacks hold up to 16 figures of one tumour type (as in the organisers' sample), 
 random order; every figure goes into exactly one stack. Tumour types are numbered by
 training.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
 Each image is read by training's reader (training.data.decode: the README's input rule, centre crop
-included), so a stack holds exactly the patches training sees. Everything is built in a scratch folder inside OUT
+included), so a stack holds exactly the patches training sees. Image names are paths inside their image folder
+(training.data.inside: training's own rule). Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
 Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--limit N]
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amf import AmfError, jobs, one_line
+from amf import AmfError, jobs
 from amf.fileio import write_text_atomic
 from amf.results import ATYPICAL
 from training.data import decode
@@ -47,15 +48,6 @@ def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
         group = group.iloc[rng.permutation(len(group))]
         stacks += [group.iloc[i : i + stack_size] for i in range(0, len(group), stack_size)]
     return stacks
-
-
-def load_patch(path: Path) -> np.ndarray:
-    """One figure as training reads it (training.data.decode: the README's input rule), so the stack
-    holds exactly the patch training sees: a 16-bit PNG scaled, not saturated."""
-    try:
-        return decode(path)
-    except (OSError, AmfError) as e:
-        raise AmfError(f"cannot read image {path}: {one_line(e)}") from None
 
 
 def pack(
@@ -109,7 +101,7 @@ def pack_table(table, out_dir, fmt: str = "tiff", seed: int = 0, progress: bool 
             ext = {"tiff": "tiff", "mha": "mha", "mixed": ("tiff", "mha")[(k - 1) % 2]}[fmt]
             job = f"stack_{k:0{width}d}"
             name = f"{job}.{ext}"
-            patches = [load_patch(Path(p)) for p in stack.path]
+            patches = [decode(Path(p)) for p in stack.path]  # as training reads them
             if len({p.shape for p in patches}) > 1:
                 raise AmfError(
                     f"{name}: the figures {', '.join(stack.figure)} differ in size; a stack needs one patch size"
