@@ -414,16 +414,16 @@ def check_extra(extra: list) -> None:
     names = set()
     for i, entry in enumerate(extra):
         where = f"config: data.extra[{i}]"
-        keys = set(entry) if isinstance(entry, dict) else set()
-        if not (
-            keys == {"name", "dir"} or {"name", "csv", "images"} <= keys <= {"name", "csv", "images", "slide_prefix"}
-        ):
-            raise AmfError(f"{where}: each data.extra entry needs name and dir, or name, csv and images")
+        if not isinstance(entry, dict):
+            raise AmfError(f"{where}: each data.extra entry is a mapping (name and dir, or name, csv and images)")
         unknown = set(entry) - EXTRA_KEYS
         if unknown:
             raise AmfError(
                 f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(EXTRA_KEYS))})"
             )
+        in_columns = {"name", "csv", "images"} <= set(entry) and "dir" not in entry
+        if not (set(entry) == {"name", "dir"} or in_columns):
+            raise AmfError(f"{where}: each data.extra entry needs name and dir, or name, csv and images")
         for key, value in entry.items():
             if not isinstance(value, str) or (key != "slide_prefix" and not value.strip()):
                 raise AmfError(f"{where}.{key} = {value!r} is not a text")
