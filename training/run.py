@@ -175,6 +175,40 @@ class RunDir:
         """The folds of SPLITS without done.json."""
         return [k for k in splits_io.folds_of(splits) if not self.fold(k).is_done()]
 
+    def config_differences(self, cfg: dict) -> list[str]:
+        """The keys (section.key) in which config.yaml, completed with today's defaults, differs from CFG; [] when
+        they are the same config (what training.train requires of a folder it continues, and the pipeline of a run
+        it skips)."""
+        old = self.read_config(complete=True)
+        new = config_io.yaml.safe_load(config_io.dump(cfg))
+        if old == new:
+            return []
+        keys = [
+            f"{s}.{k}"
+            for s in new
+            if isinstance(new[s], dict)
+            for k in new[s]
+            if (old.get(s) or {}).get(k) != new[s][k]
+        ]
+        return keys or ["name"]
+
+    def discard_untrained(self, folds) -> bool:
+        """Remove what a run that failed before its first finished epoch wrote (config.yaml, splits.csv, the fold
+        folders of FOLDS), so that the corrected command can start in the same folder; only when no fold folder
+        holds a finished epoch (last.pt) or fold (done.json) and none but FOLDS exists. True when removed."""
+        import shutil
+
+        dirs = self.fold_dirs()
+        if any(f.last.is_file() or f.is_done() or f.k not in set(folds) for f in dirs):
+            return False
+        for f in dirs:
+            shutil.rmtree(f.path, ignore_errors=True)
+        for path in (self.config, self.splits):
+            path.unlink(missing_ok=True)
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+        return True
+
     def done_values(self, key: str, default=None, folds=None) -> set:
         """The values of KEY (DEFAULT where absent) in the done.json of its finished folds (of FOLDS if given)."""
         dirs = self.fold_dirs() if folds is None else [self.fold(k) for k in folds]

@@ -43,6 +43,7 @@ from training import oof as oof_io
 from training import splits as splits_io
 from training.augment import Augment
 from training.data import PatchDataset, counts_report, load_dataset
+from training.device import choose as choose_device
 from training.folds import run_parallel
 from training.models import create_backbone, create_classifier, head_parameters, lora_folded_state_dict, normalisation
 from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
@@ -58,8 +59,8 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and device_arg in ("auto", "cuda")
-        self.device = torch.device(f"cuda:{self.local}" if cuda else "cpu")
+        self.device, self.why = choose_device(device_arg, self.local)  # a GPU asked for and absent: AmfError
+        cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.set_device(self.device)
         if self.world > 1:
@@ -123,11 +124,12 @@ def resolve_normalisation(cfg: dict) -> dict:
     config.yaml says what the model was trained and is exported with. The other "auto" settings (train.amp,
     train.channels_last, data.device_augment, mixstyle.where) stay "auto" there: they depend on the device."""
     if cfg["data"]["mean"] == "auto" or cfg["data"]["std"] == "auto":
+        mcfg = {**cfg["model"], "weights": None}  # no weights: only the pretrained_cfg is needed
         try:
-            with torch.device("meta"):  # no memory, no weights: only the pretrained_cfg is needed
-                bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
+            with torch.device("meta"):  # no memory either
+                bb = create_backbone(mcfg, pretrained=False, img_size=int(cfg["data"]["input_size"]))
         except (NotImplementedError, RuntimeError):
-            bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
+            bb = create_backbone(mcfg, pretrained=False, img_size=int(cfg["data"]["input_size"]))
         cfg["data"]["mean"], cfg["data"]["std"] = normalisation(cfg, bb)
     return cfg
 
@@ -136,17 +138,10 @@ def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.Data
     """Write (or check) config.yaml and splits.csv; returns the splits aligned to the table's rows."""
     run.path.mkdir(parents=True, exist_ok=True)
     if run.config.is_file():
-        old = run.read_config()
-        if old != config_io.yaml.safe_load(config_io.dump(cfg)):
-            diff = [
-                f"{s}.{k}"
-                for s in cfg
-                if isinstance(cfg[s], dict)
-                for k in cfg[s]
-                if (old.get(s) or {}).get(k) != cfg[s][k]
-            ]
+        diff = run.config_differences(cfg)
+        if diff:
             raise AmfError(
-                f"{run} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
+                f"{run} was started with another config (differs in {', '.join(diff[:6])}); "
                 f"use a new --out folder or the same config"
             )
     elif dist.main:
@@ -352,7 +347,7 @@ def fold_rows(cfg: dict, splits: pd.DataFrame, k: int, seed: int) -> tuple:
 def build_model(cfg: dict, device, channels_last: bool, seed: int, k: int, log):
     """(classifier on DEVICE, MixStyle mixer or None). The mixer draws from its own seeded generator, which
     last.pt saves, so that a resumed fold mixes as an uninterrupted one."""
-    model = create_classifier(cfg)
+    model = create_classifier(cfg, log=lambda line: log(f"fold {k}: {line}"))
     mixer = None
     if cfg["mixstyle"]["enabled"]:
         mixer, where = attach_mixstyle(model.timm_model, cfg["mixstyle"], torch.Generator().manual_seed(seed))
@@ -791,7 +786,7 @@ def main(argv=None) -> int:
         "(training/folds.py), then pool them",
     )
     args = ap.parse_args(argv)
-    dist = None
+    dist, run, fresh, todo = None, None, False, []
     try:
         overrides = list(args.set)
         if args.seed is not None:
@@ -803,10 +798,12 @@ def main(argv=None) -> int:
         cfg = resolve_normalisation(config_io.load(args.config, overrides))
         dist = Dist(args.device)
         log = print if dist.main else (lambda *a, **k: None)
+        log(f"device {dist.device}: {dist.why}")
         t0 = time.perf_counter()
         df, cache = load_dataset(args.data, cfg, args.skip_missing, log=log)
         log(counts_report(df))
         run = RunDir(args.out)
+        fresh = not run.config.is_file()  # this command starts the run (a failure before its first epoch undoes it)
         splits = prepare_run(cfg, df, run, dist)
         folds = splits_io.folds_of(splits)
         log(f"{cfg['splits']['kind']} splits ({run.splits}):\n{splits_io.describe(splits)}")
@@ -834,8 +831,12 @@ def main(argv=None) -> int:
                 )
                 log(oof_io.summary_text(result))
                 log(f"run folder {run}; next: python -m training.export {run} --out MODEL_DIR")
-    except AmfError as e:
-        return report_error(e)
+    except BaseException as e:
+        if fresh and (dist is None or dist.main) and run.discard_untrained(todo or [f.k for f in run.fold_dirs()]):
+            log(f"{run}: nothing trained; removed what this command wrote there, so the corrected command can start")
+        if isinstance(e, AmfError):
+            return report_error(e)
+        raise
     finally:
         if dist is not None:
             dist.close()
