@@ -12,6 +12,9 @@ RUN_DIR/                 (RunDir(RUN_DIR); training.train writes it, oof/export/
                            "tta" and "from_run": the held-out figures re-predicted under test-time augmentation)
   oof.csv                pooled out-of-fold predictions, when every fold is done (training.oof; RunDir.read_oof)
   oof_metrics.json       their metrics and threshold (RunDir.read_oof_metrics)
+RUN_DIR_tta_<mode>/       the same figures re-predicted under test-time augmentation (training.tta_oof; RunDir.tta_dir)
+RUNS_DIR/NAME_<role>/    the runs of training.pipeline (pipeline_run): recipe, plain, and the shift run, named for its
+                         split kind (leave_scanner_out: loso; any other kind: the kind itself)
 A file that a reader needs and the folder lacks is one AmfError naming its path. read_predictions is the one
 reader of an out-of-fold table (a fold's, the pooled one, the model card's copy): image_id and slide stay
 strings as written ("007.png" stays "007.png", "NA" stays "NA").
@@ -33,6 +36,7 @@ from training import config as config_io
 from training import splits as splits_io
 
 CONFIG, SPLITS, OOF, OOF_METRICS = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json"
+SHIFT_ROLES = {"leave_scanner_out": "loso"}  # the pipeline's shift run by split kind (others: the kind's own name)
 LAST, BEST, EPOCHS, DONE = "last.pt", "best.pt", "epochs.csv", "done.json"  # in each fold{k}/
 PREDICTION_DTYPES = {"image_id": str, "slide": str}
 
@@ -58,6 +62,11 @@ def save_atomic(obj, path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def pipeline_run(runs_dir, name: str, role: str) -> Path:
+    """RUNS_DIR/NAME_ROLE, a run of training.pipeline: ROLE recipe, plain, or a split kind (its shift run)."""
+    return Path(runs_dir) / f"{name}_{SHIFT_ROLES.get(role, role)}"
 
 
 # ---- readers --------------------------------------------------------------------------------------------
@@ -137,6 +146,10 @@ class RunDir:
     splits = file_in_folder(SPLITS)
     oof = file_in_folder(OOF)
     oof_metrics = file_in_folder(OOF_METRICS)
+
+    def tta_dir(self, mode: str) -> Path:
+        """RUN_DIR_tta_MODE beside the run: where training.tta_oof re-predicts it under test-time augmentation."""
+        return self.path.with_name(f"{self.path.name}_tta_{mode}")
 
     def fold(self, k: int) -> FoldDir:
         return FoldDir(self.path / f"fold{int(k)}", int(k))
