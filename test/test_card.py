@@ -472,3 +472,29 @@ def test_reproduce_is_the_one_pipeline_command_that_made_the_runs(tmp_path):
     card["tta"]["runs"].pop()  # a re-prediction the pipeline would have made is missing: the steps, one by one
     assert "python -m training.pipeline default_model" not in card_io.render(card)
     assert f"python -m training.export {recipe} --out model" in card_io.render(card)
+
+
+def test_an_export_removes_the_card_of_the_model_it_replaces(runs, tmp_path):
+    """What described the old model (its card, its expected output) goes before the new model is installed; the new
+    expected output is the container's result with the new model; a README that is no rendered card stays."""
+    from compare_output import compare
+
+    from training import export as export_io
+
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card_io.write(model, *card_io.build(model, runs["recipe"], n_boot=20))
+    export_io.write_expected_output(model)
+    old_expected = json.loads((model / export_io.EXPECTED_OUTPUT).read_text())
+    new = make_toy_ensemble(tmp_path / "new", members=3, seed=5).parent
+    export_io.write_expected_output(new)
+    export_io.install(new, model, log=lambda *a: None)
+    assert sorted(p.name for p in model.iterdir()) == ["ensemble.json", "expected_output.json"] + [
+        f"toy{i}.onnx" for i in range(3)
+    ]
+    import inference
+
+    got = inference.run(export_io.SAMPLE_JOB, tmp_path / "out", model)
+    assert compare(got, json.loads((model / export_io.EXPECTED_OUTPUT).read_text())) == []
+    assert compare(got, old_expected) != []
+    (model / card_io.README).write_text("# our own notes\n")  # not a rendered card: it stays
+    assert export_io.stale_card(model) == []

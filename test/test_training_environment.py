@@ -52,8 +52,11 @@ def test_auto_says_which_device_and_why(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda k: "Made-up GPU")
     gpu, why = device_io.choose("auto")
     assert str(gpu) == "cuda:0" and why.startswith("Made-up GPU; ") and "sees 1 GPU(s)" in why
-    with pytest.raises(AmfError, match=r"needs GPU 1 \(torchrun's LOCAL_RANK\), and torch .* sees 1 GPU\(s\)"):
-        device_io.choose("cuda", local_rank=1)
+    for asked in ("cuda", "auto"):  # more torchrun processes than GPUs: not a CPU for the rest
+        with pytest.raises(
+            AmfError, match=rf"--device {asked}: no GPU 1 for torchrun's LOCAL_RANK 1, torch .* sees 1 GPU"
+        ):
+            device_io.choose(asked, local_rank=1)
 
 
 @pytest.mark.slow

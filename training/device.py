@@ -74,9 +74,10 @@ def choose(asked: str = "auto", local_rank: int = 0):
     if count > local_rank:
         name = torch.cuda.get_device_name(local_rank)
         return torch.device(f"cuda:{local_rank}"), f"{name}; {sees}" + ("" if asked == "cuda" else " (--device auto)")
+    if count:  # a GPU for some processes only: torchrun started more of them than there are GPUs
+        raise AmfError(f"--device {asked}: no GPU {local_rank} for torchrun's LOCAL_RANK {local_rank}, {sees}")
     if asked == "cuda":
-        need = f"GPU {local_rank} (torchrun's LOCAL_RANK)" if count else "a GPU"
-        raise AmfError(f"--device cuda needs {need}, and {sees}: {advice()}")
+        raise AmfError(f"--device cuda needs a GPU, and {sees}: {advice()}")
     return torch.device("cpu"), f"{sees}: training on the CPU (--device auto; --device cuda stops here instead)"
 
 
