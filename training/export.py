@@ -191,12 +191,7 @@ def export_run(
                 f"threshold's out-of-fold ones with {mode}: python -m training.tta_oof {shift_run} --tta {mode}"
             )
         shift = {
-            **threshold_io.choose(
-                oof,
-                RunDir(shift_run).read_oof(),
-                seed=int(cfg["train"]["seed"]),
-                column=threshold_io.held_out_column(shift_run),
-            ),
+            **threshold_io.choose(oof, RunDir(shift_run).read_oof(), seed=int(cfg["train"]["seed"])),
             "loso_run": str(Path(shift_run).resolve()),
         }
         threshold = shift["threshold"]

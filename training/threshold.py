@@ -26,23 +26,12 @@ from amf.cli import EXPECTED, ArgumentParser, as_error
 from training import metrics
 from training.oof import leave_one_group_out_thresholds, slide_bootstrap_ci
 from training.run import RunDir, write_json_atomic
-from training.splits import KINDS
 
 RULES = ("oof", "loso")
 
 
-def held_out_column(run) -> str:
-    """The domain column whose values a leave-one-out run held out (splits.kind through training.splits.KINDS:
-    Scanner for leave_scanner_out)."""
-    kind = RunDir(run).read_config()["splits"]["kind"]
-    if not KINDS.get(kind):
-        raise AmfError(f"{run} is not a leave-one-out run (splits.kind {kind}): train one with --set splits.kind=...")
-    return KINDS[kind]
-
-
-def paired(oof: pd.DataFrame, loso: pd.DataFrame, column: str = "Scanner") -> pd.DataFrame:
-    """One row per official figure: label, slide, group (its COLUMN: what the leave-one-out run held out), p_oof,
-    p_loso (both sets must hold the same figures)."""
+def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
+    """One row per official figure: label, slide, Scanner, p_oof, p_loso (both sets must hold the same figures)."""
     oof = oof[oof["source"] == "official"] if "source" in oof else oof
     loso = loso[loso["source"] == "official"] if "source" in loso else loso
     if set(oof["image_id"]) != set(loso["image_id"]) or len(oof) != len(loso):
@@ -55,7 +44,7 @@ def paired(oof: pd.DataFrame, loso: pd.DataFrame, column: str = "Scanner") -> pd
             "image_id": oof["image_id"].to_numpy(),
             "label": oof["label"].to_numpy(int),
             "slide": oof["slide"].astype(str).to_numpy(),
-            "group": oof[column].to_numpy(),
+            "Scanner": oof["Scanner"].to_numpy(),
             "p_oof": oof["probability"].to_numpy(float),
             "p_loso": b["probability"].to_numpy(float),
         }
@@ -63,25 +52,20 @@ def paired(oof: pd.DataFrame, loso: pd.DataFrame, column: str = "Scanner") -> pd
 
 
 def nested_predictions(t: pd.DataFrame, rule: str) -> tuple[np.ndarray, dict]:
-    """Classes of the leave-one-out predictions, each held-out group (scanner) at the RULE's threshold chosen on the
-    other groups' figures; and those thresholds by group."""
-    scanner = t["group"].astype(str).to_numpy()
+    """Classes of the leave-one-scanner-out predictions, each scanner at the RULE's threshold chosen on the
+    other scanners' figures; and those thresholds by scanner."""
+    scanner = t["Scanner"].astype(str).to_numpy()
     thresholds = leave_one_group_out_thresholds(t["label"], t[f"p_{rule}"], scanner)
     pred = (t["p_loso"].to_numpy(float) >= np.array([thresholds[s] for s in scanner])).astype(int)
     return pred, thresholds
 
 
-def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int = 0, column: str = "Scanner") -> dict:
-    """The comparison of the two rules; LOSO held out the values of COLUMN (Scanner; held_out_column of its run),
-    which the nested figures hold out in turn ("scanners": those values)."""
-    t = paired(oof, loso, column)
-    if t["group"].nunique() < 2:
-        what = "scanners" if column == "Scanner" else f"values of {column}"
-        raise AmfError(f"choosing a threshold for scanner shift needs figures from at least two {what}")
+def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    t = paired(oof, loso)
+    if t["Scanner"].nunique() < 2:
+        raise AmfError("choosing a threshold for scanner shift needs figures from at least two scanners")
     y, slides = t["label"].to_numpy(int), t["slide"].to_numpy()
-    out = {"n": int(len(t)), "scanners": sorted(map(str, t["group"].unique())), "rules": {}}
-    if column != "Scanner":
-        out["held_out"] = column
+    out = {"n": int(len(t)), "scanners": sorted(map(str, t["Scanner"].unique())), "rules": {}}
     for rule in RULES:
         thr = metrics.best_threshold(y, t[f"p_{rule}"])
         nested_pred, nested_thr = nested_predictions(t, rule)
@@ -134,7 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     a = ap.parse_args(argv)
     try:
-        res = choose(RunDir(a.oof_run).read_oof(), RunDir(a.loso_run).read_oof(), column=held_out_column(a.loso_run))
+        res = choose(RunDir(a.oof_run).read_oof(), RunDir(a.loso_run).read_oof())
         print(summary_text(res))
         if a.json:
             write_json_atomic(res, a.json)
