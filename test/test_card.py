@@ -448,7 +448,7 @@ def test_reproduce_is_the_one_pipeline_command_that_made_the_runs(tmp_path):
     plain = make_run(pipeline_run(base, "v9", "plain"), df, 0.1, overrides=PLAIN_OFF, done=[0, 1])
     loso = make_run(
         pipeline_run(base, "v9", "leave_scanner_out"),
-        df.assign(fold=df["fold"] % 3),
+        df.assign(fold=df["Scanner"].map({s: k for k, s in enumerate(SCANNERS)})),  # a fold per scanner
         0.5,
         kind="leave_scanner_out",
         overrides=["splits.kind=leave_scanner_out"],
