@@ -326,7 +326,7 @@ def install(tmp: Path, out_dir: Path, log=print) -> None:
         log(f"removed the card of the model {out_dir} held ({names}): training.card writes this model's")
     for path in [*stale, out_dir / EXPECTED_OUTPUT]:
         path.unlink(missing_ok=True)
-    last = (manifest_io.MANIFEST_NAME, EXPECTED_OUTPUT)
+    last = [name for name in (manifest_io.MANIFEST_NAME, EXPECTED_OUTPUT) if (tmp / name).is_file()]
     new_files = [p.name for p in tmp.iterdir() if p.name not in last]
     for name in [*new_files, *last]:
         os.replace(tmp / name, out_dir / name)
