@@ -45,6 +45,7 @@ bench: $(VENV)/.stamp
 sample: $(VENV)/.stamp
 	$(VENV)/bin/python test/make_sample_input.py test/input
 
+# the model's expected output on the sample job (model/expected_output.json; training.export writes it with the model)
 expected: $(VENV)/.stamp
 	$(VENV)/bin/python test/compare_output.py --write
 

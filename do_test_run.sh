@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the image, run it on test/input as Grand Challenge does, and compare the result with
-# test/expected_output.json (same classes, confidences within 1e-3).
+# Build the image, run it on test/input as Grand Challenge does, and compare the result with the model's own
+# expected output, model/expected_output.json (same classes, confidences within 1e-3; training.export writes it
+# with the model; after changing model/ by hand: make expected).
 # As on the platform: no network, input read-only, /tmp a volume, the GPU when the host has one.
 # Usage: ./do_test_run.sh [TAG]
 #   AMF_TEST_TARBALL=1 ./do_test_run.sh   also mounts model/ at /opt/ml/model, the path of a model tarball
@@ -12,7 +13,7 @@ DOCKER_NOOP_VOLUME="${DOCKER_IMAGE_TAG}-volume"
 INPUT_DIR="${SCRIPT_DIR}/test/input"
 OUTPUT_DIR="${SCRIPT_DIR}/out/test-run"
 RESULT="${OUTPUT_DIR}/multiple-mitotic-figure-classification.json"
-EXPECTED="${SCRIPT_DIR}/test/expected_output.json"
+EXPECTED="${SCRIPT_DIR}/model/expected_output.json"
 
 echo "=+= (Re)building the container"
 "${SCRIPT_DIR}/do_build.sh" "$DOCKER_IMAGE_TAG"

@@ -1,12 +1,14 @@
-"""Compare a result file with test/expected_output.json, or regenerate that file.
+"""Compare a result file with the model's expected output (model/expected_output.json), or regenerate it.
 
+The expected output belongs to the model: training.export writes it beside the manifest (the container's result
+on the project's sample job, test/input), so the checks follow whatever model is in model/.
 Compare (standard library only, so do_test_run.sh can call it with any python3 on the host):
-    python3 test/compare_output.py test/output/multiple-mitotic-figure-classification.json
+    python3 test/compare_output.py out/test-run/multiple-mitotic-figure-classification.json [EXPECTED]
   passes (exit 0) when both are valid result lists of the same length with the same classes and
-  confidences within 1e-3 (--atol); otherwise prints each difference and exits 1.
-Regenerate (needs the runtime: amf, onnxruntime), after the model in model/ changes:
-    python test/compare_output.py --write     (or: make expected)
-  runs inference.py's run() on test/input with model/ and writes test/expected_output.json.
+  confidences within 1e-3 (--atol); otherwise prints each difference and exits 1, saying how to refresh.
+Regenerate (the development environment: training.export's writer, inference.run), after model/ changed by hand:
+    python test/compare_output.py --write [--model DIR]     (or: make expected)
+  runs inference.py's run() on test/input with model/ (or DIR) and writes its expected_output.json.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-EXPECTED = HERE / "expected_output.json"
-SAMPLE_INPUT = HERE / "input"
+MODEL = HERE.parent / "model"
+EXPECTED = MODEL / "expected_output.json"  # training.export's EXPECTED_OUTPUT, beside the manifest
 CLASSES = ("normal", "atypical")
+REFRESH = (
+    "if the model in {model} changed on purpose, rewrite its expected output: make expected "
+    "(python test/compare_output.py --write); otherwise the container's result changed"
+)
 
 
 def problems_in(results, label: str) -> list[str]:
@@ -56,16 +61,13 @@ def compare(actual, expected, atol: float = 1e-3) -> list[str]:
     return out
 
 
-def write_expected(input_dir=SAMPLE_INPUT, model_dir=None, out=EXPECTED) -> Path:
-    """Run the entrypoint's run() on the sample job and store its result as the expected output."""
+def write_expected(model_dir=MODEL) -> Path:
+    """The container's result on the sample job with MODEL_DIR, stored as its expected output (training.export's
+    writer: the same file an export writes)."""
     sys.path.insert(0, str(HERE.parent))
-    import inference
-    from amf.fileio import write_text_atomic
+    from training.export import write_expected_output
 
-    with tempfile.TemporaryDirectory() as tmp:
-        results = inference.run(input_dir, tmp, model_dir or inference.resolve_model_dir(None))
-    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-    return Path(out)
+    return write_expected_output(model_dir)
 
 
 def main(argv=None) -> int:
@@ -73,14 +75,18 @@ def main(argv=None) -> int:
     ap.add_argument("output", nargs="?", help="the result file to check")
     ap.add_argument("expected", nargs="?", default=str(EXPECTED))
     ap.add_argument("--atol", type=float, default=1e-3)
-    ap.add_argument("--write", action="store_true", help="regenerate test/expected_output.json")
-    ap.add_argument("--model", default=None, help="with --write: model folder (default as inference.py)")
+    ap.add_argument("--write", action="store_true", help="regenerate the model's expected_output.json")
+    ap.add_argument("--model", default=str(MODEL), help="with --write: the model folder (default model/)")
     a = ap.parse_args(argv)
     if a.write:
-        print(f"wrote {write_expected(model_dir=a.model)}")
+        print(f"wrote {write_expected(a.model)}")
         return 0
     if not a.output:
         ap.error("give the result file to compare (or --write)")
+    refresh = REFRESH.format(model=Path(a.expected).parent)
+    if not Path(a.expected).is_file():
+        print(f"error: no expected output {a.expected}: {refresh}", file=sys.stderr)
+        return 1
     try:
         actual = json.loads(Path(a.output).read_text())
         expected = json.loads(Path(a.expected).read_text())
@@ -91,7 +97,7 @@ def main(argv=None) -> int:
     for d in diffs:
         print(d, file=sys.stderr)
     if diffs:
-        print(f"FAIL: {a.output} differs from {a.expected} ({len(diffs)} difference(s))", file=sys.stderr)
+        print(f"FAIL: {a.output} differs from {a.expected} ({len(diffs)} difference(s)); {refresh}", file=sys.stderr)
         return 1
     print(f"OK: {len(actual)} results match {a.expected} (same classes, confidences within {a.atol})")
     return 0

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from compare_output import compare
+from compare_output import EXPECTED, compare
 from conftest import ROOT
 
 from bench.container import STAGES, report
@@ -24,7 +24,7 @@ def test_stage_wrapper_writes_what_inference_writes(tmp_path):
     assert stages["n"] == 16 and all(stages[s] >= 0 for s in STAGES[1:])
     written = json.loads((tmp_path / "multiple-mitotic-figure-classification.json").read_text())
     # same classes, confidences within the Docker test's 1e-3: another CPU differs at ~1e-9
-    assert compare(written, json.loads((ROOT / "test" / "expected_output.json").read_text())) == []
+    assert compare(written, json.loads(EXPECTED.read_text())) == []
 
 
 def run(total, cpu=1.0, variant=None):

@@ -417,3 +417,84 @@ def test_the_augmentation_line_follows_the_recipe_runs_config(runs, tmp_path):
     assert "- Augmentation: flips, HED stain jitter (scale 0.42," in text
     card["runs"]["recipe"]["config"]["augment"]["enabled"] = False
     assert "- Augmentation: none." in card_io.render(card)
+
+
+def test_a_card_without_a_plain_run_holds_the_recipe_alone(runs, tmp_path, capsys):
+    """A team's pipeline may train no control: the card is the recipe run's, with no comparison and no verdict."""
+    model = export_of(runs["recipe"], tmp_path / "model", shift_run=runs["loso"])
+    args = ["--model", str(model), "--recipe", str(runs["recipe"]), "--loso", str(runs["loso"]), "--n-boot", "20"]
+    assert card_io.main(args) == 0
+    assert "No plain control run" in capsys.readouterr().out
+    card = json.loads((model / card_io.CARD_JSON).read_text())
+    assert set(card["runs"]) == {"recipe"} and "compare" not in card and card["shipped"] == "recipe"
+    text = (model / card_io.README).read_text()
+    assert text == card_io.render(card)
+    assert "Plain baseline: none was trained" in text and "## Recipe against the plain baseline" not in text
+    assert "| plain" not in text and "plain balanced accuracy" not in text and "--plain" not in text
+    assert "## Threshold for scanner shift" in text and "## Leave one scanner out" in text
+    assert "# Model card: the shipped default ensemble" in text  # the made-up runs' config is default_model's
+    card["runs"]["recipe"]["config"]["name"] = "convnext_small"  # a team's config: not the toolkit's default
+    text = card_io.render(card)
+    assert "# Model card: the ensemble in this folder" in text and "The shipped default of the toolkit" not in text
+
+
+def test_reproduce_is_the_one_pipeline_command_that_made_the_runs(tmp_path):
+    """Runs named as training.pipeline names them (NAME_recipe, NAME_plain, NAME_loso, RUN_tta_MODE) render as
+    its one command; the step list stays for runs made otherwise (the tests above)."""
+    from training.run import RunDir, pipeline_run
+
+    df, base = table(), tmp_path / "runs"
+    recipe = make_run(pipeline_run(base, "v9", "recipe"), df, 0.6)
+    plain = make_run(pipeline_run(base, "v9", "plain"), df, 0.1, overrides=PLAIN_OFF, done=[0, 1])
+    loso = make_run(
+        pipeline_run(base, "v9", "leave_scanner_out"),
+        df.assign(fold=df["Scanner"].map({s: k for k, s in enumerate(SCANNERS)})),  # a fold per scanner
+        0.5,
+        kind="leave_scanner_out",
+        overrides=["splits.kind=leave_scanner_out"],
+    )
+    assert loso.name == "v9_loso"
+    tta = [tta_of(r, RunDir(r).tta_dir(m), m) for r in (loso, recipe) for m in ("flips", "d4")]
+    chosen_on = {"run": str(RunDir(recipe).tta_dir("d4")), "tta": "d4"}
+    model = export_of(
+        recipe, tmp_path / "model", shift_run=RunDir(loso).tta_dir("d4"), tta="d4", threshold_predictions=chosen_on
+    )
+    card, _ = card_io.build(
+        model, recipe, plain, loso, n_boot=20, tta=tta, plain_partial_reason="CPU time", trained_on="a CPU"
+    )
+    text = card_io.render(card)
+    want = (
+        f"python -m training.pipeline default_model --data $D --runs {base} --name v9 --model-out model --tta d4 "
+        '--compare-tta flips --shift leave_scanner_out --plain --plain-folds 0,1 --plain-partial-reason "CPU time" '
+        '--trained-on "a CPU"'
+    )
+    assert want in text and "python -m training.train" not in text and "python -m training.export" not in text
+    card["tta"]["runs"].pop()  # a re-prediction the pipeline would have made is missing: the steps, one by one
+    assert "python -m training.pipeline default_model" not in card_io.render(card)
+    assert f"python -m training.export {recipe} --out model" in card_io.render(card)
+
+
+def test_an_export_removes_the_card_of_the_model_it_replaces(runs, tmp_path):
+    """What described the old model (its card, its expected output) goes before the new model is installed; the new
+    expected output is the container's result with the new model; a README that is no rendered card stays."""
+    from compare_output import compare
+
+    from training import export as export_io
+
+    model = export_of(runs["recipe"], tmp_path / "model")
+    card_io.write(model, *card_io.build(model, runs["recipe"], n_boot=20))
+    export_io.write_expected_output(model)
+    old_expected = json.loads((model / export_io.EXPECTED_OUTPUT).read_text())
+    new = make_toy_ensemble(tmp_path / "new", members=3, seed=5).parent
+    export_io.write_expected_output(new)
+    export_io.install(new, model, log=lambda *a: None)
+    assert sorted(p.name for p in model.iterdir()) == ["ensemble.json", "expected_output.json"] + [
+        f"toy{i}.onnx" for i in range(3)
+    ]
+    import inference
+
+    got = inference.run(export_io.SAMPLE_JOB, tmp_path / "out", model)
+    assert compare(got, json.loads((model / export_io.EXPECTED_OUTPUT).read_text())) == []
+    assert compare(got, old_expected) != []
+    (model / card_io.README).write_text("# our own notes\n")  # not a rendered card: it stays
+    assert export_io.stale_card(model) == []

@@ -37,6 +37,19 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.tta_oof", [MISSING, "--tta", "d4"], "run folder"),
     ("training.tta_oof", [MISSING, "--tta", "d8"], "--tta"),
     ("training.export", [MISSING, "--out", MISSING, "--shift-run", MISSING], "run folder"),
+    ("training.pipeline", [MISSING, "--data", MISSING, "--runs", MISSING, "--model-out", MISSING], "not found"),
+    ("training.pipeline", ["smoke", "--data", MISSING, "--runs", MISSING, "--model-out", MISSING], "official layout"),
+    (
+        "training.pipeline",
+        ["smoke", "--data", A_FILE, "--runs", MISSING, "--model-out", MISSING, "--plain-folds", "0"],
+        "--plain",
+    ),
+    (
+        "training.pipeline",
+        ["smoke", "--data", A_FILE, "--runs", MISSING, "--model-out", MISSING, "--shift", "kfold"],
+        "--shift",
+    ),
+    ("training.device", ["gpu"], "gpu"),
     # usage errors (argparse's own) follow the rule too: amf.cli.ArgumentParser
     ("training.train", ["--config", "smoke"], "required"),
     ("training.train", ["--config", "smoke", "--data", MISSING, "--out", MISSING, "--parallel", "0"], "--parallel"),

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from compare_output import EXPECTED
 from conftest import ROOT
 from make_sample_input import make_job, write_job
 from onnx import TensorProto, helper, numpy_helper
@@ -26,7 +27,6 @@ from amf.preprocess import canonical_patch, prepare, resize
 from amf.results import validate
 
 SAMPLE = ROOT / "test" / "input"
-EXPECTED = ROOT / "test" / "expected_output.json"
 RESULT = jobs.OUTPUT_FILE
 RNG = np.random.default_rng(7)
 

@@ -1,8 +1,12 @@
-"""The shipped default model (model/): trained, small, its card true to its files and to the real data.
+"""The model in model/ (the shipped default, or any model training.export or training.pipeline wrote there): trained,
+within its size budget, its card true to its files and to the data it names.
 
-The real-data checks (skipped where ../shared/data is absent) read the breast slice's labels and PNGs
-and hold the container's path (SimpleITK stack reading, amf.preprocess, onnxruntime) against what
-training measured (PIL decoding, the same preprocessing, torch).
+The size budget is the default model's (training/configs/default_model.yaml: 40 MB, at least 3 members); any other
+model is held to the platform's real limit (an image of at most 10 GB holds it). A model without a card (a bare
+export) skips the card's checks. The data checks read the labels and PNGs of the folder the card names (skipped
+where it is absent; the default model's: ../shared/data/midog25-breast) and hold the container's path (SimpleITK
+stack reading, amf.preprocess, onnxruntime) against what training measured (PIL decoding, the same preprocessing,
+torch).
 """
 
 from __future__ import annotations
@@ -26,35 +30,44 @@ from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
 from training.oof import compute
 
 MODEL = ROOT / "model"
-LIMIT_BYTES = 40 * 10**6
+BUDGETS = {"default_model": (40 * 10**6, 3)}  # config name -> (bytes, members): the shipped default's budget
+PLATFORM_BYTES = 10 * 10**9  # Grand Challenge's image limit: the model (in the image or its tarball) must fit in it
 
 
 @pytest.fixture(scope="module")
 def card() -> dict:
+    if not (MODEL / card_io.CARD_JSON).is_file():
+        pytest.skip("model/ has no card (a bare export): python -m training.card, or training.pipeline, writes one")
     card = json.loads((MODEL / card_io.CARD_JSON).read_text())
     assert card.get("card_version") == CARD_VERSION, "model/card.json is of an older layout: rebuild it (training.card)"
     return card
 
 
 @pytest.fixture(scope="module")
-def shipped_oof() -> pd.DataFrame:
+def shipped_oof(card) -> pd.DataFrame:
     return pd.read_csv(MODEL / card_io.OOF_CSV, dtype={"image_id": str, "slide": str})
 
 
 @pytest.fixture(scope="module")
-def breast_table():
-    from conftest import BREAST, need
+def card_table(card):
+    """The official table of the data folder the card names (the default model's: the breast slice)."""
+    from conftest import SHARED, need
 
-    need(BREAST)
-    return read_table(BREAST / OFFICIAL_CSV, BREAST / OFFICIAL_IMAGES, "official")
+    if set(card["data"].get("sources") or {"official": 0}) != {"official"}:
+        pytest.skip("the card's figures include extra sets: their labels are not in the official table")
+    named = Path(card["data"].get("dir") or "")
+    data = next((d for d in (named, SHARED / named.name) if named.name and (d / OFFICIAL_CSV).is_file()), None)
+    data = need(data or named)
+    return read_table(data / OFFICIAL_CSV, data / OFFICIAL_IMAGES, "official")
 
 
-def test_the_shipped_model_is_trained_and_within_40_mb():
+def test_the_model_is_trained_and_within_its_size_budget():
     m = load_manifest(MODEL)
     assert m.trained
-    assert len(m.members) >= 3
     total = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
-    assert total <= LIMIT_BYTES, f"model/ is {total / 1e6:.1f} MB"
+    limit, members = BUDGETS.get(m.provenance.get("config", {}).get("name"), (PLATFORM_BYTES, 1))
+    assert len(m.members) >= members
+    assert total <= limit, f"model/ is {total / 1e6:.1f} MB, over {limit / 1e6:.0f} MB"
 
 
 def test_the_card_is_rendered_from_card_json_and_matches_the_manifest(card):
@@ -84,6 +97,8 @@ def test_the_card_is_rendered_from_card_json_and_matches_the_manifest(card):
 
 
 def test_the_card_says_plainly_how_the_recipe_did_against_plain_and_why_it_ships(card):
+    if "compare" not in card:
+        pytest.skip("no plain control run: nothing compared")
     text = card_io.verdict(card)  # the verdict reports the difference; the run shipped was decided before
     v = (
         card["compare"]["metrics"].get("balanced_accuracy@nested_thresholds")
@@ -93,9 +108,9 @@ def test_the_card_says_plainly_how_the_recipe_did_against_plain_and_why_it_ships
     assert text in (MODEL / card_io.README).read_text()
 
 
-def test_the_cards_figures_recompute_from_oof_csv_and_the_official_labels(card, shipped_oof, breast_table):
-    merged = shipped_oof.merge(breast_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")
-    assert merged["label"].notna().all() and len(merged) == card["data"]["figures"] == len(breast_table)
+def test_the_cards_figures_recompute_from_oof_csv_and_the_official_labels(card, shipped_oof, card_table):
+    merged = shipped_oof.merge(card_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")
+    assert merged["label"].notna().all() and len(merged) == card["data"]["figures"] == len(card_table)
     got = compute(merged, n_boot=10)
     want = card["runs"][card["shipped"]]["oof"]
     assert got["threshold"] == pytest.approx(want["threshold"])
@@ -106,15 +121,13 @@ def test_the_cards_figures_recompute_from_oof_csv_and_the_official_labels(card, 
     assert merged.groupby("slide")["fold"].nunique().max() == 1
 
 
-def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_path(
-    shipped_oof, breast_table, tmp_path
-):
+def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_path(shipped_oof, card_table, tmp_path):
     m = load_manifest(MODEL)
-    paths = dict(zip(breast_table["image_id"], breast_table["path"]))
+    paths = dict(zip(card_table["image_id"], card_table["path"]))
     rng = np.random.default_rng(0)
     for member in m.members:
         held_out = shipped_oof[shipped_oof["fold"] == member.fold]
-        pick = held_out.iloc[np.sort(rng.choice(len(held_out), 16, replace=False))]
+        pick = held_out.iloc[np.sort(rng.choice(len(held_out), min(16, len(held_out)), replace=False))]
         stack = jobs.write_job(tmp_path / f"job{member.fold}", [decode(paths[i]) for i in pick["image_id"]], "s.mha")
         pages = jobs.read_stack(stack)  # the container's reader
         x = prepare(pages, member.input_size, member.mean, member.std, member.resize)
@@ -129,12 +142,12 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
         )
 
 
-def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_votes(card, shipped_oof, breast_table):
+def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_votes(card, shipped_oof, card_table):
     """The shipped members' nested-threshold and by-vote figures: each fold's threshold from the other folds only."""
     from training.metrics import best_threshold, roc_auc, summary
 
     sf = card["runs"][card["shipped"]]["oof"]
-    merged = shipped_oof.merge(breast_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")
+    merged = shipped_oof.merge(card_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")
     y, p, fold = merged["label"].to_numpy(int), merged["probability"].to_numpy(), merged["fold"].to_numpy()
     thr = {k: best_threshold(y[fold != k], p[fold != k]) for k in np.unique(fold)}
     assert {str(k): v for k, v in thr.items()} == pytest.approx(sf["nested"]["thresholds"])

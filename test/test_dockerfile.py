@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from compare_output import EXPECTED
 from conftest import ROOT
 
 from amf.manifest import load as load_manifest
@@ -119,8 +120,7 @@ def checkout(tmp_path):
     (work / "test").mkdir(parents=True)
     for s in SCRIPTS:
         shutil.copy2(ROOT / s, work / s)
-    for f in ("compare_output.py", "expected_output.json"):
-        shutil.copy2(ROOT / "test" / f, work / "test" / f)
+    shutil.copy2(ROOT / "test" / "compare_output.py", work / "test" / "compare_output.py")
     shutil.copytree(ROOT / "test" / "input", work / "test" / "input")
     shutil.copytree(ROOT / "model", work / "model")
     bin_dir = tmp_path / "bin"
@@ -133,7 +133,7 @@ def checkout(tmp_path):
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
-        "FAKE_RESULT": str(ROOT / "test" / "expected_output.json"),
+        "FAKE_RESULT": str(EXPECTED),
     }
     return work, env, tmp_path / "docker.log"
 
@@ -162,13 +162,14 @@ def test_do_test_run_runs_like_the_platform_and_compares(checkout):
 
 def test_do_test_run_fails_when_the_output_differs(checkout, tmp_path):
     work, env, _ = checkout
-    wrong = json.loads((ROOT / "test" / "expected_output.json").read_text())
+    wrong = json.loads(EXPECTED.read_text())
     wrong[3]["confidence"] = min(1.0, wrong[3]["confidence"] + 0.01)
     (tmp_path / "wrong.json").write_text(json.dumps(wrong))
     env["FAKE_RESULT"] = str(tmp_path / "wrong.json")
     p = subprocess.run(["bash", str(work / "do_test_run.sh")], capture_output=True, text=True, env=env, cwd=work)
     assert p.returncode != 0
     assert "[3] confidence" in p.stderr and "FAIL" in p.stderr
+    assert "changed on purpose, rewrite its expected output: make expected" in p.stderr  # how to refresh it
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """The image's runtime without the image: a fresh virtual environment from requirements.txt alone
-runs inference.py on the project's sample job and gives test/expected_output.json.
+runs inference.py on the project's sample job and gives the model's expected output (model/expected_output.json).
 
 Slow once (pip installs onnxruntime-gpu, about a minute); needs PyPI, as the image build does.
 """
@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from compare_output import compare
+from compare_output import EXPECTED, compare
 from conftest import GC_SAMPLE, ROOT
 
 from amf.results import validate
@@ -76,7 +76,7 @@ def test_sample_job_in_the_runtime_gives_the_expected_output(runtime_python, tmp
     p = run_inference(runtime_python, ROOT / "test" / "input", tmp_path / "out")
     assert p.returncode == 0, p.stderr
     results = json.loads((tmp_path / "out" / RESULT).read_text())
-    expected = json.loads((ROOT / "test" / "expected_output.json").read_text())
+    expected = json.loads(EXPECTED.read_text())
     assert compare(results, expected) == []
 
 

@@ -28,12 +28,41 @@ def test_local_weights_file_is_loaded(tmp_path):
         create_backbone({"backbone": "test_vit", "pretrained": False, "weights": str(tmp_path / "none.pth")})
 
 
+def test_local_weights_say_how_many_loaded_or_name_what_does_not_fit(tmp_path, capsys):
+    """A hub-style weights file (classifier included) loads with one line and no warnings, also through training's
+    config resolution; a file with one renamed tensor is one error line naming it both ways."""
+    import warnings
+
+    import timm
+
+    from training import models, train
+
+    state = timm.create_model("test_convnext").state_dict()
+    right, renamed = tmp_path / "right.pth", tmp_path / "renamed.pth"
+    torch.save(state, right)
+    state["stem.0.renamed"] = state.pop("stem.0.weight")
+    torch.save(state, renamed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert models.main(["smoke", f"model.weights={right}"]) == 0
+        cfg = train.resolve_normalisation(config_io.load("smoke", [f"model.weights={right}"]))
+        train.create_classifier(cfg, log=print)
+    assert [str(w.message) for w in caught] == []
+    out = capsys.readouterr().out.splitlines()
+    n = len(timm.create_model("test_convnext", num_classes=0).state_dict())
+    assert out.count(f"loaded {n} of {n} backbone tensors from {right}") == 2  # models.main, then training's build
+    assert models.main(["smoke", f"model.weights={renamed}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: model.weights {renamed} does not fit test_convnext")
+    assert "missing from the file (stem.0.weight)" in err[0] and "does not have (stem.0.renamed)" in err[0]
+
+
 @pytest.mark.slow
 def test_unreachable_hub_and_gated_model_messages(monkeypatch):
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(AmfError, match="cannot fetch the weights or config of test_vit.*model.weights"):
+    with pytest.raises(AmfError, match="test_vit needs files from the Hugging Face hub.*HF_HUB_OFFLINE.*model.weights"):
         create_backbone({"backbone": "test_vit", "pretrained": True})
     import timm
 

@@ -1,6 +1,6 @@
 """The model card of an exported ensemble: every figure measured from the runs, none typed by hand.
 
-  python -m training.card --model model --recipe RUN --plain RUN [--loso RUN] [--tta TTA_RUN ...] [--data DATA]
+  python -m training.card --model model --recipe RUN [--plain RUN] [--loso RUN] [--tta TTA_RUN ...] [--data DATA]
                           [--n-boot 2000] [--trained-on TEXT]
   python -m training.card --model model --render        (re-render README.md from card.json only)
 
@@ -10,8 +10,10 @@ Each run's figures are training.oof's, recomputed here without writing into the 
 chosen on the figures it is reported on), nested thresholds (each fold's chosen on the other folds: selection-free
 when the run's train.selection is last or inner) and 0.5, with slide-level bootstrap intervals, per fold and per
 scanner. --plain may be partial (some folds not trained): its figures are its finished folds, and the paired
-comparison with the recipe (training.compare) is on the folds both finished. --loso: the leave-one-scanner-out run,
-each held-out scanner at its nested threshold (chosen on the other scanners), at the pooled threshold and at 0.5.
+comparison with the recipe (training.compare) is on the folds both finished. Without --plain (a pipeline that
+trained no control) the card holds the recipe run alone: no comparison, no verdict on the recipe's parts.
+--loso: the leave-one-scanner-out run, each held-out scanner at its nested threshold (chosen on the other scanners),
+at the pooled threshold and at 0.5.
 --tta: training.tta_oof runs of --recipe or --loso, each paired with the run it re-predicted (its folds' from_run).
 --data: the official layout, for the figures by expert agreement where the runs' tables lack the votes.
 From the manifest: the threshold for scanner shift (provenance threshold_for_shift, training.threshold) and the
@@ -261,12 +263,13 @@ SHIPPED_RULE = (
     "the recipe run, decided before the figures: the recipe is the method, the plain run its control; "
     "no run was chosen on the figures reported"
 )
+SHIPPED_ALONE = "the recipe run, the one run trained (no control run); no run was chosen on the figures reported"
 
 
 def build(
     model_dir,
     recipe,
-    plain,
+    plain=None,
     loso=None,
     n_boot: int = 2000,
     trained_on: str = "",
@@ -276,7 +279,7 @@ def build(
 ) -> tuple[dict, pd.DataFrame]:
     model_dir = Path(model_dir)
     manifest = manifest_io.load(model_dir)
-    runs = {"recipe": Path(recipe), "plain": Path(plain)}
+    runs = {"recipe": Path(recipe)} | ({"plain": Path(plain)} if plain else {})
     exported_from = Path(str(manifest.provenance.get("run", ""))).resolve()
     if not manifest.trained or exported_from != runs["recipe"].resolve():
         raise AmfError(
@@ -288,16 +291,17 @@ def build(
     card = {
         "card_version": CARD_VERSION,
         "shipped": "recipe",
-        "shipped_rule": SHIPPED_RULE,
+        "shipped_rule": SHIPPED_RULE if plain else SHIPPED_ALONE,
         "trained_on": trained_on,
         "data": data_counts(RunDir(runs["recipe"]).read_splits()),
-        "compare": compare_runs.compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0),
+        **({"compare": compare_runs.compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0)} if plain else {}),
         "runs": {name: run_facts(runs[name], *loaded[name], n_boot) for name in runs},
     }
-    if plain_partial_reason:
-        card["runs"]["plain"]["partial_reason"] = plain_partial_reason
-    splits = [RunDir(r).read_splits().set_index("image_id")["fold"].sort_index() for r in runs.values()]
-    card["same_folds"] = bool(splits[0].equals(splits[1]))
+    if plain:
+        if plain_partial_reason:
+            card["runs"]["plain"]["partial_reason"] = plain_partial_reason
+        splits = [RunDir(r).read_splits().set_index("image_id")["fold"].sort_index() for r in runs.values()]
+        card["same_folds"] = bool(splits[0].equals(splits[1]))
     if loso is not None:
         card["loso"] = loso_facts(Path(loso), n_boot, votes)
     shift = manifest.provenance.get("threshold_for_shift")
@@ -391,7 +395,7 @@ def main(argv=None) -> int:
     ap = ArgumentParser(prog="python -m training.card", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="model")
     ap.add_argument("--recipe", help="the shipped run (MODEL_DIR must hold its export)")
-    ap.add_argument("--plain", help="the plain baseline on the same splits (may be partial)")
+    ap.add_argument("--plain", help="the plain baseline on the same splits (may be partial; left out: no control run)")
     ap.add_argument("--plain-partial-reason", default="", help="why the plain run has unfinished folds, for the card")
     ap.add_argument("--loso", default=None, help="the recipe's config with splits.kind=leave_scanner_out")
     ap.add_argument("--tta", nargs="*", default=[], help="training.tta_oof runs of --recipe or --loso")
@@ -407,8 +411,8 @@ def main(argv=None) -> int:
                 raise AmfError(f"{model_dir / CARD_JSON} is missing")
             write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
         else:
-            if not args.recipe or not args.plain:
-                raise AmfError("give --recipe RUN and --plain RUN (or --render)")
+            if not args.recipe:
+                raise AmfError("give --recipe RUN [--plain RUN] (or --render)")
             card, oof = build(
                 model_dir,
                 args.recipe,

@@ -3,7 +3,8 @@ is a key of card.json (built by training.card from the runs); a sentence that ho
 (random initialisation, an enabled recipe part, epochs chosen on the held-out fold, a leave-one-out run ...)
 is written only when card.json says the condition holds.
 One layout, card_version 2 (training.card's build): the recipe run shipped by decision, a possibly partial plain
-run, each run at nested thresholds, at the pooled threshold and at 0.5, the paired comparison, leave-one-scanner-out,
+run or none (a team's pipeline may train no control: the plain rows, the comparison and its verdict are then left
+out), each run at nested thresholds, at the pooled threshold and at 0.5, the paired comparison, leave-one-scanner-out,
 the threshold for scanner shift and test-time augmentation. A card.json without card_version 2 (the layout from
 before issue 12) is refused with one error: rebuild it from the runs.
 
@@ -22,6 +23,8 @@ from training.data import EXPERTS, OFFICIAL_CSV
 from training.metrics import fmt, fmt_ci
 
 CARD_VERSION = 2  # card.json's layout, written by training.card's build: the only one rendered
+RENDERED_MARK = "<!-- rendered by `python -m training.card`"  # the card's second line (export knows a card by it)
+PLAIN_SETS = ("mixstyle.enabled=false", "align.enabled=false", "ema.enabled=false")  # the plain control (pipeline)
 SHOWN = ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 METRIC_NAMES = {
     "balanced_accuracy": "balanced accuracy",
@@ -179,7 +182,14 @@ def recipe_parts(card: dict) -> str:
     return ("- Recipe: " + "; ".join(parts) + ". " + note).rstrip()
 
 
+def runs_in(card: dict) -> list[str]:
+    """The runs the card holds, in table order: the recipe run, and the plain control when one was given."""
+    return [name for name in ("recipe", "plain") if name in card["runs"]]
+
+
 def plain_line(card: dict) -> str:
+    if "plain" not in card["runs"]:
+        return "- Plain baseline: none was trained; the figures are the recipe run's alone."
     rs, ps = card["runs"]["recipe"]["config"], card["runs"]["plain"]["config"]
     diff = config_diff(rs, ps)
     same = ", folds" if card.get("same_folds") else ""
@@ -320,9 +330,9 @@ def render(card: dict) -> str:
     loso_col = loso_column(card)
     wt = rs["train"]["warmup_epochs"]
     out = [
-        "# Model card: the shipped default ensemble",
+        f"# Model card: {'the shipped default ensemble' if default_model(card) else 'the ensemble in this folder'}",
         "",
-        "<!-- rendered by `python -m training.card` from card.json; edit the code, not this file -->",
+        f"{RENDERED_MARK} from card.json; edit the code, not this file -->",
         "",
         f"{len(e['members'])} × `{cfg['model']['backbone']}` at {cfg['data']['input_size']} px, {members_line(card)}, "
         f"{mb:.1f} MB in all, {initialisation(cfg)} on the {', '.join(d['tumor'])} figures of "
@@ -339,8 +349,8 @@ def render(card: dict) -> str:
                 else ""
             )
             + "For a submission, retrain on the full official set with a pretrained backbone: "
-            "`python -m training.train --config convnext_small --data DATA --out runs/cnx` (or `lunit_vit_small`), "
-            "then `python -m training.export runs/cnx --out model`.",
+            "`python -m training.pipeline convnext_small --data DATA --runs runs/cnx --model-out model` (or "
+            "`lunit_vit_small`).",
             "",
         ]
     out += [
@@ -370,7 +380,8 @@ def render(card: dict) -> str:
         selection_line(card),
         "- Training time (wall clock, the sum of the epochs)"
         f"{' on ' + card['trained_on'] if card.get('trained_on') else ''}: "
-        f"recipe {card['runs']['recipe']['train_minutes']} min, plain {card['runs']['plain']['train_minutes']} min"
+        f"recipe {card['runs']['recipe']['train_minutes']} min"
+        + (f", plain {card['runs']['plain']['train_minutes']} min" if "plain" in card["runs"] else "")
         + (f" ({folds_count(card, 'plain')})" if partial_note(card, "plain") else "")
         + (
             f", leave-one-{(loso_col or 'domain').lower()}-out {card['loso']['train_minutes']} min"
@@ -394,7 +405,9 @@ def render(card: dict) -> str:
         "",
         "## Intended use",
         "- The shipped default of the toolkit: `make demo`, the container's tests, the benchmark, and a "
-        "baseline to beat. It shows the whole path (training, export, container) working on real data.",
+        "baseline to beat. It shows the whole path (training, export, container) working on real data."
+        if default_model(card)
+        else "- The model of this folder, for the container (`inference.py`) of this toolkit.",
         "- Not for diagnosis" + (", and not a leaderboard submission." if demo else "."),
         "",
         "## Limits",
@@ -429,12 +442,20 @@ def render(card: dict) -> str:
     return "\n".join(out)
 
 
+def default_model(card: dict) -> bool:
+    """The card is the toolkit's shipped default model's (its config, training/configs/default_model.yaml)."""
+    return card["runs"]["recipe"]["config"].get("name") == "default_model"
+
+
 def folds_list(folds) -> str:
     return ", ".join(str(k) for k in folds)
 
 
 def partial_note(card: dict, name: str) -> str:
-    """'' for a complete run, else which of its folds were trained (and why, when card.json says)."""
+    """'' for a complete run (or one the card does not hold), else which of its folds were trained (and why, when
+    card.json says)."""
+    if name not in card["runs"]:
+        return ""
     o = card["runs"][name]["oof"]
     if o["folds_done"] == o["folds"]:
         return ""
@@ -472,7 +493,7 @@ def oof_table(card: dict) -> list[str]:
         "|---|---|---|" + "---|" * len(SHOWN),
     ]
     free = "no (epoch chosen on the fold)" if epochs_on_fold(card) else "yes"
-    for name in ("recipe", "plain"):
+    for name in runs_in(card):
         r = card["runs"][name]["oof"]
         label = name + (" (shipped)" if name == card["shipped"] else "")
         if partial_note(card, name):
@@ -505,7 +526,7 @@ def scanner_table(card: dict) -> list[str]:
         "specificity, nested | balanced accuracy, pooled threshold |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("recipe", "plain"):
+    for name in runs_in(card):
         for scanner, s in card["runs"][name]["per_scanner"].items():
             m, n = s["metrics"], s.get("at_nested_threshold")
             cells = shown(n, s["ci95_nested"]) if n else ["–"] * len(SHOWN)
@@ -515,14 +536,16 @@ def scanner_table(card: dict) -> list[str]:
 
 
 def fold_table(card: dict) -> list[str]:
+    names = runs_in(card)
     lines = [
-        "| fold | figures (atypical) | slides | recipe balanced accuracy | recipe ROC AUC | "
-        "plain balanced accuracy | plain ROC AUC |",
-        "|---|---|---|---|---|---|---|",
+        "| fold | figures (atypical) | slides | "
+        + " | ".join(f"{name} balanced accuracy | {name} ROC AUC" for name in names)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(names),
     ]
     for k, c in card["data"]["fold"].items():
         cells = []
-        for name in ("recipe", "plain"):
+        for name in names:
             m = card["runs"][name]["oof"]["per_fold"].get(k)
             cells += [fmt(m["balanced_accuracy"]), fmt(m["roc_auc"])] if m else ["not trained", "not trained"]
         lines.append(row(k, f"{c['figures']} ({c['atypical']})", c["slides"], *cells))
@@ -531,7 +554,7 @@ def fold_table(card: dict) -> list[str]:
 
 def vote_lines(card: dict) -> list[str]:
     out = []
-    for name in ("recipe", "plain"):
+    for name in runs_in(card):
         o = card["runs"][name]["oof"]
         if "by_vote" not in o:
             continue
@@ -556,7 +579,7 @@ def vote_lines(card: dict) -> list[str]:
 
 
 def epoch_choice_line(card: dict) -> list[str]:
-    gaps = [e for name in ("recipe", "plain") for e in card["runs"][name].get("epoch_choice", {}).values()]
+    gaps = [e for name in runs_in(card) for e in card["runs"][name].get("epoch_choice", {}).values()]
     if not gaps or epochs_on_fold(card):
         return []
     bal = [e["best_balanced_accuracy@0.5"] - e["kept_balanced_accuracy@0.5"] for e in gaps]
@@ -604,6 +627,8 @@ def oof_section(card: dict) -> list[str]:
 
 
 def verdict(card: dict) -> str:
+    if "compare" not in card:
+        return f"No plain control run: nothing to compare the recipe with. Shipped: {card['shipped_rule']}."
     m = card["compare"]["metrics"]
     key = (
         "balanced_accuracy@nested_thresholds" if "balanced_accuracy@nested_thresholds" in m else "balanced_accuracy@0.5"
@@ -623,6 +648,8 @@ def verdict(card: dict) -> str:
 
 
 def compare_section(card: dict) -> list[str]:
+    if "compare" not in card:
+        return []
     c = card["compare"]
     of = c["folds_of_run"]
     which = (
@@ -812,10 +839,79 @@ def threshold_section(card: dict) -> list[str]:
     ]
 
 
+def pipeline_command(card: dict) -> str | None:
+    """The one training.pipeline command that makes the card's runs and model, when they are the pipeline's own
+    (training.run.pipeline_run's names: RUNS/NAME_recipe, NAME_plain set by PLAIN_SETS, the shift run differing in
+    its splits only, RUN_tta_MODE for every mode on every run, the export's threshold chosen on the shipped mode's
+    re-prediction); else None."""
+    from training.run import RunDir, pipeline_run
+
+    recipe = Path(card["runs"]["recipe"]["run"])
+    if not recipe.name.endswith("_recipe"):
+        return None
+    runs_dir, name = recipe.parent, recipe.name[: -len("_recipe")]
+    rs, e, args = card["runs"]["recipe"], card["ensemble"], []
+    bases = [recipe]
+    if "plain" in card["runs"]:
+        plain = card["runs"]["plain"]
+        off = {k.split("=")[0]: False for k in PLAIN_SETS}
+        if (
+            Path(plain["run"]) != pipeline_run(runs_dir, name, "plain")
+            or config_diff(rs["config"], plain["config"]) != off
+        ):
+            return None
+        args.append("--plain")
+        if partial_note(card, "plain"):
+            args.append(f"--plain-folds {','.join(map(str, plain['oof']['folds_done']))}")
+        if plain.get("partial_reason"):
+            args.append(f'--plain-partial-reason "{plain["partial_reason"]}"')
+    shift = card.get("threshold_for_shift")
+    if "loso" in card:
+        kind, loso = card["loso"]["config"]["splits"]["kind"], Path(card["loso"]["run"])
+        diff = config_diff(rs["config"], card["loso"]["config"])
+        if loso != pipeline_run(runs_dir, name, kind) or not diff or any(not k.startswith("splits.") for k in diff):
+            return None
+        args.insert(0, f"--shift {kind}")
+        bases.insert(0, loso)
+    tta = (card.get("tta") or {}).get("runs", [])
+    modes = list(dict.fromkeys(r["mode"] for r in tta))
+    if sorted(Path(r["run"]) for r in tta) != sorted(RunDir(b).tta_dir(m) for b in bases for m in modes):
+        return None
+    shipped = e["tta"]
+    chosen_on = Path((e.get("threshold_predictions") or {}).get("run") or recipe)
+    if chosen_on != (RunDir(recipe).tta_dir(shipped) if shipped != "none" else recipe):
+        return None
+    if bool(shift) != ("loso" in card) or (
+        shift and Path(shift["loso_run"]) != (RunDir(bases[0]).tta_dir(shipped) if shipped != "none" else bases[0])
+    ):
+        return None
+    compared = [m for m in modes if m != shipped]
+    head = [rs["config"]["name"], "--data $D", f"--runs {runs_dir}", f"--name {name}", "--model-out model"]
+    head += [f"--set {as_set(rs['overrides'])}"] if rs.get("overrides") else []
+    head += [f"--tta {shipped}"] if shipped != "none" else []
+    head += [f"--compare-tta {' '.join(compared)}"] if compared else []
+    tail = [f'--trained-on "{card["trained_on"]}"'] if card.get("trained_on") else []
+    return "python -m training.pipeline " + " ".join(head + args + tail)
+
+
 def reproduce(card: dict) -> list[str]:
-    """The commands that made the card's runs: each run's named config and what it set on top (its overrides)."""
+    """The command that made the card's runs and model: the one pipeline command where the runs are the pipeline's,
+    else each step's command (each run's named config and what it set on top, its overrides)."""
+    one = pipeline_command(card)
+    if one:
+        return [
+            "## Reproduce",
+            "One command (`training.pipeline`: training, re-prediction under test-time augmentation, export, this "
+            "card; each step skipped when its outputs are current):",
+            "",
+            "```",
+            f"D={data_dir(card) or 'DATA'}",
+            one,
+            "```",
+            "",
+        ]
     out = ["## Reproduce", "```", f"D={data_dir(card) or 'DATA'}"]
-    runs = [(n, card["runs"][n]) for n in ("recipe", "plain")] + ([("loso", card["loso"])] if "loso" in card else [])
+    runs = [(n, card["runs"][n]) for n in runs_in(card)] + ([("loso", card["loso"])] if "loso" in card else [])
     for name, r in runs:
         folds = ""
         if name in card["runs"] and partial_note(card, name):
@@ -838,14 +934,12 @@ def reproduce(card: dict) -> list[str]:
         + (f" --threshold-run {tp['run']}" if tp and Path(tp["run"]).resolve() != Path(recipe).resolve() else "")
         + (f" --shift-run {shift['loso_run']}" if shift and shift.get("loso_run") else "")
     )
-    cmd = "python -m training.card --model model " + " ".join(
-        f"--{n} {card['runs'][n]['run']}" for n in ("recipe", "plain")
-    )
+    cmd = "python -m training.card --model model " + " ".join(f"--{n} {card['runs'][n]['run']}" for n in runs_in(card))
     if "loso" in card:
         cmd += f" --loso {card['loso']['run']}"
     if card.get("tta"):
         cmd += " --tta " + " ".join(r["run"] for r in card["tta"]["runs"])
-    why = card["runs"]["plain"].get("partial_reason")
+    why = card["runs"].get("plain", {}).get("partial_reason")
     cmd += f' --plain-partial-reason "{why}"' if why else ""
     cmd += f' --trained-on "{card["trained_on"]}"' if card.get("trained_on") else ""
     return out + [cmd + " --data $D", "```", ""]

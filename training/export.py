@@ -26,9 +26,12 @@
 5. MODEL_DIR/ensemble.json through amf.manifest.save, trained: true, with provenance: backbone, config,
    folds, out-of-fold metrics with bootstrap intervals, threshold, parity, versions, training_figures (the
    fingerprint file's figure count and SHA-256).
+6. MODEL_DIR/expected_output.json: the container's result (inference.run) on the project's sample job
+   (test/input) with this model, which do_test_run.sh, make test and make demo's checks compare against.
 Everything is written to a temporary folder first; MODEL_DIR changes only when all of it succeeded
 (model files that an older manifest there named, and the new one does not, are removed; so is an older
-fingerprint file).
+fingerprint file). What described the model it replaces goes first: its card (README.md, card.json, oof.csv:
+training.card writes this model's) and its expected output; the new expected output comes last, after the manifest.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import torch
 from amf import AmfError, report_error
 from amf import manifest as manifest_io
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
-from amf.fileio import read_json
+from amf.fileio import read_json, write_text_atomic
 from amf.preprocess import prepare
 from training import fingerprint
 from training import oof as oof_io
@@ -56,6 +59,24 @@ from training import threshold as threshold_io
 from training.data import decode, image_path
 from training.models import load_for_export
 from training.run import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_JOB = ROOT / "test" / "input"  # the project's sample job (test/make_sample_input.py)
+EXPECTED_OUTPUT = "expected_output.json"  # beside the manifest: the container's result on SAMPLE_JOB
+
+
+def write_expected_output(model_dir, out=None, input_dir=SAMPLE_JOB) -> Path:
+    """The container's result (inference.run, the entrypoint's own path) on the sample job with the model in
+    MODEL_DIR, written to OUT (default MODEL_DIR/expected_output.json)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import inference
+
+    with tempfile.TemporaryDirectory() as job_out:
+        results = inference.run(input_dir, job_out, Path(model_dir))
+    out = Path(out) if out else Path(model_dir) / EXPECTED_OUTPUT
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+    return out
 
 
 def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) -> None:
@@ -266,10 +287,14 @@ def export_run(
         )
         manifest_io.save(manifest, tmp)
         manifest_io.load(tmp)  # the container's reader accepts it
-        install(tmp, out_dir)
+        write_expected_output(tmp)
+        install(tmp, out_dir, log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {threshold:.3f}, tta {tta}")
+    log(
+        f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {threshold:.3f}, tta {tta}; "
+        f"{out_dir / EXPECTED_OUTPUT}: the container's result on {SAMPLE_JOB.relative_to(ROOT)}"
+    )
     return out_dir / manifest_io.MANIFEST_NAME
 
 
@@ -290,8 +315,9 @@ def threshold_predictions(run: RunDir, threshold_run, tta: str) -> RunDir:
     return predictions
 
 
-def install(tmp: Path, out_dir: Path) -> None:
-    """Move the new files into OUT_DIR, the manifest last; drop files only the old manifest named, and an old
+def install(tmp: Path, out_dir: Path, log=print) -> None:
+    """Move the new files into OUT_DIR: first away what described the model there (its card, its expected output),
+    then the members, the manifest, the expected output; drop files only the old manifest named, and an old
     fingerprint file the new model lacks (it would name another model's training figures)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     old_files = {fingerprint.FILE}
@@ -302,14 +328,33 @@ def install(tmp: Path, out_dir: Path) -> None:
             old_files |= {e["file"] for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)}
         except (AmfError, AttributeError, TypeError):  # not a manifest: the files it may name are left alone
             pass
-    new_files = [p.name for p in tmp.iterdir() if p.name != manifest_io.MANIFEST_NAME]
-    for name in new_files:
+    stale = stale_card(out_dir)
+    if stale:
+        names = ", ".join(p.name for p in stale)
+        log(f"removed the card of the model {out_dir} held ({names}): training.card writes this model's")
+    for path in [*stale, out_dir / EXPECTED_OUTPUT]:
+        path.unlink(missing_ok=True)
+    last = [name for name in (manifest_io.MANIFEST_NAME, EXPECTED_OUTPUT) if (tmp / name).is_file()]
+    new_files = [p.name for p in tmp.iterdir() if p.name not in last]
+    for name in [*new_files, *last]:
         os.replace(tmp / name, out_dir / name)
-    os.replace(tmp / manifest_io.MANIFEST_NAME, out_dir / manifest_io.MANIFEST_NAME)
     for name in old_files - set(new_files):
-        for stale in (name, f"{name}.data") if name and "/" not in name else ():
-            if stale not in new_files and (out_dir / stale).is_file():
-                (out_dir / stale).unlink()
+        for stale_file in (name, f"{name}.data") if name and "/" not in name else ():
+            if stale_file not in new_files and (out_dir / stale_file).is_file():
+                (out_dir / stale_file).unlink()
+
+
+def stale_card(model_dir: Path) -> list[Path]:
+    """The model card files in MODEL_DIR (training.card's card.json and oof.csv, and README.md when it is a rendered
+    card): they describe the model there, not the one being installed."""
+    from training.card import CARD_JSON, OOF_CSV, README
+    from training.card_render import RENDERED_MARK
+
+    readme = model_dir / README
+    card = [model_dir / name for name in (CARD_JSON, OOF_CSV) if (model_dir / name).is_file()]
+    if readme.is_file() and (card or RENDERED_MARK in readme.read_text(errors="replace")):
+        card.append(readme)
+    return card
 
 
 def main(argv=None) -> int:

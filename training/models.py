@@ -6,7 +6,9 @@ create_classifier(cfg) is the one call that builds it, for training, export and 
                      hf-hub:paige-ai/Virchow2, hf-hub:bioptimus/H-optimus-0, DINOv3 ...
   model.pretrained   fetch the hub weights (timm / Hugging Face; gated models need HF_TOKEN)
   model.weights      or load a local weights file into the backbone (offline); give the timm architecture
-                     name then (an hf-hub: name needs the hub for its config even without weights)
+                     name then (an hf-hub: name needs the hub for its config even without weights). Every
+                     tensor must fit (one error names the keys that do not); one line says how many loaded
+  (the hub: training/hub.py; unreachable, it fails within seconds unless the files are in the local cache)
   model.kwargs       extra timm.create_model arguments; "py:timm.layers.SwiGLUPacked" names a Python object
   model.finetune     full | lora (peft LoRA on model.lora.target_modules; folded into the weights before
                      export) | frozen (backbone frozen and kept in eval mode; the attention and head train)
@@ -20,6 +22,7 @@ Run:  python -m training.models CONFIG   (builds the model, prints its size and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 
@@ -28,6 +31,7 @@ from torch import nn
 
 from amf import AmfError, one_line
 from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from training import hub
 
 
 class EmbeddingSE(nn.Module):
@@ -80,7 +84,9 @@ class Classifier(nn.Module):
         return (logit, z) if return_features else logit
 
 
-def _hub_error(name: str, e: Exception) -> AmfError:
+def _hub_error(name: str, e: Exception, offline: str | None = None) -> AmfError:
+    """One whole line for a backbone the hub did not give: gated, unreachable (OFFLINE: why, from training.hub) and
+    not cached, or another hub failure (its message shortened at a sentence's end)."""
     text = " ".join(f"{type(e).__name__}: {e}".split())
     low = text.lower()
     repo = name[len("hf-hub:") :] if name.startswith("hf-hub:") else name
@@ -89,10 +95,21 @@ def _hub_error(name: str, e: Exception) -> AmfError:
             f"model {name} is gated: accept its licence on https://huggingface.co/{repo.split('@')[0]} "
             f"and set HF_TOKEN (or give a local file as model.weights)"
         )
+    if offline:
+        return AmfError(hub.offline_error(name, offline))
     return AmfError(
-        f"cannot fetch the weights or config of {name} ({text[:200]}); offline? set model.weights "
-        f"to a local weights file with the timm architecture name, or model.pretrained: false"
+        f"cannot fetch the weights or config of {name} ({shorten(text)}); set model.weights to a local weights file "
+        "with the timm architecture name, or model.pretrained: false"
     )
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """TEXT up to LIMIT characters, cut after its last whole sentence (else its last whole word, with an ellipsis)."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    end = head.rfind(". ")
+    return head[: end + 1] if end > limit // 3 else head[: head.rfind(" ")] + " …"
 
 
 def python_object(value):
@@ -108,7 +125,7 @@ def python_object(value):
     return value
 
 
-def create_backbone(mcfg: dict, pretrained: bool | None = None, img_size: int | None = None) -> nn.Module:
+def create_backbone(mcfg: dict, pretrained: bool | None = None, img_size: int | None = None, log=print) -> nn.Module:
     """The timm model without its classifier (num_classes=0): forward gives the pooled embedding.
 
     Models that take img_size (ViTs) are built for the training input size (timm resamples pretrained
@@ -127,25 +144,66 @@ def create_backbone(mcfg: dict, pretrained: bool | None = None, img_size: int | 
 
         if not Path(weights).is_file():
             raise AmfError(f"model.weights: no file {weights}")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
-        pretrained = True
+        pretrained = False  # random initialisation, then the file (load_weights)
     if not name.startswith("hf-hub:") and not timm.is_model(name):
         raise AmfError(f"unknown timm model {name!r} (timm {timm.__version__}); see timm.list_models()")
+    offline = hub.unreachable() if hub.needs_hub(mcfg, pretrained) else None
     try:
+        model = None
         if img_size and "img_size" not in kwargs:
-            try:
-                return timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **kwargs)
-            except TypeError:  # a model without an img_size argument (CNNs)
-                pass
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+            with contextlib.suppress(TypeError):  # a model without an img_size argument (CNNs)
+                model = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size, **kwargs)
+        if model is None:
+            model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     except TypeError as e:  # an argument this architecture does not take (drop_path_rate, a kwargs key)
         raise AmfError(f"model {name}: {one_line(e)[:200]} (check model.drop_path and model.kwargs)") from None
-    except (RuntimeError, OSError, ValueError, KeyError, ImportError) as e:
-        if weights and not isinstance(e, OSError):
-            raise AmfError(f"cannot load {weights} into {name}: {one_line(e)[:300]}") from None
-        raise _hub_error(name, e) from None
     except Exception as e:  # huggingface_hub / requests errors have their own types
-        raise _hub_error(name, e) from None
+        raise _hub_error(name, e, offline) from None
+    if weights:
+        load_weights(model, weights, name, log)
+    return model
+
+
+def load_weights(model: nn.Module, path, name: str, log=print) -> None:
+    """model.weights into a freshly built backbone, as timm loads hub weights: timm's reader (safetensors, or a torch
+    file read with weights_only, unwrapped from its state_dict/model key), the architecture's checkpoint filter
+    (e.g. a ViT's position embeddings resampled to the input size), the pretrained classifier left out. Every
+    tensor must fit: one AmfError naming the missing, unexpected and misshapen keys; one line LOG when loaded."""
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(str(path))
+        filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            state = filter_fn(state, model)
+    except Exception as e:  # not a weights file, or one the architecture's filter cannot read
+        raise AmfError(f"model.weights {path} is not a weights file of {name}: {shorten(one_line(e), 200)}") from None
+    own = model.state_dict()
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    for c in (classifier,) if isinstance(classifier, str) else classifier:  # the hub weights' head: not ours
+        for key in (f"{c}.weight", f"{c}.bias"):
+            if key not in own:
+                state.pop(key, None)
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(keys)} {what} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
+            for what, keys in (
+                ("tensor(s) of the model missing from the file", missing),
+                ("tensor(s) of the file the model does not have", unexpected),
+                ("of other shape", shapes),
+            )
+            if keys
+        ]
+        raise AmfError(f"model.weights {path} does not fit {name}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+    log(f"loaded {len(own) - len(missing)} of {len(own)} backbone tensors from {path}")
 
 
 def normalisation(cfg: dict, backbone: nn.Module) -> tuple[list[float], list[float]]:
@@ -179,10 +237,11 @@ def apply_lora(backbone: nn.Module, lcfg: dict) -> nn.Module:
         ) from None
 
 
-def create_classifier(cfg: dict, pretrained: bool | None = None) -> Classifier:
-    """The configured classifier (LoRA-wrapped or frozen backbone as asked). pretrained=False for export."""
+def create_classifier(cfg: dict, pretrained: bool | None = None, log=print) -> Classifier:
+    """The configured classifier (LoRA-wrapped or frozen backbone as asked). pretrained=False for export. LOG gets
+    the line that says a model.weights file was loaded."""
     m = cfg["model"]
-    backbone = create_backbone(m, pretrained, int(cfg["data"]["input_size"]))
+    backbone = create_backbone(m, pretrained, int(cfg["data"]["input_size"]), log)
     raw = backbone
     if m["finetune"] == "lora":
         backbone = apply_lora(backbone, m.get("lora") or {})

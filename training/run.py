@@ -16,6 +16,9 @@ RUN_DIR/                 (RunDir(RUN_DIR); training.train writes it, oof/export/
   oof.csv                pooled out-of-fold predictions, when every fold is done (training.oof; RunDir.read_oof)
   oof_metrics.json       their metrics and threshold (RunDir.read_oof_metrics)
   curves.png             loss, held-out balanced accuracy and ROC AUC per epoch, a line per fold (training/curves.py)
+RUN_DIR_tta_<mode>/       the same figures re-predicted under test-time augmentation (training.tta_oof; RunDir.tta_dir)
+RUNS_DIR/NAME_<role>/    the runs of training.pipeline (pipeline_run): recipe, plain, and the shift run, named for its
+                         split kind (leave_scanner_out: loso; any other kind: the kind itself)
 A file that a reader needs and the folder lacks is one AmfError naming its path. read_predictions is the one
 reader of an out-of-fold table (a fold's, the pooled one, the model card's copy): image_id and slide stay
 strings as written ("007.png" stays "007.png", "NA" stays "NA").
@@ -48,6 +51,8 @@ from training import splits as splits_io
 from training.data import MAX_TABLE_BYTES, read_csv
 
 CONFIG, SPLITS, OOF, OOF_METRICS, CURVES = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json", "curves.png"
+UNCOMPARED = ("log",)  # config sections a resumed run may change (a fold may turn W&B on): they change no result
+SHIFT_ROLES = {"leave_scanner_out": "loso"}  # the pipeline's shift run by split kind (others: the kind's own name)
 LAST, BEST, EPOCHS, DONE = "last.pt", "best.pt", "epochs.csv", "done.json"  # in each fold{k}/
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files in fold{k}/, named by time, host and process
 LOCK = "train.lock"  # in the run folder and in each fold{k}/
@@ -138,6 +143,11 @@ def take_lock(fd: int, path: Path, what: str, wait: bool) -> bool:
         print(f"warning: cannot lock {path} ({one_line(e.strerror or e)}): nothing stops a second job", file=sys.stderr)
         return False
     return True
+
+
+def pipeline_run(runs_dir, name: str, role: str) -> Path:
+    """RUNS_DIR/NAME_ROLE, a run of training.pipeline: ROLE recipe, plain, or a split kind (its shift run)."""
+    return Path(runs_dir) / f"{name}_{SHIFT_ROLES.get(role, role)}"
 
 
 # ---- readers --------------------------------------------------------------------------------------------
@@ -296,6 +306,10 @@ class RunDir:
     curves = file_in_folder(CURVES)
     lock = file_in_folder(LOCK)
 
+    def tta_dir(self, mode: str) -> Path:
+        """RUN_DIR_tta_MODE beside the run: where training.tta_oof re-predicts it under test-time augmentation."""
+        return self.path.with_name(f"{self.path.name}_tta_{mode}")
+
     def fold(self, k: int) -> FoldDir:
         return FoldDir(self.path / f"fold{int(k)}", int(k))
 
@@ -332,6 +346,41 @@ class RunDir:
     def missing_folds(self, splits: pd.DataFrame) -> list[int]:
         """The folds of SPLITS without done.json."""
         return [k for k in splits_io.folds_of(splits) if not self.fold(k).is_done()]
+
+    def config_differences(self, cfg: dict) -> list[str]:
+        """The keys (section.key) in which config.yaml, completed with today's defaults, differs from CFG; [] when
+        they are the same config (what training.train requires of a folder it continues, and the pipeline of a run
+        it skips). A key added since the run started, at its default, is no difference; nor are the sections a
+        resumed run may change (UNCOMPARED: they change no result)."""
+        old = {s: v for s, v in self.read_config(complete=True).items() if s not in UNCOMPARED}
+        new = {s: v for s, v in config_io.yaml.safe_load(config_io.dump(cfg)).items() if s not in UNCOMPARED}
+        if old == new:
+            return []
+        keys = [
+            f"{s}.{k}"
+            for s in new
+            if isinstance(new[s], dict)
+            for k in new[s]
+            if not isinstance(old.get(s), dict) or old[s].get(k) != new[s][k]
+        ]
+        return keys or ["name"]
+
+    def discard_untrained(self, folds) -> bool:
+        """Remove what a run that failed before its first finished epoch wrote (config.yaml, splits.csv, the fold
+        folders of FOLDS), so that the corrected command can start in the same folder; only when no fold folder
+        holds a finished epoch (last.pt) or fold (done.json) and none but FOLDS exists. True when removed."""
+        import shutil
+
+        dirs = self.fold_dirs()
+        if any(f.last.is_file() or f.is_done() or f.k not in set(folds) for f in dirs):
+            return False
+        for f in dirs:
+            shutil.rmtree(f.path, ignore_errors=True)
+        for path in (self.config, self.splits):
+            path.unlink(missing_ok=True)
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+        return True
 
     def done_values(self, key: str, default=None, folds=None) -> set:
         """The values of KEY (DEFAULT where absent) in the done.json of its finished folds (of FOLDS if given)."""

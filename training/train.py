@@ -47,6 +47,7 @@ from training import oof as oof_io
 from training import splits as splits_io
 from training.augment import Augment
 from training.data import PatchDataset, counts_report, load_dataset
+from training.device import choose as choose_device
 from training.domains import DOMAIN_COLUMNS
 from training.folds import run_parallel
 from training.models import create_backbone, create_classifier, head_parameters, lora_folded_state_dict, normalisation
@@ -55,7 +56,6 @@ from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teach
 from training.run import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
 
 ALIGN_COLUMNS = (*DOMAIN_COLUMNS, "source")  # the weak domain labels the alignment can pull together
-UNCOMPARED = ("log",)  # config sections a resumed run may change: they change no result
 
 # ---- distributed ------------------------------------------------------------------------------
 
@@ -67,8 +67,8 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and device_arg in ("auto", "cuda")
-        self.device = torch.device(f"cuda:{self.local}" if cuda else "cpu")
+        self.device, self.why = choose_device(device_arg, self.local)  # a GPU asked for and absent: AmfError
+        cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.set_device(self.device)
         if self.world > 1:
@@ -132,11 +132,12 @@ def resolve_normalisation(cfg: dict) -> dict:
     config.yaml says what the model was trained and is exported with. The other "auto" settings (train.amp,
     train.channels_last, data.device_augment, mixstyle.where) stay "auto" there: they depend on the device."""
     if cfg["data"]["mean"] == "auto" or cfg["data"]["std"] == "auto":
+        mcfg = {**cfg["model"], "weights": None}  # no weights: only the pretrained_cfg is needed
         try:
-            with torch.device("meta"):  # no memory, no weights: only the pretrained_cfg is needed
-                bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
+            with torch.device("meta"):  # no memory either
+                bb = create_backbone(mcfg, pretrained=False, img_size=int(cfg["data"]["input_size"]))
         except (NotImplementedError, RuntimeError):
-            bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
+            bb = create_backbone(mcfg, pretrained=False, img_size=int(cfg["data"]["input_size"]))
         cfg["data"]["mean"], cfg["data"]["std"] = normalisation(cfg, bb)
     return cfg
 
@@ -153,20 +154,10 @@ def prepare_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.Data
 
 def check_or_write_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> pd.DataFrame:
     if run.config.is_file():
-        # completed with today's defaults: a key added since the run started, at its default, is the same config;
-        # the log section changes no result (a resumed fold may turn W&B on)
-        old = {s: v for s, v in run.read_config(complete=True).items() if s not in UNCOMPARED}
-        new = {s: v for s, v in config_io.yaml.safe_load(config_io.dump(cfg)).items() if s not in UNCOMPARED}
-        if old != new:
-            diff = [
-                f"{s}.{k}"
-                for s in new
-                if isinstance(new[s], dict)
-                for k in new[s]
-                if not isinstance(old.get(s), dict) or old[s].get(k) != new[s][k]
-            ]
+        diff = run.config_differences(cfg)
+        if diff:
             raise AmfError(
-                f"{run} was started with another config (differs in {', '.join(diff[:6]) or 'name'}); "
+                f"{run} was started with another config (differs in {', '.join(diff[:6])}); "
                 f"use a new --out folder or the same config"
             )
     elif dist.main:
@@ -370,7 +361,7 @@ def fold_rows(cfg: dict, splits: pd.DataFrame, k: int, seed: int) -> tuple:
 def build_model(cfg: dict, device, channels_last: bool, seed: int, k: int, log):
     """(classifier on DEVICE, MixStyle mixer or None). The mixer draws from its own seeded generator, which
     last.pt saves, so that a resumed fold mixes as an uninterrupted one."""
-    model = create_classifier(cfg)
+    model = create_classifier(cfg, log=lambda line: log(f"fold {k}: {line}"))
     mixer = None
     if cfg["mixstyle"]["enabled"]:
         mixer, where = attach_mixstyle(model.timm_model, cfg["mixstyle"], torch.Generator().manual_seed(seed))
@@ -837,7 +828,7 @@ def main(argv=None) -> int:
         "(training/folds.py), then pool them",
     )
     args = ap.parse_args(argv)
-    dist = None
+    dist, run, fresh, todo = None, None, False, []
     try:
         overrides = list(args.set)
         if args.seed is not None:
@@ -853,10 +844,12 @@ def main(argv=None) -> int:
         header = log if not args.parallel_child else (lambda *a, **k: None)  # the parent printed it once
         if note:
             header(note)
+        header(f"device {dist.device}: {dist.why}")
         t0 = time.perf_counter()
         df, cache = load_dataset(args.data, cfg, args.skip_missing, log=header)
         header(counts_report(df))
         run = RunDir(args.out)
+        fresh = not run.config.is_file()  # this command starts the run (a failure before its first epoch undoes it)
         splits = prepare_run(cfg, df, run, dist)
         folds = splits_io.folds_of(splits)
         header(f"{cfg['splits']['kind']} splits ({run.splits}):\n{splits_io.describe(splits)}")
@@ -898,8 +891,12 @@ def main(argv=None) -> int:
             )
             log(oof_io.summary_text(result))
             log(f"run folder {run} (curves: {run.curves}); next: python -m training.export {run} --out MODEL_DIR")
-    except EXPECTED as e:
-        return report_error(as_error(e))
+    except BaseException as e:
+        if fresh and (dist is None or dist.main) and run.discard_untrained(todo or [f.k for f in run.fold_dirs()]):
+            log(f"{run}: nothing trained; removed what this command wrote there, so the corrected command can start")
+        if isinstance(e, EXPECTED):
+            return report_error(as_error(e))
+        raise
     finally:
         if dist is not None:
             dist.close()

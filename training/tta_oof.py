@@ -52,7 +52,7 @@ def tta_run(run_dir, tta: str, out_dir=None, data_dir=None, log=print) -> Path:
     run = RunDir(run_dir)
     if tta not in TTA_MODES:
         raise AmfError(f"--tta must be one of {', '.join(TTA_MODES)}")
-    out = RunDir(out_dir if out_dir else run.path.with_name(f"{run.path.name}_tta_{tta}"))
+    out = RunDir(out_dir if out_dir else run.tta_dir(tta))
     if out.path.resolve() == run.path.resolve():
         raise AmfError("--out must not be the run folder itself")
     cfg = run.read_config(complete=True)

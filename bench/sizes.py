@@ -1,0 +1,77 @@
+"""What an ensemble weighs on Grand Challenge: members x parameters in fp32 and fp16, and a T4 time per stack
+estimated from measured FLOPs.
+
+Each backbone is the exported member of its training config (training.models.create_classifier: the timm
+backbone, the attention gate, the head), built on torch's meta device (random initialisation, no memory, no
+download: the hub names are given as their timm architectures). Parameters are counted; FLOPs per patch are
+measured by torch.utils.flop_counter.FlopCounterMode on one patch at the config's input size (a multiply-add counts
+2). The T4 time is an estimate, not a measurement: 16 patches x members x TTA views x FLOPs at the T4's peak (8.1
+TFLOPS fp32, 65 TFLOPS fp16 on its tensor cores), so a lower bound: real kernels reach a fraction of the peak, and
+every job also reads the members from disk and builds their sessions.
+Run:  python -m bench.sizes [--members 5] [--patches 16]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from amf.cli import ArgumentParser, positive_int
+from amf.manifest import TTA_MODES
+from training import config as config_io
+from training.models import create_classifier
+
+# (label, config, the timm architecture of its backbone: the hub names' own, so that nothing is fetched)
+BACKBONES = [
+    ("ConvNeXt-S", "convnext_small", "convnext_small"),
+    ("ViT-S/8 (Lunit)", "lunit_vit_small", "vit_small_patch8_224"),
+    ("ViT-H/14 (UNI2-h)", "foundation_lora", "vit_giant_patch14_224"),
+]
+T4_PEAK = {"fp32": 8.1e12, "fp16": 65e12}  # FLOP/s, NVIDIA's T4 datasheet
+VIEWS = {"none": 1, "flips": 3, "d4": 8}  # amf.ensemble.tta_views per mode
+assert set(VIEWS) == set(TTA_MODES)
+
+
+def measure(config: str, arch: str) -> dict:
+    """Parameters and FLOPs per patch of CONFIG's exported member with backbone ARCH."""
+    cfg = config_io.load(config, [f"model.backbone={arch}", "model.pretrained=false", "model.finetune=full"])
+    size = int(cfg["data"]["input_size"])
+    with torch.device("meta"):
+        model = create_classifier(cfg, pretrained=False).eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.empty(1, 3, size, size))
+    return {"params": sum(p.numel() for p in model.parameters()), "flops": counter.get_total_flops(), "size": size}
+
+
+def table(members: int, patches: int) -> list[str]:
+    rows = [
+        f"| backbone | px | parameters | {members} members fp32 | fp16 | GFLOPs per patch | T4 estimate per stack "
+        f"of {patches}, fp32: none / d4 | fp16: none / d4 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, config, arch in BACKBONES:
+        m = measure(config, arch)
+        stack = {p: [patches * members * VIEWS[t] * m["flops"] / T4_PEAK[p] for t in ("none", "d4")] for p in T4_PEAK}
+        rows.append(
+            f"| {label} | {m['size']} | {m['params'] / 1e6:.1f} M | {members * m['params'] * 4 / 1e9:.2f} GB | "
+            f"{members * m['params'] * 2 / 1e9:.2f} GB | {m['flops'] / 1e9:.1f} | "
+            + " | ".join(" / ".join(f"{s:.2f} s" for s in stack[p]) for p in T4_PEAK)
+            + " |"
+        )
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = ArgumentParser(prog="python -m bench.sizes", description=__doc__.splitlines()[0])
+    ap.add_argument("--members", type=positive_int, default=5)
+    ap.add_argument("--patches", type=positive_int, default=16, help="patches per stack (the platform sends <= 16)")
+    a = ap.parse_args(argv)
+    print("\n".join(table(a.members, a.patches)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""One command from the data to a submission-ready model folder: every step of a model card's Reproduce block, in
+order, each skipped when its outputs are complete and current; a killed pipeline picks up where it stopped.
+
+  python -m training.pipeline CONFIG --data DATA_DIR --runs RUNS_DIR --model-out MODEL_DIR [--name NAME]
+         [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--tta none|flips|d4] [--compare-tta MODE ...]
+         [--shift [KIND]] [--plain [--plain-folds K,K] [--plain-partial-reason TEXT]] [--trained-on TEXT]
+         [--n-boot N] [--no-progress]
+
+The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME defaults to the config's name):
+  train    training.train CONFIG [--set ...] -> RUN: every fold (resumes a fold from its last.pt), pooled
+  shift    with --shift KIND (bare --shift: leave_scanner_out; any split kind of training/splits.py that leaves a group
+           out): the same config with splits.kind=KIND -> RUNS_DIR/NAME_loso (leave_scanner_out) or NAME_<KIND>
+  plain    with --plain: the control, mixstyle, align and ema off -> NAME_plain (--plain-folds: those folds only)
+  tta      training.tta_oof: RUN (and the shift run) re-predicted under --tta and each --compare-tta mode
+  export   training.export RUN --out MODEL_DIR --tta T [--threshold-run RUN_tta_T] [--shift-run SHIFT(_tta_T)]:
+           the threshold by the existing rules (the out-of-fold rule, or training.threshold's choice with a shift
+           run), the ONNX members, the manifest, and the model's own expected output on the sample job
+  card     training.card: MODEL_DIR/README.md, card.json, oof.csv (without --plain, the recipe run alone)
+then prints the next commands (build, test run, save).
+A step is skipped when its outputs exist, are complete and are newer than its inputs: a training run whose
+config.yaml is the same resolved config and whose folds are all done (and pooled); a re-prediction pooled from the
+same run's members; an export of the same runs with the same test-time augmentation; a card of the same runs.
+The data folder is not fingerprinted: new data wants a new --runs folder.
+Training runs in this process (training.train, --parallel N as there); for several GPUs, train the folds first
+(torchrun or one --fold job per GPU, same --out as the pipeline's run folders) and then run the pipeline: it trains
+what is missing and goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amf import AmfError, report_error
+from amf import manifest as manifest_io
+from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
+from training import card as card_io
+from training import config as config_io
+from training import export as export_io
+from training import oof as oof_io
+from training import splits as splits_io
+from training import train as train_io
+from training import tta_oof
+from training.card_render import PLAIN_SETS
+from training.data import OFFICIAL_CSV
+from training.run import RunDir, pipeline_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIFT_KINDS = [kind for kind, column in splits_io.KINDS.items() if column]  # the kinds that leave a group out
+
+
+class StepFailed(Exception):
+    """A step's own command failed and said why (its one error line is out): the pipeline stops with its code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class Plan:
+    """What the command line asks for, and the run folders it names."""
+
+    config: str
+    data: Path
+    runs: Path
+    model_out: Path
+    name: str
+    sets: list = field(default_factory=list)
+    parallel: int = 1
+    device: str = "auto"
+    tta: str = "none"
+    compare_tta: list = field(default_factory=list)
+    shift: str | None = None
+    plain: bool = False
+    plain_folds: list | None = None
+    plain_partial_reason: str = ""
+    trained_on: str = ""
+    n_boot: int = 2000
+    progress: bool = True
+
+    @property
+    def recipe(self) -> Path:
+        return pipeline_run(self.runs, self.name, "recipe")
+
+    @property
+    def shift_run(self) -> Path | None:
+        return pipeline_run(self.runs, self.name, self.shift) if self.shift else None
+
+    @property
+    def plain_run(self) -> Path | None:
+        return pipeline_run(self.runs, self.name, "plain") if self.plain else None
+
+    @property
+    def modes(self) -> list[str]:
+        """The test-time augmentations to re-predict under: the compared ones, then the shipped one."""
+        return list(dict.fromkeys(m for m in [*self.compare_tta, self.tta] if m != "none"))
+
+    def tta_runs(self) -> list[Path]:
+        """Every re-prediction: the shift run's, then the recipe run's, each under every mode."""
+        bases = [b for b in (self.shift_run, self.recipe) if b is not None]
+        return [RunDir(b).tta_dir(m) for b in bases for m in self.modes]
+
+
+# ---- when a step is current ---------------------------------------------------------------------------------
+
+
+def mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+def newer(outputs, inputs) -> bool:
+    """Every output exists and none is older than any input that exists."""
+    outputs, inputs = [Path(p) for p in outputs], [Path(p) for p in inputs if Path(p).exists()]
+    if not all(p.exists() for p in outputs):
+        return False
+    return not inputs or min(map(mtime, outputs)) >= max(map(mtime, inputs))
+
+
+def fold_files(run: Path, *names: str) -> list[Path]:
+    return [f.path / name for f in RunDir(run).fold_dirs() for name in names]
+
+
+def same_path(a, b) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def say(step: str, text: str) -> None:
+    print(f"== pipeline {step}: {text}", flush=True)
+
+
+# ---- the steps ----------------------------------------------------------------------------------------------
+
+
+def resolved_config(plan: Plan, sets: list) -> dict:
+    """The config training.train would write into config.yaml for these overrides."""
+    return train_io.resolve_normalisation(config_io.load(plan.config, sets))
+
+
+def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = None) -> None:
+    """training.train into RUN (FOLDS only, when given); skipped when the run holds the same config and the folds
+    are done (pooled, for a whole run)."""
+    cfg, r = resolved_config(plan, sets), RunDir(run)
+    if r.config.is_file() and not r.config_differences(cfg):
+        want = folds if folds is not None else splits_io.folds_of(r.read_splits())
+        if all(r.fold(k).is_done() for k in want):
+            if folds is None and not newer([r.oof, r.oof_metrics], fold_files(run, "done.json")):
+                oof_io.pool(r, seed=int(cfg["train"]["seed"]))
+                say(step, f"{run}: folds done; pooled")
+            else:
+                say(step, f"skipped: {run} holds this config, folds {', '.join(map(str, want))} done")
+            return
+    say(step, f"training.train -> {run}")
+    argv = ["--config", plan.config, "--data", str(plan.data), "--out", str(run), "--device", plan.device]
+    argv += (["--set", *sets] if sets else []) + ([] if plan.progress else ["--no-progress"])
+    jobs = [argv + ["--parallel", str(plan.parallel)]] if folds is None else [argv + ["--fold", str(k)] for k in folds]
+    for job in jobs:
+        code = train_io.main(job)
+        if code:
+            raise StepFailed(code)
+
+
+def re_predict(plan: Plan, base: Path, mode: str) -> Path:
+    """training.tta_oof BASE --tta MODE; skipped when it holds BASE's members' predictions under MODE, pooled after
+    BASE's members were last written."""
+    out = RunDir(base).tta_dir(mode)
+    o = RunDir(out)
+    inputs = [RunDir(base).splits, *fold_files(base, "best.pt")]
+    if o.is_pooled() and newer([o.oof], inputs) and o.predicted_tta() == mode and same_path(o.from_run(), base):
+        say("tta", f"skipped: {out} holds {base} re-predicted under {mode}")
+        return out
+    say("tta", f"training.tta_oof {base} --tta {mode} -> {out}")
+    tta_oof.tta_run(base, mode, out, plan.data)
+    return out
+
+
+def export(plan: Plan) -> None:
+    """training.export RUN --out MODEL_DIR, the threshold chosen on the predictions the container makes (the
+    re-prediction under --tta) and, with a shift run, by training.threshold's rule; skipped when MODEL_DIR holds that
+    export, newer than the runs it read, with its expected output."""
+    tta = plan.tta
+    threshold_run = RunDir(plan.recipe).tta_dir(tta) if tta != "none" else None
+    shift_run = None
+    if plan.shift_run is not None:
+        shift_run = RunDir(plan.shift_run).tta_dir(tta) if tta != "none" else plan.shift_run
+    m_path = plan.model_out / manifest_io.MANIFEST_NAME
+    inputs = [
+        RunDir(plan.recipe).oof,
+        *fold_files(plan.recipe, "best.pt"),
+        *[RunDir(r).oof for r in (threshold_run, shift_run) if r is not None],
+    ]
+    if newer([m_path, plan.model_out / export_io.EXPECTED_OUTPUT], inputs):
+        try:
+            m = manifest_io.load(plan.model_out)
+        except AmfError:
+            m = None
+        p = m.provenance if m else {}
+        shift = p.get("threshold_for_shift") or {}
+        if (
+            m is not None
+            and same_path(p.get("run"), plan.recipe)
+            and m.tta == tta
+            and same_path((p.get("threshold_predictions") or {}).get("run"), threshold_run or plan.recipe)
+            and (same_path(shift.get("loso_run"), shift_run) if shift_run else not shift)
+        ):
+            say("export", f"skipped: {plan.model_out} holds the export of {plan.recipe} (tta {tta})")
+            return
+    say("export", f"training.export {plan.recipe} --out {plan.model_out}")
+    export_io.export_run(plan.recipe, plan.model_out, plan.data, tta, shift_run=shift_run, threshold_run=threshold_run)
+
+
+def card(plan: Plan) -> None:
+    """training.card into MODEL_DIR; skipped when its card.json describes this export with these runs and is newer
+    than them."""
+    json_path = plan.model_out / card_io.CARD_JSON
+    runs = [r for r in (plan.recipe, plan.plain_run, plan.shift_run) if r is not None]
+    tta_runs = plan.tta_runs()
+    inputs = [plan.model_out / manifest_io.MANIFEST_NAME]
+    for r in [*runs, *tta_runs]:
+        inputs += [RunDir(r).oof, *fold_files(r, "done.json")]
+    reason = plan.plain_partial_reason if plan.plain else ""
+    if newer([json_path, plan.model_out / card_io.README, plan.model_out / card_io.OOF_CSV], inputs):
+        old = json.loads(json_path.read_text())
+        plain, loso = old["runs"].get("plain", {}), old.get("loso", {})
+        if (
+            same_path(old["runs"]["recipe"]["run"], plan.recipe)
+            and (same_path(plain.get("run"), plan.plain_run) if plan.plain else not plain)
+            and (same_path(loso.get("run"), plan.shift_run) if plan.shift else not loso)
+            and sorted(Path(r["run"]).resolve() for r in old.get("tta", {}).get("runs", []))
+            == sorted(r.resolve() for r in tta_runs)
+            and (old.get("trained_on", ""), plain.get("partial_reason", "")) == (plan.trained_on, reason)
+        ):
+            say("card", f"skipped: {json_path} describes these runs")
+            return
+    say("card", f"training.card --model {plan.model_out} -> {plan.model_out / card_io.README}")
+    votes = plan.data if (plan.data / OFFICIAL_CSV).is_file() else None  # the experts' votes, official layout only
+    built, oof = card_io.build(
+        plan.model_out,
+        plan.recipe,
+        plain=plan.plain_run,
+        loso=plan.shift_run,
+        n_boot=plan.n_boot,
+        trained_on=plan.trained_on,
+        tta=tta_runs,
+        data_dir=votes,
+        plain_partial_reason=reason,
+    )
+    card_io.write(plan.model_out, built, oof)
+    print(card_io.verdict(built))
+
+
+def next_commands(plan: Plan) -> None:
+    m = manifest_io.load(plan.model_out)
+    print(
+        f"\n{plan.model_out} is ready: {len(m.members)} member(s) {m.members[0].backbone}, threshold "
+        f"{m.threshold:.3f}, tta {m.tta}; card {plan.model_out / card_io.README}; expected output on the sample job "
+        f"{plan.model_out / export_io.EXPECTED_OUTPUT}"
+    )
+    if not same_path(plan.model_out, ROOT / "model"):
+        print(f"The scripts package ./model: put {plan.model_out}'s files there first (or use --model-out model).")
+    print(
+        "Next:\n"
+        "  ./do_build.sh [TAG]                      build the image\n"
+        "  ./do_test_run.sh [TAG]                   run it as the platform does; compare: model/expected_output.json\n"
+        "  AMF_TEST_TARBALL=1 ./do_test_run.sh      the same with model/ mounted at /opt/ml/model (the model tarball)\n"
+        "  ./do_save.sh [TAG]                       out/<TAG>_<date>.tar.gz (the image), out/model_<date>.tar.gz\n"
+        "then upload to Grand Challenge (README: Your own submission)."
+    )
+
+
+def run(plan: Plan) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise AmfError(
+            "run the pipeline in one process; torchrun trains folds (--fold N) before it, in its run folders"
+        )
+    sets = list(plan.sets)
+    train(plan, "train", plan.recipe, sets)
+    if plan.shift:
+        train(plan, "shift", plan.shift_run, [*sets, f"splits.kind={plan.shift}"])
+    if plan.plain:
+        train(plan, "plain", plan.plain_run, [*sets, *PLAIN_SETS], plan.plain_folds)
+    for base in [b for b in (plan.shift_run, plan.recipe) if b is not None]:
+        for mode in plan.modes:
+            re_predict(plan, base, mode)
+    export(plan)
+    card(plan)
+    next_commands(plan)
+
+
+def fold_list(text: str) -> list[int]:
+    try:
+        folds = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of fold numbers") from None
+    if not folds or min(folds) < 0:
+        raise ValueError(f"{text!r} is not a comma-separated list of fold numbers")
+    return folds
+
+
+def parser() -> ArgumentParser:
+    ap = ArgumentParser.from_doc("python -m training.pipeline", __doc__)
+    ap.add_argument("config", help="YAML file or name in training/configs/")
+    ap.add_argument("--data", required=True, type=Path, help="the data folder (official layout)")
+    ap.add_argument("--runs", required=True, type=Path, help="folder of the pipeline's run folders")
+    ap.add_argument("--model-out", required=True, type=Path, help="the model folder to write (model: the shipped one)")
+    ap.add_argument("--name", default=None, help="run folder prefix (default: the config's name)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4")
+    ap.add_argument("--parallel", type=positive_int, default=1, metavar="N", help="folds at once (training.train)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    ap.add_argument("--tta", default=None, choices=list(manifest_io.TTA_MODES), help="default: the config's export.tta")
+    ap.add_argument(
+        "--compare-tta",
+        nargs="*",
+        default=[],
+        choices=[m for m in manifest_io.TTA_MODES if m != "none"],
+        help="also re-predict under these modes, for the card's comparison",
+    )
+    ap.add_argument(
+        "--shift",
+        nargs="?",
+        const="leave_scanner_out",
+        default=None,
+        choices=SHIFT_KINDS,
+        help="also train the config leaving one group out (bare: leave_scanner_out); the threshold for shift",
+    )
+    ap.add_argument("--plain", action="store_true", help="also train the plain control (mixstyle, align, ema off)")
+    ap.add_argument("--plain-folds", type=fold_list, default=None, metavar="K,K", help="the control's folds only")
+    ap.add_argument("--plain-partial-reason", default="", help="why the control has only some folds, for the card")
+    ap.add_argument("--trained-on", default="", help="where the runs trained, for the card")
+    ap.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples of the card")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap
+
+
+def plan_of(a) -> Plan:
+    cfg = config_io.load(a.config, a.set)  # an unknown config or a bad --set: one error before anything runs
+    if a.plain_folds is not None and not a.plain:
+        raise AmfError("--plain-folds needs --plain")
+    return Plan(
+        config=a.config,
+        data=a.data,
+        runs=a.runs,
+        model_out=a.model_out,
+        name=a.name or cfg["name"],
+        sets=list(a.set),
+        parallel=a.parallel,
+        device=a.device,
+        tta=a.tta or cfg["export"]["tta"],
+        compare_tta=list(a.compare_tta),
+        shift=a.shift,
+        plain=a.plain,
+        plain_folds=a.plain_folds,
+        plain_partial_reason=a.plain_partial_reason,
+        trained_on=a.trained_on,
+        n_boot=a.n_boot,
+        progress=not a.no_progress,
+    )
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        run(plan_of(a))
+    except StepFailed as e:  # the step printed its error line
+        return e.code
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
