@@ -19,12 +19,11 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
 from training import fingerprint
-from training.compare import slide_draws
 from training.data import decode
 from training.evaluate import __main__ as cli
 from training.evaluate.run import run_jobs
 from training.evaluate.score import score
-from training.metrics import roc_band
+from training.metrics import roc_band, slide_draws
 
 ROOT = Path(__file__).resolve().parents[1]
 N_BOOT = 200

@@ -312,15 +312,15 @@ def _oof_table(seed=0, n_slides=30, per_slide=10):
 
 
 def test_slide_bootstrap_equals_recomputing_training_metrics_on_each_slide_resample():
-    from training import compare, metrics
-    from training.oof import slide_bootstrap_ci
+    from training import metrics
+    from training.metrics import slide_bootstrap_ci
 
     t = _oof_table()
     y, p, s = t["label"].to_numpy(), t["probability"].to_numpy(), t["slide"].to_numpy()
     pred = (p >= 0.5).astype(int)
     fast = slide_bootstrap_ci(y, p, s, pred, n_boot=150, seed=3)
     draws = {k: [] for k in fast}
-    for idx in compare.slide_draws(s, 150, 3):
+    for idx in metrics.slide_draws(s, 150, 3):
         m = metrics.summary(y[idx], p[idx], y_pred=pred[idx])
         for k in draws:
             draws[k].append(m[k])

@@ -77,13 +77,13 @@ def per_scanner(oof: pd.DataFrame, result: dict, n_boot: int) -> dict:
         y, p, slides = g["label"].to_numpy(int), g["probability"].to_numpy(float), g["slide"].astype(str)
         out[str(scanner)] = {
             "metrics": result["per_domain"]["Scanner"][str(scanner)],
-            "ci95": oof_io.slide_bootstrap_ci(y, p, slides, (p >= threshold).astype(int), n_boot, 0),
+            "ci95": metrics.slide_bootstrap_ci(y, p, slides, (p >= threshold).astype(int), n_boot, 0),
             "slides": int(g["slide"].nunique()),
         }
         if nested is not None:
             at = nested[g.index.to_numpy()]
             out[str(scanner)]["at_nested_threshold"] = metrics.summary(y, p, y_pred=at)
-            out[str(scanner)]["ci95_nested"] = oof_io.slide_bootstrap_ci(y, p, slides, at, n_boot, 0)
+            out[str(scanner)]["ci95_nested"] = metrics.slide_bootstrap_ci(y, p, slides, at, n_boot, 0)
     return out
 
 
@@ -215,13 +215,13 @@ def loso_facts(run, n_boot: int, votes) -> dict:
         h = {
             "at_threshold": result["per_fold"][str(k)],
             "at_0.5": metrics.summary(y, p, threshold=0.5),
-            "ci95": oof_io.slide_bootstrap_ci(y, p, slides, (p >= result["threshold"]).astype(int), n_boot, 0),
+            "ci95": metrics.slide_bootstrap_ci(y, p, slides, (p >= result["threshold"]).astype(int), n_boot, 0),
         }
         if nested is not None:
             at = nested[g.index.to_numpy()]
             h["nested_threshold"] = result["nested"]["thresholds"][str(k)]
             h["at_nested_threshold"] = metrics.summary(y, p, y_pred=at)
-            h["ci95_nested"] = oof_io.slide_bootstrap_ci(y, p, slides, at, n_boot, 0)
+            h["ci95_nested"] = metrics.slide_bootstrap_ci(y, p, slides, at, n_boot, 0)
         held_out[str(names[k])] = h
     return {
         "config": recipe_summary(cfg),

@@ -17,7 +17,6 @@ A difference whose 95% interval excludes 0 is told from noise; one whose interva
 The thresholds, hence each figure's predicted class, are held fixed: they are not chosen again in each resample,
 so the interval leaves out the threshold's own uncertainty. P(B<=A) is the share of resamples in which B did not
 beat A: a description of the bootstrap distribution, not a p-value (no null hypothesis was resampled).
-slide_draws() is the one slide-level resampling of the project (training.oof's intervals use it too).
 """
 
 from __future__ import annotations
@@ -62,21 +61,6 @@ def scores(y, p, nested) -> dict:
     if nested is not None:
         out[NESTED] = metrics.summary(y, p, y_pred=nested)["balanced_accuracy"]
     return out | {"roc_auc": s05["roc_auc"]}
-
-
-def slide_draws(slides, n_boot: int, seed: int = 0):
-    """Cluster bootstrap: N_BOOT index arrays, each the figures of len(slides' unique values) slides drawn
-    with replacement (a slide drawn twice counts twice); seeded."""
-    _, of = np.unique(np.asarray(slides).astype(str), return_inverse=True)
-    # the figures grouped by slide (slides in sorted order, each slide's figures ascending): ORDER[START:START+SIZE]
-    order, sizes = np.argsort(of, kind="stable"), np.bincount(of)
-    starts = np.cumsum(sizes) - sizes
-    rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        drawn = rng.integers(0, len(sizes), len(sizes))
-        n = sizes[drawn]
-        # the drawn slides' figures one after another, gathered at once (one slide per figure is a common case)
-        yield order[np.repeat(starts[drawn] - (np.cumsum(n) - n), n) + np.arange(n.sum())]
 
 
 def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -128,7 +112,7 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
         out["not_computed"] = {NESTED: "one compared fold: no other fold to choose its threshold on"}
     point_a, point_b = scores(y, pa, nested_a), scores(y, pb, nested_b)
     diffs = {k: [] for k in point_a}
-    for idx in slide_draws(slides, n_boot, seed):
+    for idx in metrics.slide_draws(slides, n_boot, seed):
         if len(np.unique(y[idx])) < 2:
             continue
         na = None if nested_a is None else nested_a[idx]

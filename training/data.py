@@ -94,6 +94,8 @@ LAYOUTS = {"official": OFFICIAL_CSV, "amibr": AMIBR_CSV}  # layout -> the label 
 BOOLEANS = {"true": 1, "false": 0, "1": 1, "0": 0}
 ATNORM_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_TABLE_BYTES = 16 * 2**20  # a label table (the full official one, 11,937 figures, is 1.1 MB)
+# a run folder's tables (splits.csv, the out-of-fold predictions) hold more columns per figure than a label table
+MAX_RUN_TABLE_BYTES = 4 * MAX_TABLE_BYTES
 
 
 def slide_key(filename, prefix: str = "") -> str:

@@ -6,7 +6,8 @@ confidences (P(atypical)), and the same per tumour domain under "domain_<N>".
 One documented departure: a domain (or set) with one class only reports roc_auc as None (the
 organisers' code would raise), and a rate with an empty denominator is None.
 Added for reports: roc_band (grand-challenge-metrics' bootstrapped ROC band, on given resamples: the
-intervals' own, training.compare.slide_draws).
+intervals' own, slide_draws), and the one slide-level resampling of the project: slide_draws and
+slide_bootstrap_ci (figures of one slide are not independent).
 Needs numpy and scikit-learn (not part of the container's runtime).
 """
 
@@ -95,10 +96,59 @@ def best_threshold(y_true, score) -> float:
     return float(thr[best[np.argmin(np.abs(thr[best] - 0.5))]])
 
 
+def slide_draws(slides, n_boot: int, seed: int = 0):
+    """Cluster bootstrap: N_BOOT index arrays, each the figures of len(slides' unique values) slides drawn
+    with replacement (a slide drawn twice counts twice); seeded."""
+    _, of = np.unique(np.asarray(slides).astype(str), return_inverse=True)
+    # the figures grouped by slide (slides in sorted order, each slide's figures ascending): ORDER[START:START+SIZE]
+    order, sizes = np.argsort(of, kind="stable"), np.bincount(of)
+    starts = np.cumsum(sizes) - sizes
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        drawn = rng.integers(0, len(sizes), len(sizes))
+        n = sizes[drawn]
+        # the drawn slides' figures one after another, gathered at once (one slide per figure is a common case)
+        yield order[np.repeat(starts[drawn] - (np.cumsum(n) - n), n) + np.arange(n.sum())]
+
+
+def slide_bootstrap_ci(y, p, slides, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile intervals of balanced accuracy, sensitivity, specificity, ROC AUC over slide resamples
+    (slide_draws); the predicted classes Y_PRED are held fixed. A rate undefined in a resample
+    (one class only) is left out of that rate's interval; an interval with no defined resample is None.
+    Each resample is a weight per figure (how often it was drawn): the rates are weighted counts and ROC AUC the
+    weighted Mann-Whitney statistic (ties count 1/2), as training.metrics computes them on the drawn figures."""
+    y, p, y_pred = np.asarray(y, int), np.asarray(p, float), np.asarray(y_pred, int)
+    if len(y) == 0:
+        return {k: None for k in ("balanced_accuracy", "sensitivity", "specificity", "roc_auc")}
+    w = np.stack([np.bincount(idx, minlength=len(y)) for idx in slide_draws(slides, n_boot, seed)])
+    w = w.astype(float)
+    pos, neg = w * (y == 1), w * (y == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = (pos * (y_pred == 1)).sum(1) / pos.sum(1)
+        spec = (neg * (y_pred == 0)).sum(1) / neg.sum(1)
+        values, inverse = np.unique(p, return_inverse=True)
+        # weight of each class at each distinct score, ascending: per-draw sums of whole counts (exact in float64),
+        # as one bincount over (draw, score) cells: memory n_boot x figures, not figures x distinct scores
+        cell = (np.arange(len(w))[:, None] * len(values) + inverse).ravel()
+        pos_at, neg_at = (
+            np.bincount(cell, weights=m.ravel(), minlength=len(w) * len(values)).reshape(len(w), len(values))
+            for m in (pos, neg)
+        )
+        below = np.cumsum(neg_at, 1) - neg_at
+        auc = (pos_at * (below + 0.5 * neg_at)).sum(1) / (pos.sum(1) * neg.sum(1))
+    draws = {"balanced_accuracy": (sens + spec) / 2, "sensitivity": sens, "specificity": spec, "roc_auc": auc}
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for k, v in draws.items():
+        v = v[np.isfinite(v)]
+        out[k] = [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
+    return out
+
+
 def roc_band(y_true, score, draws, level: float = 0.95) -> dict | None:
     """A bootstrapped ROC band computed as grand-challenge-metrics computes one (each resample's ROC curve read at
     101 fixed false-positive rates, its TPR set to 0 at FPR 0; the mean curve and pointwise percentiles), but on
-    the resamples DRAWS (index arrays: training.compare.slide_draws), so that the band and the intervals beside it
+    the resamples DRAWS (index arrays: slide_draws), so that the band and the intervals beside it
     come from the same resampling. Percentiles as numpy's (linear), like the intervals'. A resample with one class
     has no ROC curve and is left out; None when none is left. Returns lists: fpr, mean_tpr, low_tpr, high_tpr,
     and the number of resamples used."""

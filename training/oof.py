@@ -10,7 +10,7 @@ Every number comes from training.metrics (the module offline evaluation uses):
   at_threshold, at_0.5, at_nested_threshold   balanced accuracy, ROC AUC, sensitivity, specificity
   per fold, per domain value (canonical names), per source (extra labelled sets apart), by vote agreement
   (unanimous vs split expert vote, where the table has the experts' AMF share `soft`), the organisers'
-  aggregates (per tumour domain), and seeded 95% intervals by a slide-level bootstrap (training.compare's
+  aggregates (per tumour domain), and seeded 95% intervals by a slide-level bootstrap (training.metrics'
   slide_draws: figures of one slide are not independent; thresholds held fixed).
 Writes RUN_DIR/oof.csv and RUN_DIR/oof_metrics.json (atomically); refuses, naming them, if folds are missing.
 Run:  python -m training.oof RUN_DIR
@@ -25,45 +25,10 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError
-from training import compare as compare_runs
 from training import metrics
 from training import splits as splits_io
 from training.domains import DOMAIN_COLUMNS, TUMOR_DOMAINS, tumor_domain
 from training.run import DONE, RunDir
-
-
-def slide_bootstrap_ci(y, p, slides, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile intervals of balanced accuracy, sensitivity, specificity, ROC AUC over slide resamples
-    (training.compare.slide_draws); the predicted classes Y_PRED are held fixed. A rate undefined in a resample
-    (one class only) is left out of that rate's interval; an interval with no defined resample is None.
-    Each resample is a weight per figure (how often it was drawn): the rates are weighted counts and ROC AUC the
-    weighted Mann-Whitney statistic (ties count 1/2), as training.metrics computes them on the drawn figures."""
-    y, p, y_pred = np.asarray(y, int), np.asarray(p, float), np.asarray(y_pred, int)
-    if len(y) == 0:
-        return {k: None for k in ("balanced_accuracy", "sensitivity", "specificity", "roc_auc")}
-    w = np.stack([np.bincount(idx, minlength=len(y)) for idx in compare_runs.slide_draws(slides, n_boot, seed)])
-    w = w.astype(float)
-    pos, neg = w * (y == 1), w * (y == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens = (pos * (y_pred == 1)).sum(1) / pos.sum(1)
-        spec = (neg * (y_pred == 0)).sum(1) / neg.sum(1)
-        values, inverse = np.unique(p, return_inverse=True)
-        # weight of each class at each distinct score, ascending: per-draw sums of whole counts (exact in float64),
-        # as one bincount over (draw, score) cells: memory n_boot x figures, not figures x distinct scores
-        cell = (np.arange(len(w))[:, None] * len(values) + inverse).ravel()
-        pos_at, neg_at = (
-            np.bincount(cell, weights=m.ravel(), minlength=len(w) * len(values)).reshape(len(w), len(values))
-            for m in (pos, neg)
-        )
-        below = np.cumsum(neg_at, 1) - neg_at
-        auc = (pos_at * (below + 0.5 * neg_at)).sum(1) / (pos.sum(1) * neg.sum(1))
-    draws = {"balanced_accuracy": (sens + spec) / 2, "sensitivity": sens, "specificity": spec, "roc_auc": auc}
-    tail = 100 * (1 - level) / 2
-    out = {}
-    for k, v in draws.items():
-        v = v[np.isfinite(v)]
-        out[k] = [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
-    return out
 
 
 def leave_one_group_out_thresholds(y, p, groups, chooses=None) -> dict:
@@ -119,13 +84,13 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
         + " (pooled: chosen on the figures it is reported on, optimistic)",
         "at_threshold": metrics.summary(y, p, threshold=thr),
         "at_0.5": metrics.summary(y, p, threshold=0.5),
-        "ci95": slide_bootstrap_ci(y, p, slides, pred, n_boot, seed),
+        "ci95": metrics.slide_bootstrap_ci(y, p, slides, pred, n_boot, seed),
         "bootstrap": {
             "n_boot": n_boot,
             "seed": seed,
             "level": 0.95,
             "unit": "slide",
-            "note": "slides resampled with replacement (training.compare.slide_draws); thresholds fixed",
+            "note": "slides resampled with replacement (training.metrics.slide_draws); thresholds fixed",
         },
     }
     nested_pred, nested = nested_classes(y, p, oof["fold"].to_numpy(), chooses)
@@ -137,7 +102,7 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
             + " and is applied to that fold only",
             "thresholds": {str(k): v for k, v in nested.items()},
             "at_nested_threshold": metrics.summary(y, p, y_pred=nested_pred),
-            "ci95": slide_bootstrap_ci(y, p, slides, nested_pred, n_boot, seed),
+            "ci95": metrics.slide_bootstrap_ci(y, p, slides, nested_pred, n_boot, seed),
         }
     known = oof["Tumor"].isin(list(TUMOR_DOMAINS)) if "Tumor" in oof else pd.Series(False, index=oof.index)
     if len(oof) and known.all():
@@ -157,11 +122,13 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
             at = np.asarray(keys) == v
             res[str(v)] = {
                 "at_threshold": metrics.summary(y[at], p[at], threshold=thr),
-                "ci95": slide_bootstrap_ci(y[at], p[at], slides[at], pred[at], n_boot, seed),
+                "ci95": metrics.slide_bootstrap_ci(y[at], p[at], slides[at], pred[at], n_boot, seed),
             }
             if nested_pred is not None:
                 res[str(v)]["at_nested_threshold"] = metrics.summary(y[at], p[at], y_pred=nested_pred[at])
-                res[str(v)]["ci95_nested"] = slide_bootstrap_ci(y[at], p[at], slides[at], nested_pred[at], n_boot, seed)
+                res[str(v)]["ci95_nested"] = metrics.slide_bootstrap_ci(
+                    y[at], p[at], slides[at], nested_pred[at], n_boot, seed
+                )
         return res
 
     if "source" in oof and oof["source"].nunique() > 1:

@@ -48,7 +48,7 @@ from amf import AmfError, one_line
 from amf.fileio import read_json, temporaries, write_atomic, write_text_atomic
 from training import config as config_io
 from training import splits as splits_io
-from training.data import MAX_TABLE_BYTES, read_csv
+from training.data import MAX_RUN_TABLE_BYTES, read_csv
 
 CONFIG, SPLITS, OOF, OOF_METRICS, CURVES = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json", "curves.png"
 UNCOMPARED = ("log",)  # config sections a resumed run may change (a fold may turn W&B on): they change no result
@@ -56,8 +56,6 @@ SHIFT_ROLES = {"leave_scanner_out": "loso"}  # the pipeline's shift run by split
 LAST, BEST, EPOCHS, DONE = "last.pt", "best.pt", "epochs.csv", "done.json"  # in each fold{k}/
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files in fold{k}/, named by time, host and process
 LOCK = "train.lock"  # in the run folder and in each fold{k}/
-# a run folder's tables (splits.csv, the out-of-fold predictions) hold more columns per figure than a label table
-MAX_RUN_TABLE_BYTES = 4 * MAX_TABLE_BYTES
 # the keys each checkpoint must hold (training.train.save_epoch writes them)
 LAST_KEYS = ("model", "optimizer", "scheduler", "epoch", "best", "history", "step", "rng")
 BEST_KEYS = ("state_dict",)

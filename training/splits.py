@@ -190,8 +190,7 @@ def write(splits: pd.DataFrame, path) -> Path:
 
 def read(path) -> pd.DataFrame:
     """A run's splits.csv, checked (the module docstring): one AmfError line naming the file and the fault."""
-    from training.data import read_csv
-    from training.run import MAX_RUN_TABLE_BYTES
+    from training.data import MAX_RUN_TABLE_BYTES, read_csv
 
     dtypes = {"image_id": str, "slide": str, "fold_name": str, "path": str, "source": str}
     splits = read_csv(path, "splits", MAX_RUN_TABLE_BYTES, dtype=dtypes, keep_default_na=False)

@@ -26,7 +26,7 @@ import pandas as pd
 from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error
 from training import metrics
-from training.oof import choosing, leave_one_group_out_thresholds, slide_bootstrap_ci
+from training.oof import choosing, leave_one_group_out_thresholds
 from training.run import RunDir, write_json_atomic
 
 RULES = ("oof", "loso")
@@ -90,7 +90,7 @@ def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int 
             p = t[f"p_{s}"].to_numpy(float)
             on[s] = {
                 **metrics.summary(y, p, threshold=thr),
-                "ci95": slide_bootstrap_ci(y, p, slides, (p >= thr).astype(int), n_boot, seed),
+                "ci95": metrics.slide_bootstrap_ci(y, p, slides, (p >= thr).astype(int), n_boot, seed),
             }
         out["rules"][rule] = {
             "threshold": thr,
@@ -98,7 +98,7 @@ def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int 
             "nested_thresholds": nested_thr,
             "nested_loso": {
                 **metrics.summary(y, t["p_loso"], y_pred=nested_pred),
-                "ci95": slide_bootstrap_ci(y, t["p_loso"], slides, nested_pred, n_boot, seed),
+                "ci95": metrics.slide_bootstrap_ci(y, t["p_loso"], slides, nested_pred, n_boot, seed),
             },
         }
     bal = {r: out["rules"][r]["nested_loso"]["balanced_accuracy"] for r in RULES}

@@ -2,7 +2,7 @@
 breakdowns per tumour domain, scanner, origin and source, and the ROC band.
 
 Every interval and the ROC band come from the same resamples: training's slide-level bootstrap
-(training.compare.slide_draws through training.oof.slide_bootstrap_ci; figures of one slide are not
+(training.metrics.slide_draws through training.metrics.slide_bootstrap_ci; figures of one slide are not
 independent) where every figure's slide is known (pack's figures.csv records it when the labels have one), else
 the same resampler with each figure its own unit (a figure-level bootstrap); the result says which ("unit").
 The classes are held fixed (the submitted ones); a resample in which a rate is undefined is left out of that
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.compare import slide_draws
-from training.metrics import aggregates, roc_band, summary
-from training.oof import slide_bootstrap_ci
+from training.metrics import aggregates, roc_band, slide_bootstrap_ci, slide_draws, summary
 
 LEVEL = 0.95
 # figure-table column -> what a breakdown by it is called
@@ -35,9 +33,9 @@ def resampling_units(table) -> tuple[np.ndarray, str]:
 
 def method(unit: str, n_boot: int, seed: int) -> str:
     over = (
-        "slides (training.compare.slide_draws: a drawn slide brings all its figures)"
+        "slides (training.metrics.slide_draws: a drawn slide brings all its figures)"
         if unit == "slide"
-        else "figures (training.compare.slide_draws with each figure its own unit: the figures' slides are not known)"
+        else "figures (training.metrics.slide_draws with each figure its own unit: the figures' slides are not known)"
     )
     return f"percentile bootstrap over {over}, {n_boot} resamples, seed {seed}; submitted classes held fixed"
 
