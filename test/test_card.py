@@ -19,7 +19,7 @@ from amf.manifest import save as save_manifest
 from training import card as card_io
 from training import config as config_io
 from training import oof as oof_io
-from training import threshold as threshold_io
+from training import threshold
 from training.run import RunDir
 
 RNG = np.random.default_rng(1)
@@ -95,19 +95,19 @@ def export_of(run, model_dir, shift_run=None, tta: str = "none", **provenance):
     provenance from RUN (with SHIFT_RUN: training.threshold's choice, as export records it)."""
     make_toy_ensemble(model_dir, members=2)
     result = json.loads((run / "oof_metrics.json").read_text())
-    threshold = result["threshold"]
+    chosen = result["threshold"]
     if shift_run is not None:
-        shift = threshold_io.choose(RunDir(run).read_oof(), RunDir(shift_run).read_oof(), n_boot=20)
+        shift = threshold.choose(RunDir(run).read_oof(), RunDir(shift_run).read_oof(), n_boot=20)
         provenance["threshold_for_shift"] = {**shift, "loso_run": str(shift_run.resolve())}
-        threshold = shift["threshold"]
+        chosen = shift["threshold"]
     m = load_manifest(model_dir)
     save_manifest(
         dataclasses.replace(
             m,
             trained=True,
-            threshold=threshold,
+            threshold=chosen,
             tta=tta,
-            provenance={"run": str(run.resolve()), "threshold": threshold, "oof_metrics": result, **provenance},
+            provenance={"run": str(run.resolve()), "threshold": chosen, "oof_metrics": result, **provenance},
         ),
         model_dir,
     )

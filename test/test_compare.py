@@ -11,7 +11,7 @@ import pytest
 
 from amf import AmfError
 from training import compare, metrics
-from training.oof import leave_one_group_out_thresholds
+from training.threshold import leave_one_group_out_thresholds
 
 RNG = np.random.default_rng(0)
 N_SLIDES, PER_SLIDE, N_FOLDS = 40, 12, 4

@@ -144,7 +144,8 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
 
 def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_votes(card, shipped_oof, card_table):
     """The shipped members' nested-threshold and by-vote figures: each fold's threshold from the other folds only."""
-    from training.metrics import best_threshold, roc_auc, summary
+    from training.metrics import roc_auc, summary
+    from training.threshold import best_threshold
 
     sf = card["runs"][card["shipped"]]["oof"]
     merged = shipped_oof.merge(card_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")

@@ -335,14 +335,14 @@ def test_slide_bootstrap_equals_recomputing_training_metrics_on_each_slide_resam
 
 
 def test_nested_threshold_never_uses_the_folds_own_figures():
-    from training import metrics
+    from training import threshold
     from training.oof import compute
 
     t = _oof_table()
     res = compute(t, n_boot=20)
     for k, thr in res["nested"]["thresholds"].items():
         other = t[t["fold"] != int(k)]
-        assert thr == metrics.best_threshold(other["label"], other["probability"])
+        assert thr == threshold.best_threshold(other["label"], other["probability"])
     # planting: changing fold 0's labels moves the pooled threshold's figures on fold 0 but not fold 0's threshold
     planted = t.copy()
     planted.loc[planted["fold"] == 0, "label"] = 1 - planted.loc[planted["fold"] == 0, "label"]
@@ -353,7 +353,7 @@ def test_nested_threshold_never_uses_the_folds_own_figures():
 
 
 def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_the_threshold():
-    from training import metrics
+    from training import metrics, threshold
     from training.oof import compute
 
     t = _oof_table()
@@ -362,7 +362,7 @@ def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_th
     )  # would pull the threshold
     both = __import__("pandas").concat([t, extra], ignore_index=True)
     res = compute(both, n_boot=20)
-    assert res["threshold"] == metrics.best_threshold(t["label"], t["probability"])  # official figures only
+    assert res["threshold"] == threshold.best_threshold(t["label"], t["probability"])  # official figures only
     assert set(res["per_source"]) == {"official", "amibr"}
     assert res["per_source"]["amibr"]["at_threshold"]["n"] == len(extra)
     votes = compute(t, n_boot=20)["by_vote"]

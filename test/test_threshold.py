@@ -88,6 +88,6 @@ def test_the_held_out_domain_is_read_off_the_loso_run():
     assert res["held_out"] == "source" and res["groups"] == ["MIDOG21", "TUPAC16"]
     assert set(res["rules"]["oof"]["nested_thresholds"]) == {"MIDOG21", "TUPAC16"}
     tupac = (source == "TUPAC16") & threshold.choosing(oof)
-    assert res["rules"]["oof"]["nested_thresholds"]["MIDOG21"] == metrics.best_threshold(
+    assert res["rules"]["oof"]["nested_thresholds"]["MIDOG21"] == threshold.best_threshold(
         oof["label"][tupac], oof["probability"][tupac]
     )

@@ -41,7 +41,7 @@ from amf import manifest as manifest_io
 from amf.cli import ArgumentParser
 from amf.fileio import write_text_atomic
 from training import compare as compare_runs
-from training import metrics
+from training import metrics, threshold
 from training import oof as oof_io
 from training.card_render import CARD_VERSION, config_diff, render, verdict
 from training.domains import DOMAIN_COLUMNS
@@ -63,21 +63,15 @@ def load_run(run, n_boot: int, votes: pd.DataFrame | None = None) -> tuple[pd.Da
     return oof, result, RunDir(run).read_config()
 
 
-def nested_classes(oof: pd.DataFrame) -> np.ndarray | None:
-    """Each figure's class at its fold's nested threshold (training.oof's), None with one fold."""
-    y, p = oof["label"].to_numpy(int), oof["probability"].to_numpy(float)
-    return oof_io.nested_classes(y, p, oof["fold"].to_numpy(), oof_io.choosing(oof))[0]
-
-
 def per_scanner(oof: pd.DataFrame, result: dict, n_boot: int) -> dict:
     """training.oof's per-scanner metrics at the run's pooled threshold and at its nested thresholds, with slide
     bootstrap intervals and slide counts."""
-    out, threshold, nested = {}, result["threshold"], nested_classes(oof)
+    out, pooled, nested = {}, result["threshold"], threshold.table_nested_classes(oof)
     for scanner, g in oof.groupby("Scanner"):
         y, p, slides = g["label"].to_numpy(int), g["probability"].to_numpy(float), g["slide"].astype(str)
         out[str(scanner)] = {
             "metrics": result["per_domain"]["Scanner"][str(scanner)],
-            "ci95": metrics.slide_bootstrap_ci(y, p, slides, (p >= threshold).astype(int), n_boot, 0),
+            "ci95": metrics.slide_bootstrap_ci(y, p, slides, (p >= pooled).astype(int), n_boot, 0),
             "slides": int(g["slide"].nunique()),
         }
         if nested is not None:
@@ -208,7 +202,7 @@ def loso_facts(run, n_boot: int, votes) -> dict:
     domains' figures), at the pooled threshold (optimistic) and at 0.5."""
     oof, result, cfg = load_run(run, n_boot, votes)
     names = RunDir(run).read_splits().groupby("fold")["fold_name"].first()
-    nested = nested_classes(oof)
+    nested = threshold.table_nested_classes(oof)
     held_out = {}
     for k, g in oof.groupby("fold"):
         y, p, slides = g["label"].to_numpy(int), g["probability"].to_numpy(float), g["slide"].astype(str)

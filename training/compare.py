@@ -9,7 +9,7 @@ each run was complete.
 The bootstrap resamples *slides* (all figures of a drawn slide together), since figures of one slide are not
 independent, and recomputes, on the same draw for both runs, balanced accuracy at 0.5, balanced accuracy at
 nested thresholds and ROC AUC. Nested: each compared fold's threshold is the one that maximises balanced accuracy
-on the run's other compared folds (training.oof.leave_one_group_out_thresholds, official figures choose), so no
+on the run's other compared folds (training.threshold.leave_one_group_out_thresholds, official figures choose), so no
 figure chose its own threshold: selection-free for a k-fold run trained with train.selection last or inner; for a
 leave-one-scanner-out run (folds = scanners) each scanner is judged at a threshold chosen on the other scanners.
 With one compared fold there is no nested threshold and that metric is left out (the result says so).
@@ -29,8 +29,7 @@ import pandas as pd
 from amf import AmfError, report_error
 from amf.cli import ArgumentParser
 from amf.fileio import write_text_atomic
-from training import metrics
-from training import oof as oof_io
+from training import metrics, threshold
 from training import splits as splits_io
 from training.run import DONE, RunDir
 
@@ -84,7 +83,7 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
         raise AmfError("the runs disagree on labels")
     y, pa, pb = m["label_a"].to_numpy(int), m["probability_a"].to_numpy(float), m["probability_b"].to_numpy(float)
     slides, fold = m["slide_a"].astype(str).to_numpy(), m["fold_a"].to_numpy(int)
-    chooses = oof_io.choosing(a.set_index("image_id").loc[m["image_id"]])
+    chooses = threshold.choosing(a.set_index("image_id").loc[m["image_id"]])
     out = {
         "run_a": str(run_a),
         "run_b": str(run_b),
@@ -98,8 +97,8 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
         "resampling": "slides (cluster bootstrap), paired",
     }
     if len(folds) > 1:
-        nested_a, thr_a = oof_io.nested_classes(y, pa, fold, chooses)
-        nested_b, thr_b = oof_io.nested_classes(y, pb, fold, chooses)
+        nested_a, thr_a = threshold.nested_classes(y, pa, fold, chooses)
+        nested_b, thr_b = threshold.nested_classes(y, pb, fold, chooses)
         out["nested_thresholds"] = {
             "a": {str(k): v for k, v in thr_a.items()},
             "b": {str(k): v for k, v in thr_b.items()},

@@ -52,10 +52,8 @@ from amf import manifest as manifest_io
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.fileio import read_json, write_text_atomic
 from amf.preprocess import prepare
-from training import fingerprint
-from training import oof as oof_io
+from training import fingerprint, oof, threshold
 from training import splits as splits_io
-from training import threshold as threshold_io
 from training.data import decode, image_path
 from training.models import load_for_export
 from training.run import RunDir
@@ -175,112 +173,42 @@ def export_run(
 ) -> Path:
     run, out_dir = RunDir(run_dir), Path(out_dir)
     cfg = run.read_config(complete=True)
-    tta = tta or cfg["export"]["tta"]
-    predictions = threshold_predictions(run, threshold_run, tta)
-    oof, result = oof_io.pool(predictions, seed=int(cfg["train"]["seed"]))
-    threshold = result["threshold"]
+    seed, tta = int(cfg["train"]["seed"]), tta or cfg["export"]["tta"]
+    predictions = threshold.predictions_for(run, threshold_run, tta)
+    predicted, result = oof.pool(predictions, seed=seed)
     mode = predictions.predicted_tta()
-    made = f"predictions made with test-time augmentation {mode}"
-    if mode != tta:  # the run's own one-view predictions under a TTA container: say so, the card shows it
-        made += f" (the container runs {tta}: an estimate; --threshold-run RUN_tta_{tta} chooses on its own)"
-    note = (
-        f"chosen on the pooled out-of-fold {made} to maximise balanced accuracy; applied to the ensemble's "
-        "mean P(atypical)"
-    )
-    shift = None
-    if shift_run is not None:  # the out-of-fold rule against the leave-one-scanner-out rule (training.threshold)
-        shift_mode = RunDir(shift_run).predicted_tta()
-        if shift_mode != mode:
-            raise AmfError(
-                f"--shift-run {shift_run} holds predictions made with test-time augmentation {shift_mode}, the "
-                f"threshold's out-of-fold ones with {mode}: python -m training.tta_oof {shift_run} --tta {mode}"
-            )
-        shift = {
-            **threshold_io.choose(oof, RunDir(shift_run).read_oof(), seed=int(cfg["train"]["seed"])),
-            "loso_run": str(Path(shift_run).resolve()),
-        }
-        threshold = shift["threshold"]
-        note = (
-            f"the {shift['chosen']} rule (training.threshold: {shift['rule']}), on {made}; applied to the "
-            "ensemble's mean P(atypical)"
-        )
-        log(threshold_io.summary_text(shift))
+    chosen = threshold.for_export(predicted, result, mode, tta, shift_run, seed)
+    if chosen["shift"]:
+        log(threshold.summary_text(chosen["shift"]))
+    log(oof.summary_text(result))
     splits = run.read_splits()
-    folds = splits_io.folds_of(splits)
-    d = cfg["data"]
-    size, mean, std, method = int(d["input_size"]), d["mean"], d["std"], d["resize"]
-    tol = float(cfg["export"]["parity_tol"])
-    log(oof_io.summary_text(result))
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        members, checks = [], {}
-        rng = np.random.default_rng(0)
-        for k in folds:
-            state = run.fold(k).load_best()
-            model = load_for_export(cfg, state["state_dict"], run.fold(k).best)
-            file = f"fold{k}.onnx"
-            export_member(model, tmp, file, size, cfg["export"]["opset"])
-            batches = {
-                "random": rng.standard_normal((4, 3, size, size)).astype(np.float32),
-                "real": prepare(real_patches(splits, k, n_real, data_dir), size, mean, std, method),
-            }
-            diff = parity(model, tmp / file, batches)
-            checks[str(k)] = {
-                **{f"max_abs_logit_diff_{n}": v for n, v in diff.items()},
-                "n_real": int(len(batches["real"])),
-                "best_epoch": int(state.get("epoch", 0)),
-            }
-            log(
-                f"fold {k}: {file} {(tmp / file).stat().st_size / 1e6:.2f} MB; max |logit torch - onnxruntime| "
-                f"random {diff['random']:.2e}, real {diff['real']:.2e} (tolerance {tol:g})"
-            )
-            if max(diff.values()) > tol:
-                raise AmfError(f"fold {k}: ONNX and torch logits differ by {max(diff.values()):.2e} > {tol:g}")
-            members.append(
-                manifest_io.Member(
-                    file=file,
-                    input_size=size,
-                    mean=[float(v) for v in mean],
-                    std=[float(v) for v in std],
-                    resize=method,
-                    backbone=cfg["model"]["backbone"],
-                    fold=int(k),
-                )
-            )
+        members, checks = export_members(run, cfg, splits, tmp, data_dir, n_real, log)
         # after the members: a damaged checkpoint is refused (naming it) before the whole training set is read
         fingerprint.write(tmp / fingerprint.FILE, fingerprint.of_splits(splits, data_dir))
-        import onnx
-        import onnxruntime
-        import timm
-
         provenance = {
             "backbone": cfg["model"]["backbone"],
             "finetune": cfg["model"]["finetune"],
             "config": cfg,
-            "folds": folds,
+            "folds": [m.fold for m in members],
             "split_kind": cfg["splits"]["kind"],
-            "fold_names": {str(k): splits.loc[splits["fold"] == k, "fold_name"].iloc[0] for k in folds},
-            "threshold": threshold,
-            "threshold_note": note,
+            "fold_names": {str(m.fold): splits.loc[splits["fold"] == m.fold, "fold_name"].iloc[0] for m in members},
+            "threshold": chosen["threshold"],
+            "threshold_note": chosen["note"],
             "threshold_predictions": {"run": str(predictions.path.resolve()), "tta": mode},
-            **({"threshold_for_shift": shift} if shift else {}),
+            **({"threshold_for_shift": chosen["shift"]} if chosen["shift"] else {}),
             "oof_metrics": result,
             "parity": checks,
             "training_figures": fingerprint.describe(tmp / fingerprint.FILE),
             "run": str(run.path.resolve()),
             "exported": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "versions": {
-                "torch": torch.__version__,
-                "timm": timm.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__,
-            },
+            "versions": versions(),
         }
         manifest = manifest_io.Manifest(
             members=members,
-            threshold=float(threshold),
+            threshold=float(chosen["threshold"]),
             tta=tta,
             trained=True,
             provenance=json.loads(json.dumps(provenance, default=str)),
@@ -292,27 +220,67 @@ def export_run(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(
-        f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {threshold:.3f}, tta {tta}; "
-        f"{out_dir / EXPECTED_OUTPUT}: the container's result on {SAMPLE_JOB.relative_to(ROOT)}"
+        f"wrote {out_dir / manifest_io.MANIFEST_NAME}: {len(members)} member(s), threshold {chosen['threshold']:.3f}, "
+        f"tta {tta}; {out_dir / EXPECTED_OUTPUT}: the container's result on {SAMPLE_JOB.relative_to(ROOT)}"
     )
     return out_dir / manifest_io.MANIFEST_NAME
 
 
-def threshold_predictions(run: RunDir, threshold_run, tta: str) -> RunDir:
-    """The run whose pooled predictions choose the threshold: RUN itself, or THRESHOLD_RUN, RUN's held-out figures
-    re-predicted under the container's test-time augmentation TTA (training.tta_oof)."""
-    if threshold_run is None:
-        return run
-    predictions = RunDir(threshold_run)
-    if predictions.from_run() != run.path.resolve():
-        raise AmfError(f"--threshold-run {threshold_run} holds predictions of {predictions.from_run()}, not of {run}")
-    mode = predictions.predicted_tta()
-    if mode != tta:
-        raise AmfError(
-            f"--threshold-run {threshold_run} was predicted with test-time augmentation {mode}, the container runs "
-            f"{tta}: python -m training.tta_oof {run} --tta {tta}"
+def export_members(run: RunDir, cfg: dict, splits, out: Path, data_dir, n_real: int, log) -> tuple[list, dict]:
+    """Each fold's best.pt -> OUT/fold{k}.onnx, checked against torch on random and real patches of the fold: the
+    manifest's members, and the parity figures by fold (an AmfError beyond export.parity_tol)."""
+    d = cfg["data"]
+    size, mean, std, method = int(d["input_size"]), d["mean"], d["std"], d["resize"]
+    tol = float(cfg["export"]["parity_tol"])
+    members, checks = [], {}
+    rng = np.random.default_rng(0)
+    for k in splits_io.folds_of(splits):
+        state = run.fold(k).load_best()
+        model = load_for_export(cfg, state["state_dict"], run.fold(k).best)
+        file = f"fold{k}.onnx"
+        export_member(model, out, file, size, cfg["export"]["opset"])
+        batches = {
+            "random": rng.standard_normal((4, 3, size, size)).astype(np.float32),
+            "real": prepare(real_patches(splits, k, n_real, data_dir), size, mean, std, method),
+        }
+        diff = parity(model, out / file, batches)
+        checks[str(k)] = {
+            **{f"max_abs_logit_diff_{n}": v for n, v in diff.items()},
+            "n_real": int(len(batches["real"])),
+            "best_epoch": int(state.get("epoch", 0)),
+        }
+        log(
+            f"fold {k}: {file} {(out / file).stat().st_size / 1e6:.2f} MB; max |logit torch - onnxruntime| "
+            f"random {diff['random']:.2e}, real {diff['real']:.2e} (tolerance {tol:g})"
         )
-    return predictions
+        if max(diff.values()) > tol:
+            raise AmfError(f"fold {k}: ONNX and torch logits differ by {max(diff.values()):.2e} > {tol:g}")
+        members.append(
+            manifest_io.Member(
+                file=file,
+                input_size=size,
+                mean=[float(v) for v in mean],
+                std=[float(v) for v in std],
+                resize=method,
+                backbone=cfg["model"]["backbone"],
+                fold=int(k),
+            )
+        )
+    return members, checks
+
+
+def versions() -> dict:
+    """The versions of what made the members (recorded in the provenance)."""
+    import onnx
+    import onnxruntime
+    import timm
+
+    return {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def install(tmp: Path, out_dir: Path, log=print) -> None:

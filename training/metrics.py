@@ -82,20 +82,6 @@ def aggregates(y_true, score, domains=None, y_pred=None, threshold: float = 0.5)
     return agg
 
 
-def best_threshold(y_true, score) -> float:
-    """The threshold on score that maximises balanced accuracy (ties: the one nearest 0.5)."""
-    from sklearn.metrics import roc_curve
-
-    y_true = np.asarray(y_true).astype(int)
-    if len(np.unique(y_true)) < 2:
-        return 0.5
-    fpr, tpr, thr = roc_curve(y_true, np.asarray(score, dtype=np.float64))
-    bal = (tpr + 1 - fpr) / 2
-    thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
-    best = np.flatnonzero(np.isclose(bal, bal.max()))
-    return float(thr[best[np.argmin(np.abs(thr[best] - 0.5))]])
-
-
 def slide_draws(slides, n_boot: int, seed: int = 0):
     """Cluster bootstrap: N_BOOT index arrays, each the figures of len(slides' unique values) slides drawn
     with replacement (a slide drawn twice counts twice); seeded."""

@@ -1,6 +1,7 @@
 """Out-of-fold results: pool the folds' predictions, choose the threshold, compute the metrics.
 
-Every number comes from training.metrics (the module offline evaluation uses):
+Every number comes from training.metrics (the module offline evaluation uses), every threshold from
+training.threshold:
   threshold      maximises balanced accuracy on the pooled out-of-fold predictions of the official figures
                  (extra labelled sets never choose it; the ensemble applies it to its members' mean
                  probability). Chosen on the figures it is then reported on: "pooled (optimistic)".
@@ -25,42 +26,10 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError
-from training import metrics
+from training import metrics, threshold
 from training import splits as splits_io
 from training.domains import DOMAIN_COLUMNS, TUMOR_DOMAINS, tumor_domain
 from training.run import DONE, RunDir
-
-
-def leave_one_group_out_thresholds(y, p, groups, chooses=None) -> dict:
-    """{group: the threshold that maximises balanced accuracy on the other groups' pooled predictions} (only rows
-    where CHOOSES is true choose): no group's figures choose the threshold applied to them."""
-    y, p, groups = np.asarray(y, int), np.asarray(p, float), np.asarray(groups)
-    chooses = np.ones(len(y), bool) if chooses is None else np.asarray(chooses, bool)
-    return {
-        g: metrics.best_threshold(y[chooses & (groups != g)], p[chooses & (groups != g)]) for g in sorted(set(groups))
-    }
-
-
-def choosing(table: pd.DataFrame) -> np.ndarray:
-    """Which figures choose a threshold: the main set's (not an extra set's: column extra), else (tables from before
-    that column) the official ones where the source names any, else all."""
-    if "extra" in table:
-        main = ~table["extra"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
-    elif "source" in table:
-        main = (table["source"] == "official").to_numpy()
-    else:
-        main = np.ones(len(table), bool)
-    return main if main.any() else np.ones(len(table), bool)
-
-
-def nested_classes(y, p, folds, chooses) -> tuple[np.ndarray | None, dict]:
-    """Each figure's class at its fold's nested threshold (leave_one_group_out_thresholds over FOLDS, chosen where
-    CHOOSES) and those thresholds by fold; (None, {}) with one fold."""
-    folds = np.asarray(folds)
-    if len(np.unique(folds)) < 2:
-        return None, {}
-    thresholds = {int(k): v for k, v in leave_one_group_out_thresholds(y, p, folds, chooses).items()}
-    return (np.asarray(p, float) >= np.array([thresholds[int(k)] for k in folds])).astype(int), thresholds
 
 
 def vote_agreement(soft) -> np.ndarray:
@@ -72,16 +41,14 @@ def vote_agreement(soft) -> np.ndarray:
 def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     y, p = oof["label"].to_numpy(int), oof["probability"].to_numpy(float)
     slides = oof["slide"].astype(str).to_numpy() if "slide" in oof else np.arange(len(y)).astype(str)
-    chooses = choosing(oof)
-    thr = metrics.best_threshold(y[chooses], p[chooses])
+    chooses = threshold.choosing(oof)
+    thr, rule = threshold.pooled(y, p, chooses)
     pred = (p >= thr).astype(int)
     out = {
         "n": int(len(y)),
         "n_atypical": int(y.sum()),
         "threshold": thr,
-        "threshold_rule": "maximises balanced accuracy on the pooled out-of-fold predictions"
-        + (" of the official figures" if not chooses.all() else "")
-        + " (pooled: chosen on the figures it is reported on, optimistic)",
+        "threshold_rule": rule,
         "at_threshold": metrics.summary(y, p, threshold=thr),
         "at_0.5": metrics.summary(y, p, threshold=0.5),
         "ci95": metrics.slide_bootstrap_ci(y, p, slides, pred, n_boot, seed),
@@ -93,13 +60,10 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
             "note": "slides resampled with replacement (training.metrics.slide_draws); thresholds fixed",
         },
     }
-    nested_pred, nested = nested_classes(y, p, oof["fold"].to_numpy(), chooses)
+    nested_pred, nested = threshold.nested_classes(y, p, oof["fold"].to_numpy(), chooses)
     if nested:
         out["nested"] = {
-            "rule": "each fold's threshold maximises balanced accuracy on the other folds' pooled "
-            "out-of-fold predictions"
-            + (" (official figures)" if not chooses.all() else "")
-            + " and is applied to that fold only",
+            "rule": threshold.nested_rule(chooses),
             "thresholds": {str(k): v for k, v in nested.items()},
             "at_nested_threshold": metrics.summary(y, p, y_pred=nested_pred),
             "ci95": metrics.slide_bootstrap_ci(y, p, slides, nested_pred, n_boot, seed),

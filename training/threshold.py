@@ -1,6 +1,16 @@
-"""The decision threshold for domain shift: chosen on out-of-fold or on leave-one-domain-out predictions?
+"""Every decision-threshold rule of the project, in one module: what chooses a threshold, on which figures.
 
-Two pooled prediction sets of the same figures of the main set (each a finished run's oof.csv):
+  best_threshold         the one primitive: the threshold that maximises balanced accuracy (ties: nearest 0.5)
+  choosing               which figures may choose (the main set's; extra labelled sets never do)
+  pooled                 the out-of-fold rule: best_threshold on a run's pooled predictions of the choosing figures
+                         (chosen on the figures it is reported on: optimistic)
+  nested_classes         each fold (or held-out group) at a threshold chosen on the other folds' predictions
+                         (leave_one_group_out_thresholds): no reported figure chose its own threshold
+  choose                 the threshold for domain shift: the out-of-fold rule against the leave-one-domain-out rule
+  predictions_for, for_export   which run's predictions choose the shipped threshold, and the threshold and words
+                         training.export writes into the manifest
+The threshold for domain shift. Two pooled prediction sets of the same figures of the main set (each a finished
+run's oof.csv):
   oof    a k-fold run (slide-grouped): each figure predicted by a model that saw other slides of its domain
   loso   a leave-one-domain-out run (splits.kind leave_scanner_out, leave_source_out, ...): each figure predicted
          by a model that never saw its domain. The held-out domain column is read off the run: the domain column
@@ -26,13 +36,81 @@ import pandas as pd
 from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error
 from training import metrics
-from training.oof import choosing, leave_one_group_out_thresholds
 from training.run import RunDir, write_json_atomic
 
 RULES = ("oof", "loso")
-
-
 HELD_OUT = ("Scanner", "source", "Tumor", "Origin", "Species")  # the columns a leave-one-out split can hold out
+
+
+def best_threshold(y_true, score) -> float:
+    """The threshold on score that maximises balanced accuracy (ties: the one nearest 0.5)."""
+    from sklearn.metrics import roc_curve
+
+    y_true = np.asarray(y_true).astype(int)
+    if len(np.unique(y_true)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(y_true, np.asarray(score, dtype=np.float64))
+    bal = (tpr + 1 - fpr) / 2
+    thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
+    best = np.flatnonzero(np.isclose(bal, bal.max()))
+    return float(thr[best[np.argmin(np.abs(thr[best] - 0.5))]])
+
+
+def choosing(table: pd.DataFrame) -> np.ndarray:
+    """Which figures choose a threshold: the main set's (not an extra set's: column extra), else (tables from before
+    that column) the official ones where the source names any, else all."""
+    if "extra" in table:
+        main = ~table["extra"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+    elif "source" in table:
+        main = (table["source"] == "official").to_numpy()
+    else:
+        main = np.ones(len(table), bool)
+    return main if main.any() else np.ones(len(table), bool)
+
+
+def pooled(y, p, chooses) -> tuple[float, str]:
+    """The out-of-fold rule on pooled predictions: its threshold (chosen where CHOOSES) and the words that say so."""
+    rule = (
+        "maximises balanced accuracy on the pooled out-of-fold predictions"
+        + (" of the official figures" if not chooses.all() else "")
+        + " (pooled: chosen on the figures it is reported on, optimistic)"
+    )
+    return best_threshold(y[chooses], p[chooses]), rule
+
+
+def nested_rule(chooses) -> str:
+    return (
+        "each fold's threshold maximises balanced accuracy on the other folds' pooled out-of-fold predictions"
+        + (" (official figures)" if not chooses.all() else "")
+        + " and is applied to that fold only"
+    )
+
+
+def leave_one_group_out_thresholds(y, p, groups, chooses=None) -> dict:
+    """{group: the threshold that maximises balanced accuracy on the other groups' pooled predictions} (only rows
+    where CHOOSES is true choose): no group's figures choose the threshold applied to them."""
+    y, p, groups = np.asarray(y, int), np.asarray(p, float), np.asarray(groups)
+    chooses = np.ones(len(y), bool) if chooses is None else np.asarray(chooses, bool)
+    return {g: best_threshold(y[chooses & (groups != g)], p[chooses & (groups != g)]) for g in sorted(set(groups))}
+
+
+def nested_classes(y, p, folds, chooses) -> tuple[np.ndarray | None, dict]:
+    """Each figure's class at its fold's nested threshold (leave_one_group_out_thresholds over FOLDS, chosen where
+    CHOOSES) and those thresholds by fold; (None, {}) with one fold."""
+    folds = np.asarray(folds)
+    if len(np.unique(folds)) < 2:
+        return None, {}
+    thresholds = {int(k): v for k, v in leave_one_group_out_thresholds(y, p, folds, chooses).items()}
+    return (np.asarray(p, float) >= np.array([thresholds[int(k)] for k in folds])).astype(int), thresholds
+
+
+def table_nested_classes(oof: pd.DataFrame) -> np.ndarray | None:
+    """nested_classes of an out-of-fold table (label, probability, fold; its own choosing figures)."""
+    y, p = oof["label"].to_numpy(int), oof["probability"].to_numpy(float)
+    return nested_classes(y, p, oof["fold"].to_numpy(), choosing(oof))[0]
+
+
+# ---- the threshold for domain shift ---------------------------------------------------------------------------
 
 
 def held_out_column(loso: pd.DataFrame) -> str:
@@ -47,7 +125,7 @@ def held_out_column(loso: pd.DataFrame) -> str:
 
 
 def paired(oof: pd.DataFrame, loso: pd.DataFrame) -> pd.DataFrame:
-    """One row per figure of the main set (oof.choosing: not an extra set's): label, slide, group (the loso run's
+    """One row per figure of the main set (choosing: not an extra set's): label, slide, group (the loso run's
     held-out domain of the figure), p_oof, p_loso (both sets must hold the same figures)."""
     oof, loso = oof[choosing(oof)], loso[choosing(loso)]
     if set(oof["image_id"]) != set(loso["image_id"]) or len(oof) != len(loso):
@@ -83,7 +161,7 @@ def choose(oof: pd.DataFrame, loso: pd.DataFrame, n_boot: int = 1000, seed: int 
     column = t["held_out"].iloc[0]
     out = {"n": int(len(t)), "held_out": column, "groups": sorted(t["group"].unique()), "rules": {}}
     for rule in RULES:
-        thr = metrics.best_threshold(y, t[f"p_{rule}"])
+        thr = best_threshold(y, t[f"p_{rule}"])
         nested_pred, nested_thr = nested_predictions(t, rule)
         on = {}
         for s in RULES:
@@ -127,6 +205,54 @@ def summary_text(res: dict) -> str:
         )
     lines.append(f"  chosen: {res['chosen']} rule, threshold {f(res['threshold'])}")
     return "\n".join(lines)
+
+
+# ---- the shipped threshold (training.export) ------------------------------------------------------------------
+
+
+def predictions_for(run: RunDir, threshold_run, tta: str) -> RunDir:
+    """The run whose pooled predictions choose the threshold: RUN itself, or THRESHOLD_RUN, RUN's held-out figures
+    re-predicted under the container's test-time augmentation TTA (training.tta_oof)."""
+    if threshold_run is None:
+        return run
+    predictions = RunDir(threshold_run)
+    if predictions.from_run() != run.path.resolve():
+        raise AmfError(f"--threshold-run {threshold_run} holds predictions of {predictions.from_run()}, not of {run}")
+    mode = predictions.predicted_tta()
+    if mode != tta:
+        raise AmfError(
+            f"--threshold-run {threshold_run} was predicted with test-time augmentation {mode}, the container runs "
+            f"{tta}: python -m training.tta_oof {run} --tta {tta}"
+        )
+    return predictions
+
+
+def for_export(oof: pd.DataFrame, result: dict, mode: str, tta: str, shift_run=None, seed: int = 0) -> dict:
+    """The shipped threshold: the out-of-fold rule on the pooled predictions OOF (their metrics RESULT, made with
+    test-time augmentation MODE, for a container running TTA), or with SHIFT_RUN (a pooled leave-one-domain-out run
+    of the same figures, predicted under MODE too) choose()'s choice between the rules. {threshold, note, shift}:
+    the note says where the threshold came from, shift is choose()'s whole comparison (None without SHIFT_RUN)."""
+    made = f"predictions made with test-time augmentation {mode}"
+    if mode != tta:  # the run's own one-view predictions under a TTA container: say so, the card shows it
+        made += f" (the container runs {tta}: an estimate; --threshold-run RUN_tta_{tta} chooses on its own)"
+    if shift_run is None:
+        note = (
+            f"chosen on the pooled out-of-fold {made} to maximise balanced accuracy; applied to the ensemble's "
+            "mean P(atypical)"
+        )
+        return {"threshold": result["threshold"], "note": note, "shift": None}
+    shift_mode = RunDir(shift_run).predicted_tta()
+    if shift_mode != mode:
+        raise AmfError(
+            f"--shift-run {shift_run} holds predictions made with test-time augmentation {shift_mode}, the "
+            f"threshold's out-of-fold ones with {mode}: python -m training.tta_oof {shift_run} --tta {mode}"
+        )
+    shift = {**choose(oof, RunDir(shift_run).read_oof(), seed=seed), "loso_run": str(Path(shift_run).resolve())}
+    note = (
+        f"the {shift['chosen']} rule (training.threshold: {shift['rule']}), on {made}; applied to the "
+        "ensemble's mean P(atypical)"
+    )
+    return {"threshold": shift["threshold"], "note": note, "shift": shift}
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,8 @@ from amf import AmfError, jobs, one_line
 from amf.fileio import read_json, write_text_atomic
 from amf.results import ATYPICAL, CLASS_ID, validate
 from training.evaluate import identity, measure
-from training.metrics import best_threshold, summary
+from training.metrics import summary
+from training.threshold import best_threshold
 
 CONFIDENCE_MODES = {
     "p-atypical": "confidence = P(atypical); ROC AUC on the confidence as given",
