@@ -17,7 +17,7 @@ import numpy as np
 
 from amf import AmfError, native_stderr
 from amf import manifest as manifest_io
-from amf.preprocess import as_stack
+from amf.preprocess import as_stack, tta_views
 
 log = logging.getLogger("amf")
 
@@ -36,18 +36,6 @@ def chunk_size(value=None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise AmfError(f"chunk={value!r} must be a whole number >= 1 (patches per run)")
     return int(value)
-
-
-def tta_views(x: np.ndarray, mode: str) -> list[np.ndarray]:
-    """NCHW -> the list of augmented views (identity first)."""
-    if mode == "none":
-        return [x]
-    if mode == "flips":
-        return [x, x[..., ::-1], x[..., ::-1, :]]
-    if mode == "d4":
-        rots = [np.rot90(x, k, axes=(2, 3)) for k in range(4)]
-        return rots + [r[..., ::-1] for r in rots]
-    raise AmfError(f"unknown tta mode {mode!r}")
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

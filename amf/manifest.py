@@ -28,12 +28,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from amf import AmfError
 from amf.fileio import read_json, write_text_atomic
-from amf.preprocess import RESAMPLE, prepare
+from amf.preprocess import RESAMPLE, TTA_MODES, prepare
 
 MANIFEST_NAME = "ensemble.json"
 SCHEMA = "amf-ensemble"
 VERSION = 1
-TTA_MODES = ("none", "flips", "d4")
 VARIANT_KINDS = ("merged", "merged-fp16")
 DEVICES = ("cpu", "cuda")
 

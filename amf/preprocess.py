@@ -10,6 +10,7 @@ The one rule for odd inputs (documented in the README):
   3. geometry: a non-square patch is centre-cropped to a square of its shorter side (the figure sits
      at the centre); then each ensemble member resizes to its own input size with its own method.
 Normalisation is (x / 255 - mean) / std per channel, float32, NCHW.
+Test-time augmentation (the manifest's "tta"): TTA_VIEWS, the one list of modes and their views.
 """
 
 from __future__ import annotations
@@ -146,6 +147,28 @@ def resize(img: np.ndarray, size: int, method: str = "bilinear") -> np.ndarray:
     if method not in RESAMPLE:
         raise AmfError(f"unknown resize method {method!r}; use one of {sorted(RESAMPLE)}")
     return np.asarray(Image.fromarray(img).resize((size, size), RESAMPLE[method]))
+
+
+def _d4(x: np.ndarray) -> list[np.ndarray]:
+    rots = [np.rot90(x, k, axes=(2, 3)) for k in range(4)]
+    return rots + [r[..., ::-1] for r in rots]
+
+
+# each mode's views of a prepared N x 3 x S x S batch, identity first: the manifest's vocabulary, what the container
+# averages, what training re-predicts under and what its config may name (a new mode is one entry here)
+TTA_VIEWS = {
+    "none": lambda x: [x],
+    "flips": lambda x: [x, x[..., ::-1], x[..., ::-1, :]],
+    "d4": _d4,
+}
+TTA_MODES = tuple(TTA_VIEWS)
+
+
+def tta_views(x: np.ndarray, mode: str) -> list[np.ndarray]:
+    """NCHW -> the list of augmented views of MODE (identity first)."""
+    if mode not in TTA_VIEWS:
+        raise AmfError(f"unknown tta mode {mode!r}")
+    return TTA_VIEWS[mode](x)
 
 
 def normalize(batch: np.ndarray, mean, std) -> np.ndarray:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from amf.cli import ArgumentParser, positive_int
-from amf.manifest import TTA_MODES
+from amf.preprocess import TTA_VIEWS
 from training import config as config_io
 from training.models import create_classifier
 
@@ -30,8 +31,7 @@ BACKBONES = [
     ("ViT-H/14 (UNI2-h)", "foundation_lora", "vit_giant_patch14_224"),
 ]
 T4_PEAK = {"fp32": 8.1e12, "fp16": 65e12}  # FLOP/s, NVIDIA's T4 datasheet
-VIEWS = {"none": 1, "flips": 3, "d4": 8}  # amf.ensemble.tta_views per mode
-assert set(VIEWS) == set(TTA_MODES)
+VIEWS = {mode: len(views(np.zeros((1, 3, 2, 2)))) for mode, views in TTA_VIEWS.items()}  # views per patch
 
 
 def measure(config: str, arch: str) -> dict:

@@ -42,6 +42,7 @@ import yaml
 
 from amf import AmfError, one_line
 from amf.jobs import MAX_SIDE
+from amf.preprocess import TTA_MODES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -169,7 +170,7 @@ CHOICES = {
     "model.attention": ("auto", True, False),
     "train.select": ("balanced_accuracy", "roc_auc"),
     "train.selection": ("last", "inner", "validation"),
-    "export.tta": ("none", "flips", "d4"),
+    "export.tta": TTA_MODES,  # amf.preprocess.TTA_VIEWS
     "train.lr_scaling": ("none", "linear"),
     "ema.decay_scaling": ("none", "world"),
     "log.tensorboard": ("auto", True, False),

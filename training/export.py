@@ -51,7 +51,7 @@ from amf import AmfError, report_error
 from amf import manifest as manifest_io
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.fileio import read_json, write_text_atomic
-from amf.preprocess import prepare
+from amf.preprocess import TTA_MODES, prepare
 from training import fingerprint, oof, threshold
 from training import splits as splits_io
 from training.data import decode, image_path
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
     ap.add_argument("run", help="training run folder")
     ap.add_argument("--out", required=True, help="model folder to write (ensemble.json + fold*.onnx)")
     ap.add_argument("--data", default=None, help="data folder, if the images moved since training")
-    ap.add_argument("--tta", default=None, choices=list(manifest_io.TTA_MODES), help="overrides export.tta")
+    ap.add_argument("--tta", default=None, choices=list(TTA_MODES), help="overrides export.tta")
     ap.add_argument("--n-real", type=positive_int, default=16, help="real patches per fold for the parity check")
     ap.add_argument(
         "--shift-run",

@@ -37,6 +37,7 @@ from pathlib import Path
 from amf import AmfError, report_error
 from amf import manifest as manifest_io
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
+from amf.preprocess import TTA_MODES
 from training import card as card_io
 from training import config as config_io
 from training import export as export_io
@@ -310,12 +311,12 @@ def parser() -> ArgumentParser:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4")
     ap.add_argument("--parallel", type=positive_int, default=1, metavar="N", help="folds at once (training.train)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    ap.add_argument("--tta", default=None, choices=list(manifest_io.TTA_MODES), help="default: the config's export.tta")
+    ap.add_argument("--tta", default=None, choices=list(TTA_MODES), help="default: the config's export.tta")
     ap.add_argument(
         "--compare-tta",
         nargs="*",
         default=[],
-        choices=[m for m in manifest_io.TTA_MODES if m != "none"],
+        choices=[m for m in TTA_MODES if m != "none"],
         help="also re-predict under these modes, for the card's comparison",
     )
     ap.add_argument(

@@ -2,7 +2,7 @@
 
 RUN -> OUT, a run folder of its own: each fold's held-out figures are predicted by the member the container
 would run for that fold (fold{k}/best.pt through training.models.load_for_export, the model training.export
-turns into fold{k}.onnx), prepared by amf.preprocess.prepare and averaged over amf.ensemble.tta_views as the
+turns into fold{k}.onnx), prepared by amf.preprocess.prepare and averaged over amf.preprocess.tta_views as the
 container averages them (the mean of the views' probabilities). OUT holds config.yaml (export.tta set to the
 mode), splits.csv, fold{k}/oof.csv (RUN's columns, probability and logit replaced) and fold{k}/done.json, so
 training.oof pools it and `python -m training.compare RUN OUT` gives the paired slide-bootstrap difference
@@ -21,10 +21,9 @@ import torch
 
 from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error
-from amf.ensemble import sigmoid, tta_views
+from amf.ensemble import sigmoid
 from amf.fileio import write_text_atomic
-from amf.manifest import TTA_MODES
-from amf.preprocess import prepare
+from amf.preprocess import TTA_MODES, prepare, tta_views
 from training import oof as oof_io
 from training import splits as splits_io
 from training.data import decode, image_path
