@@ -3,8 +3,6 @@
 Each member sees the whole stack (in chunks, so memory stays bounded), with its own input size,
 mean, std and resize method. The result is the mean of the members' P(atypical); test-time
 augmentation, when the manifest asks for it, averages each member over flipped/rotated views.
-A derived variant (one merged graph, or its fp16 copy on CUDA) replaces the member loop only on
-the devices where the manifest's benchmark says it wins.
 """
 
 from __future__ import annotations
@@ -72,70 +70,47 @@ class Ensemble:
         ort.set_default_logger_severity(3)  # we say in one line of our own when CUDA does not load
         self.chunk = chunk_size(chunk)
         self.manifest = manifest_io.load(model_dir)
+        self.files = [m.file for m in self.manifest.members]
         providers = pick_providers(device)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # onnxruntime's own warnings would break the one-line rule
-
-        def session(file: str):
-            path = self.manifest.path(file)
-            if not path.stat().st_size:
-                raise AmfError(f"cannot load model {path.name}: empty file")
-            try:
-                return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-            except Exception as e:  # onnxruntime raises its own exception types
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise AmfError(f"cannot load model {path.name}: {msg}") from None
-
-        def variant_for(dev: str):
-            """The first variant declared for DEV (manifest validation keeps fp16 ones off the CPU)."""
-            return next((v for v in self.manifest.variants if dev in v.use_on), None)
-
-        def plan(dev: str) -> list[str]:
-            """The files to run on DEV: its variant, else every member."""
-            v = variant_for(dev)
-            return [v.file] if v else [m.file for m in self.manifest.members]
-
-        tried = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-        first_file = plan(tried)[0]
-        # onnxruntime prints why CUDA did not load straight to fd 2, over several lines: catch it
-        # and fold it into our one warning line
+        # the first session finds the device: onnxruntime prints why CUDA did not load straight to fd 2, over
+        # several lines; catch it and fold it into our one warning line
         with native_stderr.captured() as printed:
-            try:
-                first = session(first_file)
-            except AmfError:
-                if first_file == self.manifest.members[0].file:
-                    raise
-                # a CUDA-only variant may not load where CUDA does not: find the device with a member
-                first_file = self.manifest.members[0].file
-                first = session(first_file)
+            first = self._session(self.files[0], opts, providers)
         self.device = "cuda" if first.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        if tried == "cuda" and self.device == "cpu":
+        if providers[0] == "CUDAExecutionProvider" and self.device == "cpu":
             why = cuda_failure_reason(printed[0])
             log.warning("amf: the CUDA provider failed to load (%s); running on the CPU", why)
             providers = ["CPUExecutionProvider"]  # the other sessions need not try again
         elif printed[0].strip():
             sys.stderr.write(printed[0])  # nothing to fold in: pass it on as it came
-        self.variant = variant_for(self.device)
-        files = plan(self.device)
-        if self.variant is not None:
-            self.manifest.shared_preprocessing(f"manifest variant {self.variant.file}")
-        # the session made to find the device is kept when it is one of the files to run
-        self.sessions = [first if f == first_file and i == 0 else session(f) for i, f in enumerate(files)]
-        self.files = files
-        sizes = [m.input_size for m in self.manifest.members]
-        for sess, f, size in zip(self.sessions, files, sizes):
-            self._check_io(sess, size, f)
+        self.sessions = [first] + [self._session(f, opts, providers) for f in self.files[1:]]
+        for sess, m in zip(self.sessions, self.manifest.members):
+            self._check_io(sess, m.input_size, m.file)
         self.run_options = ort.RunOptions()
         self.run_options.log_severity_level = 4  # a failing run is told in our one line, not ORT's log
         log.info(
-            "amf: onnxruntime %s on %s, %d member(s)%s, tta=%s",
+            "amf: onnxruntime %s on %s, %d member(s), tta=%s",
             ort.__version__,
             self.device.upper(),
             len(self.manifest.members),
-            f" as one {self.variant.kind} graph" if self.variant else "",
             self.manifest.tta,
         )
+
+    def _session(self, file: str, opts, providers):
+        """An onnxruntime session of the model file FILE; a file it cannot load is one AmfError line."""
+        import onnxruntime as ort
+
+        path = self.manifest.path(file)
+        if not path.stat().st_size:
+            raise AmfError(f"cannot load model {path.name}: empty file")
+        try:
+            return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AmfError(f"cannot load model {path.name}: {msg}") from None
 
     @staticmethod
     def _check_io(sess, size: int, name: str = "") -> None:
@@ -178,13 +153,6 @@ class Ensemble:
         if n == 0:
             raise AmfError("the stack has no patches")
         mf = self.manifest
-        if self.variant is not None:
-            out = np.empty(n)
-            for i in range(0, n, self.chunk):
-                x = mf.members[0].prepare(patches[i : i + self.chunk])  # the members' shared preprocessing
-                # a merged graph outputs the members' mean probability directly
-                out[i : i + len(x)] = np.mean([self._run_session(0, v) for v in tta_views(x, mf.tta)], 0)
-            return out
         total = np.zeros(n)
         for i in range(0, n, self.chunk):
             chunk, prepared = patches[i : i + self.chunk], {}

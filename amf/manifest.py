@@ -12,11 +12,14 @@ Schema (version 1), documented in the README:
       "mean": [r, g, b], "std": [r, g, b],   # on the 0..1 scale
       "resize": "bilinear",          # amf.preprocess.RESAMPLE
       "backbone": "convnext_small", "fold": 0}],
-  "variants": [{                     # optional, derived from the members, never replacing them
-      "file": "merged.onnx", "kind": "merged" | "merged-fp16",
-      "use_on": ["cpu", "cuda"]}],   # where the benchmark found it faster
+  "variants": [],                   # written empty; a non-empty list is refused (see below)
   "provenance": {...}                # backbone, run, folds, out-of-fold metrics, ...
 }
+The container runs the fp32 members and nothing else. Version 1 once let a manifest declare derived graphs of the
+members ("variants": one merged graph, or its fp16 copy) to run in their place where a benchmark found them
+faster; none was found faster (BENCHMARKS.md, run D), so the merged graph is a benchmark's alone
+(bench/single_graph.py), and a manifest that still declares one is refused in one line rather than run otherwise
+than it says.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ from amf.preprocess import RESAMPLE, TTA_MODES, prepare
 MANIFEST_NAME = "ensemble.json"
 SCHEMA = "amf-ensemble"
 VERSION = 1
-VARIANT_KINDS = ("merged", "merged-fp16")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -59,39 +60,23 @@ class Member:
 
 
 @dataclass
-class Variant:
-    file: str
-    kind: str
-    use_on: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Manifest:
     members: list[Member]
     threshold: float = 0.5
     tta: str = "none"
     trained: bool = True
-    variants: list[Variant] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     root: Path | None = None  # the folder the manifest was read from; not serialised
 
     def path(self, file: str) -> Path:
         return Path(self.root or ".") / file
 
-    def shared_preprocessing(self, needed_by: str) -> tuple:
-        """The one Member.preprocessing of all members (a merged graph takes one input), or an AmfError
-        that starts with NEEDED_BY."""
-        specs = {m.preprocessing for m in self.members}
-        if len(specs) != 1:
-            raise AmfError(f"{needed_by}: members differ in preprocessing {sorted(specs)}")
-        return specs.pop()
-
     def to_dict(self) -> dict:
-        d = {"schema": SCHEMA, "version": VERSION}
         body = asdict(self)
         body.pop("root")
-        d.update(body)
-        return d
+        provenance = body.pop("provenance")
+        # "variants" stays in the file, empty, where version 1 always wrote it
+        return {"schema": SCHEMA, "version": VERSION, **body, "variants": [], "provenance": provenance}
 
 
 def _fail(where: str, problem: str):
@@ -163,29 +148,19 @@ def from_dict(d: dict, where: str = "") -> Manifest:
                 fold=fold,
             )
         )
-    variants = []
-    for i, v in enumerate(d.get("variants") or []):
-        at = f"{where} variant {i}".strip()
-        if not isinstance(v, dict) or not isinstance(v.get("file"), str):
-            _fail(at, "must be an object with a 'file'")
-        _model_file(v["file"], at)
-        if v.get("kind") not in VARIANT_KINDS:
-            _fail(at, f"'kind' must be one of {VARIANT_KINDS}")
-        use_on = v.get("use_on", [])
-        if not isinstance(use_on, list) or any(u not in DEVICES for u in use_on):
-            _fail(at, f"'use_on' must list devices from {DEVICES}")
-        if v["kind"] == "merged-fp16" and "cpu" in use_on:
-            _fail(at, "an fp16 variant is for CUDA only")
-        variants.append(Variant(file=v["file"], kind=v["kind"], use_on=list(use_on)))
+    if d.get("variants") not in (None, []):
+        _fail(
+            where,
+            "'variants' must be empty: this container runs the fp32 members only (a merged or fp16 graph is "
+            "bench/single_graph.py's, for benchmarks); remove the entry and its files",
+        )
     provenance = d.get("provenance", {})
     if not isinstance(provenance, dict):
         _fail(where, "'provenance' must be an object")
     trained = d.get("trained", True)
     if not isinstance(trained, bool):
         _fail(where, "'trained' must be true or false")
-    return Manifest(
-        members=members, threshold=float(threshold), tta=tta, trained=trained, variants=variants, provenance=provenance
-    )
+    return Manifest(members=members, threshold=float(threshold), tta=tta, trained=trained, provenance=provenance)
 
 
 def load(model_dir) -> Manifest:
@@ -195,7 +170,7 @@ def load(model_dir) -> Manifest:
     m = from_dict(read_json(path, "manifest"), where=str(path))
     m.root = path.parent
     root = m.root.resolve()
-    for f in [mb.file for mb in m.members] + [v.file for v in m.variants]:
+    for f in [mb.file for mb in m.members]:
         if not m.path(f).is_file():
             raise AmfError(f"manifest {path}: model file {f} is missing")
         if not m.path(f).resolve().is_relative_to(root):

@@ -101,7 +101,9 @@ def command(case: str, input_dir: str, out: str, python: str) -> list[str]:
             "--weights",
             str(models.baseline_weights()),
         ]
-    return [python, "-m", "bench.stages", "--input", input_dir, "--output", out, "--model", str(model_for(case))]
+    graph = models.GRAPHS.get(case.rsplit("-", 1)[-1])  # a -merged or -fp16 case runs that graph
+    cmd = [python, "-m", "bench.stages", "--input", input_dir, "--output", out, "--model", str(model_for(case))]
+    return cmd + (["--graph", graph] if graph else [])
 
 
 def machine() -> str:

@@ -3,7 +3,7 @@
 - the baseline's weights: timm efficientnetv2_m (EfficientNetV2-M), random init, saved as a state dict
 - 5 x timm convnext_small, random init (seeds 0-4), each exported to fp32 ONNX (dynamic batch,
   one logit), and ensemble folders for 128 and 224 px: members only, and the same members with a
-  single graph of all members (training/single_graph.py) declared for the CPU.
+  single graph of all members beside them (bench/single_graph.py; bench/stages.py --graph runs it).
 Pretrained weights cannot be downloaded here; speed does not depend on the weights' values.
 Run:  python -m bench.models      (prints the folders it made or found)
 """
@@ -19,6 +19,7 @@ CACHE = Path(os.environ.get("AMF_BENCH_CACHE", ROOT / "bench" / ".cache"))
 BASELINE_ARCH = "efficientnetv2_m"  # timm's EfficientNetV2-M
 CONVNEXT_ARCH = "convnext_small"
 CONVNEXT_MEMBERS = 5
+GRAPHS = {"merged": "merged.onnx", "fp16": "merged-fp16.onnx"}  # bench.single_graph's files, by case suffix
 
 
 def cache_dir() -> Path:
@@ -60,7 +61,7 @@ def export_convnext(path: Path, seed: int, size: int) -> Path:
 
 
 def convnext_ensemble(size: int, merged: bool = False) -> Path:
-    """The 5 x ConvNeXt-Small folder at SIZE px; with MERGED, a folder whose manifest uses the merged graph."""
+    """The 5 x ConvNeXt-Small folder at SIZE px; with MERGED, a folder that also holds their merged graph."""
     from amf.manifest import Manifest, Member, save
     from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -96,21 +97,21 @@ def convnext_ensemble(size: int, merged: bool = False) -> Path:
 
 def derived_folder(src: Path, name: str, runs_as: str, tta: str | None = None) -> Path:
     """A model folder CACHE/NAME holding SRC's members (hard links where the file system allows, else
-    copies: a manifest names only files inside its own folder) and running them as RUNS_AS: "members" (one
-    session per member), "merged" (one merged graph, on CPU and CUDA) or "fp16" (the merged graph's fp16 copy,
-    on CUDA). TTA replaces the manifest's test-time augmentation (none, flips, d4). Derived graphs are made once
-    and kept."""
+    copies: a manifest names only files inside its own folder) for the case RUNS_AS: "members" (one session per
+    member), "merged" (also their merged graph, merged.onnx) or "fp16" (also its fp16 copy, merged-fp16.onnx);
+    bench/stages.py --graph runs a graph in place of the members (GRAPHS). TTA replaces the manifest's test-time
+    augmentation (none, flips, d4). Derived graphs are made once and kept."""
     import onnx
 
-    from amf.manifest import Variant, load, save
-    from training.single_graph import FP16_FILE, MERGED_FILE, build_single_graph, save_model, to_fp16
+    from amf.manifest import load, save
+    from bench.single_graph import FP16_FILE, MERGED_FILE, build_single_graph, save_model, to_fp16
 
     dst = cache_dir() / name
     if (dst / "ensemble.json").exists():
         return dst
     mf = load(src)
     dst.mkdir(parents=True, exist_ok=True)
-    if runs_as in ("merged", "fp16") and not (dst / MERGED_FILE).exists():
+    if runs_as in GRAPHS and not (dst / MERGED_FILE).exists():
         save_model(build_single_graph([onnx.load(str(mf.path(m.file))) for m in mf.members]), dst / MERGED_FILE)
     if runs_as == "fp16" and not (dst / FP16_FILE).exists():
         save_model(to_fp16(onnx.load(str(dst / MERGED_FILE))), dst / FP16_FILE)
@@ -122,14 +123,6 @@ def derived_folder(src: Path, name: str, runs_as: str, tta: str | None = None) -
                 os.link(mf.path(m.file), link)
             except OSError:  # another file system, or no hard links there
                 shutil.copyfile(mf.path(m.file), link)
-    mf.variants = {
-        "members": [],
-        "merged": [Variant(file=MERGED_FILE, kind="merged", use_on=["cpu", "cuda"])],
-        "fp16": [
-            Variant(file=FP16_FILE, kind="merged-fp16", use_on=["cuda"]),
-            Variant(file=MERGED_FILE, kind="merged", use_on=[]),
-        ],
-    }[runs_as]
     mf.tta = tta or mf.tta
     save(mf, dst)
     return dst

@@ -16,7 +16,7 @@ def job_parser(doc: str) -> argparse.ArgumentParser:
 
 def print_stages(t0: float, t1: float, t2: float, t3: float, t4: float, n: int, device: str, variant) -> None:
     """Seconds of imports (T0-T1), load (T1-T2), infer (T2-T3) and write (T3-T4), with the patch count,
-    the device and the ensemble's variant (None: members, or no ensemble)."""
+    the device and the merged graph's kind that ran (None: the members, or no ensemble)."""
     print(
         json.dumps(
             {

@@ -63,15 +63,23 @@ def test_derived_folders_load_and_give_the_members_probabilities(tmp_path, monke
 
     from amf.ensemble import Ensemble
     from bench import models
+    from bench.single_graph import Merged
 
     monkeypatch.setattr(models, "CACHE", tmp_path / "cache")
     src = make_toy_ensemble(tmp_path / "toy", members=3).parent
     patches = list(np.random.default_rng(0).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8))
     want = Ensemble(src, device="cpu").predict_proba(patches)
-    for runs_as, variant in (("members", None), ("merged", "merged")):
-        ens = Ensemble(models.derived_folder(src, f"toy_{runs_as}", runs_as), device="cpu")
-        assert (ens.variant.kind if ens.variant else None) == variant
-        np.testing.assert_allclose(ens.predict_proba(patches), want, atol=1e-6, rtol=0)
+    members = models.derived_folder(src, "toy_members", "members")
+    np.testing.assert_allclose(Ensemble(members, device="cpu").predict_proba(patches), want, atol=1e-6, rtol=0)
+    merged = models.derived_folder(src, "toy_merged", "merged")
+    ran = Merged(merged, models.GRAPHS["merged"], device="cpu")
+    np.testing.assert_allclose(ran.predict_proba(patches), want, atol=1e-6, rtol=0)
+    # bench.stages times the merged graph in place of the members when told to, and says so
+    cmd = [sys.executable, "-m", "bench.stages", "--input", "test/input", "--output", str(tmp_path / "o")]
+    p = subprocess.run(
+        [*cmd, "--model", str(merged), "--graph", "merged.onnx"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert p.returncode == 0 and json.loads(p.stdout.strip().splitlines()[-1])["variant"] == "merged", p.stderr
 
 
 def test_a_tta_case_runs_the_shipped_members_with_that_augmentation(tmp_path, monkeypatch):

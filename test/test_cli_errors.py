@@ -24,8 +24,6 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.models", [MISSING], "not found"),
     ("training.models", ["smoke", "model.backbone=no_such_net"], "no_such_net"),
     ("training.recipe", [MISSING], "not found"),
-    ("training.single_graph", [MISSING], "no manifest"),
-    ("training.single_graph", [MISSING, "--use-on", "abacus"], "--use-on"),
     ("training.augment", [MISSING, MISSING], "No such file"),
     ("training.augment", [A_FILE, MISSING], "cannot identify image"),
     ("training.evaluate", ["score", MISSING, "--ground-truth", MISSING, "--out", MISSING], "ground truth"),

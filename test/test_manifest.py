@@ -9,7 +9,7 @@ import pytest
 
 from amf import AmfError
 from amf import manifest as mf
-from amf.manifest import Manifest, Member, Variant
+from amf.manifest import Manifest, Member
 
 GOOD = {
     "schema": "amf-ensemble",
@@ -37,7 +37,7 @@ GOOD = {
             "fold": 1,
         },
     ],
-    "variants": [{"file": "merged-fp16.onnx", "kind": "merged-fp16", "use_on": ["cuda"]}],
+    "variants": [],
     "provenance": {"run": "r1", "oof": {"balanced_accuracy": 0.8}},
 }
 
@@ -58,7 +58,6 @@ def with_change(path, value):
 def test_the_good_manifest_validates():
     m = mf.from_dict(copy.deepcopy(GOOD))
     assert m.threshold == 0.4 and m.tta == "flips" and [x.input_size for x in m.members] == [128, 224]
-    assert m.variants == [Variant("merged-fp16.onnx", "merged-fp16", ["cuda"])]
 
 
 @pytest.mark.parametrize(
@@ -81,9 +80,10 @@ def test_the_good_manifest_validates():
         (("members", 0, "mean"), [0.5, float("nan"), 0.5], "member 0: 'mean'"),
         (("members", 1, "std"), [0.2, 0.0, 0.2], "member 1: 'std'"),
         (("members", 0, "fold"), "0", "member 0: 'fold'"),
-        (("variants", 0, "kind"), "quantised", "variant 0: 'kind'"),
-        (("variants", 0, "use_on"), ["tpu"], "variant 0: 'use_on'"),
-        (("variants", 0, "use_on"), ["cpu", "cuda"], "fp16 variant is for CUDA only"),
+        (("variants",), [{"file": "merged.onnx", "kind": "merged", "use_on": ["cpu"]}], "'variants' must be empty"),
+        (("variants",), [{"file": "merged-fp16.onnx", "kind": "merged-fp16", "use_on": []}], "'variants'"),
+        (("variants",), "merged.onnx", "'variants' must be empty"),
+        (("variants",), {}, "'variants' must be empty"),
         (("provenance",), ["not", "a", "dict"], "'provenance'"),
         (("trained",), "yes", "'trained'"),
     ],
@@ -98,11 +98,35 @@ def test_defaults_for_optional_fields():
     d = {k: v for k, v in GOOD.items() if k in ("schema", "version")}
     d["members"] = [{"file": "a.onnx", "input_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1]}]
     m = mf.from_dict(d)
-    assert (m.threshold, m.tta, m.trained, m.variants, m.members[0].resize) == (0.5, "none", True, [], "bilinear")
+    assert (m.threshold, m.tta, m.trained, m.members[0].resize) == (0.5, "none", True, "bilinear")
+    assert mf.from_dict({**d, "variants": None}).to_dict() == m.to_dict()  # no variants, however written
+
+
+def test_a_declared_variant_is_refused_in_one_line_by_the_container(tmp_path):
+    """A manifest that declares a merged or fp16 graph (the variants of version 1, now a benchmark's) is refused, not
+    run otherwise than it says: one error line, exit 2, no result file."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from toy_models import make_toy_ensemble
+
+    model = make_toy_ensemble(tmp_path / "model", members=2).parent
+    d = json.loads((model / "ensemble.json").read_text())
+    assert d["variants"] == []  # a written manifest keeps the empty list where version 1 had it
+    (model / "merged.onnx").write_bytes((model / d["members"][0]["file"]).read_bytes())
+    d["variants"] = [{"file": "merged.onnx", "kind": "merged", "use_on": ["cpu"]}]
+    (model / "ensemble.json").write_text(json.dumps(d))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "inference.py", "--input", "test/input", "--output", str(out), "--model", str(model)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and err[0].startswith("error: manifest ") and "'variants'" in err[0]
+    assert "Traceback" not in done.stderr and not (out / "multiple-mitotic-figure-classification.json").exists()
 
 
 def write_files(folder, m: Manifest):
-    for f in [x.file for x in m.members] + [v.file for v in m.variants]:
+    for f in [x.file for x in m.members]:
         (folder / f).parent.mkdir(parents=True, exist_ok=True)
         (folder / f).write_bytes(b"onnx")
 
@@ -153,12 +177,11 @@ def test_save_refuses_an_invalid_manifest_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize(
     "file", ["../x/m.onnx", "/etc/passwd", "sub/../../m.onnx", "..\\m.onnx", "C:\\m.onnx", "\\\\host\\m.onnx", ".."]
 )
-@pytest.mark.parametrize("where", [("members", 1, "file"), ("variants", 0, "file")])
-def test_model_files_outside_the_model_folder_are_refused_both_ways(file, where, tmp_path):
+def test_model_files_outside_the_model_folder_are_refused_both_ways(file, tmp_path):
     with pytest.raises(AmfError, match="must be a path inside the model folder"):
-        mf.from_dict(with_change(where, file))
+        mf.from_dict(with_change(("members", 1, "file"), file))
     m = mf.from_dict(copy.deepcopy(GOOD))
-    (m.members[1] if where[0] == "members" else m.variants[0]).file = file
+    m.members[1].file = file
     with pytest.raises(AmfError, match="must be a path inside the model folder"):
         mf.save(m, tmp_path)
     assert not (tmp_path / "ensemble.json").exists()

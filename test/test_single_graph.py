@@ -1,4 +1,5 @@
-"""training/single_graph.py: one graph of all members (and its fp16 copy) gives the member loop's probabilities."""
+"""bench/single_graph.py: one graph of all members (and its fp16 copy) gives the member loop's probabilities, and
+bench's Merged runs it as the container runs the members (the container itself runs the members only)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from toy_models import make_toy_ensemble
 from amf import AmfError
 from amf import manifest as manifest_io
 from amf.ensemble import Ensemble
-from training.single_graph import (
+from bench.single_graph import (
     FP16_FILE,
     MERGED_FILE,
-    add_single_graph,
+    Merged,
     build_single_graph,
     check_batch,
     member_loop,
     run_single_graph,
+    write_single_graph,
 )
 
 RNG = np.random.default_rng(3)
@@ -82,32 +84,26 @@ def test_members_with_rank1_logits_and_older_opset_merge(tmp_path):
     np.testing.assert_allclose(run_single_graph(path, x), member_loop(mf, x), atol=1e-5, rtol=0)
 
 
-def test_add_single_graph_declares_variants_and_the_runtime_uses_them(toy3):
+def test_merged_runs_the_graph_as_the_container_runs_the_members(toy3):
     patches = stack(20)
-    loop = Ensemble(toy3, device="cpu").predict_proba(patches)
-    mf = add_single_graph(toy3, use_on=["cpu"], fp16=True, fp16_use_on=["cuda"])
-    assert [(v.kind, v.file, v.use_on) for v in mf.variants] == [
-        ("merged-fp16", FP16_FILE, ["cuda"]),
-        ("merged", MERGED_FILE, ["cpu"]),
-    ]
-    assert mf.provenance["merged_max_abs_diff"] <= 1e-5
+    mf = manifest_io.load(toy3)
+    for tta in ("none", "d4"):
+        mf.tta = tta
+        manifest_io.save(mf, toy3)
+        loop = Ensemble(toy3, device="cpu").predict_proba(patches)
+        assert write_single_graph(toy3) <= 1e-5
+        merged = Merged(toy3, MERGED_FILE, device="cpu", chunk=7)  # chunks that do not divide the stack
+        assert merged.kind == "merged" and merged.device == "cpu"
+        np.testing.assert_allclose(merged.predict_proba(patches), loop, atol=1e-5, rtol=0)
     on_disk = json.loads((toy3 / "ensemble.json").read_text())
-    assert len(on_disk["members"]) == 3  # the fp32 members stay
-    ens = Ensemble(toy3, device="cpu")
-    assert ens.variant is not None and ens.variant.kind == "merged" and len(ens.sessions) == 1
-    np.testing.assert_allclose(ens.predict_proba(patches), loop, atol=1e-5, rtol=0)
-
-
-def test_a_variant_not_declared_for_the_device_is_not_used(toy3):
-    add_single_graph(toy3, use_on=[])
-    ens = Ensemble(toy3, device="cpu")
-    assert ens.variant is None and len(ens.sessions) == 3
+    assert len(on_disk["members"]) == 3 and on_disk["variants"] == []  # the manifest is the members' alone
+    assert len(Ensemble(toy3, device="cpu").sessions) == 3  # the container runs the members, merged.onnx or not
 
 
 def test_fp16_copy_keeps_float32_io_and_close_probabilities(toy3):
     import onnxruntime as ort
 
-    add_single_graph(toy3, fp16=True)
+    write_single_graph(toy3, fp16=True)
     mf = manifest_io.load(toy3)
     model = onnx.load(str(toy3 / FP16_FILE))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -123,31 +119,5 @@ def test_fp16_copy_keeps_float32_io_and_close_probabilities(toy3):
 def test_members_with_different_preprocessing_are_refused(tmp_path):
     folder = make_toy_ensemble(tmp_path / "m", members=2, sizes=(128, 96)).parent
     with pytest.raises(AmfError, match="differ in preprocessing"):
-        add_single_graph(folder)
+        write_single_graph(folder)
     assert not (folder / MERGED_FILE).exists()
-
-
-def test_the_runtime_refuses_a_variant_over_members_that_differ_in_preprocessing(toy3):
-    add_single_graph(toy3, use_on=["cpu"])
-    mf = manifest_io.load(toy3)
-    mf.members[2].std = [0.5, 0.5, 0.5]  # edited after the merge: the one graph no longer fits every member
-    manifest_io.save(mf, toy3)
-    with pytest.raises(AmfError, match="manifest variant merged.onnx: members differ in preprocessing"):
-        Ensemble(toy3, device="cpu")
-    mf.members[2].std = list(mf.members[0].std)  # only the spec matters, not whether it is a list or tuple
-    manifest_io.save(mf, toy3)
-    assert Ensemble(toy3, device="cpu").variant.kind == "merged"
-
-
-def test_a_cuda_only_fp16_variant_runs_only_where_cuda_loads(toy3):
-    """Here (no GPU) the member loop runs; on a GPU machine the fp16 graph does, close to it."""
-    patches = stack(6)
-    loop = Ensemble(toy3, device="cpu").predict_proba(patches)
-    add_single_graph(toy3, fp16=True, fp16_use_on=["cuda"])
-    ens = Ensemble(toy3, device="auto")
-    if ens.device == "cpu":
-        assert ens.variant is None and len(ens.sessions) == 3
-        np.testing.assert_array_equal(ens.predict_proba(patches), loop)
-    else:
-        assert ens.variant.kind == "merged-fp16"
-        np.testing.assert_allclose(ens.predict_proba(patches), loop, atol=1e-2, rtol=0)

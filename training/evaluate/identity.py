@@ -1,7 +1,7 @@
 """Which model was scored, by which toolkit, and which of the scored figures that model trained on.
 
   describe(MODEL_DIR)   the model: folder, the manifest's SHA-256, members (backbone, input size, resize,
-                        parameters, file SHA-256), variants, TTA, threshold and where it came from
+                        parameters, file SHA-256), TTA, threshold and where it came from
                         (threshold_predictions, threshold_note, threshold_for_shift), the training data the
                         manifest names, and its fingerprint file (training.fingerprint), if any
   toolkit()             this toolkit's version: amf.__version__ and the git commit of the checkout ("unknown"
@@ -90,7 +90,6 @@ def describe(model_dir) -> dict:
             }
             for m in mf.members
         ],
-        "variants": [{"file": v.file, "kind": v.kind, "use_on": v.use_on, **_file(mf, v.file)} for v in mf.variants],
         "training_data": {
             "run": prov.get("run"),
             "split_kind": prov.get("split_kind"),

@@ -229,10 +229,6 @@ def model_lines(metrics: dict) -> list[str]:
             f"| {x['resize']} | {x['parameters']:,} | `{x['sha256'][:16]}` |"
             for x in m["members"]
         ),
-        *(
-            f"| {v['file']} (variant {v['kind']}, {', '.join(v['use_on'])}) | | | | | | `{v['sha256'][:16]}` |"
-            for v in m["variants"]
-        ),
         "",
         "Threshold: "
         + (src["note"] or "the manifest records no source")

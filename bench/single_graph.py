@@ -1,26 +1,24 @@
-"""Derive a single ONNX graph of all the members of a model folder (and an fp16 copy of it).
+"""One ONNX graph of all the members of a model folder (and an fp16 copy of it): a benchmark case, not the runtime.
 
-The single graph takes the members' shared input (float32 NCHW, already normalised) once, runs
-every member on it, and returns the mean of the members' sigmoids: P(atypical), shape (N, 1).
-The fp16 copy keeps float32 input and output (onnxruntime's own float16 converter), for CUDA only.
-Both are declared in the manifest as variants beside the fp32 members, never replacing them (the
-manifest's words for them are kind "merged" / "merged-fp16", files merged.onnx / merged-fp16.onnx); a
-variant's `use_on` lists only the devices where bench/container.py found it faster (empty: derived,
-not used). All members must share input size, mean, std and resize method. Before the manifest is
-written, the single graph is checked against the member loop on random patches (within 1e-5).
-Run:  python -m training.single_graph MODEL_DIR [--use-on cpu] [--fp16] [--fp16-use-on cuda]
+The single graph takes the members' shared input (float32 NCHW, already normalised) once, runs every member on it,
+and returns the mean of the members' sigmoids: P(atypical), shape (N, 1). The fp16 copy keeps float32 input and
+output (onnxruntime's own float16 converter), for CUDA. All members must share input size, mean, std and resize
+method. write_single_graph puts merged.onnx (and merged-fp16.onnx) beside the members after checking the graph
+against the member loop on random patches (within 1e-5); Merged runs it the way the container runs the members
+(its chunks, its test-time augmentation), for bench/stages.py's -merged and -fp16 cases. The container itself runs
+the fp32 members only: the merged graph won nothing measured (BENCHMARKS.md, run D; fp16 on a GPU not measured),
+and amf.manifest refuses a manifest that declares one.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from amf import AmfError, one_line
 from amf import manifest as manifest_io
-from amf.manifest import Manifest, Variant
+from amf.manifest import Manifest
 
 MERGED_FILE = "merged.onnx"
 FP16_FILE = "merged-fp16.onnx"
@@ -78,7 +76,7 @@ def build_single_graph(models: list, input_name: str = INPUT_NAME, output_name: 
         graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()], functions=functions
     )
     single.ir_version = max(m.ir_version for m in models)  # what onnxruntime already reads
-    single.producer_name = "amf training.single_graph"
+    single.producer_name = "amf bench.single_graph"
     return single
 
 
@@ -125,7 +123,7 @@ def run_single_graph(path: Path, x: np.ndarray) -> np.ndarray:
 
 def check_batch(manifest: Manifest, n: int = 4, seed: int = 0) -> np.ndarray:
     """Random patches through the members' own preprocessing: a prepared float32 batch."""
-    size = manifest.shared_preprocessing("cannot build the single graph")[0]
+    size = shared_preprocessing(manifest)[0]
     rng = np.random.default_rng(seed)
     return manifest.members[0].prepare(list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)))
 
@@ -141,60 +139,63 @@ def load_member(path):
         raise AmfError(f"member {path} is not a readable ONNX model ({one_line(e)[:200]})") from None
 
 
-def add_single_graph(model_dir, use_on=(), fp16: bool = False, fp16_use_on=(), atol: float = 1e-5) -> Manifest:
-    """Write MODEL_DIR/merged.onnx (and merged-fp16.onnx) and declare them in the manifest."""
+def shared_preprocessing(manifest: Manifest) -> tuple:
+    """The one Member.preprocessing of all members (a merged graph takes one input), or an AmfError."""
+    specs = {m.preprocessing for m in manifest.members}
+    if len(specs) != 1:
+        raise AmfError(f"cannot build the single graph: members differ in preprocessing {sorted(specs)}")
+    return specs.pop()
+
+
+def write_single_graph(model_dir, out_dir=None, fp16: bool = False, atol: float = 1e-5) -> float:
+    """OUT_DIR (default MODEL_DIR)/merged.onnx (and merged-fp16.onnx) of MODEL_DIR's members, checked against the
+    member loop; returns the largest difference found."""
     import onnx
 
     model_dir = Path(model_dir)
+    out_dir = Path(out_dir or model_dir)
     mf = manifest_io.load(model_dir)
-    mf.shared_preprocessing("cannot build the single graph")
+    shared_preprocessing(mf)
     single = build_single_graph([load_member(mf.path(m.file)) for m in mf.members])
-    path = save_model(single, model_dir / MERGED_FILE)
+    path = save_model(single, out_dir / MERGED_FILE)
     onnx.checker.check_model(str(path))  # by path: works for graphs with external weights too
     x = check_batch(mf)
     gap = float(np.max(np.abs(run_single_graph(path, x) - member_loop(mf, x))))
     if gap > atol:
+        path.unlink()
         raise AmfError(f"the single graph differs from the member loop by {gap:.2e} (> {atol})")
-    variants = [Variant(file=MERGED_FILE, kind="merged", use_on=list(use_on))]
     if fp16:
-        save_model(to_fp16(single), model_dir / FP16_FILE)
-        # first in the list: the runtime takes the first variant declared for its device
-        variants.insert(0, Variant(file=FP16_FILE, kind="merged-fp16", use_on=list(fp16_use_on)))
-    mf.variants = variants
-    mf.provenance = {**mf.provenance, "merged_max_abs_diff": gap}
-    manifest_io.save(mf, model_dir)
-    return mf
+        save_model(to_fp16(single), out_dir / FP16_FILE)
+    return gap
 
 
-def main(argv=None) -> int:
-    from amf import report_error
-    from amf.cli import EXPECTED, ArgumentParser, as_error
+class Merged:
+    """MODEL_DIR's members as one merged graph (FILE: merged.onnx or merged-fp16.onnx, beside them), run as the
+    container runs its members: chunks of amf.ensemble.chunk_size, the manifest's test-time augmentation averaged
+    (the graph's output is already the members' mean probability). predict_proba, device, manifest and kind are
+    what bench/stages.py reads of an amf.ensemble.Ensemble."""
 
-    ap = ArgumentParser(prog="python -m training.single_graph", description=__doc__.splitlines()[0])
-    ap.add_argument("model_dir")
-    ap.add_argument(
-        "--use-on",
-        nargs="*",
-        default=[],
-        choices=list(manifest_io.DEVICES),
-        help="devices where the single graph replaces the member loop (from the benchmark)",
-    )
-    ap.add_argument("--fp16", action="store_true", help="also write the fp16 copy (CUDA only)")
-    ap.add_argument(
-        "--fp16-use-on",
-        nargs="*",
-        default=[],
-        choices=["cuda"],
-        help="use the fp16 copy on CUDA (only where the benchmark found it faster)",
-    )
-    a = ap.parse_args(argv)
-    try:
-        m = add_single_graph(a.model_dir, a.use_on, a.fp16, a.fp16_use_on)
-    except EXPECTED as e:
-        return report_error(as_error(e))
-    print(f"{a.model_dir}: " + ", ".join(f"{v.kind} {v.file} use_on={v.use_on}" for v in m.variants))
-    return 0
+    def __init__(self, model_dir, file: str = MERGED_FILE, device: str = "auto", chunk: int | None = None):
+        import onnxruntime as ort
 
+        from amf.ensemble import chunk_size, pick_providers
 
-if __name__ == "__main__":
-    sys.exit(main())
+        self.manifest = manifest_io.load(model_dir)
+        shared_preprocessing(self.manifest)
+        self.chunk, self.kind = chunk_size(chunk), "merged-fp16" if file == FP16_FILE else "merged"
+        self.session = ort.InferenceSession(str(self.manifest.path(file)), providers=pick_providers(device))
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        feed = {self.session.get_inputs()[0].name: np.ascontiguousarray(x)}
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float64).reshape(len(x))
+
+    def predict_proba(self, patches) -> np.ndarray:
+        from amf.preprocess import as_stack, tta_views
+
+        patches, mf = as_stack(patches), self.manifest
+        out = np.empty(len(patches))
+        for i in range(0, len(patches), self.chunk):
+            x = mf.members[0].prepare(patches[i : i + self.chunk])  # the members' shared preprocessing
+            out[i : i + len(x)] = np.mean([self._run(v) for v in tta_views(x, mf.tta)], 0)
+        return out
