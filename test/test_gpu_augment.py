@@ -1,4 +1,5 @@
-"""training/gpu_augment.py (the device data path) against training/augment.py (the CPU path), on the CPU.
+"""training/augment.py's device ops and training/gpu_augment.py (the device data path) against augment.py's CPU ops,
+on the CPU.
 
 The two paths draw from different random streams, so they are compared by the statistics of many draws from
 the same patches; every tolerance is 4 standard errors of the difference (or of a share against its
@@ -17,6 +18,7 @@ from training_layout import patch as layout_patch
 
 from amf.preprocess import normalize as np_normalize
 from amf.preprocess import resize as np_resize
+from training import augment as A
 from training import gpu_augment as G
 from training.augment import Augment
 from training.config import DEFAULTS
@@ -49,8 +51,8 @@ def both_paths(img: np.ndarray, cfg: dict, n: int, seed: int = 0):
     aug = Augment(cfg)
     cpu = np.stack([aug(img, np.random.default_rng((seed, i))) for i in range(n)]).astype(np.float64)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float().expand(n, -1, -1, -1).contiguous()
-    params = G.draw(cfg, n, G.epoch_generator(seed, 0))
-    dev = G.augment_batch(x, params, cfg).permute(0, 2, 3, 1).numpy().astype(np.float64)
+    params = A.device_params(cfg, n, G.epoch_generator(seed, 0))
+    dev = A.augment_batch(x, params, cfg).permute(0, 2, 3, 1).numpy().astype(np.float64)
     return cpu, dev
 
 
@@ -132,9 +134,9 @@ class FixedDraws:
 
 
 def params(**values) -> torch.Tensor:
-    p = G.draw(only(), 1, G.epoch_generator(0, 0))
+    p = A.device_params(only(), 1, G.epoch_generator(0, 0))
     for name, v in values.items():
-        p[0, G.P[name]] = v
+        p[0, A.P[name]] = v
     return p
 
 
@@ -148,16 +150,14 @@ def test_parts_match_the_cpu_path_with_the_same_parameters():
     def check(out, ref, levels):
         assert np.abs(out[0].permute(1, 2, 0).numpy() - ref.astype(np.float64)).max() <= levels
 
-    # HED with augment.py's own matrices (whatever they are: the device path imports them, never copies)
-    assert G.RGB_FROM_HED is augment.RGB_FROM_HED and G.HED_FROM_RGB is augment.HED_FROM_RGB
     a, b = [1.03, 0.97, 1.04], [0.006, -0.008, 0.002]
     check(
-        G.hed_jitter(x, params(hed_a0=a[0], hed_a1=a[1], hed_a2=a[2], hed_b0=b[0], hed_b1=b[1], hed_b2=b[2])),
+        A.hed_batch(x, params(hed_a0=a[0], hed_a1=a[1], hed_a2=a[2], hed_b0=b[0], hed_b1=b[1], hed_b2=b[2])),
         augment.hed_jitter(img, FixedDraws(*[v - 1 for v in a], *b), 0.05, 0.01),
         1,
     )
     check(
-        G.enhance(
+        A.enhance_batch(
             x,
             params(brightness=1.07, contrast=0.93, saturation=1.08),
             only(brightness=0.1, contrast=0.1, saturation=0.1),
@@ -166,11 +166,11 @@ def test_parts_match_the_cpu_path_with_the_same_parameters():
         1,
     )
     check(
-        G.affine(x, params(affine=1, angle=np.radians(12.0), scale=0.93, tx=0.04, ty=-0.03)),
+        A.affine_batch(x, params(affine=1, angle=np.radians(12.0), scale=0.93, tx=0.04, ty=-0.03)),
         augment.affine(img, FixedDraws(12.0, 0.93, 0.04, -0.03), 15.0, (0.9, 1.1), 0.05),
         1,
     )
-    assert torch.equal(G.augment_batch(x, params(), only()), x)  # everything off: the patch itself
+    assert torch.equal(A.augment_batch(x, params(), only()), x)  # everything off: the patch itself
 
 
 def colour_stats(draws: np.ndarray) -> np.ndarray:
@@ -275,11 +275,11 @@ def test_default_chain_statistics():
 
 def test_every_draw_has_its_own_parameters_and_epochs_differ():
     cfg = copy.deepcopy(DEFAULTS["augment"])
-    p0 = G.draw(cfg, 64, G.epoch_generator(7, 0))
-    assert torch.equal(p0, G.draw(cfg, 64, G.epoch_generator(7, 0)))  # reproducible
-    assert not torch.equal(p0, G.draw(cfg, 64, G.epoch_generator(7, 1)))  # another epoch, other draws
+    p0 = A.device_params(cfg, 64, G.epoch_generator(7, 0))
+    assert torch.equal(p0, A.device_params(cfg, 64, G.epoch_generator(7, 0)))  # reproducible
+    assert not torch.equal(p0, A.device_params(cfg, 64, G.epoch_generator(7, 1)))  # another epoch, other draws
     for name in ("angle", "scale", "hed_a0", "brightness", "sigma"):
-        assert len(torch.unique(p0[:, G.P[name]])) == 64, name
+        assert len(torch.unique(p0[:, A.P[name]])) == 64, name
 
 
 # ---- resize and normalisation against amf.preprocess ----------------------------------------------
@@ -430,3 +430,22 @@ def test_alignment_loss_equals_the_loops():
     f = torch.randn(6, 4, requires_grad=True)
     loss = alignment_loss(f, torch.ones(6), torch.zeros(6, 2, dtype=torch.long))
     assert float(loss.detach()) == 0.0 and loss.requires_grad
+
+
+# ---- one definition per augmentation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", A.STEPS, ids=[s.name for s in A.STEPS])
+def test_each_step_is_one_definition_that_both_paths_and_the_config_read(step):
+    """A step's keys are config keys with its defaults; on alone (always acting), it changes the patch on both
+    paths; every step off, both paths give the patch back; the device table holds its columns."""
+    assert {k: DEFAULTS["augment"][k] for k in step.defaults} == step.defaults
+    img = he_patch(5)
+    on = only(**{**step.defaults, "affine_p": 1.0, "blur_p": 1.0} if step.name in ("affine", "blur") else step.defaults)
+    assert step.on(on)
+    cpu, dev = both_paths(img, on, 8)
+    for name, draws in (("cpu", cpu), ("device", dev)):
+        assert any(not np.array_equal(d, img) for d in draws), f"{step.name} does nothing on the {name} path"
+    cpu, dev = both_paths(img, only(), 4)
+    assert all(np.array_equal(d, img) for d in [*cpu, *dev])
+    assert set(step.columns) <= set(A.P) and A.device_params(on, 3, G.epoch_generator(0, 0)).shape == (3, len(A.P))

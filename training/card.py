@@ -40,8 +40,8 @@ from amf import AmfError, report_error
 from amf import manifest as manifest_io
 from amf.cli import ArgumentParser
 from amf.fileio import write_text_atomic
+from training import augment, metrics, threshold
 from training import compare as compare_runs
-from training import metrics, threshold
 from training import oof as oof_io
 from training.card_render import CARD_VERSION, config_diff, render, verdict
 from training.domains import DOMAIN_COLUMNS
@@ -143,7 +143,7 @@ def recipe_summary(cfg: dict) -> dict:
         "mixstyle": ("enabled", "p", "alpha", "where"),
         "align": ("enabled", "weight", "columns"),
         "ema": ("enabled", "decay", "kd_weight", "temperature", "evaluate"),
-        "augment": ("enabled", "flip", "rot90", "hed_scale", "hed_shift", "brightness", "contrast", "saturation"),
+        "augment": augment.CARD_KEYS,
     }
     return {sec: {k: cfg.get(sec, {}).get(k) for k in keys} for sec, keys in keep.items()} | {"name": cfg.get("name")}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError
+from training import augment
 from training.data import EXPERTS, OFFICIAL_CSV
 from training.metrics import fmt, fmt_ci
 
@@ -148,14 +149,11 @@ def mixstyle_place(run: dict) -> str:
 
 def augment_line(card: dict) -> str:
     """The training augmentation of the recipe run, from its config (stain jitter is what v2 turned up)."""
-    a = card["runs"]["recipe"]["config"].get("augment") or {}
-    if not a.get("enabled"):
-        return "- Augmentation: none."
-    views = [name for key, name in (("flip", "flips"), ("rot90", "90° rotations")) if a.get(key)]
+    words = augment.card_words(card["runs"]["recipe"]["config"].get("augment") or {})
     return (
-        f"- Augmentation: {', '.join(views + [''])}HED stain jitter (scale {a['hed_scale']}, shift {a['hed_shift']}), "
-        f"brightness {a['brightness']}, contrast {a['contrast']}, saturation {a['saturation']} "
-        "(`training/augment.py`; the rest at its defaults)."
+        f"- Augmentation: {words} (`training/augment.py`; the rest at its defaults)."
+        if words
+        else "- Augmentation: none."
     )
 
 

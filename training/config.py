@@ -43,6 +43,7 @@ import yaml
 from amf import AmfError, one_line
 from amf.jobs import MAX_SIDE
 from amf.preprocess import TTA_MODES
+from training import augment
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -84,22 +85,7 @@ DEFAULTS = {
     # kfold | leave_scanner_out | leave_tumor_out | leave_source_out (the source: an AMi-Br dataset, an extra set)
     "splits": {"kind": "kfold", "folds": 5, "seed": 0, "tries": 16},
     "imbalance": {"mode": "sampler"},  # sampler | loss | none
-    "augment": {
-        "enabled": True,
-        "flip": True,
-        "rot90": True,
-        "hed_scale": 0.05,
-        "hed_shift": 0.01,  # HED jitter (see training/augment.py)
-        "brightness": 0.1,
-        "contrast": 0.1,
-        "saturation": 0.1,
-        "affine_p": 0.5,
-        "degrees": 15.0,
-        "scale": [0.9, 1.1],
-        "translate": 0.05,
-        "blur_p": 0.2,
-        "blur_sigma": [0.1, 1.0],
-    },
+    "augment": augment.DEFAULTS,  # enabled, and each step's keys (training/augment.py STEPS, in their order)
     "mixstyle": {"enabled": True, "p": 0.5, "alpha": 0.1, "where": "auto"},  # auto: early+mid stages
     # align.columns: the weak domain labels whose class-conditional feature means are pulled together. Scanner
     # only: it is the one acquisition-only label. On the full official set Origin splits the species (UMC
