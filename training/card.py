@@ -43,7 +43,7 @@ from amf.fileio import write_text_atomic
 from training import augment, metrics, threshold
 from training import compare as compare_runs
 from training import oof as oof_io
-from training.card_render import CARD_VERSION, config_diff, render, verdict
+from training.card_render import CARD_VERSION, render, verdict
 from training.domains import DOMAIN_COLUMNS
 from training.run import RunDir
 
@@ -157,7 +157,7 @@ def overrides(cfg: dict) -> dict | None:
         named = config_io.load(cfg.get("name"))
     except AmfError:
         return None
-    return config_diff(recipe_summary(named), recipe_summary(cfg))
+    return config_io.diff(recipe_summary(named), recipe_summary(cfg))
 
 
 def mixstyle_at(cfg: dict) -> list | None:

@@ -448,6 +448,35 @@ def dump(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+def leaves(d: dict, prefix: str = "") -> dict:
+    """A nested config as {"section.key": value}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= leaves(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def diff(base: dict, other: dict, ignore=("name",)) -> dict:
+    """The keys both configs hold on which OTHER differs from BASE, as --set overrides ({"section.key": value})."""
+    a, b = leaves(base), leaves(other)
+    return {k: b[k] for k in a if k in b and a[k] != b[k] and k not in ignore}
+
+
+def as_set(overrides: dict) -> str:
+    """OVERRIDES ({"section.key": value}) as training.train's --set KEY=VALUE words (YAML values: true, 0.5, [a,b])."""
+    import json
+
+    def value(v):
+        if isinstance(v, list):
+            return "[" + ",".join(value(x) for x in v) + "]"
+        return v if isinstance(v, str) else json.dumps(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in overrides.items())
+
+
 def config_parser(prog: str, doc: str, example: str, default: str | None = None):
     """The command line "CONFIG [KEY=VALUE ...]" of a module described by DOC's first line: the config
     (required, or DEFAULT when given) and its overrides (EXAMPLE shows one). Read them with

@@ -45,9 +45,8 @@ from training import oof as oof_io
 from training import splits as splits_io
 from training import train as train_io
 from training import tta_oof
-from training.card_render import PLAIN_SETS
 from training.data import OFFICIAL_CSV
-from training.run import RunDir, pipeline_run
+from training.run import PLAIN_SETS, RunDir, pipeline_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFT_KINDS = [kind for kind, column in splits_io.KINDS.items() if column]  # the kinds that leave a group out

@@ -53,6 +53,7 @@ from training.data import MAX_RUN_TABLE_BYTES, read_csv
 CONFIG, SPLITS, OOF, OOF_METRICS, CURVES = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json", "curves.png"
 UNCOMPARED = ("log",)  # config sections a resumed run may change (a fold may turn W&B on): they change no result
 SHIFT_ROLES = {"leave_scanner_out": "loso"}  # the pipeline's shift run by split kind (others: the kind's own name)
+PLAIN_SETS = ("mixstyle.enabled=false", "align.enabled=false", "ema.enabled=false")  # the pipeline's plain control
 LAST, BEST, EPOCHS, DONE = "last.pt", "best.pt", "epochs.csv", "done.json"  # in each fold{k}/
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files in fold{k}/, named by time, host and process
 LOCK = "train.lock"  # in the run folder and in each fold{k}/
