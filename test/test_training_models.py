@@ -35,7 +35,7 @@ def test_local_weights_say_how_many_loaded_or_name_what_does_not_fit(tmp_path, c
 
     import timm
 
-    from training import models, train
+    from training import inspect, train
 
     state = timm.create_model("test_convnext").state_dict()
     right, renamed = tmp_path / "right.pth", tmp_path / "renamed.pth"
@@ -44,14 +44,14 @@ def test_local_weights_say_how_many_loaded_or_name_what_does_not_fit(tmp_path, c
     torch.save(state, renamed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert models.main(["smoke", f"model.weights={right}"]) == 0
+        assert inspect.main(["models", "smoke", f"model.weights={right}"]) == 0
         cfg = train.resolve_normalisation(config_io.load("smoke", [f"model.weights={right}"]))
         train.create_classifier(cfg, log=print)
     assert [str(w.message) for w in caught] == []
     out = capsys.readouterr().out.splitlines()
     n = len(timm.create_model("test_convnext", num_classes=0).state_dict())
-    assert out.count(f"loaded {n} of {n} backbone tensors from {right}") == 2  # models.main, then training's build
-    assert models.main(["smoke", f"model.weights={renamed}"]) == 2
+    assert out.count(f"loaded {n} of {n} backbone tensors from {right}") == 2  # inspect models, then training's build
+    assert inspect.main(["models", "smoke", f"model.weights={renamed}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: model.weights {renamed} does not fit test_convnext")
     assert "missing from the file (stem.0.weight)" in err[0] and "does not have (stem.0.renamed)" in err[0]

@@ -26,7 +26,7 @@ own switch:
              (train.selection: last | inner | validation, see training/train.py), lr with the world size
   log        TensorBoard event files, Weights & Biases, progress lines (training/tracking.py, progress.py)
 
-Run:  python -m training.config training/configs/smoke.yaml [train.epochs=3 ...]   (prints the resolved config)
+Look:  python -m training.inspect config training/configs/smoke.yaml [train.epochs=3 ...]   (the resolved config)
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import contextlib
 import copy
 import math
 import re
-import sys
 from pathlib import Path
 
 import yaml
@@ -490,19 +489,3 @@ def config_parser(prog: str, doc: str, example: str, default: str | None = None)
         ap.add_argument("config", nargs="?", default=default, help="YAML file or name in training/configs/")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"e.g. {example}")
     return ap
-
-
-def main(argv=None) -> int:
-    from amf import report_error
-    from amf.cli import EXPECTED, as_error
-
-    a = config_parser("python -m training.config", __doc__, "train.epochs=3").parse_args(argv)
-    try:
-        print(dump(load(a.config, a.overrides)), end="")
-    except EXPECTED as e:
-        return report_error(as_error(e))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -41,13 +41,12 @@ source is their name and they never choose a threshold (column extra: true).
   before it is decoded.
 The torch Dataset decodes PNG -> amf.preprocess.canonical_patch -> augment (training only) ->
 amf.preprocess.resize -> amf.preprocess.normalize: at validation time exactly the container's prepare().
-Run:  python -m training.data DATA_DIR [--config CONFIG]   (prints the class and domain counts)
+Look:  python -m training.inspect data DATA_DIR [--config CONFIG]   (the class and domain counts)
 """
 
 from __future__ import annotations
 
 import io
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,8 +54,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from amf import AmfError, one_line, report_error
-from amf.cli import ArgumentParser
+from amf import AmfError, one_line
 from amf.fileio import read_text
 from amf.jobs import MAX_SIDE
 from amf.preprocess import canonical_patch, normalize, resize
@@ -611,24 +609,3 @@ class PatchDataset:
             img = self.augment(img, np.random.default_rng((self.seed, self.epoch, int(draw))))
         x = normalize(resize(img, self.size, self.method)[None], self.mean, self.std)[0]
         return torch.from_numpy(x), torch.tensor(self.targets[row]), row
-
-
-def main(argv=None) -> int:
-    from training import config as config_io
-
-    ap = ArgumentParser(prog="python -m training.data", description=__doc__.splitlines()[0])
-    ap.add_argument("data")
-    ap.add_argument("--config", default="smoke")
-    ap.add_argument("--skip-missing", action="store_true", default=None)
-    a = ap.parse_args(argv)
-    try:
-        cfg = config_io.load(a.config)
-        df, _ = load_dataset(a.data, cfg, a.skip_missing)
-    except AmfError as e:
-        return report_error(e)
-    print(counts_report(df))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

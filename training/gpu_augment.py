@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from amf import AmfError
-from amf.cli import ArgumentParser
 from training.augment import augment_batch, device_params, quantise
 
 # torch's antialiased bilinear is a port of Pillow's: within 1 uint8 level of amf.preprocess.resize (measured on
@@ -148,21 +147,3 @@ class DeviceBatches:
             x = resize(augment_batch(x, params, self.cfg), self.size, self.method)
             rows = self.rows[pos].pin_memory() if pin else self.rows[pos]  # the caller copies them async
             yield normalize(x, self.mean, self.std), self.targets[rows.to(self.device, non_blocking=True)], rows
-
-
-if __name__ == "__main__":
-    from PIL import Image
-
-    from amf.preprocess import canonical_patch
-    from training.config import DEFAULTS
-
-    ap = ArgumentParser(prog="python -m training.gpu_augment", description=__doc__.splitlines()[0])
-    ap.add_argument("image")
-    ap.add_argument("out")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    src = torch.from_numpy(canonical_patch(np.array(Image.open(a.image).convert("RGB"))))
-    x = src.permute(2, 0, 1)[None].float().repeat(16, 1, 1, 1)
-    x = augment_batch(x, device_params(DEFAULTS["augment"], 16, epoch_generator(a.seed, 0)), DEFAULTS["augment"])
-    grid = x.view(4, 4, 3, *x.shape[2:]).permute(0, 3, 1, 4, 2).reshape(4 * x.shape[2], 4 * x.shape[3], 3)
-    Image.fromarray(grid.byte().numpy()).save(a.out)

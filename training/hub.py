@@ -63,5 +63,5 @@ def offline_error(name: str, why: str) -> str:
     return (
         f"model {name} needs files from the Hugging Face hub, which cannot be reached ({why}), and they are not in "
         f"the local cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}): {fix}; or fetch them once where the "
-        "hub is reachable (python -m training.models CONFIG) and bring the cache along"
+        "hub is reachable (python -m training.inspect models CONFIG) and bring the cache along"
     )

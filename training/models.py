@@ -17,7 +17,7 @@ embedding: z * sigmoid(W2 relu(W1 z))), refines the features that the head class
 alignment loss (training/recipe.py) aligns across domains; present when model.attention is true, or ("auto",
 the default) when align.enabled. It is a part of
 the exported model (a few thousand multiply-adds per patch).
-Run:  python -m training.models CONFIG   (builds the model, prints its size and a forward pass's shape)
+Look:  python -m training.inspect models CONFIG   (builds the model: its size and a forward pass's shape)
 """
 
 from __future__ import annotations
@@ -298,31 +298,3 @@ def load_for_export(cfg: dict, state: dict, source="checkpoint") -> Classifier:
             f"{source} does not fit {cfg['model']['backbone']}: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     return model.eval()
-
-
-def main(argv=None) -> int:
-    from amf import report_error
-    from amf.cli import EXPECTED, as_error
-    from training import config as config_io
-
-    ap = config_io.config_parser("python -m training.models", __doc__, "model.backbone=resnet18", default="smoke")
-    a = ap.parse_args(argv)
-    try:
-        cfg = config_io.load(a.config, a.overrides)
-        model = create_classifier(cfg)
-        n = cfg["data"]["input_size"]
-        with torch.no_grad():
-            out = model.eval()(torch.zeros(2, 3, n, n))
-    except (*EXPECTED, RuntimeError) as e:  # RuntimeError: torch's, for an input size the backbone cannot take
-        return report_error(as_error(e))
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(
-        f"{cfg['model']['backbone']}: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable; "
-        f"(2, 3, {n}, {n}) -> {tuple(out.shape)}; mean/std {normalisation(cfg, model.timm_model)}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

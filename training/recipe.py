@@ -21,12 +21,10 @@ EMA teacher (timm.utils.ModelEmaV3): after every optimiser step teacher = d*teac
   decay for 1000 steps at 0.99 and 31,600 at 0.999: longer than most runs here). The decay in effect is
   recorded per epoch (epochs.csv ema_decay) and at the end (done.json). The student also fits the
   teacher's prediction: T^2 * KL(teacher || student) on the two-class distributions at temperature T.
-Run:  python -m training.recipe CONFIG   (prints where MixStyle goes for the configured backbone)
+Look:  python -m training.inspect recipe CONFIG   (where MixStyle goes for the configured backbone)
 """
 
 from __future__ import annotations
-
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -224,25 +222,3 @@ def kd_loss(student_logit: torch.Tensor, teacher_logit: torch.Tensor, temperatur
     p_t = torch.sigmoid(te)
     kl = p_t * (F.logsigmoid(te) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-te) - F.logsigmoid(-s))
     return kl.mean() * t * t
-
-
-def main(argv=None) -> int:
-    from amf import report_error
-    from amf.cli import EXPECTED, as_error
-    from training import config as config_io
-    from training.models import create_backbone
-
-    ap = config_io.config_parser("python -m training.recipe", __doc__, "mixstyle.where=[stem]", default="smoke")
-    a = ap.parse_args(argv)
-    try:
-        cfg = config_io.load(a.config, a.overrides)
-        bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
-        where = [n for n, _ in mixstyle_targets(bb, cfg["mixstyle"]["where"])]
-    except EXPECTED as e:
-        return report_error(as_error(e))
-    print(cfg["model"]["backbone"], "MixStyle at", where)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,13 +21,12 @@ columns, raw_<domain>, and the image path (export checks its ONNX files on real 
 Every read (read) checks what writing guarantees: one row per image_id, whole-number folds (real figures
 >= 0, synthetic ones -1), labels 0/1, no slide in two folds, an image path that ends in the figure's name
 without a '..' part: a hand-edited splits.csv that breaks one of these is refused, naming it.
-Run:  python -m training.splits LABELS.csv [--folds 5] [--seed 0] [--kind kfold]   (prints per-fold counts)
+Look:  python -m training.inspect splits LABELS.csv [--folds 5] [--seed 0] [--kind kfold]   (per-fold counts)
 """
 
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -284,26 +283,3 @@ def describe(splits: pd.DataFrame) -> str:
             f"({100 * v['label'].mean():.1f}%), {v['slide'].nunique()} slides"
         )
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    from amf import report_error
-    from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int, positive_int
-    from training.data import read_table
-
-    ap = ArgumentParser(prog="python -m training.splits", description=__doc__.splitlines()[0])
-    ap.add_argument("labels", help="label table in the official columns")
-    ap.add_argument("--folds", type=positive_int, default=5)
-    ap.add_argument("--seed", type=non_negative_int, default=0)
-    ap.add_argument("--kind", default="kfold", choices=list(KINDS))
-    a = ap.parse_args(argv)
-    try:  # the training's own reader checks the table (columns, labels, duplicates); no images are read
-        table = read_table(a.labels, Path(a.labels).parent, source="labels")
-        print(describe(make_splits(table, a.kind, a.folds, a.seed)))
-    except EXPECTED as e:
-        return report_error(as_error(e))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
