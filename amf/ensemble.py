@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from amf import AmfError, native_stderr
-from amf import manifest as manifest_io
+from amf.manifest import load as load_manifest
 from amf.preprocess import as_stack, tta_views
 
 log = logging.getLogger("amf")
@@ -69,7 +69,7 @@ class Ensemble:
 
         ort.set_default_logger_severity(3)  # we say in one line of our own when CUDA does not load
         self.chunk = chunk_size(chunk)
-        self.manifest = manifest_io.load(model_dir)
+        self.manifest = load_manifest(model_dir)
         self.files = [m.file for m in self.manifest.members]
         providers = pick_providers(device)
         opts = ort.SessionOptions()

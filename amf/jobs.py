@@ -4,7 +4,7 @@
 convention). The one Track 2 interface takes a stack of ROI cut-outs and returns one result list.
 Readers (read_inputs, find_stack, read_stack) and the result writer serve the container; the job
 writer (write_job, write_stack) makes such an /input folder, for offline evaluation
-(training.evaluate.pack), the project's sample job (test/make_sample_input.py), tests and benchmarks.
+(evaluation.pack), the project's sample job (test/make_sample_input.py), tests and benchmarks.
 """
 
 from __future__ import annotations

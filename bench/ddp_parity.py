@@ -5,10 +5,10 @@
   python -m bench.ddp_parity --compare DIR/single DIR/ranks                         (prints the comparison, JSON)
 
 Every rank builds its training batches as training.train does (train.Dist, train.build_loaders with the smoke
-config; --path device: data.device_augment true, the batched augmentation of training/gpu_augment.py; --path cpu:
+config; --path device: data.device_augment true, the batched augmentation of training/train/gpu_augment.py; --path cpu:
 the DataLoader path) over 64 copies of one generated patch, so that two views differ only by their augmentation,
 and writes DIR/rank{r}.pt: the draw positions it took and its views of them (one epoch), and a few draws of
-torch's generator and of MixStyle's after training.ddp.reseed_rank (what drop path and MixStyle use).
+torch's generator and of MixStyle's after training.train.ddp.reseed_rank (what drop path and MixStyle use).
 compare() then says whether the union of the ranks' views is the single process's for the same positions, how
 many of the k-th views of rank 0 and rank 1 are the same (the bug this guards against: every rank drew the
 same augmentation for its k-th figure), and whether the ranks' generators differ while rank 0's is one process's.
@@ -38,13 +38,13 @@ def fed(out: Path, path: str, device: str) -> None:
     """This rank's views of one epoch and its generators' draws -> OUT/rank{r}.pt."""
     import pandas as pd
 
-    from training import config as config_io
-    from training import ddp
-    from training.train import Dist, build_loaders, build_model, seed_everything
+    from training import config
+    from training.train import ddp
+    from training.train.kfold import Dist, build_loaders, build_model, seed_everything
 
     dist = Dist(device)
     seed_everything(SEED)  # as train_fold: every rank builds the same model from the fold's seed
-    cfg = config_io.load(
+    cfg = config.load(
         "smoke",
         [
             f"data.device_augment={'true' if path == 'device' else 'false'}",

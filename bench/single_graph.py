@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from amf import AmfError, one_line
-from amf import manifest as manifest_io
 from amf.manifest import Manifest
+from amf.manifest import load as load_manifest
 
 MERGED_FILE = "merged.onnx"
 FP16_FILE = "merged-fp16.onnx"
@@ -154,7 +154,7 @@ def write_single_graph(model_dir, out_dir=None, fp16: bool = False, atol: float 
 
     model_dir = Path(model_dir)
     out_dir = Path(out_dir or model_dir)
-    mf = manifest_io.load(model_dir)
+    mf = load_manifest(model_dir)
     shared_preprocessing(mf)
     single = build_single_graph([load_member(mf.path(m.file)) for m in mf.members])
     path = save_model(single, out_dir / MERGED_FILE)
@@ -180,7 +180,7 @@ class Merged:
 
         from amf.ensemble import chunk_size, pick_providers
 
-        self.manifest = manifest_io.load(model_dir)
+        self.manifest = load_manifest(model_dir)
         shared_preprocessing(self.manifest)
         self.chunk, self.kind = chunk_size(chunk), "merged-fp16" if file == FP16_FILE else "merged"
         self.session = ort.InferenceSession(str(self.manifest.path(file)), providers=pick_providers(device))

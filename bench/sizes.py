@@ -1,7 +1,7 @@
 """What an ensemble weighs on Grand Challenge: members x parameters in fp32 and fp16, and a T4 time per stack
 estimated from measured FLOPs.
 
-Each backbone is the exported member of its training config (training.models.create_classifier: the timm
+Each backbone is the exported member of its training config (training.train.models.create_classifier: the timm
 backbone, the attention gate, the head), built on torch's meta device (random initialisation, no memory, no
 download: the hub names are given as their timm architectures). Parameters are counted; FLOPs per patch are
 measured by torch.utils.flop_counter.FlopCounterMode on one patch at the config's input size (a multiply-add counts
@@ -21,8 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from amf.cli import ArgumentParser, positive_int
 from amf.preprocess import TTA_VIEWS
-from training import config as config_io
-from training.models import create_classifier
+from training import config
+from training.train.models import create_classifier
 
 # (label, config, the timm architecture of its backbone: the hub names' own, so that nothing is fetched)
 BACKBONES = [
@@ -34,9 +34,9 @@ T4_PEAK = {"fp32": 8.1e12, "fp16": 65e12}  # FLOP/s, NVIDIA's T4 datasheet
 VIEWS = {mode: len(views(np.zeros((1, 3, 2, 2)))) for mode, views in TTA_VIEWS.items()}  # views per patch
 
 
-def measure(config: str, arch: str) -> dict:
+def measure(name: str, arch: str) -> dict:
     """Parameters and FLOPs per patch of CONFIG's exported member with backbone ARCH."""
-    cfg = config_io.load(config, [f"model.backbone={arch}", "model.pretrained=false", "model.finetune=full"])
+    cfg = config.load(name, [f"model.backbone={arch}", "model.pretrained=false", "model.finetune=full"])
     size = int(cfg["data"]["input_size"])
     with torch.device("meta"):
         model = create_classifier(cfg, pretrained=False).eval()
@@ -52,8 +52,8 @@ def table(members: int, patches: int) -> list[str]:
         f"of {patches}, fp32: none / d4 | fp16: none / d4 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, config, arch in BACKBONES:
-        m = measure(config, arch)
+    for label, name, arch in BACKBONES:
+        m = measure(name, arch)
         stack = {p: [patches * members * VIEWS[t] * m["flops"] / T4_PEAK[p] for t in ("none", "d4")] for p in T4_PEAK}
         rows.append(
             f"| {label} | {m['size']} | {m['params'] / 1e6:.1f} M | {members * m['params'] * 4 / 1e9:.2f} GB | "

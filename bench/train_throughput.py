@@ -4,7 +4,7 @@ Synthetic data of the real size: 128-px uint8 patches -> the input size; by defa
 and kept on the device (the model's step alone: forward, backward, AdamW, EMA update); --loader also runs
 the real data path on synthetic patches decoded once: `--loader cpu` (or bare --loader) the CPU path
 (augment.Augment, amf.preprocess resize + normalise, DataLoader workers), `--loader device` the device path
-(training/gpu_augment.py: patches on the device, batched augmentation, as data.device_augment=true).
+(training/train/gpu_augment.py: patches on the device, batched augmentation, as data.device_augment=true).
 On CUDA: bf16 autocast and channels_last, as training uses them; --compile adds torch.compile.
 Recipes: plain (no MixStyle, no alignment, no EMA teacher) and full (all of them on; the teacher's forward
 and update cost extra). --parts also times the full recipe's parts one by one (ms per step).
@@ -27,16 +27,16 @@ import numpy as np
 import torch
 
 from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from training import config as config_io
-from training.models import create_classifier
-from training.recipe import attach_mixstyle, make_teacher
-from training.train import train_step
+from training import config
+from training.train.kfold import train_step
+from training.train.models import create_classifier
+from training.train.recipe import attach_mixstyle, make_teacher
 
 
 def recipe_config(model: str, size: int, recipe: str, base: str = "smoke") -> dict:
     """BASE (a config name) with MODEL at SIZE px and the recipe's parts all on (full) or all off (plain)."""
     on = recipe == "full"
-    return config_io.load(
+    return config.load(
         base,
         [
             f"model.backbone={model}",
@@ -55,8 +55,8 @@ def synthetic_loader(cfg: dict, batch: int, workers: int, n: int = 512, kind: st
 
     from training.augment import Augment
     from training.data import PatchDataset
-    from training.gpu_augment import DeviceBatches
-    from training.train import EpochSampler
+    from training.train.gpu_augment import DeviceBatches
+    from training.train.kfold import EpochSampler
 
     rng = np.random.default_rng(0)
     patches = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(n)]
@@ -176,7 +176,7 @@ def measure(
 
 def time_parts(model_name: str, size: int, batch: int, steps: int, device: torch.device) -> list[tuple[str, float]]:
     """ms per step of the full recipe's parts, one at a time, on a batch kept on the device."""
-    from training.recipe import alignment_loss, alignment_loss_loops
+    from training.train.recipe import alignment_loss, alignment_loss_loops
 
     cuda = device.type == "cuda"
     cfg = recipe_config(model_name, size, "full")
@@ -262,7 +262,8 @@ def main(argv=None) -> int:
         const="cpu",
         default=None,
         choices=["cpu", "device"],
-        help="include the real data path: cpu (DataLoader workers, the default) or device (training/gpu_augment.py)",
+        help="include the real data path: cpu (DataLoader workers, the default) or device "
+        "(training/train/gpu_augment.py)",
     )
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--compile", action="store_true")

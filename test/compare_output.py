@@ -65,7 +65,7 @@ def write_expected(model_dir=MODEL) -> Path:
     """The container's result on the sample job with MODEL_DIR, stored as its expected output (training.export's
     writer: the same file an export writes)."""
     sys.path.insert(0, str(HERE.parent))
-    from training.export import write_expected_output
+    from training.export.folder import write_expected_output
 
     return write_expected_output(model_dir)
 

@@ -16,11 +16,14 @@ from toy_models import make_toy_ensemble
 from amf import AmfError
 from amf.manifest import load as load_manifest
 from amf.manifest import save as save_manifest
-from training import card as card_io
 from training import config as config_io
-from training import oof as oof_io
-from training import threshold
-from training.run import RunDir
+from training.card import __main__ as card_cli
+from training.card import build as card_build
+from training.card.render import render, verdict
+from training.export.folder import CARD_JSON, README
+from training.results import oof as oof_io
+from training.results import threshold
+from training.rundir import RunDir
 
 RNG = np.random.default_rng(1)
 SCANNERS = ("Aperio ScanScope CS2", "Hamamatsu S360", "Hamamatsu XR")
@@ -46,7 +49,7 @@ def table(n_slides: int = 30, per_slide: int = 10) -> pd.DataFrame:
 
 def make_run(folder, df: pd.DataFrame, signal: float, kind: str = "kfold", overrides=(), done=None):
     """A made-up run folder: splits.csv, config.yaml, per finished fold (DONE, all by default) oof.csv, done.json and
-    epochs.csv; pooled by training.oof when every fold is done."""
+    epochs.csv; pooled by training.results.oof when every fold is done."""
     folder.mkdir(parents=True)
     y = df["label"].to_numpy()
     p = np.clip(0.5 + signal * (y - 0.5) + RNG.normal(0, 0.2, len(y)), 0.001, 0.999)
@@ -72,8 +75,8 @@ def make_run(folder, df: pd.DataFrame, signal: float, kind: str = "kfold", overr
 
 
 def tta_of(run, folder, mode: str = "d4", shift: float = 0.05):
-    """A run as training.tta_oof writes it: RUN's folds re-predicted (here: probabilities moved), from_run in each
-    done.json, export.tta in the config."""
+    """A run as training.results.tta_oof writes it: RUN's folds re-predicted (here: probabilities moved), from_run in
+    each done.json, export.tta in the config."""
     src = RunDir(run)
     folder.mkdir(parents=True)
     cfg = src.read_config()
@@ -92,7 +95,7 @@ def tta_of(run, folder, mode: str = "d4", shift: float = 0.05):
 
 def export_of(run, model_dir, shift_run=None, tta: str = "none", **provenance):
     """A toy ensemble standing in for `training.export RUN [--shift-run LOSO] [--tta MODE]`: trained, threshold and
-    provenance from RUN (with SHIFT_RUN: training.threshold's choice, as export records it)."""
+    provenance from RUN (with SHIFT_RUN: training.results.threshold's choice, as export records it)."""
     make_toy_ensemble(model_dir, members=2)
     result = json.loads((run / "oof_metrics.json").read_text())
     chosen = result["threshold"]
@@ -139,11 +142,11 @@ def runs(tmp_path_factory):
 
 def test_every_figure_lands_in_the_card_and_the_readme_renders_from_card_json_alone(runs, tmp_path):
     model = export_of(runs["recipe"], tmp_path / "model")
-    card, oof = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=50)
+    card, oof = card_build.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=50)
     assert card["shipped"] == "recipe" and card["card_version"] == 2
-    card_io.write(model, card, oof)
-    text = (model / card_io.README).read_text()
-    assert text == card_io.render(json.loads((model / card_io.CARD_JSON).read_text()))
+    card_build.write(model, card, oof)
+    text = (model / README).read_text()
+    assert text == render(json.loads((model / CARD_JSON).read_text()))
     recipe = card["runs"]["recipe"]["oof"]
     nested = recipe["nested"]["at_nested_threshold"]
     assert recipe["folds"] == recipe["folds_done"] == [0, 1, 2, 3, 4] and recipe["selection"] == ["last"]
@@ -153,7 +156,7 @@ def test_every_figure_lands_in_the_card_and_the_readme_renders_from_card_json_al
     assert "at_nested_threshold" in card["runs"]["recipe"]["per_scanner"][SCANNERS[0]]
     held = card["loso"]["held_out"]
     assert set(held) == {f"Scanner={s}" for s in SCANNERS}
-    # each held-out scanner at the threshold the other scanners chose (training.oof's nested thresholds)
+    # each held-out scanner at the threshold the other scanners chose (training.results.oof's nested thresholds)
     loso = card["loso"]["pooled"]
     for k, s in enumerate(SCANNERS):
         assert held[f"Scanner={s}"]["nested_threshold"] == loso["nested"]["thresholds"][str(k)]
@@ -169,54 +172,54 @@ def test_every_figure_lands_in_the_card_and_the_readme_renders_from_card_json_al
 def test_the_recipe_ships_even_when_the_plain_run_scores_higher(runs, tmp_path):
     # the strong run is given as the plain baseline: the card still ships the recipe run and says by how much it lost
     model = export_of(runs["plain"], tmp_path / "model")
-    card, _ = card_io.build(model, runs["plain"], runs["recipe"], n_boot=30)
+    card, _ = card_build.build(model, runs["plain"], runs["recipe"], n_boot=30)
     bal = {n: r["oof"]["nested"]["at_nested_threshold"]["balanced_accuracy"] for n, r in card["runs"].items()}
     assert bal["plain"] > bal["recipe"] and card["shipped"] == "recipe"
     diff = card["compare"]["metrics"]["balanced_accuracy@nested_thresholds"]["b_minus_a"]
-    assert diff < 0 and f"{diff:+.3f}" in card_io.verdict(card) and "decided before the figures" in card_io.render(card)
-    assert "ship the better" not in card_io.render(card) and "does not beat" not in card_io.render(card)
+    assert diff < 0 and f"{diff:+.3f}" in verdict(card) and "decided before the figures" in render(card)
+    assert "ship the better" not in render(card) and "does not beat" not in render(card)
 
 
 def test_a_folder_not_holding_the_recipe_runs_export_is_refused(runs, tmp_path, capsys):
     model = export_of(runs["plain"], tmp_path / "model")
     with pytest.raises(AmfError, match=rf"not hold the export of the recipe run .*training.export {runs['recipe']}"):
-        card_io.build(model, runs["recipe"], runs["plain"], n_boot=20)
+        card_build.build(model, runs["recipe"], runs["plain"], n_boot=20)
     args = ["--model", str(model), "--recipe", str(runs["recipe"]), "--plain", str(runs["plain"]), "--n-boot", "20"]
-    assert card_io.main(args) == 2
+    assert card_cli.main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
-    assert not (model / card_io.README).exists() and not (model / card_io.CARD_JSON).exists()
+    assert not (model / README).exists() and not (model / CARD_JSON).exists()
 
 
 def test_a_partial_plain_run_is_compared_on_the_folds_both_finished(runs, tmp_path):
     model = export_of(runs["recipe"], tmp_path / "model")
-    card, oof = card_io.build(model, runs["recipe"], runs["partial"], n_boot=30, plain_partial_reason="CPU time")
+    card, oof = card_build.build(model, runs["recipe"], runs["partial"], n_boot=30, plain_partial_reason="CPU time")
     c, plain = card["compare"], card["runs"]["plain"]
     assert c["folds"] == [0, 1] and c["complete"] == {"a": False, "b": True}
     assert c["n_figures"] == int(oof["fold"].isin([0, 1]).sum()) == plain["oof"]["n"] < len(oof)
     assert plain["oof"]["folds_done"] == [0, 1] and plain["oof"]["folds"] == [0, 1, 2, 3, 4]
     assert set(plain["oof"]["per_fold"]) == {"0", "1"} and card["runs"]["recipe"]["oof"]["n"] == len(oof)
-    card_io.write(model, card, oof)
-    text = (model / card_io.README).read_text()
-    assert text == card_io.render(json.loads((model / card_io.CARD_JSON).read_text()))
+    card_build.write(model, card, oof)
+    text = (model / README).read_text()
+    assert text == render(json.loads((model / CARD_JSON).read_text()))
     assert (
         "trained on folds 0, 1 of 5 only (CPU time)" in text and "on folds 0, 1, the folds both runs finished" in text
     )
     assert text.count("| not trained | not trained |") == 3  # folds 2-4 of the fold table
     assert f"--out {plain['run']} --set mixstyle.enabled=false" in text and "# folds 0, 1: one --fold K each" in text
-    assert f"python -m training.oof {plain['run']}" not in text  # a partial run is not pooled
+    assert f"python -m training.results.oof {plain['run']}" not in text  # a partial run is not pooled
 
 
 def test_the_wording_follows_each_runs_selection(runs, tmp_path):
     model = export_of(runs["recipe"], tmp_path / "model")
-    card, _ = card_io.build(model, runs["recipe"], runs["plain"], n_boot=20)
-    text = card_io.render(card)
+    card, _ = card_build.build(model, runs["recipe"], runs["plain"], n_boot=20)
+    text = render(card)
     assert "chosen on that fold" not in text and "Each fold kept its last epoch (`train.selection: last`)" in text
     assert "selection-free in the epoch" in text and "optimistic (chosen on the figures it is reported on)" in text
     df = table()
     old = make_run(tmp_path / "old", df, 0.6, overrides=["train.selection=validation"])
     old_plain = make_run(tmp_path / "old_plain", df, 0.1, overrides=["train.selection=validation", *PLAIN_OFF])
-    card, _ = card_io.build(export_of(old, tmp_path / "m2"), old, old_plain, n_boot=20)
-    text = card_io.render(card)
+    card, _ = card_build.build(export_of(old, tmp_path / "m2"), old, old_plain, n_boot=20)
+    text = render(card)
     assert card["runs"]["recipe"]["oof"]["selection"] == ["validation"]
     assert "The best epoch of each fold was chosen on that fold's validation" in text
     assert "selection-free in the epoch" not in text and "no (epoch chosen on the fold)" in text
@@ -224,11 +227,11 @@ def test_the_wording_follows_each_runs_selection(runs, tmp_path):
 
 def test_the_threshold_for_scanner_shift_is_rendered_with_the_rule_that_shipped(runs, tmp_path):
     model = export_of(runs["recipe"], tmp_path / "model", shift_run=runs["loso"])
-    card, _ = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20)
+    card, _ = card_build.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20)
     shift = card["threshold_for_shift"]
     assert shift == load_manifest(model).provenance["threshold_for_shift"]
     assert card["ensemble"]["threshold"] == shift["threshold"] == shift["rules"][shift["chosen"]]["threshold"]
-    text = card_io.render(card)
+    text = render(card)
     assert "## Threshold for scanner shift" in text
     assert f"Shipped: the {shift['chosen']} rule, threshold {shift['threshold']:.3f}. The rule: {shift['rule']}" in text
     for rule, r in shift["rules"].items():
@@ -241,39 +244,39 @@ def test_each_tta_run_is_paired_with_the_run_it_re_predicted(runs, tmp_path):
     chosen_on = {"run": "runs/v2_recipe_tta_d4", "tta": "d4"}  # training.export's provenance
     model = export_of(runs["recipe"], tmp_path / "model", tta="d4", threshold_predictions=chosen_on)
     tta = [runs["loso_d4"], runs["recipe_flips"]]
-    card, _ = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20, tta=tta)
+    card, _ = card_build.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20, tta=tta)
     got = [(r["base"], r["mode"], r["base_run"]) for r in card["tta"]["runs"]]
     assert got == [("loso", "d4", str(runs["loso"])), ("recipe", "flips", str(runs["recipe"]))]
     d4 = card["tta"]["runs"][0]["compare"]
     assert d4["run_a"] == str(runs["loso"]) and d4["folds"] == [0, 1, 2]
     assert d4["metrics"]["roc_auc"]["b_minus_a"] > 0  # the made-up d4 run separates the classes more
-    text = card_io.render(card)
+    text = render(card)
     assert "## Test-time augmentation" in text and "Shipped: TTA `d4`" in text
     assert "chosen on the out-of-fold predictions of `runs/v2_recipe_tta_d4` (TTA d4)" in text
     assert f"--tta d4 --threshold-run {chosen_on['run']}" in text  # the export line of Reproduce
     assert f"| leave-one-scanner-out (`{runs['loso']}`) | d4 | 0, 1, 2 | " in text
     assert f"--tta {runs['loso_d4']} {runs['recipe_flips']}" in text and f"--out {runs['loso_d4']}" in text
     with pytest.raises(AmfError, match="none of the runs given"):  # its base run was not given
-        card_io.build(model, runs["recipe"], runs["plain"], n_boot=20, tta=[runs["loso_d4"]])
+        card_build.build(model, runs["recipe"], runs["plain"], n_boot=20, tta=[runs["loso_d4"]])
 
 
 def test_a_card_json_of_the_older_layout_is_refused_in_one_line(runs, tmp_path, capsys):
     model = export_of(runs["recipe"], tmp_path / "model")
-    card_io.write(model, *card_io.build(model, runs["recipe"], runs["plain"], n_boot=20))
-    readme = (model / card_io.README).read_text()
-    old = json.loads((model / card_io.CARD_JSON).read_text())
+    card_build.write(model, *card_build.build(model, runs["recipe"], runs["plain"], n_boot=20))
+    readme = (model / README).read_text()
+    old = json.loads((model / CARD_JSON).read_text())
     del old["card_version"]  # the layout from before card_version 2 had no such key
-    (model / card_io.CARD_JSON).write_text(json.dumps(old))
+    (model / CARD_JSON).write_text(json.dumps(old))
     with pytest.raises(AmfError, match="older layout"):
-        card_io.render(old)
-    assert card_io.main(["--model", str(model), "--render"]) == 2
+        render(old)
+    assert card_cli.main(["--model", str(model), "--render"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (
         len(err) == 1
         and err[0].startswith("error: card.json of an older layout")
         and "python -m training.card" in err[0]
     )
-    assert (model / card_io.README).read_text() == readme  # the card it had, not a half-rendered one
+    assert (model / README).read_text() == readme  # the card it had, not a half-rendered one
 
 
 def _figures(df: pd.DataFrame, images, px: int) -> pd.DataFrame:
@@ -324,10 +327,10 @@ def test_a_pretrained_convnext_run_renders_a_card_true_to_its_config_and_data(tm
         tmp_path / "cnx_plain", df, 0.1, overrides=convnext + ["mixstyle.enabled=false", "ema.enabled=false"]
     )
     model = export_of(recipe, tmp_path / "model")
-    card, oof = card_io.build(model, recipe, plain, n_boot=20)
-    card_io.write(model, card, oof)
-    text = (model / card_io.README).read_text()
-    assert text == card_io.render(json.loads((model / card_io.CARD_JSON).read_text()))
+    card, oof = card_build.build(model, recipe, plain, n_boot=20)
+    card_build.write(model, card, oof)
+    text = (model / README).read_text()
+    assert text == render(json.loads((model / CARD_JSON).read_text()))
     assert "fine-tuned from timm's pretrained `convnext_small` weights" in text
     assert "backbone `convnext_small`, pretrained True" in text
     assert card["data"]["figures"] == 120 and "120 figures" in text
@@ -359,8 +362,8 @@ def test_each_conditional_fact_follows_card_json(runs, tmp_path):
     """The default (random-init) card says what the pretrained one must not; and each
     initialisation is rendered from the config's pretrained/weights, not typed."""
     model = export_of(runs["recipe"], tmp_path / "model")
-    card, _ = card_io.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20)
-    text = card_io.render(card)
+    card, _ = card_build.build(model, runs["recipe"], runs["plain"], runs["loso"], n_boot=20)
+    text = render(card)
     for fact in (
         "random initialisation",
         "No pretrained weights",
@@ -377,71 +380,71 @@ def test_each_conditional_fact_follows_card_json(runs, tmp_path):
     old = json.loads(json.dumps(card))  # runs from before train.selection existed chose on validation
     for run in old["runs"].values():
         run["config"]["train"]["selection"] = None
-    text = card_io.render(old)
+    text = render(old)
     assert "the old `train.selection: validation`" in text and "Thresholds and best epochs" in text
     assert "the same holds for both runs" in text and "last epoch" not in text
     weights = json.loads(json.dumps(card))
     weights["runs"]["recipe"]["config"]["model"]["weights"] = "/w/cnx.safetensors"
-    text = card_io.render(weights)
+    text = render(weights)
     assert "fine-tuned from the weights `/w/cnx.safetensors`" in text and "random initialisation" not in text
     off = json.loads(json.dumps(card))
     off["runs"]["recipe"]["config"]["ema"]["enabled"] = False
-    assert "EMA teacher" not in card_io.render(off) and "EMA teacher" in card_io.render(card)
+    assert "EMA teacher" not in render(off) and "EMA teacher" in render(card)
 
 
 def test_expert_votes_from_data_give_the_figures_by_agreement(runs, tmp_path, monkeypatch):
     df = table()  # the made-up runs' tables have no `soft`: the votes come from --data, as for runs from before it
     soft = np.where(RNG.random(len(df)) < 0.3, 2 / 3, df["label"])
     votes = df.drop(columns=["slide", "fold"]).assign(soft=soft, source="official")
-    monkeypatch.setattr(card_io, "official_votes", lambda data_dir: votes)
+    monkeypatch.setattr(card_build, "official_votes", lambda data_dir: votes)
     model = export_of(runs["recipe"], tmp_path / "model")
-    card, _ = card_io.build(model, runs["recipe"], runs["partial"], n_boot=20, data_dir="DATA")
+    card, _ = card_build.build(model, runs["recipe"], runs["partial"], n_boot=20, data_dir="DATA")
     by_vote = card["runs"]["recipe"]["oof"]["by_vote"]
     unanimous = np.isin(soft, [0.0, 1.0])
     assert by_vote["unanimous"]["at_threshold"]["n"] == int(unanimous.sum())
     assert card["runs"]["plain"]["oof"]["by_vote"]["split"]["at_threshold"]["n"] == int(
         (~unanimous & df["fold"].isin([0, 1]).to_numpy()).sum()
     )
-    assert "By expert agreement" in card_io.render(card)
-    card, _ = card_io.build(model, runs["recipe"], runs["partial"], n_boot=20)
-    assert "by_vote" not in card["runs"]["recipe"]["oof"] and "By expert agreement" not in card_io.render(card)
+    assert "By expert agreement" in render(card)
+    card, _ = card_build.build(model, runs["recipe"], runs["partial"], n_boot=20)
+    assert "by_vote" not in card["runs"]["recipe"]["oof"] and "By expert agreement" not in render(card)
 
 
 def test_the_augmentation_line_follows_the_recipe_runs_config(runs, tmp_path):
     model = export_of(runs["recipe"], tmp_path / "model")
-    card, _ = card_io.build(model, runs["recipe"], runs["plain"], n_boot=20)
+    card, _ = card_build.build(model, runs["recipe"], runs["plain"], n_boot=20)
     a = card["runs"]["recipe"]["config"]["augment"]
-    assert f"HED stain jitter (scale {a['hed_scale']}, shift {a['hed_shift']})" in card_io.render(card)
+    assert f"HED stain jitter (scale {a['hed_scale']}, shift {a['hed_shift']})" in render(card)
     card["runs"]["recipe"]["config"]["augment"] |= {"hed_scale": 0.42, "rot90": False}
-    text = card_io.render(card)
+    text = render(card)
     assert "- Augmentation: flips, HED stain jitter (scale 0.42," in text
     card["runs"]["recipe"]["config"]["augment"]["enabled"] = False
-    assert "- Augmentation: none." in card_io.render(card)
+    assert "- Augmentation: none." in render(card)
 
 
 def test_a_card_without_a_plain_run_holds_the_recipe_alone(runs, tmp_path, capsys):
     """A team's pipeline may train no control: the card is the recipe run's, with no comparison and no verdict."""
     model = export_of(runs["recipe"], tmp_path / "model", shift_run=runs["loso"])
     args = ["--model", str(model), "--recipe", str(runs["recipe"]), "--loso", str(runs["loso"]), "--n-boot", "20"]
-    assert card_io.main(args) == 0
+    assert card_cli.main(args) == 0
     assert "No plain control run" in capsys.readouterr().out
-    card = json.loads((model / card_io.CARD_JSON).read_text())
+    card = json.loads((model / CARD_JSON).read_text())
     assert set(card["runs"]) == {"recipe"} and "compare" not in card and card["shipped"] == "recipe"
-    text = (model / card_io.README).read_text()
-    assert text == card_io.render(card)
+    text = (model / README).read_text()
+    assert text == render(card)
     assert "Plain baseline: none was trained" in text and "## Recipe against the plain baseline" not in text
     assert "| plain" not in text and "plain balanced accuracy" not in text and "--plain" not in text
     assert "## Threshold for scanner shift" in text and "## Leave one scanner out" in text
     assert "# Model card: the shipped default ensemble" in text  # the made-up runs' config is default_model's
     card["runs"]["recipe"]["config"]["name"] = "convnext_small"  # a team's config: not the toolkit's default
-    text = card_io.render(card)
+    text = render(card)
     assert "# Model card: the ensemble in this folder" in text and "The shipped default of the toolkit" not in text
 
 
 def test_reproduce_is_the_one_pipeline_command_that_made_the_runs(tmp_path):
     """Runs named as training.pipeline names them (NAME_recipe, NAME_plain, NAME_loso, RUN_tta_MODE) render as
     its one command; the step list stays for runs made otherwise (the tests above)."""
-    from training.run import RunDir, pipeline_run
+    from training.rundir import RunDir, pipeline_run
 
     df, base = table(), tmp_path / "runs"
     recipe = make_run(pipeline_run(base, "v9", "recipe"), df, 0.6)
@@ -459,10 +462,10 @@ def test_reproduce_is_the_one_pipeline_command_that_made_the_runs(tmp_path):
     model = export_of(
         recipe, tmp_path / "model", shift_run=RunDir(loso).tta_dir("d4"), tta="d4", threshold_predictions=chosen_on
     )
-    card, _ = card_io.build(
+    card, _ = card_build.build(
         model, recipe, plain, loso, n_boot=20, tta=tta, plain_partial_reason="CPU time", trained_on="a CPU"
     )
-    text = card_io.render(card)
+    text = render(card)
     want = (
         f"python -m training.pipeline default_model --data $D --runs {base} --name v9 --model-out model --tta d4 "
         '--compare-tta flips --shift leave_scanner_out --plain --plain-folds 0,1 --plain-partial-reason "CPU time" '
@@ -470,8 +473,8 @@ def test_reproduce_is_the_one_pipeline_command_that_made_the_runs(tmp_path):
     )
     assert want in text and "python -m training.train" not in text and "python -m training.export" not in text
     card["tta"]["runs"].pop()  # a re-prediction the pipeline would have made is missing: the steps, one by one
-    assert "python -m training.pipeline default_model" not in card_io.render(card)
-    assert f"python -m training.export {recipe} --out model" in card_io.render(card)
+    assert "python -m training.pipeline default_model" not in render(card)
+    assert f"python -m training.export {recipe} --out model" in render(card)
 
 
 def test_an_export_removes_the_card_of_the_model_it_replaces(runs, tmp_path):
@@ -479,22 +482,22 @@ def test_an_export_removes_the_card_of_the_model_it_replaces(runs, tmp_path):
     expected output is the container's result with the new model; a README that is no rendered card stays."""
     from compare_output import compare
 
-    from training import export as export_io
+    from training.export import folder as model_folder
 
     model = export_of(runs["recipe"], tmp_path / "model")
-    card_io.write(model, *card_io.build(model, runs["recipe"], n_boot=20))
-    export_io.write_expected_output(model)
-    old_expected = json.loads((model / export_io.EXPECTED_OUTPUT).read_text())
+    card_build.write(model, *card_build.build(model, runs["recipe"], n_boot=20))
+    model_folder.write_expected_output(model)
+    old_expected = json.loads((model / model_folder.EXPECTED_OUTPUT).read_text())
     new = make_toy_ensemble(tmp_path / "new", members=3, seed=5).parent
-    export_io.write_expected_output(new)
-    export_io.install(new, model, log=lambda *a: None)
+    model_folder.write_expected_output(new)
+    model_folder.install(new, model, log=lambda *a: None)
     assert sorted(p.name for p in model.iterdir()) == ["ensemble.json", "expected_output.json"] + [
         f"toy{i}.onnx" for i in range(3)
     ]
     import inference
 
-    got = inference.run(export_io.SAMPLE_JOB, tmp_path / "out", model)
-    assert compare(got, json.loads((model / export_io.EXPECTED_OUTPUT).read_text())) == []
+    got = inference.run(model_folder.SAMPLE_JOB, tmp_path / "out", model)
+    assert compare(got, json.loads((model / model_folder.EXPECTED_OUTPUT).read_text())) == []
     assert compare(got, old_expected) != []
-    (model / card_io.README).write_text("# our own notes\n")  # not a rendered card: it stays
-    assert export_io.stale_card(model) == []
+    (model / README).write_text("# our own notes\n")  # not a rendered card: it stays
+    assert model_folder.stale_card(model) == []

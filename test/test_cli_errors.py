@@ -1,5 +1,5 @@
-"""Every `python -m training.*` command fails the project's way: exit status 2, the last stderr line
-`error: ...` naming the problem, no traceback; and config values (files and overrides) are checked
+"""Every `python -m training.*` (and `python -m evaluation`) command fails the project's way: exit status 2, the
+last stderr line `error: ...` naming the problem, no traceback; and config values (files and overrides) are checked
 against their defaults' types, so a wrong one is that line instead of a traceback later."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ MISSING, A_FILE = "{missing}", "{file}"  # a path that does not exist; an existi
 CASES = [  # module, arguments, a word the error line must hold
     ("training.inspect", ["config", MISSING], "not found"),
     ("training.inspect", ["config", "smoke", "train.epochs=ten"], "train.epochs"),
-    ("training.oof", [MISSING], "no run folder"),
+    ("training.results.oof", [MISSING], "no run folder"),
     ("training.inspect", ["splits", MISSING], "no label table"),
     ("training.inspect", ["splits", A_FILE, "--folds", "0"], "--folds"),
     ("training.inspect", ["models", MISSING], "not found"),
@@ -26,14 +26,14 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.inspect", ["recipe", MISSING], "not found"),
     ("training.inspect", ["augment", MISSING, MISSING], "No such file"),
     ("training.inspect", ["augment", A_FILE, MISSING], "cannot identify image"),
-    ("training.evaluate", ["score", MISSING, "--ground-truth", MISSING, "--out", MISSING], "ground truth"),
+    ("evaluation", ["score", MISSING, "--ground-truth", MISSING, "--out", MISSING], "ground truth"),
     ("training.inspect", ["data", MISSING], "official layout"),
     ("training.export", [MISSING, "--out", MISSING], "run folder"),
     ("training.export", [MISSING, "--out", MISSING, "--n-real", "0"], "--n-real"),
-    ("training.compare", [MISSING, MISSING], "out-of-fold"),
-    ("training.threshold", [MISSING, MISSING], "out-of-fold"),
-    ("training.tta_oof", [MISSING, "--tta", "d4"], "run folder"),
-    ("training.tta_oof", [MISSING, "--tta", "d8"], "--tta"),
+    ("training.results.compare", [MISSING, MISSING], "out-of-fold"),
+    ("training.results.threshold", [MISSING, MISSING], "out-of-fold"),
+    ("training.results.tta_oof", [MISSING, "--tta", "d4"], "run folder"),
+    ("training.results.tta_oof", [MISSING, "--tta", "d8"], "--tta"),
     ("training.export", [MISSING, "--out", MISSING, "--shift-run", MISSING], "run folder"),
     ("training.pipeline", [MISSING, "--data", MISSING, "--runs", MISSING, "--model-out", MISSING], "not found"),
     ("training.pipeline", ["smoke", "--data", MISSING, "--runs", MISSING, "--model-out", MISSING], "official layout"),
@@ -47,14 +47,17 @@ CASES = [  # module, arguments, a word the error line must hold
         ["smoke", "--data", A_FILE, "--runs", MISSING, "--model-out", MISSING, "--shift", "kfold"],
         "--shift",
     ),
-    ("training.device", ["gpu"], "gpu"),
+    ("training.inspect", ["device", "gpu"], "gpu"),
+    ("training.inspect", ["ddp", "smoke", "--world", "0"], "--world"),
+    ("training.export.fingerprint", [MISSING, "--run", MISSING], "no manifest"),
+    ("training.train.curves", [MISSING], "epoch log"),
     # usage errors (argparse's own) follow the rule too: amf.cli.ArgumentParser
     ("training.train", ["--config", "smoke"], "required"),
     ("training.train", ["--config", "smoke", "--data", MISSING, "--out", MISSING, "--parallel", "0"], "--parallel"),
     ("training.train", ["--config", "smoke", "--data", MISSING, "--out", MISSING, "--bogus"], "--bogus"),
     ("training.inspect", ["data"], "required"),
     ("training.card", ["--bogus"], "--bogus"),
-    ("training.compare", [MISSING], "required"),
+    ("training.results.compare", [MISSING], "required"),
     ("training.inspect", ["gpu_augment"], "required"),
     ("training.inspect", ["gpu_augment", A_FILE, MISSING], "cannot identify image"),
     ("training.inspect", [], "required"),

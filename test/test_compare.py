@@ -1,5 +1,5 @@
-"""training.compare: the paired slide-level bootstrap that tells a recipe's gain from noise, on the folds both runs
-finished, with each run's thresholds nested (chosen on its other compared folds)."""
+"""training.results.compare: the paired slide-level bootstrap that tells a recipe's gain from noise, on the folds both
+runs finished, with each run's thresholds nested (chosen on its other compared folds)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from amf import AmfError
-from training import compare, metrics
-from training.threshold import leave_one_group_out_thresholds
+from training import metrics
+from training.results import compare
+from training.results.threshold import leave_one_group_out_thresholds
 
 RNG = np.random.default_rng(0)
 N_SLIDES, PER_SLIDE, N_FOLDS = 40, 12, 4
@@ -28,7 +29,8 @@ def figures() -> pd.DataFrame:
 
 def write_run(folder, df: pd.DataFrame, probability: np.ndarray, done=None):
     """A run folder as training.train leaves it: splits.csv, fold<k>/oof.csv + done.json for the DONE folds (all by
-    default), and the pooled oof.csv + oof_metrics.json when every fold is done (as training.oof writes them)."""
+    default), and the pooled oof.csv + oof_metrics.json when every fold is done (as training.results.oof writes
+    them)."""
     folder.mkdir(parents=True)
     t = df.assign(probability=probability)
     df.assign(fold_name="fold" + df["fold"].astype(str)).to_csv(folder / "splits.csv", index=False)

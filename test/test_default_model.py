@@ -24,10 +24,10 @@ from amf import jobs
 from amf.ensemble import sigmoid
 from amf.manifest import load as load_manifest
 from amf.preprocess import prepare
-from training import card as card_io
-from training.card_render import CARD_VERSION, SHOWN
+from training.card.render import CARD_VERSION, SHOWN, render, verdict
 from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
-from training.oof import compute
+from training.export.folder import CARD_JSON, OOF_CSV, README
+from training.results.oof import compute
 
 MODEL = ROOT / "model"
 BUDGETS = {"default_model": (40 * 10**6, 3)}  # config name -> (bytes, members): the shipped default's budget
@@ -36,16 +36,16 @@ PLATFORM_BYTES = 10 * 10**9  # Grand Challenge's image limit: the model (in the 
 
 @pytest.fixture(scope="module")
 def card() -> dict:
-    if not (MODEL / card_io.CARD_JSON).is_file():
+    if not (MODEL / CARD_JSON).is_file():
         pytest.skip("model/ has no card (a bare export): python -m training.card, or training.pipeline, writes one")
-    card = json.loads((MODEL / card_io.CARD_JSON).read_text())
+    card = json.loads((MODEL / CARD_JSON).read_text())
     assert card.get("card_version") == CARD_VERSION, "model/card.json is of an older layout: rebuild it (training.card)"
     return card
 
 
 @pytest.fixture(scope="module")
 def shipped_oof(card) -> pd.DataFrame:
-    return pd.read_csv(MODEL / card_io.OOF_CSV, dtype={"image_id": str, "slide": str})
+    return pd.read_csv(MODEL / OOF_CSV, dtype={"image_id": str, "slide": str})
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +71,10 @@ def test_the_model_is_trained_and_within_its_size_budget():
 
 
 def test_the_card_is_rendered_from_card_json_and_matches_the_manifest(card):
-    assert (MODEL / card_io.README).read_text() == card_io.render(card)
+    assert (MODEL / README).read_text() == render(card)
     m = load_manifest(MODEL)
     shipped = card["runs"][card["shipped"]]["oof"]
-    # the shipped threshold: training.threshold's choice for scanner shift where the export made one, else the
+    # the shipped threshold: training.results.threshold's choice for scanner shift where the export made one, else the
     # shipped run's pooled out-of-fold threshold
     chosen = card.get("threshold_for_shift", {}).get("threshold", shipped["threshold"])
     assert m.threshold == pytest.approx(chosen) == pytest.approx(m.provenance["threshold"])
@@ -99,13 +99,13 @@ def test_the_card_is_rendered_from_card_json_and_matches_the_manifest(card):
 def test_the_card_says_plainly_how_the_recipe_did_against_plain_and_why_it_ships(card):
     if "compare" not in card:
         pytest.skip("no plain control run: nothing compared")
-    text = card_io.verdict(card)  # the verdict reports the difference; the run shipped was decided before
+    text = verdict(card)  # the verdict reports the difference; the run shipped was decided before
     v = (
         card["compare"]["metrics"].get("balanced_accuracy@nested_thresholds")
         or card["compare"]["metrics"]["balanced_accuracy@0.5"]
     )
     assert f"{v['b_minus_a']:+.3f}" in text and card["shipped_rule"] in text
-    assert text in (MODEL / card_io.README).read_text()
+    assert text in (MODEL / README).read_text()
 
 
 def test_the_cards_figures_recompute_from_oof_csv_and_the_official_labels(card, shipped_oof, card_table):
@@ -145,7 +145,7 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
 def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_votes(card, shipped_oof, card_table):
     """The shipped members' nested-threshold and by-vote figures: each fold's threshold from the other folds only."""
     from training.metrics import roc_auc, summary
-    from training.threshold import best_threshold
+    from training.results.threshold import best_threshold
 
     sf = card["runs"][card["shipped"]]["oof"]
     merged = shipped_oof.merge(card_table.drop(columns=["slide"]), on="image_id", how="left", validate="1:1")
@@ -159,7 +159,7 @@ def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_vote
     unanimous = merged["soft"].isin([0.0, 1.0]).to_numpy()
     assert roc_auc(y[unanimous], p[unanimous]) == pytest.approx(sf["by_vote"]["unanimous"]["at_threshold"]["roc_auc"])
     assert roc_auc(y[~unanimous], p[~unanimous]) == pytest.approx(sf["by_vote"]["split"]["at_threshold"]["roc_auc"])
-    text = (MODEL / card_io.README).read_text()
+    text = (MODEL / README).read_text()
     assert (
         "## Out-of-fold figures" in text and f"{sf['nested']['at_nested_threshold']['balanced_accuracy']:.3f}" in text
     )

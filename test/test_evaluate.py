@@ -19,10 +19,10 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
 from amf import AmfError, jobs
-from training.evaluate import __main__ as cli
-from training.evaluate.pack import pack
-from training.evaluate.run import run_jobs
-from training.evaluate.score import score
+from evaluation import __main__ as cli
+from evaluation.pack import pack
+from evaluation.run import run_jobs
+from evaluation.score import score
 
 ROOT = Path(__file__).resolve().parents[1]
 ORGANISERS_OVERALL = {
@@ -366,17 +366,17 @@ def test_process_per_job_and_in_process_give_identical_outputs(labelled, toy, tm
 
 
 def test_the_evaluation_package_imports_without_torch():
-    """Every module of training/evaluate (and the training package above it) imports in a fresh process
+    """Every module of evaluation (and the training modules it reads) imports in a fresh process
     without torch: the evaluation runs where only the container's packages and the metrics' are."""
-    modules = ["training.evaluate"] + sorted(
-        f"training.evaluate.{p.stem}" for p in (ROOT / "training" / "evaluate").glob("*.py") if p.stem != "__init__"
+    modules = ["evaluation"] + sorted(
+        f"evaluation.{p.stem}" for p in (ROOT / "evaluation").glob("*.py") if p.stem != "__init__"
     )
     assert {
-        "training.evaluate.pack",
-        "training.evaluate.run",
-        "training.evaluate.score",
-        "training.evaluate.report",
-        "training.evaluate.__main__",
+        "evaluation.pack",
+        "evaluation.run",
+        "evaluation.score",
+        "evaluation.report",
+        "evaluation.__main__",
     } <= set(modules)
     code = (
         f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
@@ -393,7 +393,7 @@ def test_evaluation_path_never_imports_torch(labelled, toy, tmp_path):
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
-from training.evaluate import __main__ as cli
+from evaluation import __main__ as cli
 out = {str(tmp_path)!r}
 assert cli.main(["pack", {str(csv)!r}, {str(images)!r}, out]) == 0
 assert cli.main(["run", out + "/jobs", "--model", {str(toy)!r}, "--python", sys.executable]) == 0

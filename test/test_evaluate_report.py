@@ -18,11 +18,11 @@ from make_sample_input import draw_patch
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
-from training import fingerprint
+from evaluation import __main__ as cli
+from evaluation.run import run_jobs
+from evaluation.score import score
 from training.data import decode
-from training.evaluate import __main__ as cli
-from training.evaluate.run import run_jobs
-from training.evaluate.score import score
+from training.export import fingerprint
 from training.metrics import roc_band, slide_draws
 
 ROOT = Path(__file__).resolve().parents[1]

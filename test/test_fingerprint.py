@@ -1,6 +1,6 @@
-"""training.fingerprint: a figure's fingerprint is its decoded canonical patch's (a PNG re-encoded, the same patch in a
-TIFF or MHA stack alike; one pixel value apart differs); the file's format and every way it can be broken (one
-error, never a wrong count); export's install replaces or drops an older one; the container never reads it;
+"""training.export.fingerprint: a figure's fingerprint is its decoded canonical patch's (a PNG re-encoded, the same
+patch in a TIFF or MHA stack alike; one pixel value apart differs); the file's format and every way it can be broken
+(one error, never a wrong count); export's install replaces or drops an older one; the container never reads it;
 the command that adds one to an exported model; the shipped model's file names its training figures."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from PIL import Image
 
 from amf import AmfError, jobs
 from amf import manifest as manifest_io
-from training import fingerprint
 from training.data import decode
+from training.export import fingerprint
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_the_container_never_reads_the_file(tmp_path):
 def test_install_replaces_or_drops_an_older_fingerprint(tmp_path):
     from toy_models import make_toy_ensemble
 
-    from training.export import install
+    from training.export.folder import install
 
     out = make_toy_ensemble(tmp_path / "out", members=1).parent
     (out / fingerprint.FILE).write_bytes(b"an older model's")

@@ -1,5 +1,5 @@
-"""training/augment.py's device ops and training/gpu_augment.py (the device data path) against augment.py's CPU ops,
-on the CPU.
+"""training/augment.py's device ops and training/train/gpu_augment.py (the device data path) against augment.py's
+CPU ops, on the CPU.
 
 The two paths draw from different random streams, so they are compared by the statistics of many draws from
 the same patches; every tolerance is 4 standard errors of the difference (or of a share against its
@@ -19,10 +19,10 @@ from training_layout import patch as layout_patch
 from amf.preprocess import normalize as np_normalize
 from amf.preprocess import resize as np_resize
 from training import augment as A
-from training import gpu_augment as G
 from training.augment import Augment
 from training.config import DEFAULTS
-from training.recipe import alignment_loss, alignment_loss_loops
+from training.train import gpu_augment as G
+from training.train.recipe import alignment_loss, alignment_loss_loops
 
 SIGMAS = 4.0
 OFF = {
@@ -36,7 +36,7 @@ OFF = {
     "affine_p": 0.0,
     "blur_p": 0.0,
 }
-RESIZE_BOUND_LEVELS = 1  # documented in training/gpu_augment.py and BENCHMARKS.md
+RESIZE_BOUND_LEVELS = 1  # documented in training/train/gpu_augment.py and BENCHMARKS.md
 
 
 def only(**on) -> dict:
@@ -326,7 +326,7 @@ def device_batches(n: int = 29, memory_gb: float = 4.0, augment=None):
     import pandas as pd
 
     from training.data import PatchDataset
-    from training.train import EpochSampler
+    from training.train.kfold import EpochSampler
 
     rng = np.random.default_rng(0)
     cache = [layout_patch(rng, i % 3 == 0) for i in range(n)]

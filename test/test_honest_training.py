@@ -73,7 +73,7 @@ def _draw_loader(workers: int, epoch: int = 0):
     from training import config as config_io
     from training.augment import Augment
     from training.data import PatchDataset
-    from training.train import EpochSampler
+    from training.train.kfold import EpochSampler
 
     rng = np.random.default_rng(0)
     labels = np.array([1] + [0] * 11)
@@ -118,7 +118,7 @@ def test_effective_ema_decay_is_the_configured_one_after_the_warmup():
     import torch
     from timm.utils import ModelEmaV3
 
-    from training.recipe import make_teacher
+    from training.train.recipe import make_teacher
 
     model = torch.nn.Linear(3, 1, bias=False)
     teacher = make_teacher(model, {"decay": 0.99, "warmup": True, "warmup_epochs": 1.0}, steps_per_epoch=20)
@@ -156,7 +156,7 @@ def layout(tmp_path_factory):
 def _train_fold0(data, out, selection, splits_from=None):
     import shutil
 
-    from training import train
+    from training.train import __main__ as train
 
     out.mkdir(parents=True, exist_ok=True)
     if splits_from is not None:  # the same folds (they are stratified by label, so permuted labels would move them)
@@ -335,8 +335,8 @@ def test_slide_bootstrap_equals_recomputing_training_metrics_on_each_slide_resam
 
 
 def test_nested_threshold_never_uses_the_folds_own_figures():
-    from training import threshold
-    from training.oof import compute
+    from training.results import threshold
+    from training.results.oof import compute
 
     t = _oof_table()
     res = compute(t, n_boot=20)
@@ -353,8 +353,9 @@ def test_nested_threshold_never_uses_the_folds_own_figures():
 
 
 def test_vote_agreement_and_sources_are_reported_and_extra_sets_do_not_choose_the_threshold():
-    from training import metrics, threshold
-    from training.oof import compute
+    from training import metrics
+    from training.results import threshold
+    from training.results.oof import compute
 
     t = _oof_table()
     extra = _oof_table(seed=5).assign(

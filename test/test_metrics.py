@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
 from training.metrics import aggregates, roc_band, summary
-from training.threshold import best_threshold
+from training.results.threshold import best_threshold
 
 OVERALL_KEYS = {
     "overall_sensitivity",

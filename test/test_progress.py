@@ -1,11 +1,11 @@
-"""Progress a person can read (training/progress.py): where the run is, the ETA for the whole of a process's work,
+"""Progress a person can read (training/train/progress.py): where the run is, the ETA for the whole of a process's work,
 a bar on a terminal, plain lines (no carriage return) otherwise. A made-up clock: nothing here waits or times."""
 
 from __future__ import annotations
 
 import pytest
 
-from training.progress import Progress, duration
+from training.train.progress import Progress, duration
 
 
 class Clock:

@@ -24,7 +24,11 @@ def layout_paths() -> set[str]:
 
 def source_files() -> set[str]:
     """Python files of the runtime, training, evaluation and benchmarks, and test/'s helpers (not its tests)."""
-    files = {p.relative_to(ROOT).as_posix() for d in ("amf", "training", "bench") for p in (ROOT / d).rglob("*.py")}
+    files = {
+        p.relative_to(ROOT).as_posix()
+        for d in ("amf", "training", "evaluation", "bench")
+        for p in (ROOT / d).rglob("*.py")
+    }
     files |= {
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "test").glob("*.py")
@@ -46,5 +50,5 @@ def test_every_name_in_the_layout_exists():
 
 def test_the_layout_parser_reads_nesting():
     listed = layout_paths()
-    assert {"amf/", "amf/jobs.py", "training/evaluate/", "training/evaluate/score.py", ".ci/run"} <= listed
+    assert {"amf/", "amf/jobs.py", "evaluation/", "evaluation/score.py", ".ci/run"} <= listed
     assert not any(re.search(r"\s", p) for p in listed)

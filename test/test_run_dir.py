@@ -1,4 +1,4 @@
-"""training.run.RunDir: the run folder's names, readers and writers, the same for train, oof, export and compare."""
+"""training.rundir.RunDir: the run folder's names, readers and writers, the same for train, oof, export and compare."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from amf import AmfError
-from training import compare
 from training import config as config_io
-from training import oof as oof_io
-from training import run as run_io
+from training import rundir as run_io
 from training import splits as splits_io
-from training.run import RunDir
+from training.results import compare
+from training.results import oof as oof_io
+from training.rundir import RunDir
 
 # image ids that a reader guessing types turns into numbers: 7.0, 7.0 (one id for two figures), 1000.0, 0.5, nan
 AWKWARD_IDS = ["007", "7", "1e3", "0.50", "NA", "12"]
@@ -124,7 +124,7 @@ def trained(tmp_path_factory):
     """One tiny real run (generated data, smoke config, 2 folds x 1 epoch at 32 px, CPU)."""
     from training_layout import make_layout
 
-    from training import train
+    from training.train import __main__ as train
 
     root = tmp_path_factory.mktemp("rundir")
     data = make_layout(root / "data", n_slides=8, per_slide=8)
@@ -158,12 +158,12 @@ def test_training_writes_exactly_the_names_run_dir_defines(trained):
         f = run.fold(k)
         expected |= {f.last, f.best, f.epochs, f.oof, f.done, f.lock, *f.event_files()}
     written = {p for p in run.path.rglob("*") if p.is_file()}
-    assert written == expected  # nothing written under a name that training/run.py does not define
+    assert written == expected  # nothing written under a name that training/rundir.py does not define
     assert [f.k for f in run.fold_dirs()] == folds == [0, 1]
 
 
 def test_what_training_wrote_reads_back_through_run_dir(trained):
-    from training.train import resolve_normalisation
+    from training.train.kfold import resolve_normalisation
 
     run, data, overrides = trained
     assert run.read_config() == resolve_normalisation(config_io.load("smoke", overrides))  # the config that ran
@@ -192,7 +192,7 @@ def test_a_run_started_before_a_key_existed_is_the_same_config(tmp_path):
     from training_layout import make_layout
 
     from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, read_table
-    from training.train import prepare_run
+    from training.train.kfold import prepare_run
 
     data = make_layout(tmp_path / "d", n_slides=4, per_slide=3)
     cfg = config_io.load("smoke")

@@ -1,4 +1,4 @@
-"""training.threshold: the shipped threshold chosen between the out-of-fold and the leave-one-scanner-out rule,
+"""training.results.threshold: the shipped threshold chosen between the out-of-fold and the leave-one-scanner-out rule,
 on nested figures (no held-out scanner chooses its own threshold)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from amf import AmfError
-from training import metrics, threshold
+from training import metrics
+from training.results import threshold
 
 
 def tables(shift: float, seed: int = 0, n_slides: int = 60, per_slide: int = 12):

@@ -1,5 +1,5 @@
-"""Experiment tracking (training/tracking.py), the run's curves.png (training/curves.py) and the world-size rules
-(training/ddp.py): what is logged under which name, the errors for a tracker asked for and missing, W&B's
+"""Experiment tracking (training/train/tracking.py), the run's curves.png (training/train/curves.py) and the world-size
+rules (training/train/ddp.py): what is logged under which name, the errors for a tracker asked for and missing, W&B's
 arguments (offline mode left to wandb), TensorBoard's event files, the curves from epochs.csv."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from amf import AmfError
 from training import config as config_io
-from training import curves, ddp, tracking
-from training import train as train_mod
+from training.train import __main__ as train
+from training.train import curves, ddp, tracking
 
 ROW = {
     "epoch": 3,
@@ -76,7 +76,7 @@ def test_training_refuses_wandb_when_missing_before_any_work(monkeypatch, tmp_pa
     hide(monkeypatch, "wandb")
     out = tmp_path / "run"
     argv = ["--config", "smoke", "--data", str(tmp_path / "nothing"), "--out", str(out), "--set", "log.wandb=true"]
-    assert train_mod.main(argv) == 2
+    assert train.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: log.wandb: true needs the wandb package")
     assert not out.exists()  # refused before the data was read or the run folder made
@@ -228,7 +228,7 @@ def test_curves_without_epoch_logs_is_one_error(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: cannot write {tmp_path / 'missing' / 'c.png'}")
 
 
-# ---- the world size (training/ddp.py) ---------------------------------------------------------------------
+# ---- the world size (training/train/ddp.py) ---------------------------------------------------------------------
 
 
 def test_lr_and_ema_with_the_world_size():
@@ -276,7 +276,9 @@ def test_rank_seeds_differ_by_rank_and_epoch_and_leave_rank_0_alone():
 
 
 def test_ddp_command_prints_the_line(capsys):
-    assert ddp.main(["smoke", "train.lr_scaling=linear", "--world", "4", "--steps", "400"]) == 0
+    from training import inspect
+
+    assert inspect.main(["ddp", "smoke", "train.lr_scaling=linear", "--world", "4", "--steps", "400"]) == 0
     assert "global batch 128 (32 x 4); lr 0.008 (train.lr_scaling linear: train.lr 0.002)" in capsys.readouterr().out
     defaults = copy.deepcopy(config_io.DEFAULTS)
     assert defaults["train"]["lr_scaling"] == "none" and defaults["ema"]["decay_scaling"] == "none"

@@ -19,9 +19,12 @@ from amf import manifest as manifest_io
 from amf.ensemble import Ensemble
 from amf.preprocess import prepare
 from amf.results import validate
-from training import export, fingerprint, train
 from training.data import OFFICIAL_IMAGES, decode
-from training.models import load_for_export
+from training.export import __main__ as export
+from training.export import fingerprint
+from training.export.folder import export_run
+from training.train import __main__ as train
+from training.train.models import load_for_export
 
 pytestmark = pytest.mark.slow  # trains models (make test-fast leaves it out)
 
@@ -215,7 +218,7 @@ def test_export_refuses_missing_fold(generated, tmp_path, capsys):
     assert "fold(s) 1" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
     with pytest.raises(AmfError, match="fold"):
-        export.export_run(run, tmp_path / "model", log=lambda *a: None)
+        export_run(run, tmp_path / "model", log=lambda *a: None)
 
 
 def test_resume_gives_the_same_weights(generated, tmp_path, monkeypatch):

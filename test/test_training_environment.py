@@ -13,7 +13,7 @@ from conftest import ROOT
 from training_layout import make_layout
 
 from amf import AmfError
-from training import device as device_io
+from training.train import device as device_io
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from training_layout import make_layout
 
-from training import train
+from training.train import __main__ as train
 
 pytestmark = pytest.mark.slow  # trains whole runs, folds in parallel (make test-fast leaves it out)
 

@@ -8,8 +8,8 @@ import torch
 
 from amf import AmfError
 from training import config as config_io
-from training.export import export_member, parity
-from training.models import create_backbone, create_classifier, load_for_export, lora_folded_state_dict
+from training.export.folder import export_member, parity
+from training.train.models import create_backbone, create_classifier, load_for_export, lora_folded_state_dict
 
 
 @pytest.mark.slow
@@ -35,7 +35,8 @@ def test_local_weights_say_how_many_loaded_or_name_what_does_not_fit(tmp_path, c
 
     import timm
 
-    from training import inspect, train
+    from training import inspect
+    from training.train import kfold as train
 
     state = timm.create_model("test_convnext").state_dict()
     right, renamed = tmp_path / "right.pth", tmp_path / "renamed.pth"
@@ -111,7 +112,7 @@ def test_onnx_member_contract(tmp_path):
 def test_attention_gate_follows_model_attention(attention, align, gated):
     """model.attention decides the gate alone (a control without the alignment loss can keep the recipe's
     architecture); "auto" keeps the old rule, present with align.enabled."""
-    from training.models import EmbeddingSE
+    from training.train.models import EmbeddingSE
 
     cfg = config_io.load("smoke", [f"model.attention={str(attention).lower()}", f"align.enabled={str(align).lower()}"])
     assert isinstance(create_classifier(cfg).attention, EmbeddingSE) is gated

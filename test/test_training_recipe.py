@@ -11,9 +11,9 @@ import torch
 from amf.preprocess import prepare
 from training import config as config_io
 from training.augment import Augment, hed_jitter
-from training.models import EmbeddingSE, create_classifier, load_for_export, lora_folded_state_dict
-from training.recipe import MixStyle, alignment_loss, attach_mixstyle, kd_loss, make_teacher, mixstyle_targets
-from training.train import EpochSampler, cosine_with_warmup
+from training.train.kfold import EpochSampler, cosine_with_warmup
+from training.train.models import EmbeddingSE, create_classifier, load_for_export, lora_folded_state_dict
+from training.train.recipe import MixStyle, alignment_loss, attach_mixstyle, kd_loss, make_teacher, mixstyle_targets
 
 
 def cfg_with(*overrides):

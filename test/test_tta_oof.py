@@ -1,4 +1,4 @@
-"""training.tta_oof: a finished run's held-out predictions again under the container's test-time augmentation.
+"""training.results.tta_oof: a finished run's held-out predictions again under the container's test-time augmentation.
 
 Without views it must give the run's own out-of-fold probabilities (same member, same preprocessing); with
 the eight dihedral views (d4) it must not care how the patches are turned, which plain predictions do.
@@ -16,8 +16,9 @@ from PIL import Image
 from training_layout import make_layout
 
 from amf import AmfError
-from training import train, tta_oof
 from training.data import OFFICIAL_IMAGES
+from training.results import tta_oof
+from training.train import __main__ as train
 
 pytestmark = pytest.mark.slow  # trains a model
 
@@ -86,12 +87,13 @@ def test_an_unfinished_run_and_the_run_itself_as_output_are_refused(run, tmp_pat
 
 
 def test_export_with_a_leave_one_scanner_out_run_ships_the_chosen_threshold(run, loso, tmp_path):
-    """training.export --shift-run: the manifest's threshold is training.threshold's choice, and the whole
+    """training.export --shift-run: the manifest's threshold is training.results.threshold's choice, and the whole
     comparison is in the provenance (the layout has two scanners, so a leave-one-scanner-out run has 2 folds)."""
     import json
 
-    from training import export, threshold
-    from training.run import RunDir
+    from training.export import __main__ as export
+    from training.results import threshold
+    from training.rundir import RunDir
 
     data, run_dir = run
     assert export.main([str(run_dir), "--out", str(tmp_path / "model"), "--shift-run", str(loso)]) == 0
@@ -110,8 +112,10 @@ def test_export_under_tta_chooses_the_threshold_on_that_modes_predictions(run, l
     container makes; predictions of another mode, or of another run, are refused before anything is written."""
     import json
 
-    from training import export, threshold
-    from training.run import RunDir
+    from training.export import __main__ as export
+    from training.export.folder import export_run
+    from training.results import threshold
+    from training.rundir import RunDir
 
     data, run_dir = run
     quiet = dict(log=lambda *_: None)
@@ -134,6 +138,6 @@ def test_export_under_tta_chooses_the_threshold_on_that_modes_predictions(run, l
         assert export.main([str(run_dir), "--out", str(tmp_path / "refused"), *map(str, extra)]) == 2
         assert re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
     assert not (tmp_path / "refused").exists()
-    without = json.loads(export.export_run(run_dir, tmp_path / "m1", tta="d4", **quiet).read_text())
+    without = json.loads(export_run(run_dir, tmp_path / "m1", tta="d4", **quiet).read_text())
     assert without["provenance"]["threshold_predictions"]["tta"] == "none"
     assert "an estimate" in without["provenance"]["threshold_note"]

@@ -157,7 +157,7 @@ def make_split_run(root, data, folds: int = 2, seed: int = 0):
     RunDir and the data's table (training.data.read_table)."""
     from training import splits as splits_io
     from training.data import read_table
-    from training.run import RunDir
+    from training.rundir import RunDir
 
     table = read_table(Path(data) / OFFICIAL_CSV, Path(data) / OFFICIAL_IMAGES, "official")
     run = RunDir(Path(root))

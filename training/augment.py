@@ -15,7 +15,7 @@ The steps, in the order they apply (config section `augment`; enabled: false swi
   blur       with probability blur_p: Gaussian blur, sigma in blur_sigma (px at the patch's own size)
 The CPU path (Augment: one square HxWx3 uint8 patch, numpy + Pillow, before resizing, in DataLoader workers) draws
 from the numpy Generator passed in: the same generator state gives the same patch. The device path (augment_batch:
-a batch in torch on the training device, training/gpu_augment.py makes the batches) does the same with the same
+a batch in torch on the training device, training/train/gpu_augment.py makes the batches) does the same with the same
 meaning: Pillow's AFFINE convention via grid_sample, ImageEnhance as blends with Pillow's integer grey, Pillow's
 GaussianBlur as a Gaussian of the same sigma, every stage rounded (or truncated, where Pillow does) to uint8
 levels; its parameters are one table per batch (device_params: each step's columns, drawn for every figure whether

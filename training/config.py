@@ -23,8 +23,8 @@ own switch:
   align      SE attention on the embedding + class-conditional domain-mean alignment loss
   ema        EMA teacher, temperature-scaled KL distillation
   train      epochs, batch, AdamW, cosine with warm-up, bf16/channels_last on GPU, which epoch is kept
-             (train.selection: last | inner | validation, see training/train.py), lr with the world size
-  log        TensorBoard event files, Weights & Biases, progress lines (training/tracking.py, progress.py)
+             (train.selection: last | inner | validation, see training/train/kfold.py), lr with the world size
+  log        TensorBoard event files, Weights & Biases, progress lines (training/train/tracking.py, progress.py)
 
 Look:  python -m training.inspect config training/configs/smoke.yaml [train.epochs=3 ...]   (the resolved config)
 """
@@ -78,7 +78,7 @@ DEFAULTS = {
         "num_workers": 2,
         "device_augment": "auto",  # auto (on CUDA) | true | false: training batches gathered from the
         # preloaded patches, augmented, resized, normalised on the training
-        # device (training/gpu_augment.py); false: DataLoader workers (CPU)
+        # device (training/train/gpu_augment.py); false: DataLoader workers (CPU)
         "device_memory_gb": 4.0,  # patches above this stay in pinned host memory, copied per batch
     },
     # kfold | leave_scanner_out | leave_tumor_out | leave_source_out (the source: an AMi-Br dataset, an extra set)
@@ -102,7 +102,7 @@ DEFAULTS = {
         "decay": 0.999,  # per optimiser step
         # decay_scaling: none (ema.decay per step whatever the number of processes: with G of them an epoch has
         # G x fewer steps, so the teacher's horizon in epochs is G x longer) | world (decay ** G per step: the
-        # horizon in epochs of one process). training/ddp.py; the line at the start of a fold says which
+        # horizon in epochs of one process). training/train/ddp.py; the line at the start of a fold says which
         "decay_scaling": "none",
         "warmup": True,  # warmup: decay ramps linearly from 0 ...
         "warmup_epochs": 1.0,  # ... to ema.decay over this many epochs
@@ -115,7 +115,7 @@ DEFAULTS = {
         "batch_size": 64,
         "lr": 3e-4,
         # lr_scaling: none (train.lr whatever the number of processes; the global batch is batch_size x G) |
-        # linear (train.lr x G: the linear scaling rule for the G x larger global batch). training/ddp.py
+        # linear (train.lr x G: the linear scaling rule for the G x larger global batch). training/train/ddp.py
         "lr_scaling": "none",
         "head_lr_scale": 1.0,  # lr multiplier for the new head and attention
         "weight_decay": 0.05,
@@ -134,7 +134,7 @@ DEFAULTS = {
         "seed": 0,
     },
     "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3},
-    # what a person watching the run sees besides epochs.csv (training/tracking.py, training/progress.py)
+    # what a person watching the run sees besides epochs.csv (training/train/tracking.py, training/train/progress.py)
     "log": {
         "tensorboard": "auto",  # auto (where the package is installed) | true | false: event files in fold{k}/
         "images": 32,  # augmented training patches in the one grid per fold (first batch; 0: none)
@@ -164,7 +164,7 @@ CHOICES = {
 
 # keys whose value is free-form (no nested key check against DEFAULTS): check_kwargs and check_extra apply instead
 FREE = {"model.kwargs", "data.extra"}
-# model.kwargs values "py:NAME" import NAME (training.models.python_object): only from these packages
+# model.kwargs values "py:NAME" import NAME (training.train.models.python_object): only from these packages
 PY_PACKAGES = ("timm.", "torch.nn.")
 # model.kwargs keys that create_backbone sets itself
 RESERVED_KWARGS = {"model_name", "pretrained", "num_classes", "pretrained_cfg_overlay", "checkpoint_path"}
@@ -474,18 +474,3 @@ def as_set(overrides: dict) -> str:
         return v if isinstance(v, str) else json.dumps(v)
 
     return " ".join(f"{k}={value(v)}" for k, v in overrides.items())
-
-
-def config_parser(prog: str, doc: str, example: str, default: str | None = None):
-    """The command line "CONFIG [KEY=VALUE ...]" of a module described by DOC's first line: the config
-    (required, or DEFAULT when given) and its overrides (EXAMPLE shows one). Read them with
-    load(a.config, a.overrides)."""
-    from amf.cli import ArgumentParser
-
-    ap = ArgumentParser(prog=prog, description=doc.splitlines()[0])
-    if default is None:
-        ap.add_argument("config", help="YAML file or name in training/configs/")
-    else:
-        ap.add_argument("config", nargs="?", default=default, help="YAML file or name in training/configs/")
-    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"e.g. {example}")
-    return ap

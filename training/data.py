@@ -17,7 +17,7 @@ DATA_DIR is one of two layouts (layout_of tells which; read_labelled reads eithe
     (matched on slide and coordinates). AMi-Br gives no scanner for TUPAC16: its Scanner stays "unknown", so its
     source is its domain.
   atnorm     AtNorM's layout (the AMi-Br benchmark's held-out sets AtNorM-Br and AtNorM-MD), for evaluation only
-             (training.evaluate pack): Atypical/ and Normal/ folders of patches and an optional votes table
+             (evaluation pack): Atypical/ and Normal/ folders of patches and an optional votes table
              (Filename, Expert_1..N, Majority); no slides, no domains (read_atnorm)
 Extra sets (config data.extra): [{name, dir}] in either layout, or [{name, csv, images, slide_prefix?}] in the
 official columns. Their image_ids are prefixed "<name>/" so that they never collide with the main set's, their
@@ -457,7 +457,7 @@ def _true(value) -> bool:
 def decode(path) -> np.ndarray:
     """A PNG (any mode) -> square HxWx3 uint8 by the container's rule (amf.preprocess.canonical_patch:
     a 16-bit PNG is scaled by 255/65535, grey repeated, alpha dropped). The one image reader of training
-    and of offline evaluation (training.evaluate.pack). An image whose header declares a side over MAX_SIDE is
+    and of offline evaluation (evaluation.pack). An image whose header declares a side over MAX_SIDE is
     refused before a pixel is decoded; whatever else Pillow cannot read is one AmfError naming PATH."""
     try:
         with Image.open(path) as im:

@@ -8,7 +8,9 @@
   python -m training.inspect recipe [CONFIG] [KEY=VALUE ...]           where MixStyle hooks into the backbone
   python -m training.inspect augment IMAGE.png OUT.png [--seed 0]      one draw of the CPU augmentation (defaults)
   python -m training.inspect gpu_augment IMAGE.png OUT.png [--seed 0]  16 draws of the device augmentation, a grid
-CONFIG is a YAML file or a name in training/configs/ (models and recipe: smoke when left out). A bad argument, file
+  python -m training.inspect device [auto|cuda|cpu]                    the device training would use, or the error
+  python -m training.inspect ddp [CONFIG] [KEY=VALUE ...] [--world 2] [--steps 100]   what G processes change
+CONFIG is a YAML file or a name in training/configs/ (models, recipe and ddp: smoke when left out). A bad argument, file
 or config value is one line `error: ...` on stderr, exit 2.
 """
 
@@ -53,6 +55,12 @@ def parser() -> ArgumentParser:
     config_args(sub.add_parser("recipe", help="where MixStyle goes in the backbone"), "smoke", "mixstyle.where=[stem]")
     image_args(sub.add_parser("augment", help="one draw of the CPU augmentation"))
     image_args(sub.add_parser("gpu_augment", help="16 draws of the device augmentation"))
+    p = sub.add_parser("device", help="the device training would use")
+    p.add_argument("device", nargs="?", default="auto", choices=["auto", "cuda", "cpu"])
+    p = sub.add_parser("ddp", help="the learning rate and EMA horizon with G processes")
+    config_args(p, "smoke", "train.lr_scaling=linear")
+    p.add_argument("--world", type=positive_int, default=2, help="number of processes (default 2)")
+    p.add_argument("--steps", type=positive_int, default=100, help="optimiser steps per epoch with one process")
     return ap
 
 
@@ -89,7 +97,7 @@ def show_splits(a) -> str:
 def show_model(a) -> str:
     import torch
 
-    from training.models import create_classifier, normalisation
+    from training.train.models import create_classifier, normalisation
 
     cfg = config.load(a.config, a.overrides)
     model, n = create_classifier(cfg), cfg["data"]["input_size"]
@@ -104,8 +112,8 @@ def show_model(a) -> str:
 
 
 def show_recipe(a) -> str:
-    from training.models import create_backbone
-    from training.recipe import mixstyle_targets
+    from training.train.models import create_backbone
+    from training.train.recipe import mixstyle_targets
 
     cfg = config.load(a.config, a.overrides)
     bb = create_backbone(cfg["model"], pretrained=False, img_size=int(cfg["data"]["input_size"]))
@@ -135,13 +143,26 @@ def show_gpu_augment(a) -> None:
     from PIL import Image
 
     from training.augment import augment_batch, device_params
-    from training.gpu_augment import epoch_generator
+    from training.train.gpu_augment import epoch_generator
 
     cfg = config.DEFAULTS["augment"]
     x = torch.from_numpy(read_image(a.image)).permute(2, 0, 1)[None].float().repeat(16, 1, 1, 1)
     x = augment_batch(x, device_params(cfg, 16, epoch_generator(a.seed, 0)), cfg)
     grid = x.view(4, 4, 3, *x.shape[2:]).permute(0, 3, 1, 4, 2).reshape(4 * x.shape[2], 4 * x.shape[3], 3)
     Image.fromarray(grid.byte().numpy()).save(a.out)
+
+
+def show_device(a) -> str:
+    from training.train.device import choose
+
+    device, why = choose(a.device)
+    return f"device {device}: {why}"
+
+
+def show_ddp(a) -> str:
+    from training.train.ddp import world_line
+
+    return world_line(config.load(a.config, a.overrides), a.world, max(1, a.steps // a.world))
 
 
 PARTS = {
@@ -152,6 +173,8 @@ PARTS = {
     "recipe": show_recipe,
     "augment": show_augment,
     "gpu_augment": show_gpu_augment,
+    "device": show_device,
+    "ddp": show_ddp,
 }
 
 if __name__ == "__main__":

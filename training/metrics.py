@@ -164,6 +164,22 @@ def roc_band(y_true, score, draws, level: float = 0.95) -> dict | None:
     }
 
 
+def save_figure(fig, path) -> str:
+    """A matplotlib figure as the reports save it (PNG, 120 dpi, tight), written beside PATH then renamed over it
+    (curves.png, evaluation's plots); the figure is closed. Returns the file's name."""
+    import os
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    plt.close(fig)
+    return path.name
+
+
 def fmt(x, missing: str = "–") -> str:
     """A metric as the reports print it: three decimals, MISSING for None (a one-class set has no ROC AUC)."""
     return missing if x is None else f"{x:.3f}"

@@ -11,10 +11,10 @@ The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME de
   shift    with --shift KIND (bare --shift: leave_scanner_out; any split kind of training/splits.py that leaves a group
            out): the same config with splits.kind=KIND -> RUNS_DIR/NAME_loso (leave_scanner_out) or NAME_<KIND>
   plain    with --plain: the control, mixstyle, align and ema off -> NAME_plain (--plain-folds: those folds only)
-  tta      training.tta_oof: RUN (and the shift run) re-predicted under --tta and each --compare-tta mode
+  tta      training.results.tta_oof: RUN (and the shift run) re-predicted under --tta and each --compare-tta mode
   export   training.export RUN --out MODEL_DIR --tta T [--threshold-run RUN_tta_T] [--shift-run SHIFT(_tta_T)]:
-           the threshold by the existing rules (the out-of-fold rule, or training.threshold's choice with a shift
-           run), the ONNX members, the manifest, and the model's own expected output on the sample job
+           the threshold by the existing rules (the out-of-fold rule, or training.results.threshold's choice with a
+           shift run), the ONNX members, the manifest, and the model's own expected output on the sample job
   card     training.card: MODEL_DIR/README.md, card.json, oof.csv (without --plain, the recipe run alone)
 then prints the next commands (build, test run, save).
 A step is skipped when its outputs exist, are complete and are newer than its inputs: a training run whose
@@ -34,22 +34,24 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amf import AmfError, report_error
-from amf import manifest as manifest_io
+from amf import AmfError, manifest, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.preprocess import TTA_MODES
-from training import card as card_io
-from training import config as config_io
-from training import export as export_io
-from training import oof as oof_io
-from training import splits as splits_io
-from training import train as train_io
-from training import tta_oof
+from training import config
+from training.card.build import build as build_card
+from training.card.build import write as write_card
+from training.card.render import verdict
 from training.data import OFFICIAL_CSV
-from training.run import PLAIN_SETS, RunDir, pipeline_run
+from training.export.folder import CARD_JSON, EXPECTED_OUTPUT, OOF_CSV, README, export_run
+from training.results.oof import pool
+from training.results.tta_oof import tta_run
+from training.rundir import PLAIN_SETS, RunDir, pipeline_run
+from training.splits import KINDS, folds_of
+from training.train.__main__ import main as train_main
+from training.train.kfold import resolve_normalisation
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIFT_KINDS = [kind for kind, column in splits_io.KINDS.items() if column]  # the kinds that leave a group out
+SHIFT_KINDS = [kind for kind, column in KINDS.items() if column]  # the kinds that leave a group out
 
 
 class StepFailed(Exception):
@@ -137,7 +139,7 @@ def say(step: str, text: str) -> None:
 
 def resolved_config(plan: Plan, sets: list) -> dict:
     """The config training.train would write into config.yaml for these overrides."""
-    return train_io.resolve_normalisation(config_io.load(plan.config, sets))
+    return resolve_normalisation(config.load(plan.config, sets))
 
 
 def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = None) -> None:
@@ -145,10 +147,10 @@ def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = Non
     are done (pooled, for a whole run)."""
     cfg, r = resolved_config(plan, sets), RunDir(run)
     if r.config.is_file() and not r.config_differences(cfg):
-        want = folds if folds is not None else splits_io.folds_of(r.read_splits())
+        want = folds if folds is not None else folds_of(r.read_splits())
         if all(r.fold(k).is_done() for k in want):
             if folds is None and not newer([r.oof, r.oof_metrics], fold_files(run, "done.json")):
-                oof_io.pool(r, seed=int(cfg["train"]["seed"]))
+                pool(r, seed=int(cfg["train"]["seed"]))
                 say(step, f"{run}: folds done; pooled")
             else:
                 say(step, f"skipped: {run} holds this config, folds {', '.join(map(str, want))} done")
@@ -158,43 +160,43 @@ def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = Non
     argv += (["--set", *sets] if sets else []) + ([] if plan.progress else ["--no-progress"])
     jobs = [argv + ["--parallel", str(plan.parallel)]] if folds is None else [argv + ["--fold", str(k)] for k in folds]
     for job in jobs:
-        code = train_io.main(job)
+        code = train_main(job)
         if code:
             raise StepFailed(code)
 
 
 def re_predict(plan: Plan, base: Path, mode: str) -> Path:
-    """training.tta_oof BASE --tta MODE; skipped when it holds BASE's members' predictions under MODE, pooled after
-    BASE's members were last written."""
+    """training.results.tta_oof BASE --tta MODE; skipped when it holds BASE's members' predictions under MODE, pooled
+    after BASE's members were last written."""
     out = RunDir(base).tta_dir(mode)
     o = RunDir(out)
     inputs = [RunDir(base).splits, *fold_files(base, "best.pt")]
     if o.is_pooled() and newer([o.oof], inputs) and o.predicted_tta() == mode and same_path(o.from_run(), base):
         say("tta", f"skipped: {out} holds {base} re-predicted under {mode}")
         return out
-    say("tta", f"training.tta_oof {base} --tta {mode} -> {out}")
-    tta_oof.tta_run(base, mode, out, plan.data)
+    say("tta", f"training.results.tta_oof {base} --tta {mode} -> {out}")
+    tta_run(base, mode, out, plan.data)
     return out
 
 
 def export(plan: Plan) -> None:
     """training.export RUN --out MODEL_DIR, the threshold chosen on the predictions the container makes (the
-    re-prediction under --tta) and, with a shift run, by training.threshold's rule; skipped when MODEL_DIR holds that
-    export, newer than the runs it read, with its expected output."""
+    re-prediction under --tta) and, with a shift run, by training.results.threshold's rule; skipped when MODEL_DIR
+    holds that export, newer than the runs it read, with its expected output."""
     tta = plan.tta
     threshold_run = RunDir(plan.recipe).tta_dir(tta) if tta != "none" else None
     shift_run = None
     if plan.shift_run is not None:
         shift_run = RunDir(plan.shift_run).tta_dir(tta) if tta != "none" else plan.shift_run
-    m_path = plan.model_out / manifest_io.MANIFEST_NAME
+    m_path = plan.model_out / manifest.MANIFEST_NAME
     inputs = [
         RunDir(plan.recipe).oof,
         *fold_files(plan.recipe, "best.pt"),
         *[RunDir(r).oof for r in (threshold_run, shift_run) if r is not None],
     ]
-    if newer([m_path, plan.model_out / export_io.EXPECTED_OUTPUT], inputs):
+    if newer([m_path, plan.model_out / EXPECTED_OUTPUT], inputs):
         try:
-            m = manifest_io.load(plan.model_out)
+            m = manifest.load(plan.model_out)
         except AmfError:
             m = None
         p = m.provenance if m else {}
@@ -209,20 +211,20 @@ def export(plan: Plan) -> None:
             say("export", f"skipped: {plan.model_out} holds the export of {plan.recipe} (tta {tta})")
             return
     say("export", f"training.export {plan.recipe} --out {plan.model_out}")
-    export_io.export_run(plan.recipe, plan.model_out, plan.data, tta, shift_run=shift_run, threshold_run=threshold_run)
+    export_run(plan.recipe, plan.model_out, plan.data, tta, shift_run=shift_run, threshold_run=threshold_run)
 
 
 def card(plan: Plan) -> None:
     """training.card into MODEL_DIR; skipped when its card.json describes this export with these runs and is newer
     than them."""
-    json_path = plan.model_out / card_io.CARD_JSON
+    json_path = plan.model_out / CARD_JSON
     runs = [r for r in (plan.recipe, plan.plain_run, plan.shift_run) if r is not None]
     tta_runs = plan.tta_runs()
-    inputs = [plan.model_out / manifest_io.MANIFEST_NAME]
+    inputs = [plan.model_out / manifest.MANIFEST_NAME]
     for r in [*runs, *tta_runs]:
         inputs += [RunDir(r).oof, *fold_files(r, "done.json")]
     reason = plan.plain_partial_reason if plan.plain else ""
-    if newer([json_path, plan.model_out / card_io.README, plan.model_out / card_io.OOF_CSV], inputs):
+    if newer([json_path, plan.model_out / README, plan.model_out / OOF_CSV], inputs):
         old = json.loads(json_path.read_text())
         plain, loso = old["runs"].get("plain", {}), old.get("loso", {})
         if (
@@ -235,9 +237,9 @@ def card(plan: Plan) -> None:
         ):
             say("card", f"skipped: {json_path} describes these runs")
             return
-    say("card", f"training.card --model {plan.model_out} -> {plan.model_out / card_io.README}")
+    say("card", f"training.card --model {plan.model_out} -> {plan.model_out / README}")
     votes = plan.data if (plan.data / OFFICIAL_CSV).is_file() else None  # the experts' votes, official layout only
-    built, oof = card_io.build(
+    built, oof = build_card(
         plan.model_out,
         plan.recipe,
         plain=plan.plain_run,
@@ -248,16 +250,16 @@ def card(plan: Plan) -> None:
         data_dir=votes,
         plain_partial_reason=reason,
     )
-    card_io.write(plan.model_out, built, oof)
-    print(card_io.verdict(built))
+    write_card(plan.model_out, built, oof)
+    print(verdict(built))
 
 
 def next_commands(plan: Plan) -> None:
-    m = manifest_io.load(plan.model_out)
+    m = manifest.load(plan.model_out)
     print(
         f"\n{plan.model_out} is ready: {len(m.members)} member(s) {m.members[0].backbone}, threshold "
-        f"{m.threshold:.3f}, tta {m.tta}; card {plan.model_out / card_io.README}; expected output on the sample job "
-        f"{plan.model_out / export_io.EXPECTED_OUTPUT}"
+        f"{m.threshold:.3f}, tta {m.tta}; card {plan.model_out / README}; expected output on the sample job "
+        f"{plan.model_out / EXPECTED_OUTPUT}"
     )
     if not same_path(plan.model_out, ROOT / "model"):
         print(f"The scripts package ./model: put {plan.model_out}'s files there first (or use --model-out model).")
@@ -336,7 +338,7 @@ def parser() -> ArgumentParser:
 
 
 def plan_of(a) -> Plan:
-    cfg = config_io.load(a.config, a.set)  # an unknown config or a bad --set: one error before anything runs
+    cfg = config.load(a.config, a.set)  # an unknown config or a bad --set: one error before anything runs
     if a.plain_folds is not None and not a.plain:
         raise AmfError("--plain-folds needs --plain")
     return Plan(

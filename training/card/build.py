@@ -1,30 +1,9 @@
-"""The model card of an exported ensemble: every figure measured from the runs, none typed by hand.
+"""The model card's facts: every figure and fact measured from the runs into card.json (build), then the card's
+files written (write: card.json, oof.csv, and README.md rendered from card.json alone by render.py).
 
-  python -m training.card --model model --recipe RUN [--plain RUN] [--loso RUN] [--tta TTA_RUN ...] [--data DATA]
-                          [--n-boot 2000] [--trained-on TEXT]
-  python -m training.card --model model --render        (re-render README.md from card.json only)
-
-The shipped run is --recipe, decided before any figure (the recipe is the method; the plain run is its control):
-MODEL_DIR must hold its export (python -m training.export RUN --out MODEL_DIR [--shift-run LOSO]), else one error.
-Each run's figures are training.oof's, recomputed here without writing into the run: pooled threshold (optimistic:
-chosen on the figures it is reported on), nested thresholds (each fold's chosen on the other folds: selection-free
-when the run's train.selection is last or inner) and 0.5, with slide-level bootstrap intervals, per fold and per
-scanner. --plain may be partial (some folds not trained): its figures are its finished folds, and the paired
-comparison with the recipe (training.compare) is on the folds both finished. Without --plain (a pipeline that
-trained no control) the card holds the recipe run alone: no comparison, no verdict on the recipe's parts.
---loso: the leave-one-scanner-out run, each held-out scanner at its nested threshold (chosen on the other scanners),
-at the pooled threshold and at 0.5.
---tta: training.tta_oof runs of --recipe or --loso, each paired with the run it re-predicted (its folds' from_run).
---data: the official layout, for the figures by expert agreement where the runs' tables lack the votes.
-From the manifest: the threshold for scanner shift (provenance threshold_for_shift, training.threshold) and the
-shipped test-time augmentation. Writes, atomically, into MODEL_DIR:
-  card.json   the figures and facts (card_version 2, the one layout training.card_render renders): data counts,
-              configs and their overrides, out-of-fold metrics, per scanner, the paired comparison,
-              leave-one-scanner-out, threshold for shift, TTA, files and sizes
-  oof.csv     image_id, slide, fold, probability of the shipped run: which member held out which
-              figure and what it said there (labels stay in the official CSV)
-  README.md   the card, rendered from card.json alone by training.card_render.render()
---render refuses a card.json of the layout from before card_version 2 with one error: rebuild it from the runs.
+card.json (card_version 2, the one layout render.py renders): data counts, configs and their overrides, out-of-fold
+metrics, per scanner, the paired comparison, leave-one-scanner-out, the threshold for shift, test-time augmentation,
+files and sizes. The command line and its manual: training/card/__main__.py (python -m training.card).
 """
 
 from __future__ import annotations
@@ -36,35 +15,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amf import AmfError, report_error
-from amf import manifest as manifest_io
-from amf.cli import ArgumentParser
+from amf import AmfError
 from amf.fileio import write_text_atomic
-from training import augment, metrics, threshold
-from training import compare as compare_runs
-from training import oof as oof_io
-from training.card_render import CARD_VERSION, render, verdict
+from amf.manifest import load as load_manifest
+from training import augment, metrics
+from training.card.render import CARD_VERSION, render
 from training.domains import DOMAIN_COLUMNS
-from training.run import RunDir
-
-CARD_JSON, OOF_CSV, README = "card.json", "oof.csv", "README.md"
+from training.export.folder import CARD_JSON, OOF_CSV, README
+from training.results import threshold
+from training.results.compare import compare, finished_oof
+from training.results.oof import compute, with_votes
+from training.rundir import RunDir
 
 
 def load_run(run, n_boot: int, votes: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict, dict]:
-    """A run's out-of-fold table and its training.oof metrics (pooled threshold, nested thresholds, per fold, per
-    domain, by vote agreement where the table or VOTES has the experts' share), recomputed without writing into the
+    """A run's out-of-fold table and its training.results.oof metrics (pooled threshold, nested thresholds, per fold,
+    per domain, by vote agreement where the table or VOTES has the experts' share), recomputed without writing into the
     run: all folds when it is pooled, else its finished folds (a partial run); and its config. The metrics record
-    the run's train.selection (as training.oof.pool does), its folds and the finished ones."""
-    oof, done, folds = compare_runs.finished_oof(run)
-    oof = oof_io.with_votes(oof, votes)
-    result = oof_io.compute(oof, n_boot=n_boot, seed=0)
+    the run's train.selection (as training.results.oof.pool does), its folds and the finished ones."""
+    oof, done, folds = finished_oof(run)
+    oof = with_votes(oof, votes)
+    result = compute(oof, n_boot=n_boot, seed=0)
     selection = RunDir(run).done_values("selection", "validation", done)
     result |= {"selection": sorted(selection), "folds": folds, "folds_done": done}
     return oof, result, RunDir(run).read_config()
 
 
 def per_scanner(oof: pd.DataFrame, result: dict, n_boot: int) -> dict:
-    """training.oof's per-scanner metrics at the run's pooled threshold and at its nested thresholds, with slide
+    """training.results.oof's per-scanner metrics at the run's pooled threshold and at its nested thresholds, with slide
     bootstrap intervals and slide counts."""
     out, pooled, nested = {}, result["threshold"], threshold.table_nested_classes(oof)
     for scanner, g in oof.groupby("Scanner"):
@@ -151,23 +129,24 @@ def recipe_summary(cfg: dict) -> dict:
 def overrides(cfg: dict) -> dict | None:
     """What the run set on top of its named config (training/configs/NAME.yaml), in the card's summary keys: the
     --set of its command line, as far as the card states it (None when the named config is not there)."""
-    from training import config as config_io
+    from training import config
 
     try:
-        named = config_io.load(cfg.get("name"))
+        named = config.load(cfg.get("name"))
     except AmfError:
         return None
-    return config_io.diff(recipe_summary(named), recipe_summary(cfg))
+    return config.diff(recipe_summary(named), recipe_summary(cfg))
 
 
 def mixstyle_at(cfg: dict) -> list | None:
-    """The modules MixStyle hooks in this config's backbone, with their channels (training.recipe.mixstyle_targets;
-    None when MixStyle is off or the backbone cannot be built here, e.g. a hub model offline)."""
+    """The modules MixStyle hooks in this config's backbone, with their channels
+    (training.train.recipe.mixstyle_targets; None when MixStyle is off or the backbone cannot be built here, e.g. a
+    hub model offline)."""
     if not cfg.get("mixstyle", {}).get("enabled"):
         return None
     try:
-        from training.models import create_backbone
-        from training.recipe import mixstyle_targets
+        from training.train.models import create_backbone
+        from training.train.recipe import mixstyle_targets
 
         bb = create_backbone(
             {**cfg["model"], "weights": None}, pretrained=False, img_size=int(cfg["data"]["input_size"])
@@ -229,7 +208,7 @@ def loso_facts(run, n_boot: int, votes) -> dict:
 
 
 def tta_facts(tta_runs, bases: dict, n_boot: int) -> list[dict]:
-    """Each test-time-augmentation run (training.tta_oof) against the run it re-predicted (its folds' done.json
+    """Each test-time-augmentation run (training.results.tta_oof) against the run it re-predicted (its folds' done.json
     from_run, one of BASES by resolved path): its mode (RunDir.predicted_tta) and the paired comparison TTA - none."""
     out = []
     for tta in tta_runs:
@@ -247,7 +226,7 @@ def tta_facts(tta_runs, bases: dict, n_boot: int) -> list[dict]:
                 "base": base[0],
                 "base_run": str(bases[base[0]]),
                 "mode": RunDir(tta).predicted_tta(),
-                "compare": compare_runs.compare(bases[base[0]], tta, n_boot=n_boot, seed=0),
+                "compare": compare(bases[base[0]], tta, n_boot=n_boot, seed=0),
             }
         )
     return out
@@ -272,7 +251,7 @@ def build(
     plain_partial_reason: str = "",
 ) -> tuple[dict, pd.DataFrame]:
     model_dir = Path(model_dir)
-    manifest = manifest_io.load(model_dir)
+    manifest = load_manifest(model_dir)
     runs = {"recipe": Path(recipe)} | ({"plain": Path(plain)} if plain else {})
     exported_from = Path(str(manifest.provenance.get("run", ""))).resolve()
     if not manifest.trained or exported_from != runs["recipe"].resolve():
@@ -288,7 +267,7 @@ def build(
         "shipped_rule": SHIPPED_RULE if plain else SHIPPED_ALONE,
         "trained_on": trained_on,
         "data": data_counts(RunDir(runs["recipe"]).read_splits()),
-        **({"compare": compare_runs.compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0)} if plain else {}),
+        **({"compare": compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0)} if plain else {}),
         "runs": {name: run_facts(runs[name], *loaded[name], n_boot) for name in runs},
     }
     if plain:
@@ -383,48 +362,3 @@ def write(model_dir, card: dict, oof: pd.DataFrame) -> None:
 
 def _plain(x):
     return x.item() if isinstance(x, np.generic) else str(x)
-
-
-def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.card", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="model")
-    ap.add_argument("--recipe", help="the shipped run (MODEL_DIR must hold its export)")
-    ap.add_argument("--plain", help="the plain baseline on the same splits (may be partial; left out: no control run)")
-    ap.add_argument("--plain-partial-reason", default="", help="why the plain run has unfinished folds, for the card")
-    ap.add_argument("--loso", default=None, help="the recipe's config with splits.kind=leave_scanner_out")
-    ap.add_argument("--tta", nargs="*", default=[], help="training.tta_oof runs of --recipe or --loso")
-    ap.add_argument("--data", default=None, help="the official layout: expert votes for the by-agreement figures")
-    ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--trained-on", default="", help="where the runs trained, for the card (e.g. 'a 2-core CPU')")
-    ap.add_argument("--render", action="store_true", help="re-render README.md from card.json")
-    args = ap.parse_args(argv)
-    model_dir = Path(args.model)
-    try:
-        if args.render:
-            if not (model_dir / CARD_JSON).is_file():
-                raise AmfError(f"{model_dir / CARD_JSON} is missing")
-            write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
-        else:
-            if not args.recipe:
-                raise AmfError("give --recipe RUN [--plain RUN] (or --render)")
-            card, oof = build(
-                model_dir,
-                args.recipe,
-                args.plain,
-                args.loso,
-                args.n_boot,
-                args.trained_on,
-                args.tta,
-                args.data,
-                args.plain_partial_reason,
-            )
-            write(model_dir, card, oof)
-            print(verdict(card))
-    except AmfError as e:
-        return report_error(e)
-    print(f"wrote {model_dir / README}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,35 +1,17 @@
-"""Train k-fold timm classifiers for atypical vs normal mitotic figures.
+"""K-fold training of timm classifiers, atypical vs normal mitotic figures: one fold per call, resumable.
 
-  python -m training.train --config CONFIG --data DATA_DIR --out RUN_DIR [--fold N] [--seed S] [--set a.b=v ...]
-  torchrun --nproc_per_node G -m training.train ... --fold N     (one fold on G GPUs, DDP; gloo on CPU)
-  python -m training.train ... --parallel N   (N folds at once on one device, a process each: training/folds.py)
-
-CONFIG is a YAML file or a name in training/configs/ (smoke, convnext_small, lunit_vit_small, ...).
-Writes a run folder (config.yaml, splits.csv, fold{k}/{last.pt,best.pt,epochs.csv,oof.csv,done.json}, then the
-pooled oof.csv and oof_metrics.json): its layout, names and readers are training/run.py's. A later job with another
-config in the same folder is refused; a fold resumes from its last.pt (--restart ignores it); one process trains a
-fold at a time (fold{k}/train.lock: a second refuses, naming the first). Every file read is checked (training/run.py,
-training/data.py, training/config.py: the README's "Refusals and limits").
-Without --fold every fold runs in turn. Folds are independent jobs: run them side by side (a SLURM
-array of --fold N), then export pools them. The epoch kept per fold (best.pt, oof.csv) follows train.selection:
-  last        the last of train.epochs (fixed length: nothing is selected, the held-out figures are honest)
-  inner       the best train.select (balanced accuracy at 0.5, or ROC AUC) on an inner slide-grouped split of
-              the training folds (1 of train.inner_folds; the inner figures do not train); the held-out fold
-              (for leave-one-scanner/tumour-out: the held-out domain) is never seen by the selection
-  validation  the best train.select on the held-out fold itself: optimistic (the reported figures chose the
-              epoch), kept only to compare with older runs
-The held-out metrics of every epoch (val_* in epochs.csv) are for monitoring and never select anything
-unless train.selection is validation. With ema.evaluate the EMA teacher is the model that is evaluated,
-selected and exported.
+The command line is training/train/__main__.py (python -m training.train); this module is what it runs for each
+fold: the run folder checked or started (prepare_run), the fold's data, model, optimiser and recipe (build_model,
+build_loaders, loss_inputs), the epochs (train_epoch, validate_and_select: which epoch is kept follows
+train.selection), checkpoints and resumption (save_epoch, resume), and the fold lock (train_locked_fold).
+Distributed (DDP) and single-process runs share it (Dist).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -38,22 +20,26 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from amf import AmfError, one_line, report_error
-from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
+import training.splits
+from amf import AmfError, one_line
 from amf.ensemble import sigmoid
-from training import config as config_io
-from training import curves, ddp, gpu_augment, metrics, tracking
-from training import oof as oof_io
-from training import splits as splits_io
+from training import metrics
 from training.augment import Augment
-from training.data import PatchDataset, counts_report, load_dataset
-from training.device import choose as choose_device
+from training.data import PatchDataset
 from training.domains import DOMAIN_COLUMNS
-from training.folds import run_parallel
-from training.models import create_backbone, create_classifier, head_parameters, lora_folded_state_dict, normalisation
-from training.progress import Progress
-from training.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
-from training.run import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
+from training.rundir import FoldDir, RunDir, save_atomic, write_csv_atomic, write_json_atomic
+from training.splits import inner_split, make_splits, matching
+from training.train import ddp, gpu_augment, tracking
+from training.train.device import choose as choose_device
+from training.train.models import (
+    create_backbone,
+    create_classifier,
+    head_parameters,
+    lora_folded_state_dict,
+    normalisation,
+)
+from training.train.progress import Progress
+from training.train.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
 
 ALIGN_COLUMNS = (*DOMAIN_COLUMNS, "source")  # the weak domain labels the alignment can pull together
 
@@ -163,9 +149,9 @@ def check_or_write_run(cfg: dict, df: pd.DataFrame, run: RunDir, dist: Dist) -> 
     elif dist.main:
         run.write_config(cfg)
     if run.splits.is_file():
-        return splits_io.matching(run.read_splits(), df)
+        return matching(run.read_splits(), df)
     s = cfg["splits"]
-    splits = splits_io.make_splits(df, s["kind"], int(s["folds"]), int(s["seed"]), int(s.get("tries", 16)))
+    splits = make_splits(df, s["kind"], int(s["folds"]), int(s["seed"]), int(s.get("tries", 16)))
     if dist.main:
         run.write_splits(splits)
     return splits
@@ -351,10 +337,10 @@ def already_done(fold: FoldDir, restart: bool, dist: Dist, log) -> dict | None:
 def fold_rows(cfg: dict, splits: pd.DataFrame, k: int, seed: int) -> tuple:
     """(training, held-out, inner) rows of fold K. The inner rows (train.selection inner) are slides of the
     training folds taken out of training: what chooses the epoch never includes the held-out fold."""
-    train_rows, val_rows = splits_io.fold_rows(splits, k)
+    train_rows, val_rows = training.splits.fold_rows(splits, k)
     inner_rows = None
     if cfg["train"]["selection"] == "inner":
-        train_rows, inner_rows = splits_io.inner_split(splits, train_rows, int(cfg["train"]["inner_folds"]), seed)
+        train_rows, inner_rows = inner_split(splits, train_rows, int(cfg["train"]["inner_folds"]), seed)
     return train_rows, val_rows, inner_rows
 
 
@@ -693,8 +679,8 @@ def epoch_line(row: dict, where: str) -> str:
 
 
 def write_done(fold: FoldDir, state: FoldState, data: FoldData, cfg: dict) -> dict:
-    """done.json: the fold is finished (a rerun skips it, training.oof pools it), with the kept epoch, how it was
-    chosen, and the EMA decay that acted."""
+    """done.json: the fold is finished (a rerun skips it, training.results.oof pools it), with the kept epoch, how it
+    was chosen, and the EMA decay that acted."""
     t_cfg, teacher = cfg["train"], state.teacher
     selection = t_cfg["selection"]
     hist = pd.DataFrame(state.history)
@@ -731,7 +717,7 @@ def train_fold(
 ) -> dict | None:
     """Train fold K into RUN_DIR/fold{k} (resuming from its last.pt unless RESTART; a finished fold is skipped)
     and return its done.json (None on ranks other than the main one). PROGRESS shows where the work is (on the
-    main rank; None: epoch lines only); the fold's trackers (training/tracking.py) log each epoch."""
+    main rank; None: epoch lines only); the fold's trackers (training/train/tracking.py) log each epoch."""
     progress = progress or Progress([k], int(cfg["train"]["epochs"]), f"fold {k}", show=False, write=log)
     fold = RunDir(run_dir).fold(k)
     fold.path.mkdir(parents=True, exist_ok=True)
@@ -794,114 +780,3 @@ def train_locked_fold(
         mixer.active = False
     dist.barrier()
     return done
-
-
-# ---- command line -----------------------------------------------------------------------------
-
-
-def main(argv=None) -> int:
-    ap = ArgumentParser.from_doc("python -m training.train", __doc__)
-    ap.add_argument("--config", required=True, help="YAML file or name in training/configs/")
-    ap.add_argument("--data", required=True, help="folder with the official CSV and PNG folder")
-    ap.add_argument("--out", required=True, help="run folder")
-    ap.add_argument("--fold", type=int, default=None, help="train this fold only")
-    ap.add_argument("--seed", type=int, default=None, help="overrides train.seed and splits.seed")
-    ap.add_argument("--epochs", type=int, default=None, help="overrides train.epochs")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4")
-    ap.add_argument(
-        "--skip-missing",
-        action="store_true",
-        default=None,
-        help="train without missing/unreadable images (reported with a count)",
-    )
-    ap.add_argument("--restart", action="store_true", help="ignore last.pt/done.json and train from scratch")
-    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    ap.add_argument("--workers", type=int, default=None, help="overrides data.num_workers")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines (epoch lines stay)")
-    ap.add_argument("--parallel-child", action="store_true", help=argparse.SUPPRESS)  # training/folds.py's children
-    ap.add_argument(
-        "--parallel",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="without --fold: train up to N folds at once, one process each on the same device "
-        "(training/folds.py), then pool them",
-    )
-    args = ap.parse_args(argv)
-    dist, run, fresh, todo = None, None, False, []
-    try:
-        overrides = list(args.set)
-        if args.seed is not None:
-            overrides += [f"train.seed={args.seed}", f"splits.seed={args.seed}"]
-        if args.epochs is not None:
-            overrides.append(f"train.epochs={args.epochs}")
-        if args.workers is not None:
-            overrides.append(f"data.num_workers={args.workers}")
-        cfg = resolve_normalisation(config_io.load(args.config, overrides))
-        note = tracking.check(cfg["log"])  # a tracker asked for and not installed: an error before any work
-        dist = Dist(args.device)
-        log = print if dist.main else (lambda *a, **k: None)
-        header = log if not args.parallel_child else (lambda *a, **k: None)  # the parent printed it once
-        if note:
-            header(note)
-        header(f"device {dist.device}: {dist.why}")
-        t0 = time.perf_counter()
-        df, cache = load_dataset(args.data, cfg, args.skip_missing, log=header)
-        header(counts_report(df))
-        run = RunDir(args.out)
-        fresh = not run.config.is_file()  # this command starts the run (a failure before its first epoch undoes it)
-        splits = prepare_run(cfg, df, run, dist)
-        folds = splits_io.folds_of(splits)
-        header(f"{cfg['splits']['kind']} splits ({run.splits}):\n{splits_io.describe(splits)}")
-        if args.fold is not None and args.fold not in folds:
-            raise AmfError(f"--fold {args.fold}: the splits have folds {folds}")
-        todo = [args.fold] if args.fold is not None else folds
-        if args.parallel > 1 and len(todo) > 1 and dist.world == 1:
-            cache = None  # the children decode their own
-            run_parallel(list(sys.argv[1:] if argv is None else argv), todo, args.parallel, log)
-        else:
-            progress = Progress(
-                todo,
-                int(cfg["train"]["epochs"]),
-                "run" if args.fold is None else f"fold {args.fold}",
-                show=dist.main and not args.no_progress,
-                every_s=float(cfg["log"]["progress_s"]),
-                write=log,
-                world=dist.world,
-            )
-            try:
-                for k in todo:
-                    train_fold(cfg, df, cache, splits, k, run, dist, args.restart, progress, progress.write)
-            finally:
-                progress.close()
-        missing = run.missing_folds(splits) if dist.main and not args.parallel_child else []
-        if args.parallel_child:  # the parent pools and names the next step once every child has ended
-            log(f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s")
-        elif missing:  # other folds train elsewhere (or later): the next step is not this job's to name
-            log(
-                f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} are not done yet "
-                f"(export once every fold is)"
-            )
-        elif dist.main:  # every fold is done and none is still running: pool, plot, name the next step
-            _, result = oof_io.pool(run, seed=int(cfg["train"]["seed"]))
-            curves.write(run)
-            log(
-                f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, "
-                f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s =="
-            )
-            log(oof_io.summary_text(result))
-            log(f"run folder {run} (curves: {run.curves}); next: python -m training.export {run} --out MODEL_DIR")
-    except BaseException as e:
-        if fresh and (dist is None or dist.main) and run.discard_untrained(todo or [f.k for f in run.fold_dirs()]):
-            log(f"{run}: nothing trained; removed what this command wrote there, so the corrected command can start")
-        if isinstance(e, EXPECTED):
-            return report_error(as_error(e))
-        raise
-    finally:
-        if dist is not None:
-            dist.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

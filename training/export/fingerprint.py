@@ -1,7 +1,7 @@
 """Which figures a model trained on, by content: MODEL_DIR/training_fingerprints.bin.
 
-  python -m training.fingerprint MODEL_DIR --run RUN [--data DATA]   (the run's splits.csv figures)
-  python -m training.fingerprint MODEL_DIR --data DATA               (what training reads from DATA with the
+  python -m training.export.fingerprint MODEL_DIR --run RUN [--data DATA]   (the run's splits.csv figures)
+  python -m training.export.fingerprint MODEL_DIR --data DATA               (what training reads from DATA with the
                                                                       config the manifest records)
 
 A figure's fingerprint is an 8-byte BLAKE2b digest of its decoded canonical patch (amf.preprocess.canonical_patch:
@@ -10,7 +10,7 @@ or MHA stack, has the same fingerprint, and a patch that differs by one pixel va
 writes the file for every figure of the run's splits.csv (each is in some member's training data) and records
 its count and SHA-256 in the manifest's provenance (training_figures); this command adds it to a model exported
 before that, checking the figure count against the manifest's out-of-fold results. Offline evaluation
-(training.evaluate.score) hashes the patches of the jobs it scores and counts those the model trained on.
+(evaluation.score) hashes the patches of the jobs it scores and counts those the model trained on.
 The container never reads the file. Torch-free.
 
 The file: MAGIC (8 bytes), the count N (uint64, big-endian), N distinct digests in ascending order (8 bytes
@@ -135,21 +135,21 @@ def of_data(data_dir, cfg: dict) -> tuple:
 def add_to_model(model_dir, run=None, data_dir=None) -> dict:
     """Write MODEL_DIR/FILE from RUN's splits.csv, or from DATA_DIR read with the manifest's config; refuses when
     the figure count differs from the manifest's out-of-fold results (not the data this model trained on)."""
-    from amf import manifest as manifest_io
+    from amf.manifest import load as load_manifest
 
-    mf = manifest_io.load(model_dir)
+    mf = load_manifest(model_dir)
     if run is not None:
-        from training.run import RunDir
+        from training.rundir import RunDir
 
         splits = RunDir(run).read_splits()
         values, held_out = of_splits(splits, data_dir), int((splits["fold"] >= 0).sum())
         source = f"{run}'s splits.csv"
     else:
-        from training import config as config_io
+        from training import config
 
         if not isinstance(mf.provenance.get("config"), dict):
             raise AmfError(f"{model_dir}: the manifest records no training config; give the run with --run")
-        cfg = config_io.validate(config_io.merge(config_io.DEFAULTS, mf.provenance["config"]))
+        cfg = config.validate(config.merge(config.DEFAULTS, mf.provenance["config"]))
         values, table = of_data(data_dir, cfg)
         held_out, source = int((~table["synthetic"]).sum()), f"{data_dir} with the manifest's config"
     expected = (mf.provenance.get("oof_metrics") or {}).get("n")
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     from amf import report_error
     from amf.cli import EXPECTED, ArgumentParser, as_error
 
-    ap = ArgumentParser.from_doc("python -m training.fingerprint", __doc__)
+    ap = ArgumentParser.from_doc("python -m training.export.fingerprint", __doc__)
     ap.add_argument("model", help="an exported model folder (ensemble.json)")
     ap.add_argument("--run", default=None, help="the training run the model was exported from")
     ap.add_argument("--data", default=None, help="the data folder (with --run: where the official images are now)")

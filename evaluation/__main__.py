@@ -1,17 +1,17 @@
 """Offline evaluation: pack a labelled set as platform jobs, run the container on them, score them.
 
-  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--tumor TYPE]
+  python -m evaluation pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--tumor TYPE]
                                    [--limit N] [--slides FILE]
-  python -m training.evaluate pack DATA_DIR OUT [...]               (a data folder in a layout training reads)
-  python -m training.evaluate pack --run RUN --fold K OUT [--data DATA_DIR] [...]   (a run's held-out fold)
+  python -m evaluation pack DATA_DIR OUT [...]               (a data folder in a layout training reads)
+  python -m evaluation pack --run RUN --fold K OUT [--data DATA_DIR] [...]   (a run's held-out fold)
       -> OUT/jobs/<job>/input/ (inputs.json + one stack of up to 16), OUT/ground_truth.json, OUT/figures.csv
-  python -m training.evaluate run JOBS [--model DIR] [--in-process] [--python PATH] [--timeout S]
+  python -m evaluation run JOBS [--model DIR] [--in-process] [--python PATH] [--timeout S]
       -> JOBS/<job>/output/multiple-mitotic-figure-classification.json, JOBS/<job>/run.json
-  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--model DIR] [--confidence ...]
+  python -m evaluation score JOBS --ground-truth GT --out DIR [--model DIR] [--confidence ...]
       -> DIR/metrics.json (organisers' "aggregates", intervals, the model, the figures it trained on),
          DIR/report.md + PNGs, DIR/predictions.csv
 
-Each step is its own module of the package training/evaluate/: labels.py and pack.py, run.py, identity.py,
+Each step is its own module of the package evaluation/: labels.py and pack.py, run.py, identity.py,
 measure.py, score.py and report.py.
 Any problem (a bad argument, input file, ground truth, result or run record, or an output that
 cannot be written): one line `error: ...` on stderr, exit 2, and no partial output. `run` records a
@@ -42,13 +42,13 @@ def pack_paths(parser, args) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m evaluation", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
         "pack",
         help="a labelled set -> platform jobs and ground_truth.json",
-        usage="python -m training.evaluate pack (CSV IMAGE_DIR | DATA_DIR | --run RUN --fold K) OUT [options]",
+        usage="python -m evaluation pack (CSV IMAGE_DIR | DATA_DIR | --run RUN --fold K) OUT [options]",
     )
     p.add_argument(
         "paths",
@@ -105,8 +105,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.command == "pack":
-            from training.evaluate import labels
-            from training.evaluate.pack import pack_table, select
+            from evaluation import labels
+            from evaluation.pack import pack_table, select
 
             *given, out = pack_paths(p, args)
             if args.run is not None:
@@ -118,13 +118,13 @@ def main(argv=None) -> int:
             table = select(table, args.limit, args.slides, args.seed)
             print(json.dumps(pack_table(table, out, args.format, args.seed), indent=2))
         elif args.command == "run":
-            from training.evaluate.run import run_jobs, summarise
+            from evaluation.run import run_jobs, summarise
 
             records = run_jobs(args.jobs, args.model, args.in_process, args.python, args.timeout)
             print(summarise(records))
             return 1 if any(not rec["ok"] for rec in records) else 0
         else:
-            from training.evaluate.score import score
+            from evaluation.score import score
 
             m = score(
                 args.jobs,

@@ -3,7 +3,7 @@ and ROC AUC, one line (one colour) per fold, from the folds' epochs.csv.
 
 training.train writes it when every fold is done (beside oof.csv); the held-out metrics of every epoch are for
 watching the run and chose nothing unless train.selection is validation.
-Run:  python -m training.curves RUN_DIR [--out FILE.png]   (a run whose folds are not all done: the finished ones)
+Run:  python -m training.train.curves RUN_DIR [--out FILE.png]   (a run whose folds are not all done: the finished ones)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from training.run import RunDir
+from training.rundir import RunDir
 
 PANELS = (
     ("loss", (("train_loss", "-", "training"), ("val_loss", "--", "held out"))),
@@ -31,7 +31,7 @@ def write(run, out=None) -> Path:
 
     from amf import AmfError
     from amf.fileio import write_error
-    from training.evaluate.report import _save as save_figure  # the one atomic figure writer
+    from training.metrics import save_figure
 
     run = RunDir(run)
     dirs = [f for f in run.fold_dirs() if f.epochs.is_file()]
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     from amf import report_error
     from amf.cli import EXPECTED, ArgumentParser, as_error
 
-    ap = ArgumentParser.from_doc("python -m training.curves", __doc__)
+    ap = ArgumentParser.from_doc("python -m training.train.curves", __doc__)
     ap.add_argument("run", help="training run folder")
     ap.add_argument("--out", default=None, help="the PNG (default RUN_DIR/curves.png)")
     a = ap.parse_args(argv)

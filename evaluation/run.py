@@ -11,7 +11,7 @@ this process instead: the same code on the same inputs, without a process start 
 A failed job is reported by name and the rest still run; so is a job that cannot start (an
 interpreter that does not exist or cannot run, a log that cannot be written): its run.json holds
 that error. Nothing here imports torch.
-Run:  python -m training.evaluate run JOBS [--model DIR] [--in-process] [--python PATH]
+Run:  python -m evaluation run JOBS [--model DIR] [--in-process] [--python PATH]
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from amf import AmfError, jobs, one_line
-from amf import manifest as manifest_io
+from amf import AmfError, jobs, manifest, one_line
 from amf.cli import as_error
 from amf.fileio import write_text_atomic
-from training.evaluate.identity import manifest_digest
+from evaluation.identity import manifest_digest
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository root (training/evaluate/run.py)
+ROOT = Path(__file__).resolve().parents[1]  # the repository root (evaluation/run.py)
 RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
 RUN_RECORD = "run.json"
 RUN_LOG = "run.log"
@@ -121,7 +120,7 @@ def run_jobs(
     import inference
 
     model_dir = inference.resolve_model_dir(str(model_dir) if model_dir else None).resolve()
-    manifest_io.load(model_dir)  # a missing or broken model is one error now, not one per job
+    manifest.load(model_dir)  # a missing or broken model is one error now, not one per job
     digest = manifest_digest(model_dir)  # score names the model by it, and refuses one changed since
     python = python or default_python()
     records = []

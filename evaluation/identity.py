@@ -3,7 +3,7 @@
   describe(MODEL_DIR)   the model: folder, the manifest's SHA-256, members (backbone, input size, resize,
                         parameters, file SHA-256), TTA, threshold and where it came from
                         (threshold_predictions, threshold_note, threshold_for_shift), the training data the
-                        manifest names, and its fingerprint file (training.fingerprint), if any
+                        manifest names, and its fingerprint file (training.export.fingerprint), if any
   toolkit()             this toolkit's version: amf.__version__ and the git commit of the checkout ("unknown"
                         outside one), with whether its tracked files had changes
   model_of_runs(...)    the model folder the jobs ran with (run.json), checked against --model and the manifest
@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 import amf
-from amf import AmfError, jobs
-from amf import manifest as manifest_io
-from training import fingerprint
+from amf import AmfError, jobs, manifest
+from training.export import fingerprint
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository root
+ROOT = Path(__file__).resolve().parents[1]  # the repository root
 
 
 def sha256(path) -> str:
@@ -37,7 +36,7 @@ def sha256(path) -> str:
 
 def manifest_digest(model_dir) -> str:
     """The SHA-256 of MODEL_DIR/ensemble.json's bytes: names the model (members, threshold, provenance)."""
-    return sha256(Path(model_dir) / manifest_io.MANIFEST_NAME)
+    return sha256(Path(model_dir) / manifest.MANIFEST_NAME)
 
 
 def parameters(path) -> int:
@@ -60,7 +59,7 @@ def _file(mf, name: str) -> dict:
 def describe(model_dir) -> dict:
     """The model in MODEL_DIR as the report names it (see the module docstring)."""
     model_dir = Path(model_dir)
-    mf = manifest_io.load(model_dir)
+    mf = manifest.load(model_dir)
     prov = mf.provenance
     cfg = prov.get("config") if isinstance(prov.get("config"), dict) else {}
     data = cfg.get("data") or {}
@@ -136,11 +135,11 @@ def model_of_runs(records: list[dict], model=None) -> Path | None:
     folder = Path(model) if model is not None else (Path(named.pop()) if named else None)
     if folder is None:
         return None
-    if not (folder / manifest_io.MANIFEST_NAME).is_file():
-        raise AmfError(f"the model folder {folder} holds no {manifest_io.MANIFEST_NAME}; give it with --model")
+    if not (folder / manifest.MANIFEST_NAME).is_file():
+        raise AmfError(f"the model folder {folder} holds no {manifest.MANIFEST_NAME}; give it with --model")
     if digests and manifest_digest(folder) not in digests:
         raise AmfError(
-            f"{folder / manifest_io.MANIFEST_NAME} is not the manifest the jobs ran with (its SHA-256 differs from "
+            f"{folder / manifest.MANIFEST_NAME} is not the manifest the jobs ran with (its SHA-256 differs from "
             "run.json's): run the jobs again, or give the model they ran with as --model"
         )
     return folder
@@ -160,7 +159,8 @@ def seen(jobs_dir, table, model: dict | None) -> tuple[np.ndarray | None, dict]:
         return None, {
             "checked": False,
             "reason": f"{model['folder']} has no {fingerprint.FILE} (exported before training fingerprints; "
-            "python -m training.fingerprint adds one): could not check whether the model trained on these figures",
+            "python -m training.export.fingerprint adds one): could not check whether the model trained on these "
+            "figures",
         }
     path = Path(model["folder"]) / fingerprint.FILE
     known = fingerprint.read(path)

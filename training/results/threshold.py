@@ -22,7 +22,7 @@ the rules is made selection-free, on nested figures: for each held-out domain, e
 on the other domains' figures only and applied to that domain's leave-one-domain-out predictions; the rule
 with the higher pooled nested balanced accuracy ships (a tie keeps the out-of-fold rule), with its threshold
 from all figures. training.export records the whole comparison in the manifest's provenance.
-Run:  python -m training.threshold OOF_RUN LOSO_RUN
+Run:  python -m training.results.threshold OOF_RUN LOSO_RUN
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import pandas as pd
 from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error
 from training import metrics
-from training.run import RunDir, write_json_atomic
+from training.rundir import RunDir, write_json_atomic
 
 RULES = ("oof", "loso")
 HELD_OUT = ("Scanner", "source", "Tumor", "Origin", "Species")  # the columns a leave-one-out split can hold out
@@ -212,7 +212,7 @@ def summary_text(res: dict) -> str:
 
 def predictions_for(run: RunDir, threshold_run, tta: str) -> RunDir:
     """The run whose pooled predictions choose the threshold: RUN itself, or THRESHOLD_RUN, RUN's held-out figures
-    re-predicted under the container's test-time augmentation TTA (training.tta_oof)."""
+    re-predicted under the container's test-time augmentation TTA (training.results.tta_oof)."""
     if threshold_run is None:
         return run
     predictions = RunDir(threshold_run)
@@ -222,7 +222,7 @@ def predictions_for(run: RunDir, threshold_run, tta: str) -> RunDir:
     if mode != tta:
         raise AmfError(
             f"--threshold-run {threshold_run} was predicted with test-time augmentation {mode}, the container runs "
-            f"{tta}: python -m training.tta_oof {run} --tta {tta}"
+            f"{tta}: python -m training.results.tta_oof {run} --tta {tta}"
         )
     return predictions
 
@@ -245,7 +245,7 @@ def for_export(oof: pd.DataFrame, result: dict, mode: str, tta: str, shift_run=N
     if shift_mode != mode:
         raise AmfError(
             f"--shift-run {shift_run} holds predictions made with test-time augmentation {shift_mode}, the "
-            f"threshold's out-of-fold ones with {mode}: python -m training.tta_oof {shift_run} --tta {mode}"
+            f"threshold's out-of-fold ones with {mode}: python -m training.results.tta_oof {shift_run} --tta {mode}"
         )
     shift = {**choose(oof, RunDir(shift_run).read_oof(), seed=seed), "loso_run": str(Path(shift_run).resolve())}
     note = (
@@ -256,7 +256,7 @@ def for_export(oof: pd.DataFrame, result: dict, mode: str, tta: str, shift_run=N
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.threshold", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m training.results.threshold", description=__doc__.split("\n")[0])
     ap.add_argument("oof_run", type=Path, help="a pooled k-fold run folder (its oof.csv)")
     ap.add_argument("loso_run", type=Path, help="a pooled leave-one-domain-out run folder of the same figures")
     ap.add_argument("--json", type=Path, default=None, help="also write the comparison here")

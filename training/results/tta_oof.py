@@ -1,14 +1,14 @@
 """A finished run's held-out predictions again, under the container's test-time augmentation.
 
 RUN -> OUT, a run folder of its own: each fold's held-out figures are predicted by the member the container
-would run for that fold (fold{k}/best.pt through training.models.load_for_export, the model training.export
+would run for that fold (fold{k}/best.pt through training.train.models.load_for_export, the model training.export
 turns into fold{k}.onnx), prepared by amf.preprocess.prepare and averaged over amf.preprocess.tta_views as the
 container averages them (the mean of the views' probabilities). OUT holds config.yaml (export.tta set to the
 mode), splits.csv, fold{k}/oof.csv (RUN's columns, probability and logit replaced) and fold{k}/done.json, so
-training.oof pools it and `python -m training.compare RUN OUT` gives the paired slide-bootstrap difference
-that the model card reports: is test-time augmentation worth its cost on held-out (or held-out-scanner) data?
+training.results.oof pools it and `python -m training.results.compare RUN OUT` gives the paired slide-bootstrap
+difference that the model card reports: is test-time augmentation worth its cost on held-out (or held-out-scanner) data?
 With --tta none it reproduces RUN's own out-of-fold probabilities (a check of the whole path).
-Run:  python -m training.tta_oof RUN_DIR --tta flips|d4|none [--data DATA_DIR] [--out OUT_DIR]
+Run:  python -m training.results.tta_oof RUN_DIR --tta flips|d4|none [--data DATA_DIR] [--out OUT_DIR]
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from amf.cli import EXPECTED, ArgumentParser, as_error
 from amf.ensemble import sigmoid
 from amf.fileio import write_text_atomic
 from amf.preprocess import TTA_MODES, prepare, tta_views
-from training import oof as oof_io
-from training import splits as splits_io
 from training.data import decode, image_path
-from training.models import load_for_export
-from training.run import RunDir, write_csv_atomic, write_json_atomic
+from training.results.oof import pool, summary_text
+from training.rundir import RunDir, write_csv_atomic, write_json_atomic
+from training.splits import folds_of
+from training.train.models import load_for_export
 
 BATCH = 128
 
@@ -59,7 +59,7 @@ def tta_run(run_dir, tta: str, out_dir=None, data_dir=None, log=print) -> Path:
     missing = run.missing_folds(splits)
     if missing:
         raise AmfError(f"fold(s) {', '.join(map(str, missing))} of {run} are not finished")
-    for k in splits_io.folds_of(splits):
+    for k in folds_of(splits):
         fold = run.fold(k)
         held_out = fold.read_oof()
         rows = splits.set_index("image_id").loc[held_out["image_id"]].reset_index()
@@ -80,13 +80,13 @@ def tta_run(run_dir, tta: str, out_dir=None, data_dir=None, log=print) -> Path:
     cfg["export"]["tta"] = tta
     out.write_config(cfg)
     write_text_atomic(out.splits, run.splits.read_text())
-    _, result = oof_io.pool(out, seed=int(cfg["train"]["seed"]))
-    log(oof_io.summary_text(result))
+    _, result = pool(out, seed=int(cfg["train"]["seed"]))
+    log(summary_text(result))
     return out.path
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.tta_oof", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m training.results.tta_oof", description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path, help="a finished training run folder")
     ap.add_argument("--tta", required=True, choices=list(TTA_MODES))
     ap.add_argument("--data", type=Path, default=None, help="the official data folder, if the run's paths moved")

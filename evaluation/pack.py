@@ -1,6 +1,6 @@
 """Pack a labelled set of patches as Grand Challenge Track 2 jobs, with the organisers' ground truth.
 
-In:  a labelled set as training.evaluate.labels reads it (a CSV in the official columns or a plain one with its
+In:  a labelled set as evaluation.labels reads it (a CSV in the official columns or a plain one with its
      image folder, a data folder in a layout training reads, or a training run's held-out fold), narrowed by
      --slides and --limit (labels.on_slides, labels.limit).
 Out: OUT/jobs/<stack>/input/        inputs.json + images/stacked-histopathology-roi-cropouts/<stack>.<ext>
@@ -16,7 +16,7 @@ Each image is read by training's reader (training.data.decode: the README's inpu
 included), so a stack holds exactly the patches training sees. Image names are paths inside their image folder
 (training.data.inside: training's own rule). Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
-Run:  python -m training.evaluate pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--limit N]
+Run:  python -m evaluation pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--limit N]
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import numpy as np
 from amf import AmfError, jobs
 from amf.fileio import write_text_atomic
 from amf.results import ATYPICAL
+from evaluation import labels
 from training.data import decode
 from training.domains import tumor_name
-from training.evaluate import labels as labels_io
 
 STACK_SIZE = 16  # the organisers' stacks hold up to 16 cut-outs
 FORMATS = ("tiff", "mha", "mixed")
@@ -61,20 +61,20 @@ def pack(
     limit: int | None = None,
     slides=None,
 ) -> dict:
-    """A CSV and its image folder (training.evaluate.labels.csv_table), narrowed by SLIDES and LIMIT -> pack_table."""
-    table = select(labels_io.csv_table(csv_path, image_dir, tumor), limit, slides, seed)
+    """A CSV and its image folder (evaluation.labels.csv_table), narrowed by SLIDES and LIMIT -> pack_table."""
+    table = select(labels.csv_table(csv_path, image_dir, tumor), limit, slides, seed)
     return pack_table(table, out_dir, fmt, seed, progress)
 
 
 def select(table, limit: int | None = None, slides=None, seed: int = 0):
     """The figures of TABLE on the slides the file SLIDES lists, then LIMIT of them (stratified by label, SEED)."""
     if slides is not None:
-        table = labels_io.on_slides(table, slides)
-    return table if limit is None else labels_io.limit(table, limit, seed)
+        table = labels.on_slides(table, slides)
+    return table if limit is None else labels.limit(table, limit, seed)
 
 
 def pack_table(table, out_dir, fmt: str = "tiff", seed: int = 0, progress: bool = True) -> dict:
-    """Write OUT/jobs, OUT/ground_truth.json and OUT/figures.csv for the figures of TABLE (training.evaluate.labels'
+    """Write OUT/jobs, OUT/ground_truth.json and OUT/figures.csv for the figures of TABLE (evaluation.labels'
     table); returns a summary."""
     if fmt not in FORMATS:
         raise AmfError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -89,7 +89,7 @@ def pack_table(table, out_dir, fmt: str = "tiff", seed: int = 0, progress: bool 
     out_dir.mkdir(parents=True, exist_ok=True)
     stacks = make_stacks(table, seed)
     width = max(4, len(str(len(stacks))))
-    known = [c for c in labels_io.OPTIONAL if c in table]
+    known = [c for c in labels.OPTIONAL if c in table]
     truth, placed = [], []
     # build everything in a scratch folder beside OUT/jobs and rename it at the end: a failed pack
     # leaves no half-written jobs, ground truth or figure table behind

@@ -8,15 +8,15 @@ RUN_DIR/                 (RunDir(RUN_DIR); training.train writes it, oof/export/
     best.pt                the kept epoch's weights, LoRA merged (the export reads it)
     epochs.csv             one row per epoch: losses, held-out (val_*) and inner (inner_*) metrics
     oof.csv                the kept epoch's held-out predictions
-    done.json              the fold is finished (its best epoch, selection, EMA decay; training.tta_oof adds
+    done.json              the fold is finished (its best epoch, selection, EMA decay; training.results.tta_oof adds
                            "tta" and "from_run": the held-out figures re-predicted under test-time augmentation)
-    events.out.tfevents.*  TensorBoard's event files (log.tensorboard; training/tracking.py), wandb/ with log.wandb
+    events.out.tfevents.*  TensorBoard's event files (log.tensorboard; training/train/tracking.py), wandb/ (log.wandb)
     train.lock             held (flock) by the one process training the fold; names it (pid, host)
   train.lock             held while a job writes or checks config.yaml and splits.csv
-  oof.csv                pooled out-of-fold predictions, when every fold is done (training.oof; RunDir.read_oof)
+  oof.csv                pooled out-of-fold predictions, when every fold is done (training.results.oof; RunDir.read_oof)
   oof_metrics.json       their metrics and threshold (RunDir.read_oof_metrics)
-  curves.png             loss, held-out balanced accuracy and ROC AUC per epoch, a line per fold (training/curves.py)
-RUN_DIR_tta_<mode>/       the same figures re-predicted under test-time augmentation (training.tta_oof; RunDir.tta_dir)
+  curves.png             loss, held-out balanced accuracy and ROC AUC per epoch, a line per fold (train/curves.py)
+RUN_DIR_tta_<mode>/      the same figures re-predicted under test-time augmentation (results/tta_oof.py; RunDir.tta_dir)
 RUNS_DIR/NAME_<role>/    the runs of training.pipeline (pipeline_run): recipe, plain, and the shift run, named for its
                          split kind (leave_scanner_out: loso; any other kind: the kind itself)
 A file that a reader needs and the folder lacks is one AmfError naming its path. read_predictions is the one
@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import training.splits
 from amf import AmfError, one_line
 from amf.fileio import read_json, temporaries, write_atomic, write_text_atomic
-from training import config as config_io
-from training import splits as splits_io
+from training import config
 from training.data import MAX_RUN_TABLE_BYTES, read_csv
 
 CONFIG, SPLITS, OOF, OOF_METRICS, CURVES = "config.yaml", "splits.csv", "oof.csv", "oof_metrics.json", "curves.png"
@@ -236,7 +236,7 @@ class FoldDir:
         return self.done.is_file()
 
     def event_files(self) -> list[Path]:
-        """TensorBoard's event files of the fold (training/tracking.py; one per training process that ran it)."""
+        """TensorBoard's event files of the fold (training/train/tracking.py; one per training process that ran it)."""
         return sorted(self.path.glob(EVENTS))
 
     def read_done(self) -> dict:
@@ -306,7 +306,8 @@ class RunDir:
     lock = file_in_folder(LOCK)
 
     def tta_dir(self, mode: str) -> Path:
-        """RUN_DIR_tta_MODE beside the run: where training.tta_oof re-predicts it under test-time augmentation."""
+        """RUN_DIR_tta_MODE beside the run: where training.results.tta_oof re-predicts it under test-time
+        augmentation."""
         return self.path.with_name(f"{self.path.name}_tta_{mode}")
 
     def fold(self, k: int) -> FoldDir:
@@ -323,8 +324,8 @@ class RunDir:
         defaults, and the whole is validated: what a model is built from (the export)."""
         if not self.config.is_file():
             raise AmfError(f"{self.path} is not a training run folder (no {CONFIG})")
-        cfg = config_io.read(self.config, "run config")
-        return config_io.validate(config_io.merge(config_io.DEFAULTS, cfg)) if complete else cfg
+        cfg = config.read(self.config, "run config")
+        return config.validate(config.merge(config.DEFAULTS, cfg)) if complete else cfg
 
     def exclusive(self):
         """The run folder's config.yaml and splits.csv for one process at a time: a second job waits (a short
@@ -332,19 +333,19 @@ class RunDir:
         return exclusive(self.lock, f"run folder {self.path}", wait=True)
 
     def write_config(self, cfg: dict) -> None:
-        write_text_atomic(self.config, config_io.dump(cfg))
+        write_text_atomic(self.config, config.dump(cfg))
 
     def read_splits(self) -> pd.DataFrame:
         if not self.splits.is_file():
             raise AmfError(f"{self.path} is not a training run folder (no {SPLITS})")
-        return splits_io.read(self.splits)
+        return training.splits.read(self.splits)
 
     def write_splits(self, splits: pd.DataFrame) -> None:
-        splits_io.write(splits, self.splits)
+        training.splits.write(splits, self.splits)
 
     def missing_folds(self, splits: pd.DataFrame) -> list[int]:
         """The folds of SPLITS without done.json."""
-        return [k for k in splits_io.folds_of(splits) if not self.fold(k).is_done()]
+        return [k for k in training.splits.folds_of(splits) if not self.fold(k).is_done()]
 
     def config_differences(self, cfg: dict) -> list[str]:
         """The keys (section.key) in which config.yaml, completed with today's defaults, differs from CFG; [] when
@@ -352,7 +353,7 @@ class RunDir:
         it skips). A key added since the run started, at its default, is no difference; nor are the sections a
         resumed run may change (UNCOMPARED: they change no result)."""
         old = {s: v for s, v in self.read_config(complete=True).items() if s not in UNCOMPARED}
-        new = {s: v for s, v in config_io.yaml.safe_load(config_io.dump(cfg)).items() if s not in UNCOMPARED}
+        new = {s: v for s, v in config.yaml.safe_load(config.dump(cfg)).items() if s not in UNCOMPARED}
         if old == new:
             return []
         keys = [
@@ -387,15 +388,15 @@ class RunDir:
         return {f.read_done().get(key, default) for f in dirs if f.is_done()}
 
     def predicted_tta(self) -> str:
-        """The test-time augmentation its held-out predictions were made with: training.tta_oof's mode, "none" for a
-        training run (training.train predicts one view)."""
+        """The test-time augmentation its held-out predictions were made with: training.results.tta_oof's mode, "none"
+        for a training run (training.train predicts one view)."""
         modes = self.done_values("tta", "none")
         if len(modes) > 1:
             raise AmfError(f"{self.path}: folds predicted with different test-time augmentations ({sorted(modes)})")
         return modes.pop() if modes else "none"
 
     def from_run(self) -> Path:
-        """The run whose members made these predictions: training.tta_oof's source run, else this run itself."""
+        """The run whose members made these predictions: training.results.tta_oof's source run, else this run itself."""
         sources = self.done_values("from_run")
         if len(sources) > 1:
             raise AmfError(f"{self.path}: folds re-predicted from different runs")
@@ -406,7 +407,7 @@ class RunDir:
         return self.oof.is_file() and self.oof_metrics.is_file()
 
     def read_oof(self) -> pd.DataFrame:
-        """The pooled out-of-fold predictions (training.oof.pool writes them when every fold is done)."""
+        """The pooled out-of-fold predictions (training.results.oof.pool writes them when every fold is done)."""
         self._need_pooled()
         return read_predictions(self.oof, PREDICTION_COLUMNS)
 

@@ -18,11 +18,11 @@ from training import augment
 from training.config import as_set
 from training.config import diff as config_diff
 from training.data import EXPERTS, OFFICIAL_CSV
+from training.export.folder import RENDERED_MARK
 from training.metrics import fmt, fmt_ci
 
 CARD_VERSION = 2  # card.json's layout, written by training.card's build: the only one rendered
-RENDERED_MARK = "<!-- rendered by `python -m training.card`"  # the card's second line (export knows a card by it)
-TEMPLATE = Path(__file__).with_name("card_template.md")
+TEMPLATE = Path(__file__).with_name("card.md")
 SHOWN = ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 METRIC_NAMES = dict(zip(SHOWN, ("balanced accuracy", "ROC AUC", "sensitivity", "specificity")))
 EXPERT_COUNT = {2: "two", 3: "three", 4: "four"}.get(len(EXPERTS), str(len(EXPERTS)))
@@ -260,11 +260,11 @@ TABLES = (fold_rows, oof_rows, scanner_rows, compare_rows, loso_rows, shift_rows
 
 
 def pipeline_runs(card: dict) -> dict | None:
-    """Whether the card's runs and model are training.pipeline's own (training.run.pipeline_run's names:
+    """Whether the card's runs and model are training.pipeline's own (training.rundir.pipeline_run's names:
     RUNS/NAME_recipe, NAME_plain set by PLAIN_SETS, the shift run differing in its splits only, RUN_tta_MODE for
     every mode on every run, the export's threshold chosen on the shipped mode's re-prediction): then the template
     gives its one command, from RUNS, NAME and the modes compared; else None (each step's command)."""
-    from training.run import PLAIN_SETS, RunDir, pipeline_run
+    from training.rundir import PLAIN_SETS, RunDir, pipeline_run
 
     recipe, e, rs = Path(card["runs"]["recipe"]["run"]), card["ensemble"], card["runs"]["recipe"]["config"]
     runs_dir, name = recipe.parent, recipe.name.removesuffix("_recipe")

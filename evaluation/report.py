@@ -9,35 +9,24 @@ breakdowns, confidence semantics, the hindsight threshold, the run, the departur
 Plots: roc.png (ROC curve with its 95% band from the same resamples as the table's intervals, the operating point
 of the submitted classes and the hindsight threshold), confusion.png, breakdowns.png (balanced accuracy per tumour
 domain, scanner, origin and source, with intervals: those with two or more values), calibration.png (reliability
-curve and score histogram). Called by training.evaluate.score; every file is written to a temporary name and
+curve and score histogram). Called by evaluation.score; every file is written to a temporary name and
 renamed.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from amf.fileio import write_text_atomic
 from amf.results import CLASSES
+from evaluation.measure import BREAKDOWNS
 from training.domains import tumor_name
-from training.evaluate.measure import BREAKDOWNS
-from training.metrics import fmt, fmt_ci
+from training.metrics import fmt, fmt_ci, save_figure
 
 NA = "n/a"  # a metric that does not exist (ROC AUC of a one-class set)
 UNIT_WORD = {"slide": "slide-level", "figure": "figure-level"}
-
-
-def _save(fig, path: Path) -> str:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path.name
 
 
 def plot_roc(path: Path, metrics: dict, table) -> str:
@@ -94,7 +83,7 @@ def plot_roc(path: Path, metrics: dict, table) -> str:
     if ax.get_legend_handles_labels()[0]:  # a one-class set has no curve and no point
         ax.legend(loc="lower right", fontsize=8)
     ax.set_aspect("equal")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(path: Path, metrics: dict) -> str:
@@ -125,7 +114,7 @@ def plot_confusion(path: Path, metrics: dict) -> str:
         ylabel="ground truth",
         title="Confusion matrix (row %)",
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def value_name(col: str, value: str) -> str:
@@ -159,7 +148,7 @@ def plot_breakdowns(path: Path, metrics: dict) -> str:
     axes[0][0].set_ylabel(f"balanced accuracy ({UNIT_WORD[unit]} 95% CI)")
     if agg["overall_balanced_accuracy"] is not None:
         axes[0][-1].legend(loc="upper right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration(path: Path, table, bins: int = 10) -> str:
@@ -179,7 +168,7 @@ def plot_calibration(path: Path, table, bins: int = 10) -> str:
     hx.hist(score[y == 1], bins=edges, alpha=0.6, label="atypical", color="tab:red")
     hx.set(xlabel="P(atypical) as scored", ylabel="figures", xlim=(0, 1))
     hx.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def with_ci(value, ci) -> str:

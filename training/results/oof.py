@@ -1,7 +1,7 @@
 """Out-of-fold results: pool the folds' predictions, choose the threshold, compute the metrics.
 
 Every number comes from training.metrics (the module offline evaluation uses), every threshold from
-training.threshold:
+training.results.threshold:
   threshold      maximises balanced accuracy on the pooled out-of-fold predictions of the official figures
                  (extra labelled sets never choose it; the ensemble applies it to its members' mean
                  probability). Chosen on the figures it is then reported on: "pooled (optimistic)".
@@ -14,7 +14,7 @@ training.threshold:
   aggregates (per tumour domain), and seeded 95% intervals by a slide-level bootstrap (training.metrics'
   slide_draws: figures of one slide are not independent; thresholds held fixed).
 Writes RUN_DIR/oof.csv and RUN_DIR/oof_metrics.json (atomically); refuses, naming them, if folds are missing.
-Run:  python -m training.oof RUN_DIR
+Run:  python -m training.results.oof RUN_DIR
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError
-from training import metrics, threshold
-from training import splits as splits_io
+from training import metrics
 from training.domains import DOMAIN_COLUMNS, TUMOR_DOMAINS, tumor_domain
-from training.run import DONE, RunDir
+from training.results import threshold
+from training.rundir import DONE, RunDir
+from training.splits import folds_of
 
 
 def vote_agreement(soft) -> np.ndarray:
@@ -127,7 +128,7 @@ def pool(
             f"fold(s) {', '.join(map(str, missing))} of {run} are not finished "
             f"(no fold<k>/{DONE}); train them with --fold"
         )
-    folds = splits_io.folds_of(splits)
+    folds = folds_of(splits)
     oof = pd.concat([run.fold(k).read_oof() for k in folds], ignore_index=True)
     expected = set(splits.loc[splits["fold"] >= 0, "image_id"])
     if set(oof["image_id"]) != expected or oof["image_id"].duplicated().any():
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
     from amf import report_error
     from amf.cli import EXPECTED, ArgumentParser, as_error
 
-    ap = ArgumentParser(prog="python -m training.oof", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.results.oof", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", help="run folder of training.train (splits.csv, fold<k>/oof.csv)")
     a = ap.parse_args(argv)
     try:

@@ -9,16 +9,15 @@
                   than 0 reseed torch's generators (drop path, MixStyle's lambda) and MixStyle's own
                   (whether to mix, the partner) with rank_seed(seed, rank, epoch), so that those draws differ
                   across ranks; rank 0 keeps the seed's stream, so one process trains exactly as before
-  augmentation    drawn per global draw position on both data paths (training/data.py, training/gpu_augment.py):
+  augmentation    drawn per global draw position on both data paths (training/data.py, training/train/gpu_augment.py):
                   the same views whatever G, each rank taking its own positions
 world_line() is the line training.train prints at the start of a fold.
-Run:  python -m training.ddp CONFIG [--world G] [--steps S]   (prints that line for G processes)
+Look:  python -m training.inspect ddp CONFIG [--world G] [--steps S]   (that line for G processes)
 """
 
 from __future__ import annotations
 
 import copy
-import sys
 
 import numpy as np
 import torch
@@ -86,24 +85,3 @@ def reseed_rank(seed: int, rank: int, epoch: int, mixer=None) -> None:
     torch.manual_seed(s)
     if mixer is not None and mixer.generator is not None:
         mixer.generator.manual_seed(s)
-
-
-def main(argv=None) -> int:
-    from amf import report_error
-    from amf.cli import EXPECTED, as_error, positive_int
-    from training import config as config_io
-
-    ap = config_io.config_parser("python -m training.ddp", __doc__, "train.lr_scaling=linear", default="smoke")
-    ap.add_argument("--world", type=positive_int, default=2, help="number of processes (default 2)")
-    ap.add_argument("--steps", type=positive_int, default=100, help="optimiser steps per epoch with one process")
-    a = ap.parse_args(argv)
-    try:
-        cfg = config_io.load(a.config, a.overrides)
-    except EXPECTED as e:
-        return report_error(as_error(e))
-    print(world_line(cfg, a.world, max(1, a.steps // a.world)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

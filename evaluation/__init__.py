@@ -7,6 +7,6 @@
   measure.py  metrics, intervals, breakdowns and the ROC band of scored figures, on one resampling
   score.py    the organisers' Track 2 checks and metrics, with intervals -> metrics.json, predictions.csv
   report.py   report.md and its plots, from what score computed
-  __main__.py the command line: python -m training.evaluate pack|run|score ...
+  __main__.py the command line: python -m evaluation pack|run|score ...
 Nothing here imports torch (test_evaluate.py checks it).
 """

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from amf import AmfError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def child_env(parallel: int) -> dict:

@@ -7,12 +7,11 @@
 The development environment's torch (requirements-dev.txt, from PyPI) is built for CUDA 13.0, which needs an NVIDIA
 driver >= 580; with an older driver torch sees no GPU. README ("Your own submission") says how to install a torch
 build for an older driver.
-Run:  python -m training.device [auto|cuda|cpu]   (prints the device training would use, or the error)
+Look:  python -m training.inspect device [auto|cuda|cpu]   (the device training would use, or the error)
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -79,22 +78,3 @@ def choose(asked: str = "auto", local_rank: int = 0):
     if asked == "cuda":
         raise AmfError(f"--device cuda needs a GPU, and {sees}: {advice()}")
     return torch.device("cpu"), f"{sees}: training on the CPU (--device auto; --device cuda stops here instead)"
-
-
-def main(argv=None) -> int:
-    from amf import report_error
-    from amf.cli import ArgumentParser
-
-    ap = ArgumentParser(prog="python -m training.device", description=__doc__.splitlines()[0])
-    ap.add_argument("device", nargs="?", default="auto", choices=["auto", "cuda", "cpu"])
-    a = ap.parse_args(argv)
-    try:
-        device, why = choose(a.device)
-    except AmfError as e:
-        return report_error(e)
-    print(f"device {device}: {why}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

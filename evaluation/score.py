@@ -9,14 +9,14 @@ accuracy and accuracy from the classes, ROC AUC on the confidences, and the same
 (training.metrics.aggregates: the organisers' keys). metrics.json holds them under "aggregates" exactly
 as the organisers' metrics.json does; everything else sits under its own top-level key:
   model                 the model the jobs ran with (run.json, or --model): folder, manifest SHA-256, members,
-                        TTA, threshold and its source, training data (training.evaluate.identity); null if unknown
+                        TTA, threshold and its source, training data (evaluation.identity); null if unknown
   toolkit               this toolkit's version and git commit
   seen                  how many scored figures the model trained on: each job's patches fingerprinted
-                        (training.fingerprint) against the model's training_fingerprints.bin; or why not checked
+                        (training.export.fingerprint) against the model's training_fingerprints.bin; or why not checked
   unseen_only           every metric again on the figures the model did not train on (when it trained on some;
                         null when it trained on all)
   confidence_intervals  95% intervals, overall and per domain, and roc_band, the ROC band: one resampling
-                        (training.evaluate.measure: slides where figures.csv knows them, else figures)
+                        (evaluation.measure: slides where figures.csv knows them, else figures)
   breakdowns            per tumour domain, scanner, origin, source (the figures.csv columns there are)
   confidence_semantics  how the confidence was read (below)
   hindsight             the threshold that would have maximised balanced accuracy on this very set
@@ -31,7 +31,7 @@ Everything is read and checked before anything is written (a result's confidence
 [0, 1]; run.json and figures.csv must parse and hold their fields; a fingerprint file must be the
 format and the one the manifest records), and OUT/metrics.json from an earlier run is removed first:
 after a failed score no metrics.json claims a result.
-Run:  python -m training.evaluate score JOBS --ground-truth GT --out DIR [--model DIR]
+Run:  python -m evaluation score JOBS --ground-truth GT --out DIR [--model DIR]
       [--confidence p-atypical|predicted-class]
 """
 
@@ -45,9 +45,9 @@ import numpy as np
 from amf import AmfError, jobs, one_line
 from amf.fileio import read_json, write_text_atomic
 from amf.results import ATYPICAL, CLASS_ID, validate
-from training.evaluate import identity, measure
+from evaluation import identity, measure
 from training.metrics import summary
-from training.threshold import best_threshold
+from training.results.threshold import best_threshold
 
 CONFIDENCE_MODES = {
     "p-atypical": "confidence = P(atypical); ROC AUC on the confidence as given",
@@ -134,7 +134,7 @@ def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
     """Every job's figures in one table; all problems reported together, and nothing scored."""
     import pandas as pd
 
-    from training.evaluate.run import list_jobs
+    from evaluation.run import list_jobs
 
     rows, problems, seen = [], [], {}
     job_dirs = list_jobs(jobs_dir)
@@ -162,7 +162,7 @@ def collect(jobs_dir, truth: dict, confidence: str = "p-atypical"):
 
 def run_records(jobs_dir) -> list[dict]:
     """What `run` recorded in JOBS/<job>/run.json, checked; [] where it recorded nothing."""
-    from training.evaluate.run import RUN_RECORD, list_jobs
+    from evaluation.run import RUN_RECORD, list_jobs
 
     records = []
     for path in (j / RUN_RECORD for j in list_jobs(jobs_dir)):
@@ -283,7 +283,7 @@ def score(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "predictions.csv", table.drop(columns="predicted").to_csv(index=False))
     if report:
-        from training.evaluate.report import write_report
+        from evaluation.report import write_report
 
         write_report(out_dir, metrics, table)
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: the sign it all worked

@@ -9,7 +9,7 @@ training.data.slide_key), Scanner, Origin, Species and source (OPTIONAL). Source
   layout_table(DATA_DIR)         a data folder in a known layout (LAYOUTS): those training reads (the official
                                  one, AMi-Br's: training.data.read_labelled) and AtNorM's (Atypical/, Normal/,
                                  optional votes; training.data.read_atnorm: no slides or tumour types, so --tumor)
-  run_fold_table(RUN, K)         fold K's held-out figures of a training run (its splits.csv, training.run.RunDir):
+  run_fold_table(RUN, K)         fold K's held-out figures of a training run (its splits.csv, training.rundir.RunDir):
                                  the figures the member of that fold never saw
   from_training_table(TABLE)     any table in training's columns (image_id, path, label 0/1, Tumor, and slide,
                                  source, Scanner, Origin, Species where known) -> this table
@@ -187,12 +187,12 @@ def layout_table(data_dir, tumor: str | None = None):
 def run_fold_table(run, fold: int, data_dir=None, tumor: str | None = None):
     """Fold FOLD's held-out figures of the training run RUN (its splits.csv); DATA_DIR where the official images
     moved since training (training.data.image_path)."""
-    from training import splits as splits_io
-    from training.run import RunDir
+    from training.rundir import RunDir
+    from training.splits import folds_of
 
     run = RunDir(run)
     splits = run.read_splits()
-    folds = splits_io.folds_of(splits)
+    folds = folds_of(splits)
     if fold not in folds:
         raise AmfError(f"{run} has no fold {fold} (its folds: {', '.join(map(str, folds)) or 'none'})")
     rows = splits[splits["fold"] == fold]

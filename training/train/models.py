@@ -8,13 +8,13 @@ create_classifier(cfg) is the one call that builds it, for training, export and 
   model.weights      or load a local weights file into the backbone (offline); give the timm architecture
                      name then (an hf-hub: name needs the hub for its config even without weights). Every
                      tensor must fit (one error names the keys that do not); one line says how many loaded
-  (the hub: training/hub.py; unreachable, it fails within seconds unless the files are in the local cache)
+  (the hub: training/train/hub.py; unreachable, it fails within seconds unless the files are in the local cache)
   model.kwargs       extra timm.create_model arguments; "py:timm.layers.SwiGLUPacked" names a Python object
   model.finetune     full | lora (peft LoRA on model.lora.target_modules; folded into the weights before
                      export) | frozen (backbone frozen and kept in eval mode; the attention and head train)
 The attention module, EmbeddingSE (squeeze-and-excitation, Hu et al. 2018, applied to the pooled
 embedding: z * sigmoid(W2 relu(W1 z))), refines the features that the head classifies and that the
-alignment loss (training/recipe.py) aligns across domains; present when model.attention is true, or ("auto",
+alignment loss (training/train/recipe.py) aligns across domains; present when model.attention is true, or ("auto",
 the default) when align.enabled. It is a part of
 the exported model (a few thousand multiply-adds per patch).
 Look:  python -m training.inspect models CONFIG   (builds the model: its size and a forward pass's shape)
@@ -31,7 +31,7 @@ from torch import nn
 
 from amf import AmfError, one_line
 from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from training import hub
+from training.train import hub
 
 
 class EmbeddingSE(nn.Module):
@@ -85,8 +85,8 @@ class Classifier(nn.Module):
 
 
 def _hub_error(name: str, e: Exception, offline: str | None = None) -> AmfError:
-    """One whole line for a backbone the hub did not give: gated, unreachable (OFFLINE: why, from training.hub) and
-    not cached, or another hub failure (its message shortened at a sentence's end)."""
+    """One whole line for a backbone the hub did not give: gated, unreachable (OFFLINE: why, from training.train.hub)
+    and not cached, or another hub failure (its message shortened at a sentence's end)."""
     text = " ".join(f"{type(e).__name__}: {e}".split())
     low = text.lower()
     repo = name[len("hf-hub:") :] if name.startswith("hf-hub:") else name

@@ -1,6 +1,6 @@
 """Paired comparison of two runs' out-of-fold predictions on the same figures: on the folds both runs finished.
 
-  python -m training.compare RUN_A RUN_B [--n-boot 2000] [--seed 0] [--json OUT.json]
+  python -m training.results.compare RUN_A RUN_B [--n-boot 2000] [--seed 0] [--json OUT.json]
 
 A run contributes its pooled oof.csv when every fold is done, else the predictions of its finished folds (each
 fold<k>/oof.csv beside a done.json): a partial run is compared on the folds both runs finished, which must hold
@@ -9,7 +9,7 @@ each run was complete.
 The bootstrap resamples *slides* (all figures of a drawn slide together), since figures of one slide are not
 independent, and recomputes, on the same draw for both runs, balanced accuracy at 0.5, balanced accuracy at
 nested thresholds and ROC AUC. Nested: each compared fold's threshold is the one that maximises balanced accuracy
-on the run's other compared folds (training.threshold.leave_one_group_out_thresholds, official figures choose), so no
+on the run's other compared folds (threshold.leave_one_group_out_thresholds, official figures choose), so no
 figure chose its own threshold: selection-free for a k-fold run trained with train.selection last or inner; for a
 leave-one-scanner-out run (folds = scanners) each scanner is judged at a threshold chosen on the other scanners.
 With one compared fold there is no nested threshold and that metric is left out (the result says so).
@@ -29,9 +29,10 @@ import pandas as pd
 from amf import AmfError, report_error
 from amf.cli import ArgumentParser
 from amf.fileio import write_text_atomic
-from training import metrics, threshold
-from training import splits as splits_io
-from training.run import DONE, RunDir
+from training import metrics
+from training.results import threshold
+from training.rundir import DONE, RunDir
+from training.splits import folds_of
 
 NESTED = "balanced_accuracy@nested_thresholds"
 
@@ -46,7 +47,7 @@ def finished_oof(run) -> tuple[pd.DataFrame, list[int], list[int]]:
         return oof, folds, folds
     if not run.splits.is_file():
         raise AmfError(f"{run} has no out-of-fold predictions: no pooled {run.oof}, no splits.csv of its folds")
-    folds = splits_io.folds_of(run.read_splits())
+    folds = folds_of(run.read_splits())
     done = [k for k in folds if run.fold(k).is_done()]
     if not done:
         raise AmfError(f"{run} has no out-of-fold predictions: no fold finished (no fold<k>/{DONE})")
@@ -146,7 +147,7 @@ def folds_text(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.compare", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.results.compare", description=__doc__.splitlines()[0])
     ap.add_argument("run_a")
     ap.add_argument("run_b")
     ap.add_argument("--n-boot", type=int, default=2000)

@@ -1,0 +1,86 @@
+"""The model card of an exported ensemble: every figure measured from the runs, none typed by hand.
+
+  python -m training.card --model model --recipe RUN [--plain RUN] [--loso RUN] [--tta TTA_RUN ...] [--data DATA]
+                          [--n-boot 2000] [--trained-on TEXT]
+  python -m training.card --model model --render        (re-render README.md from card.json only)
+
+The shipped run is --recipe, decided before any figure (the recipe is the method; the plain run is its control):
+MODEL_DIR must hold its export (python -m training.export RUN --out MODEL_DIR [--shift-run LOSO]), else one error.
+Each run's figures are training.results.oof's, recomputed here without writing into the run: pooled threshold
+(optimistic: chosen on the figures it is reported on), nested thresholds (each fold's chosen on the other folds:
+selection-free when the run's train.selection is last or inner) and 0.5, with slide-level bootstrap intervals, per
+fold and per scanner. --plain may be partial (some folds not trained): its figures are its finished folds, and the
+paired comparison with the recipe (training.results.compare) is on the folds both finished. Without --plain (a
+pipeline that trained no control) the card holds the recipe run alone: no comparison, no verdict on the recipe's
+parts.
+--loso: the leave-one-scanner-out run, each held-out scanner at its nested threshold (chosen on the other scanners),
+at the pooled threshold and at 0.5.
+--tta: training.results.tta_oof runs of --recipe or --loso, each paired with the run it re-predicted (from_run).
+--data: the official layout, for the figures by expert agreement where the runs' tables lack the votes.
+From the manifest: the threshold for scanner shift (provenance threshold_for_shift, training.results.threshold) and the
+shipped test-time augmentation. Writes, atomically, into MODEL_DIR:
+  card.json   the figures and facts (card_version 2, the one layout training/card/render.py renders): data counts,
+              configs and their overrides, out-of-fold metrics, per scanner, the paired comparison,
+              leave-one-scanner-out, threshold for shift, TTA, files and sizes
+  oof.csv     image_id, slide, fold, probability of the shipped run: which member held out which
+              figure and what it said there (labels stay in the official CSV)
+  README.md   the card, rendered from card.json alone by training/card/render.py (its template: card.md)
+--render refuses a card.json of the layout from before card_version 2 with one error: rebuild it from the runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amf import AmfError, report_error
+from amf.cli import ArgumentParser
+from amf.fileio import write_text_atomic
+from training.card.build import build, write
+from training.card.render import render, verdict
+from training.export.folder import CARD_JSON, README
+
+
+def main(argv=None) -> int:
+    ap = ArgumentParser(prog="python -m training.card", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="model")
+    ap.add_argument("--recipe", help="the shipped run (MODEL_DIR must hold its export)")
+    ap.add_argument("--plain", help="the plain baseline on the same splits (may be partial; left out: no control run)")
+    ap.add_argument("--plain-partial-reason", default="", help="why the plain run has unfinished folds, for the card")
+    ap.add_argument("--loso", default=None, help="the recipe's config with splits.kind=leave_scanner_out")
+    ap.add_argument("--tta", nargs="*", default=[], help="training.results.tta_oof runs of --recipe or --loso")
+    ap.add_argument("--data", default=None, help="the official layout: expert votes for the by-agreement figures")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--trained-on", default="", help="where the runs trained, for the card (e.g. 'a 2-core CPU')")
+    ap.add_argument("--render", action="store_true", help="re-render README.md from card.json")
+    args = ap.parse_args(argv)
+    model_dir = Path(args.model)
+    try:
+        if args.render:
+            if not (model_dir / CARD_JSON).is_file():
+                raise AmfError(f"{model_dir / CARD_JSON} is missing")
+            write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
+        else:
+            if not args.recipe:
+                raise AmfError("give --recipe RUN [--plain RUN] (or --render)")
+            card, oof = build(
+                model_dir,
+                args.recipe,
+                args.plain,
+                args.loso,
+                args.n_boot,
+                args.trained_on,
+                args.tta,
+                args.data,
+                args.plain_partial_reason,
+            )
+            write(model_dir, card, oof)
+            print(verdict(card))
+    except AmfError as e:
+        return report_error(e)
+    print(f"wrote {model_dir / README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
