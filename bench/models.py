@@ -50,7 +50,7 @@ def export_convnext(path: Path, seed: int, size: int) -> Path:
     import timm
     import torch
 
-    from training.export.folder import export_onnx
+    from training.export.members import export_onnx
 
     torch.manual_seed(seed)
     model = timm.create_model(CONVNEXT_ARCH, pretrained=False, num_classes=1).eval()

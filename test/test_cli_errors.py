@@ -34,6 +34,8 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.results.threshold", [MISSING, MISSING], "out-of-fold"),
     ("training.results.tta_oof", [MISSING, "--tta", "d4"], "run folder"),
     ("training.results.tta_oof", [MISSING, "--tta", "d8"], "--tta"),
+    ("training.threshold", [MISSING, MISSING], "out-of-fold"),  # the names the shipped card gives them
+    ("training.tta_oof", [MISSING, "--tta", "d4"], "run folder"),
     ("training.export", [MISSING, "--out", MISSING, "--shift-run", MISSING], "run folder"),
     ("training.pipeline", [MISSING, "--data", MISSING, "--runs", MISSING, "--model-out", MISSING], "not found"),
     ("training.pipeline", ["smoke", "--data", MISSING, "--runs", MISSING, "--model-out", MISSING], "official layout"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import ROOT
 
 
@@ -52,3 +53,36 @@ def test_the_layout_parser_reads_nesting():
     listed = layout_paths()
     assert {"amf/", "amf/jobs.py", "evaluation/", "evaluation/score.py", ".ci/run"} <= listed
     assert not any(re.search(r"\s", p) for p in listed)
+
+
+def named(text: str) -> tuple[set[str], set[str]]:
+    """The modules TEXT runs (`python -m X`, `-m X`) or names in backticks (`training.x`), and the source paths it
+    names (`training/x.py`, amf/..., bench/..., evaluation/...)."""
+    modules = set(re.findall(r"(?:python |torchrun .*?)-m ([a-z_][\w.]*)", text))
+    modules |= set(re.findall(r"`((?:training|amf|bench|evaluation)\.[a-z_][\w.]*)[`:\s(]", text))
+    paths = set(re.findall(r"\b((?:training|amf|bench|evaluation|test)/[\w/]+\.(?:py|md|yaml))\b", text))
+    return modules, paths
+
+
+def resolvable(module: str) -> bool:
+    """MODULE, or MODULE less its last part (a function or constant of it), is a module of the project or Python."""
+    import importlib.util
+
+    for name in (module, module.rpartition(".")[0]):
+        try:
+            if name and importlib.util.find_spec(name) is not None:
+                return True
+        except ModuleNotFoundError:
+            pass
+    return False
+
+
+@pytest.mark.parametrize("doc", ["README.md", "BENCHMARKS.md", "model/README.md"])
+def test_every_command_and_source_path_a_document_names_exists(doc):
+    """A module moved or renamed leaves no stale command behind: every `python -m` command, backticked module and
+    source path of the README, the benchmarks and the shipped model card exists (the card must re-render byte for
+    byte, so its names stay valid)."""
+    modules, paths = named((ROOT / doc).read_text())
+    missing = sorted(m for m in modules if m not in {"pytest", "venv", "pip"} and not resolvable(m))
+    missing += sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"{doc} names what the tree lacks: {missing}"

@@ -8,7 +8,7 @@ import torch
 
 from amf import AmfError
 from training import config as config_io
-from training.export.folder import export_member, parity
+from training.export.members import export_member, parity
 from training.train.models import create_backbone, create_classifier, load_for_export, lora_folded_state_dict
 
 

@@ -1,6 +1,76 @@
-"""python -m training.export: training/export/folder.py's command line (its MANUAL)."""
+"""Export a finished training run to the container's ONNX ensemble.
 
-from training.export.folder import main
+  python -m training.export RUN_DIR --out MODEL_DIR [--data DATA_DIR] [--tta none|flips|d4] [--n-real 16]
+                           [--threshold-run RUN_tta_MODE] [--shift-run LOSO_RUN_DIR]
+
+1. Pools the folds' out-of-fold predictions (RUN_DIR/oof.csv, oof_metrics.json; refuses, naming them,
+   if folds are missing) and takes the threshold that maximises out-of-fold balanced accuracy; the
+   container applies it to the ensemble's mean probability (the members' out-of-fold probabilities
+   were each judged alone, so the threshold is an estimate for the mean; the model card says so).
+   With --shift-run (a pooled leave-one-domain-out run of the same figures: scanners, sources) the threshold is the
+   one training.results.threshold chooses between the out-of-fold and the leave-one-domain-out rule, and the whole
+   comparison goes into the provenance (threshold_for_shift).
+   With --tta and --threshold-run (RUN's held-out figures re-predicted under that mode by training.results.tta_oof) the
+   out-of-fold predictions that choose the threshold are the ones the container makes; --shift-run must then be
+   re-predicted under the same mode (refused otherwise). Without it the threshold comes from RUN's one-view
+   predictions, and the provenance (threshold_predictions, threshold_note) says so.
+2. Each fold's best.pt (LoRA already merged) -> MODEL_DIR/fold{k}.onnx: fp32, opset >= 17, input "input"
+   float32 N x 3 x S x S (dynamic N), output "logit" (N, 1) for atypical; TorchScript exporter
+   (dynamo=False), weights inside the one file (over 2 GB: in one fold{k}.onnx.data beside it).
+3. Parity: onnxruntime against torch on random inputs and on real validation patches of that fold
+   (prepared by amf.preprocess.prepare, as the container does); the largest |logit difference| must be
+   <= export.parity_tol (1e-3); it is printed and recorded in the manifest.
+4. MODEL_DIR/training_fingerprints.bin (training/export/fingerprint.py): the content fingerprint of every figure of the
+   run's splits.csv, so that offline evaluation can tell the figures the model trained on; the container never
+   reads it.
+5. MODEL_DIR/ensemble.json through amf.manifest.save, trained: true, with provenance: backbone, config,
+   folds, out-of-fold metrics with bootstrap intervals, threshold, parity, versions, training_figures (the
+   fingerprint file's figure count and SHA-256).
+6. MODEL_DIR/expected_output.json: the container's result (inference.run) on the project's sample job
+   (test/input) with this model, which do_test_run.sh, make test and make demo's checks compare against.
+Everything is written to a temporary folder first; MODEL_DIR changes only when all of it succeeded
+(model files that an older manifest there named, and the new one does not, are removed; so is an older
+fingerprint file). What described the model it replaces goes first: its card (README.md, card.json, oof.csv:
+training.card writes this model's) and its expected output; the new expected output comes last, after the manifest.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from amf import report_error
+from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
+from amf.preprocess import TTA_MODES
+from training.export.folder import export_run
+
+
+def main(argv=None) -> int:
+    ap = ArgumentParser.from_doc("python -m training.export", __doc__)
+    ap.add_argument("run", help="training run folder")
+    ap.add_argument("--out", required=True, help="model folder to write (ensemble.json + fold*.onnx)")
+    ap.add_argument("--data", default=None, help="data folder, if the images moved since training")
+    ap.add_argument("--tta", default=None, choices=list(TTA_MODES), help="overrides export.tta")
+    ap.add_argument("--n-real", type=positive_int, default=16, help="real patches per fold for the parity check")
+    ap.add_argument(
+        "--shift-run",
+        default=None,
+        help="a pooled leave-one-domain-out run of the same figures (leave_scanner_out, leave_source_out): "
+        "the threshold is chosen between the out-of-fold and the leave-one-domain-out rule "
+        "(training.results.threshold) and the comparison recorded in the provenance",
+    )
+    ap.add_argument(
+        "--threshold-run",
+        default=None,
+        help="RUN's held-out figures re-predicted under --tta (training.results.tta_oof RUN --tta MODE): the threshold "
+        "is chosen on the predictions the container makes (default: RUN's own, one view)",
+    )
+    a = ap.parse_args(argv)
+    try:
+        export_run(a.run, a.out, a.data, a.tta, a.n_real, shift_run=a.shift_run, threshold_run=a.threshold_run)
+    except EXPECTED as e:
+        return report_error(as_error(e))
+    return 0
+
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
