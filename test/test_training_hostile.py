@@ -444,12 +444,12 @@ def test_two_trainings_of_one_fold_started_together(layout, tmp_path):
     cmd = [sys.executable, "-m", "training.train", *map(str, args), "--no-progress"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
     results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
-    trained = [out for rc, out, _ in results if rc == 0 and "fold 0 epoch 1/1" in out]
+    trained = [out for rc, out, _ in results if rc == 0 and "fold 0, epoch 1 of 1:" in out]
     assert len(trained) == 1, results
     for rc, out, err in results:
         assert "Traceback" not in err, err
         refused = rc == 2 and "is in use by pid" in err.strip().splitlines()[-1]
-        assert refused or "fold 0 epoch 1/1" in out or (rc == 0 and "already done" in out), (rc, out, err)
+        assert refused or "fold 0, epoch 1 of 1:" in out or (rc == 0 and "already done" in out), (rc, out, err)
     fold = RunDir(tmp_path / "run").fold(0)
     assert json.loads(fold.done.read_text())["fold"] == 0 and "state_dict" in fold.load_best()
     assert not list(fold.path.glob(".*.tmp"))

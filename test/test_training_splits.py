@@ -201,3 +201,21 @@ def test_amibr_layout_errors(tmp_path):
     t.drop(columns=["dataset"]).to_csv(amibr / "AMI-BR.csv")
     with pytest.raises(AmfError, match="missing column"):
         load_dataset(amibr, config_io.load("smoke"))
+
+
+def test_splits_of_a_data_folder_given_relative_to_the_working_directory_read_back(tmp_path, monkeypatch):
+    """--data ../shared/data/... (the README's own example) puts '..' in every recorded image path: such a
+    splits.csv is the one training wrote and reads back; a path that names another file is refused."""
+    data = make_layout(tmp_path / "shared" / "d", n_slides=4, per_slide=2)
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    relative = f"../shared/{data.name}"
+    df = load_dataset(relative, config_io.load("smoke"), log=lambda *a: None)[0]
+    assert df["path"].str.startswith("../").all()
+    s = splits_io.make_splits(df, "kfold", 2, seed=0)
+    splits_io.write(s, tmp_path / "splits.csv")
+    assert splits_io.read(tmp_path / "splits.csv")["path"].tolist() == s["path"].tolist()
+    s.loc[0, "path"] = "../shared/elsewhere/other.png"
+    splits_io.write(s, tmp_path / "bad.csv")
+    with pytest.raises(AmfError, match="not written by training"):
+        splits_io.read(tmp_path / "bad.csv")

@@ -376,7 +376,7 @@ class RunDir:
             return False
         for f in dirs:
             shutil.rmtree(f.path, ignore_errors=True)
-        for path in (self.config, self.splits):
+        for path in (self.config, self.splits, self.lock):  # the run's lock is free again: this command held it
             path.unlink(missing_ok=True)
         if self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()
