@@ -233,7 +233,8 @@ def test_the_threshold_for_scanner_shift_is_rendered_with_the_rule_that_shipped(
     assert card["ensemble"]["threshold"] == shift["threshold"] == shift["rules"][shift["chosen"]]["threshold"]
     text = render(card)
     assert "## Threshold for scanner shift" in text
-    assert f"Shipped: the {shift['chosen']} rule, threshold {shift['threshold']:.3f}. The rule: {shift['rule']}" in text
+    assert f"Shipped: the {shift['chosen']} rule (chosen between the two on this table's nested column" in text
+    assert f"threshold {shift['threshold']:.3f}. The rule: {shift['rule']}" in text
     for rule, r in shift["rules"].items():
         assert f"| {rule}{' (shipped)' if rule == shift['chosen'] else ''} | {r['threshold']:.3f} | " in text
         assert f"{r['nested_loso']['balanced_accuracy']:.3f}" in text
@@ -444,11 +445,12 @@ def test_a_card_without_a_plain_run_holds_the_recipe_alone(runs, tmp_path, capsy
 def test_reproduce_is_the_one_pipeline_command_that_made_the_runs(tmp_path):
     """Runs named as training.pipeline names them (NAME_recipe, NAME_plain, NAME_loso, RUN_tta_MODE) render as
     its one command; the step list stays for runs made otherwise (the tests above)."""
-    from training.rundir import RunDir, pipeline_run
+    from training.rundir import RunDir, pipeline_run, plain_sets
 
     df, base = table(), tmp_path / "runs"
     recipe = make_run(pipeline_run(base, "v9", "recipe"), df, 0.6)
-    plain = make_run(pipeline_run(base, "v9", "plain"), df, 0.1, overrides=PLAIN_OFF, done=[0, 1])
+    control = plain_sets(config_io.load("default_model"))  # the pipeline's: the attention gate kept
+    plain = make_run(pipeline_run(base, "v9", "plain"), df, 0.1, overrides=control, done=[0, 1])
     loso = make_run(
         pipeline_run(base, "v9", "leave_scanner_out"),
         df.assign(fold=df["Scanner"].map({s: k for k, s in enumerate(SCANNERS)})),  # a fold per scanner

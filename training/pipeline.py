@@ -4,7 +4,7 @@ order, each skipped when its outputs are complete and current; a killed pipeline
   python -m training.pipeline CONFIG --data DATA_DIR --runs RUNS_DIR --model-out MODEL_DIR [--name NAME]
          [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--tta none|flips|d4] [--compare-tta MODE ...]
          [--shift [KIND]] [--plain [--plain-folds K,K] [--plain-partial-reason TEXT]] [--trained-on TEXT]
-         [--n-boot N] [--no-progress]
+         [--n-boot N] [--no-progress] [--candidates RUN ... --candidate-rule TEXT] [--benchmark NAME]
 
 The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME defaults to the config's name):
   train    training.train CONFIG [--set ...] -> RUN: every fold (resumes a fold from its last.pt), pooled
@@ -15,7 +15,9 @@ The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME de
   export   training.export RUN --out MODEL_DIR --tta T [--threshold-run RUN_tta_T] [--shift-run SHIFT(_tta_T)]:
            the threshold by the existing rules (the out-of-fold rule, or training.results.threshold's choice with a
            shift run), the ONNX members, the manifest, and the model's own expected output on the sample job
-  card     training.card: MODEL_DIR/README.md, card.json, oof.csv (without --plain, the recipe run alone)
+  card     training.card: MODEL_DIR/README.md, card.json, oof.csv, predictions/ (without --plain, the recipe run
+           alone; --candidates: finished runs of the other recipes tried, counted and compared on the card;
+           --benchmark: the published protocol the runs followed, its table printed as the paper's)
 then prints the next commands (build, test run, save).
 A step is skipped when its outputs exist, are complete and are newer than its inputs: a training run whose
 config.yaml is the same resolved config and whose folds are all done (and pooled); a re-prediction pooled from the
@@ -41,11 +43,11 @@ from training import config
 from training.card.build import build as build_card
 from training.card.build import write as write_card
 from training.card.render import verdict
-from training.data import OFFICIAL_CSV
+from training.data import LAYOUTS
 from training.export.folder import CARD_JSON, EXPECTED_OUTPUT, OOF_CSV, README, export_run
 from training.results.oof import pool
 from training.results.tta_oof import tta_run
-from training.rundir import PLAIN_SETS, RunDir, pipeline_run
+from training.rundir import RunDir, pipeline_run, plain_sets
 from training.splits import KINDS, folds_of
 from training.train.__main__ import main as train_main
 from training.train.kfold import resolve_normalisation
@@ -83,6 +85,9 @@ class Plan:
     trained_on: str = ""
     n_boot: int = 2000
     progress: bool = True
+    candidates: list = field(default_factory=list)
+    candidate_rule: str = ""
+    benchmark: str | None = None
 
     @property
     def recipe(self) -> Path:
@@ -218,7 +223,7 @@ def card(plan: Plan) -> None:
     """training.card into MODEL_DIR; skipped when its card.json describes this export with these runs and is newer
     than them."""
     json_path = plan.model_out / CARD_JSON
-    runs = [r for r in (plan.recipe, plan.plain_run, plan.shift_run) if r is not None]
+    runs = [r for r in (plan.recipe, plan.plain_run, plan.shift_run, *plan.candidates) if r is not None]
     tta_runs = plan.tta_runs()
     inputs = [plan.model_out / manifest.MANIFEST_NAME]
     for r in [*runs, *tta_runs]:
@@ -234,11 +239,15 @@ def card(plan: Plan) -> None:
             and sorted(Path(r["run"]).resolve() for r in old.get("tta", {}).get("runs", []))
             == sorted(r.resolve() for r in tta_runs)
             and (old.get("trained_on", ""), plain.get("partial_reason", "")) == (plan.trained_on, reason)
+            and sorted(Path(r["run"]).resolve() for r in old.get("candidates", {}).get("runs", []))
+            == sorted(r.resolve() for r in plan.candidates)
+            and old.get("candidates", {}).get("rule", "") == plan.candidate_rule
+            and old.get("benchmark_name") == plan.benchmark
         ):
             say("card", f"skipped: {json_path} describes these runs")
             return
     say("card", f"training.card --model {plan.model_out} -> {plan.model_out / README}")
-    votes = plan.data if (plan.data / OFFICIAL_CSV).is_file() else None  # the experts' votes, official layout only
+    votes = plan.data if any((plan.data / t).is_file() for t in LAYOUTS.values()) else None  # the experts' votes
     built, oof = build_card(
         plan.model_out,
         plan.recipe,
@@ -249,6 +258,9 @@ def card(plan: Plan) -> None:
         tta=tta_runs,
         data_dir=votes,
         plain_partial_reason=reason,
+        benchmark=plan.benchmark,
+        candidates=plan.candidates,
+        candidate_rule=plan.candidate_rule,
     )
     write_card(plan.model_out, built, oof)
     print(verdict(built))
@@ -283,7 +295,7 @@ def run(plan: Plan) -> None:
     if plan.shift:
         train(plan, "shift", plan.shift_run, [*sets, f"splits.kind={plan.shift}"])
     if plan.plain:
-        train(plan, "plain", plan.plain_run, [*sets, *PLAIN_SETS], plan.plain_folds)
+        train(plan, "plain", plan.plain_run, [*sets, *plain_sets(config.load(plan.config, sets))], plan.plain_folds)
     for base in [b for b in (plan.shift_run, plan.recipe) if b is not None]:
         for mode in plan.modes:
             re_predict(plan, base, mode)
@@ -333,6 +345,9 @@ def parser() -> ArgumentParser:
     ap.add_argument("--plain-partial-reason", default="", help="why the control has only some folds, for the card")
     ap.add_argument("--trained-on", default="", help="where the runs trained, for the card")
     ap.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples of the card")
+    ap.add_argument("--candidates", nargs="*", type=Path, default=[], help="finished runs of other recipes tried")
+    ap.add_argument("--candidate-rule", default="", help="the rule that chose the recipe among them, for the card")
+    ap.add_argument("--benchmark", default=None, help="a published protocol the runs follow (training/card/benchmarks)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
@@ -341,6 +356,8 @@ def plan_of(a) -> Plan:
     cfg = config.load(a.config, a.set)  # an unknown config or a bad --set: one error before anything runs
     if a.plain_folds is not None and not a.plain:
         raise AmfError("--plain-folds needs --plain")
+    if a.candidates and not a.candidate_rule:
+        raise AmfError("--candidates needs --candidate-rule: the rule, written before their figures, that chose")
     return Plan(
         config=a.config,
         data=a.data,
@@ -359,6 +376,9 @@ def plan_of(a) -> Plan:
         trained_on=a.trained_on,
         n_boot=a.n_boot,
         progress=not a.no_progress,
+        candidates=list(a.candidates),
+        candidate_rule=a.candidate_rule,
+        benchmark=a.benchmark,
     )
 
 

@@ -54,6 +54,17 @@ CONFIG, SPLITS, OOF, OOF_METRICS, CURVES = "config.yaml", "splits.csv", "oof.csv
 UNCOMPARED = ("log",)  # config sections a resumed run may change (a fold may turn W&B on): they change no result
 SHIFT_ROLES = {"leave_scanner_out": "loso"}  # the pipeline's shift run by split kind (others: the kind's own name)
 PLAIN_SETS = ("mixstyle.enabled=false", "align.enabled=false", "ema.enabled=false")  # the pipeline's plain control
+
+
+def plain_sets(cfg: dict) -> list[str]:
+    """The plain control's --set words for the recipe config CFG: PLAIN_SETS, and the attention gate pinned where
+    the recipe's model.attention is "auto" (which follows align.enabled): the control differs in the recipe only,
+    not in the network."""
+    attention = cfg["model"].get("attention", "auto")
+    pin = cfg["align"]["enabled"] if attention == "auto" else None
+    return [*PLAIN_SETS, *([f"model.attention={str(bool(pin)).lower()}"] if pin is not None else [])]
+
+
 LAST, BEST, EPOCHS, DONE = "last.pt", "best.pt", "epochs.csv", "done.json"  # in each fold{k}/
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files in fold{k}/, named by time, host and process
 LOCK = "train.lock"  # in the run folder and in each fold{k}/

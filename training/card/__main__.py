@@ -1,7 +1,8 @@
 """The model card of an exported ensemble: every figure measured from the runs, none typed by hand.
 
   python -m training.card --model model --recipe RUN [--plain RUN] [--loso RUN] [--tta TTA_RUN ...] [--data DATA]
-                          [--n-boot 2000] [--trained-on TEXT]
+                          [--n-boot 2000] [--trained-on TEXT] [--benchmark NAME]
+                          [--candidates RUN ... --candidate-rule TEXT]
   python -m training.card --model model --render        (re-render README.md from card.json only)
 
 The shipped run is --recipe, decided before any figure (the recipe is the method; the plain run is its control):
@@ -16,7 +17,13 @@ parts.
 --loso: the leave-one-scanner-out run, each held-out scanner at its nested threshold (chosen on the other scanners),
 at the pooled threshold and at 0.5.
 --tta: training.results.tta_oof runs of --recipe or --loso, each paired with the run it re-predicted (from_run).
---data: the official layout, for the figures by expert agreement where the runs' tables lack the votes.
+--data: the data folder (official or AMi-Br layout), for the figures by expert agreement where the runs' tables lack
+the votes.
+--candidates: the other recipes tried before this one, each a run of the same splits.kind as --recipe or --loso
+(a candidate compared on leave-one-out runs is trained that way); the card counts them and pairs each with the shipped
+recipe's run of that kind; --candidate-rule says how one was chosen (written before their figures).
+--benchmark: a published protocol the runs followed (training/card/benchmarks/NAME.yaml): the card states it and
+prints its table as the paper's figures; refused when the runs trained on another number of figures.
 From the manifest: the threshold for scanner shift (provenance threshold_for_shift, training.results.threshold) and the
 shipped test-time augmentation. Writes, atomically, into MODEL_DIR:
   card.json   the figures and facts (card_version 2, the one layout training/card/render.py renders): data counts,
@@ -52,6 +59,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="the official layout: expert votes for the by-agreement figures")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--trained-on", default="", help="where the runs trained, for the card (e.g. 'a 2-core CPU')")
+    ap.add_argument("--benchmark", default=None, help="a published protocol the runs followed (card/benchmarks)")
+    ap.add_argument("--candidates", nargs="*", default=[], help="runs of the other recipes tried (counted on the card)")
+    ap.add_argument("--candidate-rule", default="", help="the rule, written before the figures, that chose the recipe")
     ap.add_argument("--render", action="store_true", help="re-render README.md from card.json")
     args = ap.parse_args(argv)
     model_dir = Path(args.model)
@@ -73,6 +83,9 @@ def main(argv=None) -> int:
                 args.tta,
                 args.data,
                 args.plain_partial_reason,
+                args.benchmark,
+                args.candidates,
+                args.candidate_rule,
             )
             write(model_dir, card, oof)
             print(verdict(card))

@@ -19,9 +19,9 @@ from amf import AmfError
 from amf.fileio import write_text_atomic
 from amf.manifest import load as load_manifest
 from training import augment, metrics
-from training.card.render import CARD_VERSION, render
+from training.card.render import CARD_VERSION, loso_column, render
 from training.domains import DOMAIN_COLUMNS
-from training.export.folder import CARD_JSON, OOF_CSV, README
+from training.export.folder import CARD_JSON, OOF_CSV, PREDICTIONS, README
 from training.results import threshold
 from training.results.compare import compare, finished_oof
 from training.results.oof import compute, with_votes
@@ -82,7 +82,16 @@ def data_counts(splits: pd.DataFrame) -> dict:
         "tumor": sorted(map(str, rows["Tumor"].unique())),
         "species": sorted(map(str, rows["Species"].unique())),
         "values": {col: int(rows[col].nunique()) for col in DOMAIN_COLUMNS if col in rows},
+        **no_scanner(rows),
     } | data_source(rows)
+
+
+def no_scanner(rows: pd.DataFrame) -> dict:
+    """The sources whose layout names no scanner (AMi-Br's TUPAC16): their Scanner is "unknown", one domain."""
+    if "source" not in rows:
+        return {}
+    unknown = rows.groupby("source")["raw_Scanner"].apply(lambda v: bool((v.astype(str) == "unknown").all()))
+    return {"no_scanner_sources": sorted(map(str, unknown[unknown].index))} if unknown.any() else {}
 
 
 def data_source(rows: pd.DataFrame) -> dict:
@@ -90,7 +99,7 @@ def data_source(rows: pd.DataFrame) -> dict:
     (read from the first image that is there; absent keys when the images are not)."""
     from PIL import Image
 
-    from training.data import OFFICIAL_IMAGES
+    from training.data import AMIBR_IMAGES, OFFICIAL_IMAGES
 
     out = (
         {"sources": {str(k): int(v) for k, v in rows["source"].value_counts().sort_index().items()}}
@@ -99,8 +108,11 @@ def data_source(rows: pd.DataFrame) -> dict:
     )
     paths = [Path(p) for p in rows.get("path", pd.Series(dtype=str)) if isinstance(p, str)]
     official = [p for p in paths if p.parent.name == OFFICIAL_IMAGES]
+    amibr = [p for p in paths if p.parent.parent.name == AMIBR_IMAGES]  # patches/{atypical,normal}/<file>
     if official:
         out["dir"] = str(official[0].parent.parent)
+    elif amibr:
+        out["dir"] = str(amibr[0].parent.parent.parent)
     found = next((p for p in paths if p.is_file()), None)
     if found is not None:
         with Image.open(found) as im:
@@ -113,8 +125,8 @@ def recipe_summary(cfg: dict) -> dict:
     """The config keys the card states (a key the config lacks is None: train.selection None is a run from before
     the key existed, which chose its epochs on validation)."""
     keep = {
-        "model": ("backbone", "pretrained", "weights", "kwargs"),
-        "data": ("input_size", "resize", "label"),
+        "model": ("backbone", "pretrained", "weights", "kwargs", "attention"),
+        "data": ("input_size", "resize", "label", "soft_labels", "official_labels"),
         "splits": ("kind", "folds", "seed", "tries"),
         "train": ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "select", "selection"),
         "imbalance": ("mode",),
@@ -249,6 +261,9 @@ def build(
     tta=(),
     data_dir=None,
     plain_partial_reason: str = "",
+    benchmark=None,
+    candidates=(),
+    candidate_rule: str = "",
 ) -> tuple[dict, pd.DataFrame]:
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
@@ -275,17 +290,28 @@ def build(
             card["runs"]["plain"]["partial_reason"] = plain_partial_reason
         splits = [RunDir(r).read_splits().set_index("image_id")["fold"].sort_index() for r in runs.values()]
         card["same_folds"] = bool(splits[0].equals(splits[1]))
+    if benchmark:
+        b = load_benchmark(benchmark)
+        if card["data"]["figures"] != b["training_figures"]:
+            raise AmfError(
+                f"{runs['recipe']} trained on {card['data']['figures']} figures; {b['name']}'s training split has "
+                f"{b['training_figures']}: the card cannot claim its protocol"
+            )
+        card["benchmark"], card["benchmark_name"] = b, str(benchmark)
     if loso is not None:
         card["loso"] = loso_facts(Path(loso), n_boot, votes)
+    if candidates:
+        card["candidates"] = candidate_facts(candidates, candidate_rule, runs["recipe"], loso, n_boot)
     shift = manifest.provenance.get("threshold_for_shift")
     if shift:
         card["threshold_for_shift"] = shift
     if tta:
+        word = (loso_column(card) or "domain").lower()
         card["tta"] = {
             "runs": tta_facts(tta, {"recipe": runs["recipe"], "loso": loso}, n_boot),
             "rule": "test-time augmentation ships only if it raises both the balanced accuracy at nested thresholds "
-            "and the ROC AUC of the leave-one-scanner-out predictions over one view; of several modes that do, the "
-            "one with the higher balanced accuracy",
+            f"and the ROC AUC of the leave-one-{word}-out predictions over one view; of several modes "
+            "that do, the one with the higher balanced accuracy",
         }
     files = [m.file for m in manifest.members]
     card["ensemble"] = {
@@ -306,8 +332,84 @@ def build(
         "parity": manifest.provenance.get("parity"),
         "versions": manifest.provenance.get("versions"),
     }
-    oof = loaded["recipe"][0][["image_id", "slide", "fold", "probability"]]
+    card["predictions"] = reported_runs(card)
+    oof = loaded["recipe"][0][list(PREDICTION_COLUMNS)]
     return card, oof
+
+
+def candidate_facts(candidates, rule: str, recipe, loso, n_boot: int) -> dict:
+    """The other recipes tried before the shipped one (counted): each against the shipped recipe's run of the same
+    splits.kind (its leave-one-out run or the recipe run itself), paired bootstrap over slides."""
+    if not rule:
+        raise AmfError("give --candidate-rule: the rule, written before the figures, that chose among the candidates")
+    bases = {"recipe": recipe} | ({"loso": Path(loso)} if loso is not None else {})
+    kinds = {name: RunDir(run).read_config()["splits"]["kind"] for name, run in bases.items()}
+    out = []
+    for run in map(Path, candidates):
+        cfg = RunDir(run).read_config()
+        base = next((n for n, kind in kinds.items() if kind == cfg["splits"]["kind"]), None)
+        if base is None:
+            raise AmfError(
+                f"candidate {run} split its figures by {cfg['splits']['kind']}, none of the shipped runs' "
+                f"({', '.join(f'{n}: {k}' for n, k in kinds.items())}): nothing to pair it with"
+            )
+        out.append(
+            {
+                "run": str(run),
+                "base": base,
+                "base_run": str(bases[base]),
+                "config": recipe_summary(cfg),
+                "overrides": overrides(cfg),
+                "compare": compare(bases[base], run, n_boot=n_boot, seed=0),
+            }
+        )
+    return {"rule": rule, "runs": out}
+
+
+PREDICTION_COLUMNS = ("image_id", "slide", "fold", "probability")  # no label: the labels stay in the data's table
+
+
+def reported_runs(card: dict) -> dict:
+    """Every run besides the recipe whose predictions the card reports (the control, the leave-one-out run, each
+    re-prediction under test-time augmentation), by the file the model folder ships them as: with the data's labels,
+    every figure of the card, the shipped threshold and the threshold for shift can be recomputed from the folder."""
+    runs = {"plain": card["runs"].get("plain", {}).get("run"), "loso": card.get("loso", {}).get("run")}
+    runs |= {f"{r['base']}_tta_{r['mode']}": r["run"] for r in (card.get("tta") or {}).get("runs", [])}
+    runs |= {f"candidate_{Path(r['run']).name}": r["run"] for r in (card.get("candidates") or {}).get("runs", [])}
+    return {f"{PREDICTIONS}/{name}.csv": run for name, run in runs.items() if run}
+
+
+BENCHMARKS = Path(__file__).with_name("benchmarks")  # NAME.yaml: a published protocol and its table
+BENCHMARK_KEYS = {"name", "cite", "training_split", "training_figures", "never_seen", "figures", "sets", "rows"}
+
+
+def load_benchmark(name_or_file) -> dict:
+    """A benchmark file (training/card/benchmarks/NAME.yaml, or a path): its protocol and the published table,
+    checked for shape, so that the card prints the paper's figures as given and nothing else."""
+    import yaml
+
+    path = Path(name_or_file)
+    if not path.suffix:
+        path = BENCHMARKS / f"{name_or_file}.yaml"
+    if not path.is_file() or path.stat().st_size > 64 * 1024:
+        known = ", ".join(sorted(p.stem for p in BENCHMARKS.glob("*.yaml")))
+        raise AmfError(f"benchmark {name_or_file}: no such file under 64 KB (known: {known})")
+    try:
+        b = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise AmfError(f"benchmark {path}: not YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(b, dict) or set(b) != BENCHMARK_KEYS:
+        raise AmfError(f"benchmark {path}: wants exactly the keys {', '.join(sorted(BENCHMARK_KEYS))}")
+    sets = b["sets"]
+    for r in b["rows"]:
+        pairs = r.get("figures") if isinstance(r, dict) else None
+        if not (isinstance(pairs, list) and len(pairs) == len(sets) and all(_pair(x) for x in pairs)):
+            raise AmfError(f"benchmark {path}: row {r!r} wants one [balanced accuracy, ROC AUC] pair per set")
+    return b
+
+
+def _pair(x) -> bool:
+    return isinstance(x, list) and len(x) == 2 and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in x)
 
 
 def official_votes(data_dir) -> pd.DataFrame:
@@ -352,10 +454,19 @@ def train_minutes(run) -> float:
 
 
 def write(model_dir, card: dict, oof: pd.DataFrame) -> None:
+    """card.json, README.md, oof.csv (the recipe run's predictions) and predictions/*.csv (the other runs the card
+    reports); a stale predictions file of an earlier card goes."""
     model_dir = Path(model_dir)
-    buf = io.StringIO()
-    oof.to_csv(buf, index=False, float_format="%.7g")
-    write_text_atomic(model_dir / OOF_CSV, buf.getvalue())
+    tables = {OOF_CSV: oof} | {
+        name: finished_oof(run)[0][list(PREDICTION_COLUMNS)] for name, run in card.get("predictions", {}).items()
+    }
+    for stale in set((model_dir / PREDICTIONS).glob("*.csv")) - {model_dir / name for name in tables}:
+        stale.unlink()
+    for name, table in tables.items():
+        (model_dir / name).parent.mkdir(exist_ok=True)
+        buf = io.StringIO()
+        table.to_csv(buf, index=False, float_format="%.7g")
+        write_text_atomic(model_dir / name, buf.getvalue())
     write_text_atomic(model_dir / CARD_JSON, json.dumps(card, indent=1, default=_plain) + "\n")
     write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
 

@@ -38,7 +38,7 @@ def render(card: dict) -> str:
         )
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.undefined = jinja2.StrictUndefined  # a key the template names and card.json lacks is an error, not ""
-    env.globals |= {f.__name__: f for f in (fmt, plural, folds_list, as_set, partial_note)}
+    env.globals |= {f.__name__: f for f in (fmt, plural, folds_list, as_set, partial_note, same_run)}
     env.globals |= {"RENDERED_MARK": RENDERED_MARK, "OFFICIAL_CSV": OFFICIAL_CSV, "EXPERT_COUNT": EXPERT_COUNT}
     tables = {f.__name__: (lambda f=f: "\n".join(f(card))) for f in TABLES}
     return env.from_string(TEMPLATE.read_text()).render(card=card, **facts(card), **tables)
@@ -57,6 +57,8 @@ def facts(card: dict) -> dict:
     select = card["runs"][card["shipped"]]["config"]["train"].get("select")
     return {
         "runs": runs_in(card),
+        "fold_nested": fold_nested(card),
+        "tta_modes": sorted({r["mode"] for r in (card.get("tta") or {}).get("runs", [])}),
         "selection": selection[card["shipped"]],
         "all_validation": set(selection.values()) == {"validation"},
         "validation_others": sorted(n for n, s in selection.items() if s == "validation"),
@@ -73,7 +75,23 @@ def facts(card: dict) -> dict:
         "pipeline": pipeline_runs(card),
         "threshold_run": threshold_run(card),
         "verdict": verdict(card),
+        "candidate_args": candidate_args(card),
     }
+
+
+def candidate_args(card: dict) -> str:
+    """The card command's words for its candidates ('' without)."""
+    c = card.get("candidates")
+    if not c:
+        return ""
+    import shlex
+
+    return " --candidates " + " ".join(r["run"] for r in c["runs"]) + " --candidate-rule " + shlex.quote(c["rule"])
+
+
+def same_run(a, b) -> bool:
+    """Whether two run paths of card.json name one run."""
+    return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
 
 
 def threshold_run(card: dict) -> str | None:
@@ -172,11 +190,24 @@ def difference(v: dict | None) -> list[str]:
 # ---- the tables: each a function of card.json to its rows (their heads are in the template) ----------------
 
 
+def fold_nested(card: dict) -> dict:
+    """Per run: whether its card.json holds each fold at its nested threshold (cards built before it: pooled only)."""
+    return {n: "per_fold_nested" in card["runs"][n]["oof"] for n in runs_in(card)}
+
+
 def fold_rows(card: dict) -> list[str]:
     lines = []
     for k, c in card["data"]["fold"].items():
-        per = [card["runs"][n]["oof"]["per_fold"].get(k) for n in runs_in(card)]
-        cells = [fmt(m[x]) if m else "not trained" for m in per for x in ("balanced_accuracy", "roc_auc")]
+        cells = []
+        for n, nested in fold_nested(card).items():
+            o = card["runs"][n]["oof"]
+            m = o["per_fold"].get(k)
+            if not m:
+                cells += ["not trained"] * (4 if nested else 2)
+                continue
+            if nested:
+                cells += [f"{o['nested']['thresholds'][k]:.3f}", fmt(o["per_fold_nested"][k]["balanced_accuracy"])]
+            cells += [fmt(m["balanced_accuracy"]), fmt(m["roc_auc"])]
         lines.append(row(k, f"{c['figures']} ({c['atypical']})", c["slides"], *cells))
     return lines
 
@@ -251,12 +282,23 @@ def tta_rows(card: dict) -> list[str]:
     for r in card["tta"]["runs"]:
         c = r["compare"]["metrics"]
         cells = [*difference(c.get("roc_auc")), *difference(c.get("balanced_accuracy@nested_thresholds"))]
-        base = "leave-one-scanner-out" if r["base"] == "loso" else r["base"]
+        base = f"leave-one-{(loso_column(card) or 'domain').lower()}-out" if r["base"] == "loso" else r["base"]
         lines.append(row(f"{base} (`{r['base_run']}`)", r["mode"], folds_list(r["compare"]["folds"]), *cells))
     return lines
 
 
-TABLES = (fold_rows, oof_rows, scanner_rows, compare_rows, loso_rows, shift_rows, tta_rows)
+def candidate_rows(card: dict) -> list[str]:
+    lines, rs = [], card["runs"]["recipe"]["config"]
+    for c in card["candidates"]["runs"]:
+        differs = config_diff(rs, c["config"], ignore=("name", *(f"splits.{k}" for k in c["config"]["splits"])))
+        base = f"leave-one-{(loso_column(card) or 'domain').lower()}-out run" if c["base"] == "loso" else "recipe run"
+        m = c["compare"]["metrics"]
+        cells = [*difference(m.get("roc_auc")), *difference(m.get("balanced_accuracy@nested_thresholds"))]
+        lines.append(row(f"`{Path(c['run']).name}`", f"`--set {as_set(differs)}`" if differs else "–", base, *cells))
+    return lines
+
+
+TABLES = (fold_rows, oof_rows, scanner_rows, compare_rows, loso_rows, shift_rows, tta_rows, candidate_rows)
 
 
 def pipeline_runs(card: dict) -> dict | None:
@@ -272,6 +314,8 @@ def pipeline_runs(card: dict) -> dict | None:
     if name == recipe.name:
         return None
     off = {k.split("=")[0]: False for k in PLAIN_SETS}
+    if rs["model"].get("attention") == "auto" and rs["align"]["enabled"]:
+        off["model.attention"] = True  # rundir.plain_sets pins the gate the recipe has
     if plain and (
         Path(plain["run"]) != pipeline_run(runs_dir, name, "plain") or config_diff(rs, plain["config"]) != off
     ):

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_JOB = ROOT / "test" / "input"  # the project's sample job (test/make_sample_input.py)
 EXPECTED_OUTPUT = "expected_output.json"  # beside the manifest: the container's result on SAMPLE_JOB
 CARD_JSON, OOF_CSV, README = "card.json", "oof.csv", "README.md"  # the model card's files (training.card writes them)
+PREDICTIONS = "predictions"  # the card's folder of every other run's out-of-fold predictions it reports
 RENDERED_MARK = "<!-- rendered by `python -m training.card`"  # a rendered card's second line: how install knows one
 
 
@@ -155,10 +156,11 @@ def install(tmp: Path, out_dir: Path, log=print) -> None:
 
 
 def stale_card(model_dir: Path) -> list[Path]:
-    """The model card files in MODEL_DIR (training.card's card.json and oof.csv, and README.md when it is a rendered
-    card): they describe the model there, not the one being installed."""
+    """The model card files in MODEL_DIR (training.card's card.json, oof.csv and predictions/*.csv, and README.md
+    when it is a rendered card): they describe the model there, not the one being installed."""
     readme = model_dir / README
     card = [model_dir / name for name in (CARD_JSON, OOF_CSV) if (model_dir / name).is_file()]
+    card += sorted((model_dir / PREDICTIONS).glob("*.csv"))
     if readme.is_file() and (card or RENDERED_MARK in readme.read_text(errors="replace")):
         card.append(readme)
     return card

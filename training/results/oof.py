@@ -9,10 +9,10 @@ training.results.threshold:
                  to that fold: no reported figure chose its own threshold ("nested", selection-free when the
                  run's train.selection is last or inner)
   at_threshold, at_0.5, at_nested_threshold   balanced accuracy, ROC AUC, sensitivity, specificity
-  per fold, per domain value (canonical names), per source (extra labelled sets apart), by vote agreement
-  (unanimous vs split expert vote, where the table has the experts' AMF share `soft`), the organisers'
-  aggregates (per tumour domain), and seeded 95% intervals by a slide-level bootstrap (training.metrics'
-  slide_draws: figures of one slide are not independent; thresholds held fixed).
+  per fold (at the pooled and at its nested threshold), per domain value (canonical names), per source (extra
+  labelled sets apart), by vote agreement (unanimous vs split expert vote, where the table has the experts' AMF
+  share `soft`), the organisers' aggregates (per tumour domain), and seeded 95% intervals by a slide-level
+  bootstrap (training.metrics' slide_draws: figures of one slide are not independent; thresholds held fixed).
 Writes RUN_DIR/oof.csv and RUN_DIR/oof_metrics.json (atomically); refuses, naming them, if folds are missing.
 Run:  python -m training.results.oof RUN_DIR
 """
@@ -75,6 +75,11 @@ def compute(oof: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     out["per_fold"] = {
         str(k): metrics.summary(g["label"], g["probability"], threshold=thr) for k, g in oof.groupby("fold")
     }
+    if nested_pred is not None:  # each fold at its own nested threshold: the per-fold figures that chose nothing
+        folds = oof["fold"].to_numpy()
+        out["per_fold_nested"] = {
+            str(k): metrics.summary(y[folds == k], p[folds == k], y_pred=nested_pred[folds == k]) for k in nested
+        }
     out["per_domain"] = {
         col: {str(v): metrics.summary(g["label"], g["probability"], threshold=thr) for v, g in oof.groupby(col)}
         for col in DOMAIN_COLUMNS
