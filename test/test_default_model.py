@@ -25,12 +25,12 @@ from amf.ensemble import sigmoid
 from amf.manifest import load as load_manifest
 from amf.preprocess import prepare
 from training.card.render import CARD_VERSION, SHOWN, render, verdict
-from training.data import OFFICIAL_CSV, OFFICIAL_IMAGES, decode, read_table
+from training.data import LAYOUTS, decode, read_labelled
 from training.export.folder import CARD_JSON, OOF_CSV, README
 from training.results.oof import compute
 
 MODEL = ROOT / "model"
-BUDGETS = {"default_model": (40 * 10**6, 3)}  # config name -> (bytes, members): the shipped default's budget
+BUDGETS = {name: (40 * 10**6, 3) for name in ("default_model", "default_model_v3")}  # config name -> (bytes, members)
 PLATFORM_BYTES = 10 * 10**9  # Grand Challenge's image limit: the model (in the image or its tarball) must fit in it
 
 
@@ -50,15 +50,17 @@ def shipped_oof(card) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def card_table(card):
-    """The official table of the data folder the card names (the default model's: the breast slice)."""
+    """The labelled table of the data folder the card names, in its layout (v2: the breast slice, official; v3:
+    amibr-train, AMi-Br's), here or under ../shared/data."""
     from conftest import SHARED, need
 
-    if set(card["data"].get("sources") or {"official": 0}) != {"official"}:
-        pytest.skip("the card's figures include extra sets: their labels are not in the official table")
     named = Path(card["data"].get("dir") or "")
-    data = next((d for d in (named, SHARED / named.name) if named.name and (d / OFFICIAL_CSV).is_file()), None)
-    data = need(data or named)
-    return read_table(data / OFFICIAL_CSV, data / OFFICIAL_IMAGES, "official")
+    tables = [named / t for t in LAYOUTS.values()] + [SHARED / named.name / t for t in LAYOUTS.values()]
+    data = need(next((t.parent for t in tables if named.name and t.is_file()), named))
+    table = read_labelled(data)
+    if set(card["data"].get("sources") or {"official": 0}) != set(table["source"]):
+        pytest.skip("the card's figures include extra sets: their labels are not in the data folder's table")
+    return table
 
 
 def test_the_model_is_trained_and_within_its_size_budget():
@@ -162,4 +164,26 @@ def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_vote
     text = (MODEL / README).read_text()
     assert (
         "## Out-of-fold figures" in text and f"{sf['nested']['at_nested_threshold']['balanced_accuracy']:.3f}" in text
+    )
+
+
+def test_the_shipped_threshold_recomputes_from_the_predictions_the_folder_ships(card, shipped_oof, card_table):
+    """The rule that chose the threshold, re-run on the model folder's own files and the data's labels: the
+    out-of-fold rule on the predictions it names (the re-prediction under the shipped TTA), or, where the threshold
+    for shift chose the loso rule, on the leave-one-out predictions."""
+    from training.results.threshold import best_threshold
+
+    m, e, shift = load_manifest(MODEL), card["ensemble"], card.get("threshold_for_shift")
+    files = {Path(run).resolve(): MODEL / name for name, run in (card.get("predictions") or {}).items()}
+    files[Path(card["runs"]["recipe"]["run"]).resolve()] = MODEL / OOF_CSV
+    chosen_on = (e.get("threshold_predictions") or {}).get("run") or card["runs"]["recipe"]["run"]
+    if shift and shift["chosen"] == "loso":
+        chosen_on = shift["loso_run"]
+    if Path(chosen_on).resolve() not in files:
+        pytest.skip("the model folder does not ship the predictions its threshold was chosen on (a card before v3)")
+    p = pd.read_csv(files[Path(chosen_on).resolve()], dtype={"image_id": str, "slide": str})
+    merged = p.merge(card_table[["image_id", "label"]], on="image_id", how="left", validate="1:1")
+    assert merged["label"].notna().all() and len(merged) == card["data"]["figures"]
+    assert best_threshold(merged["label"].to_numpy(int), merged["probability"].to_numpy()) == pytest.approx(
+        m.threshold, abs=1e-6
     )
