@@ -1,0 +1,68 @@
+"""The model card's Reproduce block: the commands that made the card's runs, read off card.json. Where the runs and
+the model are training.pipeline's own (its run names, its control, its re-predictions, its export), the block is its
+one command; else each step's command (the template writes those from card.json directly)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from training.config import diff as config_diff
+
+
+def same_run(a, b) -> bool:
+    """Whether two run paths of card.json name one run."""
+    return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
+
+
+def threshold_run(card: dict) -> str | None:
+    """The re-prediction the export chose its threshold on, where it is not the recipe run itself."""
+    run = (card["ensemble"].get("threshold_predictions") or {}).get("run")
+    return run if run and not same_run(run, card["runs"]["recipe"]["run"]) else None
+
+
+def candidate_args(card: dict) -> str:
+    """The card command's words for its candidates ('' without)."""
+    c = card.get("candidates")
+    if not c:
+        return ""
+    return " --candidates " + " ".join(r["run"] for r in c["runs"]) + " --candidate-rule " + shlex.quote(c["rule"])
+
+
+def pipeline_runs(card: dict) -> dict | None:
+    """Whether the card's runs and model are training.pipeline's own (training.rundir.pipeline_run's names:
+    RUNS/NAME_recipe, NAME_plain set by PLAIN_SETS, the shift run differing in its splits only, RUN_tta_MODE for
+    every mode on every run, the export's threshold chosen on the shipped mode's re-prediction): then the template
+    gives its one command, from RUNS, NAME and the modes compared; else None (each step's command)."""
+    from training.rundir import PLAIN_SETS, RunDir, pipeline_run
+
+    recipe, e, rs = Path(card["runs"]["recipe"]["run"]), card["ensemble"], card["runs"]["recipe"]["config"]
+    runs_dir, name = recipe.parent, recipe.name.removesuffix("_recipe")
+    bases, plain, loso = [recipe], card["runs"].get("plain"), card.get("loso")
+    if name == recipe.name:
+        return None
+    off = {k.split("=")[0]: False for k in PLAIN_SETS}
+    if rs["model"].get("attention") == "auto" and rs["align"]["enabled"]:
+        off["model.attention"] = True  # rundir.plain_sets pins the gate the recipe has
+    if plain and (
+        Path(plain["run"]) != pipeline_run(runs_dir, name, "plain") or config_diff(rs, plain["config"]) != off
+    ):
+        return None
+    if loso:
+        diff = config_diff(rs, loso["config"])
+        if Path(loso["run"]) != pipeline_run(runs_dir, name, loso["config"]["splits"]["kind"]) or not diff:
+            return None
+        if any(not k.startswith("splits.") for k in diff):
+            return None
+        bases.insert(0, Path(loso["run"]))
+    tta = (card.get("tta") or {}).get("runs", [])
+    modes = list(dict.fromkeys(r["mode"] for r in tta))
+    if sorted(Path(r["run"]) for r in tta) != sorted(RunDir(b).tta_dir(m) for b in bases for m in modes):
+        return None
+    as_shipped = (lambda run: RunDir(run).tta_dir(e["tta"])) if e["tta"] != "none" else (lambda run: run)
+    if Path((e.get("threshold_predictions") or {}).get("run") or recipe) != as_shipped(recipe):
+        return None
+    shift = card.get("threshold_for_shift")
+    if bool(shift) != bool(loso) or (shift and Path(shift["loso_run"]) != as_shipped(bases[0])):
+        return None
+    return {"runs": runs_dir, "name": name, "compared": [m for m in modes if m != e["tta"]]}
