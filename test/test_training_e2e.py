@@ -24,6 +24,7 @@ from training.export import __main__ as export
 from training.export import fingerprint
 from training.export.folder import export_run
 from training.train import __main__ as train
+from training.train import kfold
 from training.train.models import load_for_export
 
 pytestmark = pytest.mark.slow  # trains models (make test-fast leaves it out)
@@ -238,7 +239,7 @@ def test_resume_gives_the_same_weights(generated, tmp_path, monkeypatch):
         "train.batch_size=8",
     ]
     run_train(*common, "--out", tmp_path / "whole")
-    real_predict, calls = train.predict, []
+    real_predict, calls = kfold.predict, []
 
     def interrupted(*a, **k):
         calls.append(1)
@@ -246,10 +247,10 @@ def test_resume_gives_the_same_weights(generated, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed during the second epoch's validation
         return real_predict(*a, **k)
 
-    monkeypatch.setattr(train, "predict", interrupted)
+    monkeypatch.setattr(kfold, "predict", interrupted)  # where each epoch's validation calls it
     with pytest.raises(KeyboardInterrupt):
         run_train(*common, "--out", tmp_path / "cut")
-    monkeypatch.setattr(train, "predict", real_predict)
+    monkeypatch.setattr(kfold, "predict", real_predict)
     assert not (tmp_path / "cut" / "fold0" / "done.json").exists()
     run_train(*common, "--out", tmp_path / "cut")
     a = torch.load(tmp_path / "whole" / "fold0" / "last.pt", weights_only=True)
