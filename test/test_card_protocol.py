@@ -104,6 +104,10 @@ def test_a_benchmark_protocol_is_stated_and_its_table_printed_as_the_papers(runs
     assert "makes no claim on the benchmark's test sets" in text and "The paper's figures, as published" in text
     assert "| model (the paper's) | AMi-Br test | AtNorM-Br | AtNorM-MD |" in text
     assert "| Swin-B, end to end (its best end-to-end) | 0.805 / 0.903 | 0.775 / 0.868 | 0.772 / 0.881 |" in text
+    scanners_only = "gave only the scanner of the figures it also holds"
+    assert scanners_only not in text  # the run named no official table
+    card["runs"]["recipe"]["config"]["data"]["official_labels"] = "labels.csv"
+    assert scanners_only in render(card)
     with pytest.raises(AmfError, match="trained on 300 figures; the AMi-Br benchmark's training split has 2894"):
         card_build.build(model, runs["recipe"], n_boot=20, benchmark="amibr")
     bad = yaml.safe_load((card_build.BENCHMARKS / "amibr.yaml").read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from amf import manifest as manifest_io
 from training.data import decode
 from training.export import fingerprint
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +175,20 @@ def test_the_command_adds_a_fingerprint_from_a_run_or_a_data_folder(tmp_path, ca
 
 
 @pytest.mark.slow  # decodes the whole breast slice
-def test_the_shipped_model_names_its_training_figures(breast_dir):
-    """model/training_fingerprints.bin holds exactly the figures of the card's out-of-fold table (model/oof.csv: all
-    1,721 breast figures, each held out by one member and trained on by the others)."""
+def test_the_shipped_model_names_its_training_figures():
+    """model/training_fingerprints.bin holds exactly the figures of the card's out-of-fold table (model/oof.csv: every
+    figure of the data folder the card names, each held out by one member and trained on by the others), read in
+    that folder's layout (v3: amibr-train, AMi-Br's)."""
+    from conftest import SHARED, need
+
+    from training.data import LAYOUTS, read_labelled
+
+    card = json.loads((ROOT / "model" / "card.json").read_text())
+    named = Path(card["data"]["dir"])
+    data = need(
+        next((d for d in (named, SHARED / named.name) if any((d / t).is_file() for t in LAYOUTS.values())), named)
+    )
+    paths = read_labelled(data).set_index("image_id")["path"]
     oof = pd.read_csv(ROOT / "model" / "oof.csv", dtype={"image_id": str})
-    images = breast_dir / "MIDOG25_Binary_Classification_Train_Set"
-    want = np.sort(fingerprint.digests(decode(images / i) for i in oof["image_id"]))
+    want = np.sort(fingerprint.digests(decode(paths[i]) for i in oof["image_id"]))
     assert np.array_equal(fingerprint.read(ROOT / "model" / fingerprint.FILE), want)
