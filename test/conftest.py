@@ -23,6 +23,16 @@ def need(path: Path) -> Path:
     return path
 
 
+def model_data_dir(card: dict) -> Path:
+    """The data folder a model card names (card.json's data.dir; the default model's: amibr-train), here or under
+    ../shared/data, in any layout training reads; the test skips where it is absent."""
+    from training.data import LAYOUTS
+
+    named = Path(card["data"].get("dir") or "")
+    found = (d for d in (named, SHARED / named.name) if named.name and any((d / t).is_file() for t in LAYOUTS.values()))
+    return need(next(found, named))
+
+
 @pytest.fixture
 def breast_dir() -> Path:
     return need(BREAST)

@@ -25,7 +25,7 @@ from amf.ensemble import sigmoid
 from amf.manifest import load as load_manifest
 from amf.preprocess import prepare
 from training.card.render import CARD_VERSION, SHOWN, render, verdict
-from training.data import LAYOUTS, decode, read_labelled
+from training.data import decode, read_labelled
 from training.export.folder import CARD_JSON, OOF_CSV, README
 from training.results.oof import compute
 
@@ -52,12 +52,9 @@ def shipped_oof(card) -> pd.DataFrame:
 def card_table(card):
     """The labelled table of the data folder the card names, in its layout (v2: the breast slice, official; v3:
     amibr-train, AMi-Br's), here or under ../shared/data."""
-    from conftest import SHARED, need
+    from conftest import model_data_dir
 
-    named = Path(card["data"].get("dir") or "")
-    tables = [named / t for t in LAYOUTS.values()] + [SHARED / named.name / t for t in LAYOUTS.values()]
-    data = need(next((t.parent for t in tables if named.name and t.is_file()), named))
-    table = read_labelled(data)
+    table = read_labelled(model_data_dir(card))
     if set(card["data"].get("sources") or {"official": 0}) != set(table["source"]):
         pytest.skip("the card's figures include extra sets: their labels are not in the data folder's table")
     return table

@@ -226,12 +226,16 @@ def test_a_model_changed_since_the_run_is_refused(scored, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_shipped_model_on_figures_it_trained_on_and_on_new_ones(breast_dir, tmp_path, capsys):
-    """24 breast figures (all in the shipped model's training data) and 16 drawn ones (not): a warning with the
-    count on the first, none on the second."""
+def test_the_shipped_model_on_figures_it_trained_on_and_on_new_ones(tmp_path, capsys):
+    """24 figures of the data folder the shipped model's card names (all in its training data; v3: amibr-train) and
+    16 drawn ones (not): a warning with the count on the first, none on the second."""
+    from conftest import model_data_dir
+
     model = ROOT / "model"
-    breast = tmp_path / "breast"
-    assert cli.main(["pack", str(breast_dir), str(breast), "--limit", "24"]) == 0
+    card = json.loads((model / "card.json").read_text())
+    data = model_data_dir(card)
+    breast = tmp_path / "trained_on"
+    assert cli.main(["pack", str(data), str(breast), "--limit", "24"]) == 0
     assert all(r["ok"] for r in run_jobs(breast / "jobs", model, in_process=True, progress=False))
     drawn = pack_run(tmp_path / "drawn", labelled_set(tmp_path / "set", n=16), model)
     capsys.readouterr()
@@ -246,4 +250,4 @@ def test_the_shipped_model_on_figures_it_trained_on_and_on_new_ones(breast_dir, 
             assert first.startswith("None of these 16 figures is among the model's training figures")
             assert "unseen_only" not in m
     assert m["model"]["tta"] == "d4" and len(m["model"]["members"]) == 5
-    assert m["model"]["training_data"]["figures"] == 1721
+    assert m["model"]["training_data"]["figures"] == card["data"]["figures"]

@@ -179,16 +179,12 @@ def test_the_shipped_model_names_its_training_figures():
     """model/training_fingerprints.bin holds exactly the figures of the card's out-of-fold table (model/oof.csv: every
     figure of the data folder the card names, each held out by one member and trained on by the others), read in
     that folder's layout (v3: amibr-train, AMi-Br's)."""
-    from conftest import SHARED, need
+    from conftest import model_data_dir
 
-    from training.data import LAYOUTS, read_labelled
+    from training.data import read_labelled
 
     card = json.loads((ROOT / "model" / "card.json").read_text())
-    named = Path(card["data"]["dir"])
-    data = need(
-        next((d for d in (named, SHARED / named.name) if any((d / t).is_file() for t in LAYOUTS.values())), named)
-    )
-    paths = read_labelled(data).set_index("image_id")["path"]
+    paths = read_labelled(model_data_dir(card)).set_index("image_id")["path"]
     oof = pd.read_csv(ROOT / "model" / "oof.csv", dtype={"image_id": str})
     want = np.sort(fingerprint.digests(decode(paths[i]) for i in oof["image_id"]))
     assert np.array_equal(fingerprint.read(ROOT / "model" / fingerprint.FILE), want)
