@@ -34,6 +34,7 @@ from training.data import (
     AMIBR_IMAGES,
     LABEL_CODES,
     OFFICIAL_IMAGES,
+    find_layout,
     image_path,
     inside,
     is_atnorm,
@@ -161,10 +162,7 @@ def training_layout(data_dir: Path):
 
 
 def is_training_layout(data_dir: Path) -> bool:
-    try:
-        return bool(layout_of(data_dir))
-    except AmfError:
-        return False
+    return find_layout(data_dir) is not None
 
 
 # name -> (does DATA_DIR hold this layout?, its reader: DATA_DIR -> (training's table, the images' folder))

@@ -26,11 +26,10 @@ def need(path: Path) -> Path:
 def model_data_dir(card: dict) -> Path:
     """The data folder a model card names (card.json's data.dir; the default model's: amibr-train), here or under
     ../shared/data, in any layout training reads; the test skips where it is absent."""
-    from training.data import LAYOUTS
+    from training.data import find_layout
 
     named = Path(card["data"].get("dir") or "")
-    found = (d for d in (named, SHARED / named.name) if named.name and any((d / t).is_file() for t in LAYOUTS.values()))
-    return need(next(found, named))
+    return need(next((d for d in (named, SHARED / named.name) if named.name and find_layout(d)), named))
 
 
 @pytest.fixture

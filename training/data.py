@@ -202,12 +202,15 @@ def read_table(
     return df
 
 
+def find_layout(data_dir) -> str | None:
+    """'official' or 'amibr': which labelled layout DATA_DIR holds (module docstring); None for neither."""
+    return next((name for name, marker in LAYOUTS.items() if (Path(data_dir) / marker).is_file()), None)
+
+
 def layout_of(data_dir) -> str:
-    """'official' or 'amibr': which labelled layout DATA_DIR holds (module docstring)."""
-    data_dir = Path(data_dir)
-    for name, marker in LAYOUTS.items():
-        if (data_dir / marker).is_file():
-            return name
+    """find_layout, or one error naming both layouts' label tables."""
+    if layout := find_layout(data_dir):
+        return layout
     raise AmfError(
         f"{data_dir} is not a labelled data folder: no {OFFICIAL_CSV} (the official layout) "
         f"and no {AMIBR_CSV} (AMi-Br's layout)"

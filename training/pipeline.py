@@ -43,7 +43,7 @@ from training import config
 from training.card.build import build as build_card
 from training.card.build import write as write_card
 from training.card.render import verdict
-from training.data import LAYOUTS
+from training.data import find_layout
 from training.export.folder import CARD_JSON, EXPECTED_OUTPUT, OOF_CSV, README, export_run
 from training.results.oof import pool
 from training.results.tta_oof import tta_run
@@ -247,7 +247,7 @@ def card(plan: Plan) -> None:
             say("card", f"skipped: {json_path} describes these runs")
             return
     say("card", f"training.card --model {plan.model_out} -> {plan.model_out / README}")
-    votes = plan.data if any((plan.data / t).is_file() for t in LAYOUTS.values()) else None  # the experts' votes
+    votes = plan.data if find_layout(plan.data) else None  # the experts' votes, from a labelled layout
     built, oof = build_card(
         plan.model_out,
         plan.recipe,

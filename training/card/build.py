@@ -19,7 +19,7 @@ from amf import AmfError
 from amf.fileio import write_text_atomic
 from amf.manifest import load as load_manifest
 from training import augment, metrics
-from training.card.render import CARD_VERSION, loso_column, render
+from training.card.render import CARD_VERSION, loso_domain, render
 from training.domains import DOMAIN_COLUMNS
 from training.export.folder import CARD_JSON, OOF_CSV, PREDICTIONS, README
 from training.results import threshold
@@ -306,11 +306,10 @@ def build(
     if shift:
         card["threshold_for_shift"] = shift
     if tta:
-        word = (loso_column(card) or "domain").lower()
         card["tta"] = {
             "runs": tta_facts(tta, {"recipe": runs["recipe"], "loso": loso}, n_boot),
             "rule": "test-time augmentation ships only if it raises both the balanced accuracy at nested thresholds "
-            f"and the ROC AUC of the leave-one-{word}-out predictions over one view; of several modes "
+            f"and the ROC AUC of the leave-one-{loso_domain(card)}-out predictions over one view; of several modes "
             "that do, the one with the higher balanced accuracy",
         }
     files = [m.file for m in manifest.members]
@@ -333,7 +332,7 @@ def build(
         "versions": manifest.provenance.get("versions"),
     }
     card["predictions"] = reported_runs(card)
-    oof = loaded["recipe"][0][list(PREDICTION_COLUMNS)]
+    oof = loaded["recipe"][0][list(SHIPPED_COLUMNS)]
     return card, oof
 
 
@@ -366,7 +365,7 @@ def candidate_facts(candidates, rule: str, recipe, loso, n_boot: int) -> dict:
     return {"rule": rule, "runs": out}
 
 
-PREDICTION_COLUMNS = ("image_id", "slide", "fold", "probability")  # no label: the labels stay in the data's table
+SHIPPED_COLUMNS = ("image_id", "slide", "fold", "probability")  # no label: the labels stay in the data's table
 
 
 def reported_runs(card: dict) -> dict:
@@ -458,7 +457,7 @@ def write(model_dir, card: dict, oof: pd.DataFrame) -> None:
     reports); a stale predictions file of an earlier card goes."""
     model_dir = Path(model_dir)
     tables = {OOF_CSV: oof} | {
-        name: finished_oof(run)[0][list(PREDICTION_COLUMNS)] for name, run in card.get("predictions", {}).items()
+        name: finished_oof(run)[0][list(SHIPPED_COLUMNS)] for name, run in card.get("predictions", {}).items()
     }
     for stale in set((model_dir / PREDICTIONS).glob("*.csv")) - {model_dir / name for name in tables}:
         stale.unlink()

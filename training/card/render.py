@@ -70,6 +70,7 @@ def facts(card: dict) -> dict:
         "plain_diff": config_diff(rs, card["runs"]["plain"]["config"]) if "plain" in card["runs"] else {},
         "epoch_gaps": (np.mean(bal), np.mean(auc), len(gaps)) if gaps else None,  # choosing on the held-out fold
         "loso_column": loso_column(card),
+        "loso_domain": loso_domain(card),
         "loso_same_config": bool(loso)
         and not config_diff(rs, loso["config"], ignore=("name", *(f"splits.{k}" for k in loso["config"]["splits"]))),
         "worst_parity": max(parity, default=None),
@@ -88,6 +89,11 @@ def selection_of(cfg: dict) -> str:
 def runs_in(card: dict) -> list[str]:
     """The runs the card holds, in table order: the recipe run, and the plain control when one was given."""
     return [name for name in ("recipe", "plain") if name in card["runs"]]
+
+
+def loso_domain(card: dict) -> str:
+    """The held-out domain in words ("scanner", "source"; "domain" without a leave-one-out run)."""
+    return (loso_column(card) or "domain").lower()
 
 
 def loso_column(card: dict) -> str | None:
@@ -262,7 +268,7 @@ def tta_rows(card: dict) -> list[str]:
     for r in card["tta"]["runs"]:
         c = r["compare"]["metrics"]
         cells = [*difference(c.get("roc_auc")), *difference(c.get("balanced_accuracy@nested_thresholds"))]
-        base = f"leave-one-{(loso_column(card) or 'domain').lower()}-out" if r["base"] == "loso" else r["base"]
+        base = f"leave-one-{loso_domain(card)}-out" if r["base"] == "loso" else r["base"]
         lines.append(row(f"{base} (`{r['base_run']}`)", r["mode"], folds_list(r["compare"]["folds"]), *cells))
     return lines
 
@@ -271,7 +277,7 @@ def candidate_rows(card: dict) -> list[str]:
     lines, rs = [], card["runs"]["recipe"]["config"]
     for c in card["candidates"]["runs"]:
         differs = config_diff(rs, c["config"], ignore=("name", *(f"splits.{k}" for k in c["config"]["splits"])))
-        base = f"leave-one-{(loso_column(card) or 'domain').lower()}-out run" if c["base"] == "loso" else "recipe run"
+        base = f"leave-one-{loso_domain(card)}-out run" if c["base"] == "loso" else "recipe run"
         m = c["compare"]["metrics"]
         cells = [*difference(m.get("roc_auc")), *difference(m.get("balanced_accuracy@nested_thresholds"))]
         lines.append(row(f"`{Path(c['run']).name}`", f"`--set {as_set(differs)}`" if differs else "–", base, *cells))

@@ -31,19 +31,17 @@ def candidate_args(card: dict) -> str:
 
 def pipeline_runs(card: dict) -> dict | None:
     """Whether the card's runs and model are training.pipeline's own (training.rundir.pipeline_run's names:
-    RUNS/NAME_recipe, NAME_plain set by PLAIN_SETS, the shift run differing in its splits only, RUN_tta_MODE for
+    RUNS/NAME_recipe, NAME_plain set by plain_sets, the shift run differing in its splits only, RUN_tta_MODE for
     every mode on every run, the export's threshold chosen on the shipped mode's re-prediction): then the template
     gives its one command, from RUNS, NAME and the modes compared; else None (each step's command)."""
-    from training.rundir import PLAIN_SETS, RunDir, pipeline_run
+    from training.rundir import RunDir, pipeline_run, plain_sets
 
     recipe, e, rs = Path(card["runs"]["recipe"]["run"]), card["ensemble"], card["runs"]["recipe"]["config"]
     runs_dir, name = recipe.parent, recipe.name.removesuffix("_recipe")
     bases, plain, loso = [recipe], card["runs"].get("plain"), card.get("loso")
     if name == recipe.name:
         return None
-    off = {k.split("=")[0]: False for k in PLAIN_SETS}
-    if rs["model"].get("attention") == "auto" and rs["align"]["enabled"]:
-        off["model.attention"] = True  # rundir.plain_sets pins the gate the recipe has
+    off = {k: v == "true" for k, v in (word.split("=") for word in plain_sets(rs))}  # the pipeline's control
     if plain and (
         Path(plain["run"]) != pipeline_run(runs_dir, name, "plain") or config_diff(rs, plain["config"]) != off
     ):
