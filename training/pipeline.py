@@ -47,7 +47,7 @@ from training.data import find_layout
 from training.export.folder import CARD_JSON, EXPECTED_OUTPUT, OOF_CSV, README, export_run
 from training.results.oof import pool
 from training.results.tta_oof import tta_run
-from training.rundir import RunDir, pipeline_run, plain_sets
+from training.rundir import RunDir, pipeline_run, plain_sets, same_path, same_paths
 from training.splits import KINDS, folds_of
 from training.train.__main__ import main as train_main
 from training.train.kfold import resolve_normalisation
@@ -129,10 +129,6 @@ def newer(outputs, inputs) -> bool:
 
 def fold_files(run: Path, *names: str) -> list[Path]:
     return [f.path / name for f in RunDir(run).fold_dirs() for name in names]
-
-
-def same_path(a, b) -> bool:
-    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
 
 def say(step: str, text: str) -> None:
@@ -236,11 +232,9 @@ def card(plan: Plan) -> None:
             same_path(old["runs"]["recipe"]["run"], plan.recipe)
             and (same_path(plain.get("run"), plan.plain_run) if plan.plain else not plain)
             and (same_path(loso.get("run"), plan.shift_run) if plan.shift else not loso)
-            and sorted(Path(r["run"]).resolve() for r in old.get("tta", {}).get("runs", []))
-            == sorted(r.resolve() for r in tta_runs)
+            and same_paths((r["run"] for r in old.get("tta", {}).get("runs", [])), tta_runs)
             and (old.get("trained_on", ""), plain.get("partial_reason", "")) == (plan.trained_on, reason)
-            and sorted(Path(r["run"]).resolve() for r in old.get("candidates", {}).get("runs", []))
-            == sorted(r.resolve() for r in plan.candidates)
+            and same_paths((r["run"] for r in old.get("candidates", {}).get("runs", [])), plan.candidates)
             and old.get("candidates", {}).get("rule", "") == plan.candidate_rule
             and old.get("benchmark_name") == plan.benchmark
         ):

@@ -25,7 +25,7 @@ from training.export.folder import CARD_JSON, OOF_CSV, PREDICTIONS, README
 from training.results import threshold
 from training.results.compare import compare, finished_oof
 from training.results.oof import compute, with_votes
-from training.rundir import RunDir
+from training.rundir import RunDir, same_path
 
 
 def load_run(run, n_boot: int, votes: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict, dict]:
@@ -226,7 +226,7 @@ def tta_facts(tta_runs, bases: dict, n_boot: int) -> list[dict]:
     for tta in tta_runs:
         tta = Path(tta)
         source = RunDir(tta).from_run()
-        base = [name for name, path in bases.items() if path is not None and Path(path).resolve() == source]
+        base = [name for name, path in bases.items() if same_path(path, source)]
         if not base or source == tta.resolve():  # a run that re-predicted nothing is no TTA run
             raise AmfError(
                 f"{tta} re-predicted {source if source != tta.resolve() else 'no finished run'}, which is none of "

@@ -15,12 +15,13 @@ import numpy as np
 
 from amf import AmfError
 from training import augment
-from training.card.reproduce import candidate_args, pipeline_runs, same_run, threshold_run
+from training.card.reproduce import candidate_args, pipeline_runs, threshold_run
 from training.config import as_set
 from training.config import diff as config_diff
 from training.data import EXPERTS, OFFICIAL_CSV
 from training.export.folder import RENDERED_MARK
 from training.metrics import fmt, fmt_ci
+from training.rundir import same_path
 
 CARD_VERSION = 2  # card.json's layout, written by training.card's build: the only one rendered
 TEMPLATE = Path(__file__).with_name("card.md")
@@ -39,7 +40,7 @@ def render(card: dict) -> str:
         )
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.undefined = jinja2.StrictUndefined  # a key the template names and card.json lacks is an error, not ""
-    env.globals |= {f.__name__: f for f in (fmt, plural, folds_list, as_set, partial_note, same_run)}
+    env.globals |= {f.__name__: f for f in (fmt, plural, folds_list, as_set, partial_note, same_path)}
     env.globals |= {"RENDERED_MARK": RENDERED_MARK, "OFFICIAL_CSV": OFFICIAL_CSV, "EXPERT_COUNT": EXPERT_COUNT}
     tables = {f.__name__: (lambda f=f: "\n".join(f(card))) for f in TABLES}
     return env.from_string(TEMPLATE.read_text()).render(card=card, **facts(card), **tables)
@@ -71,8 +72,7 @@ def facts(card: dict) -> dict:
         "epoch_gaps": (np.mean(bal), np.mean(auc), len(gaps)) if gaps else None,  # choosing on the held-out fold
         "loso_column": loso_column(card),
         "loso_domain": loso_domain(card),
-        "loso_same_config": bool(loso)
-        and not config_diff(rs, loso["config"], ignore=("name", *(f"splits.{k}" for k in loso["config"]["splits"]))),
+        "loso_same_config": bool(loso) and not beyond_splits(rs, loso["config"]),
         "worst_parity": max(parity, default=None),
         "pipeline": pipeline_runs(card),
         "threshold_run": threshold_run(card),
@@ -89,6 +89,12 @@ def selection_of(cfg: dict) -> str:
 def runs_in(card: dict) -> list[str]:
     """The runs the card holds, in table order: the recipe run, and the plain control when one was given."""
     return [name for name in ("recipe", "plain") if name in card["runs"]]
+
+
+def beyond_splits(recipe: dict, other: dict) -> dict:
+    """Where the config summary OTHER differs from the recipe's besides its name and its splits (a leave-one-out run
+    or a candidate of another split kind is still the recipe when this is empty)."""
+    return config_diff(recipe, other, ignore=("name", *(f"splits.{k}" for k in other["splits"])))
 
 
 def loso_domain(card: dict) -> str:
@@ -276,7 +282,7 @@ def tta_rows(card: dict) -> list[str]:
 def candidate_rows(card: dict) -> list[str]:
     lines, rs = [], card["runs"]["recipe"]["config"]
     for c in card["candidates"]["runs"]:
-        differs = config_diff(rs, c["config"], ignore=("name", *(f"splits.{k}" for k in c["config"]["splits"])))
+        differs = beyond_splits(rs, c["config"])
         base = f"leave-one-{loso_domain(card)}-out run" if c["base"] == "loso" else "recipe run"
         m = c["compare"]["metrics"]
         cells = [*difference(m.get("roc_auc")), *difference(m.get("balanced_accuracy@nested_thresholds"))]

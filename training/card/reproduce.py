@@ -8,17 +8,13 @@ import shlex
 from pathlib import Path
 
 from training.config import diff as config_diff
-
-
-def same_run(a, b) -> bool:
-    """Whether two run paths of card.json name one run."""
-    return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
+from training.rundir import RunDir, pipeline_run, plain_sets, same_path
 
 
 def threshold_run(card: dict) -> str | None:
     """The re-prediction the export chose its threshold on, where it is not the recipe run itself."""
     run = (card["ensemble"].get("threshold_predictions") or {}).get("run")
-    return run if run and not same_run(run, card["runs"]["recipe"]["run"]) else None
+    return run if run and not same_path(run, card["runs"]["recipe"]["run"]) else None
 
 
 def candidate_args(card: dict) -> str:
@@ -34,8 +30,6 @@ def pipeline_runs(card: dict) -> dict | None:
     RUNS/NAME_recipe, NAME_plain set by plain_sets, the shift run differing in its splits only, RUN_tta_MODE for
     every mode on every run, the export's threshold chosen on the shipped mode's re-prediction): then the template
     gives its one command, from RUNS, NAME and the modes compared; else None (each step's command)."""
-    from training.rundir import RunDir, pipeline_run, plain_sets
-
     recipe, e, rs = Path(card["runs"]["recipe"]["run"]), card["ensemble"], card["runs"]["recipe"]["config"]
     runs_dir, name = recipe.parent, recipe.name.removesuffix("_recipe")
     bases, plain, loso = [recipe], card["runs"].get("plain"), card.get("loso")
