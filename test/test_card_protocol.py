@@ -117,6 +117,18 @@ def test_a_benchmark_protocol_is_stated_and_its_table_printed_as_the_papers(runs
         card_build.load_benchmark(tmp_path / "bad.yaml")
     with pytest.raises(AmfError, match="no such file.*known: amibr"):
         card_build.load_benchmark("no_such_benchmark")
+    # read as a config is: text in another encoding, a YAML tag, a non-list of sets: one error line each
+    shipped_bytes = (card_build.BENCHMARKS / "amibr.yaml").read_bytes()
+    (tmp_path / "cp1252.yaml").write_bytes(shipped_bytes + "# caf\xe9\n".encode("cp1252"))
+    with pytest.raises(AmfError, match="is not UTF-8 text"):
+        card_build.load_benchmark(tmp_path / "cp1252.yaml")
+    (tmp_path / "tag.yaml").write_text("name: !!python/name:os.system x\n")
+    with pytest.raises(AmfError, match="YAML tags"):
+        card_build.load_benchmark(tmp_path / "tag.yaml")
+    bad["rows"][0]["figures"], bad["sets"] = [[0.7, 0.8]] * 3, 3
+    (tmp_path / "sets.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(AmfError, match="sets and rows are lists"):
+        card_build.load_benchmark(tmp_path / "sets.yaml")
 
 
 def test_the_other_recipes_tried_are_counted_and_paired_with_the_run_of_their_split(runs, tmp_path):

@@ -379,27 +379,29 @@ def reported_runs(card: dict) -> dict:
 
 
 BENCHMARKS = Path(__file__).with_name("benchmarks")  # NAME.yaml: a published protocol and its table
+MAX_BENCHMARK_BYTES = 64 * 1024  # a protocol and one published table
 BENCHMARK_KEYS = {"name", "cite", "training_split", "training_figures", "never_seen", "figures", "sets", "rows"}
 
 
 def load_benchmark(name_or_file) -> dict:
     """A benchmark file (training/card/benchmarks/NAME.yaml, or a path): its protocol and the published table,
-    checked for shape, so that the card prints the paper's figures as given and nothing else."""
-    import yaml
+    checked for shape, so that the card prints the paper's figures as given and nothing else. Read as a config is
+    (training.config.parse: UTF-8, tag-free, plain values, bounded), each fault one error line."""
+    from amf.fileio import read_text
+    from training import config
 
     path = Path(name_or_file)
     if not path.suffix:
         path = BENCHMARKS / f"{name_or_file}.yaml"
-    if not path.is_file() or path.stat().st_size > 64 * 1024:
+    if not path.is_file() or path.stat().st_size > MAX_BENCHMARK_BYTES:
         known = ", ".join(sorted(p.stem for p in BENCHMARKS.glob("*.yaml")))
         raise AmfError(f"benchmark {name_or_file}: no such file under 64 KB (known: {known})")
-    try:
-        b = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise AmfError(f"benchmark {path}: not YAML ({str(e).splitlines()[0]})") from None
+    b = config.parse(read_text(path, "benchmark", MAX_BENCHMARK_BYTES), f"benchmark {path}")
     if not isinstance(b, dict) or set(b) != BENCHMARK_KEYS:
         raise AmfError(f"benchmark {path}: wants exactly the keys {', '.join(sorted(BENCHMARK_KEYS))}")
     sets = b["sets"]
+    if not (isinstance(sets, list) and sets and isinstance(b["rows"], list)):
+        raise AmfError(f"benchmark {path}: sets and rows are lists (the sets' names; a row per published model)")
     for r in b["rows"]:
         pairs = r.get("figures") if isinstance(r, dict) else None
         if not (isinstance(pairs, list) and len(pairs) == len(sets) and all(_pair(x) for x in pairs)):
