@@ -77,6 +77,27 @@ def test_breast_run_folder_and_oof(breast_run):
     assert epochs["train_kd"].iloc[0] > 0 and epochs["train_align"].iloc[0] >= 0
 
 
+def test_breast_run_logs_each_terms_share_and_the_alignments_shuffled_control(breast_run):
+    """The smoke recipe (MixStyle, alignment on Scanner, EMA distillation): every epoch row and the fold's TensorBoard
+    hold each loss term's share of the loss (adding up to 1) and the alignment beside its shuffled-domain control."""
+    pytest.importorskip("tensorboard", reason="requirements-dev.txt installs it")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run, _ = breast_run
+    for k in (0, 1):
+        row = pd.read_csv(run / f"fold{k}" / "epochs.csv").iloc[-1]
+        shares = [row[f"train_share_{key}"] for key in ("cls", "kd", "align")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-6) and min(shares[:2]) > 0
+        assert row["train_align_control"] >= 0 and row["train_share_align"] == pytest.approx(
+            0.1 * row["train_align"] / row["train_loss"], rel=1e-4
+        )
+        ea = EventAccumulator(str(run / f"fold{k}"))
+        ea.Reload()
+        tags = set(ea.Tags()["scalars"])
+        assert {"train/share_cls", "train/share_kd", "train/share_align", "train/align_control"} <= tags
+        assert ea.Scalars("train/align_control")[-1].value == pytest.approx(row["train_align_control"], rel=1e-5)
+
+
 def test_breast_export_manifest_and_inference(breast_run, tmp_path):
     data, run, model_dir = breast_run
     mf = manifest_io.load(model_dir)

@@ -13,7 +13,16 @@ from training import config as config_io
 from training.augment import Augment, hed_jitter
 from training.train.kfold import EpochSampler, cosine_with_warmup
 from training.train.models import EmbeddingSE, create_classifier, load_for_export, lora_folded_state_dict
-from training.train.recipe import MixStyle, alignment_loss, attach_mixstyle, kd_loss, make_teacher, mixstyle_targets
+from training.train.recipe import (
+    MixStyle,
+    alignment_control,
+    alignment_loss,
+    attach_mixstyle,
+    kd_loss,
+    make_teacher,
+    mixstyle_targets,
+    teacher_decay,
+)
 
 
 def cfg_with(*overrides):
@@ -109,6 +118,85 @@ def test_alignment_loss_zero_when_aligned_positive_when_shifted():
     assert f.grad.abs().sum() > 0
     one = torch.zeros(16, 1, dtype=torch.long)  # one domain value: nothing to align
     assert alignment_loss(base, labels, one).item() == 0.0
+
+
+def unbiased_by_pairs(features, labels, domains):
+    """The unbiased alignment written out: for each label and class, each pair of values with two or more figures,
+    |mu_g - mu_h|^2 from distinct pairs of figures only; the mean over pairs, then over (label, class)."""
+    z = torch.nn.functional.normalize(features.double(), dim=1)
+    terms = []
+    for j in range(domains.shape[1]):
+        for c in (0, 1):
+            groups = [z[(labels == c) & (domains[:, j] == v)] for v in torch.unique(domains[:, j])]
+            groups = [g for g in groups if len(g) >= 2]
+            pairs = []
+            for a in range(len(groups)):
+                for b in range(a + 1, len(groups)):
+                    g, h = groups[a], groups[b]
+                    within = [(g[i] @ g[k]).item() for i in range(len(g)) for k in range(len(g)) if i != k]
+                    within_h = [(h[i] @ h[k]).item() for i in range(len(h)) for k in range(len(h)) if i != k]
+                    cross = (g @ h.T).mean().item()
+                    pairs.append(np.mean(within) + np.mean(within_h) - 2 * cross)
+            if pairs:
+                terms.append(np.mean(pairs))
+    return float(np.mean(terms)) if terms else 0.0
+
+
+def test_unbiased_alignment_is_the_pairwise_u_statistic():
+    torch.manual_seed(1)
+    f = torch.randn(40, 6)
+    labels = torch.randint(0, 2, (40,))
+    domains = torch.stack([torch.randint(0, 3, (40,)), torch.randint(0, 2, (40,))], 1)
+    domains[0, 0] = 4  # a value with one figure: no pair it can join
+    got = alignment_loss(f, labels, domains, estimator="unbiased").item()
+    assert got == pytest.approx(unbiased_by_pairs(f, labels, domains), abs=1e-5)
+
+
+def test_unbiased_alignment_is_zero_on_average_where_domains_do_not_differ():
+    """Null: features independent of the domain labels. The batch-means loss sits at its noise floor (and equals
+    its shuffled control); the unbiased one averages zero. With a real shift, both see it, and the unbiased one
+    estimates the shifted means' squared distance."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 1] * 32)
+    domains = torch.tensor([0, 0, 1, 1] * 16).view(-1, 1)
+    biased, unbiased, control, shifted = [], [], [], []
+    for _ in range(300):
+        f = torch.randn(64, 16, generator=gen)
+        biased.append(alignment_loss(f, labels, domains).item())
+        unbiased.append(alignment_loss(f, labels, domains, estimator="unbiased").item())
+        control.append(alignment_control(f, labels, domains, None, "batch_means", gen).item())
+        g = f.clone()
+        g[domains[:, 0] == 1, 0] += 2.0  # domain 1 moved along one axis
+        shifted.append(alignment_loss(g, labels, domains, estimator="unbiased").item())
+    se = np.std(unbiased) / np.sqrt(len(unbiased))
+    assert abs(np.mean(unbiased)) < 3 * se
+    assert np.mean(biased) > 10 * se and np.mean(biased) == pytest.approx(np.mean(control), rel=0.1)
+    assert np.mean(shifted) > 20 * se
+
+
+def test_alignment_control_shuffles_the_domains_only():
+    f = torch.randn(32, 8)
+    labels = torch.tensor([0, 1] * 16)
+    domains = torch.tensor([[0], [0], [1], [1]] * 8)
+    f[domains[:, 0] == 1] += 3.0
+    real = alignment_loss(f, labels, domains).item()
+    a = alignment_control(f, labels, domains, None, "batch_means", torch.Generator().manual_seed(3)).item()
+    b = alignment_control(f, labels, domains, None, "batch_means", torch.Generator().manual_seed(3)).item()
+    assert a == b and a < real / 4  # seeded; shuffled labels no longer separate the moved figures
+    x = f.clone().requires_grad_(True)
+    alignment_control(x, labels, domains, None, "unbiased", torch.Generator())
+    assert x.grad is None  # a measurement, never part of the loss
+
+
+def test_teacher_horizon_in_epochs_sets_the_decay():
+    assert teacher_decay({"decay": 0.99, "horizon_epochs": None}, 36) == 0.99
+    d = teacher_decay({"decay": 0.99, "horizon_epochs": 5.0}, 36)
+    assert 1 / (1 - d) == pytest.approx(5 * 36)
+    # with G processes an epoch has G x fewer steps per process: the decay follows, the horizon in epochs stays
+    d4 = teacher_decay({"decay": 0.99, "horizon_epochs": 5.0}, 9)
+    assert 1 / (1 - d4) / 9 == pytest.approx(5.0)
+    t = make_teacher(create_classifier(cfg_with()), {"decay": 0.5, "horizon_epochs": 2.0, "warmup": False}, 10)
+    assert t.decay == pytest.approx(1 - 1 / 20)
 
 
 def test_attention_is_identity_at_start_and_in_the_model():

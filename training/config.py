@@ -91,15 +91,21 @@ DEFAULTS = {
     # Utrecht: all human; FU Berlin: mast cell tumour only) and Tumor/Species are biology: aligning them pulls
     # together figures whose morphology genuinely differs. (On the breast slice only Scanner varies, so the
     # earlier default, all four, acted as Scanner alone there; no full-set ablation was run.)
+    # align.estimator: batch_means (biased: equals its shuffled control where the domains do not differ) |
+    # unbiased (zero in expectation there); training/train/recipe.py
     "align": {
         "enabled": True,
         "weight": 0.1,
         "columns": ["Scanner"],
-        "attention_reduction": 4,
-    },  # the attention module's (EmbeddingSE) hidden width: dim / this
+        "estimator": "batch_means",
+        "attention_reduction": 4,  # the attention module's (EmbeddingSE) hidden width: dim / this
+    },
     "ema": {
         "enabled": True,
         "decay": 0.999,  # per optimiser step
+        # horizon_epochs: the teacher's horizon, 1 / (1 - decay) steps, in epochs: with it set the decay is derived
+        # from each process's steps per epoch (ema.decay and decay_scaling do not act); null: ema.decay
+        "horizon_epochs": None,
         # decay_scaling: none (ema.decay per step whatever the number of processes: with G of them an epoch has
         # G x fewer steps, so the teacher's horizon in epochs is G x longer) | world (decay ** G per step: the
         # horizon in epochs of one process). training/train/ddp.py; the line at the start of a fold says which
@@ -158,6 +164,7 @@ CHOICES = {
     "export.tta": TTA_MODES,  # amf.preprocess.TTA_VIEWS
     "train.lr_scaling": ("none", "linear"),
     "ema.decay_scaling": ("none", "world"),
+    "align.estimator": ("batch_means", "unbiased"),
     "log.tensorboard": ("auto", True, False),
     "log.wandb_mode": ("auto", "online", "offline", "disabled"),
 }
@@ -187,7 +194,13 @@ ALSO = {
     "log.tensorboard": False,
 }
 # None defaults that stand for a value of one type: an example of it (other None defaults take anything)
-NONE_TYPES = {"model.weights": "", "data.synthetic": "", "data.official_labels": "", "train.max_steps_per_epoch": 0}
+NONE_TYPES = {
+    "model.weights": "",
+    "data.synthetic": "",
+    "data.official_labels": "",
+    "train.max_steps_per_epoch": 0,
+    "ema.horizon_epochs": 0.0,
+}
 TYPE_NAMES = {
     bool: ("true or false", "true/false values"),
     int: ("an integer", "integers"),
@@ -370,6 +383,9 @@ def validate(cfg: dict) -> dict:
         raise AmfError(f"config: data.input_size must be from 8 to {MAX_SIDE}, got {cfg['data']['input_size']}")
     if cfg["log"]["images"] < 0 or not cfg["log"]["progress_s"] > 0:
         raise AmfError("config: log.images must be >= 0 and log.progress_s > 0")
+    horizon = cfg["ema"]["horizon_epochs"]
+    if horizon is not None and not horizon > 0:
+        raise AmfError(f"config: ema.horizon_epochs must be > 0 or null, got {horizon}")
     if int(cfg["align"]["attention_reduction"]) < 1:
         raise AmfError("config: align.attention_reduction must be >= 1")
     if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:

@@ -39,7 +39,7 @@ from training.train.models import (
     normalisation,
 )
 from training.train.progress import Progress
-from training.train.recipe import alignment_loss, attach_mixstyle, kd_loss, make_teacher
+from training.train.recipe import alignment_control, alignment_loss, attach_mixstyle, kd_loss, make_teacher
 
 ALIGN_COLUMNS = (*DOMAIN_COLUMNS, "source")  # the weak domain labels the alignment can pull together
 
@@ -230,12 +230,25 @@ def oof_table(df: pd.DataFrame, rows: np.ndarray, logits: np.ndarray, k: int) ->
 
 
 def train_step(
-    model, train_model, teacher, optimizer, x, target, cfg: dict, amp: bool, pos_weight=None, align_batch=None
+    model,
+    train_model,
+    teacher,
+    optimizer,
+    x,
+    target,
+    cfg: dict,
+    amp: bool,
+    pos_weight=None,
+    align_batch=None,
+    control_generator: torch.Generator | None = None,
 ) -> dict:
     """One optimiser step of the configured recipe; returns the detached losses (device tensors).
 
     loss = BCE(logit, target) [+ kd_weight * T^2 KL(teacher || student)] [+ align.weight * alignment].
     MixStyle acts inside the forward pass (hooks); the EMA update and the schedule step are the caller's.
+    ALIGN_BATCH (the batch's labels, domain codes, number of values): the alignment is measured on it, and joins
+    the loss with align.enabled; with CONTROL_GENERATOR also its shuffled-domain control (alignment_control).
+    Besides each loss, the returned w_* are the terms as weighted in the loss (their sum is the loss).
     """
     smoothing = float(cfg["train"]["label_smoothing"])
     if smoothing:
@@ -248,21 +261,27 @@ def train_step(
                 teacher_logit = teacher.module(x)
     logit = logit.float().view(-1)
     loss_cls = F.binary_cross_entropy_with_logits(logit, target.float(), pos_weight=pos_weight)
-    loss = loss_cls
     zero = torch.zeros((), device=x.device)
-    loss_kd = loss_align = zero
+    out = {"cls": loss_cls, "kd": zero, "align": zero, "w_kd": zero, "w_align": zero}
     if teacher_logit is not None:
-        loss_kd = kd_loss(logit, teacher_logit, cfg["ema"]["temperature"])
-        loss = loss + cfg["ema"]["kd_weight"] * loss_kd
+        out["kd"] = kd_loss(logit, teacher_logit, cfg["ema"]["temperature"])
+        out["w_kd"] = cfg["ema"]["kd_weight"] * out["kd"]
     if align_batch is not None:
-        loss_align = alignment_loss(feats, *align_batch)
-        loss = loss + cfg["align"]["weight"] * loss_align
+        a_cfg = cfg["align"]
+        acts = bool(a_cfg["enabled"] and a_cfg["weight"] > 0)
+        with contextlib.nullcontext() if acts else torch.no_grad():
+            out["align"] = alignment_loss(feats, *align_batch, estimator=a_cfg["estimator"])
+        if acts:
+            out["w_align"] = a_cfg["weight"] * out["align"]
+        if control_generator is not None:
+            out["align_control"] = alignment_control(feats, *align_batch, a_cfg["estimator"], control_generator)
+    loss = loss_cls + out["w_kd"] + out["w_align"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg["train"]["grad_clip"]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["train"]["grad_clip"]))
     optimizer.step()
-    return {"loss": loss.detach(), "cls": loss_cls.detach(), "kd": loss_kd.detach(), "align": loss_align.detach()}
+    return {"loss": loss.detach()} | {key: v.detach() for key, v in out.items()}
 
 
 # ---- one fold, step by step -------------------------------------------------------------------
@@ -289,16 +308,18 @@ class FoldData:
 class LossInputs:
     """What train_step needs besides the batch, on the device once (no copy and no host sync per step): the
     positive-class weight (imbalance.mode loss) and, for the domain alignment, every figure's label and domain
-    codes."""
+    codes. The alignment is measured whenever align.columns name a label, in every run (a run without alignment
+    shows how far apart its domains are left), with its shuffled-domain control."""
 
     pos_weight: torch.Tensor | None
     labels: torch.Tensor
     domains: torch.Tensor
     n_domain_values: int
-    align: bool
+    measure: bool  # align.columns name a label: the alignment is measured (and joins the loss with align.enabled)
+    control: torch.Generator | None = None  # draws the shuffled-domain control's permutations
 
     def align_batch(self, rows: torch.Tensor):
-        if not self.align:
+        if not self.measure:
             return None
         on_device = rows.to(self.labels.device, non_blocking=True)
         return self.labels[on_device], self.domains[on_device], self.n_domain_values
@@ -419,7 +440,7 @@ def build_loaders(cfg: dict, df: pd.DataFrame, cache, rows: tuple, dist: Dist, s
     return FoldData(train_rows, val_rows, inner_rows, steps, train_ds, sampler, train_dl, val_dl, inner_dl)
 
 
-def loss_inputs(cfg: dict, df: pd.DataFrame, y_train: np.ndarray, device) -> LossInputs:
+def loss_inputs(cfg: dict, df: pd.DataFrame, y_train: np.ndarray, device, seed: int = 0) -> LossInputs:
     """LossInputs of the fold: the positive-class weight from its training labels, the domain codes of every
     figure (align.columns, factorised over the whole table)."""
     pos_weight = None
@@ -435,8 +456,8 @@ def loss_inputs(cfg: dict, df: pd.DataFrame, y_train: np.ndarray, device) -> Los
         dtype=torch.long,
     ).to(device)
     n_domain_values = int(domain_codes.max()) + 1 if domain_codes.numel() else 1
-    use_align = bool(cfg["align"]["enabled"] and cfg["align"]["weight"] > 0 and align_cols)
-    return LossInputs(pos_weight, hard_labels, domain_codes, n_domain_values, use_align)
+    control = torch.Generator().manual_seed(int(seed)) if align_cols else None
+    return LossInputs(pos_weight, hard_labels, domain_codes, n_domain_values, bool(align_cols), control)
 
 
 def make_optimiser(cfg: dict, model, steps: int):
@@ -516,7 +537,7 @@ def train_epoch(
     data.sampler.set_epoch(epoch)
     data.train_ds.set_epoch(epoch)
     train_model.train()
-    sums = {"loss": 0.0, "cls": 0.0, "kd": 0.0, "align": 0.0}
+    sums = {}
     lr_start = state.optimizer.param_groups[0]["lr"]
     seen, t0 = 0, time.perf_counter()
     progress.start_epoch(epoch)
@@ -538,6 +559,7 @@ def train_epoch(
             amp,
             loss_in.pos_weight,
             loss_in.align_batch(rows),
+            loss_in.control,
         )
         state.scheduler.step()
         state.step += 1
@@ -546,17 +568,29 @@ def train_epoch(
         n = len(x)
         seen += n
         for key, v in losses.items():
-            sums[key] = sums[key] + v * n
+            sums[key] = sums.get(key, 0.0) + v * n
         if progress.step(n):
             progress.loss_so_far(float(sums["loss"]) / seen)
     train_s = time.perf_counter() - t0
+    means = {key: float(v) / max(1, seen) for key, v in sums.items()}
     return {
         "epoch": epoch + 1,
         "lr": lr_start,
         "images_per_s": seen * dist.world / train_s,
-        **{f"train_{key}": float(v) / max(1, seen) for key, v in sums.items()},
+        **{f"train_{key}": means.get(key) for key in ("loss", "cls", "kd", "align", "align_control")},
+        **loss_shares(means),
         "ema_decay": state.teacher.last_decay if state.teacher is not None else None,
     }
+
+
+SHARES = {"cls": "cls", "kd": "w_kd", "align": "w_align"}  # epochs.csv train_share_<key>: the weighted term
+
+
+def loss_shares(means: dict) -> dict:
+    """Each term's share of the epoch's mean loss, as weighted in it (train_share_cls, _kd, _align: they add up to
+    1; a term the recipe leaves out has share 0)."""
+    total = means.get("loss") or float("nan")
+    return {f"train_share_{key}": means.get(w, 0.0) / total for key, w in SHARES.items()}
 
 
 def validate_and_select(
@@ -671,10 +705,13 @@ def epoch_line(row: dict, where: str) -> str:
     val_txt = " ".join(
         f"{key[4:]} {row[key]:.3f}" for key in ("val_balanced_accuracy", "val_roc_auc") if row[key] is not None
     )
+    control = row.get("train_align_control")
+    shares = "/".join(f"{100 * row[f'train_share_{key}']:.0f}" for key in SHARES)
     return (
         f"{where}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
-        f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}), {row['images_per_s']:.0f} img/s; "
-        f"val {val_txt}{' *' if row['best'] else ''}"
+        f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}"
+        f"{f' vs shuffled {control:.4f}' if control is not None else ''}; % cls/kd/align {shares}), "
+        f"{row['images_per_s']:.0f} img/s; val {val_txt}{' *' if row['best'] else ''}"
     )
 
 
@@ -745,10 +782,10 @@ def train_locked_fold(
     rows = fold_rows(cfg, splits, k, seed)
     model, mixer = build_model(cfg, device, channels_last, seed, k, log)
     data = build_loaders(cfg, df, cache, rows, dist, seed, k, log)
-    world_cfg = ddp.for_world(cfg, dist.world)  # train.lr and ema.decay as they act with this many processes
+    world_cfg = ddp.for_world(cfg, dist.world, data.steps)  # train.lr and ema.decay as they act with G processes
     teacher = make_teacher(model, world_cfg["ema"], data.steps) if cfg["ema"]["enabled"] else None
     labels = df["label"].to_numpy()
-    loss_in = loss_inputs(cfg, df, labels[data.train_rows], device)
+    loss_in = loss_inputs(cfg, df, labels[data.train_rows], device, seed)
     state = FoldState(model, *make_optimiser(world_cfg, model, data.steps), teacher, mixer)
     if fold.last.is_file() and not restart:
         resume(state, fold, cuda, log)

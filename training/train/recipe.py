@@ -13,9 +13,17 @@ Alignment (align): the features refined by the attention module (models.Embeddin
   for each weak domain label (Scanner, Origin, Species, Tumor) and each class present in the batch, the
   mean feature of every domain value is pulled to the class's batch mean: the loss is the mean squared
   distance, averaged over classes and labels (class-conditional domain-mean alignment, a linear-kernel
-  MMD). A label with one value in the batch adds nothing.
+  MMD). A label with one value in the batch adds nothing. align.estimator: "batch_means" (the above) is biased:
+  with no domain difference at all it still equals the sampling noise of a mean of a few figures (about
+  (1 - |mu|^2) / n per value), so at batch 64 it is mostly noise and its gradient mostly shrinks every class's
+  spread; "unbiased" is the U-statistic of the same squared distances (pairs of distinct figures only, mean over
+  pairs of values with two or more figures): zero in expectation, and zero gradient in expectation, where the
+  domains do not differ, so what it pulls on is the domain difference itself.
+  Whether it acts: training logs, beside it, the same estimator on the same batch with the domain labels
+  shuffled (alignment_control); a term no larger than its shuffled control aligns nothing.
 EMA teacher (timm.utils.ModelEmaV3): after every optimiser step teacher = d*teacher + (1-d)*student.
-  d = ema.decay, the configured value itself after the warm-up: with ema.warmup, d = decay * step / W
+  d = ema.decay, or with ema.horizon_epochs H: 1 - 1 / (H * steps per epoch of one process), a horizon of H
+  epochs whatever the batch size, data size or number of processes (teacher_decay); after the warm-up: with ema.warmup, d = decay * step / W
   rises linearly over the first W = ema.warmup_epochs epochs of optimiser steps (W = 0: no warm-up) and
   equals ema.decay from step W on (timm's own warm-up, 1 - (1 + step)^(-2/3), stays below the configured
   decay for 1000 steps at 0.99 and 31,600 at 0.999: longer than most runs here). The decay in effect is
@@ -127,8 +135,15 @@ def attach_mixstyle(timm_model: nn.Module, mcfg: dict, generator: torch.Generato
 # ---- alignment ----------------------------------------------------------------------------------
 
 
+ESTIMATORS = ("batch_means", "unbiased")  # align.estimator
+
+
 def alignment_loss(
-    features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_values: int | None = None
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    domains: torch.Tensor,
+    num_values: int | None = None,
+    estimator: str = "batch_means",
 ) -> torch.Tensor:
     """features (B, D); labels (B,) in {0,1}; domains (B, L) integer codes >= 0 of L weak domain labels.
 
@@ -136,7 +151,7 @@ def alignment_loss(
     (L2-normalised) feature and the class's batch mean. 0 when no label has two values in a class.
     Vectorised (one index_add over (label, class, value) groups, no loop over values, no host
     synchronisation when NUM_VALUES, an upper bound of the codes, is given); the same value as
-    alignment_loss_loops, the readable reference.
+    alignment_loss_loops, the readable reference. ESTIMATOR "unbiased": unbiased_alignment of the same groups.
     """
     z = F.normalize(features.float(), dim=1)
     b, dim = z.shape
@@ -157,6 +172,8 @@ def alignment_loss(
     # the class's batch mean is the same for every label j: the sum over the values of (j, class)
     sums = sums.view(n_labels, 2, num_values, dim)
     counts = counts.view(n_labels, 2, num_values)
+    if estimator == "unbiased":
+        return unbiased_alignment(sums, counts, features)
     centre = sums.sum(2) / counts.sum(2).clamp_min(1).unsqueeze(-1)  # (L, 2, D)
     present = counts > 0
     dist = ((means.view(n_labels, 2, num_values, dim) - centre.unsqueeze(2)) ** 2).sum(-1) * present
@@ -166,6 +183,40 @@ def alignment_loss(
     n_terms = valid.sum()
     # no valid term: 0, through the features so that the graph is kept (DDP)
     return (terms * valid).sum() / n_terms.clamp_min(1) + features.sum() * 0.0
+
+
+def unbiased_alignment(sums: torch.Tensor, counts: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """The unbiased squared distance between domain means: SUMS (L, 2, V, D) of unit features and COUNTS (L, 2, V)
+    per (label, class, value). For two values g, h with n >= 2 figures each, |mu_g - mu_h|^2 is estimated by
+    U_g + U_h - 2 S_g.S_h / (n_g n_h), U_g = (|S_g|^2 - n_g) / (n_g (n_g - 1)) (distinct pairs only: |z|^2 = 1);
+    the mean over such pairs of values, then over the (label, class) with at least one pair."""
+    n = counts
+    ok = n >= 2
+    u = ((sums * sums).sum(-1) - n) / (n * (n - 1)).clamp_min(1)  # (L, 2, V)
+    gram = torch.einsum("lcvd,lcwd->lcvw", sums, sums) / (n.unsqueeze(-1) * n.unsqueeze(-2)).clamp_min(1)
+    dist = u.unsqueeze(-1) + u.unsqueeze(-2) - 2 * gram  # (L, 2, V, V)
+    pair = ok.unsqueeze(-1) & ok.unsqueeze(-2)
+    pair = pair & torch.ones_like(pair).triu(1)  # each pair of distinct values once
+    n_pairs = pair.sum((-1, -2))
+    terms = (dist * pair).sum((-1, -2)) / n_pairs.clamp_min(1)
+    valid = n_pairs > 0
+    return (terms * valid).sum() / valid.sum().clamp_min(1) + features.sum() * 0.0
+
+
+def alignment_control(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    domains: torch.Tensor,
+    num_values: int | None,
+    estimator: str,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The alignment loss of the same batch with its domain labels shuffled across the batch (no gradient): what
+    the estimator gives where the domains carry no information. GENERATOR (CPU) draws the shuffle, so that the
+    control leaves the training's own random streams alone."""
+    perm = torch.randperm(domains.shape[0], generator=generator).to(domains.device, non_blocking=True)
+    with torch.no_grad():
+        return alignment_loss(features.detach(), labels, domains[perm], num_values, estimator)
 
 
 def alignment_loss_loops(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
@@ -191,6 +242,16 @@ def alignment_loss_loops(features: torch.Tensor, labels: torch.Tensor, domains: 
 # ---- EMA teacher --------------------------------------------------------------------------------
 
 
+def teacher_decay(ecfg: dict, steps_per_epoch: int) -> float:
+    """The teacher's decay per optimiser step: ema.decay, or with ema.horizon_epochs H the decay whose horizon,
+    1 / (1 - d) steps, is H epochs of STEPS_PER_EPOCH (one process's steps: with G processes an epoch has G x
+    fewer, so the decay follows and the horizon in epochs does not change)."""
+    horizon = ecfg.get("horizon_epochs")
+    if horizon is None:
+        return float(ecfg["decay"])
+    return 1.0 - 1.0 / max(1.0, float(horizon) * max(1, int(steps_per_epoch)))
+
+
 def ema_decay(step: int | None, decay: float, warmup_steps: int) -> float:
     """The teacher's decay after optimiser step STEP (1-based): decay * step / warmup_steps, then decay."""
     if step is None or warmup_steps <= 0:
@@ -199,7 +260,7 @@ def ema_decay(step: int | None, decay: float, warmup_steps: int) -> float:
 
 
 def make_teacher(model: nn.Module, ecfg: dict, steps_per_epoch: int = 0):
-    """timm's ModelEmaV3 with this module's warm-up (ema_decay): the configured decay acts after
+    """timm's ModelEmaV3 with this module's warm-up (ema_decay): teacher_decay acts after
     round(ema.warmup_epochs * steps_per_epoch) steps. teacher.last_decay is the decay of the last update."""
     from timm.utils import ModelEmaV3
 
@@ -210,7 +271,7 @@ def make_teacher(model: nn.Module, ecfg: dict, steps_per_epoch: int = 0):
             self.last_decay = ema_decay(step, self.decay, self.warmup_steps)
             return self.last_decay
 
-    teacher = Teacher(model, decay=float(ecfg["decay"]), use_warmup=False)
+    teacher = Teacher(model, decay=teacher_decay(ecfg, steps_per_epoch), use_warmup=False)
     teacher.warmup_steps, teacher.last_decay = warmup_steps, None
     return teacher
 
