@@ -23,10 +23,10 @@ Alignment (align): the features refined by the attention module (models.Embeddin
   shuffled (alignment_control); a term no larger than its shuffled control aligns nothing.
 EMA teacher (timm.utils.ModelEmaV3): after every optimiser step teacher = d*teacher + (1-d)*student.
   d = ema.decay, or with ema.horizon_epochs H: 1 - 1 / (H * steps per epoch of one process), a horizon of H
-  epochs whatever the batch size, data size or number of processes (teacher_decay); after the warm-up: with ema.warmup, d = decay * step / W
-  rises linearly over the first W = ema.warmup_epochs epochs of optimiser steps (W = 0: no warm-up) and
-  equals ema.decay from step W on (timm's own warm-up, 1 - (1 + step)^(-2/3), stays below the configured
-  decay for 1000 steps at 0.99 and 31,600 at 0.999: longer than most runs here). The decay in effect is
+  epochs whatever the batch size, data size or number of processes (teacher_decay). With ema.warmup,
+  d = decay * step / W rises linearly over the first W = ema.warmup_epochs epochs of optimiser steps (W = 0:
+  no warm-up) and equals that decay from step W on (timm's own warm-up, 1 - (1 + step)^(-2/3), stays below
+  the configured decay for 1000 steps at 0.99 and 31,600 at 0.999: longer than most runs here). The decay in effect is
   recorded per epoch (epochs.csv ema_decay) and at the end (done.json). The student also fits the
   teacher's prediction: T^2 * KL(teacher || student) on the two-class distributions at temperature T.
 Look:  python -m training.inspect recipe CONFIG   (where MixStyle goes for the configured backbone)
