@@ -58,26 +58,35 @@ def start(cmd: list[str], env: dict, prefix: str) -> tuple:
 
 def run_parallel(argv: list[str], folds: list[int], parallel: int, log=print, poll_s: float = 0.5) -> None:
     """Train FOLDS with `training.train ARGV --fold k`, at most PARALLEL at a time; raises if any fails."""
-    env = child_env(parallel)
-    waiting, running, failed = list(folds), {}, {}
     log(f"training folds {folds}, {min(parallel, len(folds))} at a time (one process each)")
+    jobs = [(f"fold {k}", [*argv, "--fold", str(k)]) for k in folds]
+    failed = run_jobs(jobs, parallel, poll_s)
+    if failed:
+        raise AmfError(
+            "fold(s) failed: "
+            + ", ".join(f"{name[5:]} (exit status {s})" for name, s in failed.items())
+            + "; their messages are above; rerun the same command to train what is missing"
+        )
+
+
+def run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, poll_s: float = 0.5) -> dict:
+    """Run `training.train ARGV --parallel-child` for each (NAME, ARGV) of JOBS (ARGV names its --fold), at most
+    PARALLEL at a time, each line of a child prefixed "[NAME] "; returns {NAME: exit status} of those that
+    failed, in JOBS' order."""
+    env = child_env(parallel)
+    waiting, running, failed = list(jobs), {}, {}
     while waiting or running:
         while waiting and len(running) < parallel:
-            k = waiting.pop(0)
-            cmd = [sys.executable, "-m", "training.train", *argv, "--fold", str(k), "--parallel-child"]
-            running[k] = start(cmd, env, f"[fold {k}] ")
-        for k, (proc, threads) in list(running.items()):
+            name, argv = waiting.pop(0)
+            cmd = [sys.executable, "-m", "training.train", *argv, "--parallel-child"]
+            running[name] = start(cmd, env, f"[{name}] ")
+        for name, (proc, threads) in list(running.items()):
             status = proc.poll()
             if status is not None:
                 for t in threads:
                     t.join()  # its last lines are out before anything is said about it
-                del running[k]
+                del running[name]
                 if status != 0:
-                    failed[k] = status
+                    failed[name] = status
         time.sleep(poll_s if running else 0)
-    if failed:
-        raise AmfError(
-            "fold(s) failed: "
-            + ", ".join(f"{k} (exit status {s})" for k, s in sorted(failed.items()))
-            + "; their messages are above; rerun the same command to train what is missing"
-        )
+    return {name: failed[name] for name, _ in jobs if name in failed}

@@ -1,0 +1,84 @@
+"""training.ablate and its report (training/results/ablation.py): the arms' overrides, the interval's two variance
+terms on constructed predictions whose answer is known, and the command end to end on a small two-source set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amf import AmfError
+from training import ablate
+from training.results import ablation
+from training.results.compare import NESTED
+
+
+def test_an_arm_is_a_name_and_its_overrides():
+    arm = ablate.parse_arm("both=mixstyle.enabled=true,align.columns=[Scanner,source],align.weight=2")
+    assert arm.name == "both"
+    assert arm.sets == ["mixstyle.enabled=true", "align.columns=[Scanner,source]", "align.weight=2"]
+    for bad in ("base=ema.enabled=true", "x", "x=", "../up=ema.enabled=true", "x=ema.enabled"):
+        with pytest.raises(AmfError):
+            ablate.parse_arm(bad)
+
+
+def table(p, y, fold, slides):
+    return pd.DataFrame(
+        {"image_id": [f"{i}.png" for i in range(len(y))], "probability": p, "label": y, "fold": fold, "slide": slides}
+    ).set_index("image_id")
+
+
+def figures(n_slides=40, per=10, seed=0):
+    rng = np.random.default_rng(seed)
+    slides = np.repeat([f"s{i}" for i in range(n_slides)], per)
+    y = rng.integers(0, 2, len(slides))
+    y[:2] = [0, 1]
+    fold = np.repeat(np.arange(n_slides) % 2, per)
+    return y, fold, slides
+
+
+def test_the_seed_term_where_the_answer_is_known():
+    """Base: two seeds that rank every atypical figure above every normal one (ROC AUC 1 in every resample). Arm:
+    one seed as perfect, one exactly inverted (ROC AUC 0 in every resample). So the slide term is 0, the seeds'
+    variance is (1 - 0)^2 / 2 = 0.5, V_seeds = 0.5 / 2 + 0 and the interval is -0.5 +- 1.96 * 0.5."""
+    y, fold, slides = figures()
+    good = y * 0.5 + 0.25 + np.linspace(0, 0.01, len(y))
+    preds = {
+        "base": {0: table(good, y, fold, slides), 1: table(good, y, fold, slides)},
+        "flip": {0: table(good, y, fold, slides), 1: table(1 - good, y, fold, slides)},
+    }
+    t = ablation.analyse(preds, "base", n_boot=200)
+    auc = t[(t["arm"] == "flip") & (t["metric"] == ablation.METRICS["roc_auc"])].iloc[0]
+    assert auc["mean"] == pytest.approx(0.5) and auc["minus_base"] == pytest.approx(-0.5)
+    assert auc["v_slides"] == pytest.approx(0.0, abs=1e-12) and auc["v_seeds"] == pytest.approx(0.25)
+    assert (auc["ci_low"], auc["ci_high"]) == pytest.approx((-0.5 - 1.96 * 0.5, -0.5 + 1.96 * 0.5), abs=1e-3)
+
+
+def test_identical_seeds_leave_the_slide_term_alone():
+    """Seeds that predict alike: V_seeds is 0 and the interval is the paired slide bootstrap's, +- 1.96 sd."""
+    y, fold, slides = figures(seed=1)
+    rng = np.random.default_rng(2)
+    a = np.clip(y * 0.3 + rng.normal(0.35, 0.2, len(y)), 0, 1)
+    b = np.clip(y * 0.1 + rng.normal(0.45, 0.2, len(y)), 0, 1)
+    preds = {
+        "base": {s: table(a, y, fold, slides) for s in (0, 1)},
+        "worse": {s: table(b, y, fold, slides) for s in (0, 1)},
+    }
+    t = ablation.analyse(preds, "base", n_boot=300, seed=5)
+    for label in ablation.METRICS.values():
+        r = t[(t["arm"] == "worse") & (t["metric"] == label)].iloc[0]
+        assert r["v_seeds"] == 0.0 and r["v_slides"] > 0
+        assert r["ci_high"] - r["ci_low"] == pytest.approx(2 * 1.959964 * np.sqrt(r["v_slides"]))
+        assert r["minus_base"] < 0
+
+
+def test_runs_with_other_figures_or_folds_are_refused():
+    y, fold, slides = figures()
+    p = np.full(len(y), 0.5)
+    with pytest.raises(AmfError, match="different folds"):
+        ablation.analyse({"base": {0: table(p, y, fold, slides)}, "x": {0: table(p, y, 1 - fold, slides)}}, "base")
+    with pytest.raises(AmfError, match="different figures"):
+        ablation.analyse({"base": {0: table(p, y, fold, slides)}, "x": {0: table(p, y, fold, slides).iloc[1:]}}, "base")
+    with pytest.raises(AmfError, match="base arm"):
+        ablation.analyse({"x": {0: table(p, y, fold, slides)}}, "base")
+    assert NESTED in ablation.METRICS
