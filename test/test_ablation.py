@@ -82,3 +82,38 @@ def test_runs_with_other_figures_or_folds_are_refused():
     with pytest.raises(AmfError, match="base arm"):
         ablation.analyse({"x": {0: table(p, y, fold, slides)}}, "base")
     assert NESTED in ablation.METRICS
+
+
+@pytest.mark.slow
+def test_the_command_trains_every_arm_and_seed_and_writes_the_report(tmp_path, capsys):
+    """The smoke config, 2 arms x 2 seeds, leaving one source out of a small two-source set (AMi-Br's layout):
+    every run trained on the same folds, the report written; a rerun trains nothing."""
+    from training_layout import make_amibr, make_layout
+
+    official = make_layout(tmp_path / "official", n_slides=6, per_slide=8)
+    data = make_amibr(tmp_path / "amibr", official / "MIDOG25_Atypical_Classification_Train_Set.csv", 4, 10)
+    runs = tmp_path / "runs"
+    argv = ["smoke", "--data", str(data), "--runs", str(runs), "--split", "leave_source_out", "--seeds", "2"]
+    argv += ["--arms", "soft=data.soft_labels=true", "--parallel", "2", "--n-boot", "50", "--no-progress"]
+    assert ablate.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 fold(s) done, 8 to train" in out
+    splits = {(runs / arm / f"seed{s}" / "splits.csv").read_text() for arm in ("base", "soft") for s in (0, 1)}
+    assert len(splits) == 1  # one split for every run
+    seeds = {arm: [yaml_of(runs / arm / f"seed{s}") for s in (0, 1)] for arm in ("base", "soft")}
+    assert [c["train"]["seed"] for c in seeds["soft"]] == [0, 1]
+    assert [c["data"]["soft_labels"] for c in seeds["base"] + seeds["soft"]] == [False, False, True, True]
+    table = pd.read_csv(runs / "ablation.csv")
+    assert set(table["arm"]) == {"base", "soft"} and (table["seeds"] == 2).all()
+    soft = table[table["arm"] == "soft"]
+    assert soft["ci_low"].le(soft["minus_base"]).all() and soft["minus_base"].le(soft["ci_high"]).all()
+    assert "| soft | `data.soft_labels=true` | 2 |" in (runs / "ablation.md").read_text()
+    assert (runs / "ablation.png").stat().st_size > 0
+    assert ablate.main(argv) == 0
+    assert "8 fold(s) done, 0 to train" in capsys.readouterr().out
+
+
+def yaml_of(run):
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())

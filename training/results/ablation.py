@@ -164,7 +164,7 @@ def plot(table: pd.DataFrame, base: str, path) -> str:
         rows = others[others["metric"] == label].set_index("arm").loc[arms]
         pos = np.arange(len(arms))[::-1]
         d = rows["minus_base"].to_numpy(float)
-        err = [d - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - d]
+        err = np.vstack([d - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - d])
         ax.errorbar(d, pos, xerr=err, fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(pos, arms)
