@@ -45,7 +45,7 @@ def cfg(**log):
 def test_scalars_name_every_number_of_the_epoch_row():
     assert tracking.scalars(ROW) == {
         "opt/lr": 1e-3,
-        "speed/images_per_s": 120.5,
+        "speed/train_images_per_s_end_to_end": 120.5,
         "train/loss": 0.5,
         "train/cls": 0.4,
         "train/kd": 0.1,
@@ -176,6 +176,30 @@ def test_tensorboard_event_files_hold_the_epochs_and_the_patches(tmp_path):
     assert [(e.step, round(e.value, 6)) for e in ea.Scalars("val/roc_auc")] == [(1, 0.6), (2, 0.7)]
     (image,) = ea.Images(tracking.IMAGE_TAG)
     assert (image.width, image.height) == (8 * 8 + 9 * 2, 8 + 2 * 2)
+
+
+def test_a_fold_trained_again_from_its_first_epoch_leaves_no_old_curves(tmp_path):
+    """--restart (or a new training in the same fold folder) starts the fold's event files afresh; a resumed fold
+    keeps its own."""
+    pytest.importorskip("tensorboard", reason="requirements-dev.txt installs it")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def train(first_epoch, epochs):
+        t = tracking.FoldTracker(cfg(tensorboard="true", images=0), tmp_path, 0, "run", first_epoch)
+        for epoch in epochs:
+            t.epoch({**ROW, "epoch": epoch})
+        t.close()
+
+    def steps():
+        ea = EventAccumulator(str(tmp_path))
+        ea.Reload()
+        return [e.step for e in ea.Scalars("train/loss")]
+
+    train(0, (1, 2, 3))
+    train(2, (3, 4))  # resumed after epoch 2
+    assert steps() == [1, 2, 3, 4]
+    train(0, (1,))  # trained again from the first epoch
+    assert steps() == [1] and len(list(tmp_path.glob(tracking.EVENTS))) == 1
 
 
 def test_patch_grid_undoes_the_normalisation():

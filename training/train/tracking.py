@@ -1,15 +1,18 @@
 """Experiment tracking for training.train: TensorBoard event files (by default) and Weights & Biases (log.wandb).
 
 Per fold, from the main rank only:
-  every epoch   its epochs.csv row: losses (train/*), held-out metrics (val/*), inner metrics (inner/*), the
-                learning rate and the EMA decay (opt/*), images per second and seconds (speed/*), at step = epoch
+  every epoch   its epochs.csv row: losses, each term's share of the loss and the alignment's shuffled control
+                (train/*), held-out metrics (val/*), inner metrics (inner/*), the learning rate and the EMA decay
+                (opt/*), training throughput end to end and seconds (speed/*), at step = epoch
   once          a grid of the first training batch's patches as the model receives them (augmented, resized;
                 de-normalised for display; log.images of them, 0: none): what the model is fed
 TensorBoard: the event files go into RUN/fold{k}/, so `tensorboard --logdir RUNS` shows every run and fold; a
-resumed fold drops what an interrupted epoch had logged (purge_step). log.tensorboard: auto, on where the
-package is installed (requirements-dev.txt pins it; a line says when it is not), true (an error where it is not),
-false. W&B: one run per fold, named log.wandb_name or CONFIG-RUN-fold{k}, grouped by the run folder's name, its
-config the run's, its files under fold{k}/wandb/; log.wandb_mode auto leaves the mode to wandb itself (so
+resumed fold drops what an interrupted epoch had logged (purge_step); a fold that trains from its first epoch
+(new, or --restart) removes the fold's earlier event files, so that two trainings never overlay.
+log.tensorboard: auto, on where the package is installed (requirements-dev.txt pins it; a line says when it is
+not), true (an error where it is not), false.
+W&B: one run per fold, named log.wandb_name or CONFIG-RUN-fold{k}, grouped by the run folder's name, its config the
+run's, its files under fold{k}/wandb/; log.wandb_mode auto leaves the mode to wandb itself (so
 WANDB_MODE=offline or disabled is respected), else passes the mode named. Asked for and not installed, or failing
 to start: one error line, before anything trains.
 Run:  tensorboard --logdir runs      (then open the address it prints)
@@ -25,8 +28,16 @@ import torch
 from amf import AmfError, one_line
 
 GROUPS = {"train_": "train/", "val_": "val/", "inner_": "inner/"}  # epochs.csv prefix -> TensorBoard group
-OTHER = {"lr": "opt/lr", "ema_decay": "opt/ema_decay", "images_per_s": "speed/images_per_s", "seconds": "speed/seconds"}
+# images_per_s: the epoch's training images over its wall time, end to end (loading, augmenting, the steps, the EMA
+# update; not the held-out prediction): what a run achieves, not the network's speed (bench.train_throughput)
+OTHER = {
+    "lr": "opt/lr",
+    "ema_decay": "opt/ema_decay",
+    "images_per_s": "speed/train_images_per_s_end_to_end",
+    "seconds": "speed/seconds",
+}
 IMAGE_TAG = "train/patches_as_fed"
+EVENTS = "events.out.tfevents.*"  # TensorBoard's event files
 
 
 def scalars(row: dict) -> dict:
@@ -88,6 +99,10 @@ class FoldTracker:
             return
         if tensorboard_on(log_cfg):
             from torch.utils.tensorboard import SummaryWriter
+
+            if not first_epoch:  # an earlier training of this fold, discarded: its curves would overlay the new
+                for old in Path(fold_dir).glob(EVENTS):
+                    old.unlink()
 
             self.tb = SummaryWriter(str(fold_dir), purge_step=first_epoch + 1 if first_epoch else None)
         if log_cfg["wandb"]:
