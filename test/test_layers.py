@@ -3,8 +3,9 @@ or in a circle, one of a layer above its own.
 
 Layers, lowest first: amf/ (the container's runtime) < training's base modules (config, data, splits, the run
 folder, metrics, augment) < results (pooling, thresholds, comparison) < train/ (fitting) < the re-prediction under
-test-time augmentation (results/tta_oof.py, which runs the fitted models) < export/ < card/ < the commands that
-drive them all (pipeline, inspect and the two names the shipped card gives) < evaluation/ (torch-free, beside
+test-time augmentation (results/tta_oof.py, which runs the fitted models) < export/ < card/ < the cluster's tasks
+(cluster.py, which runs train/) < the commands that drive them all (pipeline, ablate, inspect and the two names the
+shipped card gives) < evaluation/ (torch-free, beside
 training) < bench/."""
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ LAYERS = [
     ("amf",),
     tuple(f"training.{m}" for m in ("domains", "metrics", "augment", "config", "data", "splits", "rundir"))
     + ("training",),
-    ("training.results.oof", "training.results.threshold", "training.results.compare", "training.results"),
+    (
+        "training.results.oof",
+        "training.results.threshold",
+        "training.results.compare",
+        "training.results.ablation",
+        "training.results",
+    ),
     ("training.train",),
     ("training.results.tta_oof",),
     ("training.export",),
     ("training.card",),
-    ("training.pipeline", "training.inspect", "training.threshold", "training.tta_oof"),
+    ("training.cluster",),
+    ("training.pipeline", "training.ablate", "training.inspect", "training.threshold", "training.tta_oof"),
     ("evaluation",),
     ("bench",),
 ]

@@ -2,7 +2,7 @@
 
   python -m training.ablate CONFIG --data DATA_DIR --runs RUNS_DIR --arms NAME=KEY=VALUE[,KEY=VALUE...] ...
          [--split KIND] [--seeds N] [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--fold K]
-         [--n-boot N] [--report-only] [--no-progress]
+         [--n-boot N] [--report-only] [--no-progress] [--executor inline|local|slurm ...]
 
 Arm `base` is CONFIG itself (with --set); every other arm is CONFIG with its own overrides on top, e.g.
   --arms mixstyle=mixstyle.enabled=true  soft=data.soft_labels=true  both=mixstyle.enabled=true,data.soft_labels=true
@@ -12,7 +12,8 @@ leave_source_out: each source predicted by members that never saw it). Every fol
 `training.train --fold k`; --parallel N runs N of them at once (a process each, training/train/parallel.py);
 --fold K trains fold K of every run only (one fold per GPU or array task: the same command with another K elsewhere,
 then a last call without --fold, or with --report-only, writes the report). A finished fold is skipped and an
-interrupted one resumes from its last epoch, so rerunning the command trains only what is missing.
+interrupted one resumes from its last epoch, so rerunning the command trains only what is missing. --executor slurm
+sends every fold of every run as a task of a job array instead (training/cluster.py: its options, requeue, logs).
 Then the report (training/results/ablation.py): RUNS_DIR/ablation.md, ablation.csv and ablation.png, from every run
 whose folds are all done: each arm's balanced accuracy at nested thresholds and ROC AUC (mean over its seeds), and
 arm - base with a 95% interval that carries both the slide resampling and the seed-to-seed variance.
@@ -20,8 +21,6 @@ arm - base with a 95% interval that carries both the slide resampling and the se
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -29,12 +28,11 @@ from pathlib import Path
 
 from amf import AmfError, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
-from training import config
-from training.data import load_dataset
+from training import cluster
+from training.cluster import prepare as prepare_run
 from training.results import ablation
 from training.rundir import RunDir
-from training.splits import KINDS, folds_of
-from training.train.kfold import Dist, prepare_run, resolve_normalisation
+from training.splits import KINDS
 from training.train.parallel import run_jobs
 
 BASE = "base"
@@ -80,28 +78,22 @@ class Plan:
         return {arm.name: {s: self.run_dir(arm, s) for s in range(self.seeds)} for arm in self.arms}
 
 
-def prepare(plan: Plan, log=print) -> list[tuple[Arm, int, Path, list[int]]]:
-    """Every run's config.yaml and splits.csv written (or checked: a run folder started with another config is one
-    error) before anything trains, so that a bad arm fails at once; [(arm, seed, run folder, folds)]. The figures
-    are read once for each distinct data section (patches not decoded: the splits need the table only)."""
-    tables, out = {}, []
-    dist = Dist("cpu")
-    for arm in plan.arms:
-        for seed in range(plan.seeds):
-            cfg = resolve_normalisation(config.load(plan.config, plan.run_sets(arm, seed)))
-            key = json.dumps(cfg["data"], sort_keys=True, default=str)
-            if key not in tables:
-                table_cfg = copy.deepcopy(cfg)
-                table_cfg["data"]["preload"] = False
-                tables[key] = load_dataset(plan.data, table_cfg, log=lambda *a: None)[0]
-            run = RunDir(plan.run_dir(arm, seed))
-            splits = prepare_run(cfg, tables[key], run, dist)
-            out.append((arm, seed, run.path, folds_of(splits)))
-    return out
+def prepare(plan: Plan) -> list[tuple[Arm, int, Path, list[int]]]:
+    """Every run's config.yaml and splits.csv written (or checked) before anything trains, so that a bad arm fails at
+    once (training.cluster.prepare); [(arm, seed, run folder, folds)]."""
+    tables = {}
+    return [
+        (arm, seed, plan.run_dir(arm, seed), prepare_run(plan.config, plan.data, plan.run_dir(arm, seed), sets, tables))
+        for arm in plan.arms
+        for seed in range(plan.seeds)
+        for sets in [plan.run_sets(arm, seed)]
+    ]
 
 
-def train_all(plan: Plan, prepared, parallel: int, device: str, fold: int | None, progress: bool, log=print) -> None:
-    """Every fold not done yet (FOLD: that fold of every run only) as a training.train job, PARALLEL at a time."""
+def train_all(plan: Plan, prepared, args, log=print) -> None:
+    """Every fold not done yet (--fold: that fold of every run only) as a training.train job, --parallel at a time
+    here, or a task of a job array (--executor: training/cluster.py)."""
+    fold, device, progress = args.fold, args.device, not args.no_progress
     jobs, done = [], 0
     for arm, seed, run, folds in sorted(prepared, key=lambda r: r[1]):  # seed 0 of every arm first
         for k in folds if fold is None else [f for f in folds if f == fold]:
@@ -110,12 +102,15 @@ def train_all(plan: Plan, prepared, parallel: int, device: str, fold: int | None
                 continue
             argv = ["--config", plan.config, "--data", str(plan.data), "--out", str(run), "--device", device]
             argv += ["--set", *plan.run_sets(arm, seed), "--fold", str(k)]
-            jobs.append((f"{arm.name} seed{seed} fold {k}", argv + ([] if progress else ["--no-progress"])))
-    log(
-        f"ablation: {len(plan.arms)} arms x {plan.seeds} seed(s); {done} fold(s) done, {len(jobs)} to train, "
-        f"{min(parallel, max(1, len(jobs)))} at a time"
-    )
-    failed = run_jobs(jobs, parallel)
+            jobs.append((f"{arm.name} seed{seed} fold {k}", argv + ([] if progress else ["--no-progress"]), run, k))
+    ex = cluster.options_of(args)
+    where = f"{min(args.parallel, max(1, len(jobs)))} at a time" if ex["executor"] == "inline" else ex["executor"]
+    log(f"ablation: {len(plan.arms)} arms x {plan.seeds} seed(s); {done} fold(s) done, {len(jobs)} to train, {where}")
+    if ex["executor"] != "inline":
+        tasks = [cluster.FoldJob(*job) for job in jobs]
+        cluster.train_folds(tasks, ex["executor"], cluster.run_config, ex["cluster"], ex["sbatch"], ex["gpus_per_fold"])
+        return
+    failed = run_jobs([job[:2] for job in jobs], args.parallel)
     if failed:
         raise AmfError(
             "ablation job(s) failed: "
@@ -139,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-boot", type=positive_int, default=2000, help="slide resamples of the report")
     ap.add_argument("--report-only", action="store_true", help="train nothing; the report of what is done")
     ap.add_argument("--no-progress", action="store_true")
+    cluster.add_arguments(ap)
     args = ap.parse_args(argv)
     try:
         arms = [parse_arm(a) for a in args.arms]
@@ -150,7 +146,7 @@ def main(argv=None) -> int:
         )
         if not args.report_only:
             prepared = prepare(plan)
-            train_all(plan, prepared, args.parallel, args.device, args.fold, not args.no_progress)
+            train_all(plan, prepared, args)
             if args.fold is not None:
                 print(f"fold {args.fold} of every run done; the report: the same command without --fold")
                 return 0

@@ -5,6 +5,7 @@ order, each skipped when its outputs are complete and current; a killed pipeline
          [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--tta none|flips|d4] [--compare-tta MODE ...]
          [--shift [KIND]] [--plain [--plain-folds K,K] [--plain-partial-reason TEXT]] [--trained-on TEXT]
          [--n-boot N] [--no-progress] [--candidates RUN ... --candidate-rule TEXT] [--benchmark NAME]
+         [--executor inline|local|slurm [--gpus-per-fold G] [--cluster KEY=VALUE ...] [--sbatch KEY=VALUE ...]]
 
 The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME defaults to the config's name):
   train    training.train CONFIG [--set ...] -> RUN: every fold (resumes a fold from its last.pt), pooled
@@ -23,9 +24,11 @@ A step is skipped when its outputs exist, are complete and are newer than its in
 config.yaml is the same resolved config and whose folds are all done (and pooled); a re-prediction pooled from the
 same run's members; an export of the same runs with the same test-time augmentation; a card of the same runs.
 The data folder is not fingerprinted: new data wants a new --runs folder.
-Training runs in this process (training.train, --parallel N as there); for several GPUs, train the folds first
-(torchrun or one --fold job per GPU, same --out as the pipeline's run folders) and then run the pipeline: it trains
-what is missing and goes on.
+Training runs in this process (training.train, --parallel N as there), or with --executor slurm as a job array on a
+SLURM cluster, a fold a task (--executor local: the same tasks on this machine; training/cluster.py: --gpus-per-fold,
+--cluster KEY=VALUE, --sbatch KEY=VALUE), the rest on this machine once every fold is done. By hand: train the folds
+first (torchrun or one --fold job per GPU, same --out as the pipeline's run folders) and then run the pipeline: it
+trains what is missing and goes on.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 from amf import AmfError, manifest, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.preprocess import TTA_MODES
-from training import config
+from training import cluster, config
 from training.card.build import build as build_card
 from training.card.build import write as write_card
 from training.card.render import verdict
@@ -88,6 +91,10 @@ class Plan:
     candidates: list = field(default_factory=list)
     candidate_rule: str = ""
     benchmark: str | None = None
+    executor: str = "inline"  # inline | local | slurm: where the folds train (training/cluster.py)
+    gpus_per_fold: int = 1
+    cluster: dict = field(default_factory=dict)  # --cluster options
+    sbatch: dict = field(default_factory=dict)  # --sbatch extra lines
 
     @property
     def recipe(self) -> Path:
@@ -159,6 +166,14 @@ def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = Non
     say(step, f"training.train -> {run}")
     argv = ["--config", plan.config, "--data", str(plan.data), "--out", str(run), "--device", plan.device]
     argv += (["--set", *sets] if sets else []) + ([] if plan.progress else ["--no-progress"])
+    if plan.executor != "inline":  # every fold a task of the run's job array; then pooled here
+        todo = folds if folds is not None else cluster.prepare(plan.config, plan.data, run, sets)
+        jobs = [cluster.FoldJob(f"{run.name} fold {k}", [*argv, "--fold", str(k)], run, k) for k in todo]
+        cluster.train_folds(jobs, plan.executor, cluster.run_config, plan.cluster, plan.sbatch, plan.gpus_per_fold)
+        if folds is None:
+            pool(r, seed=int(cfg["train"]["seed"]))
+            say(step, f"{run}: folds done; pooled")
+        return
     jobs = [argv + ["--parallel", str(plan.parallel)]] if folds is None else [argv + ["--fold", str(k)] for k in folds]
     for job in jobs:
         code = train_main(job)
@@ -343,6 +358,7 @@ def parser() -> ArgumentParser:
     ap.add_argument("--candidate-rule", default="", help="the rule that chose the recipe among them, for the card")
     ap.add_argument("--benchmark", default=None, help="a published protocol the runs follow (training/card/benchmarks)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cluster.add_arguments(ap)
     return ap
 
 
@@ -373,6 +389,7 @@ def plan_of(a) -> Plan:
         candidates=list(a.candidates),
         candidate_rule=a.candidate_rule,
         benchmark=a.benchmark,
+        **cluster.options_of(a),
     )
 
 
