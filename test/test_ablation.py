@@ -107,7 +107,11 @@ def test_the_command_trains_every_arm_and_seed_and_writes_the_report(tmp_path, c
     assert set(table["arm"]) == {"base", "soft"} and (table["seeds"] == 2).all()
     soft = table[table["arm"] == "soft"]
     assert soft["ci_low"].le(soft["minus_base"]).all() and soft["minus_base"].le(soft["ci_high"]).all()
-    assert "| soft | `data.soft_labels=true` | 2 |" in (runs / "ablation.md").read_text()
+    report = (runs / "ablation.md").read_text()
+    assert "| soft | `data.soft_labels=true` | 2 |" in report
+    assert "## Does each part act?" in report and "| soft | 1 |" in report
+    acting = ablation.terms({"base": {0: runs / "base" / "seed0"}})  # smoke's recipe: distillation on
+    assert len(acting) == 2 and (acting["train_share_kd"] > 0).all()
     assert (runs / "ablation.png").stat().st_size > 0
     assert ablate.main(argv) == 0
     assert "8 fold(s) done, 0 to train" in capsys.readouterr().out

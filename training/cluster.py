@@ -227,9 +227,7 @@ def slowest(running) -> str:
         fold = RunDir(j.run).fold(j.fold)
         if fold.is_done():
             continue
-        epochs = 0
-        if fold.epochs.is_file():
-            epochs = max(0, len(fold.epochs.read_text().splitlines()) - 1)
+        epochs = len(fold.read_epochs()) if fold.epochs.is_file() else 0
         if worst is None or epochs < worst[1]:
             worst = (j.name, epochs)
     return "" if worst is None else f"; slowest {worst[0]}: {worst[1]} epoch(s) done"

@@ -26,7 +26,7 @@ from amf.fileio import write_text_atomic
 from training import metrics
 from training.results import threshold
 from training.results.compare import NESTED, finished_oof
-from training.rundir import write_csv_atomic
+from training.rundir import RunDir, write_csv_atomic
 
 METRICS = {NESTED: "balanced accuracy (nested thresholds)", "roc_auc": "ROC AUC"}
 Z95 = 1.959963984540054
@@ -121,6 +121,45 @@ def difference(arm: np.ndarray, base: np.ndarray, boot_arm: np.ndarray, boot_bas
     }
 
 
+TERMS = {  # epochs.csv column -> the terms table's heading
+    "train_share_kd": "distillation's share of the loss",
+    "train_share_align": "alignment's share",
+    "train_align": "alignment (unweighted)",
+    "train_align_control": "its shuffled-domain control",
+}
+
+
+def terms(runs_by_arm: dict) -> pd.DataFrame:
+    """Whether each part acts: per arm and fold, the mean over the finished folds' epochs (and seeds) of each
+    TERMS column (a fold trained on one domain value has no alignment to measure: 0 and 0)."""
+    rows = []
+    for arm, seeds in runs_by_arm.items():
+        frames = []
+        for run in seeds.values():
+            r = RunDir(run)
+            for fold in r.fold_dirs() if r.path.is_dir() else []:
+                if fold.is_done():
+                    frames.append(fold.read_epochs().assign(fold=fold.k))
+        if frames:
+            means = pd.concat(frames).groupby("fold")[[c for c in TERMS]].mean()
+            rows += [{"arm": arm, "fold": k, **v} for k, v in means.to_dict("index").items()]
+    return pd.DataFrame(rows, columns=["arm", "fold", *TERMS])
+
+
+def terms_markdown(t: pd.DataFrame) -> str:
+    lines = [
+        "",
+        "## Does each part act? (training/results/ablation.py terms: means over every epoch of the finished folds)",
+        "",
+        "| arm | held-out fold | " + " | ".join(TERMS.values()) + " |",
+        "|---|---|" + "---|" * len(TERMS),
+    ]
+    for r in t.to_dict("records"):
+        cells = [f"{100 * r[c]:.1f}%" if "share" in c else f"{r[c]:.4f}" for c in TERMS]
+        lines.append(f"| {r['arm']} | {r['fold']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(table: pd.DataFrame, base: str, arms=None) -> str:
     """The report's table: one row per arm, both metrics, arm - base with its interval."""
     a = table.attrs
@@ -176,7 +215,7 @@ def write_report(folder, runs_by_arm: dict, base: str, n_boot: int = 2000, arms=
     """FOLDER/ablation.md, ablation.csv and ablation.png from the finished runs; returns what was written, in words."""
     preds = complete_runs(runs_by_arm)
     table = analyse(preds, base, n_boot)
-    text = markdown(table, base, arms)
+    text = markdown(table, base, arms) + terms_markdown(terms(runs_by_arm))
     missing = [f"{arm} seed{s}" for arm, seeds in runs_by_arm.items() for s in seeds if s not in preds.get(arm, {})]
     if missing:
         text += f"\nNot finished, left out: {', '.join(missing)}.\n"
