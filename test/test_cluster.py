@@ -123,3 +123,31 @@ def test_the_local_executor_resumes_a_killed_fold_and_makes_the_inline_model(tmp
     # a second run trains nothing and submits nothing
     assert pipeline.main([*argv, "--executor", "local", "--gpus-per-fold", "0"]) == 0
     assert "submitted" not in capsys.readouterr().out
+
+
+def test_a_failed_task_is_named_with_its_log_and_last_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster, "POLL_S", 0.2)
+    run = tmp_path / "run"
+    argv = ["--config", "smoke", "--data", str(tmp_path / "no-data"), "--out", str(run), "--fold", "0"]
+    job = cluster.FoldJob("run fold 0", argv, run, 0)
+    with pytest.raises(AmfError) as e:
+        cluster.train_folds([job], "local", lambda r: config.load("smoke", []), {}, {}, gpus_per_fold=0, log=print)
+    text = str(e.value)
+    assert text.startswith("fold task(s) failed: run fold 0 (log ") and str(run / "submitit") in text
+    assert "no-data" in text  # training.train's own error line, from the task's log
+
+
+def test_a_rerun_attaches_to_the_jobs_still_queued_or_running(tmp_path, monkeypatch):
+    from submitit.slurm import slurm
+
+    run = tmp_path / "run"
+    (run / "submitit").mkdir(parents=True)
+    (run / "submitit" / cluster.JOBS).write_text(json.dumps({"0": "41_0", "1": "41_1", "2": "41_2"}))
+    states = {"41_0": "RUNNING", "41_1": "COMPLETED", "41_2": "PENDING"}
+    monkeypatch.setattr(slurm.SlurmJob, "state", property(lambda job: states[job.job_id]))
+    live = cluster.attached("slurm", run)
+    assert sorted(live) == [0, 2] and live[0].job_id == "41_0"
+    assert cluster.attached("local", run) == {}  # a local job ends with the process that started it
+    (run / "submitit" / cluster.JOBS).write_text('["41_0"]')
+    with pytest.raises(AmfError, match="not a mapping of fold numbers to job ids"):
+        cluster.attached("slurm", run)

@@ -164,16 +164,27 @@ def sbatch_script(folder: Path, n_tasks: int, resources: dict, options: dict, sb
     return array._make_submission_file_text(array._submitit_command_str, "array")
 
 
+def recorded_jobs(folder: Path) -> dict:
+    """FOLDER/jobs.json: {fold: job id} of the tasks sent before ({} where there is none); anything else in it is one
+    error naming the file (a run folder is read as untrusted input)."""
+    path = folder / JOBS
+    if not path.is_file():
+        return {}
+    jobs = read_json(path, "the cluster job list")
+    if not isinstance(jobs, dict) or not all(k.isdigit() and isinstance(v, str) for k, v in jobs.items()):
+        raise AmfError(f"the cluster job list {path} is not a mapping of fold numbers to job ids; delete it")
+    return jobs
+
+
 def attached(kind: str, run: Path) -> dict:
     """{fold: job} of RUN's recorded jobs that are still pending or running (SLURM; the local executor's jobs end
     with the process that started them)."""
-    path = run / "submitit" / JOBS
-    if kind != "slurm" or not path.is_file():
+    if kind != "slurm":
         return {}
     from submitit.slurm.slurm import SlurmJob
 
     out = {}
-    for k, job_id in read_json(path).items():
+    for k, job_id in recorded_jobs(run / "submitit").items():
         job = SlurmJob(folder=run / "submitit" / "%A_%a", job_id=str(job_id))
         if job.state in ACTIVE:
             out[int(k)] = job
@@ -213,8 +224,7 @@ def train_folds(
         with ex.batch():
             submitted = [ex.submit(FoldTask(j.argv)) for j in fresh]
         running += list(zip(fresh, submitted, strict=True))
-        recorded = read_json(folder / JOBS) if (folder / JOBS).is_file() else {}
-        recorded |= {str(j.fold): job.job_id for j, job in zip(fresh, submitted, strict=True)}
+        recorded = recorded_jobs(folder) | {str(j.fold): job.job_id for j, job in zip(fresh, submitted, strict=True)}
         write_text_atomic(folder / JOBS, json.dumps(recorded, indent=2) + "\n")
         log(f"cluster: {run}: {len(fresh)} fold(s) submitted ({kind}; logs in {folder})")
     wait(running, log, POLL_S if poll_s is None else poll_s)
