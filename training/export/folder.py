@@ -26,7 +26,6 @@ from training.splits import folds_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_JOB = ROOT / "test" / "input"  # the project's sample job (test/make_sample_input.py)
-RENDERED_MARK = "<!-- rendered by `python -m training.card`"  # a rendered card's second line
 
 
 def write_expected_output(model_dir, out=None, input_dir=SAMPLE_JOB) -> Path:
