@@ -3,11 +3,12 @@
 #   make test   the whole test suite, in the development environment
 #   make lint   ruff, hadolint, shellcheck (CI runs it before make test)
 #   make test-fast   while working: the tests not marked slow (pytest -m "not slow"): no training, no venv build, under a minute
+#   make install-model FROM=DIR   a model folder (the pipeline's --model-out) into model/, replacing the model there whole
 PYTHON ?= python3
 VENV := .venv
 RUNTIME := .venv-runtime
 
-.PHONY: demo test test-fast dev runtime lint bench sample expected clean
+.PHONY: demo test test-fast dev runtime lint bench sample expected install-model clean
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,11 @@ sample: $(VENV)/.stamp
 # the model's expected output on the sample job (model/expected_output.json; training.export writes it with the model)
 expected: $(VENV)/.stamp
 	$(VENV)/bin/python test/compare_output.py --write
+
+# the files FROM's manifest and card name replace those model/'s named (training/export/install.py); nothing else
+install-model: $(VENV)/.stamp
+	@test -n "$(FROM)" || { echo "error: make install-model FROM=DIR (a model folder)" >&2; exit 2; }
+	$(VENV)/bin/python -m training.export.install "$(FROM)"
 
 clean:
 	rm -rf out .pytest_cache

@@ -3,6 +3,7 @@
 #   out/<TAG>_<date>.tar.gz    the image (docker save, gzipped)
 #   out/model_<date>.tar.gz    the contents of model/ (ensemble.json at its root), which the
 #                              platform unpacks at /opt/ml/model, where inference.py looks first
+# Refused first, in one line, when model/ holds a file its manifest and card do not name (make install-model).
 # Usage: ./do_save.sh [TAG]
 set -euo pipefail
 
@@ -12,6 +13,9 @@ STAMP="$(date +"%Y%m%d_%H%M%S")"
 OUT_DIR="${SCRIPT_DIR}/out"
 IMAGE_TARBALL="${OUT_DIR}/${DOCKER_IMAGE_TAG}_${STAMP}.tar.gz"
 MODEL_TARBALL="${OUT_DIR}/model_${STAMP}.tar.gz"
+
+# every file that ships is the model's: one its manifest or card names (training/ownership.py, standard library)
+(cd "$SCRIPT_DIR" && python3 -m training.ownership model)
 
 "${SCRIPT_DIR}/do_build.sh" "$DOCKER_IMAGE_TAG"
 mkdir -p "$OUT_DIR"

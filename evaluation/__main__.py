@@ -1,16 +1,19 @@
 """Offline evaluation: pack a labelled set as platform jobs, run the container on them, score them.
 
   python -m evaluation pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--tumor TYPE]
-                                   [--limit N] [--slides FILE]
+                                   [--limit N] [--slides FILE] [--beside]
   python -m evaluation pack DATA_DIR OUT [...]               (a data folder in a layout training reads)
   python -m evaluation pack --run RUN --fold K OUT [--data DATA_DIR] [...]   (a run's held-out fold)
       -> OUT/jobs/<job>/input/ (inputs.json + one stack of up to 16), OUT/ground_truth.json, OUT/figures.csv
   python -m evaluation run JOBS [--model DIR] [--in-process] [--python PATH] [--timeout S]
       -> JOBS/<job>/output/multiple-mitotic-figure-classification.json, JOBS/<job>/run.json
-  python -m evaluation score JOBS --ground-truth GT --out DIR [--model DIR] [--confidence ...]
+  python -m evaluation score JOBS --ground-truth GT --out DIR [--model DIR] [--confidence ...] [--beside]
       -> DIR/metrics.json (organisers' "aggregates", intervals, the model, the figures it trained on),
          DIR/report.md + PNGs, DIR/predictions.csv
 
+OUT and DIR follow training.ownership's rule: a new or empty folder, or one of the step's own (score: a metrics.json
+there names its files), else refused in one line (--beside: write beside its files); a file there the step did not
+write is never written over nor removed.
 Each step is its own module of the package evaluation/: labels.py and pack.py, run.py, identity.py,
 measure.py, score.py and report.py.
 Any problem (a bad argument, input file, ground truth, result or run record, or an output that
@@ -26,6 +29,7 @@ import sys
 
 from amf import report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int, positive_float, positive_int
+from training.ownership import BESIDE_HELP
 
 
 def pack_paths(parser, args) -> list[str]:
@@ -71,6 +75,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the figures' order in stacks (default 0)")
     p.add_argument("--tumor", default=None, help="tumour type of every figure, for a CSV with no domain column")
+    p.add_argument("--beside", action="store_true", help=BESIDE_HELP)
 
     r = sub.add_parser("run", help="run the container entrypoint on every job")
     r.add_argument("jobs", help="the jobs folder (OUT/jobs of pack)")
@@ -101,6 +106,7 @@ def main(argv=None) -> int:
     s.add_argument(
         "--model", default=None, help="the model folder the jobs ran with (default: the one their run.json names)"
     )
+    s.add_argument("--beside", action="store_true", help=BESIDE_HELP)
 
     args = ap.parse_args(argv)
     try:
@@ -116,7 +122,7 @@ def main(argv=None) -> int:
             else:
                 table = labels.layout_table(given[0], args.tumor)
             table = select(table, args.limit, args.slides, args.seed)
-            print(json.dumps(pack_table(table, out, args.format, args.seed), indent=2))
+            print(json.dumps(pack_table(table, out, args.format, args.seed, beside=args.beside), indent=2))
         elif args.command == "run":
             from evaluation.run import run_jobs, summarise
 
@@ -135,6 +141,7 @@ def main(argv=None) -> int:
                 args.seed,
                 report=not args.no_report,
                 model=args.model,
+                beside=args.beside,
             )
             print(json.dumps(m["aggregates"], indent=2))
             print(f"-> {args.out}/metrics.json" + ("" if args.no_report else f", {args.out}/report.md"))

@@ -14,17 +14,16 @@ random order; every figure goes into exactly one stack. Tumour types are numbere
 training.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
 Each image is read by training's reader (training.data.decode: the README's input rule, centre crop
 included), so a stack holds exactly the patches training sees. Image names are paths inside their image folder
-(training.data.inside: training's own rule). Everything is built in a scratch folder inside OUT
+(training.data.inside: training's own rule). OUT follows training.ownership's rule: a new or empty folder
+(--beside: beside the files of one), and none of the three there. Everything is built in a scratch folder inside OUT
 and moved into place at the end: a failed pack leaves no jobs, ground truth or figure table.
-Run:  python -m evaluation pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--limit N]
+Run:  python -m evaluation pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--limit N] [--beside]
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,13 @@ from amf import AmfError, jobs
 from amf.fileio import write_text_atomic
 from amf.results import ATYPICAL
 from evaluation import labels
+from training import ownership
 from training.data import decode
 from training.domains import tumor_name
 
 STACK_SIZE = 16  # the organisers' stacks hold up to 16 cut-outs
 FORMATS = ("tiff", "mha", "mixed")
+OUTPUTS = ("ground_truth.json", "figures.csv", "jobs")  # what pack writes into OUT, in the order it moves them
 
 
 def make_stacks(table, seed: int = 0, stack_size: int = STACK_SIZE) -> list:
@@ -73,28 +74,24 @@ def select(table, limit: int | None = None, slides=None, seed: int = 0):
     return table if limit is None else labels.limit(table, limit, seed)
 
 
-def pack_table(table, out_dir, fmt: str = "tiff", seed: int = 0, progress: bool = True) -> dict:
+def pack_table(table, out_dir, fmt: str = "tiff", seed: int = 0, progress: bool = True, beside: bool = False) -> dict:
     """Write OUT/jobs, OUT/ground_truth.json and OUT/figures.csv for the figures of TABLE (evaluation.labels'
-    table); returns a summary."""
+    table), by training.ownership's rule (OUT new or empty, or BESIDE; none of the three there); returns a
+    summary."""
     if fmt not in FORMATS:
         raise AmfError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise AmfError(f"{out_dir} is a file; pack needs a folder (new or existing) for OUT")
+    ownership.claim(out_dir, OUTPUTS, ownership.PACK, beside)
     missing = [f for f, p in zip(table.figure, table.path) if not Path(p).is_file()]
     if missing:
         raise AmfError(f"{len(missing)} of {len(table)} images are missing, e.g. {missing[0]}")
-    if (out_dir / "jobs").exists():
-        raise AmfError(f"{out_dir / 'jobs'} exists; remove it or pack into another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
     stacks = make_stacks(table, seed)
     width = max(4, len(str(len(stacks))))
     known = [c for c in labels.OPTIONAL if c in table]
     truth, placed = [], []
-    # build everything in a scratch folder beside OUT/jobs and rename it at the end: a failed pack
+    # build everything in a scratch folder inside OUT and rename it at the end: a failed pack
     # leaves no half-written jobs, ground truth or figure table behind
-    scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix=".pack-"))
-    try:
+    with ownership.scratch(out_dir, "pack") as scratch:
         from tqdm import tqdm
 
         for k, stack in enumerate(tqdm(stacks, desc="pack", unit="stack", disable=not progress), start=1):
@@ -126,10 +123,8 @@ def pack_table(table, out_dir, fmt: str = "tiff", seed: int = 0, progress: bool 
 
         write_text_atomic(scratch / "ground_truth.json", json.dumps(truth, indent=1) + "\n")
         write_text_atomic(scratch / "figures.csv", pd.DataFrame(placed).to_csv(index=False))
-        for name in ("ground_truth.json", "figures.csv", "jobs"):  # jobs last: its presence means done
+        for name in OUTPUTS:  # jobs last: its presence means done
             os.replace(scratch / name, out_dir / name)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     n_atyp = int((table.label == ATYPICAL).sum())
     return {
         "stacks": len(stacks),

@@ -26,6 +26,14 @@ from training.domains import tumor_name
 from training.metrics import fmt, fmt_ci, save_figure
 
 NA = "n/a"  # a metric that does not exist (ROC AUC of a one-class set)
+REPORT_MD = "report.md"
+PLOTS = {
+    "roc": "roc.png",
+    "confusion": "confusion.png",
+    "breakdowns": "breakdowns.png",
+    "calibration": "calibration.png",
+}
+FILES = (REPORT_MD, *PLOTS.values())  # what write_report writes
 UNIT_WORD = {"slide": "slide-level", "figure": "figure-level"}
 
 
@@ -312,10 +320,10 @@ def write_report(out_dir, metrics: dict, table) -> Path:
 
     out_dir = Path(out_dir)
     plots = {
-        "roc": plot_roc(out_dir / "roc.png", metrics, table),
-        "confusion": plot_confusion(out_dir / "confusion.png", metrics),
-        "breakdowns": plot_breakdowns(out_dir / "breakdowns.png", metrics),
-        "calibration": plot_calibration(out_dir / "calibration.png", table),
+        "roc": plot_roc(out_dir / PLOTS["roc"], metrics, table),
+        "confusion": plot_confusion(out_dir / PLOTS["confusion"], metrics),
+        "breakdowns": plot_breakdowns(out_dir / PLOTS["breakdowns"], metrics),
+        "calibration": plot_calibration(out_dir / PLOTS["calibration"], table),
     }
     ci, c, seen = metrics["confidence_intervals"], metrics["counts"], metrics["seen"]
     unseen = metrics.get("unseen_only")
@@ -385,6 +393,6 @@ def write_report(out_dir, metrics: dict, table) -> Path:
         f"![Calibration]({plots['calibration']})",
         "",
     ]
-    path = out_dir / "report.md"
+    path = out_dir / REPORT_MD
     write_text_atomic(path, "\n".join(lines))
     return path

@@ -21,6 +21,7 @@ as the organisers' metrics.json does; everything else sits under its own top-lev
   confidence_semantics  how the confidence was read (below)
   hindsight             the threshold that would have maximised balanced accuracy on this very set
   counts, checks, run, departures
+  files                 the other files score wrote into OUT beside metrics.json (the report folder's record)
 Confidence semantics: by default the confidence is P(atypical) (the organisers' README example and
 this project's result schema). One published version of the organisers' evaluator instead reads it
 as the confidence of the predicted class (P(atypical) = c if class is atypical else 1 - c);
@@ -29,10 +30,14 @@ Departures from the organisers' code: a set or domain with one class only gets r
 raises), and a rate with an empty denominator is null (theirs gives 0 with a warning).
 Everything is read and checked before anything is written (a result's confidence must lie in
 [0, 1]; run.json and figures.csv must parse and hold their fields; a fingerprint file must be the
-format and the one the manifest records), and OUT/metrics.json from an earlier run is removed first:
-after a failed score no metrics.json claims a result.
+format and the one the manifest records), and the report of an earlier run in OUT (the files its
+metrics.json names) is removed first: after a failed score no metrics.json claims a result. OUT follows
+training.ownership's rule: new, empty, or a report folder (a metrics.json there), else refused in one line
+(--beside: write beside its files); a file there that no metrics.json names is never written over nor removed.
+metrics.json's "files" names the other files score wrote beside it. Everything is written into a scratch folder
+inside OUT and moved into place at the end, metrics.json last.
 Run:  python -m evaluation score JOBS --ground-truth GT --out DIR [--model DIR]
-      [--confidence p-atypical|predicted-class]
+      [--confidence p-atypical|predicted-class] [--beside]
 """
 
 from __future__ import annotations
@@ -46,9 +51,12 @@ from amf import AmfError, jobs, one_line
 from amf.fileio import read_json, write_text_atomic
 from amf.results import ATYPICAL, CLASS_ID, validate
 from evaluation import identity, measure
+from training import ownership
 from training.metrics import summary
 from training.results.threshold import best_threshold
 
+METRICS, REPORT = ownership.METRICS, ownership.REPORT  # the report folder's record, naming its other files
+PREDICTIONS_CSV = "predictions.csv"
 CONFIDENCE_MODES = {
     "p-atypical": "confidence = P(atypical); ROC AUC on the confidence as given",
     "predicted-class": "confidence = confidence of the predicted class; ROC AUC on "
@@ -249,6 +257,7 @@ def score(
     seed: int = 0,
     report: bool = True,
     model=None,
+    beside: bool = False,
 ) -> dict:
     """Check and score every job; write OUT/metrics.json, OUT/predictions.csv and the report. MODEL: the model
     folder the jobs ran with, where their run.json do not name it (or to check that they name that one)."""
@@ -256,10 +265,11 @@ def score(
         raise AmfError(f"unknown confidence semantics {confidence!r}; choose one of {', '.join(CONFIDENCE_MODES)}")
     if n_boot < 1:
         raise AmfError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
+    from evaluation import report as report_files
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise AmfError(f"{out_dir} is a file; score needs a folder (new or existing) for its report")
-    (out_dir / "metrics.json").unlink(missing_ok=True)  # a failed score leaves no earlier result behind
+    ownership.claim(out_dir, [METRICS, PREDICTIONS_CSV, *(report_files.FILES if report else ())], REPORT, beside)
+    ownership.remove_records(out_dir, REPORT)  # a failed score leaves no earlier result behind
     truth = load_ground_truth(ground_truth)
     table = collect(jobs_dir, truth, confidence)
     figures = Path(ground_truth).parent / "figures.csv"  # written by pack: which figure is where
@@ -280,11 +290,11 @@ def score(
         metrics["unseen_only"] = measure.measured(unseen, n_boot, seed) if len(unseen) else None
     metrics["run"] = run_times(records)
     metrics["sources"] = {"jobs": str(Path(jobs_dir).resolve()), "ground_truth": str(Path(ground_truth).resolve())}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "predictions.csv", table.drop(columns="predicted").to_csv(index=False))
-    if report:
-        from evaluation.report import write_report
-
-        write_report(out_dir, metrics, table)
-    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: the sign it all worked
+    with ownership.scratch(out_dir, "score") as tmp:
+        write_text_atomic(tmp / PREDICTIONS_CSV, table.drop(columns="predicted").to_csv(index=False))
+        if report:
+            report_files.write_report(tmp, metrics, table)
+        metrics["files"] = ownership.files_under(tmp)
+        write_text_atomic(tmp / METRICS, json.dumps(metrics, indent=2) + "\n")
+        ownership.install(tmp, out_dir, REPORT)  # metrics.json last: the sign it all worked
     return metrics

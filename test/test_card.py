@@ -20,7 +20,7 @@ from training import config as config_io
 from training.card import __main__ as card_cli
 from training.card import build as card_build
 from training.card.render import render, verdict
-from training.export.folder import CARD_JSON, README
+from training.ownership import CARD_JSON, README
 from training.results import oof as oof_io
 from training.results import threshold
 from training.rundir import RunDir
@@ -481,7 +481,7 @@ def test_reproduce_is_the_one_pipeline_command_that_made_the_runs(tmp_path):
 
 def test_an_export_removes_the_card_of_the_model_it_replaces(runs, tmp_path):
     """What described the old model (its card, its expected output) goes before the new model is installed; the new
-    expected output is the container's result with the new model; a README that is no rendered card stays."""
+    expected output is the container's result with the new model; a README no card names stays."""
     from compare_output import compare
 
     from training.export import folder as model_folder
@@ -501,5 +501,7 @@ def test_an_export_removes_the_card_of_the_model_it_replaces(runs, tmp_path):
     got = inference.run(model_folder.SAMPLE_JOB, tmp_path / "out", model)
     assert compare(got, json.loads((model / model_folder.EXPECTED_OUTPUT).read_text())) == []
     assert compare(got, old_expected) != []
-    (model / README).write_text("# our own notes\n")  # not a rendered card: it stays
-    assert model_folder.stale_card(model) == []
+    (model / README).write_text("# our own notes\n")  # no card names it: it stays
+    newer = make_toy_ensemble(tmp_path / "newer", members=1, seed=6).parent
+    model_folder.install(newer, model, log=lambda *a: None)
+    assert (model / README).read_text() == "# our own notes\n" and not (model / "toy2.onnx").exists()

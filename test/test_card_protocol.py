@@ -15,10 +15,10 @@ from test_card import export_of, make_run, table, tta_of
 
 from amf import AmfError
 from training import config as config_io
-from training import metrics
+from training import metrics, ownership
 from training.card import build as card_build
 from training.card.render import render
-from training.export.folder import CARD_JSON, OOF_CSV, PREDICTIONS, README, stale_card
+from training.ownership import CARD_JSON, MODEL, OOF_CSV, PREDICTIONS, README
 from training.results import oof as oof_io
 from training.results import threshold
 from training.rundir import PLAIN_SETS, RunDir, plain_sets
@@ -182,7 +182,7 @@ def test_every_run_the_card_reports_ships_its_predictions_and_a_stale_one_goes(r
     assert "(the leave-one-out predictions the threshold for shift was chosen on)" in text
     assert "## Threshold for source shift" in text and "leave-one-source-out predictions over one view" in text
     assert "The mode was chosen on those rows, among 2 (none, d4)" in text
-    assert set(stale_card(model)) >= {model / PREDICTIONS / f"{n}.csv" for n in ("loso", "recipe_tta_d4")}
+    assert ownership.named(model, MODEL)[CARD_JSON] >= {f"{PREDICTIONS}/{n}.csv" for n in ("loso", "recipe_tta_d4")}
     card, oof = card_build.build(model, runs["recipe"], n_boot=20)  # a card without the other runs
     card_build.write(model, card, oof)
     assert not list((model / PREDICTIONS).glob("*.csv")) and (model / OOF_CSV).is_file()

@@ -26,7 +26,7 @@ from amf.manifest import load as load_manifest
 from amf.preprocess import prepare
 from training.card.render import CARD_VERSION, SHOWN, render, verdict
 from training.data import decode, read_labelled
-from training.export.folder import CARD_JSON, OOF_CSV, README
+from training.ownership import CARD_JSON, OOF_CSV, README
 from training.results.oof import compute
 
 MODEL = ROOT / "model"

@@ -96,7 +96,7 @@ def test_pack_every_figure_once_in_platform_jobs(labelled, tmp_path):
     assert (tmp_path / "b" / "ground_truth.json").read_text() == (tmp_path / "a" / "ground_truth.json").read_text()
     order = lambda d: pd.read_csv(tmp_path / d / "figures.csv").figure.tolist()  # noqa: E731
     assert order("b") == order("a") != order("c")
-    with pytest.raises(AmfError, match="exists"):
+    with pytest.raises(AmfError, match=r"not empty .* \(figures.csv, ground_truth.json, jobs would be in the way\)"):
         pack(csv, images, tmp_path / "a", progress=False)
 
 
@@ -697,7 +697,9 @@ def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path
         ],
     )
     (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "metrics.json").write_text("{}")  # from an earlier run: must not survive a failed one
+    (tmp_path / "r" / "metrics.json").write_text(
+        '{"aggregates": {}}'
+    )  # an earlier run's: must not survive a failed one
     assert cli.main(score_argv(root, tmp_path / "r")) == 2
     line = error_line(capsys)
     assert "stack_0002.tiff" in line and "outside [0, 1]" in line
@@ -706,6 +708,54 @@ def test_a_confidence_outside_0_1_is_refused_before_anything_is_written(tmp_path
         from amf.results import validate
 
         validate([{"class": "normal", "confidence": -0.1}], 1)
+
+
+def test_score_writes_only_its_own_files_and_replaces_only_them(tmp_path, capsys):
+    """training.ownership's rule for --out: a folder of the user's own is refused (--beside: beside their files,
+    never over one); the report's files are those metrics.json names, and a later score replaces them whole."""
+    root = hand_made_jobs(tmp_path / "set", [GOOD])
+    theirs = {"README.md": b"# my notes\n", "predictions.csv": b"theirs\n", "old/report.md": b"mine\n"}
+    out = tmp_path / "r"
+    for name, data in theirs.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+
+    def files() -> dict:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    assert cli.main(score_argv(root, out)) == 2
+    assert "is not empty and is not the toolkit's report folder" in error_line(capsys) and files() == theirs
+    assert cli.main([*score_argv(root, out), "--beside"]) == 2
+    assert "holds predictions.csv, which the toolkit did not write" in error_line(capsys) and files() == theirs
+    (out / "predictions.csv").unlink()
+    del theirs["predictions.csv"]
+    assert cli.main([*score_argv(root, out), "--beside", "--no-report"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["files"] == ["predictions.csv"]
+    assert cli.main(score_argv(root, out)) == 0  # a report folder now: no --beside needed
+    named = json.loads((out / "metrics.json").read_text())["files"]
+    assert named == sorted(
+        ["predictions.csv", "report.md", "roc.png", "confusion.png", "breakdowns.png", "calibration.png"]
+    )
+    assert cli.main([*score_argv(root, out), "--no-report"]) == 0  # the earlier report goes, theirs stays
+    assert set(files()) == {*theirs, "metrics.json", "predictions.csv"}
+    assert {n: files()[n] for n in theirs} == theirs
+
+
+def test_pack_never_writes_over_a_users_ground_truth(labelled, tmp_path, capsys):
+    csv, images, _ = labelled
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ground_truth.json").write_text("my own")
+    assert cli.main(["pack", str(csv), str(images), str(out)]) == 2
+    assert "is not empty and is not the toolkit's pack folder" in error_line(capsys)
+    assert cli.main(["pack", str(csv), str(images), str(out), "--beside"]) == 2
+    assert "holds ground_truth.json, which the toolkit did not write" in error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["ground_truth.json"] and (
+        out / "ground_truth.json"
+    ).read_text() == "my own"
+    (out / "ground_truth.json").rename(out / "mine.json")
+    assert cli.main(["pack", str(csv), str(images), str(out), "--beside"]) == 0
+    assert (out / "mine.json").read_text() == "my own" and (out / "jobs").is_dir()
 
 
 def test_score_refuses_a_file_as_out(tmp_path, capsys):

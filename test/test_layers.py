@@ -2,11 +2,10 @@
 or in a circle, one of a layer above its own.
 
 Layers, lowest first: amf/ (the container's runtime) < training's base modules (config, data, splits, the run
-folder, metrics, augment) < results (pooling, thresholds, comparison) < train/ (fitting) < the re-prediction under
-test-time augmentation (results/tta_oof.py, which runs the fitted models) < export/ < card/ < the cluster's tasks
-(cluster.py, which runs train/) < the commands that drive them all (pipeline, ablate, inspect and the two names the
-shipped card gives) < evaluation/ (torch-free, beside
-training) < bench/."""
+folder, metrics, augment, the folder ownership rule) < results (pooling, thresholds, comparison) < train/ (fitting) <
+the re-prediction under test-time augmentation (results/tta_oof.py, which runs the fitted models) < export/ < card/
+< the cluster's tasks (cluster.py, which runs train/) < the commands that drive them all (pipeline, ablate, inspect
+and the two names the shipped card gives) < evaluation/ (torch-free, beside training) < bench/."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from conftest import ROOT
 
 LAYERS = [
     ("amf",),
-    tuple(f"training.{m}" for m in ("domains", "metrics", "augment", "config", "data", "splits", "rundir"))
+    tuple(f"training.{m}" for m in ("domains", "metrics", "augment", "config", "data", "splits", "rundir", "ownership"))
     + ("training",),
     (
         "training.results.oof",

@@ -21,8 +21,10 @@ from conftest import ROOT
 from training_layout import make_layout
 
 from amf.manifest import load as load_manifest
+from training import ownership
 
 pytestmark = pytest.mark.slow  # trains models, runs the project's checks in a copy of it
+THEIRS = {"notes.txt": b"ours\n", "predictions/mine.csv": b"a,b\n"}
 
 FAKE_DOCKER = '''#!{python}
 """A stand-in for docker: `run` of the image runs the copy's inference.py on the mounted /input and /output."""
@@ -77,6 +79,8 @@ def swapped(tmp_path_factory):
     data = make_layout(root / "data", n_slides=8, per_slide=8)
     project = project_copy(root / "project")
     default_expected = json.loads((project / "model" / "expected_output.json").read_text())
+    for name, content in THEIRS.items():  # files of the team's own in model/: no manifest or card names them
+        (project / "model" / name).write_bytes(content)
     first = pipeline(project, "--data", data, "--runs", root / "runs", "--model-out", "model", "--n-boot", "50")
     return project, root / "runs" / "smoke_recipe", default_expected, first
 
@@ -88,7 +92,10 @@ def test_the_pipeline_writes_a_submission_ready_model_folder(swapped):
     assert m.trained and [x.backbone for x in m.members] == ["test_convnext"] * 2
     files = {p.name for p in model.iterdir()}
     assert {"fold0.onnx", "fold1.onnx", "expected_output.json", "README.md", "card.json", "oof.csv"} <= files
-    assert not {"fold2.onnx", "fold3.onnx", "fold4.onnx"} & files  # the default model's other members went
+    # the default model replaced whole: its other members and the predictions its card named went; theirs stayed
+    assert not {"fold2.onnx", "fold3.onnx", "fold4.onnx"} & files
+    assert ownership.unnamed(model) == sorted(THEIRS)
+    assert all((model / name).read_bytes() == content for name, content in THEIRS.items())
     card = json.loads((model / "card.json").read_text())
     assert Path(card["runs"]["recipe"]["run"]).resolve() == run.resolve() and set(card["runs"]) == {"recipe"}
     assert compare(json.loads((model / "expected_output.json").read_text()), default_expected) != []  # its own

@@ -217,6 +217,18 @@ def test_generated_vit_lora_extra_synthetic_end_to_end(generated, tmp_path, caps
 
     results = inference.run(ROOT_INPUT, tmp_path / "out", model_dir)
     validate(results, len(results))
+    # into a folder of the user's own: refused in one line; --beside writes beside their files, never over them
+    theirs = {"README.md": b"# mine\n", "oof.csv": b"mine\n", "predictions/mine.csv": b"a\n", "fold7.onnx": b"x"}
+    user = tmp_path / "user"
+    for name, content in theirs.items():
+        (user / name).parent.mkdir(parents=True, exist_ok=True)
+        (user / name).write_bytes(content)
+    capsys.readouterr()
+    assert export.main([str(run), "--out", str(user)]) == 2
+    assert "is not empty and is not the toolkit's model folder" in capsys.readouterr().err
+    assert export.main([str(run), "--out", str(user), "--beside"]) == 0
+    assert all((user / name).read_bytes() == content for name, content in theirs.items())
+    assert manifest_io.load(user).members[0].file == "fold0.onnx"
 
 
 def test_export_refuses_missing_fold(generated, tmp_path, capsys):

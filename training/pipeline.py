@@ -4,7 +4,7 @@ order, each skipped when its outputs are complete and current; a killed pipeline
   python -m training.pipeline CONFIG --data DATA_DIR --runs RUNS_DIR --model-out MODEL_DIR [--name NAME]
          [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--tta none|flips|d4] [--compare-tta MODE ...]
          [--shift [KIND]] [--plain [--plain-folds K,K] [--plain-partial-reason TEXT]] [--trained-on TEXT]
-         [--n-boot N] [--no-progress] [--candidates RUN ... --candidate-rule TEXT] [--benchmark NAME]
+         [--n-boot N] [--no-progress] [--candidates RUN ... --candidate-rule TEXT] [--benchmark NAME] [--beside]
          [--executor inline|local|slurm [--gpus-per-fold G] [--cluster KEY=VALUE ...] [--sbatch KEY=VALUE ...]]
 
 The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME defaults to the config's name):
@@ -20,6 +20,10 @@ The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME de
            alone; --candidates: finished runs of the other recipes tried, counted and compared on the card;
            --benchmark: the published protocol the runs followed, its table printed as the paper's)
 then prints the next commands (build, test run, save).
+MODEL_DIR follows training.ownership's rule, checked before anything is trained: it is new, empty, or a model folder
+(an ensemble.json or card.json there), else refused in one line naming it and its first files (--beside: write
+beside them); a file there that no manifest or card names is never written over nor removed; an existing model
+there is replaced whole (the files its manifest and card named that the new model lacks are removed).
 A step is skipped when its outputs exist, are complete and are newer than its inputs: a training run whose
 config.yaml is the same resolved config and whose folds are all done (and pooled); a re-prediction pooled from the
 same run's members; an export of the same runs with the same test-time augmentation; a card of the same runs.
@@ -42,12 +46,13 @@ from pathlib import Path
 from amf import AmfError, manifest, report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.preprocess import TTA_MODES
-from training import cluster, config
+from training import cluster, config, ownership
 from training.card.build import build as build_card
 from training.card.build import write as write_card
 from training.card.render import verdict
 from training.data import find_layout
-from training.export.folder import CARD_JSON, EXPECTED_OUTPUT, OOF_CSV, README, export_run
+from training.export.folder import export_run
+from training.ownership import CARD_JSON, EXPECTED_OUTPUT, FINGERPRINTS, MANIFEST, MODEL, OOF_CSV, README
 from training.results.oof import pool
 from training.results.tta_oof import tta_run
 from training.rundir import RunDir, pipeline_run, plain_sets, same_path, same_paths
@@ -95,6 +100,7 @@ class Plan:
     gpus_per_fold: int = 1
     cluster: dict = field(default_factory=dict)  # --cluster options
     sbatch: dict = field(default_factory=dict)  # --sbatch extra lines
+    beside: bool = False
 
     @property
     def recipe(self) -> Path:
@@ -227,7 +233,15 @@ def export(plan: Plan) -> None:
             say("export", f"skipped: {plan.model_out} holds the export of {plan.recipe} (tta {tta})")
             return
     say("export", f"training.export {plan.recipe} --out {plan.model_out}")
-    export_run(plan.recipe, plan.model_out, plan.data, tta, shift_run=shift_run, threshold_run=threshold_run)
+    export_run(
+        plan.recipe,
+        plan.model_out,
+        plan.data,
+        tta,
+        shift_run=shift_run,
+        threshold_run=threshold_run,
+        beside=plan.beside,
+    )
 
 
 def card(plan: Plan) -> None:
@@ -283,7 +297,7 @@ def next_commands(plan: Plan) -> None:
         f"{plan.model_out / EXPECTED_OUTPUT}"
     )
     if not same_path(plan.model_out, ROOT / "model"):
-        print(f"The scripts package ./model: put {plan.model_out}'s files there first (or use --model-out model).")
+        print(f"The scripts package ./model: install it there first, whole: make install-model FROM={plan.model_out}")
     print(
         "Next:\n"
         "  ./do_build.sh [TAG]                      build the image\n"
@@ -299,6 +313,9 @@ def run(plan: Plan) -> None:
         raise AmfError(
             "run the pipeline in one process; torchrun trains folds (--fold N) before it, in its run folders"
         )
+    # the model folder's files the export and the card write (the members' and predictions' names: their steps)
+    writes = [MANIFEST, EXPECTED_OUTPUT, FINGERPRINTS, CARD_JSON, README, OOF_CSV]
+    ownership.claim(plan.model_out, writes, MODEL, plan.beside)
     sets = list(plan.sets)
     train(plan, "train", plan.recipe, sets)
     if plan.shift:
@@ -359,6 +376,7 @@ def parser() -> ArgumentParser:
     ap.add_argument("--benchmark", default=None, help="a published protocol the runs follow (training/card/benchmarks)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     cluster.add_arguments(ap)
+    ap.add_argument("--beside", action="store_true", help=ownership.BESIDE_HELP)
     return ap
 
 
@@ -390,6 +408,7 @@ def plan_of(a) -> Plan:
         candidate_rule=a.candidate_rule,
         benchmark=a.benchmark,
         **cluster.options_of(a),
+        beside=a.beside,
     )
 
 

@@ -25,12 +25,14 @@ recipe's run of that kind; --candidate-rule says how one was chosen (written bef
 --benchmark: a published protocol the runs followed (training/card/benchmarks/NAME.yaml): the card states it and
 prints its table as the paper's figures; refused when the runs trained on another number of figures.
 From the manifest: the threshold for scanner shift (provenance threshold_for_shift, training.results.threshold) and the
-shipped test-time augmentation. Writes, atomically, into MODEL_DIR:
+shipped test-time augmentation. Writes, atomically, into MODEL_DIR (by training.ownership's rule: a file there that
+no card.json or manifest names is never written over, and of the earlier card's files only those it named go):
   card.json   the figures and facts (card_version 2, the one layout training/card/render.py renders): data counts,
               configs and their overrides, out-of-fold metrics, per scanner, the paired comparison,
               leave-one-scanner-out, threshold for shift, TTA, files and sizes
   oof.csv     image_id, slide, fold, probability of the shipped run: which member held out which
               figure and what it said there (labels stay in the official CSV)
+  predictions/NAME.csv  the same of every other run the card reports (card.json's "predictions" names them)
   README.md   the card, rendered from card.json alone by training/card/render.py (its template: card.md)
 --render refuses a card.json of the layout from before card_version 2 with one error: rebuild it from the runs.
 """
@@ -43,9 +45,10 @@ from pathlib import Path
 from amf import AmfError, report_error
 from amf.cli import ArgumentParser
 from amf.fileio import write_text_atomic
+from training import ownership
 from training.card.build import build, write
 from training.card.render import render, verdict
-from training.export.folder import CARD_JSON, README
+from training.ownership import CARD_JSON, MODEL, README
 
 
 def main(argv=None) -> int:
@@ -69,6 +72,7 @@ def main(argv=None) -> int:
         if args.render:
             if not (model_dir / CARD_JSON).is_file():
                 raise AmfError(f"{model_dir / CARD_JSON} is missing")
+            ownership.claim(model_dir, [README], MODEL)
             write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
         else:
             if not args.recipe:

@@ -18,10 +18,10 @@ import pandas as pd
 from amf import AmfError
 from amf.fileio import write_text_atomic
 from amf.manifest import load as load_manifest
-from training import augment, metrics
+from training import augment, metrics, ownership
 from training.card.render import CARD_VERSION, loso_domain, render
 from training.domains import DOMAIN_COLUMNS
-from training.export.folder import CARD_JSON, OOF_CSV, PREDICTIONS, README
+from training.ownership import CARD_JSON, MODEL, OOF_CSV, PREDICTIONS, README
 from training.results import threshold
 from training.results.compare import compare, finished_oof
 from training.results.oof import compute, with_votes
@@ -456,20 +456,22 @@ def train_minutes(run) -> float:
 
 def write(model_dir, card: dict, oof: pd.DataFrame) -> None:
     """card.json, README.md, oof.csv (the recipe run's predictions) and predictions/*.csv (the other runs the card
-    reports); a stale predictions file of an earlier card goes."""
+    reports), written into a scratch folder and installed by training.ownership's rule: the earlier card's files this
+    one does not name go; a file the earlier card did not name is never written over nor removed."""
     model_dir = Path(model_dir)
+    ownership.claim(model_dir, [OOF_CSV, *card.get("predictions", {}), CARD_JSON, README], MODEL)
     tables = {OOF_CSV: oof} | {
         name: finished_oof(run)[0][list(SHIPPED_COLUMNS)] for name, run in card.get("predictions", {}).items()
     }
-    for stale in set((model_dir / PREDICTIONS).glob("*.csv")) - {model_dir / name for name in tables}:
-        stale.unlink()
-    for name, table in tables.items():
-        (model_dir / name).parent.mkdir(exist_ok=True)
-        buf = io.StringIO()
-        table.to_csv(buf, index=False, float_format="%.7g")
-        write_text_atomic(model_dir / name, buf.getvalue())
-    write_text_atomic(model_dir / CARD_JSON, json.dumps(card, indent=1, default=_plain) + "\n")
-    write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
+    with ownership.scratch(model_dir, "card") as tmp:
+        for name, table in tables.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            buf = io.StringIO()
+            table.to_csv(buf, index=False, float_format="%.7g")
+            write_text_atomic(tmp / name, buf.getvalue())
+        write_text_atomic(tmp / CARD_JSON, json.dumps(card, indent=1, default=_plain) + "\n")
+        write_text_atomic(tmp / README, render(json.loads((tmp / CARD_JSON).read_text())))
+        ownership.install(tmp, model_dir, MODEL, replaces=(CARD_JSON,))
 
 
 def _plain(x):

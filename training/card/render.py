@@ -19,12 +19,12 @@ from training.card.reproduce import candidate_args, pipeline_runs, threshold_run
 from training.config import as_set
 from training.config import diff as config_diff
 from training.data import EXPERTS, OFFICIAL_CSV
-from training.export.folder import RENDERED_MARK
 from training.metrics import fmt, fmt_ci
 from training.rundir import same_path
 
 CARD_VERSION = 2  # card.json's layout, written by training.card's build: the only one rendered
 TEMPLATE = Path(__file__).with_name("card.md")
+RENDERED_MARK = "<!-- rendered by `python -m training.card`"  # the card's second line (card.md): how it was made
 SHOWN = ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 METRIC_NAMES = dict(zip(SHOWN, ("balanced accuracy", "ROC AUC", "sensitivity", "specificity")))
 EXPERT_COUNT = {2: "two", 3: "three", 4: "four"}.get(len(EXPERTS), str(len(EXPERTS)))

@@ -1,7 +1,7 @@
 """Export a finished training run to the container's ONNX ensemble.
 
   python -m training.export RUN_DIR --out MODEL_DIR [--data DATA_DIR] [--tta none|flips|d4] [--n-real 16]
-                           [--threshold-run RUN_tta_MODE] [--shift-run LOSO_RUN_DIR]
+                           [--threshold-run RUN_tta_MODE] [--shift-run LOSO_RUN_DIR] [--beside]
 
 1. Pools the folds' out-of-fold predictions (RUN_DIR/oof.csv, oof_metrics.json; refuses, naming them,
    if folds are missing) and takes the threshold that maximises out-of-fold balanced accuracy; the
@@ -28,10 +28,14 @@
    fingerprint file's figure count and SHA-256).
 6. MODEL_DIR/expected_output.json: the container's result (inference.run) on the project's sample job
    (test/input) with this model, which do_test_run.sh, make test and make demo's checks compare against.
-Everything is written to a temporary folder first; MODEL_DIR changes only when all of it succeeded
-(model files that an older manifest there named, and the new one does not, are removed; so is an older
-fingerprint file). What described the model it replaces goes first: its card (README.md, card.json, oof.csv:
-training.card writes this model's) and its expected output; the new expected output comes last, after the manifest.
+MODEL_DIR follows training.ownership's rule: it is new, empty, or a model folder (an ensemble.json or card.json
+there), else refused in one line naming it and its first files (--beside: write beside them); a file of MODEL_DIR
+that no manifest or card there names is never written over (refused before anything is done) nor removed.
+Everything is written to a scratch folder inside MODEL_DIR first; MODEL_DIR changes only when all of it succeeded,
+and the model there is replaced whole: what described it goes first (its card: README.md, card.json, oof.csv and
+the predictions/ files it names, training.card writes this model's; its expected output), the new expected output
+comes last, after the manifest, and then the files the old manifest named that the new one does not (an older
+fingerprint file too) are removed.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from amf import report_error
 from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
 from amf.preprocess import TTA_MODES
 from training.export.folder import export_run
+from training.ownership import BESIDE_HELP
 
 
 def main(argv=None) -> int:
@@ -64,9 +69,12 @@ def main(argv=None) -> int:
         help="RUN's held-out figures re-predicted under --tta (training.results.tta_oof RUN --tta MODE): the threshold "
         "is chosen on the predictions the container makes (default: RUN's own, one view)",
     )
+    ap.add_argument("--beside", action="store_true", help=BESIDE_HELP)
     a = ap.parse_args(argv)
     try:
-        export_run(a.run, a.out, a.data, a.tta, a.n_real, shift_run=a.shift_run, threshold_run=a.threshold_run)
+        export_run(
+            a.run, a.out, a.data, a.tta, a.n_real, shift_run=a.shift_run, threshold_run=a.threshold_run, beside=a.beside
+        )
     except EXPECTED as e:
         return report_error(as_error(e))
     return 0

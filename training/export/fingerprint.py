@@ -30,8 +30,8 @@ import numpy as np
 from amf import AmfError, one_line
 from amf.fileio import write_bytes_atomic
 from amf.preprocess import canonical_patch
+from training.ownership import FINGERPRINTS as FILE  # the model folder's name for it
 
-FILE = "training_fingerprints.bin"
 MAGIC = b"AMF-FP\x00\x01"  # the format's name and version 1
 DIGEST = 8  # bytes: two sets of 12,000 figures share a digest by chance with probability ~1e-11
 HEADER = len(MAGIC) + 8

@@ -26,6 +26,11 @@ from training.splits import folds_of
 from training.train.models import load_for_export
 
 
+def member_file(fold: int) -> str:
+    """The model file of the member of fold FOLD."""
+    return f"fold{fold}.onnx"
+
+
 def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) -> None:
     import warnings
 
@@ -121,7 +126,7 @@ def export_members(run: RunDir, cfg: dict, splits, out: Path, data_dir, n_real: 
     for k in folds_of(splits):
         state = run.fold(k).load_best()
         model = load_for_export(cfg, state["state_dict"], run.fold(k).best)
-        file = f"fold{k}.onnx"
+        file = member_file(k)
         export_member(model, out, file, size, cfg["export"]["opset"])
         batches = {
             "random": rng.standard_normal((4, 3, size, size)).astype(np.float32),
