@@ -102,15 +102,15 @@ def train_all(plan: Plan, prepared, args, log=print) -> None:
                 continue
             argv = ["--config", plan.config, "--data", str(plan.data), "--out", str(run), "--device", device]
             argv += ["--set", *plan.run_sets(arm, seed), "--fold", str(k)]
-            jobs.append((f"{arm.name} seed{seed} fold {k}", argv + ([] if progress else ["--no-progress"]), run, k))
+            argv += [] if progress else ["--no-progress"]
+            jobs.append(cluster.FoldJob(f"{arm.name} seed{seed} fold {k}", argv, run, k))
     ex = cluster.options_of(args)
     where = f"{min(args.parallel, max(1, len(jobs)))} at a time" if ex["executor"] == "inline" else ex["executor"]
     log(f"ablation: {len(plan.arms)} arms x {plan.seeds} seed(s); {done} fold(s) done, {len(jobs)} to train, {where}")
     if ex["executor"] != "inline":
-        tasks = [cluster.FoldJob(*job) for job in jobs]
-        cluster.train_folds(tasks, ex["executor"], cluster.run_config, ex["cluster"], ex["sbatch"], ex["gpus_per_fold"])
+        cluster.train_folds(jobs, ex["executor"], cluster.run_config, ex["cluster"], ex["sbatch"], ex["gpus_per_fold"])
         return
-    failed = run_jobs([job[:2] for job in jobs], args.parallel)
+    failed = run_jobs([(j.name, j.argv) for j in jobs], args.parallel)
     if failed:
         raise AmfError(
             "ablation job(s) failed: "
