@@ -5,6 +5,7 @@ order, each skipped when its outputs are complete and current; a killed pipeline
          [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--tta none|flips|d4] [--compare-tta MODE ...]
          [--shift [KIND]] [--plain [--plain-folds K,K] [--plain-partial-reason TEXT]] [--trained-on TEXT]
          [--n-boot N] [--no-progress] [--candidates RUN ... --candidate-rule TEXT] [--benchmark NAME]
+         [--overlap DATA ...] [--config-note TEXT]
          [--executor inline|local|slurm [--gpus-per-fold G] [--cluster KEY=VALUE ...] [--sbatch KEY=VALUE ...]]
 
 The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME defaults to the config's name):
@@ -18,7 +19,8 @@ The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME de
            shift run), the ONNX members, the manifest, and the model's own expected output on the sample job
   card     training.card: MODEL_DIR/README.md, card.json, oof.csv, predictions/ (without --plain, the recipe run
            alone; --candidates: finished runs of the other recipes tried, counted and compared on the card;
-           --benchmark: the published protocol the runs followed, its table printed as the paper's)
+           --benchmark: the published protocol the runs followed, its table printed as the paper's; --overlap: other
+           data folders checked by content against the training figures; --config-note: how the config was chosen)
 then prints the next commands (build, test run, save).
 A step is skipped when its outputs exist, are complete and are newer than its inputs: a training run whose
 config.yaml is the same resolved config and whose folds are all done (and pooled); a re-prediction pooled from the
@@ -48,9 +50,11 @@ from training.card.build import write as write_card
 from training.card.render import verdict
 from training.data import find_layout
 from training.export.folder import CARD_JSON, EXPECTED_OUTPUT, OOF_CSV, README, export_run
+from training.export.paths import names_run, names_runs, portable_data
 from training.results.oof import pool
+from training.results.threshold import oof_predictions
 from training.results.tta_oof import tta_run
-from training.rundir import RunDir, pipeline_run, plain_sets, same_path, same_paths
+from training.rundir import RunDir, pipeline_run, plain_sets, same_path
 from training.splits import KINDS, folds_of
 from training.train.__main__ import main as train_main
 from training.train.kfold import resolve_normalisation
@@ -95,6 +99,8 @@ class Plan:
     gpus_per_fold: int = 1
     cluster: dict = field(default_factory=dict)  # --cluster options
     sbatch: dict = field(default_factory=dict)  # --sbatch extra lines
+    overlap: list = field(default_factory=list)
+    config_note: str = ""
 
     @property
     def recipe(self) -> Path:
@@ -215,14 +221,14 @@ def export(plan: Plan) -> None:
             m = manifest.load(plan.model_out)
         except AmfError:
             m = None
-        p = m.provenance if m else {}
+        p, root = (m.provenance if m else {}), plan.runs
         shift = p.get("threshold_for_shift") or {}
         if (
             m is not None
-            and same_path(p.get("run"), plan.recipe)
+            and names_run(p.get("run"), plan.recipe, root)
             and m.tta == tta
-            and same_path((p.get("threshold_predictions") or {}).get("run"), threshold_run or plan.recipe)
-            and (same_path(shift.get("loso_run"), shift_run) if shift_run else not shift)
+            and names_run(oof_predictions(p.get("threshold_predictions"), shift), threshold_run or plan.recipe, root)
+            and (names_run(shift.get("loso_run"), shift_run, root) if shift_run else not shift)
         ):
             say("export", f"skipped: {plan.model_out} holds the export of {plan.recipe} (tta {tta})")
             return
@@ -241,23 +247,25 @@ def card(plan: Plan) -> None:
         inputs += [RunDir(r).oof, *fold_files(r, "done.json")]
     reason = plan.plain_partial_reason if plan.plain else ""
     if newer([json_path, plan.model_out / README, plan.model_out / OOF_CSV], inputs):
-        old = json.loads(json_path.read_text())
+        old, root = json.loads(json_path.read_text()), plan.runs
         plain, loso = old["runs"].get("plain", {}), old.get("loso", {})
         if (
-            same_path(old["runs"]["recipe"]["run"], plan.recipe)
-            and (same_path(plain.get("run"), plan.plain_run) if plan.plain else not plain)
-            and (same_path(loso.get("run"), plan.shift_run) if plan.shift else not loso)
-            and same_paths((r["run"] for r in old.get("tta", {}).get("runs", [])), tta_runs)
+            names_run(old["runs"]["recipe"]["run"], plan.recipe, root)
+            and (names_run(plain.get("run"), plan.plain_run, root) if plan.plain else not plain)
+            and (names_run(loso.get("run"), plan.shift_run, root) if plan.shift else not loso)
+            and names_runs([r["run"] for r in old.get("tta", {}).get("runs", [])], tta_runs, root)
             and (old.get("trained_on", ""), plain.get("partial_reason", "")) == (plan.trained_on, reason)
-            and same_paths((r["run"] for r in old.get("candidates", {}).get("runs", [])), plan.candidates)
+            and names_runs([r["run"] for r in old.get("candidates", {}).get("runs", [])], plan.candidates, root)
             and old.get("candidates", {}).get("rule", "") == plan.candidate_rule
             and old.get("benchmark_name") == plan.benchmark
+            and [o["dir"] for o in old.get("overlap", [])] == [portable_data(d) for d in plan.overlap]
+            and old.get("config_note", "") == plan.config_note
         ):
             say("card", f"skipped: {json_path} describes these runs")
             return
     say("card", f"training.card --model {plan.model_out} -> {plan.model_out / README}")
     votes = plan.data if find_layout(plan.data) else None  # the experts' votes, from a labelled layout
-    built, oof = build_card(
+    built, tables = build_card(
         plan.model_out,
         plan.recipe,
         plain=plan.plain_run,
@@ -270,8 +278,10 @@ def card(plan: Plan) -> None:
         benchmark=plan.benchmark,
         candidates=plan.candidates,
         candidate_rule=plan.candidate_rule,
+        overlap=plan.overlap,
+        config_note=plan.config_note,
     )
-    write_card(plan.model_out, built, oof)
+    write_card(plan.model_out, built, tables)
     print(verdict(built))
 
 
@@ -357,6 +367,8 @@ def parser() -> ArgumentParser:
     ap.add_argument("--candidates", nargs="*", type=Path, default=[], help="finished runs of other recipes tried")
     ap.add_argument("--candidate-rule", default="", help="the rule that chose the recipe among them, for the card")
     ap.add_argument("--benchmark", default=None, help="a published protocol the runs follow (training/card/benchmarks)")
+    ap.add_argument("--overlap", nargs="*", type=Path, default=[], help="data folders checked by content")
+    ap.add_argument("--config-note", default="", help="how the config's values were chosen, for the card")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     cluster.add_arguments(ap)
     return ap
@@ -389,6 +401,8 @@ def plan_of(a) -> Plan:
         candidates=list(a.candidates),
         candidate_rule=a.candidate_rule,
         benchmark=a.benchmark,
+        overlap=list(a.overlap),
+        config_note=a.config_note,
         **cluster.options_of(a),
     )
 
