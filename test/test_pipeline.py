@@ -109,15 +109,17 @@ def test_the_projects_checks_follow_the_new_model(swapped, tmp_path):
         "test/test_container.py::test_organisers_sample_gives_16_valid_entries",
         "test/test_default_model.py",
     ]
+    data = swapped[1].parents[1] / "data"  # outside the project: the card names it by name, AMF_DATA says where
     p = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
         cwd=project,
         capture_output=True,
         text=True,
-        env=clean_env(),
+        env=clean_env(AMF_DATA=str(data)),
     )
     assert p.returncode == 0, p.stdout[-4000:]
     assert "failed" not in p.stdout and " passed" in p.stdout
+    assert "is not here" not in p.stdout  # the data checks ran on the team's data
     demo = subprocess.run(["make", "demo"], cwd=project, capture_output=True, text=True, env=clean_env())
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     shown = json.loads((project / "out" / "demo" / "multiple-mitotic-figure-classification.json").read_text())

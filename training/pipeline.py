@@ -294,14 +294,17 @@ def next_commands(plan: Plan) -> None:
     )
     if not same_path(plan.model_out, ROOT / "model"):
         print(f"The scripts package ./model: put {plan.model_out}'s files there first (or use --model-out model).")
-    print(
-        "Next:\n"
-        "  ./do_build.sh [TAG]                      build the image\n"
-        "  ./do_test_run.sh [TAG]                   run it as the platform does; compare: model/expected_output.json\n"
-        "  AMF_TEST_TARBALL=1 ./do_test_run.sh      the same with model/ mounted at /opt/ml/model (the model tarball)\n"
-        "  ./do_save.sh [TAG]                       out/<TAG>_<date>.tar.gz (the image), out/model_<date>.tar.gz\n"
-        "then upload to Grand Challenge (README: Your own submission)."
-    )
+    steps = [
+        (f"AMF_DATA={plan.data} make test", "the project's checks on ./model, the data's included"),
+        ("./do_build.sh [TAG]", "build the image"),
+        ("./do_test_run.sh [TAG]", "run it as the platform does; compare: model/expected_output.json"),
+        ("AMF_TEST_TARBALL=1 ./do_test_run.sh", "the same with model/ mounted at /opt/ml/model (the model tarball)"),
+        ("./do_save.sh [TAG]", "out/<TAG>_<date>.tar.gz (the image), out/model_<date>.tar.gz"),
+        ("./do_save_model.sh", "out/model_<date>.tar.gz alone, without Docker"),
+    ]
+    width = max(len(c) for c, _ in steps) + 2
+    print("Next:\n" + "".join(f"  {c.ljust(width)}{what}\n" for c, what in steps), end="")
+    print('then upload to Grand Challenge (README.md, "Your own submission").')
 
 
 def run(plan: Plan) -> None:

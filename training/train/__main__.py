@@ -9,7 +9,7 @@ Writes a run folder (config.yaml, splits.csv, fold{k}/{last.pt,best.pt,epochs.cs
 pooled oof.csv and oof_metrics.json): its layout, names and readers are training/rundir.py's. A later job with another
 config in the same folder is refused; a fold resumes from its last.pt (--restart ignores it); one process trains a
 fold at a time (fold{k}/train.lock: a second refuses, naming the first). Every file read is checked (training/rundir.py,
-training/data.py, training/config.py: the README's "Refusals and limits").
+training/data.py, training/config.py: docs/training.md, "Refusals and limits").
 Without --fold every fold runs in turn. Folds are independent jobs: run them side by side (a SLURM
 array of --fold N), then export pools them. The epoch kept per fold (best.pt, oof.csv) follows train.selection:
   last        the last of train.epochs (fixed length: nothing is selected, the held-out figures are honest)
