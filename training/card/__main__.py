@@ -51,7 +51,7 @@ import json
 from pathlib import Path
 
 from amf import AmfError, report_error
-from amf.cli import ArgumentParser
+from amf.cli import ArgumentParser, first_sentence
 from amf.fileio import write_text_atomic
 from training.card.build import build, refresh, write
 from training.card.render import render, verdict
@@ -59,7 +59,7 @@ from training.export.folder import CARD_JSON, README
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.card", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.card", description=first_sentence(__doc__))
     ap.add_argument("--model", default="model")
     ap.add_argument("--recipe", help="the shipped run (MODEL_DIR must hold its export)")
     ap.add_argument("--plain", help="the plain baseline on the same splits (may be partial; left out: no control run)")

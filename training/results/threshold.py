@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError, report_error
-from amf.cli import EXPECTED, ArgumentParser, as_error
+from amf.cli import EXPECTED, ArgumentParser, as_error, first_sentence
 from training import metrics
 from training.rundir import RunDir, write_json_atomic
 
@@ -282,7 +282,7 @@ def oof_predictions(threshold_predictions: dict | None, shift: dict | None) -> s
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.results.threshold", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m training.results.threshold", description=first_sentence(__doc__))
     ap.add_argument("oof_run", type=Path, help="a pooled k-fold run folder (its oof.csv)")
     ap.add_argument("loso_run", type=Path, help="a pooled leave-one-domain-out run folder of the same figures")
     ap.add_argument("--json", type=Path, default=None, help="also write the comparison here")
