@@ -21,7 +21,10 @@ The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME de
            alone; --candidates: finished runs of the other recipes tried, counted and compared on the card;
            --benchmark: the published protocol the runs followed, its table printed as the paper's; --overlap: other
            data folders checked by content against the training figures; --config-note: how the config was chosen)
-then prints the next commands (build, test run, save).
+then prints the next commands (build, test run, save). Before anything trains it prints its plan: every training run,
+its split kind, the folds it trains and their epochs (a --shift run has one fold per held-out group, whatever
+splits.folds says), and the folds found done; training's ETA then counts the later runs too (one ETA across the
+pipeline's training).
 A step is skipped when its outputs exist, are complete and are newer than its inputs: a training run whose
 config.yaml is the same resolved config and whose folds are all done (and pooled); a re-prediction pooled from the
 same run's members; an export of the same runs with the same test-time augmentation; a card of the same runs.
@@ -48,14 +51,14 @@ from training import cluster, config
 from training.card.build import build as build_card
 from training.card.build import write as write_card
 from training.card.render import verdict
-from training.data import find_layout
+from training.data import find_layout, load_table
 from training.export.folder import CARD_JSON, EXPECTED_OUTPUT, OOF_CSV, README, export_run
 from training.export.paths import names_run, names_runs, portable_data
 from training.results.oof import pool
 from training.results.threshold import oof_predictions
 from training.results.tta_oof import tta_run
 from training.rundir import RunDir, pipeline_run, plain_sets, same_path
-from training.splits import KINDS, folds_of
+from training.splits import KINDS, folds_of, make_splits
 from training.train.__main__ import main as train_main
 from training.train.kfold import resolve_normalisation
 
@@ -156,9 +159,62 @@ def resolved_config(plan: Plan, sets: list) -> dict:
     return resolve_normalisation(config.load(plan.config, sets))
 
 
-def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = None) -> None:
-    """training.train into RUN (FOLDS only, when given); skipped when the run holds the same config and the folds
-    are done (pooled, for a whole run)."""
+def stages(plan: Plan) -> list[tuple[str, Path, list, list | None]]:
+    """The training runs, in order: (step, run folder, --set words, the folds to train or None for all)."""
+    sets = list(plan.sets)
+    out = [("train", plan.recipe, sets, None)]
+    if plan.shift:
+        out.append(("shift", plan.shift_run, [*sets, f"splits.kind={plan.shift}"], None))
+    if plan.plain:
+        out.append(("plain", plan.plain_run, [*sets, *plain_sets(config.load(plan.config, sets))], plan.plain_folds))
+    return out
+
+
+def work(plan: Plan, table, run: Path, sets: list, folds: list | None) -> dict:
+    """A training run's part of the plan: its split kind, the folds it trains (of how many), their epochs, and per
+    fold still to train its training steps, as training.train will count them (its training figures // the batch,
+    times the epochs; a fold found done counts nothing). The run's splits.csv where it has one, else the splits
+    training.splits would write for TABLE."""
+    cfg, r = config.load(plan.config, sets), RunDir(run)
+    s, t = cfg["splits"], cfg["train"]
+    if r.splits.is_file():
+        splits = r.read_splits()
+    else:
+        splits = make_splits(table, s["kind"], int(s["folds"]), int(s["seed"]), int(s["tries"]))
+    every = folds_of(splits)
+    want = [k for k in every if folds is None or k in folds]
+    steps = {}
+    for k in want:
+        if not r.fold(k).is_done():
+            per_epoch = int((splits["fold"] != k).sum()) // int(t["batch_size"])
+            cap = t.get("max_steps_per_epoch")
+            steps[k] = max(1, min(per_epoch, int(cap)) if cap else per_epoch) * int(t["epochs"])
+    return {"kind": s["kind"], "folds": want, "of": len(every), "epochs": int(t["epochs"]), "steps": steps}
+
+
+def plan_text(plan: Plan, parts: list[tuple[str, Path, dict]]) -> str:
+    """The plan, before anything trains: every training run, its folds and epochs, and what follows them."""
+    then = [f"re-prediction under {', '.join(plan.modes)} of {1 + bool(plan.shift)} run(s)"] if plan.modes else []
+    lines = [f"{len(parts)} training run(s), then {', '.join([*then, 'the export', 'the card'])}"]
+    for step, run, w in parts:
+        column = KINDS[w["kind"]]
+        if column:
+            folds = f"{w['of']} folds, one per held-out {column} (splits.folds does not apply)"
+        elif len(w["folds"]) < w["of"]:
+            folds = f"folds {', '.join(map(str, w['folds']))} of {w['of']}"
+        else:
+            folds = f"{w['of']} folds"
+        left = "none done yet" if len(w["steps"]) == len(w["folds"]) else f"{len(w['steps'])} still to train"
+        lines.append(f"  {step:6s}{run}: {w['kind']}, {folds} x {w['epochs']} epochs ({left})")
+    return "\n".join(lines)
+
+
+def train(
+    plan: Plan, step: str, run: Path, sets: list, folds: list | None = None, after: int = 0, steps: dict | None = None
+) -> None:
+    """training.train into RUN (FOLDS only, when given, one --fold job each); skipped when the run holds the same
+    config and the folds are done (pooled, for a whole run). AFTER: the training steps of the pipeline's later runs,
+    STEPS: this run's per fold (work's), for the one ETA."""
     cfg, r = resolved_config(plan, sets), RunDir(run)
     if r.config.is_file() and not r.config_differences(cfg):
         want = folds if folds is not None else folds_of(r.read_splits())
@@ -174,13 +230,18 @@ def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = Non
     argv += (["--set", *sets] if sets else []) + ([] if plan.progress else ["--no-progress"])
     if plan.executor != "inline":  # every fold a task of the run's job array; then pooled here
         todo = folds if folds is not None else cluster.prepare(plan.config, plan.data, run, sets)
-        jobs = [cluster.FoldJob(f"{run.name} fold {k}", [*argv, "--fold", str(k)], run, k) for k in todo]
+        task = [*argv, "--pipeline-after", "0"]  # a task names no next step; its ETA is its fold's
+        jobs = [cluster.FoldJob(f"{run.name} fold {k}", [*task, "--fold", str(k)], run, k) for k in todo]
         cluster.train_folds(jobs, plan.executor, cluster.run_config, plan.cluster, plan.sbatch, plan.gpus_per_fold)
         if folds is None:
             pool(r, seed=int(cfg["train"]["seed"]))
             say(step, f"{run}: folds done; pooled")
         return
-    jobs = [argv + ["--parallel", str(plan.parallel)]] if folds is None else [argv + ["--fold", str(k)] for k in folds]
+    if folds is None:
+        jobs = [argv + ["--parallel", str(plan.parallel), "--pipeline-after", str(after)]]
+    else:  # a job per fold: the folds after it count in its ETA too
+        later = [sum((steps or {}).get(j, 0) for j in folds[i + 1 :]) for i in range(len(folds))]
+        jobs = [argv + ["--fold", str(k), "--pipeline-after", str(after + n)] for k, n in zip(folds, later)]
     for job in jobs:
         code = train_main(job)
         if code:
@@ -312,12 +373,12 @@ def run(plan: Plan) -> None:
         raise AmfError(
             "run the pipeline in one process; torchrun trains folds (--fold N) before it, in its run folders"
         )
-    sets = list(plan.sets)
-    train(plan, "train", plan.recipe, sets)
-    if plan.shift:
-        train(plan, "shift", plan.shift_run, [*sets, f"splits.kind={plan.shift}"])
-    if plan.plain:
-        train(plan, "plain", plan.plain_run, [*sets, *plain_sets(config.load(plan.config, sets))], plan.plain_folds)
+    table = load_table(plan.data, config.load(plan.config, plan.sets), log=lambda *a: None)
+    parts = [(step, run, sets, folds, work(plan, table, run, sets, folds)) for step, run, sets, folds in stages(plan)]
+    say("plan", plan_text(plan, [(step, run, w) for step, run, _, _, w in parts]))
+    for i, (step, run, sets, folds, w) in enumerate(parts):
+        after = sum(n for *_, later in parts[i + 1 :] for n in later["steps"].values())
+        train(plan, step, run, sets, folds, after, w["steps"])
     for base in [b for b in (plan.shift_run, plan.recipe) if b is not None]:
         for mode in plan.modes:
             re_predict(plan, base, mode)
