@@ -38,7 +38,7 @@ lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/shellcheck do_build.sh do_save.sh do_test_run.sh .ci/run
+	$(VENV)/bin/shellcheck do_build.sh do_save.sh do_save_model.sh do_test_run.sh .ci/run
 
 bench: $(VENV)/.stamp
 	$(VENV)/bin/python -m bench.container

@@ -3,6 +3,7 @@
 #   out/<TAG>_<date>.tar.gz    the image (docker save, gzipped)
 #   out/model_<date>.tar.gz    the contents of model/ (ensemble.json at its root), which the
 #                              platform unpacks at /opt/ml/model, where inference.py looks first
+#                              (do_save_model.sh, which makes it alone, without Docker)
 # Refused first, in one line, when model/ holds a file its manifest and card do not name (make install-model).
 # Usage: ./do_save.sh [TAG]
 set -euo pipefail
@@ -12,7 +13,6 @@ DOCKER_IMAGE_TAG="${1:-midog25-track2-amf}"
 STAMP="$(date +"%Y%m%d_%H%M%S")"
 OUT_DIR="${SCRIPT_DIR}/out"
 IMAGE_TARBALL="${OUT_DIR}/${DOCKER_IMAGE_TAG}_${STAMP}.tar.gz"
-MODEL_TARBALL="${OUT_DIR}/model_${STAMP}.tar.gz"
 
 # every file that ships is the model's: one its manifest or card names (training/ownership.py, standard library)
 (cd "$SCRIPT_DIR" && python3 -m training.ownership model)
@@ -23,7 +23,5 @@ mkdir -p "$OUT_DIR"
 echo "=+= Exporting the image to ${IMAGE_TARBALL}"
 docker save "$DOCKER_IMAGE_TAG" | gzip -c > "$IMAGE_TARBALL"
 
-echo "=+= Creating the model tarball ${MODEL_TARBALL}"
-(cd "${SCRIPT_DIR}/model" && tar -czf "$MODEL_TARBALL" -- ./*)
-
-echo "=+= Saved ${IMAGE_TARBALL} and ${MODEL_TARBALL}"
+"${SCRIPT_DIR}/do_save_model.sh" "$STAMP"
+echo "=+= Saved ${IMAGE_TARBALL}"

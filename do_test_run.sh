@@ -3,6 +3,7 @@
 # expected output, model/expected_output.json (same classes, confidences within 1e-3; training.export writes it
 # with the model; after changing model/ by hand: make expected).
 # As on the platform: no network, input read-only, /tmp a volume, the GPU when the host has one.
+# Without a Docker engine it stops first (do_build.sh's check), naming the checks that run without one.
 # Usage: ./do_test_run.sh [TAG]
 #   AMF_TEST_TARBALL=1 ./do_test_run.sh   also mounts model/ at /opt/ml/model, the path of a model tarball
 set -euo pipefail

@@ -40,11 +40,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     @classmethod
     def from_doc(cls, prog: str, doc: str, **kwargs) -> ArgumentParser:
-        """A parser for a module whose docstring DOC is its manual: the first line describes it, and
-        --help ends with the whole docstring as written."""
+        """A parser for a module whose docstring DOC is its manual: its first sentence describes it (whole,
+        however many lines it takes), and --help ends with the whole docstring as written."""
         return cls(
             prog=prog,
-            description=doc.splitlines()[0],
+            description=first_sentence(doc),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog=doc,
             **kwargs,
@@ -53,6 +53,16 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"error: {self.prog}: {one_line(message)} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def first_sentence(doc: str) -> str:
+    """DOC's first sentence, on one line: its first paragraph up to the first full stop that ends a sentence (the
+    whole paragraph when none does)."""
+    import re
+
+    paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    m = re.match(r"(.+?\.)(?:\s|$)", paragraph)
+    return m.group(1) if m else paragraph
 
 
 def _number(kind, test, rule: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -40,11 +41,17 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z.astype(np.float64)))  # overflow-free logistic
 
 
-def pick_providers(device: str = "auto") -> list[str]:
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # present when the NVIDIA kernel driver is loaded
+
+
+def pick_providers(device: str = "auto", driver: Path = NVIDIA_DRIVER) -> list[str]:
+    """CUDA then the CPU where onnxruntime has a CUDA provider; with "auto" only where an NVIDIA driver is loaded
+    (a machine without one runs on the CPU and says so in the device line, without a failed CUDA load that reads
+    like an error)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+    if "CUDAExecutionProvider" in available and (device == "cuda" or (device == "auto" and driver.exists())):
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
         log.warning("amf: CUDA asked for but onnxruntime has no CUDA provider; using the CPU")

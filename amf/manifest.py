@@ -1,6 +1,6 @@
 """The ensemble manifest, model/ensemble.json: the only reader and writer.
 
-Schema (version 1), documented in the README:
+Schema (version 1), documented in docs/container.md, "The manifest":
 {
   "schema": "amf-ensemble", "version": 1,
   "threshold": 0.5,                  # on the ensemble's mean P(atypical); >= threshold -> "atypical"

@@ -1,6 +1,6 @@
 """Patch preprocessing, shared by training's data loader and the container.
 
-The one rule for odd inputs (documented in the README):
+The one rule for odd inputs (docs/container.md, "Input rule"):
   1. dtype -> uint8, decided once per stack (a 2-D image or a training PNG is a stack of one):
      uint8 as is; 16-bit integers scaled by 255/65535; bool x255; other integers (int8, int32,
      uint32, int64, ...) taken as 0..255 and refused when a value lies outside; floats taken as

@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from amf.cli import first_sentence
 from bench import models
 
 ROOT = models.ROOT
@@ -170,7 +171,7 @@ def report(runs: dict[str, list[dict]], input_dir: str, gpu: bool, name: str) ->
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=first_sentence(__doc__))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", nargs="*", default=None, help=f"default: {CPU_CASES} (+ {GPU_CASES} on CUDA)")
     ap.add_argument("--input", default="test/input", help="a job folder (relative to the repository)")

@@ -22,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+from amf.cli import first_sentence
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
@@ -121,7 +123,7 @@ def compare(single_dir, ranks_dir) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=first_sentence(__doc__))
     ap.add_argument("--out", help="folder for this rank's rank{r}.pt")
     ap.add_argument("--path", default="device", choices=["device", "cpu"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

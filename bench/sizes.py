@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from amf.cli import ArgumentParser, positive_int
+from amf.cli import ArgumentParser, first_sentence, positive_int
 from amf.preprocess import TTA_VIEWS
 from training import config
 from training.train.models import create_classifier
@@ -65,7 +65,7 @@ def table(members: int, patches: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m bench.sizes", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m bench.sizes", description=first_sentence(__doc__))
     ap.add_argument("--members", type=positive_int, default=5)
     ap.add_argument("--patches", type=positive_int, default=16, help="patches per stack (the platform sends <= 16)")
     a = ap.parse_args(argv)

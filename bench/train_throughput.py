@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
+from amf.cli import first_sentence
 from amf.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from training import config
 from training.train.kfold import train_step
@@ -248,7 +249,7 @@ def device_name(device: torch.device) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=first_sentence(__doc__))
     ap.add_argument("--model", default="convnext_small")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=None, help="default: 128 on CUDA, 16 on the CPU")

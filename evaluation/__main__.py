@@ -28,7 +28,7 @@ import json
 import sys
 
 from amf import report_error
-from amf.cli import EXPECTED, ArgumentParser, as_error, non_negative_int, positive_float, positive_int
+from amf.cli import EXPECTED, ArgumentParser, as_error, first_sentence, non_negative_int, positive_float, positive_int
 from training.ownership import BESIDE_HELP
 
 
@@ -46,7 +46,7 @@ def pack_paths(parser, args) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m evaluation", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m evaluation", description=first_sentence(__doc__))
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(

@@ -12,7 +12,7 @@ Out: OUT/jobs/<stack>/input/        inputs.json + images/stacked-histopathology-
 Stacks hold up to 16 figures of one tumour type (as in the organisers' sample), drawn in a seeded
 random order; every figure goes into exactly one stack. Tumour types are numbered by
 training.domains.TUMOR_DOMAINS. --format mixed alternates .tiff and .mha from one stack to the next.
-Each image is read by training's reader (training.data.decode: the README's input rule, centre crop
+Each image is read by training's reader (training.data.decode: docs/container.md, "Input rule", centre crop
 included), so a stack holds exactly the patches training sees. Image names are paths inside their image folder
 (training.data.inside: training's own rule). OUT follows training.ownership's rule: a new or empty folder
 (--beside: beside the files of one), and none of the three there. Everything is built in a scratch folder inside OUT

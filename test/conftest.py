@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,12 +25,15 @@ def need(path: Path) -> Path:
 
 
 def model_data_dir(card: dict) -> Path:
-    """The data folder a model card names (card.json's data.dir; the default model's: amibr-train), here or under
-    ../shared/data, in any layout training reads; the test skips where it is absent."""
+    """The data folder a model card names (card.json's data.dir, as given relative to the project or by name; the
+    default model's: ../shared/data/amibr-train), here, under ../shared/data, or where $AMF_DATA says (a team's
+    data outside the project: AMF_DATA=DATA make test), in any layout training reads; the test skips where it is
+    absent."""
     from training.data import find_layout
 
     named = Path(card["data"].get("dir") or "")
-    return need(next((d for d in (named, SHARED / named.name) if named.name and find_layout(d)), named))
+    where = [ROOT / named, SHARED / named.name] + ([Path(os.environ["AMF_DATA"])] if os.environ.get("AMF_DATA") else [])
+    return need(next((d for d in where if named.name and find_layout(d)), named))
 
 
 @pytest.fixture

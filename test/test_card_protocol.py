@@ -14,6 +14,7 @@ import yaml
 from test_card import export_of, make_run, table, tta_of
 
 from amf import AmfError
+from amf.manifest import load as load_manifest
 from training import config as config_io
 from training import metrics, ownership
 from training.card import build as card_build
@@ -101,7 +102,12 @@ def test_a_benchmark_protocol_is_stated_and_its_table_printed_as_the_papers(runs
     card, _ = card_build.build(model, runs["recipe"], n_boot=20, benchmark=benchmark_file(tmp_path, 300))
     text = render(card)
     assert "## Protocol: the AMi-Br benchmark" in text and "trained on the benchmark's patient-level" in text
-    assert "makes no claim on the benchmark's test sets" in text and "The paper's figures, as published" in text
+    assert "it scored none of the benchmark's test figures and makes no claim on them" in text
+    assert "The paper's figures, as published" in text
+    assert (
+        "Whether the project's data holds figures of the benchmark's in-domain test split (826 figures, 56 slides) "
+        "was not checked" in text
+    )  # no --overlap: nothing is claimed either way
     assert "| model (the paper's) | AMi-Br test | AtNorM-Br | AtNorM-MD |" in text
     assert "| Swin-B, end to end (its best end-to-end) | 0.805 / 0.903 | 0.775 / 0.868 | 0.772 / 0.881 |" in text
     scanners_only = "gave only the scanner of the figures it also holds"
@@ -115,6 +121,11 @@ def test_a_benchmark_protocol_is_stated_and_its_table_printed_as_the_papers(runs
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(AmfError, match="one \\[balanced accuracy, ROC AUC\\] pair per set"):
         card_build.load_benchmark(tmp_path / "bad.yaml")
+    held = yaml.safe_load((card_build.BENCHMARKS / "amibr.yaml").read_text())
+    held["test_split"]["held"] = {"layout": "official"}  # where, without which source or why
+    (tmp_path / "held.yaml").write_text(yaml.safe_dump(held))
+    with pytest.raises(AmfError, match="test_split wants exactly"):
+        card_build.load_benchmark(tmp_path / "held.yaml")
     with pytest.raises(AmfError, match="no such file.*known: amibr"):
         card_build.load_benchmark("no_such_benchmark")
     # read as a config is: text in another encoding, a YAML tag, a non-list of sets: one error line each
@@ -134,7 +145,7 @@ def test_a_benchmark_protocol_is_stated_and_its_table_printed_as_the_papers(runs
 def test_the_other_recipes_tried_are_counted_and_paired_with_the_run_of_their_split(runs, tmp_path):
     model = export_of(runs["recipe"], tmp_path / "model", shift_run=runs["loso"])
     rule = 'B only if it raises both "nested" balanced accuracy and ROC AUC'
-    card, oof = card_build.build(
+    card, tables = card_build.build(
         model, runs["recipe"], loso=runs["loso"], n_boot=30, candidates=[runs["soft"]], candidate_rule=rule
     )
     (c,) = card["candidates"]["runs"]
@@ -142,12 +153,12 @@ def test_the_other_recipes_tried_are_counted_and_paired_with_the_run_of_their_sp
     m = c["compare"]["metrics"]["roc_auc"]
     auc = {n: metrics.summary(o["label"], o["probability"])["roc_auc"] for n, o in oofs(runs, "loso", "soft").items()}
     assert (m["a"], m["b"]) == pytest.approx((auc["loso"], auc["soft"]))
-    card_build.write(model, card, oof)
+    card_build.write(model, card, tables)
     text = (model / README).read_text()
     assert "2 recipes were trained for this model and are counted here" in text and rule in text
     assert "| `B_loso` | `--set data.soft_labels=true` | leave-one-source-out run |" in text
-    assert f"--candidates {runs['soft']} --candidate-rule '{rule}'" in text
-    assert f"--out {runs['soft']} --set data.soft_labels=true splits.kind=leave_source_out" in text
+    assert f"--candidates $R/B_loso --candidate-rule '{rule}'" in text
+    assert "--out $R/B_loso --set data.soft_labels=true splits.kind=leave_source_out" in text
     with pytest.raises(AmfError, match="give --candidate-rule"):
         card_build.build(model, runs["recipe"], loso=runs["loso"], n_boot=20, candidates=[runs["soft"]])
     with pytest.raises(AmfError, match="split its figures by leave_source_out, none of"):
@@ -162,8 +173,8 @@ def test_every_run_the_card_reports_ships_its_predictions_and_a_stale_one_goes(r
         threshold_predictions={"run": str(runs["recipe_d4"].resolve()), "tta": "d4"},
     )
     tta = [runs["loso_d4"], runs["recipe_d4"]]
-    card, oof = card_build.build(model, runs["recipe"], loso=runs["loso"], n_boot=20, tta=tta)
-    card_build.write(model, card, oof)
+    card, tables = card_build.build(model, runs["recipe"], loso=runs["loso"], n_boot=20, tta=tta)
+    card_build.write(model, card, tables)
     shipped = {p.name for p in (model / PREDICTIONS).glob("*.csv")}
     assert shipped == {"loso.csv", "loso_tta_d4.csv", "recipe_tta_d4.csv"}
     for name, run in [("loso", "loso"), ("loso_tta_d4", "loso_d4"), ("recipe_tta_d4", "recipe_d4")]:
@@ -177,14 +188,31 @@ def test_every_run_the_card_reports_ships_its_predictions_and_a_stale_one_goes(r
     assert threshold.best_threshold(d4["label"], d4["probability"]) == pytest.approx(
         RunDir(runs["recipe_d4"]).read_oof_metrics()["threshold"], abs=1e-6
     )
-    text = (model / README).read_text()
-    assert "`predictions/recipe_tta_d4.csv`" in text and "(the shipped threshold was chosen on them)" in text
-    assert "(the leave-one-out predictions the threshold for shift was chosen on)" in text
+    # the threshold's source is the run whose rule won, in the manifest, on the card and in its Files list
+    text, shift, source = (
+        (model / README).read_text(),
+        card["threshold_for_shift"],
+        card["ensemble"]["threshold_predictions"],
+    )
+    files, other = {"oof": "recipe_tta_d4", "loso": "loso_tta_d4"}, {"oof": "loso", "loso": "oof"}[shift["chosen"]]
+    assert source == {"run": f"v_{files[shift['chosen']]}", "tta": "d4", "rule": shift["chosen"]}
+    assert load_manifest(model).provenance["threshold_predictions"] == source
+    won = pd.read_csv(model / PREDICTIONS / f"{files[shift['chosen']]}.csv").merge(labels, on="image_id")
+    assert threshold.best_threshold(won["label"], won["probability"]) == pytest.approx(card["ensemble"]["threshold"])
+    assert (
+        f"`predictions/{files[shift['chosen']]}.csv`: the out-of-fold probabilities of `{source['run']}` (the shipped "
+        f"threshold is their optimum: the {shift['chosen']} rule's)" in text
+    )
+    assert (
+        f"`predictions/{files[other]}.csv`: the out-of-fold probabilities of `v_{files[other]}` (the {other} rule's "
+        "predictions in the threshold for source shift)" in text
+    )
+    assert f"predictions of `{source['run']}` (TTA d4)" in text.split("## Threshold\n", 1)[1]
     assert "## Threshold for source shift" in text and "leave-one-source-out predictions over one view" in text
-    assert "The mode was chosen on those rows, among 2 (none, d4)" in text
+    assert "On the table's leave-one-source-out rows (modes none, d4)" in text
     assert ownership.named(model, MODEL)[CARD_JSON] >= {f"{PREDICTIONS}/{n}.csv" for n in ("loso", "recipe_tta_d4")}
-    card, oof = card_build.build(model, runs["recipe"], n_boot=20)  # a card without the other runs
-    card_build.write(model, card, oof)
+    card, tables = card_build.build(model, runs["recipe"], n_boot=20)  # a card without the other runs
+    card_build.write(model, card, tables)
     assert not list((model / PREDICTIONS).glob("*.csv")) and (model / OOF_CSV).is_file()
     assert json.loads((model / CARD_JSON).read_text())["predictions"] == {}
 

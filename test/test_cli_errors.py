@@ -142,3 +142,23 @@ def test_a_new_default_is_checked_by_its_type(monkeypatch):
     assert config_io.load("smoke", ["train.new_count=4"])["train"]["new_count"] == 4
     with pytest.raises(AmfError, match="train.new_count = 'four' is not an integer"):
         config_io.load("smoke", ["train.new_count=four"])
+
+
+@pytest.mark.slow  # a process per command
+@pytest.mark.parametrize("module", sorted({case[0] for case in CASES} | {"training.train", "training.card"}))
+def test_help_opens_with_a_whole_sentence(module):
+    """--help's description is the docstring's first sentence, whole (a line of it stopped mid-sentence)."""
+    from amf.cli import first_sentence
+
+    p = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    description = p.stdout.split("\n\n")[1].replace("\n", " ")
+    assert description.endswith(".") and description == first_sentence(description), description
+
+
+def test_first_sentence_reads_past_line_ends():
+    from amf.cli import first_sentence
+
+    doc = "One command from the data to a model folder: every step,\nin order. More.\n\nUsage."
+    assert first_sentence(doc) == "One command from the data to a model folder: every step, in order."
+    assert first_sentence("No full stop\nat all\n\nrest.") == "No full stop at all"

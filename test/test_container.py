@@ -77,7 +77,23 @@ def test_sample_job_gives_the_expected_output(tmp_path):
     # one amf warning: nothing else reaches stderr
     assert all(line.startswith("amf: ") for line in err.splitlines()), err
     assert len([line for line in err.splitlines() if "CUDA provider failed" in line]) <= 1
+    from amf.ensemble import NVIDIA_DRIVER
+
+    if not NVIDIA_DRIVER.exists():  # a machine without a GPU: the CPU, and no failed CUDA load to read as an error
+        assert "CUDA" not in err and " on CPU" in device_lines[0], err
     assert [p.name for p in tmp_path.iterdir()] == [RESULT]  # nothing but the result (no temp files)
+
+
+def test_without_an_nvidia_driver_auto_takes_the_cpu_without_trying_cuda(tmp_path):
+    import onnxruntime as ort
+
+    from amf.ensemble import pick_providers
+
+    assert pick_providers("auto", tmp_path / "no_driver") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # onnxruntime-gpu: CUDA where a driver is loaded
+        (tmp_path / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06\n")
+        assert pick_providers("auto", tmp_path / "version") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert pick_providers("cuda", tmp_path / "no_driver")[0] == "CUDAExecutionProvider"  # asked for: tried
 
 
 def test_a_cuda_provider_that_does_not_load_is_told_in_one_line():

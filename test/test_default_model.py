@@ -27,6 +27,7 @@ from amf.preprocess import prepare
 from training.card.render import CARD_VERSION, SHOWN, render, verdict
 from training.data import decode, read_labelled
 from training.ownership import CARD_JSON, OOF_CSV, README
+from training.results import threshold
 from training.results.oof import compute
 
 MODEL = ROOT / "model"
@@ -78,21 +79,26 @@ def test_the_card_is_rendered_from_card_json_and_matches_the_manifest(card):
     chosen = card.get("threshold_for_shift", {}).get("threshold", shipped["threshold"])
     assert m.threshold == pytest.approx(chosen) == pytest.approx(m.provenance["threshold"])
     assert m.threshold == pytest.approx(card["ensemble"]["threshold"]) and m.tta == card["ensemble"]["tta"]
-    chosen_on = m.provenance.get("threshold_predictions") or {"run": m.provenance["run"], "tta": "none"}
-    if Path(chosen_on["run"]).resolve() == Path(m.provenance["run"]).resolve():  # the run's own one-view predictions
+    # the threshold's source is the run whose rule won; the out-of-fold rule's predictions are the run's own or
+    # the recipe run re-predicted under the shipped TTA (one of the card's TTA runs, that mode, that base)
+    source, shift = card["ensemble"]["threshold_predictions"], card.get("threshold_for_shift")
+    assert source == threshold.source(m.provenance) and source["rule"] == (shift["chosen"] if shift else "oof")
+    assert source["run"] == (shift[f"{shift['chosen']}_run"] if shift else source["run"])
+    oof_on = threshold.oof_predictions(
+        m.provenance.get("threshold_predictions"), m.provenance.get("threshold_for_shift")
+    )
+    if oof_on == m.provenance["run"]:  # the run's own one-view predictions
         assert shipped["at_threshold"] == m.provenance["oof_metrics"]["at_threshold"]
-    else:  # the recipe run re-predicted under the shipped TTA: one of the card's TTA runs, that mode, that base
-        assert chosen_on["tta"] == m.tta != "none"
-        tta_runs = {Path(r["run"]).resolve(): r for r in card["tta"]["runs"]}
-        assert tta_runs[Path(chosen_on["run"]).resolve()]["base"] == "recipe"
-        assert tta_runs[Path(chosen_on["run"]).resolve()]["mode"] == m.tta
-        auc = tta_runs[Path(chosen_on["run"]).resolve()]["compare"]["metrics"]["roc_auc"]["b"]  # all folds' figures
+    else:
+        tta_run = next(r for r in card["tta"]["runs"] if r["run"] == oof_on)
+        assert source["tta"] == tta_run["mode"] == m.tta != "none" and tta_run["base"] == "recipe"
+        auc = tta_run["compare"]["metrics"]["roc_auc"]["b"]  # all folds' figures
         assert auc == pytest.approx(m.provenance["oof_metrics"]["at_threshold"]["roc_auc"])
     assert [x["file"] for x in card["ensemble"]["members"]] == [x.file for x in m.members]
     assert card["ensemble"]["total_bytes"] == sum((MODEL / x.file).stat().st_size for x in m.members)
     # the recipe run ships by decision, not by its figures
     assert card["shipped"] == "recipe"
-    assert Path(m.provenance["run"]).resolve() == Path(card["runs"]["recipe"]["run"]).resolve()
+    assert m.provenance["run"] == card["runs"]["recipe"]["run"]
 
 
 def test_the_card_says_plainly_how_the_recipe_did_against_plain_and_why_it_ships(card):
@@ -170,17 +176,68 @@ def test_the_shipped_threshold_recomputes_from_the_predictions_the_folder_ships(
     for shift chose the loso rule, on the leave-one-out predictions."""
     from training.results.threshold import best_threshold
 
-    m, e, shift = load_manifest(MODEL), card["ensemble"], card.get("threshold_for_shift")
-    files = {Path(run).resolve(): MODEL / name for name, run in (card.get("predictions") or {}).items()}
-    files[Path(card["runs"]["recipe"]["run"]).resolve()] = MODEL / OOF_CSV
-    chosen_on = (e.get("threshold_predictions") or {}).get("run") or card["runs"]["recipe"]["run"]
-    if shift and shift["chosen"] == "loso":
-        chosen_on = shift["loso_run"]
-    if Path(chosen_on).resolve() not in files:
-        pytest.skip("the model folder does not ship the predictions its threshold was chosen on (a card before v3)")
-    p = pd.read_csv(files[Path(chosen_on).resolve()], dtype={"image_id": str, "slide": str})
+    m, source = load_manifest(MODEL), card["ensemble"]["threshold_predictions"]
+    files = {run: MODEL / name for name, run in (card.get("predictions") or {}).items()}
+    files[card["runs"]["recipe"]["run"]] = MODEL / OOF_CSV
+    p = pd.read_csv(files[source["run"]], dtype={"image_id": str, "slide": str})
     merged = p.merge(card_table[["image_id", "label"]], on="image_id", how="left", validate="1:1")
     assert merged["label"].notna().all() and len(merged) == card["data"]["figures"]
     assert best_threshold(merged["label"].to_numpy(int), merged["probability"].to_numpy()) == pytest.approx(
         m.threshold, abs=1e-6
     )
+
+
+def test_no_file_of_the_model_folder_names_a_path_of_the_machine_that_made_it():
+    """The folder goes into the image and the model tarball: its runs are named relative to the runs folder, its
+    data as given relative to the project or by name (training.export.paths)."""
+    from training.export.paths import absolute_paths
+
+    found = {}
+    for f in sorted(MODEL.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".md", ".csv"):
+            found |= {f"{f.relative_to(MODEL)}: {p}": 1 for p in absolute_paths(f.read_text())}
+    assert not found, sorted(found)[:10]
+
+
+def test_the_card_states_the_fold_algorithm_that_made_the_folds(card, shipped_oof, card_table):
+    """The card names the algorithm and its strata from training.splits, and says the code makes these folds of
+    these figures today: recomputed here from the data, they are oof.csv's."""
+    from training import splits
+
+    f, cfg = card["data"]["folds"], card["runs"]["recipe"]["config"]["splits"]
+    if cfg["kind"] != "kfold":
+        pytest.skip("the model's folds leave a domain out: no fold algorithm")
+    assert f["by"] == "training.splits.kfold_assign" and f["strata"] == list(splits.STRATA)
+    table = card_table.drop(columns=["slide"]).merge(shipped_oof, on="image_id", validate="1:1")
+    again = splits.make_splits(table, "kfold", cfg["folds"], cfg["seed"], cfg["tries"])
+    same = again.set_index("image_id")["fold"].loc[table["image_id"]].to_numpy() == table["fold"].to_numpy()
+    assert f["recomputed"] == bool(same.all())
+    text = (MODEL / README).read_text()
+    assert f"{cfg['folds']} folds by `training.splits.kfold_assign`" in text and "StratifiedGroupKFold" not in text
+    assert ("the code makes the same folds of these figures today" in text) == f["recomputed"]
+
+
+@pytest.mark.slow  # decodes every figure of the data folders the card checked
+def test_the_cards_overlap_with_other_data_recomputes_from_the_fingerprints(card):
+    """Each data folder the card checked against the training figures (--overlap): its figures and how many the
+    model trained on, by content; where a benchmark says a layout holds part of its test split, the card's count of
+    those figures is the folder's figures the model never trained on."""
+    from conftest import SHARED, need
+
+    from training.card.build import overlap_facts
+
+    if not card.get("overlap"):
+        pytest.skip("the card checked no other data")
+    text = (MODEL / README).read_text()
+    for o in card["overlap"]:
+        folder = need(Path(o["dir"]) if Path(o["dir"]).exists() else SHARED / Path(o["dir"]).name)
+        (got,) = overlap_facts(MODEL, [folder])
+        assert (got["figures"], got["trained_on"], got["layout"]) == (o["figures"], o["trained_on"], o["layout"])
+        assert (
+            f"`{o['dir']}` ({o['layout']} layout): {o['figures']} figures, {o['trained_on']} of them trained on" in text
+        )
+        held = ((card.get("benchmark") or {}).get("test_split") or {}).get("held")
+        if held and held["layout"] == o["layout"] and o["trained_on"] == card["data"]["sources"][held["source"]]:
+            n = o["figures"] - o["trained_on"]
+            assert f"the other {n} are the {held['source']} part of the benchmark's in-domain test split" in text
+            assert "which this project does not hold" not in text

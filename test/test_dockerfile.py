@@ -19,7 +19,7 @@ from conftest import ROOT
 from amf.manifest import load as load_manifest
 
 DOCKERFILE = ROOT / "Dockerfile"
-SCRIPTS = ["do_build.sh", "do_test_run.sh", "do_save.sh"]
+SCRIPTS = ["do_build.sh", "do_test_run.sh", "do_save.sh", "do_save_model.sh"]
 RUNTIME_FILES = {"requirements.txt", "inference.py", "amf/", "model/", "resources/"}
 BIN = Path(sys.executable).parent
 
@@ -157,7 +157,7 @@ def test_do_test_run_runs_like_the_platform_and_compares(checkout):
     assert any(v.endswith(":/tmp") for v in volumes)
     has_gpu = subprocess.run("command -v nvidia-smi && nvidia-smi", shell=True, capture_output=True).returncode == 0
     assert ("--gpus" in run) == has_gpu
-    assert [c[0] for c in calls(log)][0] == "build"
+    assert [c[0] for c in calls(log)][:2] == ["info", "build"]  # the engine asked first
 
 
 def test_do_test_run_fails_when_the_output_differs(checkout, tmp_path):
@@ -186,3 +186,39 @@ def test_do_save_writes_the_image_and_a_model_tarball_with_the_manifest_at_its_r
         tar.extractall(unpacked, filter="data")
     m = load_manifest(unpacked)  # ensemble.json at the root, every member beside it
     assert len(m.members) == len(load_manifest(ROOT / "model").members)
+
+
+NO_ENGINE = """#!/bin/sh
+echo "$*" >> "$FAKE_DOCKER_LOG"
+echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2
+exit 1
+"""
+
+
+@pytest.mark.parametrize("script", ["do_test_run.sh", "do_save.sh", "do_build.sh"])
+def test_without_a_docker_engine_the_scripts_stop_first_and_name_what_runs_without_one(checkout, script):
+    work, env, log = checkout
+    (Path(env["PATH"].split(os.pathsep)[0]) / "docker").write_text(NO_ENGINE)
+    p = subprocess.run(["bash", str(work / script)], capture_output=True, text=True, env=env, cwd=work)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: no Docker engine answers here")
+    assert "Cannot connect" not in p.stderr  # docker's own daemon error is not the message
+    assert all(check in p.stdout for check in ("make demo", "make test", "./do_save_model.sh"))
+    assert [c.split()[0] for c in log.read_text().splitlines()] == ["info"]  # nothing built, run or saved
+    assert not (work / "out").exists()
+
+
+@pytest.mark.slow  # gzips the shipped model (33 MB)
+def test_the_model_tarball_needs_no_docker(checkout, tmp_path):
+    work, env, log = checkout
+    (Path(env["PATH"].split(os.pathsep)[0]) / "docker").write_text(NO_ENGINE)
+    p = subprocess.run(["bash", str(work / "do_save_model.sh")], capture_output=True, text=True, env=env, cwd=work)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (tarball,) = (work / "out").glob("model_*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        tar.extractall(tmp_path / "opt-ml-model", filter="data")
+    assert load_manifest(tmp_path / "opt-ml-model").members == load_manifest(ROOT / "model").members
+    assert not log.exists()  # docker never asked
+    shutil.rmtree(work / "model")
+    p = subprocess.run(["bash", str(work / "do_save_model.sh")], capture_output=True, text=True, env=env, cwd=work)
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: ") and "no ensemble.json" in p.stderr

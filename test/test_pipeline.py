@@ -21,6 +21,7 @@ from conftest import ROOT
 from training_layout import make_layout
 
 from amf.manifest import load as load_manifest
+from training import config as config_io
 from training import ownership
 
 pytestmark = pytest.mark.slow  # trains models, runs the project's checks in a copy of it
@@ -97,10 +98,15 @@ def test_the_pipeline_writes_a_submission_ready_model_folder(swapped):
     assert ownership.unnamed(model) == sorted(THEIRS)
     assert all((model / name).read_bytes() == content for name, content in THEIRS.items())
     card = json.loads((model / "card.json").read_text())
-    assert Path(card["runs"]["recipe"]["run"]).resolve() == run.resolve() and set(card["runs"]) == {"recipe"}
+    assert card["runs"]["recipe"]["run"] == "smoke_recipe" and set(card["runs"]) == {"recipe"}
     assert compare(json.loads((model / "expected_output.json").read_text()), default_expected) != []  # its own
     text = (model / "README.md").read_text()
-    assert f"python -m training.pipeline smoke --data $D --runs {run.parent} --name smoke --model-out model" in text
+    assert "\nR=runs\npython -m training.pipeline smoke --data $D --runs $R --name smoke --model-out model" in text
+    from training.export.paths import absolute_paths
+
+    for f in model.rglob("*"):  # every file the export and the card wrote: no path of the machine that made them
+        if f.suffix in (".json", ".md", ".csv"):
+            assert not absolute_paths(f.read_text()) and str(run.parent) not in f.read_text(), f.name
     assert "./do_build.sh" in first.stdout and "./do_test_run.sh" in first.stdout and "./do_save.sh" in first.stdout
 
 
@@ -111,15 +117,18 @@ def test_the_projects_checks_follow_the_new_model(swapped, tmp_path):
         "test/test_container.py::test_organisers_sample_gives_16_valid_entries",
         "test/test_default_model.py",
     ]
+    data = swapped[1].parents[1] / "data"  # outside the project: the card names it by name, AMF_DATA says where
     p = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
         cwd=project,
         capture_output=True,
         text=True,
-        env=clean_env(),
+        env=clean_env(AMF_DATA=str(data)),
     )
     assert p.returncode == 0, p.stdout[-4000:]
     assert "failed" not in p.stdout and " passed" in p.stdout
+    skipped = [line for line in p.stdout.splitlines() if "SKIPPED" in line and "test_default_model" in line]
+    assert not [line for line in skipped if "is not here" in line], skipped  # the data checks ran on the team's data
     demo = subprocess.run(["make", "demo"], cwd=project, capture_output=True, text=True, env=clean_env())
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     shown = json.loads((project / "out" / "demo" / "multiple-mitotic-figure-classification.json").read_text())
@@ -141,8 +150,10 @@ def test_a_second_run_trains_nothing(swapped):
     before = {p: p.stat().st_mtime_ns for p in [*run.rglob("*"), *(project / "model").iterdir()] if p.is_file()}
     again = pipeline(project, "--data", run.parents[1] / "data", "--runs", run.parent, "--model-out", "model")
     steps = [line for line in again.stdout.splitlines() if line.startswith("== pipeline")]
-    assert len(steps) == 3 and all(": skipped: " in line for line in steps), again.stdout
-    assert "epoch" not in again.stdout
+    assert steps[0].startswith("== pipeline plan: 1 training run(s), then the export, the card"), again.stdout
+    assert "0 still to train" in again.stdout  # the plan found every fold done
+    assert len(steps) == 4 and all(": skipped: " in line for line in steps[1:]), again.stdout
+    assert "epoch 1 of" not in again.stdout  # no epoch trained
     assert before == {p: p.stat().st_mtime_ns for p in before}
 
 
@@ -181,3 +192,29 @@ def test_a_pipeline_killed_mid_run_ends_with_the_files_of_an_uninterrupted_one(t
         ca["runs"]["recipe"]["oof"] == cb["runs"]["recipe"]["oof"]
         and ca["ensemble"]["threshold"] == cb["ensemble"]["threshold"]
     )
+
+
+def test_the_plan_names_every_run_its_folds_and_epochs_before_anything_trains(tmp_path):
+    """The plan's parts, from the data alone: a --shift run has one fold per held-out scanner whatever
+    splits.folds says; the control trains the folds asked; each fold's training steps are what training.train
+    will count, and the ETA passes the later runs' to the earlier ones."""
+    from training.data import load_table
+    from training.pipeline import parser, plan_of, plan_text, stages, work
+
+    data = make_layout(tmp_path / "data", n_slides=8, per_slide=8)  # two scanners
+    a = ["smoke", "--data", data, "--runs", tmp_path / "runs", "--model-out", tmp_path / "m", "--shift", "--plain"]
+    plan = plan_of(parser().parse_args([*map(str, a), "--plain-folds", "0", "--set", "splits.folds=3"]))
+    table = load_table(plan.data, config_io.load("smoke", plan.sets))
+    parts = [(step, run, work(plan, table, run, sets, folds)) for step, run, sets, folds in stages(plan)]
+    assert [(s, w["kind"], w["folds"], w["of"]) for s, _, w in parts] == [
+        ("train", "kfold", [0, 1, 2], 3),
+        ("shift", "leave_scanner_out", [0, 1], 2),
+        ("plain", "kfold", [0], 3),
+    ]
+    recipe = parts[0][2]
+    batch, epochs = config_io.load("smoke")["train"]["batch_size"], config_io.load("smoke")["train"]["epochs"]
+    assert recipe["steps"][0] > 0 and set(recipe["steps"]) == {0, 1, 2}
+    assert all(n % epochs == 0 and n // epochs <= len(table) // batch for n in recipe["steps"].values())
+    text = plan_text(plan, parts)
+    assert "shift " in text and "2 folds, one per held-out Scanner (splits.folds does not apply) x 1 epochs" in text
+    assert "folds 0 of 3 x 1 epochs" in text and text.count("none done yet") == 3

@@ -107,3 +107,13 @@ def test_on_a_terminal_one_bar_for_the_whole_run(capsys):
 )
 def test_duration(seconds, text):
     assert duration(seconds) == text
+
+
+def test_the_pipelines_later_runs_count_in_the_eta():
+    """Under training.pipeline the ETA runs to the end of its training: this run's steps and the later runs'."""
+    lines, clock = [], Clock()
+    p = Progress((0,), 1, "pipeline", show=True, tty=False, write=lines.append, clock=clock, after=30)
+    p.start_fold(0, 0, 10)
+    p.start_epoch(0)
+    steps(p, clock, 10, seconds=2.0)
+    assert p.steps_left() == 30 and p.eta_s() == pytest.approx(60.0) and p.eta_text() == "ETA 1 min 00 s (pipeline)"

@@ -127,7 +127,16 @@ def test_export_under_tta_chooses_the_threshold_on_that_modes_predictions(run, l
     manifest = json.loads((model / "ensemble.json").read_text())
     expected = threshold.choose(RunDir(run_d4).read_oof(), RunDir(loso_d4).read_oof())
     assert manifest["tta"] == "d4" and manifest["threshold"] == expected["threshold"]
-    assert manifest["provenance"]["threshold_predictions"] == {"run": str(run_d4.resolve()), "tta": "d4"}
+    # the threshold's source is the run whose rule won; both rules' runs recorded, by name: no path of this machine
+    shift, names = manifest["provenance"]["threshold_for_shift"], {"oof": "run_d4", "loso": "loso_d4"}
+    want = {"run": names[expected["chosen"]], "tta": "d4", "rule": expected["chosen"]}
+    assert manifest["provenance"]["threshold_predictions"] == want
+    assert (shift["oof_run"], shift["loso_run"], manifest["provenance"]["run"]) == ("run_d4", "loso_d4", "run")
+    from training.export.paths import absolute_paths
+
+    for f in model.iterdir():  # every file an export writes
+        if f.suffix == ".json":
+            assert not absolute_paths(f.read_text()), f.name
     refused = {
         "--shift-run .* test-time augmentation none": ["--tta", "d4", "--threshold-run", run_d4, "--shift-run", loso],
         "holds predictions of .*loso, not of": ["--tta", "d4", "--threshold-run", loso_d4],

@@ -221,8 +221,9 @@ class Step:
     """One augmentation. DEFAULTS: its config keys (section augment) and their defaults. ON(c): whether it acts
     under the augment settings C, on either path. CPU(img, rng, c): the patch op. COLUMNS and DRAW(d, c): its
     columns of the device path's parameter table and their values for every figure (d.u(lo, hi, *shape) uniform,
-    d.integers(high)), drawn in this order. DEVICE(x, p, c): the batch op. CARD(c): its words on the model card
-    (None: "the rest at its defaults"; the card records the keys of the steps that have words, CARD_KEYS)."""
+    d.integers(high)), drawn in this order. DEVICE(x, p, c): the batch op. CARD(c): its words on the model card,
+    with its values (every step has them: the card names every step that acts; None for none of its parts, e.g.
+    the dihedral step with both switches off)."""
 
     name: str
     defaults: dict
@@ -231,7 +232,7 @@ class Step:
     columns: tuple
     draw: Callable
     device: Callable
-    card: Callable | None = None
+    card: Callable
 
 
 def dihedral_words(c: dict) -> str | None:
@@ -265,6 +266,10 @@ STEPS = (
             d.u(-c["translate"], c["translate"], 2),
         ],
         device=lambda x, p, c: affine_batch(x, p),
+        card=lambda c: (
+            f"random affine (p {c['affine_p']}: rotation ±{c['degrees']:g}°, scale "
+            f"{c['scale'][0]:g}–{c['scale'][1]:g}, translation ±{c['translate']:g} of the side)"
+        ),
     ),
     Step(
         "stain",
@@ -294,19 +299,21 @@ STEPS = (
         columns=("blur", "sigma"),
         draw=lambda d, c: [d.u(0, 1) < c["blur_p"], d.u(c["blur_sigma"][0], c["blur_sigma"][1])],
         device=lambda x, p, c: blur_batch(x, p, float(c["blur_sigma"][1])),
+        card=lambda c: f"Gaussian blur (p {c['blur_p']}, sigma {c['blur_sigma'][0]:g}–{c['blur_sigma'][1]:g} px)",
     ),
 )
 DEFAULTS = {"enabled": True} | {key: value for step in STEPS for key, value in step.defaults.items()}
-CARD_KEYS = ("enabled", *(key for step in STEPS if step.card for key in step.defaults))
+CARD_KEYS = tuple(DEFAULTS)  # the card records every setting: a step that is on is named with its values
 COLUMNS = tuple(column for step in STEPS for column in step.columns)  # the device path's parameter table
 P = {name: i for i, name in enumerate(COLUMNS)}
 
 
 def card_words(c: dict) -> str | None:
-    """The model card's words for the augment settings C (the CARD_KEYS a card records); None when switched off."""
+    """The model card's words for the augment settings C (CARD_KEYS): every step that acts (Step.on), in order;
+    None when switched off or when none acts."""
     if not c.get("enabled"):
         return None
-    return ", ".join(words for step in STEPS if step.card and (words := step.card(c)))
+    return ", ".join(words for step in STEPS if step.on(c) and (words := step.card(c))) or None
 
 
 class Augment:

@@ -523,12 +523,10 @@ def check_images(df: pd.DataFrame, skip: bool, preload: bool, workers: int = 4):
     return df[exists].reset_index(drop=True), cache, msg
 
 
-def load_dataset(data_dir, cfg: dict, skip_missing: bool | None = None, log=print):
-    """The whole training table (the main set in its layout + extras + synthetic) and its decoded patches.
-
-    Returns (table, cache). Columns: image_id, path, filename, slide, coordinateX/Y, label, soft, the
-    canonical domain columns, raw_<domain>, source, synthetic, extra.
-    """
+def load_table(data_dir, cfg: dict, log=print) -> pd.DataFrame:
+    """The whole training table (the main set in its layout + extras + synthetic), no image read: what splits are
+    made of (training.pipeline's plan reads it before anything trains). Columns: image_id, path, filename, slide,
+    coordinateX/Y, label, soft, the canonical domain columns, raw_<domain>, source, synthetic, extra."""
     d = cfg["data"]
     official = read_official_labels(d["official_labels"], d["label"]) if d["official_labels"] else None
     main = read_labelled(data_dir, d["label"], official)
@@ -543,6 +541,13 @@ def load_dataset(data_dir, cfg: dict, skip_missing: bool | None = None, log=prin
         )
     if d["synthetic"]:
         df = pd.concat([df, read_synthetic(d["synthetic"])], ignore_index=True)
+    return df
+
+
+def load_dataset(data_dir, cfg: dict, skip_missing: bool | None = None, log=print):
+    """load_table's table, its images checked, and their decoded patches: (table, cache)."""
+    d = cfg["data"]
+    df = load_table(data_dir, cfg, log)
     skip = d["skip_missing"] if skip_missing is None else skip_missing
     df, cache, msg = check_images(df, skip, d["preload"], max(2, d["num_workers"]))
     if msg:

@@ -5,6 +5,7 @@ order, each skipped when its outputs are complete and current; a killed pipeline
          [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--tta none|flips|d4] [--compare-tta MODE ...]
          [--shift [KIND]] [--plain [--plain-folds K,K] [--plain-partial-reason TEXT]] [--trained-on TEXT]
          [--n-boot N] [--no-progress] [--candidates RUN ... --candidate-rule TEXT] [--benchmark NAME] [--beside]
+         [--overlap DATA ...] [--config-note TEXT]
          [--executor inline|local|slurm [--gpus-per-fold G] [--cluster KEY=VALUE ...] [--sbatch KEY=VALUE ...]]
 
 The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME defaults to the config's name):
@@ -18,8 +19,12 @@ The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME de
            shift run), the ONNX members, the manifest, and the model's own expected output on the sample job
   card     training.card: MODEL_DIR/README.md, card.json, oof.csv, predictions/ (without --plain, the recipe run
            alone; --candidates: finished runs of the other recipes tried, counted and compared on the card;
-           --benchmark: the published protocol the runs followed, its table printed as the paper's)
-then prints the next commands (build, test run, save).
+           --benchmark: the published protocol the runs followed, its table printed as the paper's; --overlap: other
+           data folders checked by content against the training figures; --config-note: how the config was chosen)
+then prints the next commands (build, test run, save). Before anything trains it prints its plan: every training run,
+its split kind, the folds it trains and their epochs (a --shift run has one fold per held-out group, whatever
+splits.folds says), and the folds found done; training's ETA then counts the later runs too (one ETA across the
+pipeline's training).
 MODEL_DIR follows training.ownership's rule, checked before anything is trained: it is new, empty, or a model folder
 (an ensemble.json or card.json there), else refused in one line naming it and its first files (--beside: write
 beside them); a file there that no manifest or card names is never written over nor removed; an existing model
@@ -50,13 +55,15 @@ from training import cluster, config, ownership
 from training.card.build import build as build_card
 from training.card.build import write as write_card
 from training.card.render import verdict
-from training.data import find_layout
+from training.data import find_layout, load_table
 from training.export.folder import export_run
+from training.export.paths import names_run, names_runs, portable_data
 from training.ownership import CARD_JSON, EXPECTED_OUTPUT, FINGERPRINTS, MANIFEST, MODEL, OOF_CSV, README
 from training.results.oof import pool
+from training.results.threshold import oof_predictions
 from training.results.tta_oof import tta_run
-from training.rundir import RunDir, pipeline_run, plain_sets, same_path, same_paths
-from training.splits import KINDS, folds_of
+from training.rundir import RunDir, pipeline_run, plain_sets, same_path
+from training.splits import KINDS, folds_of, make_splits
 from training.train.__main__ import main as train_main
 from training.train.kfold import resolve_normalisation
 
@@ -101,6 +108,8 @@ class Plan:
     cluster: dict = field(default_factory=dict)  # --cluster options
     sbatch: dict = field(default_factory=dict)  # --sbatch extra lines
     beside: bool = False
+    overlap: list = field(default_factory=list)
+    config_note: str = ""
 
     @property
     def recipe(self) -> Path:
@@ -156,9 +165,62 @@ def resolved_config(plan: Plan, sets: list) -> dict:
     return resolve_normalisation(config.load(plan.config, sets))
 
 
-def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = None) -> None:
-    """training.train into RUN (FOLDS only, when given); skipped when the run holds the same config and the folds
-    are done (pooled, for a whole run)."""
+def stages(plan: Plan) -> list[tuple[str, Path, list, list | None]]:
+    """The training runs, in order: (step, run folder, --set words, the folds to train or None for all)."""
+    sets = list(plan.sets)
+    out = [("train", plan.recipe, sets, None)]
+    if plan.shift:
+        out.append(("shift", plan.shift_run, [*sets, f"splits.kind={plan.shift}"], None))
+    if plan.plain:
+        out.append(("plain", plan.plain_run, [*sets, *plain_sets(config.load(plan.config, sets))], plan.plain_folds))
+    return out
+
+
+def work(plan: Plan, table, run: Path, sets: list, folds: list | None) -> dict:
+    """A training run's part of the plan: its split kind, the folds it trains (of how many), their epochs, and per
+    fold still to train its training steps, as training.train will count them (its training figures // the batch,
+    times the epochs; a fold found done counts nothing). The run's splits.csv where it has one, else the splits
+    training.splits would write for TABLE."""
+    cfg, r = config.load(plan.config, sets), RunDir(run)
+    s, t = cfg["splits"], cfg["train"]
+    if r.splits.is_file():
+        splits = r.read_splits()
+    else:
+        splits = make_splits(table, s["kind"], int(s["folds"]), int(s["seed"]), int(s["tries"]))
+    every = folds_of(splits)
+    want = [k for k in every if folds is None or k in folds]
+    steps = {}
+    for k in want:
+        if not r.fold(k).is_done():
+            per_epoch = int((splits["fold"] != k).sum()) // int(t["batch_size"])
+            cap = t.get("max_steps_per_epoch")
+            steps[k] = max(1, min(per_epoch, int(cap)) if cap else per_epoch) * int(t["epochs"])
+    return {"kind": s["kind"], "folds": want, "of": len(every), "epochs": int(t["epochs"]), "steps": steps}
+
+
+def plan_text(plan: Plan, parts: list[tuple[str, Path, dict]]) -> str:
+    """The plan, before anything trains: every training run, its folds and epochs, and what follows them."""
+    then = [f"re-prediction under {', '.join(plan.modes)} of {1 + bool(plan.shift)} run(s)"] if plan.modes else []
+    lines = [f"{len(parts)} training run(s), then {', '.join([*then, 'the export', 'the card'])}"]
+    for step, run, w in parts:
+        column = KINDS[w["kind"]]
+        if column:
+            folds = f"{w['of']} folds, one per held-out {column} (splits.folds does not apply)"
+        elif len(w["folds"]) < w["of"]:
+            folds = f"folds {', '.join(map(str, w['folds']))} of {w['of']}"
+        else:
+            folds = f"{w['of']} folds"
+        left = "none done yet" if len(w["steps"]) == len(w["folds"]) else f"{len(w['steps'])} still to train"
+        lines.append(f"  {step:6s}{run}: {w['kind']}, {folds} x {w['epochs']} epochs ({left})")
+    return "\n".join(lines)
+
+
+def train(
+    plan: Plan, step: str, run: Path, sets: list, folds: list | None = None, after: int = 0, steps: dict | None = None
+) -> None:
+    """training.train into RUN (FOLDS only, when given, one --fold job each); skipped when the run holds the same
+    config and the folds are done (pooled, for a whole run). AFTER: the training steps of the pipeline's later runs,
+    STEPS: this run's per fold (work's), for the one ETA."""
     cfg, r = resolved_config(plan, sets), RunDir(run)
     if r.config.is_file() and not r.config_differences(cfg):
         want = folds if folds is not None else folds_of(r.read_splits())
@@ -174,13 +236,18 @@ def train(plan: Plan, step: str, run: Path, sets: list, folds: list | None = Non
     argv += (["--set", *sets] if sets else []) + ([] if plan.progress else ["--no-progress"])
     if plan.executor != "inline":  # every fold a task of the run's job array; then pooled here
         todo = folds if folds is not None else cluster.prepare(plan.config, plan.data, run, sets)
-        jobs = [cluster.FoldJob(f"{run.name} fold {k}", [*argv, "--fold", str(k)], run, k) for k in todo]
+        task = [*argv, "--pipeline-after", "0"]  # a task names no next step; its ETA is its fold's
+        jobs = [cluster.FoldJob(f"{run.name} fold {k}", [*task, "--fold", str(k)], run, k) for k in todo]
         cluster.train_folds(jobs, plan.executor, cluster.run_config, plan.cluster, plan.sbatch, plan.gpus_per_fold)
         if folds is None:
             pool(r, seed=int(cfg["train"]["seed"]))
             say(step, f"{run}: folds done; pooled")
         return
-    jobs = [argv + ["--parallel", str(plan.parallel)]] if folds is None else [argv + ["--fold", str(k)] for k in folds]
+    if folds is None:
+        jobs = [argv + ["--parallel", str(plan.parallel), "--pipeline-after", str(after)]]
+    else:  # a job per fold: the folds after it count in its ETA too
+        later = [sum((steps or {}).get(j, 0) for j in folds[i + 1 :]) for i in range(len(folds))]
+        jobs = [argv + ["--fold", str(k), "--pipeline-after", str(after + n)] for k, n in zip(folds, later)]
     for job in jobs:
         code = train_main(job)
         if code:
@@ -221,14 +288,14 @@ def export(plan: Plan) -> None:
             m = manifest.load(plan.model_out)
         except AmfError:
             m = None
-        p = m.provenance if m else {}
+        p, root = (m.provenance if m else {}), plan.runs
         shift = p.get("threshold_for_shift") or {}
         if (
             m is not None
-            and same_path(p.get("run"), plan.recipe)
+            and names_run(p.get("run"), plan.recipe, root)
             and m.tta == tta
-            and same_path((p.get("threshold_predictions") or {}).get("run"), threshold_run or plan.recipe)
-            and (same_path(shift.get("loso_run"), shift_run) if shift_run else not shift)
+            and names_run(oof_predictions(p.get("threshold_predictions"), shift), threshold_run or plan.recipe, root)
+            and (names_run(shift.get("loso_run"), shift_run, root) if shift_run else not shift)
         ):
             say("export", f"skipped: {plan.model_out} holds the export of {plan.recipe} (tta {tta})")
             return
@@ -255,23 +322,25 @@ def card(plan: Plan) -> None:
         inputs += [RunDir(r).oof, *fold_files(r, "done.json")]
     reason = plan.plain_partial_reason if plan.plain else ""
     if newer([json_path, plan.model_out / README, plan.model_out / OOF_CSV], inputs):
-        old = json.loads(json_path.read_text())
+        old, root = json.loads(json_path.read_text()), plan.runs
         plain, loso = old["runs"].get("plain", {}), old.get("loso", {})
         if (
-            same_path(old["runs"]["recipe"]["run"], plan.recipe)
-            and (same_path(plain.get("run"), plan.plain_run) if plan.plain else not plain)
-            and (same_path(loso.get("run"), plan.shift_run) if plan.shift else not loso)
-            and same_paths((r["run"] for r in old.get("tta", {}).get("runs", [])), tta_runs)
+            names_run(old["runs"]["recipe"]["run"], plan.recipe, root)
+            and (names_run(plain.get("run"), plan.plain_run, root) if plan.plain else not plain)
+            and (names_run(loso.get("run"), plan.shift_run, root) if plan.shift else not loso)
+            and names_runs([r["run"] for r in old.get("tta", {}).get("runs", [])], tta_runs, root)
             and (old.get("trained_on", ""), plain.get("partial_reason", "")) == (plan.trained_on, reason)
-            and same_paths((r["run"] for r in old.get("candidates", {}).get("runs", [])), plan.candidates)
+            and names_runs([r["run"] for r in old.get("candidates", {}).get("runs", [])], plan.candidates, root)
             and old.get("candidates", {}).get("rule", "") == plan.candidate_rule
             and old.get("benchmark_name") == plan.benchmark
+            and [o["dir"] for o in old.get("overlap", [])] == [portable_data(d) for d in plan.overlap]
+            and old.get("config_note", "") == plan.config_note
         ):
             say("card", f"skipped: {json_path} describes these runs")
             return
     say("card", f"training.card --model {plan.model_out} -> {plan.model_out / README}")
     votes = plan.data if find_layout(plan.data) else None  # the experts' votes, from a labelled layout
-    built, oof = build_card(
+    built, tables = build_card(
         plan.model_out,
         plan.recipe,
         plain=plan.plain_run,
@@ -284,8 +353,10 @@ def card(plan: Plan) -> None:
         benchmark=plan.benchmark,
         candidates=plan.candidates,
         candidate_rule=plan.candidate_rule,
+        overlap=plan.overlap,
+        config_note=plan.config_note,
     )
-    write_card(plan.model_out, built, oof)
+    write_card(plan.model_out, built, tables)
     print(verdict(built))
 
 
@@ -298,14 +369,17 @@ def next_commands(plan: Plan) -> None:
     )
     if not same_path(plan.model_out, ROOT / "model"):
         print(f"The scripts package ./model: install it there first, whole: make install-model FROM={plan.model_out}")
-    print(
-        "Next:\n"
-        "  ./do_build.sh [TAG]                      build the image\n"
-        "  ./do_test_run.sh [TAG]                   run it as the platform does; compare: model/expected_output.json\n"
-        "  AMF_TEST_TARBALL=1 ./do_test_run.sh      the same with model/ mounted at /opt/ml/model (the model tarball)\n"
-        "  ./do_save.sh [TAG]                       out/<TAG>_<date>.tar.gz (the image), out/model_<date>.tar.gz\n"
-        "then upload to Grand Challenge (README: Your own submission)."
-    )
+    steps = [
+        (f"AMF_DATA={plan.data} make test", "the project's checks on ./model, the data's included"),
+        ("./do_build.sh [TAG]", "build the image"),
+        ("./do_test_run.sh [TAG]", "run it as the platform does; compare: model/expected_output.json"),
+        ("AMF_TEST_TARBALL=1 ./do_test_run.sh", "the same with model/ mounted at /opt/ml/model (the model tarball)"),
+        ("./do_save.sh [TAG]", "out/<TAG>_<date>.tar.gz (the image), out/model_<date>.tar.gz"),
+        ("./do_save_model.sh", "out/model_<date>.tar.gz alone, without Docker"),
+    ]
+    width = max(len(c) for c, _ in steps) + 2
+    print("Next:\n" + "".join(f"  {c.ljust(width)}{what}\n" for c, what in steps), end="")
+    print('then upload to Grand Challenge (README.md, "Your own submission").')
 
 
 def run(plan: Plan) -> None:
@@ -316,12 +390,12 @@ def run(plan: Plan) -> None:
     # the model folder's files the export and the card write (the members' and predictions' names: their steps)
     writes = [MANIFEST, EXPECTED_OUTPUT, FINGERPRINTS, CARD_JSON, README, OOF_CSV]
     ownership.claim(plan.model_out, writes, MODEL, plan.beside)
-    sets = list(plan.sets)
-    train(plan, "train", plan.recipe, sets)
-    if plan.shift:
-        train(plan, "shift", plan.shift_run, [*sets, f"splits.kind={plan.shift}"])
-    if plan.plain:
-        train(plan, "plain", plan.plain_run, [*sets, *plain_sets(config.load(plan.config, sets))], plan.plain_folds)
+    table = load_table(plan.data, config.load(plan.config, plan.sets), log=lambda *a: None)
+    parts = [(step, run, sets, folds, work(plan, table, run, sets, folds)) for step, run, sets, folds in stages(plan)]
+    say("plan", plan_text(plan, [(step, run, w) for step, run, _, _, w in parts]))
+    for i, (step, run, sets, folds, w) in enumerate(parts):
+        after = sum(n for *_, later in parts[i + 1 :] for n in later["steps"].values())
+        train(plan, step, run, sets, folds, after, w["steps"])
     for base in [b for b in (plan.shift_run, plan.recipe) if b is not None]:
         for mode in plan.modes:
             re_predict(plan, base, mode)
@@ -374,6 +448,8 @@ def parser() -> ArgumentParser:
     ap.add_argument("--candidates", nargs="*", type=Path, default=[], help="finished runs of other recipes tried")
     ap.add_argument("--candidate-rule", default="", help="the rule that chose the recipe among them, for the card")
     ap.add_argument("--benchmark", default=None, help="a published protocol the runs follow (training/card/benchmarks)")
+    ap.add_argument("--overlap", nargs="*", type=Path, default=[], help="data folders checked by content")
+    ap.add_argument("--config-note", default="", help="how the config's values were chosen, for the card")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     cluster.add_arguments(ap)
     ap.add_argument("--beside", action="store_true", help=ownership.BESIDE_HELP)
@@ -407,6 +483,8 @@ def plan_of(a) -> Plan:
         candidates=list(a.candidates),
         candidate_rule=a.candidate_rule,
         benchmark=a.benchmark,
+        overlap=list(a.overlap),
+        config_note=a.config_note,
         **cluster.options_of(a),
         beside=a.beside,
     )

@@ -160,11 +160,6 @@ def same_path(a, b) -> bool:
     return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
 
 
-def same_paths(a, b) -> bool:
-    """Whether two collections of paths name the same folders, in any order."""
-    return sorted(Path(p).resolve() for p in a) == sorted(Path(p).resolve() for p in b)
-
-
 def pipeline_run(runs_dir, name: str, role: str) -> Path:
     """RUNS_DIR/NAME_ROLE, a run of training.pipeline: ROLE recipe, plain, or a split kind (its shift run)."""
     return Path(runs_dir) / f"{name}_{SHIFT_ROLES.get(role, role)}"

@@ -130,11 +130,17 @@ def _improve(counts, target, weight, folds: int, fold_of, rounds: int = 500) -> 
     return fold_of
 
 
+STRATA = ("label", "Tumor", "source")  # kfold_assign's strata (the model card names them from here)
+
+
 def strata(table: pd.DataFrame) -> pd.Series:
-    """The stratum of each figure: label x tumour type x source (one source, the official set alone: label x
+    """The stratum of each figure: label x tumour type x source, STRATA (one source, the official set alone: label x
     tumour type; AMi-Br: label x dataset)."""
-    source = table["source"].astype(str) if "source" in table else ""
-    return table["label"].astype(str) + "|" + table["Tumor"].astype(str) + "|" + source
+    columns = [table[c].astype(str) if c in table else pd.Series("", index=table.index) for c in STRATA]
+    out = columns[0]
+    for c in columns[1:]:
+        out = out + "|" + c
+    return out
 
 
 def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int = 0, tries: int = 16) -> pd.DataFrame:

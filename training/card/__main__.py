@@ -2,8 +2,10 @@
 
   python -m training.card --model model --recipe RUN [--plain RUN] [--loso RUN] [--tta TTA_RUN ...] [--data DATA]
                           [--n-boot 2000] [--trained-on TEXT] [--benchmark NAME]
-                          [--candidates RUN ... --candidate-rule TEXT]
+                          [--candidates RUN ... --candidate-rule TEXT] [--overlap DATA ...] [--config-note TEXT]
   python -m training.card --model model --render        (re-render README.md from card.json only)
+  python -m training.card --model model --refresh [--data DATA] [--overlap DATA ...] [--config-note TEXT]
+                                                        (measure again what the model folder and the data give)
 
 The shipped run is --recipe, decided before any figure (the recipe is the method; the plain run is its control):
 MODEL_DIR must hold its export (python -m training.export RUN --out MODEL_DIR [--shift-run LOSO]), else one error.
@@ -24,6 +26,13 @@ the votes.
 recipe's run of that kind; --candidate-rule says how one was chosen (written before their figures).
 --benchmark: a published protocol the runs followed (training/card/benchmarks/NAME.yaml): the card states it and
 prints its table as the paper's figures; refused when the runs trained on another number of figures.
+--overlap: other data folders (a layout training reads), each checked by content against the figures the model
+trained on (training_fingerprints.bin): the card counts them (and, with --benchmark, the test-split figures there).
+--config-note: how the config's values were chosen (e.g. after figures on which data), for the card.
+--refresh: without the runs (they may be gone): the manifest's facts, the recipe run's config, how the folds were
+made (oof.csv against --data, default the card's data folder), the TTA rule's pick, the benchmark, --overlap; every
+path made portable; the runs' figures stay as card.json has them. Upgrades a card.json of card_version 2.
+Every path card.json records is portable (training/export/paths.py): runs relative to the recipe run's parent.
 From the manifest: the threshold for scanner shift (provenance threshold_for_shift, training.results.threshold) and the
 shipped test-time augmentation. Writes, atomically, into MODEL_DIR (by training.ownership's rule: a file there that
 no card.json or manifest names is never written over, and of the earlier card's files only those it named go):
@@ -31,10 +40,10 @@ no card.json or manifest names is never written over, and of the earlier card's 
               configs and their overrides, out-of-fold metrics, per scanner, the paired comparison,
               leave-one-scanner-out, threshold for shift, TTA, files and sizes
   oof.csv     image_id, slide, fold, probability of the shipped run: which member held out which
-              figure and what it said there (labels stay in the official CSV)
+              figure and what it said there (labels stay in the official CSV), at full precision
   predictions/NAME.csv  the same of every other run the card reports (card.json's "predictions" names them)
   README.md   the card, rendered from card.json alone by training/card/render.py (its template: card.md)
---render refuses a card.json of the layout from before card_version 2 with one error: rebuild it from the runs.
+--render refuses a card.json of an older layout with one error (--refresh, or rebuild it from the runs).
 """
 
 from __future__ import annotations
@@ -43,16 +52,16 @@ import json
 from pathlib import Path
 
 from amf import AmfError, report_error
-from amf.cli import ArgumentParser
+from amf.cli import ArgumentParser, first_sentence
 from amf.fileio import write_text_atomic
 from training import ownership
-from training.card.build import build, write
+from training.card.build import build, refresh, write
 from training.card.render import render, verdict
 from training.ownership import CARD_JSON, MODEL, README
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.card", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.card", description=first_sentence(__doc__))
     ap.add_argument("--model", default="model")
     ap.add_argument("--recipe", help="the shipped run (MODEL_DIR must hold its export)")
     ap.add_argument("--plain", help="the plain baseline on the same splits (may be partial; left out: no control run)")
@@ -65,7 +74,10 @@ def main(argv=None) -> int:
     ap.add_argument("--benchmark", default=None, help="a published protocol the runs followed (card/benchmarks)")
     ap.add_argument("--candidates", nargs="*", default=[], help="runs of the other recipes tried (counted on the card)")
     ap.add_argument("--candidate-rule", default="", help="the rule, written before the figures, that chose the recipe")
+    ap.add_argument("--overlap", nargs="*", default=[], help="data folders checked against the training figures")
+    ap.add_argument("--config-note", default=None, help="how the config's values were chosen, for the card")
     ap.add_argument("--render", action="store_true", help="re-render README.md from card.json")
+    ap.add_argument("--refresh", action="store_true", help="measure again what the model folder and data give")
     args = ap.parse_args(argv)
     model_dir = Path(args.model)
     try:
@@ -74,10 +86,14 @@ def main(argv=None) -> int:
                 raise AmfError(f"{model_dir / CARD_JSON} is missing")
             ownership.claim(model_dir, [README], MODEL)
             write_text_atomic(model_dir / README, render(json.loads((model_dir / CARD_JSON).read_text())))
+        elif args.refresh:
+            if not (model_dir / CARD_JSON).is_file():
+                raise AmfError(f"{model_dir / CARD_JSON} is missing")
+            write(model_dir, refresh(model_dir, args.data, args.overlap, args.config_note))
         else:
             if not args.recipe:
                 raise AmfError("give --recipe RUN [--plain RUN] (or --render)")
-            card, oof = build(
+            card, tables = build(
                 model_dir,
                 args.recipe,
                 args.plain,
@@ -90,8 +106,10 @@ def main(argv=None) -> int:
                 args.benchmark,
                 args.candidates,
                 args.candidate_rule,
+                args.overlap,
+                args.config_note or "",
             )
-            write(model_dir, card, oof)
+            write(model_dir, card, tables)
             print(verdict(card))
     except AmfError as e:
         return report_error(e)

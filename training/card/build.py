@@ -1,15 +1,19 @@
 """The model card's facts: every figure and fact measured from the runs into card.json (build), then the card's
-files written (write: card.json, oof.csv, and README.md rendered from card.json alone by render.py).
+files written (write: card.json, oof.csv and predictions/ at full precision, and README.md rendered from card.json
+alone by render.py). refresh measures again, without the runs, what the model folder and the data give.
 
-card.json (card_version 2, the one layout render.py renders): data counts, configs and their overrides, out-of-fold
-metrics, per scanner, the paired comparison, leave-one-scanner-out, the threshold for shift, test-time augmentation,
-files and sizes. The command line and its manual: training/card/__main__.py (python -m training.card).
+card.json (card_version 3, the one layout render.py renders): data counts, how the folds were made, configs and
+their overrides, out-of-fold metrics, per scanner, the paired comparison, leave-one-scanner-out, the threshold for
+shift and the threshold's source, test-time augmentation (where it was set, what the rule picks), the overlap with
+other data, files and sizes; every path portable (training.export.paths: runs relative to the runs folder). The
+command line and its manual: training/card/__main__.py (python -m training.card).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,8 @@ from amf.manifest import load as load_manifest
 from training import augment, metrics, ownership
 from training.card.render import CARD_VERSION, loso_domain, render
 from training.domains import DOMAIN_COLUMNS
+from training.export import fingerprint
+from training.export.paths import names_run, portable_data, relocate
 from training.ownership import CARD_JSON, MODEL, OOF_CSV, PREDICTIONS, README
 from training.results import threshold
 from training.results.compare import compare, finished_oof
@@ -249,6 +255,11 @@ SHIPPED_RULE = (
     "no run was chosen on the figures reported"
 )
 SHIPPED_ALONE = "the recipe run, the one run trained (no control run); no run was chosen on the figures reported"
+TTA_RULE = (
+    "test-time augmentation ships only if it raises both the balanced accuracy at nested thresholds and the ROC AUC "
+    "of the leave-one-{domain}-out predictions over one view; of several modes that do, the one with the higher "
+    "balanced accuracy"
+)
 
 
 def build(
@@ -264,56 +275,64 @@ def build(
     benchmark=None,
     candidates=(),
     candidate_rule: str = "",
-) -> tuple[dict, pd.DataFrame]:
+    overlap=(),
+    config_note: str = "",
+) -> tuple[dict, dict]:
+    """card.json's facts, and the tables the model folder ships ({OOF_CSV: the recipe run's out-of-fold
+    predictions, "predictions/NAME.csv": each other run's the card reports})."""
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
     runs = {"recipe": Path(recipe)} | ({"plain": Path(plain)} if plain else {})
-    exported_from = Path(str(manifest.provenance.get("run", ""))).resolve()
-    if not manifest.trained or exported_from != runs["recipe"].resolve():
+    root = runs["recipe"].parent  # the runs folder: the pipeline's --runs
+    if not manifest.trained or not names_run(manifest.provenance.get("run"), runs["recipe"], root):
         raise AmfError(
             f"{model_dir} does not hold the export of the recipe run {runs['recipe']}: python -m training.export "
             f"{runs['recipe']} --out {model_dir}" + (f" --shift-run {loso}" if loso else "")
         )
     votes = official_votes(data_dir) if data_dir else None
     loaded = {name: load_run(path, n_boot, votes) for name, path in runs.items()}
+    splits = RunDir(runs["recipe"]).read_splits()
     card = {
         "card_version": CARD_VERSION,
         "shipped": "recipe",
         "shipped_rule": SHIPPED_RULE if plain else SHIPPED_ALONE,
         "trained_on": trained_on,
-        "data": data_counts(RunDir(runs["recipe"]).read_splits()),
+        "config_note": config_note,
+        "runs_dir": portable_data(root),
+        "data": data_counts(splits) | {"folds": fold_facts(splits, loaded["recipe"][2]["splits"])},
         **({"compare": compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0)} if plain else {}),
         "runs": {name: run_facts(runs[name], *loaded[name], n_boot) for name in runs},
     }
     if plain:
         if plain_partial_reason:
             card["runs"]["plain"]["partial_reason"] = plain_partial_reason
-        splits = [RunDir(r).read_splits().set_index("image_id")["fold"].sort_index() for r in runs.values()]
-        card["same_folds"] = bool(splits[0].equals(splits[1]))
+        folds = [RunDir(r).read_splits().set_index("image_id")["fold"].sort_index() for r in runs.values()]
+        card["same_folds"] = bool(folds[0].equals(folds[1]))
     if benchmark:
-        b = load_benchmark(benchmark)
-        if card["data"]["figures"] != b["training_figures"]:
-            raise AmfError(
-                f"{runs['recipe']} trained on {card['data']['figures']} figures; {b['name']}'s training split has "
-                f"{b['training_figures']}: the card cannot claim its protocol"
-            )
-        card["benchmark"], card["benchmark_name"] = b, str(benchmark)
+        card |= benchmark_facts(benchmark, card["data"]["figures"], runs["recipe"])
     if loso is not None:
         card["loso"] = loso_facts(Path(loso), n_boot, votes)
     if candidates:
         card["candidates"] = candidate_facts(candidates, candidate_rule, runs["recipe"], loso, n_boot)
-    shift = manifest.provenance.get("threshold_for_shift")
-    if shift:
-        card["threshold_for_shift"] = shift
     if tta:
-        card["tta"] = {
-            "runs": tta_facts(tta, {"recipe": runs["recipe"], "loso": loso}, n_boot),
-            "rule": "test-time augmentation ships only if it raises both the balanced accuracy at nested thresholds "
-            f"and the ROC AUC of the leave-one-{loso_domain(card)}-out predictions over one view; of several modes "
-            "that do, the one with the higher balanced accuracy",
-        }
-    files = [m.file for m in manifest.members]
-    card["ensemble"] = {
+        card["tta"] = {"runs": tta_facts(tta, {"recipe": runs["recipe"], "loso": loso}, n_boot)}
+    if overlap:
+        card["overlap"] = overlap_facts(model_dir, overlap)
+    tables = {OOF_CSV: loaded["recipe"][0][list(SHIPPED_COLUMNS)]}
+    tables |= {name: finished_oof(run)[0][list(SHIPPED_COLUMNS)] for name, run in reported_runs(card).items()}
+    card = relocate(card | model_facts(model_dir, manifest), root)
+    if card.get("tta"):
+        card["tta"] |= {"rule": TTA_RULE.format(domain=loso_domain(card)), "choice": tta_choice(card["tta"]["runs"])}
+    card["predictions"] = reported_runs(card)
+    return card, tables
+
+
+def model_facts(model_dir: Path, manifest) -> dict:
+    """What card.json takes from the model folder's manifest: the members and their sizes, the threshold, where it
+    came from (threshold.source: the run whose rule won) and the threshold for shift, the test-time augmentation and
+    where it was set (tta_given), the parity checks, the versions."""
+    p = manifest.provenance
+    e = {
         "members": [
             {
                 "file": m.file,
@@ -324,16 +343,143 @@ def build(
             }
             for m in manifest.members
         ],
-        "total_bytes": sum((model_dir / f).stat().st_size for f in files),
+        "total_bytes": sum((model_dir / m.file).stat().st_size for m in manifest.members),
         "threshold": manifest.threshold,
         "tta": manifest.tta,
-        "threshold_predictions": manifest.provenance.get("threshold_predictions"),
-        "parity": manifest.provenance.get("parity"),
-        "versions": manifest.provenance.get("versions"),
+        "tta_given": tta_given(manifest),
+        "threshold_predictions": threshold.source(p),
+        "parity": p.get("parity"),
+        "versions": p.get("versions"),
     }
+    shift = p.get("threshold_for_shift")
+    if shift:  # both rules' runs (a manifest from before oof_run names the out-of-fold one as threshold_predictions)
+        shift = {**shift, "oof_run": threshold.oof_predictions(p.get("threshold_predictions"), shift)}
+    return {"ensemble": e} | ({"threshold_for_shift": shift} if shift else {})
+
+
+def tta_given(manifest) -> str:
+    """Where the shipped test-time augmentation was set: "export.tta" (the config's, the export's default) or
+    "--tta" (the command line, over the config's)."""
+    config = manifest.provenance.get("config") or {}
+    return "export.tta" if (config.get("export") or {}).get("tta", "none") == manifest.tta else "--tta"
+
+
+def tta_choice(tta_runs: list[dict]) -> dict:
+    """What TTA_RULE picks on the card's re-predictions: on the leave-one-out run's where there are any, else on the
+    recipe run's; per mode whether it raises both figures over one view, and the mode picked ("none" when none
+    does). The card sets it beside the mode shipped, which the command line or the config set."""
+    on = "loso" if any(r["base"] == "loso" for r in tta_runs) else "recipe"
+    modes = {}
+    for r in tta_runs:
+        if r["base"] != on:
+            continue
+        m = r["compare"]["metrics"]
+        ba, auc = m.get("balanced_accuracy@nested_thresholds"), m.get("roc_auc")
+        modes[r["mode"]] = {
+            "raises_both": bool(ba and auc and ba["b_minus_a"] > 0 and auc["b_minus_a"] > 0),
+            "balanced_accuracy": ba["b_minus_a"] if ba else None,
+        }
+    raising = [k for k, v in modes.items() if v["raises_both"]]
+    pick = max(raising, key=lambda k: modes[k]["balanced_accuracy"]) if raising else "none"
+    return {"on": on, "modes": modes, "pick": pick}
+
+
+def fold_facts(table: pd.DataFrame | None, cfg_splits: dict) -> dict:
+    """How the folds of TABLE (a splits table: image_id, fold, slide and the STRATA columns) were made: the split
+    kind, and for k folds the algorithm and its strata as training.splits holds them, and whether it makes the same
+    folds of these figures now (recomputed: True, False; None without a table, or when it cannot say)."""
+    from training import splits
+
+    kind = cfg_splits.get("kind") or "kfold"
+    out = {"kind": kind}
+    if kind != "kfold":
+        return out
+    out |= {"by": f"training.splits.{splits.kfold_assign.__name__}", "strata": list(splits.STRATA)}
+    out["tries"], out["recomputed"] = cfg_splits.get("tries"), None
+    if table is None:
+        return out
+    try:
+        again = splits.make_splits(
+            table, kind, int(cfg_splits["folds"]), int(cfg_splits["seed"]), int(cfg_splits["tries"])
+        )
+        want = table.set_index("image_id")["fold"]
+        out["recomputed"] = bool(again.set_index("image_id")["fold"].reindex(want.index).eq(want).all())
+    except (AmfError, KeyError, TypeError, ValueError):
+        out["recomputed"] = None
+    return out
+
+
+def overlap_facts(model_dir: Path, folders) -> list[dict]:
+    """Each data folder of FOLDERS (a layout training reads) against the figures the model trained on, by content
+    (training_fingerprints.bin): its figures and how many of them the model trained on."""
+    from training.data import decode, layout_of, read_labelled
+
+    trained = fingerprint.read(model_dir / fingerprint.FILE)
+    out = []
+    for folder in folders:
+        table = read_labelled(folder)
+        values = fingerprint.digests(decode(p) for p in table["path"])
+        out.append(
+            {
+                "dir": str(folder),
+                "layout": layout_of(folder),
+                "figures": int(len(values)),
+                "trained_on": int(np.isin(values, trained).sum()),
+            }
+        )
+    return out
+
+
+def benchmark_facts(benchmark, figures: int, recipe) -> dict:
+    """The published protocol the runs followed (load_benchmark); refused when they trained on another number of
+    figures than its training split."""
+    b = load_benchmark(benchmark)
+    if figures != b["training_figures"]:
+        raise AmfError(
+            f"{recipe} trained on {figures} figures; {b['name']}'s training split has {b['training_figures']}: the "
+            "card cannot claim its protocol"
+        )
+    return {"benchmark": b, "benchmark_name": portable_data(benchmark) if Path(benchmark).suffix else str(benchmark)}
+
+
+def refresh(model_dir, data_dir=None, overlap=(), config_note=None) -> dict:
+    """card.json measured again from what the model folder and the data hold, without the runs (which may be gone):
+    the manifest's facts (model_facts), the recipe run's config (the manifest records it whole), how the folds were
+    made (oof.csv and the data's table), the TTA rule's pick (card.json's own comparisons), the benchmark file, the
+    overlap with OVERLAP's figures (where given), CONFIG_NOTE (where given); every path made portable. The runs'
+    figures stay as card.json has them."""
+    from training.data import find_layout, read_labelled
+
+    model_dir = Path(model_dir)
+    card = json.loads((model_dir / CARD_JSON).read_text())
+    if card.get("card_version", 1) < 2:
+        raise AmfError(f"{model_dir / CARD_JSON} is of the layout from before card_version 2: rebuild it from the runs")
+    manifest = load_manifest(model_dir)
+    recipe = Path(card["runs"]["recipe"]["run"])
+    root = recipe.parent if recipe.is_absolute() else None
+    if isinstance(manifest.provenance.get("config"), dict):  # the recipe run's whole config (export records it)
+        card["runs"]["recipe"]["config"] = recipe_summary(manifest.provenance["config"])
+    card |= model_facts(model_dir, manifest)
+    data, table = Path(data_dir or card["data"].get("dir") or ""), None
+    if data.name and find_layout(data):
+        shipped = pd.read_csv(model_dir / OOF_CSV, dtype={"image_id": str, "slide": str})
+        table = read_labelled(data).drop(columns=["slide"]).merge(shipped, on="image_id", how="inner")
+        if len(table) != len(shipped):  # the run held figures this folder lacks (extra sets): not recomputed here
+            table = None
+    card["data"]["folds"] = fold_facts(table, card["runs"]["recipe"]["config"]["splits"])
+    if card.get("benchmark_name"):
+        card |= benchmark_facts(card["benchmark_name"], card["data"]["figures"], recipe)
+    if overlap:
+        card["overlap"] = overlap_facts(model_dir, overlap)
+    if config_note is not None:
+        card["config_note"] = config_note
+    card = relocate(card, root)
+    card["runs_dir"] = card.get("runs_dir") or (portable_data(root) if root else ".")
+    if card.get("tta"):
+        card["tta"] |= {"rule": TTA_RULE.format(domain=loso_domain(card)), "choice": tta_choice(card["tta"]["runs"])}
     card["predictions"] = reported_runs(card)
-    oof = loaded["recipe"][0][list(SHIPPED_COLUMNS)]
-    return card, oof
+    card["card_version"] = CARD_VERSION
+    return card
 
 
 def candidate_facts(candidates, rule: str, recipe, loso, n_boot: int) -> dict:
@@ -380,7 +526,19 @@ def reported_runs(card: dict) -> dict:
 
 BENCHMARKS = Path(__file__).with_name("benchmarks")  # NAME.yaml: a published protocol and its table
 MAX_BENCHMARK_BYTES = 64 * 1024  # a protocol and one published table
-BENCHMARK_KEYS = {"name", "cite", "training_split", "training_figures", "never_seen", "figures", "sets", "rows"}
+BENCHMARK_KEYS = {
+    "name",
+    "cite",
+    "training_split",
+    "training_figures",
+    "test_split",
+    "never_seen",
+    "figures",
+    "sets",
+    "rows",
+}
+TEST_SPLIT_KEYS = {"name", "figures", "slides", "held"}  # held: where data of a layout holds part of it (or null)
+HELD_KEYS = {"layout", "source", "why"}
 
 
 def load_benchmark(name_or_file) -> dict:
@@ -399,6 +557,13 @@ def load_benchmark(name_or_file) -> dict:
     b = config.parse(read_text(path, "benchmark", MAX_BENCHMARK_BYTES), f"benchmark {path}")
     if not isinstance(b, dict) or set(b) != BENCHMARK_KEYS:
         raise AmfError(f"benchmark {path}: wants exactly the keys {', '.join(sorted(BENCHMARK_KEYS))}")
+    t = b["test_split"]
+    held = t.get("held") if isinstance(t, dict) else None
+    if not (isinstance(t, dict) and set(t) == TEST_SPLIT_KEYS and (held is None or set(held) == HELD_KEYS)):
+        raise AmfError(
+            f"benchmark {path}: test_split wants exactly {', '.join(sorted(TEST_SPLIT_KEYS))} (held: null or "
+            f"{', '.join(sorted(HELD_KEYS))})"
+        )
     sets = b["sets"]
     if not (isinstance(sets, list) and sets and isinstance(b["rows"], list)):
         raise AmfError(f"benchmark {path}: sets and rows are lists (the sets' names; a row per published model)")
@@ -454,20 +619,23 @@ def train_minutes(run) -> float:
     return round(total / 60, 1)
 
 
-def write(model_dir, card: dict, oof: pd.DataFrame) -> None:
-    """card.json, README.md, oof.csv (the recipe run's predictions) and predictions/*.csv (the other runs the card
-    reports), written into a scratch folder and installed by training.ownership's rule: the earlier card's files this
-    one does not name go; a file the earlier card did not name is never written over nor removed."""
+def write(model_dir, card: dict, tables: dict | None = None) -> None:
+    """card.json, README.md and TABLES (build's: oof.csv and predictions/*.csv, each probability at full precision:
+    every figure recomputes from them exactly), written into a scratch folder and installed by training.ownership's
+    rule: the earlier card's files this one does not name go; a file the earlier card did not name is never written
+    over nor removed. Without TABLES (refresh) the tables there stay as they are."""
     model_dir = Path(model_dir)
-    ownership.claim(model_dir, [OOF_CSV, *card.get("predictions", {}), CARD_JSON, README], MODEL)
-    tables = {OOF_CSV: oof} | {
-        name: finished_oof(run)[0][list(SHIPPED_COLUMNS)] for name, run in card.get("predictions", {}).items()
-    }
+    names = list(tables) if tables is not None else [OOF_CSV, *card.get("predictions", {})]
+    ownership.claim(model_dir, [*names, CARD_JSON, README], MODEL)
     with ownership.scratch(model_dir, "card") as tmp:
-        for name, table in tables.items():
+        for name in names:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            if tables is None:  # kept byte for byte: the card's own (named by it), moved back in by install
+                if (model_dir / name).is_file():
+                    shutil.copyfile(model_dir / name, tmp / name)
+                continue
             buf = io.StringIO()
-            table.to_csv(buf, index=False, float_format="%.7g")
+            tables[name].to_csv(buf, index=False)  # floats as repr: the shortest text that reads back the same number
             write_text_atomic(tmp / name, buf.getvalue())
         write_text_atomic(tmp / CARD_JSON, json.dumps(card, indent=1, default=_plain) + "\n")
         write_text_atomic(tmp / README, render(json.loads((tmp / CARD_JSON).read_text())))

@@ -1,8 +1,9 @@
-"""The model card's text (model/README.md), rendered from card.json alone through one template, card_template.md.
+"""The model card's text (model/README.md), rendered from card.json alone through one template, card.md.
 
 The template holds every sentence and reads card.json itself; this module gives it a few facts it cannot read off
-directly (facts()) and the tables (one small function each). card.json is training.card's build, card_version 2;
-one of an older layout is refused with one error (rebuild it from the runs).
+directly (facts()) and the tables (one small function each). card.json is training.card's build, card_version 3;
+one of an older layout is refused with one error (python -m training.card --refresh measures the new facts again
+from the model folder and the data; or rebuild it from the runs).
 
   python -m training.card --model model --render        (re-render README.md from card.json)
 """
@@ -15,32 +16,33 @@ import numpy as np
 
 from amf import AmfError
 from training import augment
-from training.card.reproduce import candidate_args, pipeline_runs, threshold_run
+from training.card.reproduce import candidate_args, in_runs, overlap_args, pipeline_runs, threshold_run
 from training.config import as_set
 from training.config import diff as config_diff
 from training.data import EXPERTS, OFFICIAL_CSV
 from training.metrics import fmt, fmt_ci
-from training.rundir import same_path
 
-CARD_VERSION = 2  # card.json's layout, written by training.card's build: the only one rendered
+CARD_VERSION = 3  # card.json's layout, written by training.card's build and refresh: the only one rendered
 TEMPLATE = Path(__file__).with_name("card.md")
 RENDERED_MARK = "<!-- rendered by `python -m training.card`"  # the card's second line (card.md): how it was made
 SHOWN = ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 METRIC_NAMES = dict(zip(SHOWN, ("balanced accuracy", "ROC AUC", "sensitivity", "specificity")))
 EXPERT_COUNT = {2: "two", 3: "three", 4: "four"}.get(len(EXPERTS), str(len(EXPERTS)))
+STRATUM_WORDS = {"label": "label", "Tumor": "tumour type", "source": "source"}  # training.splits.STRATA's columns
 
 
 def render(card: dict) -> str:
     import jinja2
 
-    if card.get("card_version", 1) < CARD_VERSION:  # the layout from before issue 12: its keys are not these
+    if card.get("card_version", 1) < CARD_VERSION:  # an older layout: its keys are not these
         raise AmfError(
-            f"card.json of an older layout (no card_version {CARD_VERSION}): rebuild it with python -m training.card "
-            "--model MODEL --recipe RUN --plain RUN [--loso RUN] [--tta TTA_RUN ...] --data DATA"
+            f"card.json of an older layout (no card_version {CARD_VERSION}): python -m training.card --model MODEL "
+            "--refresh [--data DATA] measures it again from the model folder (card_version 2), or rebuild it with "
+            "python -m training.card --model MODEL --recipe RUN [--plain RUN] [--loso RUN] [--tta RUN ...] --data DATA"
         )
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.undefined = jinja2.StrictUndefined  # a key the template names and card.json lacks is an error, not ""
-    env.globals |= {f.__name__: f for f in (fmt, plural, folds_list, as_set, partial_note, same_path)}
+    env.globals |= {f.__name__: f for f in (fmt, plural, folds_list, as_set, partial_note, in_runs)}
     env.globals |= {"RENDERED_MARK": RENDERED_MARK, "OFFICIAL_CSV": OFFICIAL_CSV, "EXPERT_COUNT": EXPERT_COUNT}
     tables = {f.__name__: (lambda f=f: "\n".join(f(card))) for f in TABLES}
     return env.from_string(TEMPLATE.read_text()).render(card=card, **facts(card), **tables)
@@ -78,7 +80,23 @@ def facts(card: dict) -> dict:
         "threshold_run": threshold_run(card),
         "verdict": verdict(card),
         "candidate_args": candidate_args(card),
+        "overlap_args": overlap_args(card),
+        "strata": " × ".join(STRATUM_WORDS.get(c, c) for c in card["data"]["folds"].get("strata", [])),
+        "roles": prediction_roles(card),
     }
+
+
+def prediction_roles(card: dict) -> dict:
+    """Per run whose predictions the model folder ships (by its name in card.json): what chose on them, for the
+    Files list: ("threshold", RULE) for the shipped threshold's source (the run whose rule won), ("shift", RULE) for
+    the other rule's run of the threshold for shift."""
+    source, shift, roles = card["ensemble"].get("threshold_predictions") or {}, card.get("threshold_for_shift"), {}
+    for rule in ("oof", "loso"):
+        if (shift or {}).get(f"{rule}_run"):
+            roles[shift[f"{rule}_run"]] = ("shift", rule)
+    if source.get("run"):
+        roles[source["run"]] = ("threshold", source.get("rule", "oof"))
+    return roles
 
 
 def selection_of(cfg: dict) -> str:

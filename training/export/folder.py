@@ -19,6 +19,7 @@ from amf import manifest
 from amf.fileio import write_text_atomic
 from training import ownership
 from training.export import fingerprint
+from training.export.paths import relocate
 from training.ownership import EXPECTED_OUTPUT, MODEL
 from training.results import oof, threshold
 from training.rundir import RunDir
@@ -68,7 +69,7 @@ def export_run(
     predictions = threshold.predictions_for(run, threshold_run, tta)
     predicted, result = oof.pool(predictions, seed=seed)
     mode = predictions.predicted_tta()
-    chosen = threshold.for_export(predicted, result, mode, tta, shift_run, seed)
+    chosen = threshold.for_export(predicted, result, mode, tta, shift_run, seed, predictions.path)
     if chosen["shift"]:
         log(threshold.summary_text(chosen["shift"]))
     log(oof.summary_text(result))
@@ -85,12 +86,12 @@ def export_run(
             "fold_names": {str(m.fold): splits.loc[splits["fold"] == m.fold, "fold_name"].iloc[0] for m in members},
             "threshold": chosen["threshold"],
             "threshold_note": chosen["note"],
-            "threshold_predictions": {"run": str(predictions.path.resolve()), "tta": mode},
+            "threshold_predictions": chosen["source"],
             **({"threshold_for_shift": chosen["shift"]} if chosen["shift"] else {}),
             "oof_metrics": result,
             "parity": checks,
             "training_figures": fingerprint.describe(tmp / fingerprint.FILE),
-            "run": str(run.path.resolve()),
+            "run": str(run.path),
             "exported": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "versions": versions(),
         }
@@ -99,7 +100,7 @@ def export_run(
             threshold=float(chosen["threshold"]),
             tta=tta,
             trained=True,
-            provenance=json.loads(json.dumps(provenance, default=str)),
+            provenance=relocate(json.loads(json.dumps(provenance, default=str)), run.path.parent),
         )
         manifest.save(written, tmp)
         manifest.load(tmp)  # the container's reader accepts it

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError, report_error
-from amf.cli import ArgumentParser
+from amf.cli import ArgumentParser, first_sentence
 from amf.fileio import write_text_atomic
 from training import metrics
 from training.results import threshold
@@ -147,7 +147,7 @@ def folds_text(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.results.compare", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.results.compare", description=first_sentence(__doc__))
     ap.add_argument("run_a")
     ap.add_argument("run_b")
     ap.add_argument("--n-boot", type=int, default=2000)

@@ -201,9 +201,9 @@ def summary_text(result: dict) -> str:
 
 def main(argv=None) -> int:
     from amf import report_error
-    from amf.cli import EXPECTED, ArgumentParser, as_error
+    from amf.cli import EXPECTED, ArgumentParser, as_error, first_sentence
 
-    ap = ArgumentParser(prog="python -m training.results.oof", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m training.results.oof", description=first_sentence(__doc__))
     ap.add_argument("run_dir", help="run folder of training.train (splits.csv, fold<k>/oof.csv)")
     a = ap.parse_args(argv)
     try:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from amf import AmfError, report_error
-from amf.cli import EXPECTED, ArgumentParser, as_error
+from amf.cli import EXPECTED, ArgumentParser, as_error, first_sentence
 from training import metrics
 from training.rundir import RunDir, write_json_atomic
 
@@ -227,11 +227,15 @@ def predictions_for(run: RunDir, threshold_run, tta: str) -> RunDir:
     return predictions
 
 
-def for_export(oof: pd.DataFrame, result: dict, mode: str, tta: str, shift_run=None, seed: int = 0) -> dict:
-    """The shipped threshold: the out-of-fold rule on the pooled predictions OOF (their metrics RESULT, made with
-    test-time augmentation MODE, for a container running TTA), or with SHIFT_RUN (a pooled leave-one-domain-out run
-    of the same figures, predicted under MODE too) choose()'s choice between the rules. {threshold, note, shift}:
-    the note says where the threshold came from, shift is choose()'s whole comparison (None without SHIFT_RUN)."""
+def for_export(
+    oof: pd.DataFrame, result: dict, mode: str, tta: str, shift_run=None, seed: int = 0, oof_run=None
+) -> dict:
+    """The shipped threshold: the out-of-fold rule on the pooled predictions OOF (of the run OOF_RUN; their metrics
+    RESULT, made with test-time augmentation MODE, for a container running TTA), or with SHIFT_RUN (a pooled
+    leave-one-domain-out run of the same figures, predicted under MODE too) choose()'s choice between the rules.
+    {threshold, note, shift, source}: the note says where the threshold came from, shift is choose()'s whole
+    comparison with both rules' runs (None without SHIFT_RUN), source the predictions the shipped threshold is the
+    optimum of: the run whose rule won (the manifest's threshold_predictions)."""
     made = f"predictions made with test-time augmentation {mode}"
     if mode != tta:  # the run's own one-view predictions under a TTA container: say so, the card shows it
         made += f" (the container runs {tta}: an estimate; --threshold-run RUN_tta_{tta} chooses on its own)"
@@ -240,23 +244,45 @@ def for_export(oof: pd.DataFrame, result: dict, mode: str, tta: str, shift_run=N
             f"chosen on the pooled out-of-fold {made} to maximise balanced accuracy; applied to the ensemble's "
             "mean P(atypical)"
         )
-        return {"threshold": result["threshold"], "note": note, "shift": None}
+        source = {"run": str(oof_run), "tta": mode, "rule": "oof"}
+        return {"threshold": result["threshold"], "note": note, "shift": None, "source": source}
     shift_mode = RunDir(shift_run).predicted_tta()
     if shift_mode != mode:
         raise AmfError(
             f"--shift-run {shift_run} holds predictions made with test-time augmentation {shift_mode}, the "
             f"threshold's out-of-fold ones with {mode}: python -m training.results.tta_oof {shift_run} --tta {mode}"
         )
-    shift = {**choose(oof, RunDir(shift_run).read_oof(), seed=seed), "loso_run": str(Path(shift_run).resolve())}
+    runs = {"oof": str(oof_run), "loso": str(shift_run)}
+    shift = {**choose(oof, RunDir(shift_run).read_oof(), seed=seed), "oof_run": runs["oof"], "loso_run": runs["loso"]}
     note = (
         f"the {shift['chosen']} rule (training.threshold: {shift['rule']}), on {made}; applied to the "
         "ensemble's mean P(atypical)"
     )
-    return {"threshold": shift["threshold"], "note": note, "shift": shift}
+    source = {"run": runs[shift["chosen"]], "tta": mode, "rule": shift["chosen"]}
+    return {"threshold": shift["threshold"], "note": note, "shift": shift, "source": source}
+
+
+def source(provenance: dict) -> dict | None:
+    """The predictions a manifest's threshold is the optimum of, {run, tta, rule}: the run whose rule won (with a
+    threshold for shift that chose the loso rule, its leave-one-out run). A manifest from before for_export's source
+    named the out-of-fold predictions whichever rule won: read it by the rule chosen."""
+    recorded, shift = provenance.get("threshold_predictions"), provenance.get("threshold_for_shift")
+    if not recorded or "rule" in recorded:
+        return recorded
+    if shift and shift.get("chosen") == "loso":
+        return {"run": shift["loso_run"], "tta": recorded.get("tta"), "rule": "loso"}
+    return {**recorded, "rule": "oof"}
+
+
+def oof_predictions(threshold_predictions: dict | None, shift: dict | None) -> str | None:
+    """The out-of-fold predictions an export chose on (its --threshold-run, or the run itself), as its provenance
+    records them: the threshold for shift's oof_run, else the threshold's own source (threshold_predictions; a
+    manifest from before oof_run was kept names them there)."""
+    return (shift or {}).get("oof_run") or (threshold_predictions or {}).get("run")
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.results.threshold", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m training.results.threshold", description=first_sentence(__doc__))
     ap.add_argument("oof_run", type=Path, help="a pooled k-fold run folder (its oof.csv)")
     ap.add_argument("loso_run", type=Path, help="a pooled leave-one-domain-out run folder of the same figures")
     ap.add_argument("--json", type=Path, default=None, help="also write the comparison here")

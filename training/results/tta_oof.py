@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from amf import AmfError, report_error
-from amf.cli import EXPECTED, ArgumentParser, as_error
+from amf.cli import EXPECTED, ArgumentParser, as_error, first_sentence
 from amf.ensemble import sigmoid
 from amf.fileio import write_text_atomic
 from amf.preprocess import TTA_MODES, prepare, tta_views
@@ -86,7 +86,7 @@ def tta_run(run_dir, tta: str, out_dir=None, data_dir=None, log=print) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = ArgumentParser(prog="python -m training.results.tta_oof", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m training.results.tta_oof", description=first_sentence(__doc__))
     ap.add_argument("run", type=Path, help="a finished training run folder")
     ap.add_argument("--tta", required=True, choices=list(TTA_MODES))
     ap.add_argument("--data", type=Path, default=None, help="the official data folder, if the run's paths moved")

@@ -9,7 +9,7 @@ Writes a run folder (config.yaml, splits.csv, fold{k}/{last.pt,best.pt,epochs.cs
 pooled oof.csv and oof_metrics.json): its layout, names and readers are training/rundir.py's. A later job with another
 config in the same folder is refused; a fold resumes from its last.pt (--restart ignores it); one process trains a
 fold at a time (fold{k}/train.lock: a second refuses, naming the first). Every file read is checked (training/rundir.py,
-training/data.py, training/config.py: the README's "Refusals and limits").
+training/data.py, training/config.py: docs/training.md, "Refusals and limits").
 Without --fold every fold runs in turn. Folds are independent jobs: run them side by side (a SLURM
 array of --fold N), then export pools them. The epoch kept per fold (best.pt, oof.csv) follows train.selection:
   last        the last of train.epochs (fixed length: nothing is selected, the held-out figures are honest)
@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="overrides data.num_workers")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines (epoch lines stay)")
     ap.add_argument("--parallel-child", action="store_true", help=argparse.SUPPRESS)  # parallel.py's children
+    # training.pipeline's: the training steps of its later runs (the ETA counts them; the pipeline names the next step)
+    ap.add_argument("--pipeline-after", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument(
         "--parallel",
         type=positive_int,
@@ -99,18 +101,26 @@ def main(argv=None) -> int:
         if args.fold is not None and args.fold not in folds:
             raise AmfError(f"--fold {args.fold}: the splits have folds {folds}")
         todo = [args.fold] if args.fold is not None else folds
+        after, what = args.pipeline_after, "run" if args.fold is None else f"fold {args.fold}"
+        if after is not None and (after > 0 or args.fold is None):  # the pipeline's: its later work counts too
+            what = f"{what}, then the pipeline's later runs" if args.parallel_child else "pipeline"
         if args.parallel > 1 and len(todo) > 1 and dist.world == 1:
             cache = None  # the children decode their own
-            run_parallel(list(sys.argv[1:] if argv is None else argv), todo, args.parallel, log)
+            child_argv = list(sys.argv[1:] if argv is None else argv)
+            if after is not None:  # the later runs train N folds at a time too: each child counts its share
+                i = child_argv.index("--pipeline-after")
+                child_argv[i + 1] = str(after // args.parallel)
+            run_parallel(child_argv, todo, args.parallel, log)
         else:
             progress = Progress(
                 todo,
                 int(cfg["train"]["epochs"]),
-                "run" if args.fold is None else f"fold {args.fold}",
+                what,
                 show=dist.main and not args.no_progress,
                 every_s=float(cfg["log"]["progress_s"]),
                 write=log,
                 world=dist.world,
+                after=after or 0,
             )
             try:
                 for k in todo:
@@ -133,7 +143,8 @@ def main(argv=None) -> int:
                 f"{len(folds)} folds, {time.perf_counter() - t0:.0f} s =="
             )
             log(summary_text(result))
-            log(f"run folder {run} (curves: {run.curves}); next: python -m training.export {run} --out MODEL_DIR")
+            nxt = "" if after is not None else f"; next: python -m training.export {run} --out MODEL_DIR"
+            log(f"run folder {run} (curves: {run.curves}){nxt}")
     except BaseException as e:
         if fresh and (dist is None or dist.main) and run.discard_untrained(todo or [f.k for f in run.fold_dirs()]):
             log(f"{run}: nothing trained; removed what this command wrote there, so the corrected command can start")

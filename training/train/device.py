@@ -5,8 +5,8 @@
                   NVIDIA driver loaded, torch's own complaint) and what to do
   --device cpu    the CPU
 The development environment's torch (requirements-dev.txt, from PyPI) is built for CUDA 13.0, which needs an NVIDIA
-driver >= 580; with an older driver torch sees no GPU. README ("Your own submission") says how to install a torch
-build for an older driver.
+driver >= 580; with an older driver torch sees no GPU. docs/training.md, "The training environment" says how to
+install a torch build for an older driver.
 Look:  python -m training.inspect device [auto|cuda|cpu]   (the device training would use, or the error)
 """
 
@@ -53,12 +53,13 @@ def advice() -> str:
     import torch
 
     major = (torch.version.cuda or "").split(".")[0]
+    where = 'docs/training.md, "The training environment"'
     if not major:
-        return "install a CUDA build of torch (README: Your own submission), or train with --device cpu"
+        return f"install a CUDA build of torch ({where}), or train with --device cpu"
     return (
         f"a CUDA {torch.version.cuda} build needs an NVIDIA driver >= {MIN_DRIVER.get(major, 'that version')}: update "
-        "the driver (nvidia-smi shows it), or install the torch build for the driver you have (README: Your own "
-        "submission, the GPU environment), or train with --device cpu"
+        f"the driver (nvidia-smi shows it), or install the torch build for the driver you have ({where}), or train "
+        "with --device cpu"
     )
 
 

@@ -711,7 +711,7 @@ def epoch_line(row: dict, where: str) -> str:
         f"{where}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
         f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}"
         f"{f' vs shuffled {control:.4f}' if control is not None else ''}; % cls/kd/align {shares}), "
-        f"{row['images_per_s']:.0f} img/s; val {val_txt}{' *' if row['best'] else ''}"
+        f"{row['images_per_s']:.0f} img/s; val {val_txt}{'; kept so far (best.pt)' if row['best'] else ''}"
     )
 
 

@@ -8,7 +8,9 @@ One Progress per process, over the folds it trains (every fold of the run, or --
 and either way each finished epoch's line (losses, held-out metrics) ends with the ETA. The ETA is the time per
 training step so far in this process (model building and validation included) times the steps left; a fold not
 yet built counts with the steps per epoch of the last one built (slide-grouped folds are close in size), a fold
-found done counts nothing. --no-progress: no bar and no progress lines; the epoch lines stay.
+found done counts nothing. Under training.pipeline, AFTER (the training steps of the pipeline's later runs, from its
+plan) counts too: one ETA across every run of the pipeline, named "pipeline". --no-progress: no bar and no progress
+lines; the epoch lines stay.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """FOLDS (in training order) of EPOCHS epochs each; WHAT names that work in the ETA ("run", "fold 2").
+    """FOLDS (in training order) of EPOCHS epochs each; WHAT names that work in the ETA ("run", "fold 2",
+    "pipeline"); AFTER: training steps that follow this process's (the pipeline's later runs), in the ETA too.
     SHOW: a bar or progress lines (else epoch lines only); TTY: a bar (default: whether stderr is a terminal);
     WRITE prints a line (print on the main rank, nothing on the others); WORLD: processes (images/s is global)."""
 
@@ -43,6 +46,7 @@ class Progress:
         write=print,
         world: int = 1,
         clock=time.monotonic,
+        after: int = 0,
     ):
         self.folds, self.epochs, self.what = list(folds), int(epochs), what
         self.show, self.every_s, self._write, self.world, self.clock = show, float(every_s), write, world, clock
@@ -52,6 +56,7 @@ class Progress:
         self.k, self.epoch, self.step_in_epoch, self.images_in_epoch = None, 0, 0, 0
         self.done, self.t_first, self.t_epoch, self.t_line = 0, None, None, None
         self.loss, self.bar = None, None
+        self.after = max(0, int(after))
 
     # ---- the work --------------------------------------------------------------------------------------
 
@@ -117,7 +122,7 @@ class Progress:
         return self.done + self.steps_left()
 
     def steps_left(self) -> int:
-        return sum(self.epochs * self.steps if v is None else v for v in self.left.values())
+        return sum(self.epochs * self.steps if v is None else v for v in self.left.values()) + self.after
 
     def eta_s(self) -> float | None:
         """Seconds to the end of this process's work, at the time per step so far (None before the first step)."""
