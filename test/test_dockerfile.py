@@ -123,6 +123,10 @@ def checkout(tmp_path):
     shutil.copy2(ROOT / "test" / "compare_output.py", work / "test" / "compare_output.py")
     shutil.copytree(ROOT / "test" / "input", work / "test" / "input")
     shutil.copytree(ROOT / "model", work / "model")
+    shutil.copytree(ROOT / "amf", work / "amf")  # do_save*.sh check model/ with training/ownership.py, which reads amf
+    (work / "training").mkdir()
+    for name in ("__init__.py", "ownership.py"):
+        shutil.copy2(ROOT / "training" / name, work / "training" / name)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text(FAKE_DOCKER.format(python=sys.executable))
