@@ -349,3 +349,20 @@ def test_config_rejects_unknown_keys_and_values():
     with pytest.raises(AmfError, match="imbalance.mode"):
         cfg_with("imbalance.mode=oversample")
     assert cfg_with("imbalance.mode=loss")["imbalance"]["mode"] == "loss"
+
+
+def test_the_loss_takes_no_alignment_below_zero(monkeypatch):
+    """An unbiased estimate below 0 is logged as it is and adds nothing to the loss (minimised below 0 it would
+    spread each domain apart); above 0 it adds align.weight times itself."""
+    from training.train import kfold
+
+    cfg = cfg_with("align.estimator=unbiased", "align.weight=3", "ema.enabled=false", "mixstyle.enabled=false")
+    model = create_classifier(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    batch = (y.long(), torch.tensor([[0], [1], [0], [1]]), 2)
+    for value, weighted in ((-0.2, 0.0), (0.2, 0.6)):
+        monkeypatch.setattr(kfold, "alignment_loss", lambda f, *a, v=value, **k: f.sum() * 0 + v)
+        out = kfold.train_step(model, model, None, opt, x, y, cfg, False, align_batch=batch)
+        assert out["align"].item() == pytest.approx(value) and out["w_align"].item() == pytest.approx(weighted)
+        assert out["loss"].item() == pytest.approx(out["cls"].item() + weighted, abs=1e-6)

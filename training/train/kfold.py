@@ -244,7 +244,7 @@ def train_step(
 ) -> dict:
     """One optimiser step of the configured recipe; returns the detached losses (device tensors).
 
-    loss = BCE(logit, target) [+ kd_weight * T^2 KL(teacher || student)] [+ align.weight * alignment].
+    loss = BCE(logit, target) [+ kd_weight * T^2 KL(teacher || student)] [+ align.weight * max(0, alignment)].
     MixStyle acts inside the forward pass (hooks); the EMA update and the schedule step are the caller's.
     ALIGN_BATCH (the batch's labels, domain codes, number of values): the alignment is measured on it, and joins
     the loss with align.enabled; with CONTROL_GENERATOR also its shuffled-domain control (alignment_control).
@@ -271,8 +271,8 @@ def train_step(
         acts = bool(a_cfg["enabled"] and a_cfg["weight"] > 0)
         with contextlib.nullcontext() if acts else torch.no_grad():
             out["align"] = alignment_loss(feats, *align_batch, estimator=a_cfg["estimator"])
-        if acts:
-            out["w_align"] = a_cfg["weight"] * out["align"]
+        if acts:  # an unbiased estimate below 0 is noise: minimising it further spreads each domain apart (clamped)
+            out["w_align"] = a_cfg["weight"] * out["align"].clamp_min(0.0)
         if control_generator is not None:
             out["align_control"] = alignment_control(feats, *align_batch, a_cfg["estimator"], control_generator)
     loss = loss_cls + out["w_kd"] + out["w_align"]
