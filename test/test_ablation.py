@@ -72,6 +72,37 @@ def test_identical_seeds_leave_the_slide_term_alone():
         assert r["minus_base"] < 0
 
 
+def rows(*intervals, seed_term="yes"):
+    """An arm's rows of analyse's table: one (low, high) interval a metric."""
+    return pd.DataFrame(
+        [{"ci_low": lo, "ci_high": hi, "minus_base": (lo + hi) / 2, "seed_term": seed_term} for lo, hi in intervals]
+    )
+
+
+def test_the_verdict_follows_the_rule_written_before_the_figures():
+    assert ablation.verdict(rows((0.01, 0.05), (-0.01, 0.02))) == "helps"
+    assert ablation.verdict(rows((0.01, 0.05), (0.001, 0.02))) == "helps"
+    assert ablation.verdict(rows((-0.05, -0.01), (-0.02, 0.01))) == "hurts"
+    assert ablation.verdict(rows((-0.01, 0.05), (-0.02, 0.01))) == "no evidence"
+    assert ablation.verdict(rows((0.01, 0.05), (-0.05, -0.01))) == "no evidence"  # opposite ways
+    assert ablation.verdict(rows((0.01, 0.05), (0.01, 0.02), seed_term="partial")) == "undecided"
+
+
+def test_the_best_arm_has_the_largest_mean_difference():
+    t = pd.DataFrame(
+        [
+            {"arm": "a", "minus_base": 0.02},
+            {"arm": "a", "minus_base": -0.016},  # mean 0.002: its larger part does not decide
+            {"arm": "b", "minus_base": 0.004},
+            {"arm": "b", "minus_base": 0.004},
+            {"arm": "c", "minus_base": 0.5},
+        ]
+    )
+    assert ablation.best_arm(t, ["a", "b"]) == "b"
+    with pytest.raises(AmfError, match="none of"):
+        ablation.best_arm(t, ["z"])
+
+
 def test_runs_with_other_figures_or_folds_are_refused():
     y, fold, slides = figures()
     p = np.full(len(y), 0.5)
@@ -109,12 +140,19 @@ def test_the_command_trains_every_arm_and_seed_and_writes_the_report(tmp_path, c
     assert soft["ci_low"].le(soft["minus_base"]).all() and soft["minus_base"].le(soft["ci_high"]).all()
     report = (runs / "ablation.md").read_text()
     assert "| soft | `data.soft_labels=true` | 2 |" in report
+    said = ablation.verdict(table[table["arm"] == "soft"])
+    assert said in {"helps", "hurts", "no evidence"} and any(
+        line.startswith("| soft |") and line.endswith(f"| {said} |") for line in report.splitlines()
+    )
     assert "## Does each part act?" in report and "| soft | 1 |" in report
     acting = ablation.terms({"base": {0: runs / "base" / "seed0"}})  # smoke's recipe: distillation on
     assert len(acting) == 2 and (acting["train_share_kd"] > 0).all()
     assert (runs / "ablation.png").stat().st_size > 0
     assert ablate.main(argv) == 0
     assert "8 fold(s) done, 0 to train" in capsys.readouterr().out
+    assert ablate.main([*argv, "--report-only", "--parts", "soft"]) == 0
+    assert "The best part of soft (the largest mean of its two differences; best_arm): soft." in capsys.readouterr().out
+    assert ablate.main([*argv, "--report-only", "--parts", "nope"]) == 2
 
 
 def yaml_of(run):

@@ -2,7 +2,7 @@
 
   python -m training.ablate CONFIG --data DATA_DIR --runs RUNS_DIR --arms NAME=KEY=VALUE[,KEY=VALUE...] ...
          [--split KIND] [--seeds N] [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--fold K]
-         [--n-boot N] [--report-only] [--no-progress] [--executor inline|local|slurm ...]
+         [--n-boot N] [--report-only] [--parts ARM ...] [--no-progress] [--executor inline|local|slurm ...]
 
 Arm `base` is CONFIG itself (with --set); every other arm is CONFIG with its own overrides on top, e.g.
   --arms mixstyle=mixstyle.enabled=true  soft=data.soft_labels=true  both=mixstyle.enabled=true,data.soft_labels=true
@@ -16,7 +16,9 @@ interrupted one resumes from its last epoch, so rerunning the command trains onl
 sends every fold of every run as a task of a job array instead (training/cluster.py: its options, requeue, logs).
 Then the report (training/results/ablation.py): RUNS_DIR/ablation.md, ablation.csv and ablation.png, from every run
 whose folds are all done: each arm's balanced accuracy at nested thresholds and ROC AUC (mean over its seeds), and
-arm - base with a 95% interval that carries both the slide resampling and the seed-to-seed variance.
+arm - base with a 95% interval that carries both the slide resampling and the seed-to-seed variance, and each arm's
+verdict (helps / hurts / no evidence / undecided: the rule in training/results/ablation.py); with --parts, the best
+of those arms (the one to combine with others in a further arm).
 """
 
 from __future__ import annotations
@@ -133,6 +135,13 @@ def main(argv=None) -> int:
     ap.add_argument("--fold", type=int, default=None, help="train this fold of every run only")
     ap.add_argument("--n-boot", type=positive_int, default=2000, help="slide resamples of the report")
     ap.add_argument("--report-only", action="store_true", help="train nothing; the report of what is done")
+    ap.add_argument(
+        "--parts",
+        nargs="*",
+        default=[],
+        metavar="ARM",
+        help="the arms that each add one part: the report names the best of them (the largest mean difference)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     cluster.add_arguments(ap)
     args = ap.parse_args(argv)
@@ -141,6 +150,8 @@ def main(argv=None) -> int:
         names = [a.name for a in arms]
         if len(set(names)) != len(names):
             raise AmfError(f"--arms: each arm needs its own name, got {names}")
+        if set(args.parts) - set(names):
+            raise AmfError(f"--parts: {sorted(set(args.parts) - set(names))} are not arms ({names})")
         plan = Plan(
             args.config, Path(args.data), Path(args.runs), [Arm(BASE, []), *arms], args.seeds, args.split, args.set
         )
@@ -150,7 +161,7 @@ def main(argv=None) -> int:
             if args.fold is not None:
                 print(f"fold {args.fold} of every run done; the report: the same command without --fold")
                 return 0
-        written = ablation.write_report(plan.runs, plan.runs_by_arm(), BASE, n_boot=args.n_boot, arms=plan.arms)
+        written = ablation.write_report(plan.runs, plan.runs_by_arm(), BASE, args.n_boot, plan.arms, args.parts)
         print(written)
     except EXPECTED as e:
         return report_error(as_error(e))
