@@ -1,6 +1,7 @@
 """The preflight (evaluation/preflight.py): a model that says what its card says passes every line; a model folder
 whose threshold was edited far off, whose members are fed another normalisation, or one of whose members gives
-P(normal) fails on the line that says so; the shipped model passes on its own training set (a --limit sample).
+P(normal) fails on the line that says so; the shipped model passes on its own training set (a --limit sample);
+do_save.sh runs it first where there is data, and says so in one line where there is none.
 
 The toy model is made by hand so that it discriminates and its provenance is true: generated patches in the official
 layout (test/training_layout.py's table) whose atypical figures carry a darker central disc; members of onnx.helper
@@ -299,3 +300,53 @@ def test_the_shipped_model_passes_on_its_own_training_set(capsys):
     skipped = "\n".join(lines["SKIP"])
     assert "the model trained on all 120 figures of DATA" in skipped  # not a failure: said on one line
     assert "both d4: like with like" in "\n".join(lines["PASS"])
+
+
+FAKE = """#!/bin/sh
+echo "$(basename "$0") $*" >> "{log}"
+{body}
+"""
+
+
+@pytest.mark.parametrize(
+    "data, make_status, said, builds",
+    [
+        (None, 0, "=+= No preflight: no labelled data here", True),
+        ("", 0, "=+= No preflight: PREFLIGHT_DATA is empty", True),
+        ("{tmp}/nowhere", 0, "error: PREFLIGHT_DATA={tmp}/nowhere is not a folder", False),
+        ("{tmp}/data", 2, "error: the preflight did not pass", False),
+        ("{tmp}/data", 0, "=+= Preflight of model/ on {tmp}/data", True),
+    ],
+)
+def test_do_save_runs_the_preflight_first_where_there_is_data(toy, tmp_path, data, make_status, said, builds):
+    """do_save.sh: after the ownership check, make preflight on PREFLIGHT_DATA (a fake make records the call); a
+    preflight that does not pass stops it before the build; no data is one line, and it goes on to the build (which
+    stops here: the fake docker has no engine)."""
+    import os
+    import subprocess
+
+    _, _, model = toy
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("do_save.sh", "do_save_model.sh", "do_build.sh", "amf", "training"):
+        (project / name).symlink_to(ROOT / name)
+    shutil.copytree(model, project / "model")
+    (tmp_path / "data").mkdir()
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for tool, body in (("make", f"exit {make_status}"), ("docker", "exit 1")):
+        (bin_dir / tool).write_text(FAKE.format(log=log, body=body))
+        (bin_dir / tool).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PREFLIGHT_DATA"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    if data is not None:
+        env["PREFLIGHT_DATA"] = data.format(tmp=tmp_path)
+    p = subprocess.run(["bash", str(project / "do_save.sh")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert p.returncode == 2 and said.format(tmp=tmp_path) in p.stdout + p.stderr, p.stdout + p.stderr
+    calls = log.read_text().splitlines() if log.exists() else []
+    made = [c for c in calls if c.startswith("make ")]
+    ran = data and "nowhere" not in data
+    assert made == (
+        [f"make --no-print-directory -C {project} preflight MODEL=model DATA={tmp_path / 'data'}"] if ran else []
+    )
+    assert ("docker info" in calls) == builds
