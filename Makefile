@@ -4,11 +4,12 @@
 #   make lint   ruff, hadolint, shellcheck (CI runs it before make test)
 #   make test-fast   while working: the tests not marked slow (pytest -m "not slow"): no training, no venv build, under a minute
 #   make install-model FROM=DIR   a model folder (the pipeline's --model-out) into model/, replacing the model there whole
+#   make preflight MODEL=DIR DATA=DIR [RUN=DIR]   the container as packaged, on labelled data, against its card
 PYTHON ?= python3
 VENV := .venv
 RUNTIME := .venv-runtime
 
-.PHONY: demo test test-fast dev runtime lint bench sample expected install-model clean
+.PHONY: demo test test-fast dev runtime lint bench sample expected install-model preflight clean
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,11 @@ expected: $(VENV)/.stamp
 install-model: $(VENV)/.stamp
 	@test -n "$(FROM)" || { echo "error: make install-model FROM=DIR (a model folder)" >&2; exit 2; }
 	$(VENV)/bin/python -m training.export.install "$(FROM)"
+
+# the container as packaged (the image's runtime) on DATA, against what MODEL's card says (docs/evaluation.md, "Preflight")
+preflight: $(VENV)/.stamp $(RUNTIME)/.stamp
+	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "error: make preflight MODEL=DIR DATA=DIR [RUN=DIR]" >&2; exit 2; }
+	$(VENV)/bin/python -m evaluation preflight "$(MODEL)" --data "$(DATA)" $(if $(RUN),--run "$(RUN)")
 
 clean:
 	rm -rf out .pytest_cache

@@ -1,4 +1,4 @@
-"""Offline evaluation: pack a labelled set as platform jobs, run the container on them, score them.
+"""Offline evaluation: pack a labelled set as platform jobs, run the container on them, score them; and the preflight.
 
   python -m evaluation pack CSV IMAGE_DIR OUT [--format tiff|mha|mixed] [--seed N] [--tumor TYPE]
                                    [--limit N] [--slides FILE] [--beside]
@@ -10,12 +10,15 @@
   python -m evaluation score JOBS --ground-truth GT --out DIR [--model DIR] [--confidence ...] [--beside]
       -> DIR/metrics.json (organisers' "aggregates", intervals, the model, the figures it trained on),
          DIR/report.md + PNGs, DIR/predictions.csv
+  python -m evaluation preflight MODEL --data DATA [--run RUN] [--limit N] [--in-process] [--out DIR] [...]
+      -> one PASS/FAIL/SKIP line per check of the container as packaged against its card (evaluation/preflight.py);
+         exit 1 when one FAILs
 
 OUT and DIR follow training.ownership's rule: a new or empty folder, or one of the step's own (score: a metrics.json
 there names its files), else refused in one line (--beside: write beside its files); a file there the step did not
 write is never written over nor removed.
 Each step is its own module of the package evaluation/: labels.py and pack.py, run.py, identity.py,
-measure.py, score.py and report.py.
+measure.py, score.py and report.py; preflight.py runs pack, run and score's readers on a model before upload.
 Any problem (a bad argument, input file, ground truth, result or run record, or an output that
 cannot be written): one line `error: ...` on stderr, exit 2, and no partial output. `run` records a
 job that fails, or cannot even start (say --python names no interpreter), as that job's error, runs
@@ -108,6 +111,35 @@ def main(argv=None) -> int:
     )
     s.add_argument("--beside", action="store_true", help=BESIDE_HELP)
 
+    f = sub.add_parser("preflight", help="the container as packaged, on labelled data, against what its card says")
+    f.add_argument("model", help="the model folder (ensemble.json), as it will ship")
+    f.add_argument(
+        "--data",
+        required=True,
+        help="a labelled data folder in a layout pack reads: the members' held-out figures, and the figures the "
+        "model did not train on",
+    )
+    f.add_argument(
+        "--run",
+        default=None,
+        help="the run the model was exported from: held-out folds from its splits.csv "
+        "(default: MODEL/oof.csv matched to DATA)",
+    )
+    f.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="at most N figures per member's fold and N of DATA, stratified by label (--seed): quicker, rougher",
+    )
+    f.add_argument("--seed", type=non_negative_int, default=0, help="seed of --limit, the stacks and the bootstrap")
+    f.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    f.add_argument("--tumor", default=None, help="tumour type of every figure, for a layout without one (AtNorM)")
+    f.add_argument("--in-process", action="store_true", help="run the jobs in this process, not a process each")
+    f.add_argument("--python", default=None, help="interpreter for the per-job processes (default .venv-runtime)")
+    f.add_argument("--timeout", type=positive_float, default=600.0, help="seconds allowed per job (default 600)")
+    f.add_argument("--out", default=None, help="also write preflight.json and predictions.csv into this folder")
+    f.add_argument("--beside", action="store_true", help=BESIDE_HELP)
+
     args = ap.parse_args(argv)
     try:
         if args.command == "pack":
@@ -129,6 +161,26 @@ def main(argv=None) -> int:
             records = run_jobs(args.jobs, args.model, args.in_process, args.python, args.timeout)
             print(summarise(records))
             return 1 if any(not rec["ok"] for rec in records) else 0
+        elif args.command == "preflight":
+            from evaluation.preflight import preflight, summary_line
+
+            record = preflight(
+                args.model,
+                args.data,
+                args.run,
+                args.limit,
+                args.seed,
+                args.n_boot,
+                args.tumor,
+                args.in_process,
+                args.python,
+                args.timeout,
+                args.out,
+                args.beside,
+                progress=sys.stderr.isatty(),
+            )
+            print(summary_line(record))
+            return 1 if record["counts"]["FAIL"] else 0
         else:
             from evaluation.score import score
 

@@ -27,6 +27,8 @@ CASES = [  # module, arguments, a word the error line must hold
     ("training.inspect", ["augment", MISSING, MISSING], "No such file"),
     ("training.inspect", ["augment", A_FILE, MISSING], "cannot identify image"),
     ("evaluation", ["score", MISSING, "--ground-truth", MISSING, "--out", MISSING], "ground truth"),
+    ("evaluation", ["preflight", MISSING, "--data", MISSING, "--out", MISSING], "manifest"),
+    ("evaluation", ["preflight", "model", "--data", A_FILE, "--out", MISSING], "not a data folder"),
     ("training.inspect", ["data", MISSING], "official layout"),
     ("training.export", [MISSING, "--out", MISSING], "run folder"),
     ("training.export", [MISSING, "--out", MISSING, "--n-real", "0"], "--n-real"),

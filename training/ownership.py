@@ -1,6 +1,7 @@
 """The one rule for every command that writes into a folder it did not create (a model folder: training.pipeline's
 --model-out, training.export's --out, training.card's --model, training.export.install's target; evaluation's pack
-OUT and score --out): it writes only where a file is the toolkit's own or absent, and removes only its own.
+OUT, score --out and preflight --out): it writes only where a file is the toolkit's own or absent, and removes only
+its own.
 
   python3 -m training.ownership MODEL_DIR   (do_save.sh; any python3: this module needs the standard library only)
       exit 2 and one line when MODEL_DIR holds a file its manifest and card do not name (it would ship)
@@ -10,6 +11,7 @@ A file is the toolkit's own when a record of the folder's kind (Kind) names it:
                  expected_output.json, training_fingerprints.bin; card.json (training.card's, with "runs" and
                  "ensemble"): itself, README.md, oof.csv and every predictions/ file it lists
   report folder  metrics.json (evaluation score's, with "aggregates"): itself and the files it lists
+  preflight      preflight.json (evaluation preflight's, schema amf-preflight): itself and the files it lists
   pack folder    no record: nothing in it is the toolkit's
 A name that leads outside the folder (absolute, a '..' part, or through a link) is never its own: nothing outside the
 folder is written or removed.
@@ -40,6 +42,7 @@ FINGERPRINTS = "training_fingerprints.bin"  # the training figures' fingerprints
 CARD_JSON, OOF_CSV, README = "card.json", "oof.csv", "README.md"  # the model card's files (training.card)
 PREDICTIONS = "predictions"  # the card's folder of every other run's out-of-fold predictions it reports
 METRICS = "metrics.json"  # evaluation score's result, naming the report's other files ("files")
+PREFLIGHT_JSON = "preflight.json"  # evaluation preflight's record, naming its other files ("files")
 SHOWN = 5  # files named in a refusal
 BESIDE_HELP = "write beside the files of a folder that is not the toolkit's (never over them)"
 
@@ -68,6 +71,12 @@ def report_names(d) -> list[str] | None:
     return [METRICS, *_strings(d.get("files") or [])]
 
 
+def preflight_names(d) -> list[str] | None:
+    if not isinstance(d, dict) or d.get("schema") != "amf-preflight":
+        return None
+    return [PREFLIGHT_JSON, *_strings(d.get("files") or [])]
+
+
 @dataclass(frozen=True)
 class Kind:
     """A kind of folder the toolkit writes: its records (file name -> the names it makes the toolkit's, None when
@@ -83,6 +92,7 @@ MODEL = Kind(
     "model folder", {MANIFEST: manifest_names, CARD_JSON: card_names}, (MANIFEST, EXPECTED_OUTPUT, CARD_JSON, README)
 )
 REPORT = Kind("report folder", {METRICS: report_names}, (METRICS,))
+PREFLIGHT = Kind("preflight folder", {PREFLIGHT_JSON: preflight_names}, (PREFLIGHT_JSON,))
 PACK = Kind("pack folder")
 
 
