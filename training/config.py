@@ -16,7 +16,8 @@ own switch:
   model      timm backbone, pretrained (hub) or a local weights file, finetune full|lora|frozen
   data       input size, resize method, mean/std ("auto": the backbone's pretrained_cfg), extra sets,
              synthetic folder, soft labels
-  splits     kfold (StratifiedGroupKFold, by slide, label x tumour) | leave-one-scanner-out | -tumour-out
+  splits     kfold (by slide, balanced) | leave-one-scanner-out | -tumour-out | -source-out | all (every figure
+             trains one member, none held out: train.selection last)
   imbalance  sampler (class-balanced sampling) | loss (BCE pos_weight) | none
   augment    flips, 90-degree rotations, HED jitter, colour jitter, small affine, blur
   mixstyle   style mixing of feature statistics at early and mid stages
@@ -81,7 +82,8 @@ DEFAULTS = {
         # device (training/train/gpu_augment.py); false: DataLoader workers (CPU)
         "device_memory_gb": 4.0,  # patches above this stay in pinned host memory, copied per batch
     },
-    # kfold | leave_scanner_out | leave_tumor_out | leave_source_out (the source: an AMi-Br dataset, an extra set)
+    # kfold | leave_scanner_out | leave_tumor_out | leave_source_out (the source: an AMi-Br dataset, an extra set) |
+    # all (one member trained on every figure, none held out; training/splits.py)
     "splits": {"kind": "kfold", "folds": 5, "seed": 0, "tries": 16},
     "imbalance": {"mode": "sampler"},  # sampler | loss | none
     "augment": augment.DEFAULTS,  # enabled, and each step's keys (training/augment.py STEPS, in their order)
@@ -154,7 +156,7 @@ DEFAULTS = {
 
 CHOICES = {
     "model.finetune": ("full", "lora", "frozen"),
-    "splits.kind": ("kfold", "leave_scanner_out", "leave_tumor_out", "leave_source_out"),
+    "splits.kind": ("kfold", "leave_scanner_out", "leave_tumor_out", "leave_source_out", "all"),
     "imbalance.mode": ("sampler", "loss", "none"),
     "train.amp": ("auto", "bf16", "off"),
     "data.device_augment": ("auto", True, False),
@@ -388,6 +390,11 @@ def validate(cfg: dict) -> dict:
         raise AmfError(f"config: ema.horizon_epochs must be > 0 or null, got {horizon}")
     if int(cfg["align"]["attention_reduction"]) < 1:
         raise AmfError("config: align.attention_reduction must be >= 1")
+    if cfg["splits"]["kind"] == "all" and t["selection"] != "last":
+        raise AmfError(
+            f"config: splits.kind all holds no figure out, so nothing can choose an epoch: train.selection must be "
+            f"last (train.epochs fixed in advance from the cross-validated run), got {t['selection']!r}"
+        )
     if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:
         raise AmfError("config: splits.folds must be >= 2")
     lora = cfg["model"]["lora"]
