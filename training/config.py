@@ -141,7 +141,10 @@ DEFAULTS = {
         "compile": False,  # torch.compile the training forward (see BENCHMARKS.md)
         "seed": 0,
     },
-    "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3},
+    # export.precision: fp32 | fp16 (half the file; float32 input and output, training/export/members.py); fp16_tol:
+    # the largest |P(atypical) fp16 - fp32| on real patches an fp16 member may show (docs/training.md, Shipping a
+    # foundation model: the container's own output checks hold confidences to 1e-3)
+    "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3, "precision": "fp32", "fp16_tol": 1e-3},
     # what a person watching the run sees besides epochs.csv (training/train/tracking.py, training/train/progress.py)
     "log": {
         "tensorboard": "auto",  # auto (where the package is installed) | true | false: event files in fold{k}/
@@ -164,6 +167,7 @@ CHOICES = {
     "train.select": ("balanced_accuracy", "roc_auc"),
     "train.selection": ("last", "inner", "validation"),
     "export.tta": TTA_MODES,  # amf.preprocess.TTA_VIEWS
+    "export.precision": ("fp32", "fp16"),
     "train.lr_scaling": ("none", "linear"),
     "ema.decay_scaling": ("none", "world"),
     "align.estimator": ("batch_means", "unbiased"),
@@ -390,6 +394,8 @@ def validate(cfg: dict) -> dict:
         raise AmfError(f"config: ema.horizon_epochs must be > 0 or null, got {horizon}")
     if int(cfg["align"]["attention_reduction"]) < 1:
         raise AmfError("config: align.attention_reduction must be >= 1")
+    if not cfg["export"]["parity_tol"] > 0 or not cfg["export"]["fp16_tol"] > 0:
+        raise AmfError("config: export.parity_tol and export.fp16_tol must be > 0")
     if cfg["splits"]["kind"] == "all" and t["selection"] != "last":
         raise AmfError(
             f"config: splits.kind all holds no figure out, so nothing can choose an epoch: train.selection must be "
