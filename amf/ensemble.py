@@ -104,7 +104,7 @@ class Ensemble:
             ort.__version__,
             self.device.upper(),
             len(self.manifest.members),
-            f" ({half} fp16{', cast to fp32 around each operator on the CPU' if self.device == 'cpu' else ''})"
+            f" ({half} fp16{', cast to fp32 where the CPU has no fp16 kernel' if self.device == 'cpu' else ''})"
             if half
             else "",
             self.manifest.tta,
