@@ -82,3 +82,14 @@ def _number(kind, test, rule: str):
 positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a finite number > 0")
+
+
+def fold_list(text: str) -> list[int]:
+    """'0,2' -> [0, 2]: fold numbers, comma-separated, each >= 0 (training's --folds and --plain-folds)."""
+    try:
+        folds = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        folds = []
+    if not folds or min(folds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers")
+    return folds

@@ -98,11 +98,15 @@ class Ensemble:
             self._check_io(sess, m.input_size, m.file)
         self.run_options = ort.RunOptions()
         self.run_options.log_severity_level = 4  # a failing run is told in our one line, not ORT's log
+        half = sum(m.precision == "fp16" for m in self.manifest.members)
         log.info(
-            "amf: onnxruntime %s on %s, %d member(s), tta=%s",
+            "amf: onnxruntime %s on %s, %d member(s)%s, tta=%s",
             ort.__version__,
             self.device.upper(),
             len(self.manifest.members),
+            f" ({half} fp16{', cast to fp32 where the CPU has no fp16 kernel' if self.device == 'cpu' else ''})"
+            if half
+            else "",
             self.manifest.tta,
         )
 

@@ -7,15 +7,20 @@ Schema (version 1), documented in docs/container.md, "The manifest":
   "tta": "none" | "flips" | "d4",    # test-time augmentation views, averaged per member
   "trained": true,                   # false marks a placeholder model
   "members": [{
-      "file": "fold0.onnx",          # relative to the manifest; fp32, input float32 NCHW
-      "input_size": 128,             # already normalised; output: one logit for "atypical"
+      "file": "fold0.onnx",          # relative to the manifest; input float32 NCHW
+      "input_size": 128,             # already normalised; output: one float32 logit for "atypical"
       "mean": [r, g, b], "std": [r, g, b],   # on the 0..1 scale
       "resize": "bilinear",          # amf.preprocess.RESAMPLE
-      "backbone": "convnext_small", "fold": 0}],
+      "backbone": "convnext_small",
+      "fold": 0,                     # the fold it held out; null: a member trained on every figure (no fold)
+      "precision": "fp32"}],         # its weights and compute: fp32, or fp16 (float32 input and output all the same)
   "variants": [],                   # written empty; a non-empty list is refused (see below)
   "provenance": {...}                # backbone, run, folds, out-of-fold metrics, ...
 }
-The container runs the fp32 members and nothing else. Version 1 once let a manifest declare derived graphs of the
+The container runs the members and nothing else, each through the same path whatever its precision: an fp16 member
+keeps float32 input and output (training/export/members.py), and onnxruntime's CPU provider runs it by casting to
+float32 around the operators it has no float16 kernel for (docs/training.md, "Shipping a foundation model").
+Version 1 once let a manifest declare derived graphs of the
 members ("variants": one merged graph, or its fp16 copy) to run in their place where a benchmark found them
 faster; none was found faster (BENCHMARKS.md, run D), so the merged graph is a benchmark's alone
 (bench/single_graph.py), and a manifest that still declares one is refused in one line rather than run otherwise
@@ -34,6 +39,7 @@ from amf.fileio import read_json, write_text_atomic
 from amf.preprocess import RESAMPLE, TTA_MODES, prepare
 
 MANIFEST_NAME = "ensemble.json"
+PRECISIONS = ("fp32", "fp16")  # a member's weights and compute; absent: fp32 (every manifest before fp16 members)
 SCHEMA = "amf-ensemble"
 VERSION = 1
 
@@ -47,6 +53,7 @@ class Member:
     resize: str = "bilinear"
     backbone: str = ""
     fold: int | None = None
+    precision: str = "fp32"
 
     @property
     def preprocessing(self) -> tuple:
@@ -137,6 +144,9 @@ def from_dict(d: dict, where: str = "") -> Manifest:
         fold = m.get("fold")
         if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int)):
             _fail(at, "'fold' must be an integer or null")
+        precision = m.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            _fail(at, f"'precision' must be one of {list(PRECISIONS)}")
         members.append(
             Member(
                 file=m["file"],
@@ -146,13 +156,14 @@ def from_dict(d: dict, where: str = "") -> Manifest:
                 resize=resize,
                 backbone=str(m.get("backbone", "")),
                 fold=fold,
+                precision=precision,
             )
         )
     if d.get("variants") not in (None, []):
         _fail(
             where,
-            "'variants' must be empty: this container runs the fp32 members only (a merged or fp16 graph is "
-            "bench/single_graph.py's, for benchmarks); remove the entry and its files",
+            "'variants' must be empty: this container runs the members only (a merged graph of them, or its fp16 "
+            "copy, is bench/single_graph.py's, for benchmarks); remove the entry and its files",
         )
     provenance = d.get("provenance", {})
     if not isinstance(provenance, dict):

@@ -1,7 +1,7 @@
 """The GPU self-check: one command that measures training and the container on the GPU(s) it finds, and says
 what it skipped.
 
-  python -m bench.gpu_check [--out bench/results/gpu-NAME.json] [--device auto|cpu] [--quick]
+  python -m bench.gpu_check [--out bench/results/gpu-NAME.json] [--device auto|cpu] [--quick] [--input JOB]
 
   train   training images/s with the real data path (bench.train_throughput: training's own train_step, the
           augmentation on 128-px patches, then the model step): ConvNeXt-Small 224 px plain and full recipe (the
@@ -13,10 +13,18 @@ what it skipped.
   onnx    the container's members (model/) on test/input's 16-patch stack: time per stack on the CPU, and on
           onnxruntime's CUDA provider with the largest probability difference from the CPU (at most 1e-3)
                                                                         the CUDA side needs the CUDA provider
+  fp16    the same members converted to fp16 as training.export --precision fp16 converts them (float32 input and
+          output), in a model folder of their own, through the container: time per stack on the CPU (onnxruntime's
+          CPU provider casts to float32 around the operators it has no float16 kernel for) and on the CUDA provider
+          (float16 kernels), each with the largest probability difference from the fp32 members on the CPU (at
+          most 1e-3, export.fp16_tol's default) and the time against the fp32 members' on the same provider
+                                                                        the CUDA side needs the CUDA provider
 On a machine without a GPU (or with --device cpu) the CPU parts run and the rest is listed as skipped, with the
 reason. Prints a Markdown table for BENCHMARKS.md naming the device ("not measured" where skipped); --out writes
 everything as JSON. Exit status 0 when every check that ran holds (parity, probability difference), 1 otherwise;
-speeds are reported against their targets, never enforced. --quick: fewer steps and repeats (a first look).
+speeds are reported against their targets, never enforced. --quick: fewer steps and repeats (a first look). --input:
+another job folder than test/input for the onnx and fp16 parts (real patches: python -m evaluation pack DATA OUT
+--limit 16 makes one, OUT/jobs/<first>/input).
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ def plan(gpus: int, cuda_provider: bool) -> dict:
         "ddp_backend": "nccl" if gpus >= 2 else "gloo",
         "onnx_cpu": None,
         "onnx_cuda": no_gpu
+        or (None if cuda_provider else "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)"),
+        "fp16_cpu": None,
+        "fp16_cuda": no_gpu
         or (None if cuda_provider else "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)"),
     }
 
@@ -138,13 +149,17 @@ def ddp_part(backend: str) -> dict:
     return {"ok": bool(ok), "backend": backend, **result}
 
 
-def onnx_part(device: str, quick: bool) -> dict:
-    """The shipped ensemble on test/input's stack on DEVICE: median seconds per stack and the probabilities."""
+SAMPLE_JOB = ROOT / "test" / "input"
+
+
+def onnx_part(device: str, quick: bool, model=None, job=SAMPLE_JOB) -> dict:
+    """The shipped ensemble (or MODEL, a model folder) on JOB's stack (test/input's) on DEVICE: median seconds per
+    stack and the probabilities."""
     from amf.ensemble import Ensemble
     from amf.jobs import find_stack, read_stack
 
-    stack = read_stack(find_stack(ROOT / "test" / "input"))
-    ens = Ensemble(ROOT / "model", device=device)
+    stack = read_stack(find_stack(Path(job)))
+    ens = Ensemble(model or ROOT / "model", device=device)
     if ens.device != device:
         return {"ok": False, "error": f"asked for {device}, onnxruntime ran on {ens.device}"}
     probs = ens.predict_proba(stack)  # the first run also warms up
@@ -164,14 +179,14 @@ def onnx_part(device: str, quick: bool) -> dict:
     }
 
 
-def run(device: str = "auto", quick: bool = False, log=print) -> dict:
-    """Every part this machine allows (see plan), as one result dict."""
+def run(device: str = "auto", quick: bool = False, log=print, job=SAMPLE_JOB) -> dict:
+    """Every part this machine allows (see plan), as one result dict; the onnx and fp16 parts on JOB's stack."""
     import onnxruntime
     import torch
 
     gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
     steps = plan(gpus, "CUDAExecutionProvider" in onnxruntime.get_available_providers())
-    result = {**machine(gpus), "quick": quick, "parts": {}}
+    result = {**machine(gpus), "quick": quick, "job": str(job), "parts": {}}
     parts = result["parts"]
 
     def do(name, fn, *args):
@@ -184,15 +199,55 @@ def run(device: str = "auto", quick: bool = False, log=print) -> dict:
 
     do("train", train_part, quick)
     do("ddp", ddp_part, steps["ddp_backend"])
-    do("onnx_cpu", onnx_part, "cpu", quick)
-    do("onnx_cuda", onnx_part, "cuda", quick)
-    cpu, gpu = parts["onnx_cpu"], parts["onnx_cuda"]
-    if cpu.get("ok") and gpu.get("ok"):
-        diff = max(abs(a - b) for a, b in zip(cpu["probabilities"], gpu["probabilities"]))
-        gpu["max_probability_diff_vs_cpu"] = diff
-        gpu["ok"] = diff <= PROB_TOL
+    do("onnx_cpu", onnx_part, "cpu", quick, None, job)
+    do("onnx_cuda", onnx_part, "cuda", quick, None, job)
+    with tempfile.TemporaryDirectory() as tmp:
+        half = fp16_model(ROOT / "model", Path(tmp) / "fp16")
+        do("fp16_cpu", fp16_part, "cpu", quick, half, job)
+        do("fp16_cuda", fp16_part, "cuda", quick, half, job)
+    compare_parts(parts)
     result["ok"] = all(p.get("ok", True) for p in parts.values())
     return result
+
+
+def fp16_model(src: Path, dst: Path) -> Path:
+    """SRC's members converted to fp16 into the model folder DST (training.export.members.to_fp16, the export's own
+    converter; the manifest's members marked fp16, nothing else changed)."""
+    import dataclasses
+
+    from amf.manifest import load, save
+    from training.export.members import save_onnx, to_fp16
+
+    m = load(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for member in m.members:
+        save_onnx(to_fp16(src / member.file), dst / member.file)
+    save(dataclasses.replace(m, members=[dataclasses.replace(x, precision="fp16") for x in m.members]), dst)
+    return dst
+
+
+def fp16_part(device: str, quick: bool, folder: Path, job=SAMPLE_JOB) -> dict:
+    """The shipped members in fp16 (FOLDER, fp16_model's) on JOB's stack on DEVICE, as onnx_part measures."""
+    out = onnx_part(device, quick, folder, job)
+    if out.get("ok"):
+        out["bytes"] = sum(p.stat().st_size for p in folder.glob("*.onnx"))
+        out["fp32_bytes"] = sum(p.stat().st_size for p in (ROOT / "model").glob("*.onnx"))
+    return out
+
+
+def compare_parts(parts: dict) -> None:
+    """The differences the table reports: the CUDA provider against the CPU, each fp16 case against the fp32
+    members on the CPU (both within PROB_TOL), each fp16 case's time against the fp32 members' on its provider."""
+    cpu = parts["onnx_cpu"]
+    for name, same in (("onnx_cuda", None), ("fp16_cpu", "onnx_cpu"), ("fp16_cuda", "onnx_cuda")):
+        p = parts[name]
+        if not (cpu.get("ok") and p.get("ok")):
+            continue
+        diff = max(abs(a - b) for a, b in zip(cpu["probabilities"], p["probabilities"]))
+        p["max_probability_diff_vs_cpu"] = diff
+        p["ok"] = diff <= PROB_TOL
+        if same and parts[same].get("ok") and "seconds_per_stack" in parts[same]:
+            p["time_vs_fp32"] = round(p["seconds_per_stack"] / parts[same]["seconds_per_stack"], 3)
 
 
 # ---- the table --------------------------------------------------------------------------------------------
@@ -203,7 +258,12 @@ def table(result: dict) -> str:
     parts = result["parts"]
     lines = [
         f"GPU self-check (`python -m bench.gpu_check`), {result['date']}: {result['device']}; torch {result['torch']}"
-        f" (CUDA {result['cuda']}), onnxruntime {result['onnxruntime']}{' (--quick)' if result.get('quick') else ''}",
+        f" (CUDA {result['cuda']}), onnxruntime {result['onnxruntime']}{' (--quick)' if result.get('quick') else ''}"
+        + (
+            f"; the onnx and fp16 parts on the job `{result['job']}`"
+            if result.get("job", str(SAMPLE_JOB)) != str(SAMPLE_JOB)
+            else ""
+        ),
         "",
         "| check | what | measured | target |",
         "|---|---|---|---|",
@@ -242,17 +302,31 @@ def table(result: dict) -> str:
             f"k-th views alike on {ddp['same_kth_view_rank0_rank1']} of {ddp['kth_views_compared']}; rank seeds "
             f"{'differ' if ddp['rank_generators_differ'] else 'alike'} | yes; 0 of {ddp['kth_views_compared']} |"
         )
-    for part, where in (("onnx_cpu", "CPU"), ("onnx_cuda", "CUDA provider")):
+    cases = (
+        ("onnx_cpu", "the shipped members", "CPU"),
+        ("onnx_cuda", "the shipped members", "CUDA provider"),
+        ("fp16_cpu", "the shipped members in fp16", "CPU"),
+        ("fp16_cuda", "the shipped members in fp16", "CUDA provider"),
+    )
+    for part, which, where in cases:
         p = parts[part]
-        what = f"the shipped members on {where}, 16-patch stack"
+        what = f"{which} on {where}, 16-patch stack"
         if p["status"] == "skipped":
             skipped(part, what)
         elif "error" in p:
             lines.append(f"| {part} | {what} | failed: {p['error']} | |")
         else:
-            what = f"the shipped {p['members']} members ({p['tta']} TTA) on {where}, {p['patches']}-patch stack"
+            count = which.replace("members", f"{p['members']} members")
+            what = f"{count} ({p['tta']} TTA) on {where}, {p['patches']}-patch stack"
+            if "bytes" in p:
+                what += f", {p['bytes'] / 1e6:.1f} MB (fp32 {p['fp32_bytes'] / 1e6:.1f} MB)"
             diff = p.get("max_probability_diff_vs_cpu")
-            extra = f"; largest probability difference from the CPU {diff:.1e}" if diff is not None else ""
+            extra = ""
+            if diff is not None:
+                against = "the fp32 members on the CPU" if part.startswith("fp16") else "the CPU"
+                extra = f"; largest probability difference from {against} {diff:.1e}"
+            if p.get("time_vs_fp32") is not None:
+                extra += f"; {p['time_vs_fp32']:.2f}x the fp32 members' time there"
             lines.append(
                 f"| {part} | {what} | {p['seconds_per_stack']:.3f} s per stack{extra} | "
                 f"{f'<= {PROB_TOL:g}' if diff is not None else ''} |"
@@ -268,8 +342,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the whole result here (JSON)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu"], help="cpu: the CPU parts only")
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    ap.add_argument("--input", default=str(SAMPLE_JOB), help="the job folder of the onnx and fp16 parts")
     a = ap.parse_args(argv)
-    result = run(a.device, a.quick)
+    result = run(a.device, a.quick, job=a.input)
     print()
     print(table(result))
     if a.out:

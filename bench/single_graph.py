@@ -6,8 +6,8 @@ output (onnxruntime's own float16 converter), for CUDA. All members must share i
 method. write_single_graph puts merged.onnx (and merged-fp16.onnx) beside the members after checking the graph
 against the member loop on random patches (within 1e-5); Merged runs it the way the container runs the members
 (its chunks, its test-time augmentation), for bench/stages.py's -merged and -fp16 cases. The container itself runs
-the fp32 members only: the merged graph won nothing measured (BENCHMARKS.md, run D; fp16 on a GPU not measured),
-and amf.manifest refuses a manifest that declares one.
+the members only (fp32, or fp16 members of training.export --precision fp16): the merged graph won nothing measured
+(BENCHMARKS.md, run D; fp16 on a GPU not measured), and amf.manifest refuses a manifest that declares one.
 """
 
 from __future__ import annotations

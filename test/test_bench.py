@@ -103,3 +103,17 @@ def test_a_tta_case_runs_the_shipped_members_with_that_augmentation(tmp_path, mo
     assert (
         np.abs(plain.predict_proba(patches) - plain.predict_proba([np.rot90(p).copy() for p in patches])).max() > 1e-4
     )
+
+
+def test_what_ships_is_members_times_parameters_in_each_precision():
+    """bench.sizes' second table: every fold, a subset, one member; 4 and 2 bytes a parameter; the T4 estimate scales
+    with the members and views (here a made-up backbone of 1 G parameters and 1 TFLOP a patch)."""
+    from bench import sizes
+
+    measured = {label: {"params": 1e9, "flops": 1e12, "size": 224} for label, _, _ in sizes.BACKBONES}
+    rows = sizes.ship_table([5, 2, 1], 5, 16, measured)
+    first = sizes.BACKBONES[0][0]
+    assert rows[2] == f"| {first} | 5: every fold | 20.00 GB | 10.00 GB | 9.88 s / 79.01 s | 1.23 s / 9.85 s |"
+    assert rows[3].startswith(f"| {first} | 2: a subset of the folds (--folds) | 8.00 GB | 4.00 GB |")
+    assert rows[4].startswith(f"| {first} | 1: one member (all figures, or one fold) | 4.00 GB | 2.00 GB | 1.98 s")
+    assert len(rows) == 2 + 3 * len(sizes.BACKBONES)

@@ -130,7 +130,11 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
     m = load_manifest(MODEL)
     paths = dict(zip(card_table["image_id"], card_table["path"]))
     rng = np.random.default_rng(0)
+    checked = 0
     for member in m.members:
+        if member.fold is None:  # trained on all figures: no held-out figure; oof.csv is its cross-validated run's
+            continue
+        checked += 1
         held_out = shipped_oof[shipped_oof["fold"] == member.fold]
         pick = held_out.iloc[np.sort(rng.choice(len(held_out), min(16, len(held_out)), replace=False))]
         stack = jobs.write_job(tmp_path / f"job{member.fold}", [decode(paths[i]) for i in pick["image_id"]], "s.mha")
@@ -138,13 +142,17 @@ def test_each_member_gives_its_out_of_fold_probabilities_through_the_container_p
         x = prepare(pages, member.input_size, member.mean, member.std, member.resize)
         sess = ort.InferenceSession(str(m.path(member.file)), providers=["CPUExecutionProvider"])
         p = sigmoid(sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1))
+        # an fp16 member moves P(atypical) by up to export.fp16_tol from the fp32 model that predicted oof.csv
+        tol = 1e-3 + (float(m.provenance["config"]["export"]["fp16_tol"]) if member.precision == "fp16" else 0.0)
         np.testing.assert_allclose(
             p,
             pick["probability"].to_numpy(),
-            atol=1e-3,
+            atol=tol,
             rtol=0,
             err_msg=f"member {member.file} on its held-out fold {member.fold}",
         )
+    if not checked:
+        pytest.skip("one member trained on all figures: it has no out-of-fold predictions of its own to be checked on")
 
 
 def test_the_selection_free_figures_recompute_from_oof_csv_and_the_official_votes(card, shipped_oof, card_table):

@@ -26,6 +26,7 @@ GOOD = {
             "resize": "bicubic",
             "backbone": "convnext_small",
             "fold": 0,
+            "precision": "fp32",
         },
         {
             "file": "sub/b.onnx",
@@ -34,7 +35,8 @@ GOOD = {
             "std": [0.229, 0.224, 0.225],
             "resize": "bilinear",
             "backbone": "vit_small",
-            "fold": 1,
+            "fold": None,  # a member trained on all figures: no fold
+            "precision": "fp16",
         },
     ],
     "variants": [],
@@ -80,6 +82,8 @@ def test_the_good_manifest_validates():
         (("members", 0, "mean"), [0.5, float("nan"), 0.5], "member 0: 'mean'"),
         (("members", 1, "std"), [0.2, 0.0, 0.2], "member 1: 'std'"),
         (("members", 0, "fold"), "0", "member 0: 'fold'"),
+        (("members", 1, "precision"), "bf16", "member 1: 'precision'"),
+        (("members", 0, "precision"), 16, "member 0: 'precision'"),
         (("variants",), [{"file": "merged.onnx", "kind": "merged", "use_on": ["cpu"]}], "'variants' must be empty"),
         (("variants",), [{"file": "merged-fp16.onnx", "kind": "merged-fp16", "use_on": []}], "'variants'"),
         (("variants",), "merged.onnx", "'variants' must be empty"),
@@ -99,6 +103,7 @@ def test_defaults_for_optional_fields():
     d["members"] = [{"file": "a.onnx", "input_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1]}]
     m = mf.from_dict(d)
     assert (m.threshold, m.tta, m.trained, m.members[0].resize) == (0.5, "none", True, "bilinear")
+    assert (m.members[0].fold, m.members[0].precision) == (None, "fp32")  # a manifest from before fp16 members
     assert mf.from_dict({**d, "variants": None}).to_dict() == m.to_dict()  # no variants, however written
 
 

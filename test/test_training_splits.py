@@ -89,6 +89,30 @@ def test_synthetic_rows_never_validate_and_written_splits_are_checked(tmp_path):
         splits_io.matching(back, df.iloc[1:])
 
 
+def test_kind_all_trains_every_figure_and_holds_none_out(tmp_path):
+    """splits.kind all: one fold, named all, every real figure in it and in training, none held out (synthetic rows
+    train too); a hand-edited splits.csv that mixes it with other folds is refused."""
+    data = make_layout(tmp_path / "d", n_slides=6, per_slide=5)
+    cfg = config_io.load("smoke", [f"data.synthetic={make_synthetic(tmp_path / 's', 3)}", "splits.kind=all"])
+    df, _ = load_dataset(data, cfg, log=lambda *a: None)
+    s = splits_io.make_splits(df, "all", 5, seed=0)
+    real = s[~s["synthetic"]]
+    assert splits_io.folds_of(s) == [0] and set(real["fold_name"]) == {"all"} and splits_io.is_all(s)
+    train_rows, val_rows = splits_io.fold_rows(s, 0)
+    assert len(train_rows) == len(s) == 33 and len(val_rows) == 0
+    assert "every figure trains, none is held out: 30 figures" in splits_io.describe(s)
+    splits_io.write(s, tmp_path / "splits.csv")
+    assert splits_io.is_all(splits_io.read(tmp_path / "splits.csv"))
+    torn = s.copy()
+    torn.loc[torn.index[:5], "fold"] = 1  # one slide's figures moved to a second fold: "all" no longer holds all
+    splits_io.write(torn, tmp_path / "torn.csv")
+    with pytest.raises(AmfError, match="a fold named 'all' must be the only fold"):
+        splits_io.read(tmp_path / "torn.csv")
+    assert not splits_io.is_all(splits_io.make_splits(df, "kfold", 2, seed=0))
+    with pytest.raises(AmfError, match="train.selection must be last"):
+        config_io.load("smoke", ["splits.kind=all", "train.selection=validation"])
+
+
 def test_aliases_raw_values_and_dedup(tmp_path):
     data = make_layout(tmp_path / "d", n_slides=4, per_slide=4)
     off = read_table(

@@ -34,7 +34,7 @@ from training import cluster
 from training.cluster import prepare as prepare_run
 from training.results import ablation
 from training.rundir import RunDir
-from training.splits import KINDS
+from training.splits import ALL, KINDS
 from training.train.parallel import run_jobs
 
 BASE = "base"
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="the data folder (either layout)")
     ap.add_argument("--runs", required=True, help="folder of the ablation's run folders and report")
     ap.add_argument("--arms", nargs="+", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE...]")
-    ap.add_argument("--split", default=None, choices=list(KINDS), help="splits.kind for every run")
+    held_out = [kind for kind in KINDS if kind != ALL]  # splits.kind all holds nothing out: nothing to compare on
+    ap.add_argument("--split", default=None, choices=held_out, help="splits.kind for every run")
     ap.add_argument("--seeds", type=positive_int, default=2, help="seeds per arm (train.seed 0..N-1)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
     ap.add_argument("--parallel", type=positive_int, default=1, metavar="N", help="fold jobs at once")

@@ -16,7 +16,8 @@ own switch:
   model      timm backbone, pretrained (hub) or a local weights file, finetune full|lora|frozen
   data       input size, resize method, mean/std ("auto": the backbone's pretrained_cfg), extra sets,
              synthetic folder, soft labels
-  splits     kfold (StratifiedGroupKFold, by slide, label x tumour) | leave-one-scanner-out | -tumour-out
+  splits     kfold (by slide, balanced) | leave-one-scanner-out | -tumour-out | -source-out | all (every figure
+             trains one member, none held out: train.selection last)
   imbalance  sampler (class-balanced sampling) | loss (BCE pos_weight) | none
   augment    flips, 90-degree rotations, HED jitter, colour jitter, small affine, blur
   mixstyle   style mixing of feature statistics at early and mid stages
@@ -81,7 +82,8 @@ DEFAULTS = {
         # device (training/train/gpu_augment.py); false: DataLoader workers (CPU)
         "device_memory_gb": 4.0,  # patches above this stay in pinned host memory, copied per batch
     },
-    # kfold | leave_scanner_out | leave_tumor_out | leave_source_out (the source: an AMi-Br dataset, an extra set)
+    # kfold | leave_scanner_out | leave_tumor_out | leave_source_out (the source: an AMi-Br dataset, an extra set) |
+    # all (one member trained on every figure, none held out; training/splits.py)
     "splits": {"kind": "kfold", "folds": 5, "seed": 0, "tries": 16},
     "imbalance": {"mode": "sampler"},  # sampler | loss | none
     "augment": augment.DEFAULTS,  # enabled, and each step's keys (training/augment.py STEPS, in their order)
@@ -139,7 +141,10 @@ DEFAULTS = {
         "compile": False,  # torch.compile the training forward (see BENCHMARKS.md)
         "seed": 0,
     },
-    "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3},
+    # export.precision: fp32 | fp16 (half the file; float32 input and output, training/export/members.py); fp16_tol:
+    # the largest |P(atypical) fp16 - fp32| on real patches an fp16 member may show (docs/training.md, Shipping a
+    # foundation model: the container's own output checks hold confidences to 1e-3)
+    "export": {"tta": "none", "opset": 17, "parity_tol": 1e-3, "precision": "fp32", "fp16_tol": 1e-3},
     # what a person watching the run sees besides epochs.csv (training/train/tracking.py, training/train/progress.py)
     "log": {
         "tensorboard": "auto",  # auto (where the package is installed) | true | false: event files in fold{k}/
@@ -154,7 +159,7 @@ DEFAULTS = {
 
 CHOICES = {
     "model.finetune": ("full", "lora", "frozen"),
-    "splits.kind": ("kfold", "leave_scanner_out", "leave_tumor_out", "leave_source_out"),
+    "splits.kind": ("kfold", "leave_scanner_out", "leave_tumor_out", "leave_source_out", "all"),
     "imbalance.mode": ("sampler", "loss", "none"),
     "train.amp": ("auto", "bf16", "off"),
     "data.device_augment": ("auto", True, False),
@@ -162,6 +167,7 @@ CHOICES = {
     "train.select": ("balanced_accuracy", "roc_auc"),
     "train.selection": ("last", "inner", "validation"),
     "export.tta": TTA_MODES,  # amf.preprocess.TTA_VIEWS
+    "export.precision": ("fp32", "fp16"),
     "train.lr_scaling": ("none", "linear"),
     "ema.decay_scaling": ("none", "world"),
     "align.estimator": ("batch_means", "unbiased"),
@@ -388,6 +394,13 @@ def validate(cfg: dict) -> dict:
         raise AmfError(f"config: ema.horizon_epochs must be > 0 or null, got {horizon}")
     if int(cfg["align"]["attention_reduction"]) < 1:
         raise AmfError("config: align.attention_reduction must be >= 1")
+    if not cfg["export"]["parity_tol"] > 0 or not cfg["export"]["fp16_tol"] > 0:
+        raise AmfError("config: export.parity_tol and export.fp16_tol must be > 0")
+    if cfg["splits"]["kind"] == "all" and t["selection"] != "last":
+        raise AmfError(
+            f"config: splits.kind all holds no figure out, so nothing can choose an epoch: train.selection must be "
+            f"last (train.epochs fixed in advance from the cross-validated run), got {t['selection']!r}"
+        )
     if cfg["splits"]["kind"] == "kfold" and int(cfg["splits"]["folds"]) < 2:
         raise AmfError("config: splits.folds must be >= 2")
     lora = cfg["model"]["lora"]

@@ -3,6 +3,7 @@ order, each skipped when its outputs are complete and current; a killed pipeline
 
   python -m training.pipeline CONFIG --data DATA_DIR --runs RUNS_DIR --model-out MODEL_DIR [--name NAME]
          [--set KEY=VALUE ...] [--parallel N] [--device auto|cuda|cpu] [--tta none|flips|d4] [--compare-tta MODE ...]
+         [--precision fp32|fp16]
          [--shift [KIND]] [--plain [--plain-folds K,K] [--plain-partial-reason TEXT]] [--trained-on TEXT]
          [--n-boot N] [--no-progress] [--candidates RUN ... --candidate-rule TEXT] [--benchmark NAME] [--beside]
          [--overlap DATA ...] [--config-note TEXT]
@@ -14,9 +15,10 @@ The steps (the existing modules do the work; RUN = RUNS_DIR/NAME_recipe, NAME de
            out): the same config with splits.kind=KIND -> RUNS_DIR/NAME_loso (leave_scanner_out) or NAME_<KIND>
   plain    with --plain: the control, mixstyle, align and ema off -> NAME_plain (--plain-folds: those folds only)
   tta      training.results.tta_oof: RUN (and the shift run) re-predicted under --tta and each --compare-tta mode
-  export   training.export RUN --out MODEL_DIR --tta T [--threshold-run RUN_tta_T] [--shift-run SHIFT(_tta_T)]:
-           the threshold by the existing rules (the out-of-fold rule, or training.results.threshold's choice with a
-           shift run), the ONNX members, the manifest, and the model's own expected output on the sample job
+  export   training.export RUN --out MODEL_DIR --tta T [--threshold-run RUN_tta_T] [--shift-run SHIFT(_tta_T)]
+           [--precision P]: the threshold by the existing rules (the out-of-fold rule, or training.results.threshold's
+           choice with a shift run), the ONNX members (every fold's; in fp16 with --precision fp16 or export.precision),
+           the manifest, and the model's own expected output on the sample job
   card     training.card: MODEL_DIR/README.md, card.json, oof.csv, predictions/ (without --plain, the recipe run
            alone; --candidates: finished runs of the other recipes tried, counted and compared on the card;
            --benchmark: the published protocol the runs followed, its table printed as the paper's; --overlap: other
@@ -33,6 +35,9 @@ A step is skipped when its outputs exist, are complete and are newer than its in
 config.yaml is the same resolved config and whose folds are all done (and pooled); a re-prediction pooled from the
 same run's members; an export of the same runs with the same test-time augmentation; a card of the same runs.
 The data folder is not fingerprinted: new data wants a new --runs folder.
+A config of splits.kind all (one member trained on every figure, none held out) is refused in one line: that member
+is three commands, the cross-validated run first (this pipeline), then training.train --set splits.kind=all, then
+training.export ALL_RUN --threshold-from CV_RUN; a subset of the folds is training.export RUN --folds K,K.
 Training runs in this process (training.train, --parallel N as there), or with --executor slurm as a job array on a
 SLURM cluster, a fold a task (--executor local: the same tasks on this machine; training/cluster.py: --gpus-per-fold,
 --cluster KEY=VALUE, --sbatch KEY=VALUE), the rest on this machine once every fold is done. By hand: train the folds
@@ -49,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amf import AmfError, manifest, report_error
-from amf.cli import EXPECTED, ArgumentParser, as_error, positive_int
+from amf.cli import EXPECTED, ArgumentParser, as_error, fold_list, positive_int
 from amf.preprocess import TTA_MODES
 from training import cluster, config, ownership
 from training.card.build import build as build_card
@@ -63,7 +68,7 @@ from training.results.oof import pool
 from training.results.threshold import oof_predictions
 from training.results.tta_oof import tta_run
 from training.rundir import RunDir, pipeline_run, plain_sets, same_path
-from training.splits import KINDS, folds_of, make_splits
+from training.splits import ALL, KINDS, folds_of, make_splits
 from training.train.__main__ import main as train_main
 from training.train.kfold import resolve_normalisation
 
@@ -92,6 +97,7 @@ class Plan:
     parallel: int = 1
     device: str = "auto"
     tta: str = "none"
+    precision: str = "fp32"
     compare_tta: list = field(default_factory=list)
     shift: str | None = None
     plain: bool = False
@@ -294,6 +300,7 @@ def export(plan: Plan) -> None:
             m is not None
             and names_run(p.get("run"), plan.recipe, root)
             and m.tta == tta
+            and all(member.precision == plan.precision for member in m.members)
             and names_run(oof_predictions(p.get("threshold_predictions"), shift), threshold_run or plan.recipe, root)
             and (names_run(shift.get("loso_run"), shift_run, root) if shift_run else not shift)
         ):
@@ -308,6 +315,7 @@ def export(plan: Plan) -> None:
         shift_run=shift_run,
         threshold_run=threshold_run,
         beside=plan.beside,
+        precision=plan.precision,
     )
 
 
@@ -404,16 +412,6 @@ def run(plan: Plan) -> None:
     next_commands(plan)
 
 
-def fold_list(text: str) -> list[int]:
-    try:
-        folds = [int(k) for k in text.split(",") if k.strip()]
-    except ValueError:
-        raise ValueError(f"{text!r} is not a comma-separated list of fold numbers") from None
-    if not folds or min(folds) < 0:
-        raise ValueError(f"{text!r} is not a comma-separated list of fold numbers")
-    return folds
-
-
 def parser() -> ArgumentParser:
     ap = ArgumentParser.from_doc("python -m training.pipeline", __doc__)
     ap.add_argument("config", help="YAML file or name in training/configs/")
@@ -425,6 +423,9 @@ def parser() -> ArgumentParser:
     ap.add_argument("--parallel", type=positive_int, default=1, metavar="N", help="folds at once (training.train)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--tta", default=None, choices=list(TTA_MODES), help="default: the config's export.tta")
+    ap.add_argument(
+        "--precision", default=None, choices=list(manifest.PRECISIONS), help="the members' (default: export.precision)"
+    )
     ap.add_argument(
         "--compare-tta",
         nargs="*",
@@ -458,6 +459,13 @@ def parser() -> ArgumentParser:
 
 def plan_of(a) -> Plan:
     cfg = config.load(a.config, a.set)  # an unknown config or a bad --set: one error before anything runs
+    if cfg["splits"]["kind"] == ALL:
+        raise AmfError(
+            "the pipeline trains cross-validated runs; a member trained on all figures (splits.kind all) is three "
+            "commands: the cross-validated run (this pipeline, or training.train), training.train --set "
+            "splits.kind=all, then training.export ALL_RUN --threshold-from CV_RUN (docs/training.md, Shipping a "
+            "foundation model)"
+        )
     if a.plain_folds is not None and not a.plain:
         raise AmfError("--plain-folds needs --plain")
     if a.candidates and not a.candidate_rule:
@@ -472,6 +480,7 @@ def plan_of(a) -> Plan:
         parallel=a.parallel,
         device=a.device,
         tta=a.tta or cfg["export"]["tta"],
+        precision=a.precision or cfg["export"]["precision"],
         compare_tta=list(a.compare_tta),
         shift=a.shift,
         plain=a.plain,

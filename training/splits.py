@@ -13,6 +13,11 @@ kinds (config splits.kind):
   leave_scanner_out  one fold per scanner (canonical name): train on the others, validate on it
   leave_tumor_out    one fold per tumour type
   leave_source_out   one fold per source (an AMi-Br dataset: MIDOG21, TUPAC16; an extra set's name)
+  all                one "fold", fold 0 named "all", that trains on every figure and holds none out: the final
+                     member trained on all figures (train.epochs fixed in advance from a cross-validated run of the
+                     same config, the last epoch kept: there is nothing to select on, so train.selection must be last;
+                     no oof.csv). Its export takes the threshold from that run's out-of-fold predictions
+                     (training.export ALL_RUN --threshold-from CV_RUN)
 Every kind is checked: a slide whose figures would fall in two folds (e.g. two scanner values on one
 slide) is refused, naming it.
 Synthetic images get fold -1: they train in every fold and never enter a validation fold.
@@ -37,7 +42,14 @@ from amf.fileio import write_text_atomic
 from training.domains import DOMAIN_COLUMNS
 
 WEIGHT_SIZE_LABEL = 30.0  # fold size and atypical share come first; the strata balance within them
-KINDS = {"kfold": None, "leave_scanner_out": "Scanner", "leave_tumor_out": "Tumor", "leave_source_out": "source"}
+KINDS = {
+    "kfold": None,
+    "leave_scanner_out": "Scanner",
+    "leave_tumor_out": "Tumor",
+    "leave_source_out": "source",
+    "all": None,
+}
+ALL = "all"  # the kind, and the name of its one fold: every figure trains, none is held out
 COLUMNS = [
     "image_id",
     "slide",
@@ -154,7 +166,10 @@ def make_splits(df: pd.DataFrame, kind: str = "kfold", folds: int = 5, seed: int
     out["fold"], out["fold_name"] = -1, "train-only"
     real = np.flatnonzero(~out["synthetic"].to_numpy())
     sub = out.iloc[real]
-    if KINDS[kind] is None:
+    if kind == ALL:
+        out.iloc[real, out.columns.get_loc("fold")] = 0
+        out.iloc[real, out.columns.get_loc("fold_name")] = ALL
+    elif KINDS[kind] is None:
         n_slides = sub["slide"].nunique()
         if n_slides < folds:
             raise AmfError(f"{folds} folds need at least {folds} slides; the data has {n_slides}")
@@ -223,6 +238,8 @@ def read(path) -> pd.DataFrame:
         raise AmfError(f"{where}a real figure needs a fold >= 0 and a synthetic one fold -1")
     if not folds_of(splits):
         raise AmfError(f"{where}no fold holds a figure")
+    if "fold_name" in splits.columns and (splits["fold_name"] == ALL).any() and not is_all(splits):
+        raise AmfError(f"{where}a fold named {ALL!r} must be the only fold and hold every real figure")
     one_fold_per_slide(splits[~splits["synthetic"]], where, " (a hand-edited splits.csv?)")
     if "path" in splits.columns:
         names = [Path(i).name for i in splits["image_id"]]
@@ -257,9 +274,19 @@ def folds_of(splits: pd.DataFrame) -> list[int]:
     return sorted(int(f) for f in splits["fold"].unique() if f >= 0)
 
 
+def is_all(splits: pd.DataFrame) -> bool:
+    """Whether SPLITS are of kind all: one fold, named "all", that holds every real figure and holds none out."""
+    real = splits[splits["fold"] >= 0]
+    named = "fold_name" in splits.columns and len(real) > 0 and bool((real["fold_name"] == ALL).all())
+    return named and real["fold"].nunique() == 1
+
+
 def fold_rows(splits: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, validation rows) of fold K; synthetic rows (-1) always train."""
+    """(train rows, validation rows) of fold K; synthetic rows (-1) always train. Splits of kind all: every row
+    trains and none is held out."""
     fold = splits["fold"].to_numpy()
+    if is_all(splits):
+        return np.arange(len(splits)), np.zeros(0, int)
     return np.flatnonzero(fold != k), np.flatnonzero(fold == k)
 
 
@@ -283,6 +310,12 @@ def inner_split(splits: pd.DataFrame, train_rows, parts: int, seed: int) -> tupl
 
 def describe(splits: pd.DataFrame) -> str:
     lines = []
+    if is_all(splits):
+        real = splits[splits["fold"] >= 0]
+        return (
+            f"  all: every figure trains, none is held out: {len(real)} figures, {int(real['label'].sum())} atypical, "
+            f"{real['slide'].nunique()} slides"
+        )
     for k in folds_of(splits):
         v = splits[splits["fold"] == k]
         lines.append(

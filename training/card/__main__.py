@@ -9,6 +9,9 @@
 
 The shipped run is --recipe, decided before any figure (the recipe is the method; the plain run is its control):
 MODEL_DIR must hold its export (python -m training.export RUN --out MODEL_DIR [--shift-run LOSO]), else one error.
+An export of some folds only (--folds): the recipe run's figures, and its comparisons, are those folds' alone. A
+member trained on all figures (a run of splits.kind all, exported with --threshold-from CV_RUN): --recipe is CV_RUN,
+whose folds, figures and threshold the card reports as the cross-validated run's (the member has no held-out figure).
 Each run's figures are training.results.oof's, recomputed here without writing into the run: pooled threshold
 (optimistic: chosen on the figures it is reported on), nested thresholds (each fold's chosen on the other folds:
 selection-free when the run's train.selection is last or inner) and 0.5, with slide-level bootstrap intervals, per

@@ -34,16 +34,25 @@ from training.results.oof import compute, with_votes
 from training.rundir import RunDir, same_path
 
 
-def load_run(run, n_boot: int, votes: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict, dict]:
+def load_run(run, n_boot: int, votes: pd.DataFrame | None = None, shipped=None) -> tuple[pd.DataFrame, dict, dict]:
     """A run's out-of-fold table and its training.results.oof metrics (pooled threshold, nested thresholds, per fold,
     per domain, by vote agreement where the table or VOTES has the experts' share), recomputed without writing into the
     run: all folds when it is pooled, else its finished folds (a partial run); and its config. The metrics record
-    the run's train.selection (as training.results.oof.pool does), its folds and the finished ones."""
+    the run's train.selection (as training.results.oof.pool does), its folds and the finished ones. SHIPPED: the
+    folds a subset export shipped, the only ones the figures are of (the run's folds recorded as run_folds)."""
     oof, done, folds = finished_oof(run)
+    run_folds = folds
+    if shipped is not None:
+        missing = sorted(set(shipped) - set(done))
+        if missing:
+            raise AmfError(f"{run}: the shipped fold(s) {', '.join(map(str, missing))} are not finished")
+        oof, done, folds = oof[oof["fold"].isin(shipped)].reset_index(drop=True), list(shipped), list(shipped)
     oof = with_votes(oof, votes)
     result = compute(oof, n_boot=n_boot, seed=0)
     selection = RunDir(run).done_values("selection", "validation", done)
     result |= {"selection": sorted(selection), "folds": folds, "folds_done": done}
+    if shipped is not None:
+        result["run_folds"] = run_folds
     return oof, result, RunDir(run).read_config()
 
 
@@ -225,9 +234,10 @@ def loso_facts(run, n_boot: int, votes) -> dict:
     }
 
 
-def tta_facts(tta_runs, bases: dict, n_boot: int) -> list[dict]:
+def tta_facts(tta_runs, bases: dict, n_boot: int, shipped=None) -> list[dict]:
     """Each test-time-augmentation run (training.results.tta_oof) against the run it re-predicted (its folds' done.json
-    from_run, one of BASES by resolved path): its mode (RunDir.predicted_tta) and the paired comparison TTA - none."""
+    from_run, one of BASES by resolved path): its mode (RunDir.predicted_tta) and the paired comparison TTA - none
+    (of the recipe run: on the SHIPPED folds only, where a subset export shipped some)."""
     out = []
     for tta in tta_runs:
         tta = Path(tta)
@@ -244,7 +254,9 @@ def tta_facts(tta_runs, bases: dict, n_boot: int) -> list[dict]:
                 "base": base[0],
                 "base_run": str(bases[base[0]]),
                 "mode": RunDir(tta).predicted_tta(),
-                "compare": compare(bases[base[0]], tta, n_boot=n_boot, seed=0),
+                "compare": compare(
+                    bases[base[0]], tta, n_boot=n_boot, seed=0, folds=shipped if base[0] == "recipe" else None
+                ),
             }
         )
     return out
@@ -284,13 +296,22 @@ def build(
     manifest = load_manifest(model_dir)
     runs = {"recipe": Path(recipe)} | ({"plain": Path(plain)} if plain else {})
     root = runs["recipe"].parent  # the runs folder: the pipeline's --runs
-    if not manifest.trained or not names_run(manifest.provenance.get("run"), runs["recipe"], root):
+    p = manifest.provenance
+    every_figure = p.get("all_figures")  # a member trained on all figures: the card is its cross-validated run's
+    exported = every_figure.get("cv_run") if every_figure else p.get("run")
+    if not manifest.trained or not names_run(exported, runs["recipe"], root):
+        if every_figure:
+            raise AmfError(
+                f"{model_dir} holds a member trained on all figures ({p.get('run')}): its card reports the "
+                f"cross-validated run its threshold came from, {exported} (--recipe names that run)"
+            )
         raise AmfError(
             f"{model_dir} does not hold the export of the recipe run {runs['recipe']}: python -m training.export "
             f"{runs['recipe']} --out {model_dir}" + (f" --shift-run {loso}" if loso else "")
         )
+    shipped = subset_of(p)
     votes = official_votes(data_dir) if data_dir else None
-    loaded = {name: load_run(path, n_boot, votes) for name, path in runs.items()}
+    loaded = {name: load_run(path, n_boot, votes, shipped if name == "recipe" else None) for name, path in runs.items()}
     splits = RunDir(runs["recipe"]).read_splits()
     card = {
         "card_version": CARD_VERSION,
@@ -300,8 +321,10 @@ def build(
         "config_note": config_note,
         "runs_dir": portable_data(root),
         "data": data_counts(splits) | {"folds": fold_facts(splits, loaded["recipe"][2]["splits"])},
-        **({"compare": compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0)} if plain else {}),
+        **({"compare": compare(runs["plain"], runs["recipe"], n_boot=n_boot, seed=0, folds=shipped)} if plain else {}),
         "runs": {name: run_facts(runs[name], *loaded[name], n_boot) for name in runs},
+        **({"shipped_folds": {"folds": shipped, "of": len(p["run_folds"])}} if shipped else {}),
+        **({"all_figures": every_figure | {"run": p.get("run")}} if every_figure else {}),
     }
     if plain:
         if plain_partial_reason:
@@ -313,9 +336,9 @@ def build(
     if loso is not None:
         card["loso"] = loso_facts(Path(loso), n_boot, votes)
     if candidates:
-        card["candidates"] = candidate_facts(candidates, candidate_rule, runs["recipe"], loso, n_boot)
+        card["candidates"] = candidate_facts(candidates, candidate_rule, runs["recipe"], loso, n_boot, shipped)
     if tta:
-        card["tta"] = {"runs": tta_facts(tta, {"recipe": runs["recipe"], "loso": loso}, n_boot)}
+        card["tta"] = {"runs": tta_facts(tta, {"recipe": runs["recipe"], "loso": loso}, n_boot, shipped)}
     if overlap:
         card["overlap"] = overlap_facts(model_dir, overlap)
     tables = {OOF_CSV: loaded["recipe"][0][list(SHIPPED_COLUMNS)]}
@@ -325,6 +348,15 @@ def build(
         card["tta"] |= {"rule": TTA_RULE.format(domain=loso_domain(card)), "choice": tta_choice(card["tta"]["runs"])}
     card["predictions"] = reported_runs(card)
     return card, tables
+
+
+def subset_of(provenance: dict) -> list[int] | None:
+    """The folds a subset export shipped (training.export --folds: provenance folds, fewer than its run_folds), or
+    None when it shipped every fold (or one member trained on all figures)."""
+    folds, every = provenance.get("folds"), provenance.get("run_folds")
+    if provenance.get("all_figures") or not folds or not every or sorted(folds) == sorted(every):
+        return None
+    return sorted(int(k) for k in folds)
 
 
 def model_facts(model_dir: Path, manifest) -> dict:
@@ -339,6 +371,7 @@ def model_facts(model_dir: Path, manifest) -> dict:
                 "fold": m.fold,
                 "backbone": m.backbone,
                 "input_size": m.input_size,
+                "precision": m.precision,
                 "bytes": (model_dir / m.file).stat().st_size,
             }
             for m in manifest.members
@@ -482,9 +515,10 @@ def refresh(model_dir, data_dir=None, overlap=(), config_note=None) -> dict:
     return card
 
 
-def candidate_facts(candidates, rule: str, recipe, loso, n_boot: int) -> dict:
+def candidate_facts(candidates, rule: str, recipe, loso, n_boot: int, shipped=None) -> dict:
     """The other recipes tried before the shipped one (counted): each against the shipped recipe's run of the same
-    splits.kind (its leave-one-out run or the recipe run itself), paired bootstrap over slides."""
+    splits.kind (its leave-one-out run or the recipe run itself: on the SHIPPED folds only, where a subset export
+    shipped some), paired bootstrap over slides."""
     if not rule:
         raise AmfError("give --candidate-rule: the rule, written before the figures, that chose among the candidates")
     bases = {"recipe": recipe} | ({"loso": Path(loso)} if loso is not None else {})
@@ -505,7 +539,9 @@ def candidate_facts(candidates, rule: str, recipe, loso, n_boot: int) -> dict:
                 "base_run": str(bases[base]),
                 "config": recipe_summary(cfg),
                 "overrides": overrides(cfg),
-                "compare": compare(bases[base], run, n_boot=n_boot, seed=0),
+                "compare": compare(
+                    bases[base], run, n_boot=n_boot, seed=0, folds=shipped if base == "recipe" else None
+                ),
             }
         )
     return {"rule": rule, "runs": out}

@@ -57,6 +57,8 @@ def facts(card: dict) -> dict:
     bal = [g["best_balanced_accuracy@0.5"] - g["kept_balanced_accuracy@0.5"] for g in gaps]
     auc = [g["best_roc_auc"] - g["kept_roc_auc"] for g in gaps]
     parity = [x for v in (card["ensemble"].get("parity") or {}).values() for k, x in v.items() if "logit_diff" in k]
+    half = [v["fp16"] for v in (card["ensemble"].get("parity") or {}).values() if isinstance(v.get("fp16"), dict)]
+    half = [x for h in half for k, x in h.items() if k.startswith("max_abs_prob_diff") and x is not None]
     values = card["data"].get("values", {})
     select = card["runs"][card["shipped"]]["config"]["train"].get("select")
     return {
@@ -76,6 +78,7 @@ def facts(card: dict) -> dict:
         "loso_domain": loso_domain(card),
         "loso_same_config": bool(loso) and not beyond_splits(rs, loso["config"]),
         "worst_parity": max(parity, default=None),
+        "worst_fp16": max(half, default=None),  # fp16 against fp32, |P(atypical) difference| on real patches
         "pipeline": pipeline_runs(card),
         "threshold_run": threshold_run(card),
         "verdict": verdict(card),
@@ -213,7 +216,8 @@ def fold_rows(card: dict) -> list[str]:
             o = card["runs"][n]["oof"]
             m = o["per_fold"].get(k)
             if not m:
-                cells += ["not trained"] * (4 if nested else 2)
+                shipped = (card.get("shipped_folds") or {}).get("folds")
+                cells += ["not shipped" if n == "recipe" and shipped else "not trained"] * (4 if nested else 2)
                 continue
             if nested:
                 cells += [f"{o['nested']['thresholds'][k]:.3f}", fmt(o["per_fold_nested"][k]["balanced_accuracy"])]

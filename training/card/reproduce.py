@@ -40,14 +40,15 @@ def overlap_args(card: dict) -> str:
 
 
 def pipeline_runs(card: dict) -> dict | None:
-    """Whether the card's runs and model are training.pipeline's own (training.rundir.pipeline_run's names:
-    RUNS/NAME_recipe, NAME_plain set by plain_sets, the shift run differing in its splits only, RUN_tta_MODE for
-    every mode on every run, the export's threshold chosen on the shipped mode's re-prediction): then the template
-    gives its one command, from NAME and the modes compared; else None (each step's command)."""
+    """Whether the card's runs and model are training.pipeline's own (every fold's member, none trained on all
+    figures; training.rundir.pipeline_run's names: RUNS/NAME_recipe, NAME_plain set by plain_sets, the shift run
+    differing in its splits only, RUN_tta_MODE for every mode on every run, the export's threshold chosen on the
+    shipped mode's re-prediction): then the template gives its one command, from NAME and the modes compared; else
+    None (each step's command)."""
     recipe, e, rs = Path(card["runs"]["recipe"]["run"]), card["ensemble"], card["runs"]["recipe"]["config"]
     runs_dir, name = recipe.parent, recipe.name.removesuffix("_recipe")
     bases, plain, loso = [recipe], card["runs"].get("plain"), card.get("loso")
-    if name == recipe.name:
+    if name == recipe.name or card.get("shipped_folds") or card.get("all_figures"):  # not what the pipeline exports
         return None
     off = {k: v == "true" for k, v in (word.split("=") for word in plain_sets(rs))}  # the pipeline's control
     if plain and (

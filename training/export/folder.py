@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from amf import manifest
+from amf import AmfError, manifest
 from amf.fileio import write_text_atomic
 from training import ownership
 from training.export import fingerprint
@@ -23,7 +23,7 @@ from training.export.paths import relocate
 from training.ownership import EXPECTED_OUTPUT, MODEL
 from training.results import oof, threshold
 from training.rundir import RunDir
-from training.splits import folds_of
+from training.splits import folds_of, is_all
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_JOB = ROOT / "test" / "input"  # the project's sample job (test/make_sample_input.py)
@@ -53,37 +53,61 @@ def export_run(
     shift_run=None,
     threshold_run=None,
     beside: bool = False,
+    folds=None,
+    precision: str | None = None,
+    threshold_from=None,
 ) -> Path:
     """RUN_DIR's export into OUT_DIR (training/export/__main__.py says what it writes): first the one check of
     training.ownership for every file it will write (nothing is done when it refuses), then everything into a
-    scratch folder, installed only when all of it succeeded."""
+    scratch folder, installed only when all of it succeeded. FOLDS: those folds' members only (default all);
+    PRECISION: fp32 or fp16 (default export.precision); THRESHOLD_FROM: for a run of splits.kind all, the
+    cross-validated run of the same figures and config whose out-of-fold predictions choose the threshold."""
     from training.export.members import export_members, member_file  # torch: only an export needs it
 
     run, out_dir = RunDir(run_dir), Path(out_dir)
     splits = run.read_splits()
-    writes = [*(member_file(k) for k in folds_of(splits)), fingerprint.FILE, manifest.MANIFEST_NAME, EXPECTED_OUTPUT]
-    ownership.claim(out_dir, writes, MODEL, beside)
     cfg = run.read_config(complete=True)
+    all_figures, every = is_all(splits), folds_of(splits)
+    shipped = every if folds is None else shipped_folds(folds, every, run)
+    source = cv_run(run, cfg, splits, threshold_from) if all_figures else run
+    if threshold_from is not None and not all_figures:
+        raise AmfError(
+            f"--threshold-from is for a run of splits.kind all; {run} is {cfg['splits']['kind']}: its own out-of-fold "
+            "predictions choose the threshold"
+        )
+    writes = [*(member_file(k, all_figures) for k in shipped), fingerprint.FILE, manifest.MANIFEST_NAME]
+    ownership.claim(out_dir, [*writes, EXPECTED_OUTPUT], MODEL, beside)
     seed, tta = int(cfg["train"]["seed"]), tta or cfg["export"]["tta"]
+    precision = precision or cfg["export"]["precision"]
+    subset = shipped if shipped != every else None
 
-    predictions = threshold.predictions_for(run, threshold_run, tta)
-    predicted, result = oof.pool(predictions, seed=seed)
+    predictions = threshold.predictions_for(source, threshold_run, tta)
+    predicted, result = oof.pool(predictions, seed=seed, folds=subset)
     mode = predictions.predicted_tta()
-    chosen = threshold.for_export(predicted, result, mode, tta, shift_run, seed, predictions.path)
+    chosen = threshold.for_export(predicted, result, mode, tta, shift_run, seed, predictions.path, subset)
     if chosen["shift"]:
         log(threshold.summary_text(chosen["shift"]))
+    if subset:
+        log(f"folds {', '.join(map(str, subset))} of {len(every)} shipped: the threshold and figures are theirs")
+    if all_figures:
+        log(f"one member trained on all figures; the threshold and figures are the cross-validated run {source}'s")
     log(oof.summary_text(result))
     with ownership.scratch(out_dir, "export") as tmp:
-        members, checks = export_members(run, cfg, splits, tmp, data_dir, n_real, log)
+        members, checks = export_members(
+            run, cfg, splits, tmp, data_dir, n_real, log, shipped, precision, all_figures=all_figures
+        )
         # after the members: a damaged checkpoint is refused (naming it) before the whole training set is read
-        fingerprint.write(tmp / fingerprint.FILE, fingerprint.of_splits(splits, data_dir))
+        fingerprint.write(tmp / fingerprint.FILE, fingerprint.of_splits(trained_on(splits, shipped), data_dir))
         provenance = {
             "backbone": cfg["model"]["backbone"],
             "finetune": cfg["model"]["finetune"],
             "config": cfg,
-            "folds": [m.fold for m in members],
+            "folds": [] if all_figures else list(shipped),
+            "run_folds": [] if all_figures else every,
             "split_kind": cfg["splits"]["kind"],
-            "fold_names": {str(m.fold): splits.loc[splits["fold"] == m.fold, "fold_name"].iloc[0] for m in members},
+            "fold_names": {str(k): splits.loc[splits["fold"] == k, "fold_name"].iloc[0] for k in shipped},
+            **({"all_figures": all_figures_facts(run, cfg, splits, source)} if all_figures else {}),
+            "precision": precision,
             "threshold": chosen["threshold"],
             "threshold_note": chosen["note"],
             "threshold_predictions": chosen["source"],
@@ -107,10 +131,80 @@ def export_run(
         write_expected_output(tmp)
         install(tmp, out_dir, log)
     log(
-        f"wrote {out_dir / manifest.MANIFEST_NAME}: {len(members)} member(s), threshold {chosen['threshold']:.3f}, "
-        f"tta {tta}; {out_dir / EXPECTED_OUTPUT}: the container's result on {SAMPLE_JOB.relative_to(ROOT)}"
+        f"wrote {out_dir / manifest.MANIFEST_NAME}: {len(members)} {precision} member(s), threshold "
+        f"{chosen['threshold']:.3f}, tta {tta}; {out_dir / EXPECTED_OUTPUT}: the container's result on "
+        f"{SAMPLE_JOB.relative_to(ROOT)}"
     )
     return out_dir / manifest.MANIFEST_NAME
+
+
+def shipped_folds(folds, every: list[int], run) -> list[int]:
+    """FOLDS (--folds), checked against the run's folds EVERY: sorted, each once; an unknown fold is one AmfError."""
+    wanted = sorted({int(k) for k in folds})
+    unknown = [k for k in wanted if k not in every]
+    if unknown or not wanted:
+        raise AmfError(f"--folds {','.join(map(str, unknown or folds))}: {run} has folds {', '.join(map(str, every))}")
+    return wanted
+
+
+def trained_on(splits, folds):
+    """The rows of SPLITS that trained at least one member of FOLDS (the train-only rows train every member): what
+    the shipped members saw, for the fingerprints."""
+    import numpy as np
+
+    from training.splits import fold_rows
+
+    rows = np.unique(np.concatenate([fold_rows(splits, k)[0] for k in folds]))
+    return splits.iloc[rows]
+
+
+# config keys a run of splits.kind all may differ in from the cross-validated run its threshold comes from
+ALL_FIGURES_MAY_DIFFER = ("name", "splits.", "log.", "export.")
+
+
+def cv_run(run: RunDir, cfg: dict, splits, threshold_from) -> RunDir:
+    """The cross-validated run whose out-of-fold predictions choose the threshold of RUN, a run of splits.kind all:
+    THRESHOLD_FROM, refused in one line unless it holds the same figures (labels too) and the same config but for
+    its splits (and the name, log and export sections, which change no weight)."""
+    from training.config import diff
+
+    if threshold_from is None:
+        raise AmfError(
+            f"{run} trained one member on all figures (splits.kind all): it has no held-out predictions to choose a "
+            "threshold on; give --threshold-from CV_RUN, a cross-validated run of the same figures and config"
+        )
+    cv = RunDir(threshold_from)
+    cv_cfg, cv_splits = cv.read_config(complete=True), cv.read_splits()
+    if is_all(cv_splits):
+        raise AmfError(f"--threshold-from {cv}: a run of splits.kind all has no out-of-fold predictions either")
+    differs = [k for k in diff(cv_cfg, cfg) if not k.startswith(ALL_FIGURES_MAY_DIFFER)]
+    if differs:
+        raise AmfError(
+            f"--threshold-from {cv} was trained with another config than {run} (differs in {', '.join(differs[:6])}): "
+            "its threshold is not this member's; train the cross-validated run with the same config"
+        )
+    mine, theirs = (s.set_index("image_id")["label"].sort_index() for s in (splits, cv_splits))
+    if not mine.index.equals(theirs.index) or not mine.equals(theirs):
+        raise AmfError(
+            f"--threshold-from {cv} holds other figures than {run} ({len(theirs)} against {len(mine)}, "
+            f"{len(theirs.index.intersection(mine.index))} shared; or other labels): its threshold is not this member's"
+        )
+    return cv
+
+
+def all_figures_facts(run: RunDir, cfg: dict, splits, cv: RunDir) -> dict:
+    """What the provenance says of a member trained on all figures: its run, figures, epochs (the last kept), and the
+    cross-validated run whose out-of-fold predictions chose the threshold and give the figures."""
+    real = splits[splits["fold"] >= 0]
+    return {
+        "figures": int(len(real)),
+        "atypical": int(real["label"].sum()),
+        "epochs": int(cfg["train"]["epochs"]),
+        "selection": cfg["train"]["selection"],
+        "cv_run": str(cv.path),
+        "cv_kind": cv.read_config()["splits"]["kind"],
+        "cv_folds": folds_of(cv.read_splits()),
+    }
 
 
 def versions() -> dict:

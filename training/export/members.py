@@ -1,10 +1,16 @@
 """Each fold's checkpoint -> one ONNX member of the ensemble, checked against torch.
 
-Each fold's best.pt (LoRA already merged) -> fold{k}.onnx: fp32, opset >= 17, input "input" float32 N x 3 x S x S
-(dynamic N), output "logit" (N, 1) for atypical; TorchScript exporter (dynamo=False), weights inside the one file
-(over 2 GB: in one fold{k}.onnx.data beside it). Parity: onnxruntime against torch on random inputs and on real
-validation patches of that fold (prepared by amf.preprocess.prepare, as the container does); the largest |logit
-difference| must be <= export.parity_tol (1e-3).
+Each fold's best.pt (LoRA already merged) -> fold{k}.onnx (the member of a run of splits.kind all, trained on every
+figure: all.onnx): opset >= 17, input "input" float32 N x 3 x S x S (dynamic N), output "logit" float32 (N, 1) for
+atypical; TorchScript exporter (dynamo=False), weights inside the one file (over 2 GB: in one FILE.data beside it).
+Parity: onnxruntime against torch on random inputs and on real validation patches of that fold (prepared by
+amf.preprocess.prepare, as the container does); the largest |logit difference| must be <= export.parity_tol (1e-3).
+Precision fp16 (--precision, export.precision): the checked fp32 member is converted by onnxruntime's float16
+converter (weights and compute in float16, input and output kept float32, so the container's path is the same) and
+checked against it on the same real patches, twice: the fp16 file through onnxruntime on the CPU (whose CPU provider
+casts to float32 around the operators it has no float16 kernel for: mostly the weights' rounding), and torch running the
+model in float16 (activations in float16 too, as a GPU runs the file; on CUDA where torch has it, else the CPU). The
+largest |P(atypical) difference| of either must be <= export.fp16_tol (1e-3), else the export is refused.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from training.rundir import RunDir
 from training.splits import folds_of
 from training.train.models import load_for_export
 
+ALL_FIGURES_FILE = "all.onnx"  # the member of a run of splits.kind all (trained on every figure, no fold)
+PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which a converted member's weights go to FILE.data
 
-def member_file(fold: int) -> str:
-    """The model file of the member of fold FOLD."""
-    return f"fold{fold}.onnx"
+
+def member_file(fold: int, all_figures: bool = False) -> str:
+    """The model file of the member of fold FOLD (ALL_FIGURES: of the run's one member trained on every figure)."""
+    return ALL_FIGURES_FILE if all_figures else f"fold{fold}.onnx"
 
 
 def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) -> None:
@@ -115,18 +124,31 @@ def real_patches(splits, k: int, n: int, data_dir=None) -> list[np.ndarray]:
     return patches
 
 
-def export_members(run: RunDir, cfg: dict, splits, out: Path, data_dir, n_real: int, log) -> tuple[list, dict]:
-    """Each fold's best.pt -> OUT/fold{k}.onnx, checked against torch on random and real patches of the fold: the
-    manifest's members, and the parity figures by fold (an AmfError beyond export.parity_tol)."""
+def export_members(
+    run: RunDir,
+    cfg: dict,
+    splits,
+    out: Path,
+    data_dir,
+    n_real: int,
+    log,
+    folds=None,
+    precision: str = "fp32",
+    all_figures: bool = False,
+) -> tuple[list, dict]:
+    """FOLDS' (default: every fold's) best.pt -> OUT/fold{k}.onnx (ALL_FIGURES: OUT/all.onnx, a member of no fold),
+    checked against torch on random and real patches of the fold (an AmfError beyond export.parity_tol), and in
+    PRECISION fp16 converted and checked against the fp32 member (an AmfError beyond export.fp16_tol): the manifest's
+    members, and the parity figures by fold."""
     d = cfg["data"]
     size, mean, std, method = int(d["input_size"]), d["mean"], d["std"], d["resize"]
     tol = float(cfg["export"]["parity_tol"])
     members, checks = [], {}
     rng = np.random.default_rng(0)
-    for k in folds_of(splits):
+    for k in folds_of(splits) if folds is None else folds:
         state = run.fold(k).load_best()
         model = load_for_export(cfg, state["state_dict"], run.fold(k).best)
-        file = member_file(k)
+        file, name = member_file(k, all_figures), "all figures" if all_figures else f"fold {k}"
         export_member(model, out, file, size, cfg["export"]["opset"])
         batches = {
             "random": rng.standard_normal((4, 3, size, size)).astype(np.float32),
@@ -136,14 +158,25 @@ def export_members(run: RunDir, cfg: dict, splits, out: Path, data_dir, n_real: 
         checks[str(k)] = {
             **{f"max_abs_logit_diff_{n}": v for n, v in diff.items()},
             "n_real": int(len(batches["real"])),
+            "real_from": "the training figures (no held-out fold)" if all_figures else f"held-out fold {k}",
             "best_epoch": int(state.get("epoch", 0)),
         }
         log(
-            f"fold {k}: {file} {(out / file).stat().st_size / 1e6:.2f} MB; max |logit torch - onnxruntime| "
+            f"{name}: {file} {(out / file).stat().st_size / 1e6:.2f} MB; max |logit torch - onnxruntime| "
             f"random {diff['random']:.2e}, real {diff['real']:.2e} (tolerance {tol:g})"
         )
         if max(diff.values()) > tol:
-            raise AmfError(f"fold {k}: ONNX and torch logits differ by {max(diff.values()):.2e} > {tol:g}")
+            raise AmfError(f"{name}: ONNX and torch logits differ by {max(diff.values()):.2e} > {tol:g}")
+        if precision == "fp16":
+            checks[str(k)]["fp16"] = half_member(model, out, file, batches["real"], float(cfg["export"]["fp16_tol"]))
+            h = checks[str(k)]["fp16"]
+            log(
+                f"{name}: {file} in fp16 {h['fp16_bytes'] / 1e6:.2f} MB (fp32 {h['fp32_bytes'] / 1e6:.2f} MB); "
+                f"max |P(atypical) fp16 - fp32| on {h['n_real']} real patches: onnxruntime CPU "
+                f"{h['max_abs_prob_diff_real']:.2e}, float16 activations ({h['half_activations_on']}) "
+                + (f"{h['max_abs_prob_diff_real_half_activations']:.2e}" if h["half_activations_on"] else "not run")
+                + f" (export.fp16_tol {h['tol']:g})"
+            )
         members.append(
             Member(
                 file=file,
@@ -152,7 +185,99 @@ def export_members(run: RunDir, cfg: dict, splits, out: Path, data_dir, n_real: 
                 std=[float(v) for v in std],
                 resize=method,
                 backbone=cfg["model"]["backbone"],
-                fold=int(k),
+                fold=None if all_figures else int(k),
+                precision=precision,
             )
         )
     return members, checks
+
+
+def to_fp16(path: Path):
+    """The ONNX file PATH (fp32) -> an fp16 ModelProto: onnxruntime's float16 converter, weights and compute in
+    float16, the float32 input and output kept (keep_io_types: a Cast at each end). Given the path, the converter
+    infers shapes from the file, which works past protobuf's 2 GB."""
+    import warnings
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():  # its notes on values clamped to float16's range are for the parity check to judge
+        warnings.simplefilter("ignore")
+        return convert_float_to_float16(str(path), keep_io_types=True)
+
+
+def save_onnx(proto, path: Path) -> None:
+    """PATH from PROTO, its weights inside (over PROTOBUF_LIMIT: in one PATH.data beside it)."""
+    import onnx
+
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if weights > PROTOBUF_LIMIT:
+        onnx.save(
+            proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data"
+        )
+    else:
+        onnx.save(proto, str(path))
+
+
+def probabilities(path: Path, x: np.ndarray) -> np.ndarray:
+    """P(atypical) of the ONNX member PATH on X, through onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    from amf.ensemble import sigmoid
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sigmoid(np.asarray(sess.run(["logit"], {"input": x})[0]).reshape(len(x)))
+
+
+def half_activations(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """P(atypical) of MODEL run in float16 (weights and activations, as a GPU runs the fp16 file) on X, on CUDA where
+    torch has it, else the CPU; and that device (None, None where torch has no float16 kernel for one of its
+    operators there)."""
+    import copy
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        half = copy.deepcopy(model).half().to(device).eval()
+        with torch.no_grad():
+            logit = half(torch.from_numpy(x).half().to(device)).float().cpu().numpy()
+    except (RuntimeError, NotImplementedError):  # e.g. "... not implemented for 'Half'"
+        return None, None
+    from amf.ensemble import sigmoid
+
+    return sigmoid(logit.reshape(len(x))), device
+
+
+def half_member(model: torch.nn.Module, out: Path, file: str, real: np.ndarray, tol: float) -> dict:
+    """OUT/FILE (the checked fp32 member) replaced by its fp16 conversion, once both checks on REAL (prepared real
+    patches) hold: the fp16 file through onnxruntime, and MODEL with float16 activations, against the fp32 member;
+    an AmfError naming the larger difference beyond TOL (export.fp16_tol). The parity record of the manifest."""
+    fp32 = out / file
+    fp32_bytes = sum(p.stat().st_size for p in (fp32, out / f"{file}.data") if p.is_file())
+    work = Path(tempfile.mkdtemp(prefix=".fp16.", dir=out))
+    try:
+        save_onnx(to_fp16(fp32), work / file)
+        ref = probabilities(fp32, real)
+        on_cpu = float(np.max(np.abs(probabilities(work / file, real) - ref)))
+        p_half, device = half_activations(model, real)
+        with torch.no_grad():
+            torch_ref = torch.sigmoid(model(torch.from_numpy(real))).double().numpy().reshape(len(real))
+        half = None if p_half is None else float(np.max(np.abs(p_half - torch_ref)))
+        worst = max(on_cpu, half or 0.0)
+        if not worst <= tol:  # NaN too: a float16 overflow
+            raise AmfError(
+                f"{file}: in fp16 P(atypical) moves by up to {worst:.2e} on {len(real)} real patches, more than "
+                f"export.fp16_tol {tol:g}; export it in fp32 (--precision fp32) or, knowing why, raise export.fp16_tol"
+            )
+        (out / f"{file}.data").unlink(missing_ok=True)  # the fp32 weights beside a large member
+        for p in work.iterdir():
+            os.replace(p, out / p.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "max_abs_prob_diff_real": on_cpu,
+        "max_abs_prob_diff_real_half_activations": half,
+        "half_activations_on": device,
+        "n_real": int(len(real)),
+        "tol": tol,
+        "fp32_bytes": int(fp32_bytes),
+        "fp16_bytes": int(sum(p.stat().st_size for p in (out / file, out / f"{file}.data") if p.is_file())),
+    }

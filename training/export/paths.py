@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_KEYS = frozenset({"run", "base_run", "run_a", "run_b", "loso_run", "oof_run", "from_run"})
+RUN_KEYS = frozenset({"run", "base_run", "run_a", "run_b", "loso_run", "oof_run", "from_run", "cv_run"})
 DATA_KEYS = frozenset({"dir", "official_labels", "weights", "synthetic", "csv", "images"})
 
 

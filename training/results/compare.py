@@ -63,10 +63,13 @@ def scores(y, p, nested) -> dict:
     return out | {"roc_auc": s05["roc_auc"]}
 
 
-def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
+def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0, folds=None) -> dict:
+    """The paired comparison (module docstring) on the folds both runs finished; FOLDS: of those, these only (the
+    folds a subset export ships), named in the result as restricted_to."""
     a, done_a, folds_a = finished_oof(run_a)
     b, done_b, folds_b = finished_oof(run_b)
-    folds = sorted(set(done_a) & set(done_b))
+    restricted_to = None if folds is None else sorted(int(k) for k in folds)
+    folds = sorted(set(done_a) & set(done_b) & set(restricted_to if restricted_to is not None else done_a))
     if not folds:
         raise AmfError(
             f"the runs share no finished fold ({run_a}: {', '.join(map(str, done_a))}; "
@@ -90,6 +93,7 @@ def compare(run_a, run_b, n_boot: int = 2000, seed: int = 0) -> dict:
         "run_b": str(run_b),
         "folds": folds,
         "complete": {"a": done_a == folds_a, "b": done_b == folds_b},
+        **({"restricted_to": restricted_to} if restricted_to is not None else {}),
         "folds_of_run": {"a": folds_a, "b": folds_b},
         "n_figures": int(len(y)),
         "n_slides": int(len(np.unique(slides))),

@@ -119,30 +119,32 @@ def with_votes(oof: pd.DataFrame, votes: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def pool(
-    run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True, votes: pd.DataFrame | None = None
+    run_dir, n_boot: int = 1000, seed: int = 0, write: bool = True, votes: pd.DataFrame | None = None, folds=None
 ) -> tuple[pd.DataFrame, dict]:
     """All folds' oof.csv -> RUN_DIR/oof.csv and oof_metrics.json; AmfError naming missing folds.
 
     VOTES (image_id, soft), e.g. from training.data.read_table, adds the experts' AMF share where the folds'
-    oof.csv lack it (runs from before it was written there), for the by-vote metrics."""
+    oof.csv lack it (runs from before it was written there), for the by-vote metrics. FOLDS: those folds only (the
+    members a subset export ships; only they need be finished), never written into the run unless they are all."""
     run = RunDir(run_dir)
     splits = run.read_splits()
-    missing = run.missing_folds(splits)
+    every = folds_of(splits)
+    folds = every if folds is None else sorted(int(k) for k in folds)
+    missing = [k for k in run.missing_folds(splits) if k in folds]
     if missing:
         raise AmfError(
             f"fold(s) {', '.join(map(str, missing))} of {run} are not finished "
             f"(no fold<k>/{DONE}); train them with --fold"
         )
-    folds = folds_of(splits)
     oof = pd.concat([run.fold(k).read_oof() for k in folds], ignore_index=True)
-    expected = set(splits.loc[splits["fold"] >= 0, "image_id"])
+    expected = set(splits.loc[splits["fold"].isin(folds), "image_id"])
     if set(oof["image_id"]) != expected or oof["image_id"].duplicated().any():
         raise AmfError(f"{run}: the folds' oof.csv do not cover the validation figures exactly once")
     oof = with_votes(oof, votes)
     selection = run.done_values("selection", "validation", folds)
     result = compute(oof, n_boot, seed)
     result["selection"] = sorted(selection)  # train.selection of the folds ("validation": epoch chosen on them)
-    if write:
+    if write and folds == every:
         run.write_pooled(oof, result)
     return oof, result
 

@@ -228,11 +228,12 @@ def predictions_for(run: RunDir, threshold_run, tta: str) -> RunDir:
 
 
 def for_export(
-    oof: pd.DataFrame, result: dict, mode: str, tta: str, shift_run=None, seed: int = 0, oof_run=None
+    oof: pd.DataFrame, result: dict, mode: str, tta: str, shift_run=None, seed: int = 0, oof_run=None, subset=None
 ) -> dict:
     """The shipped threshold: the out-of-fold rule on the pooled predictions OOF (of the run OOF_RUN; their metrics
     RESULT, made with test-time augmentation MODE, for a container running TTA), or with SHIFT_RUN (a pooled
     leave-one-domain-out run of the same figures, predicted under MODE too) choose()'s choice between the rules.
+    SUBSET: the folds OOF holds, when a subset export ships only them (SHIFT_RUN's predictions of their figures only).
     {threshold, note, shift, source}: the note says where the threshold came from, shift is choose()'s whole
     comparison with both rules' runs (None without SHIFT_RUN), source the predictions the shipped threshold is the
     optimum of: the run whose rule won (the manifest's threshold_predictions)."""
@@ -253,7 +254,12 @@ def for_export(
             f"threshold's out-of-fold ones with {mode}: python -m training.results.tta_oof {shift_run} --tta {mode}"
         )
     runs = {"oof": str(oof_run), "loso": str(shift_run)}
-    shift = {**choose(oof, RunDir(shift_run).read_oof(), seed=seed), "oof_run": runs["oof"], "loso_run": runs["loso"]}
+    loso = RunDir(shift_run).read_oof()
+    if subset is not None:  # the folds a subset export ships: the leave-one-out predictions of their figures only
+        loso = loso[loso["image_id"].isin(set(oof["image_id"]))]
+    shift = {**choose(oof, loso, seed=seed), "oof_run": runs["oof"], "loso_run": runs["loso"]}
+    if subset is not None:
+        shift["folds"] = list(subset)
     note = (
         f"the {shift['chosen']} rule (training.threshold: {shift['rule']}), on {made}; applied to the "
         "ensemble's mean P(atypical)"

@@ -18,6 +18,8 @@ array of --fold N), then export pools them. The epoch kept per fold (best.pt, oo
               (for leave-one-scanner/tumour-out: the held-out domain) is never seen by the selection
   validation  the best train.select on the held-out fold itself: optimistic (the reported figures chose the
               epoch), kept only to compare with older runs
+splits.kind all trains one member on every figure (none held out, no oof.csv: train.selection must be last, the
+epochs fixed in advance from a cross-validated run of the same config); its export takes the threshold from that run.
 The held-out metrics of every epoch (val_* in epochs.csv) are for monitoring and never select anything
 unless train.selection is validation. With ema.evaluate the EMA teacher is the model that is evaluated,
 selected and exported.
@@ -35,7 +37,7 @@ from training import config
 from training.data import counts_report, load_dataset
 from training.results.oof import pool, summary_text
 from training.rundir import RunDir
-from training.splits import describe, folds_of
+from training.splits import describe, folds_of, is_all
 from training.train import curves, tracking
 from training.train.kfold import Dist, prepare_run, resolve_normalisation, train_fold
 from training.train.parallel import run_parallel
@@ -135,6 +137,22 @@ def main(argv=None) -> int:
                 f"fold {args.fold} done in {time.perf_counter() - t0:.0f} s; folds {missing} are not done yet "
                 f"(export once every fold is)"
             )
+        elif dist.main and is_all(splits):  # one member on every figure: nothing held out, nothing to pool
+            curves.write(run)
+            log(
+                f"\n== {cfg['name']}: {cfg['model']['backbone']} @ {cfg['data']['input_size']} px, one member on all "
+                f"{int((splits['fold'] >= 0).sum())} figures, {cfg['train']['epochs']} epoch(s), the last kept, "
+                f"{time.perf_counter() - t0:.0f} s: no held-out figures, no out-of-fold results =="
+            )
+            nxt = (
+                ""
+                if after is not None
+                else (
+                    f"; next: python -m training.export {run} --out MODEL_DIR --threshold-from CV_RUN "
+                    "(a cross-validated run of the same figures and config)"
+                )
+            )
+            log(f"run folder {run} (curves: {run.curves}){nxt}")
         elif dist.main:  # every fold is done and none is still running: pool, plot, name the next step
             _, result = pool(run, seed=int(cfg["train"]["seed"]))
             curves.write(run)

@@ -610,13 +610,17 @@ def validate_and_select(
     Returns (evaluated model, held-out rows, their logits)."""
     t_cfg = cfg["train"]
     evaluated = state.teacher.module if state.teacher is not None and cfg["ema"]["evaluate"] else state.model
-    rows_v, logits_v = predict(evaluated, data.val, device, False, channels_last, progress)
-    y_val = labels[rows_v]
-    s = metrics.summary(y_val, sigmoid(logits_v), threshold=0.5)
-    row.update({f"val_{key}": s[key] for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")})
-    row["val_loss"] = float(
-        F.binary_cross_entropy_with_logits(torch.from_numpy(logits_v), torch.from_numpy(y_val.astype(np.float64)))
-    )
+    rows_v, logits_v = np.zeros(0, int), np.zeros(0)
+    row.update(dict.fromkeys(("val_balanced_accuracy", "val_roc_auc", "val_sensitivity", "val_specificity")))
+    row["val_loss"] = None
+    if len(data.val_rows):  # splits.kind all holds none out: nothing to report
+        rows_v, logits_v = predict(evaluated, data.val, device, False, channels_last, progress)
+        y_val = labels[rows_v]
+        s = metrics.summary(y_val, sigmoid(logits_v), threshold=0.5)
+        row.update({f"val_{key}": s[key] for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity")})
+        row["val_loss"] = float(
+            F.binary_cross_entropy_with_logits(torch.from_numpy(logits_v), torch.from_numpy(y_val.astype(np.float64)))
+        )
     if data.inner is not None:
         rows_i, logits_i = predict(evaluated, data.inner, device, False, channels_last, progress)
         s = metrics.summary(labels[rows_i], sigmoid(logits_i), threshold=0.5)
@@ -662,7 +666,8 @@ def save_epoch(
             },
             fold.best,
         )
-        write_csv_atomic(oof_table(df, rows_v, logits_v, fold.k), fold.oof)
+        if len(rows_v):  # splits.kind all: no held-out figure, no oof.csv
+            write_csv_atomic(oof_table(df, rows_v, logits_v, fold.k), fold.oof)
     row["seconds"] = time.perf_counter() - t0
     state.history.append(row)
     write_csv_atomic(pd.DataFrame(state.history), fold.epochs)
@@ -711,7 +716,8 @@ def epoch_line(row: dict, where: str) -> str:
         f"{where}: loss {row['train_loss']:.4f} (cls {row['train_cls']:.4f} "
         f"kd {row['train_kd']:.4f} align {row['train_align']:.4f}"
         f"{f' vs shuffled {control:.4f}' if control is not None else ''}; % cls/kd/align {shares}), "
-        f"{row['images_per_s']:.0f} img/s; val {val_txt}{'; kept so far (best.pt)' if row['best'] else ''}"
+        f"{row['images_per_s']:.0f} img/s; {f'val {val_txt}' if val_txt else 'no held-out figures'}"
+        f"{'; kept so far (best.pt)' if row['best'] else ''}"
     )
 
 
