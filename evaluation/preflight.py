@@ -302,6 +302,8 @@ def member_memory(path, size: int, batch: int = BATCH) -> dict:
         )
 
     weights = sum(nbytes(t.data_type, t.dims) for t in graph.initializer)
+    # value_info a converter left (onnxruntime's float16 one: types without shapes) would stop inference there
+    del graph.value_info[:]
     inits = {t.name for t in graph.initializer}
     x = next(i for i in graph.input if i.name not in inits)  # the container checks there is exactly one
     for dim, value in zip(x.type.tensor_type.shape.dim, (batch, 3, size, size)):
@@ -477,11 +479,20 @@ def member_checks(mf, described: dict, folds: dict, source: str, limit, runner: 
         rows = rows if limit is None else labels.limit(rows, limit, runner.seed)
         folder = runner.pack(rows, f"member{i}")
         hit, _ = identity.seen(folder / "jobs", placed(folder), described)
-        if hit is not None and not hit.all():
+        # fold k's held-out figures are in the fingerprint file when another shipped member trained on them (every
+        # member of a k-fold ensemble); where no other member has a fold (one fold of the run shipped), none may be
+        others = any(m.fold is not None and m.fold != member.fold for m in mf.members)
+        if hit is not None and others and not hit.all():
             raise AmfError(
                 f"{int((~hit).sum())} of the figures of DATA given as fold {member.fold}'s held-out figures "
                 f"({source}) are not figures {described['folder']} trained on, by content ({fingerprint.FILE}): DATA "
                 "or RUN is not the data of this model"
+            )
+        if hit is not None and not others and hit.any():
+            raise AmfError(
+                f"{int(hit.sum())} of the figures of DATA given as fold {member.fold}'s held-out figures ({source}) "
+                f"are figures {described['folder']} trained on, by content ({fingerprint.FILE}), and it has no other "
+                "member: RUN is not the run of this model, or its member saw its held-out figures"
             )
         records, bad = runner.run(folder, one_member(mf, member, runner.work / f"model{i}"))
         if bad:

@@ -202,7 +202,28 @@ def to_fp16(path: Path):
 
     with warnings.catch_warnings():  # its notes on values clamped to float16's range are for the parity check to judge
         warnings.simplefilter("ignore")
-        return convert_float_to_float16(str(path), keep_io_types=True)
+        proto = convert_float_to_float16(str(path), keep_io_types=True)
+    return topologically_sorted(proto)
+
+
+def topologically_sorted(proto):
+    """PROTO with its graph's nodes in an order where each comes after the nodes whose outputs it reads, as the ONNX
+    standard asks: the float16 converter appends the input's Cast at the end of the list, which onnxruntime sorts out
+    but onnx's checker and shape inference (the preflight's memory estimate) do not."""
+    graph = proto.graph
+    ready = {"", *(i.name for i in graph.input), *(t.name for t in graph.initializer)}
+    pending, ordered = list(graph.node), []
+    while pending:
+        now = [all(i in ready for i in n.input) for n in pending]
+        if not any(now):
+            raise AmfError(f"the fp16 graph has a cycle or an input nothing makes: {list(pending[0].input)}")
+        ordered += [n for n, go in zip(pending, now) if go]
+        ready.update(o for n, go in zip(pending, now) if go for o in n.output)
+        pending = [n for n, go in zip(pending, now) if not go]
+    ordered = [type(n).FromString(n.SerializeToString()) for n in ordered]  # copies: the list is cleared next
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return proto
 
 
 def save_onnx(proto, path: Path) -> None:
