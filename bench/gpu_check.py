@@ -211,12 +211,12 @@ def run(device: str = "auto", quick: bool = False, log=print, job=SAMPLE_JOB) ->
 
 
 def fp16_model(src: Path, dst: Path) -> Path:
-    """SRC's members converted to fp16 into the model folder DST (training.export.members.to_fp16, the export's own
+    """SRC's members converted to fp16 into the model folder DST (training.export.onnxfile.to_fp16, the export's own
     converter; the manifest's members marked fp16, nothing else changed)."""
     import dataclasses
 
     from amf.manifest import load, save
-    from training.export.members import save_onnx, to_fp16
+    from training.export.onnxfile import save_onnx, to_fp16
 
     m = load(src)
     dst.mkdir(parents=True, exist_ok=True)

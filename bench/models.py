@@ -104,7 +104,8 @@ def derived_folder(src: Path, name: str, runs_as: str, tta: str | None = None) -
     import onnx
 
     from amf.manifest import load, save
-    from bench.single_graph import FP16_FILE, MERGED_FILE, build_single_graph, save_model, to_fp16
+    from bench.single_graph import FP16_FILE, MERGED_FILE, build_single_graph
+    from training.export.onnxfile import save_onnx, to_fp16
 
     dst = cache_dir() / name
     if (dst / "ensemble.json").exists():
@@ -112,9 +113,9 @@ def derived_folder(src: Path, name: str, runs_as: str, tta: str | None = None) -
     mf = load(src)
     dst.mkdir(parents=True, exist_ok=True)
     if runs_as in GRAPHS and not (dst / MERGED_FILE).exists():
-        save_model(build_single_graph([onnx.load(str(mf.path(m.file))) for m in mf.members]), dst / MERGED_FILE)
+        save_onnx(build_single_graph([onnx.load(str(mf.path(m.file))) for m in mf.members]), dst / MERGED_FILE)
     if runs_as == "fp16" and not (dst / FP16_FILE).exists():
-        save_model(to_fp16(onnx.load(str(dst / MERGED_FILE))), dst / FP16_FILE)
+        save_onnx(to_fp16(onnx.load(str(dst / MERGED_FILE))), dst / FP16_FILE)
     for m in mf.members:
         link = dst / m.file
         if not link.exists():

@@ -19,12 +19,12 @@ import numpy as np
 from amf import AmfError, one_line
 from amf.manifest import Manifest
 from amf.manifest import load as load_manifest
+from training.export.onnxfile import save_onnx, to_fp16
 
 MERGED_FILE = "merged.onnx"
 FP16_FILE = "merged-fp16.onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "prob"
-PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which the graph's weights go to a .data file
 
 
 def build_single_graph(models: list, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
@@ -78,27 +78,6 @@ def build_single_graph(models: list, input_name: str = INPUT_NAME, output_name: 
     single.ir_version = max(m.ir_version for m in models)  # what onnxruntime already reads
     single.producer_name = "amf bench.single_graph"
     return single
-
-
-def to_fp16(model):
-    """Float16 weights and compute, float32 input and output (for the CUDA provider)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    return convert_float_to_float16(model, keep_io_types=True)
-
-
-def save_model(model, path: Path) -> Path:
-    """Save one graph; weights over the protobuf limit go to PATH.data beside it."""
-    import onnx
-
-    weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weights > PROTOBUF_LIMIT:
-        onnx.save(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
-        )
-    else:
-        onnx.save(model, str(path))
-    return path
 
 
 def member_loop(manifest: Manifest, x: np.ndarray) -> np.ndarray:
@@ -157,7 +136,8 @@ def write_single_graph(model_dir, out_dir=None, fp16: bool = False, atol: float 
     mf = load_manifest(model_dir)
     shared_preprocessing(mf)
     single = build_single_graph([load_member(mf.path(m.file)) for m in mf.members])
-    path = save_model(single, out_dir / MERGED_FILE)
+    path = out_dir / MERGED_FILE
+    save_onnx(single, path)
     onnx.checker.check_model(str(path))  # by path: works for graphs with external weights too
     x = check_batch(mf)
     gap = float(np.max(np.abs(run_single_graph(path, x) - member_loop(mf, x))))
@@ -165,7 +145,7 @@ def write_single_graph(model_dir, out_dir=None, fp16: bool = False, atol: float 
         path.unlink()
         raise AmfError(f"the single graph differs from the member loop by {gap:.2e} (> {atol})")
     if fp16:
-        save_model(to_fp16(single), out_dir / FP16_FILE)
+        save_onnx(to_fp16(single), out_dir / FP16_FILE)
     return gap
 
 
