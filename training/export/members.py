@@ -88,20 +88,36 @@ def export_member(model: torch.nn.Module, out_dir: Path, file: str, size: int, o
     return out_dir / file
 
 
-def parity(model: torch.nn.Module, path: Path, batches: dict[str, np.ndarray]) -> dict[str, float]:
-    """max |torch logit - onnxruntime logit| for each named input batch."""
+def onnx_logits(sess, x: np.ndarray, name: str) -> np.ndarray:
+    """The logits (N,) float64 of the onnxruntime session SESS (the member NAME) on X, its output shape checked."""
+    got = sess.run(["logit"], {"input": x})[0]
+    if got.shape != (len(x), 1):
+        raise AmfError(f"{name}: output shape {got.shape}, expected ({len(x)}, 1)")
+    return got.astype(np.float64).reshape(len(x))
+
+
+def logits(model: torch.nn.Module, path: Path, batches: dict[str, np.ndarray]) -> dict[str, tuple]:
+    """{name: (torch logits, onnxruntime logits)} of each named input batch, (N,) float64 each: MODEL and the ONNX
+    file PATH (one CPU session) on the same inputs."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = {}
     for name, x in batches.items():
         with torch.no_grad():
-            ref = model(torch.from_numpy(x)).numpy()
-        got = sess.run(["logit"], {"input": x})[0]
-        if got.shape != (len(x), 1):
-            raise AmfError(f"{path.name}: output shape {got.shape}, expected ({len(x)}, 1)")
-        out[name] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+            ref = model(torch.from_numpy(x)).numpy().astype(np.float64).reshape(len(x))
+        out[name] = ref, onnx_logits(sess, x, path.name)
     return out
+
+
+def largest_differences(pairs: dict[str, tuple]) -> dict[str, float]:
+    """max |torch logit - onnxruntime logit| of each named pair of logits()."""
+    return {name: float(np.max(np.abs(got - ref))) for name, (ref, got) in pairs.items()}
+
+
+def parity(model: torch.nn.Module, path: Path, batches: dict[str, np.ndarray]) -> dict[str, float]:
+    """max |torch logit - onnxruntime logit| for each named input batch."""
+    return largest_differences(logits(model, path, batches))
 
 
 def real_patches(splits, k: int, n: int, data_dir=None) -> list[np.ndarray]:
@@ -154,7 +170,8 @@ def export_members(
             "random": rng.standard_normal((4, 3, size, size)).astype(np.float32),
             "real": prepare(real_patches(splits, k, n_real, data_dir), size, mean, std, method),
         }
-        diff = parity(model, out / file, batches)
+        pairs = logits(model, out / file, batches)  # the real ones serve the fp16 check too
+        diff = largest_differences(pairs)
         checks[str(k)] = {
             **{f"max_abs_logit_diff_{n}": v for n, v in diff.items()},
             "n_real": int(len(batches["real"])),
@@ -168,7 +185,9 @@ def export_members(
         if max(diff.values()) > tol:
             raise AmfError(f"{name}: ONNX and torch logits differ by {max(diff.values()):.2e} > {tol:g}")
         if precision == "fp16":
-            checks[str(k)]["fp16"] = half_member(model, out, file, batches["real"], float(cfg["export"]["fp16_tol"]))
+            checks[str(k)]["fp16"] = half_member(
+                model, out, file, batches["real"], pairs["real"], float(cfg["export"]["fp16_tol"])
+            )
             h = checks[str(k)]["fp16"]
             log(
                 f"{name}: {file} in fp16 {h['fp16_bytes'] / 1e6:.2f} MB (fp32 {h['fp32_bytes'] / 1e6:.2f} MB); "
@@ -192,16 +211,6 @@ def export_members(
     return members, checks
 
 
-def probabilities(path: Path, x: np.ndarray) -> np.ndarray:
-    """P(atypical) of the ONNX member PATH on X, through onnxruntime's CPU provider."""
-    import onnxruntime as ort
-
-    from amf.ensemble import sigmoid
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sigmoid(np.asarray(sess.run(["logit"], {"input": x})[0]).reshape(len(x)))
-
-
 def half_activations(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray | None, str | None]:
     """P(atypical) of MODEL run in float16 (weights and activations, as a GPU runs the fp16 file) on X, on CUDA where
     torch has it, else the CPU; and that device (None, None where torch has no float16 kernel for one of its
@@ -220,20 +229,24 @@ def half_activations(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray 
     return sigmoid(logit.reshape(len(x))), device
 
 
-def half_member(model: torch.nn.Module, out: Path, file: str, real: np.ndarray, tol: float) -> dict:
+def half_member(model: torch.nn.Module, out: Path, file: str, real: np.ndarray, fp32: tuple, tol: float) -> dict:
     """OUT/FILE (the checked fp32 member) replaced by its fp16 conversion, once both checks on REAL (prepared real
-    patches) hold: the fp16 file through onnxruntime, and MODEL with float16 activations, against the fp32 member;
-    an AmfError naming the larger difference beyond TOL (export.fp16_tol). The parity record of the manifest."""
-    fp32 = out / file
-    fp32_bytes = sum(p.stat().st_size for p in (fp32, out / f"{file}.data") if p.is_file())
+    patches) hold: the fp16 file through onnxruntime against the fp32 file, and MODEL with float16 activations
+    against MODEL; FP32: (torch logits, onnxruntime logits) of REAL, as the parity check computed them. An AmfError
+    naming the larger difference beyond TOL (export.fp16_tol). The parity record of the manifest."""
+    import onnxruntime as ort
+
+    from amf.ensemble import sigmoid
+
+    torch_ref, onnx_ref = (sigmoid(v) for v in fp32)
+    fp32_bytes = sum(p.stat().st_size for p in (out / file, out / f"{file}.data") if p.is_file())
     work = Path(tempfile.mkdtemp(prefix=".fp16.", dir=out))
     try:
-        save_onnx(to_fp16(fp32), work / file)
-        ref = probabilities(fp32, real)
-        on_cpu = float(np.max(np.abs(probabilities(work / file, real) - ref)))
+        save_onnx(to_fp16(out / file), work / file)
+        sess = ort.InferenceSession(str(work / file), providers=["CPUExecutionProvider"])
+        on_cpu = float(np.max(np.abs(sigmoid(onnx_logits(sess, real, file)) - onnx_ref)))
+        del sess  # its file is moved next
         p_half, device = half_activations(model, real)
-        with torch.no_grad():
-            torch_ref = torch.sigmoid(model(torch.from_numpy(real))).double().numpy().reshape(len(real))
         half = None if p_half is None else float(np.max(np.abs(p_half - torch_ref)))
         worst = max(on_cpu, half or 0.0)
         if not worst <= tol:  # NaN too: a float16 overflow
