@@ -108,14 +108,11 @@ def command(case: str, input_dir: str, out: str, python: str) -> list[str]:
 
 
 def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or "unknown CPU"
     import os
 
-    return f"{name}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
+    from evaluation.preflight import cpu_name  # the preflight's timing line names the machine the same way
+
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
 
 
 def table(runs: dict[str, list[dict]]) -> str:
